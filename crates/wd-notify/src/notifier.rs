@@ -1,0 +1,77 @@
+//! The interface every backend and combinator implements.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::model::Notification;
+
+/// A boxed error cause.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Why a delivery failed, and whether trying again may help.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NotifyError {
+    /// A failure that may pass: a timeout, a 5xx or 429, a broker that is down.
+    #[error("{message}")]
+    Retryable {
+        /// What failed, naming the backend; never a secret.
+        message: String,
+        /// How long the backend asked us to wait, if it said.
+        retry_after: Option<Duration>,
+        /// The underlying cause.
+        #[source]
+        source: Option<BoxError>,
+    },
+    /// A failure that will not pass by retrying: rejected, gone.
+    #[error("{message}")]
+    Permanent {
+        /// What failed, naming the backend; never a secret.
+        message: String,
+        /// The underlying cause.
+        #[source]
+        source: Option<BoxError>,
+    },
+}
+
+impl NotifyError {
+    /// A retryable failure with no cause attached.
+    pub fn retryable(message: impl Into<String>) -> Self {
+        NotifyError::Retryable {
+            message: message.into(),
+            retry_after: None,
+            source: None,
+        }
+    }
+
+    /// A permanent failure with no cause attached.
+    pub fn permanent(message: impl Into<String>) -> Self {
+        NotifyError::Permanent {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// Whether retrying may help.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, NotifyError::Retryable { .. })
+    }
+
+    /// The wait the backend asked for, if any.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            NotifyError::Retryable { retry_after, .. } => *retry_after,
+            NotifyError::Permanent { .. } => None,
+        }
+    }
+}
+
+/// Something that delivers notifications: a backend or a combinator.
+#[cfg_attr(feature = "mock", mockall::automock)]
+#[async_trait]
+pub trait Notifier: Send + Sync {
+    /// Delivers one notification. Returns only when it is delivered (or, for a
+    /// spool, durably accepted), or with the reason it was not.
+    async fn notify(&self, n: &Notification) -> Result<(), NotifyError>;
+}
