@@ -1,2 +1,60 @@
-//! Placeholder; replaced below.
-fn main() {}
+//! Workspace automation, reached as `cargo xtask <command>`.
+//!
+//! Architecture invariant: xtask must not depend on libvirt, because it is
+//! what installs libvirt. It depends only on `anyhow` and `wd-testkit`, which
+//! uses the standard library alone.
+//!
+//! - `cargo xtask test`: installs what the tests need, starts the services,
+//!   runs fmt, clippy, rustdoc and the whole test suite, and stops what it
+//!   started.
+//! - `cargo xtask demo`: the main job, on a real guest.
+//! - `cargo xtask services up|down|status`, `cargo xtask guest`: the pieces,
+//!   for a developer's machine.
+
+mod cmd;
+mod setup;
+
+use anyhow::{Result, bail};
+
+const USAGE: &str = "usage: cargo xtask <command>
+
+commands:
+  test              install what is needed, then fmt, clippy, rustdoc and every test
+  demo              the main job: a real guest's watchdog fires and its owner is notified
+  services up       start libvirtd (with virtlogd) and RabbitMQ on 127.0.0.1
+  services down     stop the services recorded under target/wd-services
+  services status   show which services answer
+  guest             build the watchdog guest's kernel and initramfs
+  deps              install the Debian packages the workspace needs";
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    if let Err(e) = run(&args) {
+        eprintln!("xtask: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(args: &[&str]) -> Result<()> {
+    match args {
+        ["test", rest @ ..] => cmd::test(rest),
+        ["demo", rest @ ..] => cmd::demo(rest),
+        ["services", "up"] => setup::services_up().map(|_| ()),
+        ["services", "down"] => {
+            setup::services_down();
+            Ok(())
+        }
+        ["services", "status"] => {
+            setup::services_status();
+            Ok(())
+        }
+        ["guest"] => setup::guest().map(|_| ()),
+        ["deps"] => setup::ensure_packages(),
+        ["help" | "--help" | "-h"] | [] => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        _ => bail!("unknown command `{}`\n\n{USAGE}", args.join(" ")),
+    }
+}

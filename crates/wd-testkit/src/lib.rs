@@ -1,0 +1,72 @@
+//! Test support for the `wd` workspace: real services, started and stopped by
+//! process id, and domain XML for a guest whose watchdog really fires.
+//!
+//! Architecture invariant: this crate uses only the standard library. `xtask`
+//! depends on it to set up a fresh machine, before libvirt exists there, so it
+//! must never depend on `virt` or on any other `wd` crate.
+//!
+//! Services record their pids under `target/wd-services/`, so the process that
+//! started a service (usually `cargo xtask test`) and a test that restarts it
+//! agree on exactly which process to stop.
+#![forbid(unsafe_code)]
+
+pub mod guest;
+mod process;
+mod services;
+
+use std::path::PathBuf;
+
+pub use process::{pid_alive, run_quiet, stop_pid};
+pub use services::{Libvirtd, RabbitMq, libvirtd, rabbitmq};
+
+/// The environment variable that makes tests fail, rather than skip, when a
+/// real service they need is missing. `cargo xtask test` sets it to `1`.
+pub const REQUIRE_REAL_ENV: &str = "WD_REQUIRE_REAL";
+
+/// Whether missing real services are failures (`WD_REQUIRE_REAL=1`).
+pub fn require_real() -> bool {
+    std::env::var(REQUIRE_REAL_ENV).is_ok_and(|v| v == "1")
+}
+
+/// Skips the calling test (returns `None`) with a message on stderr, or
+/// panics when [`require_real`] says real services are mandatory.
+pub fn unavailable<T>(what: &str, hint: &str) -> Option<T> {
+    if require_real() {
+        panic!("{what} is not available and {REQUIRE_REAL_ENV}=1: {hint}");
+    }
+    eprintln!("skipped: {what} is not available ({hint})");
+    None
+}
+
+/// The workspace root.
+pub fn workspace_root() -> PathBuf {
+    // This crate lives at <root>/crates/wd-testkit.
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap_or_else(|_| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../..")))
+}
+
+/// The cargo target directory (honours `CARGO_TARGET_DIR`).
+pub fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => workspace_root().join("target"),
+    }
+}
+
+/// A name unique to this process and call, for domains, queues and files.
+pub fn unique_name(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!(
+        "{prefix}-{}-{}-{:05x}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed),
+        nanos & 0xfffff
+    )
+}

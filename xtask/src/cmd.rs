@@ -1,0 +1,103 @@
+//! The top-level commands.
+
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+use crate::setup::{self, cmd_ok};
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+fn has_nextest() -> bool {
+    cargo()
+        .args(["nextest", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// Stops what this run started, even when a step fails.
+struct ServicesGuard(setup::Started);
+
+impl Drop for ServicesGuard {
+    fn drop(&mut self) {
+        setup::stop_started(&self.0);
+    }
+}
+
+/// `cargo xtask test [nextest filters…]`.
+pub fn test(filters: &[&str]) -> Result<()> {
+    setup::ensure_packages()?;
+    setup::guest()?;
+
+    eprintln!("xtask: cargo fmt --check");
+    cmd_ok(cargo().args(["fmt", "--all", "--", "--check"]))
+        .context("formatting differs; run `cargo fmt --all`")?;
+    eprintln!("xtask: cargo clippy");
+    cmd_ok(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--all-features",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    eprintln!("xtask: cargo doc");
+    cmd_ok(
+        cargo()
+            .args(["doc", "--workspace", "--no-deps", "--all-features"])
+            .env("RUSTDOCFLAGS", "-D warnings"),
+    )?;
+
+    // Build every test before starting services, so they run for less time.
+    if has_nextest() {
+        cmd_ok(cargo().args([
+            "nextest",
+            "run",
+            "--workspace",
+            "--all-features",
+            "--no-run",
+        ]))?;
+    }
+    let _services = ServicesGuard(setup::services_up()?);
+
+    eprintln!("xtask: running the tests");
+    let mut run = cargo();
+    if has_nextest() {
+        run.args([
+            "nextest",
+            "run",
+            "--workspace",
+            "--all-features",
+            "--no-fail-fast",
+        ]);
+        if !filters.is_empty() {
+            run.arg("--").args(filters);
+        }
+    } else {
+        eprintln!(
+            "xtask: cargo-nextest is missing, so tests run one at a time with cargo test; install it with:\n  cargo install cargo-nextest --locked"
+        );
+        run.args(["test", "--workspace", "--all-features", "--no-fail-fast"]);
+        run.arg("--").args(filters).arg("--test-threads=1");
+    }
+    run.env(wd_testkit::REQUIRE_REAL_ENV, "1");
+    cmd_ok(&mut run).context("tests failed")?;
+
+    if has_nextest() && filters.is_empty() {
+        eprintln!("xtask: doc tests");
+        cmd_ok(cargo().args(["test", "--workspace", "--all-features", "--doc"]))?;
+    }
+    Ok(())
+}
+
+/// `cargo xtask demo`.
+pub fn demo(args: &[&str]) -> Result<()> {
+    if !args.is_empty() {
+        bail!("`cargo xtask demo` takes no arguments");
+    }
+    println!("The demo is not built yet.");
+    Ok(())
+}

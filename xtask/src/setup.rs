@@ -1,0 +1,154 @@
+//! Machine setup: Debian packages, the libvirt host, guest assets, services.
+
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+use wd_testkit::guest::{GuestAssets, assets_dir, build_assets};
+use wd_testkit::{Libvirtd, RabbitMq};
+
+/// Every Debian package the workspace's build, tests and demo need.
+pub const PACKAGES: &[&str] = &[
+    // Building the `virt` crate.
+    "libvirt-dev",
+    "pkg-config",
+    // libvirtd with the QEMU driver, and its client.
+    "libvirt-daemon",
+    "libvirt-daemon-driver-qemu",
+    "libvirt-clients",
+    "qemu-system-x86",
+    // The guest's initramfs.
+    "busybox-static",
+    "cpio",
+    "kmod",
+    "xz-utils",
+    // virt-xml-validate needs xmllint.
+    "libxml2-utils",
+    // The message bus.
+    "rabbitmq-server",
+];
+
+pub fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+fn installed(pkg: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${db:Status-Status}", pkg])
+        .output()
+        .is_ok_and(|o| o.status.success() && o.stdout == b"installed")
+}
+
+/// Installs the missing packages with apt-get as root; otherwise prints the
+/// exact command and fails.
+pub fn ensure_packages() -> Result<()> {
+    let missing: Vec<&str> = PACKAGES.iter().copied().filter(|p| !installed(p)).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let list = missing.join(" ");
+    if !is_root() {
+        bail!(
+            "missing Debian packages: {list}\nrun as root:\n  apt-get update && apt-get install -y --no-install-recommends {list}"
+        );
+    }
+    eprintln!("xtask: installing {list}");
+    cmd_ok(Command::new("apt-get").args(["update", "-q"]))?;
+    cmd_ok(
+        Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
+
+pub fn cmd_ok(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("run {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed with {status}");
+    }
+    Ok(())
+}
+
+/// Builds (or finds) the guest kernel and initramfs.
+pub fn guest() -> Result<GuestAssets> {
+    let dir = assets_dir();
+    if let Some(a) = GuestAssets::in_dir(&dir) {
+        return Ok(a);
+    }
+    eprintln!("xtask: building the watchdog guest in {}", dir.display());
+    std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+    match build_assets(&dir) {
+        Ok(a) => Ok(a),
+        // Fresh machines may have no apt lists yet: update once and retry.
+        Err(first) if is_root() => {
+            eprintln!("xtask: {first}; running apt-get update and trying again");
+            cmd_ok(Command::new("apt-get").args(["update", "-q"]))?;
+            build_assets(&dir).map_err(anyhow::Error::msg)
+        }
+        Err(e) => Err(anyhow::Error::msg(e)),
+    }
+}
+
+/// What `services_up` started, so that only that is stopped afterwards.
+#[derive(Debug, Default)]
+pub struct Started {
+    pub libvirtd: bool,
+    pub rabbitmq: bool,
+}
+
+/// Starts libvirtd (with virtlogd) and RabbitMQ unless they already answer.
+pub fn services_up() -> Result<Started> {
+    let mut started = Started::default();
+    if !Libvirtd::is_up() {
+        if !is_root() {
+            bail!(
+                "libvirtd is not running and starting it needs root; as root run:\n  cargo xtask services up"
+            );
+        }
+        Libvirtd::prepare_host().map_err(anyhow::Error::msg)?;
+        eprintln!("xtask: starting virtlogd and libvirtd");
+        started.libvirtd = Libvirtd::start().map_err(anyhow::Error::msg)?;
+    }
+    if !RabbitMq::is_up() {
+        if !is_root() {
+            bail!(
+                "RabbitMQ is not running and starting it needs root; as root run:\n  cargo xtask services up"
+            );
+        }
+        eprintln!("xtask: starting RabbitMQ on 127.0.0.1:5672");
+        started.rabbitmq = RabbitMq::start().map_err(anyhow::Error::msg)?;
+    }
+    services_status();
+    Ok(started)
+}
+
+/// Stops every service recorded under `target/wd-services`.
+pub fn services_down() {
+    Libvirtd::stop_all();
+    RabbitMq::stop_all();
+    services_status();
+}
+
+/// Stops what `started` says this run started.
+pub fn stop_started(started: &Started) {
+    if started.libvirtd {
+        Libvirtd::stop_all();
+    }
+    if started.rabbitmq {
+        RabbitMq::stop_all();
+    }
+}
+
+pub fn services_status() {
+    let show = |up: bool| if up { "up" } else { "down" };
+    eprintln!(
+        "xtask: libvirtd {} (pid {:?}), rabbitmq {} (pid {:?})",
+        show(Libvirtd::is_up()),
+        Libvirtd::pid(),
+        show(RabbitMq::is_up()),
+        RabbitMq::pid()
+    );
+}
