@@ -51,6 +51,12 @@ pub fn test(filters: &[&str]) -> Result<()> {
             .env("RUSTDOCFLAGS", "-D warnings"),
     )?;
 
+    // nextest does not run doc tests. Run them first, so that the test
+    // runner's summary is the last thing this command prints.
+    if has_nextest() && filters.is_empty() {
+        eprintln!("xtask: doc tests");
+        cmd_ok(cargo().args(["test", "--workspace", "--all-features", "--doc"]))?;
+    }
     // Build every test before starting services, so they run for less time.
     if has_nextest() {
         cmd_ok(cargo().args([
@@ -86,10 +92,6 @@ pub fn test(filters: &[&str]) -> Result<()> {
     run.env(wd_testkit::REQUIRE_REAL_ENV, "1");
     cmd_ok(&mut run).context("tests failed")?;
 
-    if has_nextest() && filters.is_empty() {
-        eprintln!("xtask: doc tests");
-        cmd_ok(cargo().args(["test", "--workspace", "--all-features", "--doc"]))?;
-    }
     Ok(())
 }
 
