@@ -1,0 +1,411 @@
+//! Configuration and the owner routing table.
+//!
+//! Routing is the security boundary of this crate: a project's notifications
+//! name its instances, so they must reach only that project's endpoints.
+//! [`Routes`] is built once from a validated [`WebhookConfig`] and answers
+//! exactly one question, "where may a notification for project P go?", by
+//! exact, case-sensitive lookup. There is no default, wildcard or fallback
+//! project entry: an unknown or missing owner gets the operator endpoints
+//! only.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use reqwest::Url;
+
+use crate::error::{Error, Result};
+use crate::signing::Secret;
+
+/// One receiver: a URL and the secrets its requests are signed with.
+///
+/// Give two secrets while rotating keys: every request then carries both
+/// signatures, and the receiver may verify with either key.
+#[derive(Clone, serde::Deserialize)]
+pub struct Endpoint {
+    /// An absolute `http://` or `https://` URL. Credentials in it are never
+    /// logged.
+    pub url: String,
+    /// At least one signing secret, `whsec_<base64>`.
+    pub secrets: Vec<Secret>,
+}
+
+impl Endpoint {
+    /// An endpoint signed with one or more secrets.
+    pub fn new(url: impl Into<String>, secrets: impl IntoIterator<Item = Secret>) -> Self {
+        Endpoint {
+            url: url.into(),
+            secrets: secrets.into_iter().collect(),
+        }
+    }
+}
+
+impl fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("url", &redact_raw_url(&self.url))
+            .field(
+                "secrets",
+                &format_args!("<{} redacted>", self.secrets.len()),
+            )
+            .finish()
+    }
+}
+
+/// Where and how webhook notifications are sent.
+#[derive(Debug, Clone)]
+pub struct WebhookConfig {
+    /// The service name used in the CloudEvents `source`
+    /// (`urn:wd:<host>:<service>`). Default `wd`.
+    pub service: String,
+    /// The whole-request timeout; the specification recommends 15 to 30 s.
+    /// Default 15 s.
+    pub timeout: Duration,
+    /// Endpoints that receive every notification, whatever its owner.
+    pub operator: Vec<Endpoint>,
+    /// Each project's own endpoints, keyed by exact project (tenant) id.
+    pub projects: BTreeMap<String, Vec<Endpoint>>,
+}
+
+impl Default for WebhookConfig {
+    fn default() -> Self {
+        WebhookConfig {
+            service: "wd".into(),
+            timeout: Duration::from_secs(15),
+            operator: Vec::new(),
+            projects: BTreeMap::new(),
+        }
+    }
+}
+
+impl WebhookConfig {
+    /// Sets the service name used in the CloudEvents `source`.
+    #[must_use]
+    pub fn with_service(mut self, service: impl Into<String>) -> Self {
+        self.service = service.into();
+        self
+    }
+
+    /// Sets the request timeout.
+    #[must_use]
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Adds an operator-wide endpoint, which receives every notification.
+    #[must_use]
+    pub fn with_operator(mut self, endpoint: Endpoint) -> Self {
+        self.operator.push(endpoint);
+        self
+    }
+
+    /// Adds an endpoint for one project's notifications.
+    #[must_use]
+    pub fn with_project(mut self, project_id: impl Into<String>, endpoint: Endpoint) -> Self {
+        self.projects
+            .entry(project_id.into())
+            .or_default()
+            .push(endpoint);
+        self
+    }
+}
+
+/// Whose endpoint a target is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Owner {
+    Operator,
+    Project(String),
+}
+
+impl fmt::Display for Owner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Owner::Operator => f.write_str("the operator"),
+            Owner::Project(p) => write!(f, "project {p}"),
+        }
+    }
+}
+
+/// A validated endpoint with its runtime state.
+pub(crate) struct Target {
+    pub(crate) owner: Owner,
+    pub(crate) url: Url,
+    /// The URL without credentials or query, for logs and errors.
+    pub(crate) shown: String,
+    pub(crate) secrets: Vec<Secret>,
+    /// Set after a 410 Gone: the receiver asked us to stop.
+    gone: AtomicBool,
+}
+
+impl Target {
+    pub(crate) fn is_gone(&self) -> bool {
+        self.gone.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn mark_gone(&self) {
+        self.gone.store(true, Ordering::Relaxed);
+    }
+}
+
+impl fmt::Debug for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Target({} {})", self.owner, self.shown)
+    }
+}
+
+/// The validated routing table.
+#[derive(Debug)]
+pub(crate) struct Routes {
+    /// All targets; indices are stable and identify a target in the ledger.
+    targets: Vec<Target>,
+    operator: Vec<usize>,
+    projects: HashMap<String, Vec<usize>>,
+}
+
+impl Routes {
+    pub(crate) fn new(config: &WebhookConfig) -> Result<Self> {
+        let mut routes = Routes {
+            targets: Vec::new(),
+            operator: Vec::new(),
+            projects: HashMap::new(),
+        };
+        for endpoint in &config.operator {
+            let i = routes.push(Owner::Operator, endpoint)?;
+            routes.operator.push(i);
+        }
+        for (project, endpoints) in &config.projects {
+            if project.is_empty() || project.trim() != project {
+                return Err(Error::InvalidProject {
+                    project: project.clone(),
+                });
+            }
+            for endpoint in endpoints {
+                let i = routes.push(Owner::Project(project.clone()), endpoint)?;
+                routes.projects.entry(project.clone()).or_default().push(i);
+            }
+        }
+        Ok(routes)
+    }
+
+    fn push(&mut self, owner: Owner, endpoint: &Endpoint) -> Result<usize> {
+        let shown = redact_raw_url(&endpoint.url);
+        let invalid = |reason: String| Error::InvalidUrl {
+            url: shown.clone(),
+            owner: owner.to_string(),
+            reason,
+        };
+        let url = Url::parse(&endpoint.url).map_err(|e| invalid(e.to_string()))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(invalid(format!(
+                "scheme `{}` is not http or https",
+                url.scheme()
+            )));
+        }
+        if url.host_str().is_none() {
+            return Err(invalid("it has no host".into()));
+        }
+        if endpoint.secrets.is_empty() {
+            return Err(Error::NoSecret {
+                url: shown,
+                owner: owner.to_string(),
+            });
+        }
+        self.targets.push(Target {
+            shown: redact_url(&url),
+            owner,
+            url,
+            secrets: endpoint.secrets.clone(),
+            gone: AtomicBool::new(false),
+        });
+        Ok(self.targets.len() - 1)
+    }
+
+    /// The targets a notification owned by `project` may go to: the operator
+    /// endpoints, plus that project's own endpoints when the project is known.
+    /// Returned as `(index, target)`.
+    pub(crate) fn targets_for(&self, project: Option<&str>) -> Vec<(usize, &Target)> {
+        let own = project
+            .and_then(|p| self.projects.get(p))
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        self.operator
+            .iter()
+            .chain(own)
+            .map(|&i| (i, &self.targets[i]))
+            .collect()
+    }
+}
+
+/// A parsed URL for display: scheme, host, port and path only. Credentials,
+/// query and fragment are dropped, because tokens often hide there.
+pub(crate) fn redact_url(url: &Url) -> String {
+    let mut shown = format!("{}://", url.scheme());
+    if !url.username().is_empty() || url.password().is_some() {
+        shown.push_str("***@");
+    }
+    shown.push_str(url.host_str().unwrap_or(""));
+    if let Some(port) = url.port() {
+        shown.push_str(&format!(":{port}"));
+    }
+    shown.push_str(url.path());
+    if url.query().is_some() {
+        shown.push_str("?***");
+    }
+    shown
+}
+
+/// A URL string that may not parse, for display: whatever precedes the last
+/// `@` of the authority is replaced, and query and fragment are dropped.
+pub(crate) fn redact_raw_url(raw: &str) -> String {
+    if let Ok(url) = Url::parse(raw) {
+        return redact_url(&url);
+    }
+    let (scheme, rest) = match raw.split_once("://") {
+        Some((s, r)) => (Some(s), r),
+        None => (None, raw),
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let authority = match authority.rsplit_once('@') {
+        Some((_, host)) => format!("***@{host}"),
+        None => authority.to_owned(),
+    };
+    let path = tail.split(['?', '#']).next().unwrap_or("");
+    let hidden_query = if tail.contains('?') { "?***" } else { "" };
+    match scheme {
+        Some(s) => format!("{s}://{authority}{path}{hidden_query}"),
+        None => format!("{authority}{path}{hidden_query}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn secret() -> Secret {
+        Secret::from_bytes(&[1u8; 24]).unwrap()
+    }
+
+    fn config() -> WebhookConfig {
+        WebhookConfig::default()
+            .with_operator(Endpoint::new("https://ops.example/hook", [secret()]))
+            .with_project("p-a", Endpoint::new("https://a.example/1", [secret()]))
+            .with_project("p-a", Endpoint::new("https://a.example/2", [secret()]))
+            .with_project("p-b", Endpoint::new("https://b.example/", [secret()]))
+    }
+
+    fn check_route(routes: &Routes, project: Option<&str>, expected: &[&str]) {
+        let got: Vec<String> = routes
+            .targets_for(project)
+            .into_iter()
+            .map(|(_, t)| t.url.to_string())
+            .collect();
+        assert_eq!(got, expected, "project {project:?}");
+    }
+
+    #[test]
+    fn routing_never_crosses_projects() {
+        let routes = Routes::new(&config()).unwrap();
+        let ops = "https://ops.example/hook";
+        check_route(
+            &routes,
+            Some("p-a"),
+            &[ops, "https://a.example/1", "https://a.example/2"],
+        );
+        check_route(&routes, Some("p-b"), &[ops, "https://b.example/"]);
+        // Unknown, missing, empty, and near-miss owners get the operator only.
+        for project in [
+            None,
+            Some("p-c"),
+            Some(""),
+            Some("P-A"),
+            Some(" p-a"),
+            Some("p-a "),
+        ] {
+            check_route(&routes, project, &[ops]);
+        }
+    }
+
+    #[test]
+    fn without_operator_an_unknown_owner_goes_nowhere() {
+        let mut config = config();
+        config.operator.clear();
+        let routes = Routes::new(&config).unwrap();
+        check_route(&routes, Some("p-c"), &[]);
+        check_route(&routes, None, &[]);
+        check_route(&routes, Some("p-b"), &["https://b.example/"]);
+    }
+
+    #[test]
+    fn invalid_configurations_are_rejected_naming_the_owner_not_the_secret() {
+        let cases: Vec<(WebhookConfig, &str)> = vec![
+            (
+                WebhookConfig::default().with_project("", Endpoint::new("https://x/", [secret()])),
+                "project id `` is not valid; project ids must be non-empty with no surrounding whitespace",
+            ),
+            (
+                WebhookConfig::default()
+                    .with_project("p ", Endpoint::new("https://x/", [secret()])),
+                "project id `p ` is not valid; project ids must be non-empty with no surrounding whitespace",
+            ),
+            (
+                WebhookConfig::default().with_project("p-a", Endpoint::new("https://x/", [])),
+                "webhook endpoint `https://x/` for project p-a has no signing secret; give at least one `whsec_` secret",
+            ),
+            (
+                WebhookConfig::default().with_operator(Endpoint::new("ftp://x/", [secret()])),
+                "webhook url `ftp://x/` for the operator is not valid: scheme `ftp` is not http or https; expected an absolute http:// or https:// URL",
+            ),
+            (
+                WebhookConfig::default().with_project(
+                    "p-a",
+                    Endpoint::new("https://user:hunter2@[bad/x?token=abc", [secret()]),
+                ),
+                "webhook url `https://***@[bad/x?***` for project p-a is not valid: invalid IPv6 address; expected an absolute http:// or https:// URL",
+            ),
+        ];
+        for (config, expected) in cases {
+            let err = Routes::new(&config).unwrap_err().to_string();
+            assert_eq!(err, expected);
+            assert!(
+                !err.contains("hunter2") && !err.contains("token=abc"),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn urls_are_redacted_for_display() {
+        let cases = [
+            ("https://h.example/p", "https://h.example/p"),
+            (
+                "https://u:pw@h.example:8443/p?token=t#frag",
+                "https://***@h.example:8443/p?***",
+            ),
+            ("http://u@h.example/", "http://***@h.example/"),
+            ("not a url with pw@host/path?q", "***@host/path?***"),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(redact_raw_url(input), expected, "{input}");
+        }
+    }
+
+    #[test]
+    fn debug_output_redacts_secrets_and_credentials() {
+        let s = Secret::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
+        let config = WebhookConfig::default().with_project(
+            "p-a",
+            Endpoint::new("https://u:hunter2@h.example/?k=v", [s]),
+        );
+        let debug = format!("{config:?} {:?}", Routes::new(&config).unwrap());
+        for leak in ["MfKQ9r8G", "hunter2", "k=v"] {
+            assert!(!debug.contains(leak), "{leak} in {debug}");
+        }
+        assert!(
+            debug.contains("p-a") && debug.contains("h.example"),
+            "{debug}"
+        );
+    }
+}
