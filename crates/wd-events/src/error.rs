@@ -1,0 +1,82 @@
+//! The crate's one error type.
+
+/// What went wrong while talking to libvirt or parsing one of its values.
+///
+/// Errors that happen while the listener runs are not fatal: they arrive as
+/// [`Item::ConnectFailed`](crate::Item::ConnectFailed) or
+/// [`Item::Error`](crate::Item::Error) and the listener recovers by itself.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Text that names no value of a libvirt enum.
+    #[error("unknown value `{value}`; allowed: {allowed}, unknown-N for an unlisted N")]
+    ParseEnum {
+        /// The text given.
+        value: String,
+        /// The known spellings, comma-separated.
+        allowed: String,
+    },
+
+    /// `virEventRegisterDefaultImpl` failed, so no connection can deliver
+    /// events in this process.
+    #[error("cannot register libvirt's default event loop")]
+    EventLoop(#[source] virt::error::Error),
+
+    /// Opening the connection failed.
+    #[error("cannot connect to libvirt at `{uri}`")]
+    Connect {
+        /// The connection URI.
+        uri: String,
+        /// libvirt's error.
+        #[source]
+        source: virt::error::Error,
+    },
+
+    /// Registering for a domain event or the close callback failed.
+    #[error("cannot register for libvirt {what} on `{uri}`")]
+    Register {
+        /// Which registration: `watchdog events`, `lifecycle events` or
+        /// `the close callback`.
+        what: &'static str,
+        /// The connection URI.
+        uri: String,
+        /// libvirt's error.
+        #[source]
+        source: virt::error::Error,
+    },
+
+    /// Listing the domains (the catch-up after a connect) failed.
+    #[error("cannot list the domains on `{uri}`")]
+    ListDomains {
+        /// The connection URI.
+        uri: String,
+        /// libvirt's error.
+        #[source]
+        source: virt::error::Error,
+    },
+
+    /// Reading one domain's state or XML failed.
+    #[error("cannot read the {what} of domain {domain}")]
+    Domain {
+        /// What was read: `state`, `xml`, ...
+        what: &'static str,
+        /// The domain's UUID (or name, when the UUID is not known).
+        domain: String,
+        /// libvirt's error.
+        #[source]
+        source: virt::error::Error,
+    },
+
+    /// The listener's supervisor thread could not be started.
+    #[error("cannot start the listener thread `{name}`")]
+    Spawn {
+        /// The thread's name.
+        name: &'static str,
+        /// The OS error, shared because `io::Error` is not `Clone`.
+        #[source]
+        source: std::sync::Arc<std::io::Error>,
+    },
+}
+
+/// `Result` with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

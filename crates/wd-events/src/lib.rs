@@ -1,0 +1,125 @@
+//! The libvirt event listener: turns libvirt's watchdog and lifecycle
+//! callbacks into a dependable async stream of owned Rust values.
+//!
+//! This crate knows libvirt and nothing about notifications: it must never
+//! depend on `wd-notify` or its transports. It is the only crate in the
+//! workspace allowed `unsafe`, and all of it lives in one module (`ffi`).
+//!
+//! # What the stream gives
+//!
+//! [`listen`] connects to a URI (by default `qemu:///system`) and yields
+//! [`Item`]s:
+//!
+//! * [`Item::Watchdog`]: a firing, with the domain's UUID and name, the
+//!   action ([`Enum<WatchdogAction>`](WatchdogAction), `Known` or
+//!   `Unknown(raw)`), when it was received, a sequence number, the
+//!   connection generation, whether it was seen live or recovered, and its
+//!   episode id.
+//! * [`Item::Lifecycle`]: a domain was defined, started, paused, resumed,
+//!   stopped, undefined, ... (event and detail, `Known`/`Unknown` too), with
+//!   the XML of defined and started domains so a consumer can cache owners.
+//! * Connection state: [`Item::Connected`], [`Item::Disconnected`],
+//!   [`Item::ConnectFailed`]; and [`Item::Error`] for a failure worked
+//!   around. Errors never end the stream.
+//! * After every connect, a catch-up bracketed by [`Item::InitStart`] and
+//!   [`Item::InitDone`]: every domain with its state and XML
+//!   ([`Item::InitDomain`]), then the watchdog pauses that happened while
+//!   disconnected, as recovered firings.
+//!
+//! ```no_run
+//! use futures::StreamExt;
+//! use wd_events::{Item, ListenerConfig};
+//!
+//! # async fn run() -> wd_events::Result<()> {
+//! let mut events = wd_events::listen(ListenerConfig::default())?;
+//! while let Some(item) = events.next().await {
+//!     if let Item::Watchdog(firing) = item {
+//!         println!("{} fired: {} ({}, episode {})",
+//!             firing.domain, firing.action, firing.origin, firing.episode);
+//!     }
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! # Once per firing
+//!
+//! A `pause` firing leaves the guest paused (reason `watchdog`) until it is
+//! resumed or stopped; that is one *episode*, reported exactly once, with
+//! the same [`WatchdogEvent::episode`] whether it was seen live, recovered by
+//! a catch-up, or both, across any number of reconnects. Other actions are
+//! one episode per firing.
+//!
+//! # What cannot be recovered
+//!
+//! libvirt does not queue events for absent clients: a firing while the
+//! listener is disconnected is only found if it left state behind. A `pause`
+//! does (the domain stays paused with reason `watchdog`), so the catch-up
+//! reports it. `reset`, `none`, `debug` and `inject-nmi` leave the guest
+//! running as if nothing happened, and `poweroff`/`shutdown` leave a shut-off
+//! domain indistinguishable from any other stop: those firings are lost
+//! while disconnected. Also undetectable: a guest paused by its watchdog,
+//! resumed and paused by it again, all while disconnected and without a
+//! restart of the domain, looks like the first pause and is not reported
+//! again. Episode ids live in memory: after a restart of the process, a
+//! pause found by the first catch-up is reported again (as recovered) with a
+//! new episode id; consumers that must not repeat it across restarts keep
+//! their own record of (domain UUID, pause) they have handled.
+//!
+//! # Thread model
+//!
+//! * **`wd-libvirt-loop`** (one per process, started by
+//!   [`init_event_loop`]) runs `virEventRunDefaultImpl` forever. libvirt
+//!   runs every callback here: domain events, the close callback,
+//!   keepalive. Callbacks only copy data into owned values and send them on
+//!   an unbounded channel; they never block.
+//! * **`wd-events`** (one per listener, started by [`listen`]) owns the
+//!   connection and the state machine: it connects, registers, lists
+//!   domains, fetches XML, backs off between attempts, turns the callbacks'
+//!   messages into [`Item`]s and sends them to the consumer. It makes all
+//!   the blocking libvirt calls, so the loop thread never waits on libvirt
+//!   or on the consumer. When the consumer falls behind, this thread waits,
+//!   and messages queue up before it.
+//! * **The consumer** polls the [`EventStream`] on any async runtime.
+//!   Dropping the stream stops the `wd-events` thread, which deregisters
+//!   and closes its connection.
+//!
+//! `virEventRegisterDefaultImpl` must run before any connection in the
+//! process is opened. [`listen`] and [`register`] see to it for their own
+//! connections; an application that opens other libvirt connections should
+//! call [`init_event_loop`] first thing.
+//!
+//! # Reconnecting
+//!
+//! Keepalive (`virConnectSetKeepAlive`) and the close callback detect a
+//! lost connection (libvirtd restarted: `eof`; unresponsive: `keepalive`),
+//! backed by a periodic `virConnectIsAlive`. The listener then reconnects
+//! with capped exponential backoff and jitter ([`BackoffConfig`]: 0.8 s
+//! doubling to 30 s, reset after two minutes of health), so it never spins
+//! while libvirtd is down, registers again, and catches up.
+#![deny(unsafe_code)]
+
+mod backend;
+mod config;
+mod error;
+#[allow(unsafe_code)]
+mod ffi;
+mod kinds;
+mod listener;
+mod machine;
+mod model;
+
+pub use config::{BackoffConfig, ListenerConfig};
+pub use error::{Error, Result};
+pub use ffi::{Registration, init_event_loop, register};
+pub use kinds::{
+    CEnum, CloseReason, CrashedDetail, DefinedDetail, DomainState, Enum, Lifecycle,
+    LifecycleDetail, PAUSED_REASON_WATCHDOG, PmSuspendedDetail, ResumedDetail, ShutdownDetail,
+    StartedDetail, StoppedDetail, SuspendedDetail, UndefinedDetail, WatchdogAction,
+};
+#[cfg(any(test, feature = "mock"))]
+pub use listener::MockEventSource;
+pub use listener::{EventSource, EventStream, listen};
+pub use machine::{RawEvent, RawKind};
+pub use model::{
+    DisconnectReason, DomainId, DomainInfo, Item, LifecycleEvent, Origin, WatchdogEvent,
+};
