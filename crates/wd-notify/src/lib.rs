@@ -1,14 +1,174 @@
-//! The watchdog notification model and the [`Notifier`] interface.
+//! The watchdog notification model, the [`Notifier`] interface, and the
+//! pieces that make delivery dependable: [`Fanout`], [`Retry`],
+//! [`Coalesce`] (storm control) and [`Spool`] (a durable write-ahead log),
+//! plus two transport-free backends, [`LogNotifier`] and
+//! [`ChannelNotifier`].
 //!
 //! Architecture invariant: this crate knows nothing of libvirt or of any
-//! network transport. Backends (webhooks, the OpenStack message bus) live in
-//! their own crates and implement [`Notifier`].
+//! network transport, and must never depend on them. Backends (webhooks,
+//! the OpenStack message bus) live in their own crates and implement
+//! [`Notifier`].
+//!
+//! # Recommended composition
+//!
+//! ```text
+//! event listener
+//!   -> Coalesce            one notification per window for a looping guest
+//!   -> Spool               durable: accepted = on disk; survives restarts
+//!   -> Fanout              every backend concurrently, outcome per backend
+//!        [ Retry(webhook), Retry(amqp), LogNotifier ]
+//! ```
+//!
+//! Retry sits *inside* the fanout, per backend, so that one backend's
+//! outage never resends to backends that already have the notification;
+//! when a retry gives up, the spool offers the notification again later,
+//! and the fanout skips the backends that took it (see [`Fanout`]). On
+//! shutdown, call [`Coalesce::shutdown`] first (it flushes folded firings
+//! into the spool), then [`Spool::shutdown`].
+//!
+//! ```
+//! use std::time::Duration;
+//! use wd_notify::*;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let dir = tempfile::tempdir()?;
+//! let (inbox, mut rx) = ChannelNotifier::channel(16);
+//! let fanout = Fanout::default()
+//!     .with("inbox", Retry::new(inbox, RetryConfig::default()))
+//!     .with("log", LogNotifier::new());
+//! let spool = Spool::open(dir.path(), SpoolConfig::default(), fanout)?;
+//! let storm = Coalesce::new(spool, CoalesceConfig::default());
+//!
+//! let n = Notification::new(
+//!     Instance::new(uuid::Uuid::new_v4()),
+//!     "compute-1",
+//!     Domain::new(uuid::Uuid::new_v4(), "instance-0000002a"),
+//!     "reset",
+//!     time::OffsetDateTime::now_utc(),
+//! );
+//! storm.notify(&n).await?; // durable once this returns
+//! assert_eq!(rx.recv().await.unwrap().event_id, n.event_id);
+//! storm.shutdown().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! # The JSON form, version 1
+//!
+//! [`Notification::to_json`] and [`Notification::from_json`] use this form
+//! (one object; the example is wrapped for reading):
+//!
+//! ```json
+//! {"version":1,
+//!  "event_id":"33333333-3333-4333-8333-333333333333",
+//!  "instance":{"uuid":"11111111-1111-4111-8111-111111111111","name":"web-1",
+//!              "project_id":"p1","user_id":null},
+//!  "host":"compute-1",
+//!  "domain":{"uuid":"22222222-2222-4222-8222-222222222222","name":"instance-0000002a"},
+//!  "action":"reset",
+//!  "fired_at":"2026-11-25T19:14:30.123456789Z",
+//!  "recovered":false,
+//!  "occurrences":{"count":1,"first_at":"2026-11-25T19:14:30.123456789Z",
+//!                 "last_at":"2026-11-25T19:14:30.123456789Z"}}
+//! ```
+//!
+//! | field | meaning |
+//! |-------|---------|
+//! | `version` | always `1` for this form ([`SCHEMA_VERSION`]) |
+//! | `event_id` | UUID; the idempotency key: the same firing always carries the same id, across retries and restarts; deduplicate on it |
+//! | `instance` | `uuid`; `name`, `project_id`, `user_id` are strings or `null` when unknown |
+//! | `host` | the compute host |
+//! | `domain` | the libvirt domain's `uuid` and `name` |
+//! | `action` | libvirt's spelling: `none`, `pause`, `reset`, `poweroff`, `shutdown`, `debug`, `inject-nmi`, or `unknown-N` |
+//! | `fired_at` | RFC 3339, UTC, up to nanoseconds |
+//! | `recovered` | `true` when found by catch-up after a reconnect or restart, not seen live |
+//! | `occurrences` | `count` firings between `first_at` and `last_at`; `count` is 1 for a single firing and larger for a [`Coalesce`] follow-up |
+//!
+//! Compatibility rules: readers ignore fields they do not know; a new
+//! optional field does not change `version`; a field that changes meaning
+//! or goes away does. [`Notification::from_json`] rejects any version but 1.
+//!
+//! # The spool format
+//!
+//! A spool directory holds segment files named `seg-XXXXXXXXXXXXXXXX.wal`
+//! (16 lowercase hex digits, the segment id, increasing). Nothing else in
+//! the directory is read. Each segment is:
+//!
+//! | offset | size | content |
+//! |--------|------|---------|
+//! | 0 | 8 | [`SEGMENT_MAGIC`], `WDSPOOL1` |
+//! | 8 | … | records, back to back |
+//!
+//! Each record (all integers little-endian):
+//!
+//! | offset | size | field |
+//! |--------|------|-------|
+//! | 0 | 4 | [`RECORD_MAGIC`], `wdR1` |
+//! | 4 | 4 | `len`: payload length, at most [`MAX_PAYLOAD`] (1 MiB) |
+//! | 8 | 1 | `kind`: 1 = entry, 2 = ack |
+//! | 9 | 8 | `seq`: the entry's sequence number, unique in the directory |
+//! | 17 | 4 | CRC-32 (IEEE) of bytes 4..17 followed by the payload |
+//! | 21 | `len` | payload: an entry's notification in the JSON form above; empty for an ack |
+//!
+//! Writing rules:
+//!
+//! - Entries are appended to the newest (active) segment; `notify` returns
+//!   `Ok` only after `fdatasync` of that segment ([`SyncMode`]: one per
+//!   entry, or shared by a group of concurrent callers).
+//! - A new segment is written with its header (and, when recovering, its
+//!   entries), `fsync`ed, and then the directory is `fsync`ed.
+//! - An ack record is appended when an entry is delivered or dropped; acks
+//!   are not synced on their own (a lost ack means a duplicate delivery with
+//!   the same event id, never a loss).
+//! - A segment is removed only when every entry in it is acked and every
+//!   older segment is gone, so an ack never disappears before its entry.
+//! - Compaction: when a closed segment is the oldest and at most a quarter
+//!   of its entries are live, those entries are copied (same seq) into the
+//!   active segment, synced, and only then is the old segment removed.
+//!
+//! Recovery ([`recover`] for one segment, [`scan`] for a directory, done by
+//! [`Spool::open`]):
+//!
+//! - Segments are read oldest first. A record counts only if its magic,
+//!   length, checksum, kind and payload are all valid.
+//! - A damaged span (torn tail, flipped bytes, bad length) is skipped: the
+//!   reader resynchronises at the next offset where a valid record starts,
+//!   and reports the span ([`Skipped`]). It never fails and never panics.
+//! - The same seq seen twice is one entry (a compaction copy). An entry is
+//!   pending unless an ack with its seq exists in any segment.
+//! - [`Spool::open`] then writes every pending entry into one new segment,
+//!   syncs it and the directory, and removes the old segments; new seqs
+//!   continue above the highest seen.
+//!
+//! Bounds: when more than [`SpoolConfig::max_entries`] entries or
+//! [`SpoolConfig::max_bytes`] bytes wait, the oldest entries not being
+//! delivered right now are dropped, each with a `warn` log and counted in
+//! [`SpoolStats::dropped_full`]. Disk use is about the pending bytes plus up
+//! to a few segments of acked records awaiting removal.
 #![forbid(unsafe_code)]
 
+mod backends;
+mod coalesce;
+mod error;
+mod fanout;
 mod model;
 mod notifier;
+mod retry;
+mod spool;
+#[cfg(test)]
+mod test_support;
 
+pub use backends::{ChannelNotifier, LogNotifier};
+pub use coalesce::{Coalesce, CoalesceConfig, CoalesceStats};
+pub use error::{Error, Result};
+pub use fanout::{BackendOutcome, Fanout, FanoutConfig, FanoutFailure, FanoutReport, Outcome};
 pub use model::{Domain, Instance, Notification, Occurrences, SCHEMA_VERSION};
 #[cfg(feature = "mock")]
 pub use notifier::MockNotifier;
 pub use notifier::{BoxError, Notifier, NotifyError};
+pub use retry::{Retry, RetryConfig};
+pub use spool::{
+    MAX_PAYLOAD, RECORD_HEADER_LEN, RECORD_MAGIC, Record, RecordBody, RecoveryReport,
+    SEGMENT_MAGIC, ScanReport, SkipReason, Skipped, Spool, SpoolConfig, SpoolStats, SyncMode,
+    recover, scan,
+};

@@ -4,6 +4,8 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use crate::error::{Error, Result};
+
 /// The version of the JSON form, carried in every notification as `version`.
 /// It changes only when a field changes meaning or is removed; new optional
 /// fields do not change it.
@@ -86,10 +88,144 @@ impl Occurrences {
     }
 }
 
+impl Instance {
+    /// An instance known only by its UUID: no name and no known owner.
+    pub fn new(uuid: Uuid) -> Self {
+        Instance {
+            uuid,
+            name: None,
+            project_id: None,
+            user_id: None,
+        }
+    }
+}
+
+impl Domain {
+    /// A domain with this UUID and name.
+    pub fn new(uuid: Uuid, name: impl Into<String>) -> Self {
+        Domain {
+            uuid,
+            name: name.into(),
+        }
+    }
+}
+
 impl Notification {
+    /// A live, single firing with a fresh random event id.
+    pub fn new(
+        instance: Instance,
+        host: impl Into<String>,
+        domain: Domain,
+        action: impl Into<String>,
+        fired_at: OffsetDateTime,
+    ) -> Self {
+        Notification {
+            version: SCHEMA_VERSION,
+            event_id: Uuid::new_v4(),
+            instance,
+            host: host.into(),
+            domain,
+            action: action.into(),
+            fired_at,
+            recovered: false,
+            occurrences: Occurrences::single(fired_at),
+        }
+    }
+
     /// The notification's versioned JSON form.
     pub fn to_json(&self) -> String {
         // Serializing plain data with string keys cannot fail.
         serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// Reads the JSON form, accepting only `version` [`SCHEMA_VERSION`].
+    ///
+    /// Unknown fields are ignored, because new optional fields do not change
+    /// the version.
+    pub fn from_json(text: &str) -> Result<Notification> {
+        #[derive(Deserialize)]
+        struct Versioned {
+            version: u32,
+        }
+        let v: Versioned =
+            serde_json::from_str(text).map_err(|source| Error::ParseNotification { source })?;
+        if v.version != SCHEMA_VERSION {
+            return Err(Error::UnsupportedVersion { version: v.version });
+        }
+        serde_json::from_str(text).map_err(|source| Error::ParseNotification { source })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Notification {
+        let at = time::macros::datetime!(2026-11-25 19:14:30.123456789 UTC);
+        let mut n = Notification::new(
+            Instance {
+                uuid: Uuid::from_u128(0x1111_1111_1111_4111_8111_1111_1111_1111),
+                name: Some("web-1".into()),
+                project_id: Some("p1".into()),
+                user_id: None,
+            },
+            "compute-1",
+            Domain::new(
+                Uuid::from_u128(0x2222_2222_2222_4222_8222_2222_2222_2222),
+                "instance-0000002a",
+            ),
+            "reset",
+            at,
+        );
+        n.event_id = Uuid::from_u128(0x3333_3333_3333_4333_8333_3333_3333_3333);
+        n
+    }
+
+    #[test]
+    fn json_round_trips() {
+        let mut folded = sample();
+        folded.recovered = true;
+        folded.occurrences = Occurrences {
+            count: 7,
+            first_at: time::macros::datetime!(2026-11-25 19:14:31 UTC),
+            last_at: time::macros::datetime!(2026-11-25 19:15:30.5 UTC),
+        };
+        for n in [sample(), folded] {
+            let text = n.to_json();
+            assert_eq!(Notification::from_json(&text).unwrap(), n, "{text}");
+            let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(serde_json::from_value::<Notification>(value).unwrap(), n);
+        }
+    }
+
+    #[test]
+    fn json_form_is_stable() {
+        // The exact wire form consumers rely on; changing it is a new version.
+        let expected = r#"{"version":1,"event_id":"33333333-3333-4333-8333-333333333333","instance":{"uuid":"11111111-1111-4111-8111-111111111111","name":"web-1","project_id":"p1","user_id":null},"host":"compute-1","domain":{"uuid":"22222222-2222-4222-8222-222222222222","name":"instance-0000002a"},"action":"reset","fired_at":"2026-11-25T19:14:30.123456789Z","recovered":false,"occurrences":{"count":1,"first_at":"2026-11-25T19:14:30.123456789Z","last_at":"2026-11-25T19:14:30.123456789Z"}}"#;
+        assert_eq!(sample().to_json(), expected);
+    }
+
+    fn check(text: &str, expected: std::result::Result<(), &str>) {
+        match (Notification::from_json(text), expected) {
+            (Ok(_), Ok(())) => {}
+            (Err(e), Err(msg)) => assert_eq!(e.to_string(), msg, "{text}"),
+            (got, want) => panic!("{text}: got {got:?}, want {want:?}"),
+        }
+    }
+
+    #[test]
+    fn from_json_checks_version_and_shape() {
+        let good = sample().to_json();
+        check(&good, Ok(()));
+        // An unknown extra field is a compatible addition.
+        check(&good.replacen("{", r#"{"extra":true,"#, 1), Ok(()));
+        check(
+            &good.replace(r#""version":1"#, r#""version":2"#),
+            Err("notification version 2 is not supported; allowed: 1"),
+        );
+        let invalid = "notification json is invalid; expected the version 1 form described in the wd-notify docs";
+        check("not json", Err(invalid));
+        check(r#"{"version":1}"#, Err(invalid));
+        check(&good.replace(r#""count":1"#, r#""count":-1"#), Err(invalid));
     }
 }

@@ -53,6 +53,36 @@ impl NotifyError {
         }
     }
 
+    /// Attaches the underlying cause.
+    #[must_use]
+    pub fn with_source(mut self, cause: impl Into<BoxError>) -> Self {
+        match &mut self {
+            NotifyError::Retryable { source, .. } | NotifyError::Permanent { source, .. } => {
+                *source = Some(cause.into());
+            }
+        }
+        self
+    }
+
+    /// Records how long the backend asked us to wait. It has no effect on a
+    /// permanent failure, which is never retried.
+    #[must_use]
+    pub fn with_retry_after(mut self, wait: Duration) -> Self {
+        if let NotifyError::Retryable { retry_after, .. } = &mut self {
+            *retry_after = Some(wait);
+        }
+        self
+    }
+
+    /// What failed, without the cause.
+    pub fn message(&self) -> &str {
+        match self {
+            NotifyError::Retryable { message, .. } | NotifyError::Permanent { message, .. } => {
+                message
+            }
+        }
+    }
+
     /// Whether retrying may help.
     pub fn is_retryable(&self) -> bool {
         matches!(self, NotifyError::Retryable { .. })
@@ -68,10 +98,24 @@ impl NotifyError {
 }
 
 /// Something that delivers notifications: a backend or a combinator.
-#[cfg_attr(feature = "mock", mockall::automock)]
+#[cfg_attr(any(test, feature = "mock"), mockall::automock)]
 #[async_trait]
 pub trait Notifier: Send + Sync {
     /// Delivers one notification. Returns only when it is delivered (or, for a
     /// spool, durably accepted), or with the reason it was not.
     async fn notify(&self, n: &Notification) -> Result<(), NotifyError>;
+}
+
+#[async_trait]
+impl<T: Notifier + ?Sized> Notifier for std::sync::Arc<T> {
+    async fn notify(&self, n: &Notification) -> Result<(), NotifyError> {
+        (**self).notify(n).await
+    }
+}
+
+#[async_trait]
+impl<T: Notifier + ?Sized> Notifier for Box<T> {
+    async fn notify(&self, n: &Notification) -> Result<(), NotifyError> {
+        (**self).notify(n).await
+    }
 }

@@ -1,0 +1,63 @@
+//! The crate's one error type, for operations other than delivery.
+//!
+//! Delivery failures are [`NotifyError`](crate::NotifyError), because they
+//! carry whether a retry may help; everything else (reading the JSON form,
+//! opening or scanning a spool) fails with [`Error`].
+
+use std::path::PathBuf;
+
+/// What went wrong while reading a notification or working a spool.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Text that is not a notification in its JSON form.
+    #[error(
+        "notification json is invalid; expected the version 1 form described in the wd-notify docs"
+    )]
+    ParseNotification {
+        /// The JSON error.
+        #[source]
+        source: serde_json::Error,
+    },
+
+    /// A notification in a JSON form this version does not read.
+    #[error("notification version {version} is not supported; allowed: 1")]
+    UnsupportedVersion {
+        /// The version given.
+        version: u32,
+    },
+
+    /// The spool directory could not be created, listed or locked.
+    #[error("cannot open spool directory {}", path.display())]
+    OpenSpool {
+        /// The directory.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A spool file could not be read, written or removed.
+    #[error("cannot access spool file {}", path.display())]
+    SpoolIo {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A spool configuration value out of range.
+    #[error("spool setting {name}={value} is invalid; allowed: {allowed}")]
+    SpoolConfig {
+        /// The field of [`SpoolConfig`](crate::SpoolConfig).
+        name: &'static str,
+        /// The value given.
+        value: String,
+        /// What is allowed.
+        allowed: &'static str,
+    },
+}
+
+/// `Result` with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

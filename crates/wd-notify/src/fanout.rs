@@ -1,0 +1,465 @@
+//! Delivery to several backends at once.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use uuid::Uuid;
+
+use crate::model::Notification;
+use crate::notifier::{Notifier, NotifyError};
+
+/// [`Fanout`] settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FanoutConfig {
+    /// The longest one backend's delivery may take before it counts as a
+    /// retryable failure; `None` waits as long as the backend does. Put the
+    /// deadline on a [`Retry`](crate::Retry) around each backend instead when
+    /// you can.
+    pub backend_timeout: Option<Duration>,
+    /// How many recent event ids to remember, with the backends that already
+    /// took them, so that a notification offered again (by a spool or a
+    /// retry around the fanout) goes only to the backends that still need it.
+    pub remember: usize,
+}
+
+impl Default for FanoutConfig {
+    fn default() -> Self {
+        FanoutConfig {
+            backend_timeout: None,
+            remember: 4096,
+        }
+    }
+}
+
+impl FanoutConfig {
+    /// Sets [`FanoutConfig::backend_timeout`].
+    #[must_use]
+    pub fn backend_timeout(mut self, timeout: Duration) -> Self {
+        self.backend_timeout = Some(timeout);
+        self
+    }
+
+    /// Sets [`FanoutConfig::remember`].
+    #[must_use]
+    pub fn remember(mut self, event_ids: usize) -> Self {
+        self.remember = event_ids;
+        self
+    }
+}
+
+/// What happened at one backend.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Outcome {
+    /// Delivered now.
+    Delivered {
+        /// How long the backend took.
+        elapsed: Duration,
+    },
+    /// Not offered again: this backend took the same event id before.
+    AlreadyDelivered,
+    /// Failed (a timeout counts as a retryable failure).
+    Failed(NotifyError),
+}
+
+/// One backend's outcome.
+#[derive(Debug)]
+pub struct BackendOutcome {
+    /// The name the backend was added under.
+    pub backend: String,
+    /// What happened there.
+    pub outcome: Outcome,
+}
+
+/// Every backend's outcome for one notification, in the order the backends
+/// were added.
+#[derive(Debug)]
+pub struct FanoutReport {
+    /// The event id delivered.
+    pub event_id: Uuid,
+    /// One entry per backend.
+    pub outcomes: Vec<BackendOutcome>,
+}
+
+impl FanoutReport {
+    /// Whether every backend has the notification (now or before).
+    pub fn all_delivered(&self) -> bool {
+        self.failures().next().is_none()
+    }
+
+    /// The backends that failed, with their errors.
+    pub fn failures(&self) -> impl Iterator<Item = (&str, &NotifyError)> {
+        self.outcomes.iter().filter_map(|o| match &o.outcome {
+            Outcome::Failed(e) => Some((o.backend.as_str(), e)),
+            _ => None,
+        })
+    }
+
+    /// The fanout's overall result, as [`Notifier::notify`] returns it:
+    /// `Ok` when every backend has it; `Retryable` when any failure is
+    /// retryable (with the longest retry-after any backend asked for);
+    /// otherwise `Permanent`.
+    pub fn into_result(self) -> Result<(), NotifyError> {
+        if self.all_delivered() {
+            return Ok(());
+        }
+        let retryable = self.failures().any(|(_, e)| e.is_retryable());
+        let retry_after = self.failures().filter_map(|(_, e)| e.retry_after()).max();
+        let message = format!("fanout: {self}");
+        let err = if retryable {
+            let err = NotifyError::retryable(message);
+            match retry_after {
+                Some(wait) => err.with_retry_after(wait),
+                None => err,
+            }
+        } else {
+            NotifyError::permanent(message)
+        };
+        Err(err.with_source(FanoutFailure(self)))
+    }
+}
+
+impl fmt::Display for FanoutReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut first = true;
+        for o in &self.outcomes {
+            if !first {
+                f.write_str(", ")?;
+            }
+            first = false;
+            match &o.outcome {
+                Outcome::Delivered { .. } => write!(f, "{} delivered", o.backend)?,
+                Outcome::AlreadyDelivered => write!(f, "{} already delivered", o.backend)?,
+                Outcome::Failed(e) if e.is_retryable() => {
+                    write!(f, "{} failed (retryable): {e}", o.backend)?
+                }
+                Outcome::Failed(e) => write!(f, "{} failed (permanent): {e}", o.backend)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The source of a failed fanout's [`NotifyError`]: the whole report, for a
+/// caller that wants each backend's outcome (`downcast_ref::<FanoutFailure>`).
+#[derive(Debug)]
+pub struct FanoutFailure(pub FanoutReport);
+
+impl fmt::Display for FanoutFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "some backends failed for event {}", self.0.event_id)
+    }
+}
+
+impl std::error::Error for FanoutFailure {}
+
+struct Backend {
+    name: String,
+    notifier: Arc<dyn Notifier>,
+}
+
+/// Which backends took which recent event ids (bit i = backend i).
+#[derive(Default)]
+struct Memory {
+    delivered: HashMap<Uuid, u128>,
+    order: VecDeque<Uuid>,
+}
+
+/// Delivers each notification to every backend concurrently.
+///
+/// A failing or slow backend neither fails nor delays delivery to the
+/// others; `notify` returns once every backend has answered, with the
+/// combined result of [`FanoutReport::into_result`], and each backend's
+/// outcome is logged (`tracing`) and available from [`Fanout::deliver`].
+///
+/// # Composing with retry and a spool
+///
+/// Retry *inside* the fanout, per backend, and spool *outside* it:
+///
+/// ```text
+/// Coalesce -> Spool -> Fanout [ Retry(webhook), Retry(amqp), LogNotifier ]
+/// ```
+///
+/// Then one backend's outage costs the others nothing. When a retry gives
+/// up, the fanout's error is retryable and the spool offers the notification
+/// again later; the fanout remembers (for the last
+/// [`FanoutConfig::remember`] event ids, in memory) which backends already
+/// took it and skips them, so backends that succeeded do not get it again.
+/// Only after a process restart can such a backend see it twice, always with
+/// the same event id.
+///
+/// At most 128 backends.
+pub struct Fanout {
+    backends: Vec<Backend>,
+    config: FanoutConfig,
+    memory: Mutex<Memory>,
+}
+
+impl fmt::Debug for Fanout {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Fanout")
+            .field(
+                "backends",
+                &self.backends.iter().map(|b| &b.name).collect::<Vec<_>>(),
+            )
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+impl Default for Fanout {
+    fn default() -> Self {
+        Fanout::new(FanoutConfig::default())
+    }
+}
+
+impl Fanout {
+    /// A fanout with no backends yet.
+    pub fn new(config: FanoutConfig) -> Self {
+        Fanout {
+            backends: Vec::new(),
+            config,
+            memory: Mutex::new(Memory::default()),
+        }
+    }
+
+    /// Adds a backend under `name` (used in logs and outcomes). A backend
+    /// beyond the 128th is ignored with an error log.
+    #[must_use]
+    pub fn with(mut self, name: impl Into<String>, backend: impl Notifier + 'static) -> Self {
+        let name = name.into();
+        if self.backends.len() >= 128 {
+            tracing::error!(backend = %name, "fanout: more than 128 backends; ignoring this one");
+            return self;
+        }
+        self.backends.push(Backend {
+            name,
+            notifier: Arc::new(backend),
+        });
+        self
+    }
+
+    /// The backends' names, in order.
+    pub fn backend_names(&self) -> impl Iterator<Item = &str> {
+        self.backends.iter().map(|b| b.name.as_str())
+    }
+
+    /// Delivers to every backend that has not taken this event id yet, and
+    /// reports each backend's outcome.
+    pub async fn deliver(&self, n: &Notification) -> FanoutReport {
+        let done = self.remembered(n.event_id);
+        let timeout = self.config.backend_timeout;
+        let attempts = self.backends.iter().enumerate().map(|(i, b)| async move {
+            if done & (1u128 << i) != 0 {
+                return Outcome::AlreadyDelivered;
+            }
+            let start = tokio::time::Instant::now();
+            let result = match timeout {
+                Some(t) => match tokio::time::timeout(t, b.notifier.notify(n)).await {
+                    Ok(r) => r,
+                    Err(_) => Err(NotifyError::retryable(format!(
+                        "{}: no answer within {t:?}",
+                        b.name
+                    ))),
+                },
+                None => b.notifier.notify(n).await,
+            };
+            match result {
+                Ok(()) => Outcome::Delivered {
+                    elapsed: start.elapsed(),
+                },
+                Err(e) => Outcome::Failed(e),
+            }
+        });
+        let results = futures::future::join_all(attempts).await;
+
+        let mut now_done = done;
+        let mut outcomes = Vec::with_capacity(results.len());
+        for (i, (b, outcome)) in self.backends.iter().zip(results).enumerate() {
+            match &outcome {
+                Outcome::Delivered { elapsed } => {
+                    now_done |= 1u128 << i;
+                    tracing::debug!(event_id = %n.event_id, backend = %b.name, ?elapsed, "fanout: delivered");
+                }
+                Outcome::AlreadyDelivered => {
+                    tracing::debug!(event_id = %n.event_id, backend = %b.name, "fanout: already delivered");
+                }
+                Outcome::Failed(e) => {
+                    tracing::warn!(event_id = %n.event_id, backend = %b.name, retryable = e.is_retryable(), error = %e, "fanout: delivery failed");
+                }
+            }
+            outcomes.push(BackendOutcome {
+                backend: b.name.clone(),
+                outcome,
+            });
+        }
+        self.remember(n.event_id, now_done);
+        FanoutReport {
+            event_id: n.event_id,
+            outcomes,
+        }
+    }
+
+    fn remembered(&self, id: Uuid) -> u128 {
+        let memory = self.memory.lock().unwrap_or_else(|p| p.into_inner());
+        memory.delivered.get(&id).copied().unwrap_or(0)
+    }
+
+    /// Records progress. A fully delivered event is remembered too, so that
+    /// a spool that replays it (an ack lost in a crash of the spool alone)
+    /// does not send it again.
+    fn remember(&self, id: Uuid, done: u128) {
+        if self.config.remember == 0 || done == 0 {
+            return;
+        }
+        let mut memory = self.memory.lock().unwrap_or_else(|p| p.into_inner());
+        if memory.delivered.insert(id, done).is_none() {
+            memory.order.push_back(id);
+            while memory.order.len() > self.config.remember {
+                if let Some(old) = memory.order.pop_front() {
+                    memory.delivered.remove(&old);
+                }
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Notifier for Fanout {
+    async fn notify(&self, n: &Notification) -> Result<(), NotifyError> {
+        self.deliver(n).await.into_result()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::notifier::MockNotifier;
+    use crate::test_support::firing;
+
+    fn ok_mock(times: usize) -> MockNotifier {
+        let mut m = MockNotifier::new();
+        m.expect_notify().times(times).returning(|_| Ok(()));
+        m
+    }
+
+    #[tokio::test]
+    async fn partial_failure_reports_each_backend_and_skips_done_ones_on_retry() {
+        let mut flaky = MockNotifier::new();
+        let mut calls = 0;
+        flaky.expect_notify().times(2).returning(move |_| {
+            calls += 1;
+            if calls == 1 {
+                Err(NotifyError::retryable("flaky down").with_retry_after(Duration::from_secs(3)))
+            } else {
+                Ok(())
+            }
+        });
+        // `good` must be called exactly once although the event is offered twice.
+        let fanout = Fanout::default()
+            .with("good", ok_mock(1))
+            .with("flaky", flaky);
+        let n = firing(1);
+
+        let report = fanout.deliver(&n).await;
+        assert!(matches!(
+            report.outcomes[0].outcome,
+            Outcome::Delivered { .. }
+        ));
+        assert!(matches!(report.outcomes[1].outcome, Outcome::Failed(_)));
+        let err = report.into_result().unwrap_err();
+        assert!(err.is_retryable());
+        assert_eq!(err.retry_after(), Some(Duration::from_secs(3)));
+        let source = std::error::Error::source(&err).unwrap();
+        let failure = source.downcast_ref::<FanoutFailure>().unwrap();
+        assert_eq!(failure.0.failures().next().unwrap().0, "flaky");
+
+        let report = fanout.deliver(&n).await;
+        assert!(matches!(
+            report.outcomes[0].outcome,
+            Outcome::AlreadyDelivered
+        ));
+        assert!(matches!(
+            report.outcomes[1].outcome,
+            Outcome::Delivered { .. }
+        ));
+        assert!(report.all_delivered());
+        // A replay after full delivery goes nowhere.
+        fanout.notify(&n).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn permanent_only_failures_are_permanent() {
+        let mut gone = MockNotifier::new();
+        gone.expect_notify()
+            .times(1)
+            .returning(|_| Err(NotifyError::permanent("gone")));
+        let fanout = Fanout::default()
+            .with("good", ok_mock(1))
+            .with("gone", gone);
+        let err = fanout.notify(&firing(1)).await.unwrap_err();
+        assert!(!err.is_retryable(), "{err}");
+        assert!(err.to_string().contains("good delivered"), "{err}");
+        assert!(
+            err.to_string().contains("gone failed (permanent): gone"),
+            "{err}"
+        );
+    }
+
+    struct Slow(Duration, Arc<tokio::sync::Notify>);
+
+    #[async_trait]
+    impl Notifier for Slow {
+        async fn notify(&self, _: &Notification) -> Result<(), NotifyError> {
+            self.1.notify_one();
+            tokio::time::sleep(self.0).await;
+            Ok(())
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_backend_does_not_delay_the_others_and_can_time_out() {
+        let (fast, mut rx) = crate::ChannelNotifier::channel(1);
+        let started = Arc::new(tokio::sync::Notify::new());
+        let fanout = Arc::new(
+            Fanout::new(FanoutConfig::default().backend_timeout(Duration::from_secs(10)))
+                .with("slow", Slow(Duration::from_secs(3600), started.clone()))
+                .with("fast", fast),
+        );
+        let n = firing(1);
+        let task = tokio::spawn({
+            let fanout = fanout.clone();
+            let n = n.clone();
+            async move { fanout.deliver(&n).await }
+        });
+        let t0 = tokio::time::Instant::now();
+        // The fast backend has it while the slow one is still busy.
+        assert_eq!(rx.recv().await.unwrap(), n);
+        assert!(t0.elapsed() < Duration::from_secs(1));
+        started.notified().await;
+        let report = task.await.unwrap();
+        assert_eq!(t0.elapsed(), Duration::from_secs(10));
+        match &report.outcomes[0].outcome {
+            Outcome::Failed(e) => assert!(e.is_retryable() && e.to_string().contains("no answer")),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            report.outcomes[1].outcome,
+            Outcome::Delivered { .. }
+        ));
+    }
+
+    #[tokio::test]
+    async fn remembers_a_bounded_number_of_events() {
+        // With remember = 1, the first event is forgotten once a second one
+        // is delivered, so offering it again reaches the backend again.
+        let fanout = Fanout::new(FanoutConfig::default().remember(1)).with("b", ok_mock(3));
+        let (a, b) = (firing(1), firing(2));
+        fanout.notify(&a).await.unwrap();
+        fanout.notify(&b).await.unwrap();
+        fanout.notify(&a).await.unwrap();
+    }
+}
