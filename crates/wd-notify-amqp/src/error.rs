@@ -1,0 +1,41 @@
+//! The crate's one error type.
+
+/// What is wrong with an AMQP notifier's configuration.
+///
+/// Delivery failures are not here: [`wd_notify::Notifier::notify`] reports
+/// them as [`wd_notify::NotifyError`]. No variant ever carries a password.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A broker URL that is not `amqp://` or `amqps://`.
+    #[error(
+        "broker url `{url}` is not valid: {reason}; expected amqp://user:password@host:port/vhost or amqps://…"
+    )]
+    InvalidUrl {
+        /// The URL with its credentials removed.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// A name that AMQP cannot carry or oslo.messaging would not produce.
+    #[error("{what} `{value}` is not valid; allowed: 1 to 255 bytes of A-Z a-z 0-9 - _ . :")]
+    InvalidName {
+        /// Which setting: `exchange`, `topic` or `service`.
+        what: &'static str,
+        /// The value given.
+        value: String,
+    },
+
+    /// Text that is not one of oslo.messaging's notification priorities.
+    #[error(
+        "unknown notification priority `{value}`; allowed: audit, debug, info, warn, error, critical, sample"
+    )]
+    ParsePriority {
+        /// The text given.
+        value: String,
+    },
+}
+
+/// `Result` with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,495 @@
+//! The AMQP [`Notifier`]: a lazily (re)connected publisher with confirms.
+
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use lapin::options::{
+    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
+    QueueDeclareOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
+};
+use tokio::sync::Mutex;
+use wd_notify::{Notification, Notifier, NotifyError};
+
+use crate::config::AmqpConfig;
+use crate::error::Result;
+use crate::message::envelope;
+
+/// AMQP reply code for a mandatory message no queue took.
+const NO_ROUTE: u16 = 312;
+/// AMQP reply code for a missing exchange or queue.
+const NOT_FOUND: u16 = 404;
+/// AMQP reply code for a declaration that differs from the existing entity.
+const PRECONDITION_FAILED: u16 = 406;
+/// AMQP `delivery_mode` for a message the broker writes to disk.
+const PERSISTENT: u8 = 2;
+
+/// Publishes notifications to RabbitMQ in oslo.messaging's notification
+/// format, so existing OpenStack notification listeners receive them.
+///
+/// The connection is opened on the first `notify` and reopened lazily after
+/// it breaks (a broker restart, a network cut). While the broker is away,
+/// `notify` fails fast with [`NotifyError::Retryable`], whose `retry_after`
+/// says when the next connection attempt will be made (exponential backoff
+/// between [`AmqpConfig::reconnect_min`] and [`AmqpConfig::reconnect_max`]);
+/// the retry and spool layers in `wd-notify` redeliver. Every publish is
+/// `mandatory`, persistent, and waits for the broker's confirm:
+///
+/// | broker answer                         | result                      |
+/// |---------------------------------------|-----------------------------|
+/// | ack                                   | delivered                   |
+/// | ack + returned (312 NO_ROUTE)         | retryable: no queue bound   |
+/// | nack                                  | retryable                   |
+/// | no confirm in time, connection lost   | retryable, reconnects       |
+/// | exchange missing, `declare = false`   | retryable                   |
+/// | 406 on declare (durability mismatch)  | permanent: fix the config   |
+///
+/// NO_ROUTE is retryable because it describes the deployment of the moment
+/// (no listener has bound its queue yet, or its queue was lost with a broker
+/// restart), not the notification.
+pub struct AmqpNotifier {
+    config: AmqpConfig,
+    routing_key: String,
+    state: Mutex<State>,
+}
+
+impl std::fmt::Debug for AmqpNotifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AmqpNotifier")
+            .field("config", &self.config)
+            .field("routing_key", &self.routing_key)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Default)]
+struct State {
+    link: Option<Link>,
+    /// Identifies the current link, so a failed publish only tears down the
+    /// link it used, not a newer one.
+    generation: u64,
+    /// Consecutive failed connection attempts.
+    failures: u32,
+    /// No connection attempt before this instant.
+    next_attempt: Option<Instant>,
+}
+
+struct Link {
+    connection: Connection,
+    channel: Channel,
+    generation: u64,
+}
+
+impl AmqpNotifier {
+    /// Validates `config`. Connects on the first `notify`, not here, so a
+    /// compute service starts even while the broker is down.
+    pub fn new(config: AmqpConfig) -> Result<Self> {
+        config.validate()?;
+        Ok(AmqpNotifier {
+            routing_key: config.routing_key(),
+            config,
+            state: Mutex::new(State::default()),
+        })
+    }
+
+    /// The routing key every notification is published with.
+    pub fn routing_key(&self) -> &str {
+        &self.routing_key
+    }
+
+    /// The body `notify` publishes for `n`.
+    pub fn body(&self, n: &Notification) -> Vec<u8> {
+        envelope(n, &self.config.service, self.config.priority)
+    }
+
+    /// Closes the connection, if one is open. A later `notify` reconnects.
+    pub async fn close(&self) {
+        let link = self.state.lock().await.link.take();
+        if let Some(link) = link {
+            let _ = link.connection.close(200, "closing".into()).await;
+        }
+    }
+
+    /// The current channel, connecting first if need be.
+    async fn channel(&self) -> Result<(Channel, u64), NotifyError> {
+        let mut state = self.state.lock().await;
+        if let Some(link) = &state.link
+            && link.channel.status().connected()
+            && link.connection.status().connected()
+        {
+            return Ok((link.channel.clone(), link.generation));
+        }
+        if let Some(old) = state.link.take() {
+            let _ = old.connection.close(200, "reconnecting".into()).await;
+        }
+        let now = Instant::now();
+        if let Some(at) = state.next_attempt.filter(|&at| at > now) {
+            return Err(NotifyError::Retryable {
+                message: format!(
+                    "amqp broker {} is unreachable; next connection attempt in {} ms",
+                    self.config.url,
+                    (at - now).as_millis()
+                ),
+                retry_after: Some(at - now),
+                source: None,
+            });
+        }
+        let opened = tokio::time::timeout(self.config.connect_timeout, self.open()).await;
+        let error = match opened {
+            Ok(Ok((connection, channel))) => {
+                state.generation += 1;
+                state.failures = 0;
+                state.next_attempt = None;
+                tracing::info!(broker = %self.config.url, exchange = %self.config.exchange, "connected to the amqp broker");
+                let generation = state.generation;
+                state.link = Some(Link {
+                    connection,
+                    channel: channel.clone(),
+                    generation,
+                });
+                return Ok((channel, generation));
+            }
+            Ok(Err(e)) => e,
+            Err(_) => NotifyError::retryable(format!(
+                "amqp broker {}: no connection within {} ms",
+                self.config.url,
+                self.config.connect_timeout.as_millis()
+            )),
+        };
+        let wait = self.backoff(state.failures);
+        state.failures = state.failures.saturating_add(1);
+        state.next_attempt = Some(Instant::now() + wait);
+        tracing::warn!(broker = %self.config.url, error = %error, retry_in_ms = wait.as_millis() as u64, "amqp connection failed");
+        Err(match error {
+            NotifyError::Retryable {
+                message,
+                retry_after: None,
+                source,
+            } => NotifyError::Retryable {
+                message,
+                retry_after: Some(wait),
+                source,
+            },
+            other => other,
+        })
+    }
+
+    fn backoff(&self, failures: u32) -> Duration {
+        let factor = 1u32 << failures.min(16);
+        self.config
+            .reconnect_min
+            .saturating_mul(factor)
+            .min(self.config.reconnect_max)
+    }
+
+    /// Connects, enables confirms, and declares (or checks) the topology.
+    async fn open(&self) -> Result<(Connection, Channel), NotifyError> {
+        let config = &self.config;
+        let broker = config.url.redacted();
+        let properties = ConnectionProperties::default()
+            .with_connection_name(format!("wd-notify-amqp:{}", config.service).into());
+        let connection = Connection::connect(config.url.expose(), properties)
+            .await
+            .map_err(|e| retryable(format!("amqp broker {broker}: cannot connect"), e))?;
+        let channel = connection
+            .create_channel()
+            .await
+            .map_err(|e| retryable(format!("amqp broker {broker}: cannot open a channel"), e))?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(|e| {
+                retryable(
+                    format!("amqp broker {broker}: cannot enable publisher confirms"),
+                    e,
+                )
+            })?;
+
+        let exchange = config.exchange.as_str();
+        let declared = channel
+            .exchange_declare(
+                exchange.into(),
+                ExchangeKind::Topic,
+                ExchangeDeclareOptions {
+                    passive: !config.declare,
+                    durable: config.durable,
+                    ..ExchangeDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await;
+        if let Err(e) = declared {
+            let _ = connection.close(200, "declare failed".into()).await;
+            return Err(match amqp_code(&e) {
+                Some(PRECONDITION_FAILED) => NotifyError::Permanent {
+                    message: format!(
+                        "amqp exchange `{exchange}` on {broker} exists with other properties than declared \
+                         (type topic, durable={}): 406 PRECONDITION_FAILED; set durable to the deployment's \
+                         setting (oslo.messaging amqp_durable_queues), or declare = false to publish to the \
+                         existing exchange without declaring it",
+                        config.durable
+                    ),
+                    source: Some(Box::new(e)),
+                },
+                Some(NOT_FOUND) => retryable(
+                    format!(
+                        "amqp exchange `{exchange}` does not exist on {broker} (404 NOT_FOUND) and \
+                         declare = false, so it is not created"
+                    ),
+                    e,
+                ),
+                _ => retryable(
+                    format!("amqp broker {broker}: cannot declare exchange `{exchange}`"),
+                    e,
+                ),
+            });
+        }
+
+        if config.declare_queue {
+            let queue = self.routing_key.as_str();
+            let declared = channel
+                .queue_declare(
+                    queue.into(),
+                    QueueDeclareOptions {
+                        durable: config.durable,
+                        ..QueueDeclareOptions::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await;
+            let bound = match declared {
+                Ok(_) => {
+                    channel
+                        .queue_bind(
+                            queue.into(),
+                            exchange.into(),
+                            queue.into(),
+                            QueueBindOptions::default(),
+                            FieldTable::default(),
+                        )
+                        .await
+                }
+                Err(e) => Err(e),
+            };
+            if let Err(e) = bound {
+                let _ = connection.close(200, "declare failed".into()).await;
+                return Err(match amqp_code(&e) {
+                    Some(PRECONDITION_FAILED) => NotifyError::Permanent {
+                        message: format!(
+                            "amqp queue `{queue}` on {broker} exists with other properties than declared \
+                             (durable={}): 406 PRECONDITION_FAILED; match the deployment or set declare_queue = false",
+                            config.durable
+                        ),
+                        source: Some(Box::new(e)),
+                    },
+                    _ => retryable(
+                        format!("amqp broker {broker}: cannot declare queue `{queue}`"),
+                        e,
+                    ),
+                });
+            }
+        }
+        Ok((connection, channel))
+    }
+
+    /// Drops the link `generation` after it failed, unless a newer one exists.
+    async fn invalidate(&self, generation: u64) {
+        let mut state = self.state.lock().await;
+        if state
+            .link
+            .as_ref()
+            .is_some_and(|l| l.generation == generation)
+            && let Some(link) = state.link.take()
+        {
+            let _ = link.connection.close(200, "publish failed".into()).await;
+        }
+    }
+}
+
+#[async_trait]
+impl Notifier for AmqpNotifier {
+    async fn notify(&self, n: &Notification) -> Result<(), NotifyError> {
+        let (channel, generation) = self.channel().await?;
+        let body = self.body(n);
+        let properties = BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_content_encoding("utf-8".into())
+            .with_delivery_mode(PERSISTENT)
+            .with_message_id(n.event_id.to_string().into());
+        let exchange = self.config.exchange.as_str();
+        let key = self.routing_key.as_str();
+        let what = || {
+            format!(
+                "amqp publish of event {} to `{exchange}` with routing key `{key}`",
+                n.event_id
+            )
+        };
+
+        let confirm = channel
+            .basic_publish(
+                exchange.into(),
+                key.into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    immediate: false,
+                },
+                &body,
+                properties,
+            )
+            .await;
+        let confirm = match confirm {
+            Ok(c) => c,
+            Err(e) => {
+                self.invalidate(generation).await;
+                return Err(retryable(format!("{} failed", what()), e));
+            }
+        };
+        let confirmation = match tokio::time::timeout(self.config.confirm_timeout, confirm).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
+                self.invalidate(generation).await;
+                let message = match amqp_code(&e) {
+                    Some(NOT_FOUND) => format!(
+                        "{} failed: exchange `{exchange}` does not exist (404 NOT_FOUND)",
+                        what()
+                    ),
+                    _ => format!("{} failed", what()),
+                };
+                return Err(retryable(message, e));
+            }
+            Err(_) => {
+                self.invalidate(generation).await;
+                return Err(NotifyError::retryable(format!(
+                    "{}: no confirm from the broker within {} ms",
+                    what(),
+                    self.config.confirm_timeout.as_millis()
+                )));
+            }
+        };
+        match confirmation {
+            Confirmation::Ack(None) => {
+                tracing::debug!(event_id = %n.event_id, exchange, routing_key = key, "amqp notification confirmed");
+                Ok(())
+            }
+            Confirmation::Ack(Some(returned)) | Confirmation::Nack(Some(returned)) => {
+                let code = returned.reply_code;
+                let text = returned.reply_text.to_string();
+                let why = if code == NO_ROUTE {
+                    format!(
+                        "no queue is bound to `{exchange}` for routing key `{key}` ({code} {text})"
+                    )
+                } else {
+                    format!("the broker returned it ({code} {text})")
+                };
+                Err(NotifyError::retryable(format!("{} failed: {why}", what())))
+            }
+            Confirmation::Nack(None) => Err(NotifyError::retryable(format!(
+                "{} failed: the broker nacked it",
+                what()
+            ))),
+            Confirmation::NotRequested => {
+                // Confirms are enabled on every channel we open; a channel
+                // without them cannot prove delivery, so start afresh.
+                self.invalidate(generation).await;
+                Err(NotifyError::retryable(format!(
+                    "{} is unconfirmed: the channel has no publisher confirms",
+                    what()
+                )))
+            }
+        }
+    }
+}
+
+fn retryable(message: String, source: lapin::Error) -> NotifyError {
+    NotifyError::Retryable {
+        message,
+        retry_after: None,
+        source: Some(Box::new(source)),
+    }
+}
+
+/// The AMQP reply code of a channel or connection error from the broker.
+fn amqp_code(e: &lapin::Error) -> Option<u16> {
+    match e.kind() {
+        lapin::ErrorKind::ProtocolError(err) => Some(err.get_id()),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::AmqpUrl;
+
+    #[test]
+    fn backoff_doubles_up_to_the_maximum() {
+        let config = AmqpConfig::new(AmqpUrl::new("amqp://h").unwrap())
+            .with_reconnect(Duration::from_millis(500), Duration::from_secs(3));
+        let notifier = AmqpNotifier::new(config).unwrap();
+        let waits: Vec<u128> = (0..6).map(|f| notifier.backoff(f).as_millis()).collect();
+        assert_eq!(waits, [500, 1000, 2000, 3000, 3000, 3000]);
+        assert_eq!(notifier.backoff(u32::MAX), Duration::from_secs(3));
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_broker_is_retryable_and_hides_the_password() {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let url = AmqpUrl::new(format!("amqp://wd:hunter2@127.0.0.1:{port}/%2f")).unwrap();
+        let notifier = AmqpNotifier::new(
+            AmqpConfig::new(url).with_reconnect(Duration::from_secs(5), Duration::from_secs(60)),
+        )
+        .unwrap();
+        let n = sample();
+        let first = notifier.notify(&n).await.unwrap_err();
+        assert!(first.is_retryable(), "{first}");
+        assert_eq!(first.retry_after(), Some(Duration::from_secs(5)));
+        // Within the backoff, no connection is attempted: it fails fast.
+        let started = Instant::now();
+        let second = notifier.notify(&n).await.unwrap_err();
+        assert!(started.elapsed() < Duration::from_millis(100));
+        assert!(
+            second.to_string().contains("next connection attempt in"),
+            "{second}"
+        );
+        let mut text = format!("{first} {first:?} {second} {second:?} {notifier:?}");
+        let mut source = std::error::Error::source(&first);
+        while let Some(s) = source {
+            text.push_str(&format!(" {s} {s:?}"));
+            source = s.source();
+        }
+        assert!(
+            text.contains(&format!("amqp://***@127.0.0.1:{port}/%2f")),
+            "{text}"
+        );
+        assert!(!text.contains("hunter2"), "{text}");
+    }
+
+    fn sample() -> Notification {
+        let at = time::OffsetDateTime::now_utc();
+        Notification {
+            version: wd_notify::SCHEMA_VERSION,
+            event_id: uuid::Uuid::new_v4(),
+            instance: wd_notify::Instance {
+                uuid: uuid::Uuid::new_v4(),
+                name: None,
+                project_id: None,
+                user_id: None,
+            },
+            host: "compute-1".into(),
+            domain: wd_notify::Domain {
+                uuid: uuid::Uuid::new_v4(),
+                name: "instance-1".into(),
+            },
+            action: "pause".into(),
+            fired_at: at,
+            recovered: false,
+            occurrences: wd_notify::Occurrences::single(at),
+        }
+    }
+}
