@@ -55,6 +55,38 @@ fn benches(c: &mut Criterion) {
     c.bench_function("read watchdogs 4KB", |b| {
         b.iter(|| watchdogs(black_box(&patched)).unwrap())
     });
+    // The floor: quick-xml's reader alone, then with attribute parsing.
+    c.bench_function("raw reader 4KB", |b| {
+        b.iter(|| {
+            let mut r = quick_xml::Reader::from_str(black_box(FIXTURE));
+            let mut n = 0;
+            loop {
+                match r.read_event().unwrap() {
+                    quick_xml::events::Event::Eof => break,
+                    _ => n += 1,
+                }
+            }
+            n
+        })
+    });
+    c.bench_function("raw reader+attrs 4KB", |b| {
+        b.iter(|| {
+            let mut r = quick_xml::Reader::from_str(black_box(FIXTURE));
+            let mut n = 0;
+            loop {
+                match r.read_event().unwrap() {
+                    quick_xml::events::Event::Eof => break,
+                    quick_xml::events::Event::Start(t) | quick_xml::events::Event::Empty(t) => {
+                        for a in t.attributes().with_checks(false) {
+                            n += a.unwrap().value.len();
+                        }
+                    }
+                    _ => n += 1,
+                }
+            }
+            n
+        })
+    });
     c.bench_function("nova metadata 4KB", |b| {
         b.iter(|| NovaMetadata::parse(black_box(FIXTURE)).unwrap())
     });

@@ -1,5 +1,6 @@
 //! Nova's instance metadata in a domain document.
 
+use quick_xml::NsReader;
 use quick_xml::name::ResolveResult;
 use serde::{Deserialize, Serialize};
 
@@ -99,7 +100,7 @@ impl NovaMetadata {
     ///
     /// A document that is empty, malformed or not rooted at `<domain>`.
     pub fn parse(xml: &str) -> Result<Option<NovaMetadata>> {
-        let mut walker = Walker::new(xml)?;
+        let mut walker = Walker::<NsReader<&[u8]>>::new(xml)?;
         let mut meta = NovaMetadata::default();
         let mut found = false;
         // Only the first `<nova:instance>` counts.
