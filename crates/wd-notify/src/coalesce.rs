@@ -207,7 +207,10 @@ impl<N: Notifier + 'static> Coalesce<N> {
     /// ends (after any delivery it is in); then every pending follow-up is
     /// flushed, as [`Coalesce::flush`].
     pub async fn shutdown(&self) -> Result<usize, NotifyError> {
-        self.shared.closed.store(true, Ordering::SeqCst);
+        {
+            let _state = self.shared.lock();
+            self.shared.closed.store(true, Ordering::SeqCst);
+        }
         self.shared.wake.notify_one();
         let task = self.task.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(task) = task {
@@ -348,12 +351,15 @@ async fn run_timer<N: Notifier>(shared: Arc<Shared<N>>) {
 impl<N: Notifier + 'static> Notifier for Coalesce<N> {
     async fn notify(&self, n: &Notification) -> Result<(), NotifyError> {
         let shared = &self.shared;
-        if shared.closed.load(Ordering::SeqCst) {
-            return shared.inner.notify(n).await;
-        }
         let key = n.instance.uuid;
         let opened = {
             let mut state = shared.lock();
+            // Checked under the lock, which `shutdown` also takes to close:
+            // a fold either happens before the final flush or not at all.
+            if shared.closed.load(Ordering::SeqCst) {
+                drop(state);
+                return shared.inner.notify(n).await;
+            }
             if let Some(ep) = state.episodes.get_mut(&key) {
                 fold(&mut ep.followup, n);
                 shared.counters.folded.fetch_add(1, Ordering::Relaxed);
