@@ -509,3 +509,49 @@ async fn rabbitmq_a_broker_restart_mid_stream_loses_nothing() {
         got.len()
     );
 }
+
+#[test]
+fn documented_amqp_example_matches() {
+    let doc = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../docs/notifications.md"
+    ))
+    .unwrap();
+    let documented = doc
+        .lines()
+        .find(|l| l.starts_with(r#"{"oslo.version":"2.0""#))
+        .expect("a full envelope example");
+    let at = time::macros::datetime!(2026-11-25 19:14:19.482913 UTC);
+    let uuid = Uuid::parse_str("178b0921-8f85-4257-88b6-2e743b5a975c").unwrap();
+    let n = Notification {
+        version: SCHEMA_VERSION,
+        event_id: Uuid::parse_str("0b6c2d3e-8f41-4c55-9a7e-1f2d3c4b5a69").unwrap(),
+        instance: Instance {
+            uuid,
+            name: Some("web-1".into()),
+            project_id: Some("6f70656e737461636b20342065766572".into()),
+            user_id: Some("2e4b1c7d9a8f4e3b8c1d0f9e8d7c6b5a".into()),
+        },
+        host: "compute-1".into(),
+        domain: Domain {
+            uuid,
+            name: "instance-0000002a".into(),
+        },
+        action: "pause".into(),
+        fired_at: at,
+        recovered: false,
+        occurrences: Occurrences::single(at),
+    };
+    let ours = wd_notify_amqp::envelope(&n, "wd", wd_notify_amqp::Priority::Info);
+    assert_eq!(documented.as_bytes(), ours.as_slice());
+    // The indented inner message in the document is the same message.
+    let indented = doc
+        .split("The inner message, decoded and indented:\n\n```json\n")
+        .nth(1)
+        .and_then(|rest| rest.split("\n```").next())
+        .unwrap();
+    assert_eq!(
+        serde_json::from_str::<Value>(indented).unwrap(),
+        unwrap_envelope(&ours)
+    );
+}

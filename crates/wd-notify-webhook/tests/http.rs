@@ -488,3 +488,104 @@ async fn a_retry_skips_endpoints_that_already_took_the_event() {
         "the tenant got it once"
     );
 }
+
+#[tokio::test]
+async fn wd_notify_retry_redelivers_after_the_requested_wait() {
+    let (rx, base) = receiver(
+        vec![key(1)],
+        vec![Reply::Status(502), Reply::RetryAfter(503, "1".into())],
+    )
+    .await;
+    let notifier = WebhookNotifier::new(
+        WebhookConfig::default().with_project("p-a", Endpoint::new(format!("{base}/a"), [key(1)])),
+    )
+    .unwrap();
+    let retry = wd_notify::Retry::new(
+        notifier,
+        wd_notify::RetryConfig::default()
+            .min_delay(Duration::from_millis(10))
+            .max_delay(Duration::from_millis(100))
+            .jitter(false)
+            .deadline(Duration::from_secs(10)),
+    );
+    let n = notification(Some("p-a"));
+    retry.notify(&n).await.unwrap();
+
+    let log = rx.log.lock().unwrap();
+    assert_eq!(log.len(), 3);
+    assert!(log.iter().all(|r| r.verified == Ok(n.event_id.to_string())));
+    assert!(
+        log[1].at - log[0].at < Duration::from_millis(900),
+        "backoff step only"
+    );
+    assert!(
+        log[2].at - log[1].at >= Duration::from_secs(1),
+        "Retry-After honoured"
+    );
+}
+
+/// The notification behind the examples in `docs/notifications.md`.
+fn documented_notification() -> Notification {
+    let at = time::macros::datetime!(2026-11-25 19:14:19.482913 UTC);
+    let uuid = Uuid::parse_str("178b0921-8f85-4257-88b6-2e743b5a975c").unwrap();
+    Notification {
+        version: SCHEMA_VERSION,
+        event_id: Uuid::parse_str("0b6c2d3e-8f41-4c55-9a7e-1f2d3c4b5a69").unwrap(),
+        instance: Instance {
+            uuid,
+            name: Some("web-1".into()),
+            project_id: Some("6f70656e737461636b20342065766572".into()),
+            user_id: Some("2e4b1c7d9a8f4e3b8c1d0f9e8d7c6b5a".into()),
+        },
+        host: "compute-1".into(),
+        domain: Domain {
+            uuid,
+            name: "instance-0000002a".into(),
+        },
+        action: "pause".into(),
+        fired_at: at,
+        recovered: false,
+        occurrences: Occurrences::single(at),
+    }
+}
+
+#[test]
+fn documented_webhook_example_verifies() {
+    let doc = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../docs/notifications.md"
+    ))
+    .unwrap();
+    let block = doc
+        .split("```http\n")
+        .nth(1)
+        .and_then(|rest| rest.split("\n```").next())
+        .expect("an http example");
+    let (head, body) = block.split_once("\n\n").expect("headers, blank line, body");
+    let mut headers = HeaderMap::new();
+    for line in head.lines().skip(1) {
+        let (name, value) = line.split_once(": ").unwrap();
+        headers.insert(
+            axum::http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            value.parse().unwrap(),
+        );
+    }
+    assert_eq!(headers["content-type"], wd_notify_webhook::CONTENT_TYPE);
+    let n = documented_notification();
+    assert_eq!(
+        body.as_bytes(),
+        wd_notify_webhook::body(&n, "wd"),
+        "the documented body is what we send"
+    );
+    assert!(doc.contains(&format!("({} bytes", body.len())));
+
+    let at = std::time::UNIX_EPOCH + Duration::from_secs(1_795_634_060);
+    let old = Secret::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
+    let new = Secret::parse("whsec_6L2Yx8x6tqW3eYtqJ0s7dDcGnh2N1kqVAnRQXbzQ5wA=").unwrap();
+    for key in [old, new] {
+        let v =
+            wd_notify_webhook::verify_at(&headers, body.as_bytes(), &[key], DEFAULT_TOLERANCE, at)
+                .unwrap();
+        assert_eq!(v.id, n.event_id.to_string());
+    }
+}
