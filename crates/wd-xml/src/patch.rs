@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use wd_policy::Setting;
 
 use crate::device::{Target, WatchdogDevice, devices};
-use crate::doc::{Scan, scan};
+use crate::doc::{Element, Scan, scan};
 use crate::error::Result;
 
 /// Where the whitespace that ends just before `pos` begins.
@@ -143,7 +143,7 @@ fn edits(xml: &str, scan: &Scan, want: &[WatchdogDevice]) -> Vec<(usize, usize, 
         // `<devices>…</devices>`: append after the last child.
         (
             Some(
-                devices @ crate::doc::Element {
+                devices @ Element {
                     close: Some(close), ..
                 },
             ),
