@@ -2,9 +2,9 @@
 //! running real QEMU guests whose watchdog fires. Skipped when libvirtd or
 //! the guest assets are missing, unless `WD_REQUIRE_REAL=1`.
 
-use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
+use tokio::sync::{Mutex, MutexGuard};
 use uuid::Uuid;
 use virt::connect::Connect;
 use virt::domain::{DomainPausedReason, DomainState, DomainStateReason};
@@ -47,15 +47,15 @@ impl Drop for KeepUp {
 /// These tests stop and restart the shared libvirtd, so they must not
 /// overlap. nextest runs `libvirtd_*` tests one at a time; this lock does the
 /// same under plain `cargo test`.
-static SERIAL: Mutex<()> = Mutex::new(());
+static SERIAL: Mutex<()> = Mutex::const_new(());
 
 /// What the tests need (holding the lock), or `None` to skip.
-fn setup() -> Option<(
+async fn setup() -> Option<(
     MutexGuard<'static, ()>,
     wd_testkit::Libvirtd,
     guest::GuestAssets,
 )> {
-    let serial = SERIAL.lock().unwrap_or_else(PoisonError::into_inner);
+    let serial = SERIAL.lock().await;
     let libvirtd = wd_testkit::libvirtd()?;
     let assets = guest::assets()?;
     wd_events::init_event_loop().unwrap();
@@ -133,7 +133,7 @@ fn paused_by_watchdog(name: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn libvirtd_pause_firing_arrives_live_and_the_domain_is_paused_by_watchdog() {
-    let Some((_serial, _libvirtd, assets)) = setup() else {
+    let Some((_serial, _libvirtd, assets)) = setup().await else {
         return;
     };
     let mut stream = wd_events::listen(config()).unwrap();
@@ -175,7 +175,7 @@ async fn libvirtd_pause_firing_arrives_live_and_the_domain_is_paused_by_watchdog
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn libvirtd_firing_while_libvirtd_is_down_is_recovered_once() {
-    let Some((_serial, libvirtd, assets)) = setup() else {
+    let Some((_serial, libvirtd, assets)) = setup().await else {
         return;
     };
     let mut stream = wd_events::listen(config()).unwrap();
@@ -238,7 +238,7 @@ async fn libvirtd_firing_while_libvirtd_is_down_is_recovered_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn libvirtd_firing_reported_live_is_not_reported_again_after_restart() {
-    let Some((_serial, libvirtd, assets)) = setup() else {
+    let Some((_serial, libvirtd, assets)) = setup().await else {
         return;
     };
     let mut stream = wd_events::listen(config()).unwrap();
