@@ -12,7 +12,7 @@ use tokio::time::Instant;
 use uuid::Uuid;
 
 use crate::model::Notification;
-use crate::notifier::{Notifier, NotifyError};
+use crate::notifier::{Notifier, NotifyError, notify_catching};
 
 /// [`Coalesce`] settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -244,7 +244,7 @@ impl<N: Notifier> Shared<N> {
         let mut sent = 0;
         let mut last_err = None;
         for f in due {
-            match self.inner.notify(&f).await {
+            match notify_catching(&self.inner, &f).await {
                 Ok(()) => {
                     sent += 1;
                     self.counters.followups.fetch_add(1, Ordering::Relaxed);

@@ -119,3 +119,22 @@ impl<T: Notifier + ?Sized> Notifier for Box<T> {
         (**self).notify(n).await
     }
 }
+
+/// Calls `inner.notify(n)`, turning a panic in the backend into a retryable
+/// failure, so that a background task survives a buggy backend.
+pub(crate) async fn notify_catching<N: Notifier + ?Sized>(
+    inner: &N,
+    n: &Notification,
+) -> Result<(), NotifyError> {
+    use futures::FutureExt;
+    match std::panic::AssertUnwindSafe(inner.notify(n))
+        .catch_unwind()
+        .await
+    {
+        Ok(result) => result,
+        Err(_) => {
+            tracing::error!(event_id = %n.event_id, "a notification backend panicked");
+            Err(NotifyError::retryable("backend panicked"))
+        }
+    }
+}

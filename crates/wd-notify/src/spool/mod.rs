@@ -25,7 +25,7 @@ pub use format::{
 
 use crate::error::{Error, Result};
 use crate::model::Notification;
-use crate::notifier::{Notifier, NotifyError};
+use crate::notifier::{Notifier, NotifyError, notify_catching};
 use writer::{Msg, Writer};
 
 /// When the spool's writer forces accepted entries to disk.
@@ -278,19 +278,16 @@ impl Shared {
         let over = |p: &Pending| {
             p.entries.len() > self.config.max_entries || p.bytes > self.config.max_bytes
         };
-        if !over(pending) {
-            return dropped;
-        }
-        let victims: Vec<u64> = pending
-            .entries
-            .iter()
-            .filter(|(_, e)| e.due.is_some())
-            .map(|(seq, _)| *seq)
-            .collect();
-        for seq in victims {
-            if !over(pending) {
+        while over(pending) {
+            // The oldest entry not in flight; in-flight ones are few.
+            let Some(seq) = pending
+                .entries
+                .iter()
+                .find(|(_, e)| e.due.is_some())
+                .map(|(seq, _)| *seq)
+            else {
                 break;
-            }
+            };
             if let Some(e) = pending.remove(seq) {
                 let total = self.counters.dropped_full.fetch_add(1, Ordering::Relaxed) + 1;
                 tracing::warn!(
@@ -666,7 +663,7 @@ async fn deliver(shared: Arc<Shared>, inner: Arc<dyn Notifier>, tx: mpsc::Sender
                 let n = e.n.clone();
                 let inner = inner.clone();
                 in_flight.push(async move {
-                    let result = inner.notify(&n).await;
+                    let result = notify_catching(&*inner, &n).await;
                     (seq, n, result)
                 });
             }
@@ -981,6 +978,63 @@ mod tests {
         }
         until("delivery", || spool.stats().delivered == 320).await;
         assert_eq!(spool.shutdown(Duration::ZERO).await.accepted, 320);
+    }
+
+    #[test]
+    fn retry_delays_grow_capped_and_honour_retry_after() {
+        let config = quick(); // 5 ms .. 20 ms
+        let check = |attempt: u32, retry_after: Option<u64>, min: u64, max: u64| {
+            for _ in 0..20 {
+                let d = retry_delay(&config, attempt, retry_after.map(Duration::from_millis));
+                let ms = d.as_millis() as u64;
+                assert!(
+                    (min..=max).contains(&ms),
+                    "attempt {attempt}: {d:?} not in {min}..={max} ms"
+                );
+            }
+        };
+        check(1, None, 5, 10);
+        check(2, None, 10, 20);
+        check(9, None, 20, 20);
+        check(40, None, 20, 20);
+        check(1, Some(500), 500, 500);
+    }
+
+    #[tokio::test]
+    async fn an_oversized_notification_is_refused_permanently() {
+        let dir = tempfile::tempdir().unwrap();
+        let (m, _) = backend(|_, _| Ok(()));
+        let spool = Spool::open(dir.path(), quick(), m).unwrap();
+        let mut n = firing(1);
+        n.instance.name = Some("x".repeat(MAX_PAYLOAD));
+        let err = spool.notify(&n).await.unwrap_err();
+        assert!(
+            !err.is_retryable() && err.to_string().contains("at most 1048576"),
+            "{err}"
+        );
+        assert_eq!(spool.shutdown(Duration::ZERO).await.accepted, 0);
+    }
+
+    #[tokio::test]
+    async fn a_panicking_backend_is_retried_not_fatal() {
+        // Not a mock: mockall poisons its own state when a closure panics.
+        #[derive(Default)]
+        struct PanicsOnce(std::sync::atomic::AtomicUsize);
+        #[async_trait]
+        impl Notifier for PanicsOnce {
+            async fn notify(&self, _: &Notification) -> Result<(), NotifyError> {
+                assert!(
+                    self.0.fetch_add(1, Ordering::SeqCst) > 0,
+                    "backend bug on the first call"
+                );
+                Ok(())
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), quick(), PanicsOnce::default()).unwrap();
+        spool.notify(&firing(1)).await.unwrap();
+        until("delivery after the panic", || spool.stats().delivered == 1).await;
+        spool.shutdown(Duration::ZERO).await;
     }
 
     #[test]
