@@ -415,19 +415,24 @@ async fn rabbitmq_declare_queue_keeps_notifications_until_a_listener_comes() {
     notifier.close().await;
 }
 
-/// Retries like the retry layer: until delivered, waiting as asked.
-async fn deliver(notifier: &AmqpNotifier, n: &Notification, errors: &mut Vec<NotifyError>) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        match notifier.notify(n).await {
-            Ok(()) => return,
-            Err(e) => {
-                assert!(e.is_retryable(), "only retryable failures expected: {e}");
-                assert!(Instant::now() < deadline, "not delivered within 120 s: {e}");
-                tokio::time::sleep(e.retry_after().unwrap_or(Duration::from_millis(100))).await;
-                errors.push(e);
-            }
+/// Passes notifications through, remembering every failure as
+/// (retryable, message).
+struct Recording {
+    inner: AmqpNotifier,
+    failures: std::sync::Mutex<Vec<(bool, String)>>,
+}
+
+#[async_trait::async_trait]
+impl Notifier for Recording {
+    async fn notify(&self, n: &Notification) -> Result<(), NotifyError> {
+        let result = self.inner.notify(n).await;
+        if let Err(e) = &result {
+            self.failures
+                .lock()
+                .unwrap()
+                .push((e.is_retryable(), e.to_string()));
         }
+        result
     }
 }
 
@@ -452,11 +457,20 @@ async fn rabbitmq_a_broker_restart_mid_stream_loses_nothing() {
         listen(&ch, &queue, &exchange, "versioned_notifications.info", true).await;
         let _ = conn.close(200, "setup done".into()).await;
     }
-    let notifier =
-        AmqpNotifier::new(config(&url).with_exchange(&exchange).with_durable(true)).unwrap();
+    // wd-notify's retry layer over the backend, as wd-compute wires it.
+    let recording = std::sync::Arc::new(Recording {
+        inner: AmqpNotifier::new(config(&url).with_exchange(&exchange).with_durable(true)).unwrap(),
+        failures: std::sync::Mutex::new(Vec::new()),
+    });
+    let retry = wd_notify::Retry::new(
+        recording.clone(),
+        wd_notify::RetryConfig::default()
+            .min_delay(Duration::from_millis(100))
+            .max_delay(Duration::from_secs(1))
+            .deadline(Duration::from_secs(120)),
+    );
 
     let stream: Vec<Notification> = (0..30).map(|_| notification(Some("p-1"))).collect();
-    let mut errors = Vec::new();
     let mut restart = None;
     for (i, n) in stream.iter().enumerate() {
         if i == 10 {
@@ -471,13 +485,15 @@ async fn rabbitmq_a_broker_restart_mid_stream_loses_nothing() {
                 wd_testkit::RabbitMq::start()
             }));
         }
-        deliver(&notifier, n, &mut errors).await;
+        retry.notify(n).await.unwrap();
     }
     let started = restart.expect("restarted").await.unwrap();
     assert!(started.is_ok(), "broker restart failed: {started:?}");
+    let failures = recording.failures.lock().unwrap().clone();
+    assert!(!failures.is_empty(), "the outage was seen as failures");
     assert!(
-        !errors.is_empty(),
-        "the outage was seen as retryable failures"
+        failures.iter().all(|(retryable, _)| *retryable),
+        "{failures:?}"
     );
 
     let (_conn, ch) = admin(&url).await;
@@ -497,7 +513,7 @@ async fn rabbitmq_a_broker_restart_mid_stream_loses_nothing() {
         .filter(|id| !ids.contains(id))
         .collect();
     cleanup(&ch, &[&queue], &[&exchange]).await;
-    notifier.close().await;
+    recording.inner.close().await;
     assert!(
         missing.is_empty(),
         "lost {} of 30: {missing:?}",
@@ -505,7 +521,7 @@ async fn rabbitmq_a_broker_restart_mid_stream_loses_nothing() {
     );
     eprintln!(
         "restart: {} retryable failures during the outage, {} messages for 30 events",
-        errors.len(),
+        failures.len(),
         got.len()
     );
 }
