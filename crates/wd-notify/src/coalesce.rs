@@ -66,6 +66,9 @@ pub struct CoalesceStats {
     pub tracked: u64,
     /// Follow-ups whose delivery failed and that wait to be tried again.
     pub unsent: u64,
+    /// Follow-ups given up on: failed permanently, or the oldest undelivered
+    /// when more than `max_instances` waited. Each is logged at `error`.
+    pub dropped: u64,
 }
 
 struct Episode {
@@ -93,6 +96,7 @@ struct Counters {
     folded: AtomicU64,
     followups: AtomicU64,
     untracked: AtomicU64,
+    dropped: AtomicU64,
 }
 
 struct Shared<N> {
@@ -125,7 +129,8 @@ struct Shared<N> {
 /// If the first firing's delivery fails, the error is returned and no
 /// episode opens (unless repeats were folded meanwhile), so the caller's
 /// retry goes out at once. A follow-up whose delivery fails is kept and
-/// tried again at least once per window and on [`Coalesce::flush`].
+/// tried again at least once per window and on [`Coalesce::flush`]; one
+/// that fails permanently is logged and dropped (`dropped`).
 ///
 /// Folded firings live in memory until their follow-up is delivered: put a
 /// [`Spool`](crate::Spool) *after* `Coalesce`, and call
@@ -181,6 +186,7 @@ impl<N: Notifier + 'static> Coalesce<N> {
             untracked: c.untracked.load(Ordering::Relaxed),
             tracked: state.episodes.len() as u64,
             unsent: state.unsent.len() as u64,
+            dropped: c.dropped.load(Ordering::Relaxed),
         }
     }
 
@@ -253,6 +259,15 @@ impl<N: Notifier> Shared<N> {
                         count = f.occurrences.count, "coalesce: sent follow-up for repeated firings"
                     );
                 }
+                Err(e) if !e.is_retryable() => {
+                    self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(
+                        event_id = %f.event_id, instance = %f.instance.uuid,
+                        count = f.occurrences.count, error = %e,
+                        "coalesce: follow-up failed permanently; dropped"
+                    );
+                    last_err = Some(e);
+                }
                 Err(e) => {
                     tracing::warn!(
                         event_id = %f.event_id, instance = %f.instance.uuid, error = %e,
@@ -262,6 +277,7 @@ impl<N: Notifier> Shared<N> {
                     if state.unsent.len() >= self.config.max_instances.max(1)
                         && let Some(old) = state.unsent.pop_front()
                     {
+                        self.counters.dropped.fetch_add(1, Ordering::Relaxed);
                         tracing::error!(
                             event_id = %old.event_id, instance = %old.instance.uuid,
                             count = old.occurrences.count,
@@ -593,5 +609,25 @@ mod tests {
         assert_eq!(summary(&seen), vec![(0, 1), (0, 1), (0, 1)]);
         let stats = c.stats();
         assert_eq!((stats.untracked, stats.folded, stats.tracked), (2, 1, 1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_permanently_failed_followup_is_dropped_and_counted() {
+        let mut m = MockNotifier::new();
+        let mut call = 0;
+        m.expect_notify().times(2).returning(move |_| {
+            call += 1;
+            if call == 1 {
+                Ok(())
+            } else {
+                Err(NotifyError::permanent("gone"))
+            }
+        });
+        let c = Coalesce::new(m, CoalesceConfig::default().window(Duration::from_secs(10)));
+        c.notify(&firing(1)).await.unwrap();
+        c.notify(&firing(1)).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        let stats = c.stats();
+        assert_eq!((stats.followups, stats.dropped, stats.unsent), (0, 1, 0));
     }
 }

@@ -47,6 +47,10 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// A spool opened outside a Tokio runtime.
+    #[error("spool needs a tokio runtime for its delivery task; open it inside one")]
+    NoRuntime,
+
     /// A spool configuration value out of range.
     #[error("spool setting {name}={value} is invalid; allowed: {allowed}")]
     SpoolConfig {

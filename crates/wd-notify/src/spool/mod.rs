@@ -412,8 +412,8 @@ pub fn scan(dir: impl AsRef<Path>) -> Result<ScanReport> {
 /// lose one that was accepted.
 ///
 /// One process at a time may open a directory. `Spool::open` must be called
-/// inside a Tokio runtime (it starts the delivery task); the writer is a
-/// dedicated thread.
+/// inside a Tokio runtime (it starts the delivery task; outside one it fails
+/// with [`Error::NoRuntime`]); the writer is a dedicated thread.
 pub struct Spool {
     shared: Arc<Shared>,
     dir: PathBuf,
@@ -448,6 +448,9 @@ impl Spool {
         inner: impl Notifier + 'static,
     ) -> Result<Spool> {
         config.validate()?;
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(Error::NoRuntime);
+        }
         let dir = dir.as_ref().to_owned();
         fs::create_dir_all(&dir).map_err(|source| Error::OpenSpool {
             path: dir.clone(),
@@ -482,7 +485,7 @@ impl Spool {
                 pending.insert(seq, Arc::new(n), payload.len() as u64, now);
                 recovered.push((seq, payload));
             }
-            let dropped = shared.enforce_bounds(&mut pending);
+            let dropped: BTreeSet<u64> = shared.enforce_bounds(&mut pending).into_iter().collect();
             recovered.retain(|(seq, _)| !dropped.contains(seq));
         }
         if !recovered.is_empty() {
@@ -1035,6 +1038,13 @@ mod tests {
         spool.notify(&firing(1)).await.unwrap();
         until("delivery after the panic", || spool.stats().delivered == 1).await;
         spool.shutdown(Duration::ZERO).await;
+    }
+
+    #[test]
+    fn open_outside_a_runtime_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = Spool::open(dir.path(), quick(), crate::LogNotifier).unwrap_err();
+        assert!(matches!(err, Error::NoRuntime), "{err}");
     }
 
     #[test]
