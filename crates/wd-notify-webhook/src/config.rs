@@ -206,6 +206,11 @@ impl Routes {
         if url.host_str().is_none() {
             return Err(invalid("it has no host".into()));
         }
+        if url.scheme() == "http" && !is_loopback(&url) {
+            // Signatures stop forgery, not eavesdropping: the event names the
+            // project's instance, so say so, but allow it (test setups).
+            tracing::warn!(%owner, url = %shown, "webhook endpoint is plain http; its events can be read in transit");
+        }
         if endpoint.secrets.is_empty() {
             return Err(Error::NoSecret {
                 url: shown,
@@ -236,6 +241,16 @@ impl Routes {
             .map(|&i| (i, &self.targets[i]))
             .collect()
     }
+}
+
+fn is_loopback(url: &Url) -> bool {
+    let host = url.host_str().unwrap_or("");
+    host == "localhost"
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// A parsed URL for display: scheme, host, port and path only. Credentials,
@@ -373,6 +388,19 @@ mod tests {
                 !err.contains("hunter2") && !err.contains("token=abc"),
                 "{err}"
             );
+        }
+    }
+
+    #[test]
+    fn loopback_hosts() {
+        for (url, expected) in [
+            ("http://127.0.0.1:8080/x", true),
+            ("http://localhost/", true),
+            ("http://[::1]:9/", true),
+            ("http://10.0.0.1/", false),
+            ("https://h.example/", false),
+        ] {
+            assert_eq!(is_loopback(&Url::parse(url).unwrap()), expected, "{url}");
         }
     }
 

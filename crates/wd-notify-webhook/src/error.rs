@@ -56,6 +56,10 @@ pub enum Error {
         service: String,
     },
 
+    /// A request timeout of zero.
+    #[error("webhook timeout must be more than zero; the specification recommends 15 to 30 s")]
+    InvalidTimeout,
+
     /// The HTTP client could not be built (for example, no TLS roots).
     #[error("cannot build the webhook http client")]
     BuildClient(#[source] reqwest::Error),

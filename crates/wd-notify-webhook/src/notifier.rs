@@ -54,6 +54,9 @@ impl WebhookNotifier {
     /// Validates `config` and builds the notifier.
     pub fn new(config: WebhookConfig) -> Result<Self> {
         event::check_service(&config.service)?;
+        if config.timeout.is_zero() {
+            return Err(Error::InvalidTimeout);
+        }
         let routes = Routes::new(&config)?;
         let client = reqwest::Client::builder()
             .timeout(config.timeout)
@@ -373,6 +376,27 @@ mod tests {
             assert_eq!(retry_after(&h, now), expected, "{value}");
         }
         assert_eq!(retry_after(&HeaderMap::new(), now), None);
+    }
+
+    #[test]
+    fn invalid_settings_are_rejected() {
+        let cases = [
+            (
+                WebhookConfig::default().with_timeout(Duration::ZERO),
+                "webhook timeout must be more than zero; the specification recommends 15 to 30 s",
+            ),
+            (
+                WebhookConfig::default().with_service("wd ctl"),
+                "service name `wd ctl` is not valid; allowed: 1 to 64 of A-Z a-z 0-9 - . _",
+            ),
+        ];
+        for (config, expected) in cases {
+            assert_eq!(
+                WebhookNotifier::new(config).unwrap_err().to_string(),
+                expected
+            );
+        }
+        assert!(WebhookNotifier::new(WebhookConfig::default()).is_ok());
     }
 
     #[test]
