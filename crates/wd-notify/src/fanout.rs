@@ -177,19 +177,15 @@ struct Memory {
 ///
 /// # Composing with retry and a spool
 ///
-/// Retry *inside* the fanout, per backend, and spool *outside* it:
-///
-/// ```text
-/// Coalesce -> Spool -> Fanout [ Retry(webhook), Retry(amqp), LogNotifier ]
-/// ```
-///
-/// Then one backend's outage costs the others nothing. When a retry gives
-/// up, the fanout's error is retryable and the spool offers the notification
-/// again later; the fanout remembers (for the last
-/// [`FanoutConfig::remember`] event ids, in memory) which backends already
-/// took it and skips them, so backends that succeeded do not get it again.
-/// Only after a process restart can such a backend see it twice, always with
-/// the same event id.
+/// Retry *inside* the fanout, per backend (`Fanout [ Retry(a), Retry(b) ]`,
+/// or with a spool per backend, `Fanout [ Spool(Retry(a)), Spool(Retry(b)) ]`),
+/// never around it, so one backend's outage costs the others nothing. When
+/// the whole fanout is offered the same event again (by a shared spool
+/// around it, or by a caller retrying), it goes only to the backends that
+/// do not have it yet: the fanout remembers, for the last
+/// [`FanoutConfig::remember`] event ids and in memory, which backends took
+/// them. Only after a process restart can a backend see an event twice,
+/// always with the same event id. The crate docs compare the two shapes.
 ///
 /// At most 128 backends.
 pub struct Fanout {

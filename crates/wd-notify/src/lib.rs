@@ -11,34 +11,66 @@
 //!
 //! # Recommended composition
 //!
+//! Retry always sits *per backend*, never around a [`Fanout`], so that one
+//! backend's failure never resends to backends that already have the
+//! notification. Two shapes follow from that:
+//!
+//! **A spool per backend** (recommended when backends fail independently,
+//! as a webhook and a message bus do):
+//!
 //! ```text
 //! event listener
-//!   -> Coalesce            one notification per window for a looping guest
-//!   -> Spool               durable: accepted = on disk; survives restarts
-//!   -> Fanout              every backend concurrently, outcome per backend
-//!        [ Retry(webhook), Retry(amqp), LogNotifier ]
+//!   -> Coalesce                      one notification per window for a looping guest
+//!   -> Fanout                        every backend concurrently, outcome per backend
+//!        [ Spool(dir/webhook) -> Retry(webhook),
+//!          Spool(dir/amqp)    -> Retry(amqp),
+//!          LogNotifier ]
 //! ```
 //!
-//! Retry sits *inside* the fanout, per backend, so that one backend's
-//! outage never resends to backends that already have the notification;
-//! when a retry gives up, the spool offers the notification again later,
-//! and the fanout skips the backends that took it (see [`Fanout`]). On
-//! shutdown, call [`Coalesce::shutdown`] first (it flushes folded firings
-//! into the spool), then [`Spool::shutdown`].
+//! `notify` returns once every spool has the notification on disk. Each
+//! backend then has its own durable queue and its own retries: a dead
+//! backend fills only its own spool and delays no other backend, and
+//! nothing is resent to a backend that has it, even across restarts. The
+//! cost is one `fsync` per spool per notification, in parallel (group
+//! commit shares them between concurrent callers).
+//!
+//! **One shared spool** (one `fsync` per notification):
+//!
+//! ```text
+//! Coalesce -> Spool -> Fanout [ Retry(webhook), Retry(amqp), LogNotifier ]
+//! ```
+//!
+//! When a backend's retry gives up, the fanout's error is retryable and the
+//! spool offers the notification again later; the fanout remembers (in
+//! memory) which backends took it and skips them. After a restart, pending
+//! entries go to every backend again (same event id). While one backend is
+//! failing, each delivery holds one of the spool's
+//! [`SpoolConfig::concurrency`] slots for up to that backend's
+//! [`RetryConfig::deadline`], which slows delivery to the healthy backends:
+//! keep the deadline short and the concurrency high.
+//!
+//! Either way, on shutdown call [`Coalesce::shutdown`] first (it flushes
+//! folded firings into the spools), then [`Spool::shutdown`] on each spool.
 //!
 //! ```
+//! use std::sync::Arc;
 //! use std::time::Duration;
 //! use wd_notify::*;
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let dir = tempfile::tempdir()?;
+//! // Stands in for a webhook or AMQP backend.
 //! let (inbox, mut rx) = ChannelNotifier::channel(16);
+//! let inbox_spool = Arc::new(Spool::open(
+//!     dir.path().join("inbox"),
+//!     SpoolConfig::default(),
+//!     Retry::new(inbox, RetryConfig::default().deadline(Duration::from_secs(10))),
+//! )?);
 //! let fanout = Fanout::default()
-//!     .with("inbox", Retry::new(inbox, RetryConfig::default()))
+//!     .with("inbox", inbox_spool.clone())
 //!     .with("log", LogNotifier::new());
-//! let spool = Spool::open(dir.path(), SpoolConfig::default(), fanout)?;
-//! let storm = Coalesce::new(spool, CoalesceConfig::default());
+//! let storm = Coalesce::new(fanout, CoalesceConfig::default());
 //!
 //! let n = Notification::new(
 //!     Instance::new(uuid::Uuid::new_v4()),
@@ -49,7 +81,10 @@
 //! );
 //! storm.notify(&n).await?; // durable once this returns
 //! assert_eq!(rx.recv().await.unwrap().event_id, n.event_id);
+//!
 //! storm.shutdown().await?;
+//! let stats = inbox_spool.shutdown(Duration::from_secs(5)).await;
+//! assert_eq!((stats.accepted, stats.delivered, stats.pending), (1, 1, 0));
 //! # Ok(()) }
 //! ```
 //!
