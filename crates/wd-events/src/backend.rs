@@ -42,8 +42,8 @@ pub(crate) trait Backend: Send + 'static {
 /// One open, registered connection. Dropping it deregisters and closes.
 #[cfg_attr(test, mockall::automock)]
 pub(crate) trait Session: Send {
-    /// Lists every domain with its state and XML.
-    fn list_domains(&self) -> Result<Vec<DomainInfo>>;
+    /// Lists every domain with its state, and its XML if `with_xml`.
+    fn list_domains(&self, with_xml: bool) -> Result<Vec<DomainInfo>>;
     /// One domain's XML.
     fn domain_xml(&self, uuid: Uuid) -> Result<String>;
     /// Whether the connection is still alive.
@@ -114,7 +114,7 @@ fn keepalive_secs(interval: Duration) -> i32 {
 }
 
 impl Session for LibvirtSession {
-    fn list_domains(&self) -> Result<Vec<DomainInfo>> {
+    fn list_domains(&self, with_xml: bool) -> Result<Vec<DomainInfo>> {
         let list_err = |source| Error::ListDomains {
             uri: self.uri.clone(),
             source,
@@ -134,7 +134,7 @@ impl Session for LibvirtSession {
                 id: dom.id(),
                 state: Enum::from_raw(state),
                 reason,
-                xml: dom.xml_desc(0).ok(),
+                xml: if with_xml { dom.xml_desc(0).ok() } else { None },
                 generation: 0,
             });
         }

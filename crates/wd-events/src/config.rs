@@ -26,6 +26,10 @@ pub struct ListenerConfig {
     /// How often the listener also asks `virConnectIsAlive`, as a backstop
     /// for a drop the close callback does not report.
     pub alive_check_interval: Duration,
+    /// How often the listener lists the domains again while connected, to
+    /// recover a watchdog pause that no event reported (zero: never). See
+    /// the crate docs, "What cannot be recovered".
+    pub recheck_interval: Duration,
     /// The reconnect backoff.
     pub backoff: BackoffConfig,
     /// How many items may wait for the consumer before the listener waits
@@ -40,6 +44,7 @@ impl Default for ListenerConfig {
             keepalive_interval: Duration::from_secs(5),
             keepalive_count: 3,
             alive_check_interval: Duration::from_secs(5),
+            recheck_interval: Duration::from_secs(60),
             backoff: BackoffConfig::default(),
             channel_capacity: 1024,
         }
@@ -66,6 +71,13 @@ impl ListenerConfig {
     #[must_use]
     pub fn alive_check_interval(mut self, interval: Duration) -> Self {
         self.alive_check_interval = interval;
+        self
+    }
+
+    /// Sets how often the domains are re-checked (zero: never).
+    #[must_use]
+    pub fn recheck_interval(mut self, interval: Duration) -> Self {
+        self.recheck_interval = interval;
         self
     }
 

@@ -197,9 +197,11 @@ impl<B: Backend> Supervisor<B> {
         }
     }
 
-    /// Catches up, then handles live events until the connection is lost.
+    /// Catches up, then handles live events until the connection is lost;
+    /// meanwhile checks that the connection is alive and re-checks the
+    /// domains, each at its interval.
     fn serve(&mut self, session: &dyn Session) -> Result<DisconnectReason, Stop> {
-        match session.list_domains() {
+        match session.list_domains(true) {
             Ok(domains) => {
                 for item in self.machine.listed(domains, SystemTime::now()) {
                     self.emit(item)?;
@@ -208,12 +210,42 @@ impl<B: Backend> Supervisor<B> {
             Err(e) => return Ok(DisconnectReason::CatchUpFailed(e)),
         }
         let generation = self.machine.generation();
-        let check_every = self
+        let alive_every = self
             .config
             .alive_check_interval
             .max(Duration::from_millis(10));
+        let recheck_every = self.config.recheck_interval;
+        let mut next_alive = Instant::now() + alive_every;
+        let mut next_recheck = (!recheck_every.is_zero()).then(|| Instant::now() + recheck_every);
         loop {
-            match self.inbox.recv_timeout(check_every) {
+            // Checked on every turn, so a steady flow of events cannot starve
+            // them.
+            let now = Instant::now();
+            if now >= next_alive {
+                if !session.is_alive() {
+                    return Ok(DisconnectReason::NotAlive);
+                }
+                next_alive = now + alive_every;
+            }
+            if let Some(at) = next_recheck
+                && now >= at
+            {
+                match session.list_domains(false) {
+                    Ok(domains) => {
+                        for item in self.machine.rechecked(domains, SystemTime::now()) {
+                            self.emit(item)?;
+                        }
+                    }
+                    // The alive check decides whether the connection is lost.
+                    Err(e) => self.emit(Item::Error(e))?,
+                }
+                next_recheck = Some(Instant::now() + recheck_every);
+            }
+            let wake = next_recheck.map_or(next_alive, |r| r.min(next_alive));
+            match self
+                .inbox
+                .recv_timeout(wake.saturating_duration_since(Instant::now()))
+            {
                 Ok(Msg::Event(event)) => {
                     let xml = if event.kind.wants_xml() {
                         match session.domain_xml(event.domain.uuid) {
@@ -239,11 +271,7 @@ impl<B: Backend> Supervisor<B> {
                 // A late close of an earlier connection.
                 Ok(Msg::Closed { .. }) => {}
                 Ok(Msg::Shutdown) | Err(RecvTimeoutError::Disconnected) => return Err(Stop),
-                Err(RecvTimeoutError::Timeout) => {
-                    if !session.is_alive() {
-                        return Ok(DisconnectReason::NotAlive);
-                    }
-                }
+                Err(RecvTimeoutError::Timeout) => {}
             }
         }
     }
@@ -328,6 +356,7 @@ mod tests {
         ListenerConfig::default()
             .uri("test:///x")
             .alive_check_interval(Duration::from_millis(20))
+            .recheck_interval(Duration::ZERO)
             .backoff(
                 BackoffConfig::default()
                     .delays(Duration::from_millis(5), Duration::from_millis(20))
@@ -367,7 +396,7 @@ mod tests {
 
     fn session(list: Vec<DomainInfo>, alive: bool) -> Box<dyn Session> {
         let mut s = MockSession::new();
-        s.expect_list_domains().returning(move || Ok(list.clone()));
+        s.expect_list_domains().returning(move |_| Ok(list.clone()));
         s.expect_is_alive().return_const(alive);
         s.expect_connection().returning(|| None);
         s.expect_domain_xml()
@@ -574,7 +603,7 @@ mod tests {
                 0 => Ok(session(vec![], false)), // is_alive says dead
                 1 => {
                     let mut s = MockSession::new();
-                    s.expect_list_domains().returning(|| {
+                    s.expect_list_domains().returning(|_| {
                         Err(Error::ListDomains {
                             uri: "test:///x".into(),
                             source: virt_error(),
@@ -621,7 +650,7 @@ mod tests {
         backend.expect_connect().returning(move |_, _, sink| {
             s.lock().unwrap().push(sink);
             let mut m = MockSession::new();
-            m.expect_list_domains().returning(|| Ok(vec![]));
+            m.expect_list_domains().returning(|_| Ok(vec![]));
             m.expect_is_alive().return_const(true);
             m.expect_connection().returning(|| None);
             let calls = AtomicU32::new(0);
@@ -697,7 +726,7 @@ mod tests {
         backend.expect_connect().times(1).returning(move |_, _, _| {
             let flag = DropFlag(r.clone());
             let mut m = MockSession::new();
-            m.expect_list_domains().returning(|| Ok(vec![]));
+            m.expect_list_domains().returning(|_| Ok(vec![]));
             m.expect_is_alive().return_const(true);
             // The closure owns the flag, so it drops with the session.
             m.expect_connection().returning(move || {
@@ -732,5 +761,51 @@ mod tests {
         let got = source.next_item().await;
         assert!(matches!(got, Some(Item::InitDone { generation: 1, .. })));
         assert!(source.next_item().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn recheck_recovers_a_pause_the_catch_up_missed_once() {
+        let rechecks = Arc::new(AtomicU32::new(0));
+        let mut backend = MockBackend::new();
+        let r = rechecks.clone();
+        backend.expect_connect().times(1).returning(move |_, _, _| {
+            let r = r.clone();
+            let mut m = MockSession::new();
+            m.expect_list_domains().returning(move |with_xml| {
+                if with_xml {
+                    // The catch-up: libvirtd has not caught up with QEMU.
+                    Ok(vec![listed(DomainState::Running, 1)])
+                } else {
+                    r.fetch_add(1, Ordering::SeqCst);
+                    let mut d = listed(DomainState::Paused, 6);
+                    d.xml = None;
+                    Ok(vec![d])
+                }
+            });
+            m.expect_is_alive().return_const(true);
+            m.expect_connection().returning(|| None);
+            Ok(Box::new(m))
+        });
+        let mut stream = spawn(
+            backend,
+            config().recheck_interval(Duration::from_millis(20)),
+        )
+        .unwrap();
+        expect(
+            &mut stream,
+            &[
+                "connected g1",
+                "init-start g1",
+                "init dom-a running",
+                "init-done g1",
+            ],
+        )
+        .await;
+        expect(&mut stream, &["watchdog pause recovered g1"]).await;
+        while rechecks.load(Ordering::SeqCst) < 4 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let quiet = tokio::time::timeout(Duration::from_millis(50), stream.recv()).await;
+        assert!(quiet.is_err(), "reported once: {quiet:?}");
     }
 }

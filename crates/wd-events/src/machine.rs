@@ -13,20 +13,21 @@
 //! once, whether it is seen live, found by a catch-up, or both:
 //!
 //! * A live `pause` firing opens an episode and is reported.
-//! * A catch-up that finds a domain paused by its watchdog reports it as
-//!   recovered and opens an episode, unless an episode is already open for
+//! * A catch-up (or a periodic re-check) that finds a domain paused by its
+//!   watchdog reports it as recovered and opens an episode, unless an episode is already open for
 //!   the same run of the domain (the same runtime id): then it was reported
 //!   before and is not announced again.
 //! * The episode ends on a `resumed`, `started`, `stopped` or `undefined`
 //!   lifecycle event, on a firing with another action (the guest runs
-//!   again), or when a catch-up finds the domain not paused by its watchdog
-//!   (or gone).
+//!   again), or when a catch-up or re-check finds the domain not paused by
+//!   its watchdog (or gone).
 //! * Race: the catch-up lists the domains after the callbacks are
 //!   registered, and the listing is processed before the live events that
 //!   queued up meanwhile. A firing in that window is thus seen twice: first
-//!   as recovered, then live. A live `pause` firing on an episode that the
-//!   catch-up of the *current* generation opened, and that no live firing
-//!   has confirmed yet, is that same firing and is not reported again.
+//!   as recovered, then live. A live `pause` firing on an episode that a
+//!   listing of the *current* generation opened, and that no live firing
+//!   has confirmed yet, is that same firing and is not reported again. (The
+//!   same holds for a re-check.)
 //!
 //! Every other action (`reset`, `none`, `poweroff`, ...) is an episode of its
 //! own and leaves nothing for a catch-up to find.
@@ -175,13 +176,43 @@ impl Machine {
         }
     }
 
-    /// The catch-up listing of the current connection, taken at `now`.
+    /// The catch-up listing of the current connection, taken at `now`:
+    /// markers, every domain, then the recovered firings.
     pub(crate) fn listed(&mut self, domains: Vec<DomainInfo>, now: SystemTime) -> Vec<Item> {
         let generation = self.generation;
-        let mut items = Vec::with_capacity(domains.len() + 2);
-        items.push(Item::InitStart { generation });
         let count = domains.len();
-        let mut seen = HashSet::with_capacity(count);
+        let mut items = Vec::with_capacity(count + 2);
+        items.push(Item::InitStart { generation });
+        let mut listed = Vec::with_capacity(count);
+        let recovered = self.reconcile(domains, now, |info| listed.push(info));
+        items.extend(listed.into_iter().map(Item::InitDomain));
+        items.push(Item::InitDone {
+            generation,
+            domains: count,
+        });
+        items.extend(recovered);
+        items
+    }
+
+    /// A periodic re-check listing, taken at `now`: the same reconciliation
+    /// as the catch-up, but it yields only the firings it recovers. It is a
+    /// safety net for a pause that no event and no catch-up reported, such
+    /// as one libvirtd learnt of only after our catch-up (libvirtd updates a
+    /// guest's state from QEMU when it reconnects to it, without an event).
+    pub(crate) fn rechecked(&mut self, domains: Vec<DomainInfo>, now: SystemTime) -> Vec<Item> {
+        self.reconcile(domains, now, drop)
+    }
+
+    /// Brings the episodes in line with a listing (see the module docs) and
+    /// returns the recovered firings; `each` gets every listed domain.
+    fn reconcile(
+        &mut self,
+        domains: Vec<DomainInfo>,
+        now: SystemTime,
+        mut each: impl FnMut(DomainInfo),
+    ) -> Vec<Item> {
+        let generation = self.generation;
+        let mut seen = HashSet::with_capacity(domains.len());
         let mut recovered = Vec::new();
         for mut info in domains {
             info.generation = generation;
@@ -204,27 +235,25 @@ impl Machine {
             } else {
                 track.episode = None;
             }
-            items.push(Item::InitDomain(info));
+            each(info);
         }
         // A domain that is gone has no episode left to continue.
         self.domains.retain(|uuid, _| seen.contains(uuid));
-        items.push(Item::InitDone {
-            generation,
-            domains: count,
-        });
-        for (domain, episode) in recovered {
-            let seq = self.next_seq();
-            items.push(Item::Watchdog(WatchdogEvent {
-                domain,
-                action: Enum::Known(WatchdogAction::Pause),
-                received_at: now,
-                seq,
-                generation,
-                origin: Origin::Recovered,
-                episode,
-            }));
-        }
-        items
+        recovered
+            .into_iter()
+            .map(|(domain, episode)| {
+                let seq = self.next_seq();
+                Item::Watchdog(WatchdogEvent {
+                    domain,
+                    action: Enum::Known(WatchdogAction::Pause),
+                    received_at: now,
+                    seq,
+                    generation,
+                    origin: Origin::Recovered,
+                    episode,
+                })
+            })
+            .collect()
     }
 
     /// A live event; `xml` is the domain XML fetched for it, if any.
@@ -459,6 +488,7 @@ mod tests {
         Connect,
         Drop,
         List(Vec<DomainInfo>),
+        Recheck(Vec<DomainInfo>),
         Live(RawEvent),
     }
 
@@ -473,6 +503,7 @@ mod tests {
                     vec![m.disconnected(DisconnectReason::Closed(Enum::Known(CloseReason::Eof)))]
                 }
                 In::List(d) => m.listed(d, t(200)),
+                In::Recheck(d) => m.rechecked(d, t(300)),
                 In::Live(e) => m.live(e, None).into_iter().collect(),
             };
             got.extend(items.iter().map(|i| r.item(i)));
@@ -896,5 +927,62 @@ mod tests {
         assert!(same_run(Some(3), None));
         assert!(same_run(Some(3), Some(3)));
         assert!(!same_run(Some(3), Some(4)));
+    }
+
+    #[test]
+    fn recheck_recovers_a_pause_no_event_reported_and_only_once() {
+        check(
+            vec![
+                Connect,
+                List(vec![running(A, 1)]), // libvirtd had not caught up yet
+                Recheck(vec![paused_wd(A, 1)]),
+                Recheck(vec![paused_wd(A, 1)]),
+                Live(firing(A, 1, 1)), // the same firing, queued behind the recheck
+                Live(life(A, 1, Lifecycle::Resumed, 0)),
+                Recheck(vec![running(A, 1)]),
+                Drop,
+                Connect,
+                List(vec![paused_wd(A, 1)]),
+                Recheck(vec![paused_wd(A, 1)]),
+            ],
+            &[
+                "connected g1",
+                "init-start g1",
+                "init dom-a running/1 g1",
+                "init-done g1 n=1",
+                "#1 watchdog dom-a pause recovered g1 e1",
+                "#2 dom-a resumed unpaused g1",
+                "disconnected g1",
+                "connected g2",
+                "init-start g2",
+                "init dom-a paused/6 g2",
+                "init-done g2 n=1",
+                "#3 watchdog dom-a pause recovered g2 e2",
+            ],
+        );
+    }
+
+    #[test]
+    fn recheck_ends_episodes_like_a_catch_up() {
+        check(
+            vec![
+                Connect,
+                List(vec![running(A, 1), running(B, 2)]),
+                Live(firing(A, 1, 1)),
+                Live(firing(B, 2, 1)),
+                Recheck(vec![running(A, 1)]), // A resumed unseen, B gone
+                Recheck(vec![paused_wd(A, 1)]),
+            ],
+            &[
+                "connected g1",
+                "init-start g1",
+                "init dom-a running/1 g1",
+                "init dom-b running/1 g1",
+                "init-done g1 n=2",
+                "#1 watchdog dom-a pause live g1 e1",
+                "#2 watchdog dom-b pause live g1 e2",
+                "#3 watchdog dom-a pause recovered g1 e3",
+            ],
+        );
     }
 }

@@ -17,8 +17,8 @@ use crate::kinds::{
 /// The order after each (re)connect is: [`Connected`](Item::Connected),
 /// [`InitStart`](Item::InitStart), one [`InitDomain`](Item::InitDomain) per
 /// domain, [`InitDone`](Item::InitDone), then the watchdog firings the
-/// catch-up recovered, then live events until
-/// [`Disconnected`](Item::Disconnected).
+/// catch-up recovered, then live events (and any firing a periodic re-check
+/// recovers) until [`Disconnected`](Item::Disconnected).
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum Item {
@@ -114,8 +114,9 @@ impl fmt::Display for DomainId {
 pub enum Origin {
     /// Delivered by libvirt as it happened.
     Live,
-    /// Inferred by the catch-up listing after a connect: the domain was found
-    /// paused by its watchdog and that pause had not been reported yet.
+    /// Inferred from a listing (the catch-up after a connect, or a periodic
+    /// re-check): the domain was found paused by its watchdog and that pause
+    /// had not been reported yet.
     Recovered,
 }
 
@@ -138,7 +139,7 @@ pub struct WatchdogEvent {
     /// state behind to find.
     pub action: Enum<WatchdogAction>,
     /// When the listener received the event (for a recovered firing: when
-    /// the catch-up found it, which is later than the firing itself).
+    /// a listing found it, which is later than the firing itself).
     pub received_at: SystemTime,
     /// The event's position among all events of this listener: strictly
     /// increasing in stream order, shared with lifecycle events.
