@@ -3,7 +3,7 @@
 //! `wdctl resolve` shows which watchdog a flavor, an image and an operator
 //! policy give a guest, and the libvirt devices that follow; `wdctl patch`
 //! puts them into a domain document. Each subcommand lives in its own module
-//! (`resolve`, `patch`), with the flags they share in `guest`; a new one
+//! (`resolve`, `patch`, `watch`), with the flags they share in `guest`; a new one
 //! (such as `watch`) is a new module and a new [`Command`] variant.
 //!
 //! Like `wd-compute`, this binary may depend on every `wd` crate. It stays
@@ -18,6 +18,7 @@ mod guest;
 mod libvirt;
 mod patch;
 mod resolve;
+mod watch;
 
 use std::io::Write as _;
 use std::process::ExitCode;
@@ -40,6 +41,8 @@ enum Command {
     Resolve(resolve::Args),
     /// Put a guest's watchdog devices into a libvirt domain document.
     Patch(patch::Args),
+    /// Run the agent: listen to libvirt's watchdog events and notify owners.
+    Watch(watch::Args),
 }
 
 /// Joins an error chain into one line, skipping causes whose message the
@@ -62,7 +65,7 @@ fn one_line<'a>(chain: impl Iterator<Item = &'a (dyn std::error::Error + 'static
 /// clap's own error, without its usage and hints, on one line.
 fn clap_message(err: &clap::Error) -> String {
     if err.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
-        return "a subcommand is required (resolve, patch); see wdctl --help".to_owned();
+        return "a subcommand is required (resolve, patch, watch); see wdctl --help".to_owned();
     }
     let text = err.to_string();
     let text = text.strip_prefix("error: ").unwrap_or(&text);
@@ -93,6 +96,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Resolve(args) => resolve::run(args),
         Command::Patch(args) => patch::run(args),
+        Command::Watch(args) => watch::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -135,7 +139,7 @@ mod tests {
         );
         check(
             &["wdctl"],
-            "a subcommand is required (resolve, patch); see wdctl --help",
+            "a subcommand is required (resolve, patch, watch); see wdctl --help",
         );
         check(
             &["wdctl", "resolve", "--format", "yaml"],

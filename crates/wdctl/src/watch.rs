@@ -1,0 +1,663 @@
+//! `wdctl watch`: the standalone agent that runs beside an unmodified
+//! compute service (such as Nova), listens to libvirt's watchdog events and
+//! notifies each instance's owner.
+//!
+//! Secrets never come from the command line, where `ps` would show them: the
+//! webhook secret comes from `WD_WEBHOOK_SECRET` or the config file, and a
+//! broker password from `WD_AMQP_PASSWORD` or the config file.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use serde::Deserialize;
+use wd_compute::{NovaDirectory, Runtime, RuntimeConfig};
+use wd_events::ListenerConfig;
+use wd_notify::{CoalesceConfig, LogNotifier, Notifier, RetryConfig, SpoolConfig, SyncMode};
+use wd_notify_amqp::{AmqpConfig, AmqpNotifier, AmqpUrl, Priority};
+use wd_notify_webhook::{Endpoint, Secret, WebhookConfig, WebhookNotifier};
+
+/// The environment variable holding the operator webhook secret(s),
+/// `whsec_…`, space- or comma-separated for key rotation.
+pub const SECRET_ENV: &str = "WD_WEBHOOK_SECRET";
+/// The environment variable holding the broker password.
+pub const AMQP_PASSWORD_ENV: &str = "WD_AMQP_PASSWORD";
+
+/// Flags of `wdctl watch`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The libvirt URI to listen on [default: qemu:///system].
+    #[arg(long, value_name = "URI")]
+    connect: Option<String>,
+    /// Where to notify: `log`, an http(s) webhook URL (the operator
+    /// endpoint) or an amqp(s) broker URL. Repeatable.
+    #[arg(long = "notify", value_name = "TARGET")]
+    notify: Vec<String>,
+    /// The durable spool directory: what is accepted survives a crash.
+    #[arg(long, value_name = "DIR")]
+    spool: Option<PathBuf>,
+    /// A TOML configuration file (see the README).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Keep retrying when libvirt is unreachable at startup, instead of
+    /// exiting.
+    #[arg(long)]
+    wait: bool,
+}
+
+/// The configuration file. Every key is optional; unknown keys are errors.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The libvirt URI.
+    pub connect: Option<String>,
+    /// This compute host's name [default: the machine's hostname].
+    pub host: Option<String>,
+    /// Notification targets, as for `--notify`.
+    #[serde(default)]
+    pub notify: Vec<String>,
+    /// The spool directory.
+    pub spool: Option<PathBuf>,
+    /// Keep retrying when libvirt is unreachable at startup.
+    pub wait: Option<bool>,
+    /// Webhook settings.
+    #[serde(default)]
+    pub webhook: WebhookSection,
+    /// Message-bus settings.
+    #[serde(default)]
+    pub amqp: AmqpSection,
+    /// Storm control.
+    #[serde(default)]
+    pub coalesce: CoalesceSection,
+    /// Spool limits.
+    #[serde(default, rename = "spool-limits")]
+    pub spool_limits: SpoolSection,
+    /// Retries per backend.
+    #[serde(default)]
+    pub retry: RetrySection,
+}
+
+/// `[webhook]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookSection {
+    /// Secrets for the operator endpoints given in `notify`.
+    #[serde(default)]
+    pub secrets: Vec<Secret>,
+    /// Request timeout in seconds [default 15].
+    pub timeout_secs: Option<f64>,
+    /// The service name in the CloudEvents `source` [default `wd`].
+    pub service: Option<String>,
+    /// Per-project endpoints: a project's notifications go only there (and
+    /// to operator endpoints).
+    #[serde(default)]
+    pub projects: Vec<ProjectEndpoint>,
+}
+
+/// `[[webhook.projects]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProjectEndpoint {
+    /// The project (tenant) id, exactly as in Nova's metadata.
+    pub project: String,
+    /// The endpoint URL.
+    pub url: String,
+    /// Its signing secrets.
+    pub secrets: Vec<Secret>,
+}
+
+/// `[amqp]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AmqpSection {
+    /// The broker URL (may also be given in `notify`).
+    pub url: Option<String>,
+    /// The broker password, if not in `url` or `WD_AMQP_PASSWORD`.
+    pub password: Option<String>,
+    /// The topic exchange [default `nova`].
+    pub exchange: Option<String>,
+    /// The topic [default `versioned_notifications`].
+    pub topic: Option<String>,
+    /// The exchange's durability; must match the deployment [default false].
+    pub durable: Option<bool>,
+    /// Declare the exchange (true) or only publish to an existing one.
+    pub declare: Option<bool>,
+    /// The priority [default `INFO`].
+    pub priority: Option<String>,
+    /// The service half of `publisher_id` [default `wd`].
+    pub service: Option<String>,
+}
+
+/// `[coalesce]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CoalesceSection {
+    /// The folding window in seconds [default 60].
+    pub window_secs: Option<f64>,
+    /// The most instances tracked at once [default 10000].
+    pub max_instances: Option<usize>,
+}
+
+/// `[spool-limits]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpoolSection {
+    /// The most entries waiting [default 100000].
+    pub max_entries: Option<usize>,
+    /// The most bytes waiting [default 64 MiB].
+    pub max_bytes: Option<u64>,
+    /// `group-commit` (default) or `per-entry` fsync.
+    pub sync: Option<String>,
+}
+
+/// `[retry]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetrySection {
+    /// The first wait in seconds [default 0.5].
+    pub min_delay_secs: Option<f64>,
+    /// The longest wait in seconds [default 30].
+    pub max_delay_secs: Option<f64>,
+    /// Give up on one attempt series after this many seconds [default 60];
+    /// the spool tries again later.
+    pub deadline_secs: Option<f64>,
+}
+
+fn secs(key: &str, v: f64) -> Result<Duration> {
+    Duration::try_from_secs_f64(v)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| anyhow!("config key `{key}` must be a positive number of seconds, not {v}"))
+}
+
+/// Reads and checks the configuration file.
+pub fn load_config(path: &Path) -> Result<Config> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config file `{}`", path.display()))?;
+    toml::from_str(&text).map_err(|e| {
+        let msg = e.message().to_owned();
+        let line = e
+            .span()
+            .map(|s| text[..s.start.min(text.len())].lines().count().max(1))
+            .map_or(String::new(), |l| format!(" (line {l})"));
+        anyhow!("config file `{}`{line}: {msg}", path.display())
+    })
+}
+
+/// Redacts the userinfo of a URL for logs and errors.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}://***@{}", &url[..s], &url[at + 1..]),
+        _ => url.to_owned(),
+    }
+}
+
+/// Percent-encodes a URL userinfo component.
+fn encode_userinfo(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Adds `password` to an AMQP URL that names a user but no password.
+fn with_password(url: &str, password: &str) -> Result<String> {
+    let scheme_end = url
+        .find("://")
+        .ok_or_else(|| anyhow!("AMQP URL `{}` has no scheme", redact(url)))?
+        + 3;
+    let rest = &url[scheme_end..];
+    let Some(at) = rest.find('@') else {
+        bail!(
+            "AMQP URL `{}` names no user to give the password to (amqp://USER@HOST/VHOST)",
+            redact(url)
+        );
+    };
+    let user = &rest[..at];
+    if user.contains(':') {
+        bail!("AMQP URL `{}` already has a password", redact(url));
+    }
+    Ok(format!(
+        "{}{user}:{}{}",
+        &url[..scheme_end],
+        encode_userinfo(password),
+        &rest[at..]
+    ))
+}
+
+fn has_password(url: &str) -> bool {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => url[s + 3..at].contains(':'),
+        _ => false,
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// Everything `watch` will run with, checked before anything starts.
+pub struct Plan {
+    /// The runtime configuration.
+    pub runtime: RuntimeConfig,
+    /// The backends, by name.
+    pub backends: Vec<(String, Arc<dyn Notifier>)>,
+    /// Retry rather than exit when libvirt is unreachable at startup.
+    pub wait: bool,
+}
+
+/// Turns flags, file and environment into a [`Plan`]. Needs a Tokio runtime
+/// (the HTTP and AMQP clients are created here).
+pub fn plan(args: &Args, env: &dyn Fn(&str) -> Option<String>) -> Result<Plan> {
+    let cfg = match &args.config {
+        Some(path) => load_config(path)?,
+        None => Config::default(),
+    };
+    for t in &args.notify {
+        if (t.starts_with("amqp://") || t.starts_with("amqps://")) && has_password(t) {
+            bail!(
+                "--notify `{}` carries a password, which `ps` would show; put it in the config file (`[amqp] password`) or {AMQP_PASSWORD_ENV}",
+                redact(t)
+            );
+        }
+    }
+    let uri = args
+        .connect
+        .clone()
+        .or(cfg.connect.clone())
+        .unwrap_or_else(|| "qemu:///system".into());
+    let host = cfg.host.clone().unwrap_or_else(hostname);
+    let spool = args.spool.clone().or(cfg.spool.clone());
+
+    let mut targets: Vec<String> = cfg.notify.clone();
+    targets.extend(args.notify.iter().cloned());
+    if let Some(url) = &cfg.amqp.url {
+        targets.push(url.clone());
+    }
+    targets.dedup();
+    if targets.is_empty() && cfg.webhook.projects.is_empty() {
+        bail!(
+            "nowhere to notify: give --notify log|URL, or `notify`/`[[webhook.projects]]` in the config file"
+        );
+    }
+
+    let mut backends: Vec<(String, Arc<dyn Notifier>)> = Vec::new();
+    let mut webhook = WebhookConfig::default();
+    if let Some(t) = cfg.webhook.timeout_secs {
+        webhook = webhook.with_timeout(secs("webhook.timeout_secs", t)?);
+    }
+    if let Some(s) = &cfg.webhook.service {
+        webhook = webhook.with_service(s.clone());
+    }
+    let operator_secrets = || -> Result<Vec<Secret>> {
+        if let Some(raw) = env(SECRET_ENV) {
+            return raw
+                .split(|c: char| c == ',' || c.is_whitespace())
+                .filter(|s| !s.is_empty())
+                .map(|s| Secret::parse(s).map_err(|e| anyhow!("{SECRET_ENV}: {e}")))
+                .collect();
+        }
+        if cfg.webhook.secrets.is_empty() {
+            bail!(
+                "a webhook endpoint needs a signing secret: set {SECRET_ENV} or `[webhook] secrets` in the config file"
+            );
+        }
+        Ok(cfg.webhook.secrets.clone())
+    };
+    let mut use_webhook = !cfg.webhook.projects.is_empty();
+    for p in &cfg.webhook.projects {
+        if p.secrets.is_empty() {
+            bail!(
+                "config key `webhook.projects` entry for project `{}` has no secrets",
+                p.project
+            );
+        }
+        webhook = webhook.with_project(
+            p.project.clone(),
+            Endpoint::new(p.url.clone(), p.secrets.clone()),
+        );
+    }
+
+    let mut amqp_seen = false;
+    for t in &targets {
+        if t == "log" {
+            backends.push(("log".into(), Arc::new(LogNotifier::new())));
+        } else if t.starts_with("http://") || t.starts_with("https://") {
+            webhook = webhook.with_operator(Endpoint::new(t.clone(), operator_secrets()?));
+            use_webhook = true;
+        } else if t.starts_with("amqp://") || t.starts_with("amqps://") {
+            if amqp_seen {
+                bail!(
+                    "only one AMQP broker may be given; got a second one, `{}`",
+                    redact(t)
+                );
+            }
+            amqp_seen = true;
+            let password = env(AMQP_PASSWORD_ENV).or(cfg.amqp.password.clone());
+            let url = match password {
+                Some(p) if !has_password(t) => with_password(t, &p)?,
+                _ => t.clone(),
+            };
+            let mut c =
+                AmqpConfig::new(AmqpUrl::new(url).map_err(|e| anyhow!("AMQP target: {e}"))?);
+            if let Some(x) = &cfg.amqp.exchange {
+                c = c.with_exchange(x.clone());
+            }
+            if let Some(x) = &cfg.amqp.topic {
+                c = c.with_topic(x.clone());
+            }
+            if let Some(x) = cfg.amqp.durable {
+                c = c.with_durable(x);
+            }
+            if let Some(x) = cfg.amqp.declare {
+                c = c.with_declare(x);
+            }
+            if let Some(x) = &cfg.amqp.service {
+                c = c.with_service(x.clone());
+            }
+            if let Some(x) = &cfg.amqp.priority {
+                let p: Priority = x
+                    .parse()
+                    .map_err(|e| anyhow!("config key `amqp.priority`: {e}"))?;
+                c = c.with_priority(p);
+            }
+            let n =
+                AmqpNotifier::new(c).map_err(|e| anyhow!("AMQP target `{}`: {e}", redact(t)))?;
+            backends.push((format!("amqp {}", redact(t)), Arc::new(n)));
+        } else {
+            bail!(
+                "unknown notify target `{}`; allowed: log, http://…, https://…, amqp://…, amqps://…",
+                redact(t)
+            );
+        }
+    }
+    if use_webhook {
+        let n = WebhookNotifier::new(webhook).map_err(|e| anyhow!("webhook: {e}"))?;
+        backends.push(("webhook".into(), Arc::new(n)));
+    }
+
+    let mut runtime = RuntimeConfig::new(host).listener(ListenerConfig {
+        uri: uri.clone(),
+        ..ListenerConfig::default()
+    });
+    runtime.spool_dir = spool;
+    runtime.spool = SpoolConfig::default();
+    if let Some(n) = cfg.spool_limits.max_entries {
+        runtime.spool = runtime.spool.max_entries(n);
+    }
+    if let Some(n) = cfg.spool_limits.max_bytes {
+        runtime.spool = runtime.spool.max_bytes(n);
+    }
+    match cfg.spool_limits.sync.as_deref() {
+        None | Some("group-commit") => {}
+        Some("per-entry") => runtime.spool = runtime.spool.sync(SyncMode::PerEntry),
+        Some(other) => {
+            bail!("config key `spool-limits.sync` is `{other}`; allowed: group-commit, per-entry")
+        }
+    }
+    runtime.coalesce = CoalesceConfig::default();
+    if let Some(w) = cfg.coalesce.window_secs {
+        runtime.coalesce = runtime.coalesce.window(secs("coalesce.window_secs", w)?);
+    }
+    if let Some(n) = cfg.coalesce.max_instances {
+        runtime.coalesce = runtime.coalesce.max_instances(n);
+    }
+    runtime.retry = RetryConfig::default();
+    if let Some(v) = cfg.retry.min_delay_secs {
+        runtime.retry = runtime.retry.min_delay(secs("retry.min_delay_secs", v)?);
+    }
+    if let Some(v) = cfg.retry.max_delay_secs {
+        runtime.retry = runtime.retry.max_delay(secs("retry.max_delay_secs", v)?);
+    }
+    if let Some(v) = cfg.retry.deadline_secs {
+        runtime.retry = runtime.retry.deadline(secs("retry.deadline_secs", v)?);
+    }
+    Ok(Plan {
+        runtime,
+        backends,
+        wait: args.wait || cfg.wait.unwrap_or(false),
+    })
+}
+
+/// Runs the agent until SIGTERM or SIGINT.
+pub fn run(args: Args) -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("start the async runtime")?;
+    rt.block_on(async move {
+        let plan = plan(&args, &|k| std::env::var(k).ok())?;
+        let uri = plan.runtime.listener.uri.clone();
+        // libvirt's event loop must be registered before any connection.
+        wd_events::init_event_loop().map_err(|e| anyhow!("start the libvirt event loop: {e}"))?;
+        if !plan.wait {
+            let probe = uri.clone();
+            // Dropping the connection closes it.
+            tokio::task::spawn_blocking(move || virt::connect::Connect::open(Some(&probe)).map(drop))
+                .await
+                .context("probe libvirt")?
+                .map_err(|e| anyhow!("cannot connect to libvirt at {uri}: {e} (use --wait to keep retrying)"))?;
+        }
+        let backend_names: Vec<String> = plan.backends.iter().map(|(n, _)| n.clone()).collect();
+        let spool = plan.runtime.spool_dir.clone();
+        let host = plan.runtime.host.clone();
+        let runtime = Runtime::start(plan.runtime, Arc::new(NovaDirectory::new()), plan.backends)
+            .map_err(|e| anyhow!("{}", crate::one_line(anyhow::Error::new(e).chain())))?;
+        tracing::info!(uri = %uri, host = %host, backends = ?backend_names,
+            spool = %spool.as_ref().map_or("none".into(), |p| p.display().to_string()), "wdctl watch started");
+
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("install the SIGTERM handler")?;
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+        }
+        let report = runtime.shutdown().await;
+        tracing::info!(firings = report.pipeline.firings, accepted = report.pipeline.accepted,
+            already_notified = report.pipeline.already_notified, unknown_owner = report.pipeline.unknown_owner,
+            spool_pending = report.spool.as_ref().map_or(0, |s| s.pending),
+            "wdctl watch stopped");
+        Ok(())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct T {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    fn args(argv: &[&str]) -> Args {
+        T::parse_from(std::iter::once("watch").chain(argv.iter().copied())).args
+    }
+
+    const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+    fn check_err(argv: &[&str], config: Option<&str>, env: &[(&str, &str)], expected: &str) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut argv: Vec<String> = argv.iter().map(|s| s.to_string()).collect();
+        if let Some(text) = config {
+            let p = dir.path().join("wd.toml");
+            std::fs::write(&p, text).unwrap();
+            argv.push("--config".into());
+            argv.push(p.display().to_string());
+        }
+        let a = args(&argv.iter().map(String::as_str).collect::<Vec<_>>());
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let err = rt
+            .block_on(async {
+                plan(&a, &|k| {
+                    env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())
+                })
+                .err()
+            })
+            .expect("an error");
+        let text = crate::one_line(err.chain());
+        assert!(
+            text.contains(expected),
+            "{text:?} does not contain {expected:?}"
+        );
+        assert!(!text.contains("MfKQ9r8"), "secret leaked: {text}");
+        assert!(!text.contains("s3cret"), "password leaked: {text}");
+    }
+
+    #[test]
+    fn bad_configurations_name_what_is_wrong() {
+        check_err(&[], None, &[], "nowhere to notify");
+        check_err(
+            &["--notify", "http://127.0.0.1:9/x"],
+            None,
+            &[],
+            "needs a signing secret: set WD_WEBHOOK_SECRET",
+        );
+        check_err(
+            &["--notify", "smtp://x"],
+            None,
+            &[],
+            "unknown notify target `smtp://x`; allowed: log",
+        );
+        check_err(
+            &["--notify", "amqp://guest:s3cret@127.0.0.1/%2f"],
+            None,
+            &[],
+            "carries a password, which `ps` would show",
+        );
+        check_err(
+            &["--notify", "log"],
+            Some("conect = \"x\"\n"),
+            &[],
+            "unknown field `conect`",
+        );
+        check_err(
+            &["--notify", "log"],
+            Some("[coalesce]\nwindow_secs = -1\n"),
+            &[],
+            "`coalesce.window_secs` must be a positive",
+        );
+        check_err(
+            &["--notify", "log"],
+            Some("[spool-limits]\nsync = \"sometimes\"\n"),
+            &[],
+            "allowed: group-commit, per-entry",
+        );
+        check_err(
+            &["--notify", "log"],
+            Some("[amqp]\nurl = \"amqp://u@127.0.0.1/%2f\"\npriority = \"LOUD\"\n"),
+            &[],
+            "amqp.priority",
+        );
+        check_err(
+            &["--notify", "http://127.0.0.1:9/x"],
+            None,
+            &[(SECRET_ENV, "whsec_!!!")],
+            "WD_WEBHOOK_SECRET",
+        );
+        check_err(
+            &["--notify", "log"],
+            Some("[webhook]\nsecrets = [\"nope\"]\n"),
+            &[],
+            "line 2",
+        );
+    }
+
+    #[test]
+    fn a_good_configuration_builds_every_backend() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("wd.toml");
+        std::fs::write(
+            &p,
+            format!(
+                r#"host = "compute-7"
+notify = ["log"]
+spool = "{spool}"
+[webhook]
+timeout_secs = 3
+[[webhook.projects]]
+project = "p1"
+url = "http://127.0.0.1:9/p1"
+secrets = ["{SECRET}"]
+[amqp]
+url = "amqp://guest@127.0.0.1:5672/%2f"
+exchange = "nova"
+durable = false
+priority = "warn"
+[coalesce]
+window_secs = 30
+"#,
+                spool = dir.path().join("spool").display()
+            ),
+        )
+        .unwrap();
+        let a = args(&[
+            "--config",
+            &p.display().to_string(),
+            "--notify",
+            "http://127.0.0.1:9/ops",
+        ]);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let plan = rt
+            .block_on(async {
+                plan(&a, &|k| match k {
+                    SECRET_ENV => Some(SECRET.to_owned()),
+                    AMQP_PASSWORD_ENV => Some("p@ss word".to_owned()),
+                    _ => None,
+                })
+            })
+            .unwrap();
+        let names: Vec<_> = plan.backends.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            ["log", "amqp amqp://***@127.0.0.1:5672/%2f", "webhook"]
+        );
+        assert_eq!(plan.runtime.host, "compute-7");
+        assert_eq!(plan.runtime.coalesce.window, Duration::from_secs(30));
+        assert_eq!(plan.runtime.listener.uri, "qemu:///system");
+        assert!(!plan.wait);
+    }
+
+    #[test]
+    fn passwords_are_added_encoded_and_urls_redacted() {
+        assert_eq!(
+            with_password("amqp://u@h/%2f", "p@ss:w").unwrap(),
+            "amqp://u:p%40ss%3Aw@h/%2f"
+        );
+        assert!(with_password("amqp://h/%2f", "x").is_err());
+        assert_eq!(redact("amqp://u:p@h:5672/v"), "amqp://***@h:5672/v");
+        assert_eq!(redact("http://h/x"), "http://h/x");
+        assert!(has_password("amqp://u:p@h/"));
+        assert!(!has_password("amqp://u@h/"));
+    }
+}

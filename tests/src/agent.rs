@@ -1,0 +1,100 @@
+//! The `wdctl watch` agent as a real process.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+
+/// The `wdctl` binary built in this workspace.
+pub fn wdctl_path() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("current exe")?;
+    // Test binaries live in target/<profile>/deps; wdctl in target/<profile>.
+    let candidates = exe
+        .ancestors()
+        .skip(1)
+        .take(3)
+        .map(|d| d.join("wdctl"))
+        .collect::<Vec<_>>();
+    candidates.into_iter().find(|p| p.is_file()).ok_or_else(|| {
+        anyhow::anyhow!(
+            "wdctl is not built next to {}; run `cargo build -p wdctl`",
+            exe.display()
+        )
+    })
+}
+
+/// A running agent; killed (SIGKILL) when dropped if still running.
+pub struct Agent {
+    child: Child,
+    /// Where its stderr (the structured log) goes.
+    pub log: PathBuf,
+}
+
+impl Agent {
+    /// Starts `wdctl watch --config CONFIG` with the webhook secret in the
+    /// environment, logging to `log`.
+    pub fn start(config: &Path, secret: &str, log: &Path) -> anyhow::Result<Agent> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)?;
+        let child = Command::new(wdctl_path()?)
+            .args(["watch", "--config"])
+            .arg(config)
+            .env("WD_WEBHOOK_SECRET", secret)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .spawn()
+            .context("start wdctl watch")?;
+        Ok(Agent {
+            child,
+            log: log.to_owned(),
+        })
+    }
+
+    /// The agent's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Kills the agent with SIGKILL: no chance to flush anything.
+    pub fn kill9(mut self) -> anyhow::Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
+
+    /// Sends SIGTERM and waits up to `grace` for a clean exit; returns the
+    /// exit code.
+    pub fn terminate(mut self, grace: Duration) -> anyhow::Result<i32> {
+        wd_testkit::run_quiet("kill", &["-TERM", &self.child.id().to_string()]);
+        let deadline = std::time::Instant::now() + grace;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status.code().unwrap_or(-1));
+            }
+            if std::time::Instant::now() >= deadline {
+                let _ = self.child.kill();
+                bail!("wdctl watch did not exit within {grace:?} of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The agent's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}

@@ -1,0 +1,134 @@
+//! A webhook receiver on 127.0.0.1 that verifies every request's signature
+//! exactly as the Standard Webhooks specification says, records the
+//! CloudEvents it accepts, and can be told to fail.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use serde_json::Value;
+use tokio::sync::Notify;
+use wd_notify_webhook::{DEFAULT_TOLERANCE, Secret, verify};
+
+/// One request the receiver accepted.
+#[derive(Debug, Clone)]
+pub struct Received {
+    /// The request path (one path per simulated project endpoint).
+    pub path: String,
+    /// The parsed CloudEvent.
+    pub event: Value,
+}
+
+#[derive(Default)]
+struct State {
+    accepted: Mutex<Vec<Received>>,
+    rejected_signatures: Mutex<u32>,
+    failed_on_purpose: Mutex<u32>,
+    changed: Notify,
+}
+
+/// The running receiver; it stops when dropped.
+pub struct Receiver {
+    addr: SocketAddr,
+    status: Arc<AtomicU16>,
+    state: Arc<State>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Receiver {
+    /// Starts a receiver on 127.0.0.1 (any free port) that accepts requests
+    /// signed with `secret`.
+    pub async fn start(secret: &str) -> anyhow::Result<Receiver> {
+        let secrets = Arc::new(vec![Secret::parse(secret)?]);
+        let status = Arc::new(AtomicU16::new(200));
+        let state = Arc::new(State::default());
+        let (st, sts) = (state.clone(), status.clone());
+        let handler = move |uri: axum::http::Uri, headers: HeaderMap, body: Bytes| {
+            let (state, status, secrets) = (st.clone(), sts.clone(), secrets.clone());
+            async move {
+                let code = status.load(Ordering::SeqCst);
+                if code != 200 {
+                    *state.failed_on_purpose.lock().unwrap() += 1;
+                    return StatusCode::from_u16(code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+                }
+                if verify(&headers, &body, &secrets, DEFAULT_TOLERANCE).is_err() {
+                    *state.rejected_signatures.lock().unwrap() += 1;
+                    return StatusCode::UNAUTHORIZED;
+                }
+                let Ok(event) = serde_json::from_slice::<Value>(&body) else {
+                    return StatusCode::BAD_REQUEST;
+                };
+                state.accepted.lock().unwrap().push(Received {
+                    path: uri.path().to_owned(),
+                    event,
+                });
+                state.changed.notify_waiters();
+                StatusCode::NO_CONTENT
+            }
+        };
+        let app = axum::Router::new().route("/{*path}", post(handler));
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
+        let addr = listener.local_addr()?;
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(Receiver {
+            addr,
+            status,
+            state,
+            task,
+        })
+    }
+
+    /// The URL of endpoint `path` (e.g. `/project-a`).
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Makes every request fail with `code` (e.g. 503) until set back to 200.
+    pub fn set_status(&self, code: u16) {
+        self.status.store(code, Ordering::SeqCst);
+    }
+
+    /// Everything accepted so far.
+    pub fn accepted(&self) -> Vec<Received> {
+        self.state.accepted.lock().unwrap().clone()
+    }
+
+    /// Requests refused because their signature did not verify.
+    pub fn rejected_signatures(&self) -> u32 {
+        *self.state.rejected_signatures.lock().unwrap()
+    }
+
+    /// Requests failed on purpose (see [`Receiver::set_status`]).
+    pub fn failed_on_purpose(&self) -> u32 {
+        *self.state.failed_on_purpose.lock().unwrap()
+    }
+
+    /// Waits until `pred` holds for the accepted requests, or `timeout`.
+    pub async fn wait_for(
+        &self,
+        timeout: Duration,
+        pred: impl Fn(&[Received]) -> bool,
+    ) -> Vec<Received> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let notified = self.state.changed.notified();
+            let now = self.accepted();
+            if pred(&now) || Instant::now() >= deadline {
+                return now;
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(250), notified).await;
+        }
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
