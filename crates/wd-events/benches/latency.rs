@@ -26,8 +26,7 @@ fn main() {
             wd_events::listen(ListenerConfig::default().uri("test:///default")).expect("listener");
         while !matches!(stream.recv().await, Some(Item::InitDone { .. })) {}
         let conn = stream.connection().expect("connected");
-        // The test driver's state is per connection, so the driver thread
-        // acts on the listener's own connection.
+        // The driver thread acts on the listener's own connection.
         let driver = std::thread::spawn(move || {
             let dom = conn.lookup_domain_by_name("test").expect("test domain");
             for i in 0..samples {

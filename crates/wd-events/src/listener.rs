@@ -101,8 +101,10 @@ pub(crate) fn spawn<B: Backend>(backend: B, config: ListenerConfig) -> Result<Ev
 impl EventStream {
     /// The listener's current connection, while it is connected.
     ///
-    /// Useful to fetch a domain's XML on the same connection, and for the
-    /// `test:///default` driver, whose state is per connection.
+    /// Useful to fetch a domain's XML on the same connection, and to drive
+    /// libvirt's `test` driver with a custom file (`test:///path.xml`),
+    /// whose state is per connection. (`test:///default` shares one state
+    /// among all connections of a process.)
     pub fn connection(&self) -> Option<Connect> {
         self.connection
             .lock()

@@ -13,6 +13,10 @@ use wd_events::{
 
 const URI: &str = "test:///default";
 
+/// All connections to `test:///default` in one process share one driver
+/// state (its domain `test`), so these tests take turns.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 async fn next(stream: &mut EventStream) -> Item {
     tokio::time::timeout(Duration::from_secs(10), stream.recv())
         .await
@@ -45,6 +49,7 @@ async fn next_lifecycle(stream: &mut EventStream) -> wd_events::LifecycleEvent {
 
 #[tokio::test]
 async fn listener_connects_lists_and_reports_suspend_resume_destroy_start() {
+    let _serial = SERIAL.lock().await;
     let mut stream = wd_events::listen(ListenerConfig::default().uri(URI)).unwrap();
     match next(&mut stream).await {
         Item::Connected { generation, uri } => assert_eq!((generation, uri.as_str()), (1, URI)),
@@ -65,7 +70,8 @@ async fn listener_connects_lists_and_reports_suspend_resume_destroy_start() {
     let xml = listed.xml.as_deref().expect("xml of the listed domain");
     assert!(xml.contains("<name>test</name>"), "{xml}");
 
-    // The test driver's state is per connection: act on the listener's own.
+    // Act on the listener's own connection (needed with a custom test
+    // driver file, whose state is per connection).
     let conn = stream.connection().expect("connected");
     let dom = conn.lookup_domain_by_name("test").unwrap();
     let uuid = dom.uuid().unwrap();
@@ -122,6 +128,7 @@ fn recv(rx: &mpsc::Receiver<RawEvent>, within: Duration) -> Option<RawEvent> {
 
 #[test]
 fn no_events_arrive_after_the_registration_is_dropped() {
+    let _serial = SERIAL.blocking_lock();
     wd_events::init_event_loop().unwrap();
     let conn = Connect::open(Some(URI)).unwrap();
     let (tx_dropped, rx_dropped) = mpsc::channel();
@@ -164,6 +171,7 @@ fn no_events_arrive_after_the_registration_is_dropped() {
 
 #[test]
 fn dropping_the_registration_frees_the_closures() {
+    let _serial = SERIAL.blocking_lock();
     wd_events::init_event_loop().unwrap();
     let conn = Connect::open(Some(URI)).unwrap();
     let witness = Arc::new(());
