@@ -162,6 +162,13 @@ fn spool_survives_sigkill() {
     let log = tmp.path().join("delivered.log");
     let exe = std::env::current_exe().unwrap();
     let budget = Instant::now() + Duration::from_secs(20);
+    // Kill points and damage are random; the seed reproduces them.
+    let seed = std::env::var("WD_NOTIFY_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| fastrand::u64(..));
+    fastrand::seed(seed);
+    println!("seed {seed} (set WD_NOTIFY_CRASH_SEED to repeat)");
 
     let mut tried: HashSet<Uuid> = HashSet::new();
     let mut accepted: HashSet<Uuid> = HashSet::new();
@@ -258,7 +265,7 @@ fn spool_survives_sigkill() {
             .collect();
         assert!(
             lost.is_empty(),
-            "round {rounds}: accepted but lost: {lost:?}"
+            "round {rounds} (seed {seed}): accepted but lost: {lost:?}"
         );
         rounds += 1;
     }
