@@ -95,11 +95,36 @@ pub fn test(filters: &[&str]) -> Result<()> {
     Ok(())
 }
 
-/// `cargo xtask demo`.
+/// `cargo xtask demo`: sets up what is missing (packages, the libvirt host,
+/// the guest, libvirtd), runs the story on a real guest, and stops the
+/// libvirtd it started.
 pub fn demo(args: &[&str]) -> Result<()> {
     if !args.is_empty() {
         bail!("`cargo xtask demo` takes no arguments");
     }
-    println!("The demo is not built yet.");
-    Ok(())
+    if !setup::is_root() {
+        bail!(
+            "the demo starts libvirtd and a QEMU guest, which needs root; as root run:\n  \
+             apt-get update && apt-get install -y --no-install-recommends {}\n  cargo xtask demo",
+            setup::PACKAGES.join(" ")
+        );
+    }
+    setup::ensure_packages()?;
+    setup::guest()?;
+    eprintln!("xtask: building the demo");
+    cmd_ok(cargo().args([
+        "build",
+        "--quiet",
+        "--package",
+        "wd-e2e",
+        "--example",
+        "demo",
+    ]))?;
+    let started = setup::libvirtd_up()?;
+    let _guard = ServicesGuard(setup::Started {
+        libvirtd: started,
+        rabbitmq: false,
+    });
+    cmd_ok(cargo().args(["run", "--quiet", "--package", "wd-e2e", "--example", "demo"]))
+        .context("the demo failed")
 }

@@ -102,16 +102,12 @@ pub struct Started {
 /// Starts libvirtd (with virtlogd) and RabbitMQ unless they already answer.
 pub fn services_up() -> Result<Started> {
     let mut started = Started::default();
-    if !Libvirtd::is_up() {
-        if !is_root() {
-            bail!(
-                "libvirtd is not running and starting it needs root; as root run:\n  cargo xtask services up"
-            );
-        }
-        Libvirtd::prepare_host().map_err(anyhow::Error::msg)?;
-        eprintln!("xtask: starting virtlogd and libvirtd");
-        started.libvirtd = Libvirtd::start().map_err(anyhow::Error::msg)?;
+    if !Libvirtd::is_up() && !is_root() {
+        bail!(
+            "libvirtd is not running and starting it needs root; as root run:\n  cargo xtask services up"
+        );
     }
+    started.libvirtd = libvirtd_up()?;
     if !RabbitMq::is_up() {
         if !is_root() {
             bail!(
@@ -123,6 +119,17 @@ pub fn services_up() -> Result<Started> {
     }
     services_status();
     Ok(started)
+}
+
+/// Starts libvirtd (with virtlogd) unless it answers; returns whether it
+/// started it.
+pub fn libvirtd_up() -> Result<bool> {
+    if Libvirtd::is_up() {
+        return Ok(false);
+    }
+    Libvirtd::prepare_host().map_err(anyhow::Error::msg)?;
+    eprintln!("xtask: starting virtlogd and libvirtd");
+    Libvirtd::start().map_err(anyhow::Error::msg)
 }
 
 /// Stops every service recorded under `target/wd-services`.

@@ -38,13 +38,26 @@ pub fn unavailable<T>(what: &str, hint: &str) -> Option<T> {
     None
 }
 
-/// The workspace root.
+/// The workspace root: the nearest ancestor of the running package's
+/// directory (cargo's `CARGO_MANIFEST_DIR` at run time, else the current
+/// directory) whose `Cargo.toml` declares `[workspace]`.
+///
+/// It is looked up at run time, not compiled in, so a binary built in one
+/// checkout and run from another (a shared target directory, a CI clone)
+/// still finds its own workspace.
 pub fn workspace_root() -> PathBuf {
-    // This crate lives at <root>/crates/wd-testkit.
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .unwrap_or_else(|_| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../..")))
+    let start = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .or_else(|| std::env::current_dir().ok())
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    start
+        .ancestors()
+        .find(|dir| {
+            std::fs::read_to_string(dir.join("Cargo.toml"))
+                .is_ok_and(|t| t.lines().any(|l| l.trim() == "[workspace]"))
+        })
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../..")))
 }
 
 /// The cargo target directory (honours `CARGO_TARGET_DIR`).
