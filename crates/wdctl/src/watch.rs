@@ -447,6 +447,9 @@ pub fn run(args: Args) -> Result<()> {
     rt.block_on(async move {
         let plan = plan(&args, &|k| std::env::var(k).ok())?;
         let uri = plan.runtime.listener.uri.clone();
+        // libvirt's default handler prints every error to stderr, outside our
+        // structured log; the listener reports the ones that matter itself.
+        virt::error::clear_error_callback();
         // libvirt's event loop must be registered before any connection.
         wd_events::init_event_loop().map_err(|e| anyhow!("start the libvirt event loop: {e}"))?;
         if !plan.wait {
