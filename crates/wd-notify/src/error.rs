@@ -47,6 +47,16 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// Another process (or another `Spool` in this one) holds the spool
+    /// directory: two writers would deliver everything twice.
+    #[error("spool directory {} is in use by another process (lock file {})", dir.display(), lock.display())]
+    SpoolLocked {
+        /// The spool directory.
+        dir: PathBuf,
+        /// Its lock file.
+        lock: PathBuf,
+    },
+
     /// A spool opened outside a Tokio runtime.
     #[error("spool needs a tokio runtime for its delivery task; open it inside one")]
     NoRuntime,

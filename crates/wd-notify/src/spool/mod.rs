@@ -420,6 +420,9 @@ pub struct Spool {
     tx: Mutex<Option<mpsc::Sender<Msg>>>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     delivery: Mutex<Option<JoinHandle<()>>>,
+    /// Held for the spool's lifetime: an advisory lock on `dir/LOCK`, which
+    /// the kernel releases when the process dies, even by SIGKILL.
+    _lock: fs::File,
 }
 
 impl std::fmt::Debug for Spool {
@@ -433,6 +436,28 @@ impl std::fmt::Debug for Spool {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Takes the exclusive advisory lock on `dir/LOCK`.
+fn lock_dir(dir: &Path) -> Result<fs::File> {
+    let path = dir.join("LOCK");
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| Error::OpenSpool {
+            path: path.clone(),
+            source,
+        })?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(fs::TryLockError::WouldBlock) => Err(Error::SpoolLocked {
+            dir: dir.to_owned(),
+            lock: path,
+        }),
+        Err(fs::TryLockError::Error(source)) => Err(Error::OpenSpool { path, source }),
+    }
 }
 
 impl Spool {
@@ -456,6 +481,7 @@ impl Spool {
             path: dir.clone(),
             source,
         })?;
+        let lock = lock_dir(&dir)?;
         let found = scan(&dir)?;
         let shared = Arc::new(Shared {
             config: config.clone(),
@@ -524,6 +550,7 @@ impl Spool {
             tx: Mutex::new(Some(tx)),
             writer: Mutex::new(Some(handle)),
             delivery: Mutex::new(Some(delivery)),
+            _lock: lock,
         })
     }
 
@@ -785,6 +812,28 @@ mod tests {
 
     fn ids(ns: &[Notification]) -> Vec<Uuid> {
         ns.iter().map(|n| n.event_id).collect()
+    }
+
+    #[tokio::test]
+    async fn a_spool_directory_has_one_owner_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let (m, _) = backend(|_, _| Ok(()));
+        let first = Spool::open(dir.path(), quick(), m).unwrap();
+        let (m2, _) = backend(|_, _| Ok(()));
+        let err = Spool::open(dir.path(), quick(), m2).unwrap_err();
+        assert!(matches!(err, Error::SpoolLocked { .. }), "{err:?}");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "spool directory {} is in use by another process (lock file {})",
+                dir.path().display(),
+                dir.path().join("LOCK").display()
+            )
+        );
+        first.shutdown(Duration::from_secs(1)).await;
+        drop(first);
+        let (m3, _) = backend(|_, _| Ok(()));
+        Spool::open(dir.path(), quick(), m3).expect("the lock is released with the spool");
     }
 
     #[tokio::test]
