@@ -8,6 +8,39 @@
 //!   domain to its owner and a [`Ledger`] that keeps one notification per
 //!   pause episode across reconnects and restarts.
 //!
+//! # Embedding it in a driver
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use wd_compute::{NovaDirectory, Runtime, RuntimeConfig, spawn};
+//! use wd_notify::{LogNotifier, Notifier};
+//! use wd_notify_webhook::{Endpoint, Secret, WebhookConfig, WebhookNotifier};
+//!
+//! # async fn driver(flavor: Vec<(String, String)>, image: Vec<(String, String)>, domain_xml: &str)
+//! # -> Result<(), Box<dyn std::error::Error>> {
+//! // At spawn: the policy, its provenance, and the patched domain XML.
+//! let policy = wd_policy::OperatorPolicy::default();
+//! let version = "9.0.0".parse()?;
+//! let (xml, resolved) = spawn::patch_domain(domain_xml, flavor, image, &policy, version)?;
+//! tracing::info!("{resolved}"); // watchdog=pause (image property hw_watchdog_action)
+//! # let _ = xml;
+//!
+//! // At run time: listener → owner lookup → coalesce → spool → backends.
+//! let secret = Secret::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")?;
+//! let webhook = WebhookNotifier::new(WebhookConfig::default()
+//!     .with_operator(Endpoint::new("https://ops.example.com/watchdog", [secret])))?;
+//! let backends: Vec<(String, Arc<dyn Notifier>)> = vec![
+//!     ("log".into(), Arc::new(LogNotifier::new())),
+//!     ("webhook".into(), Arc::new(webhook)),
+//! ];
+//! let config = RuntimeConfig::new("compute-1").spool_dir("/var/lib/wd/spool");
+//! let runtime = Runtime::start(config, Arc::new(NovaDirectory::new()), backends)?;
+//! // ... until the driver stops:
+//! let report = runtime.shutdown().await;
+//! tracing::info!(accepted = report.pipeline.accepted, "watchdog runtime stopped");
+//! # Ok(()) }
+//! ```
+//!
 //! Architecture invariant: the logic lives in the crates below. This crate
 //! only wires `wd-policy`, `wd-xml`, `wd-events` and `wd-notify` together;
 //! anything bigger than glue belongs in one of them.
