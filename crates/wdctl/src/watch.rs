@@ -123,6 +123,11 @@ pub struct AmqpSection {
     pub durable: Option<bool>,
     /// Declare the exchange (true) or only publish to an existing one.
     pub declare: Option<bool>,
+    /// Declare a queue named like the routing key and bind it, as
+    /// oslo.messaging's notifier does, so notifications wait for listeners
+    /// [default true]. With false, a notification no queue takes is a failed
+    /// delivery that the spool retries.
+    pub declare_queue: Option<bool>,
     /// The priority [default `INFO`].
     pub priority: Option<String>,
     /// The service half of `publisher_id` [default `wd`].
@@ -361,6 +366,7 @@ pub fn plan(args: &Args, env: &dyn Fn(&str) -> Option<String>) -> Result<Plan> {
             if let Some(x) = cfg.amqp.declare {
                 c = c.with_declare(x);
             }
+            c = c.with_declare_queue(cfg.amqp.declare_queue.unwrap_or(true));
             if let Some(x) = &cfg.amqp.service {
                 c = c.with_service(x.clone());
             }
