@@ -78,7 +78,11 @@ impl Agent {
             }
             if std::time::Instant::now() >= deadline {
                 let _ = self.child.kill();
-                bail!("wdctl watch did not exit within {grace:?} of SIGTERM");
+                let _ = self.child.wait();
+                bail!(
+                    "wdctl watch did not exit within {grace:?} of SIGTERM; log:\n{}",
+                    self.log_text()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -87,6 +91,44 @@ impl Agent {
     /// The agent's log so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// How many lines of the log so far contain every one of `needles`.
+    pub fn log_count(&self, needles: &[&str]) -> usize {
+        self.log_text()
+            .lines()
+            .filter(|l| needles.iter().all(|n| l.contains(n)))
+            .count()
+    }
+
+    /// Waits until a log line contains every one of `needles`; fails after
+    /// `timeout`, or at once if the agent exits.
+    pub async fn wait_log(&mut self, needles: &[&str], timeout: Duration) -> anyhow::Result<()> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if self.log_count(needles) > 0 {
+                return Ok(());
+            }
+            if let Some(status) = self.child.try_wait()? {
+                bail!(
+                    "wdctl watch exited ({status}) before logging {needles:?}; log:\n{}",
+                    self.log_text()
+                );
+            }
+            if std::time::Instant::now() >= deadline {
+                bail!(
+                    "wdctl watch did not log {needles:?} within {timeout:?}; log:\n{}",
+                    self.log_text()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until the agent has connected to libvirt and finished its
+    /// catch-up listing (so that it sees every later event), or `timeout`.
+    pub async fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        self.wait_log(&["catch-up listing done"], timeout).await
     }
 }
 

@@ -69,6 +69,35 @@ impl Guest {
             std::thread::sleep(Duration::from_millis(200));
         }
     }
+
+    /// [`Guest::wait_state`] for async callers: sleeps without blocking the
+    /// runtime's worker.
+    pub async fn wait_state_async(&self, want: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let s = self.state();
+            if s.starts_with(want) || Instant::now() >= deadline {
+                return s;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Waits until the guest's console shows that it armed its watchdog
+    /// (it fires about 4 s later), or `timeout`; returns whether it did.
+    pub async fn wait_armed(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let console = std::fs::read_to_string(&self.spec.serial_log).unwrap_or_default();
+            if console.contains("wd-guest: armed") {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
 }
 
 impl Drop for Guest {

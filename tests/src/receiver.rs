@@ -2,6 +2,7 @@
 //! exactly as the Standard Webhooks specification says, records the
 //! CloudEvents it accepts, and can be told to fail.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
@@ -14,18 +15,45 @@ use serde_json::Value;
 use tokio::sync::Notify;
 use wd_notify_webhook::{DEFAULT_TOLERANCE, Secret, verify};
 
-/// One request the receiver accepted.
+/// One signed request the receiver verified.
 #[derive(Debug, Clone)]
 pub struct Received {
     /// The request path (one path per simulated project endpoint).
     pub path: String,
+    /// The verified `webhook-id` header.
+    pub webhook_id: String,
     /// The parsed CloudEvent.
     pub event: Value,
+}
+
+impl Received {
+    /// The notification (`data`) of the CloudEvent.
+    pub fn data(&self) -> &Value {
+        &self.event["data"]
+    }
+
+    /// `data.event_id`, or `""`.
+    pub fn event_id(&self) -> &str {
+        self.data()["event_id"].as_str().unwrap_or_default()
+    }
+
+    /// `data.instance.uuid`, or `""`.
+    pub fn instance_uuid(&self) -> &str {
+        self.data()["instance"]["uuid"].as_str().unwrap_or_default()
+    }
+
+    /// `data.occurrences.count`, or 0.
+    pub fn count(&self) -> u64 {
+        self.data()["occurrences"]["count"]
+            .as_u64()
+            .unwrap_or_default()
+    }
 }
 
 #[derive(Default)]
 struct State {
     accepted: Mutex<Vec<Received>>,
+    refused: Mutex<Vec<Received>>,
     rejected_signatures: Mutex<u32>,
     failed_on_purpose: Mutex<u32>,
     changed: Notify,
@@ -43,29 +71,50 @@ impl Receiver {
     /// Starts a receiver on 127.0.0.1 (any free port) that accepts requests
     /// signed with `secret`.
     pub async fn start(secret: &str) -> anyhow::Result<Receiver> {
-        let secrets = Arc::new(vec![Secret::parse(secret)?]);
+        Self::start_with(secret, &[]).await
+    }
+
+    /// Starts a receiver whose endpoint `path` accepts only requests signed
+    /// with its own secret, for each `(path, secret)` in `per_path`; every
+    /// other path accepts requests signed with `secret`.
+    pub async fn start_with(secret: &str, per_path: &[(&str, &str)]) -> anyhow::Result<Receiver> {
+        let default = Arc::new(vec![Secret::parse(secret)?]);
+        let mut by_path = HashMap::new();
+        for (path, s) in per_path {
+            by_path.insert((*path).to_owned(), Arc::new(vec![Secret::parse(s)?]));
+        }
+        let by_path = Arc::new(by_path);
         let status = Arc::new(AtomicU16::new(200));
         let state = Arc::new(State::default());
         let (st, sts) = (state.clone(), status.clone());
         let handler = move |uri: axum::http::Uri, headers: HeaderMap, body: Bytes| {
-            let (state, status, secrets) = (st.clone(), sts.clone(), secrets.clone());
+            let (state, status) = (st.clone(), sts.clone());
+            let secrets = by_path
+                .get(uri.path())
+                .cloned()
+                .unwrap_or_else(|| default.clone());
             async move {
-                let code = status.load(Ordering::SeqCst);
-                if code != 200 {
-                    *state.failed_on_purpose.lock().unwrap() += 1;
-                    return StatusCode::from_u16(code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-                }
-                if verify(&headers, &body, &secrets, DEFAULT_TOLERANCE).is_err() {
+                let Ok(verified) = verify(&headers, &body, &secrets, DEFAULT_TOLERANCE) else {
                     *state.rejected_signatures.lock().unwrap() += 1;
+                    state.changed.notify_waiters();
                     return StatusCode::UNAUTHORIZED;
-                }
+                };
                 let Ok(event) = serde_json::from_slice::<Value>(&body) else {
                     return StatusCode::BAD_REQUEST;
                 };
-                state.accepted.lock().unwrap().push(Received {
+                let got = Received {
                     path: uri.path().to_owned(),
+                    webhook_id: verified.id,
                     event,
-                });
+                };
+                let code = status.load(Ordering::SeqCst);
+                if code != 200 {
+                    *state.failed_on_purpose.lock().unwrap() += 1;
+                    state.refused.lock().unwrap().push(got);
+                    state.changed.notify_waiters();
+                    return StatusCode::from_u16(code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+                }
+                state.accepted.lock().unwrap().push(got);
                 state.changed.notify_waiters();
                 StatusCode::NO_CONTENT
             }
@@ -90,6 +139,8 @@ impl Receiver {
     }
 
     /// Makes every request fail with `code` (e.g. 503) until set back to 200.
+    /// Signatures are still verified first: a badly signed request is
+    /// counted as such, a well signed one is recorded as refused.
     pub fn set_status(&self, code: u16) {
         self.status.store(code, Ordering::SeqCst);
     }
@@ -97,6 +148,12 @@ impl Receiver {
     /// Everything accepted so far.
     pub fn accepted(&self) -> Vec<Received> {
         self.state.accepted.lock().unwrap().clone()
+    }
+
+    /// Correctly signed requests refused on purpose (see
+    /// [`Receiver::set_status`]).
+    pub fn refused(&self) -> Vec<Received> {
+        self.state.refused.lock().unwrap().clone()
     }
 
     /// Requests refused because their signature did not verify.
@@ -119,6 +176,23 @@ impl Receiver {
         loop {
             let notified = self.state.changed.notified();
             let now = self.accepted();
+            if pred(&now) || Instant::now() >= deadline {
+                return now;
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(250), notified).await;
+        }
+    }
+
+    /// Waits until `pred` holds for the refused requests, or `timeout`.
+    pub async fn wait_for_refused(
+        &self,
+        timeout: Duration,
+        pred: impl Fn(&[Received]) -> bool,
+    ) -> Vec<Received> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let notified = self.state.changed.notified();
+            let now = self.refused();
             if pred(&now) || Instant::now() >= deadline {
                 return now;
             }
