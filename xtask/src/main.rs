@@ -11,7 +11,9 @@
 //! - `cargo xtask services up|down|status`, `cargo xtask guest`: the pieces,
 //!   for a developer's machine.
 
+mod bench;
 mod cmd;
+mod fuzz;
 mod setup;
 
 use anyhow::{Result, bail};
@@ -25,7 +27,9 @@ commands:
   services down     stop the services recorded under target/wd-services
   services status   show which services answer
   guest             build the watchdog guest's kernel and initramfs
-  deps              install the Debian packages the workspace needs";
+  deps              install the Debian packages the workspace needs
+  bench             measure, write target/bench-report.json and docs/performance.md
+  fuzz [target] [s] run the cargo-fuzz targets (default: all, 60 s each)";
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -51,6 +55,8 @@ fn run(args: &[&str]) -> Result<()> {
         }
         ["guest"] => setup::guest().map(|_| ()),
         ["deps"] => setup::ensure_packages(),
+        ["bench", rest @ ..] => bench::run(rest),
+        ["fuzz", rest @ ..] => fuzz::run(rest),
         ["help" | "--help" | "-h"] | [] => {
             println!("{USAGE}");
             Ok(())

@@ -1,12 +1,14 @@
-//! Benchmarks: resolving and rendering one guest's watchdog, and patching a
-//! realistic (~4 KB) Nova domain document.
+//! Benchmarks: resolving and rendering one guest's watchdog, patching a
+//! realistic (~4 KB) Nova domain document, and patching 100, 1,000 and
+//! 10,000 distinct such documents (`patch_scale/N`, throughput in domains)
+//! to show that the cost per domain does not grow with the count.
 
 // `criterion_group!` defines an undocumented public function.
 #![allow(missing_docs)]
 
 use std::hint::black_box;
 
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use wd_policy::{OperatorPolicy, resolve};
 use wd_xml::{LibvirtVersion, NovaMetadata, Target, patch, render, watchdogs};
 
@@ -92,5 +94,46 @@ fn benches(c: &mut Criterion) {
     });
 }
 
-criterion_group!(xml, benches);
+/// `n` distinct domains: the fixture with its own UUID and name each.
+fn domains(n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            FIXTURE
+                .replace(
+                    "6a1b1fd3-54f0-4bdc-8d0a-1e2f3c4d5e6f",
+                    &format!("6a1b1fd3-54f0-4bdc-8d0a-{i:012x}"),
+                )
+                .replace("instance-0000002a", &format!("instance-{i:08x}"))
+        })
+        .collect()
+}
+
+fn scale(c: &mut Criterion) {
+    let pc = Target::new("x86_64", "pc", LibvirtVersion::from_number(9_000_000));
+    let setting = resolve(
+        [("hw:watchdog_action", "reset")],
+        [("hw_watchdog_action", "pause")],
+        &OperatorPolicy::default(),
+    )
+    .unwrap()
+    .setting;
+    let mut g = c.benchmark_group("patch_scale");
+    g.sample_size(10)
+        .warm_up_time(std::time::Duration::from_millis(500))
+        .measurement_time(std::time::Duration::from_secs(3));
+    for n in [100usize, 1_000, 10_000] {
+        let docs = domains(n);
+        g.throughput(Throughput::Elements(n as u64));
+        g.bench_with_input(BenchmarkId::from_parameter(n), &docs, |b, docs| {
+            b.iter(|| {
+                docs.iter()
+                    .map(|d| patch(black_box(d), setting, &pc).unwrap().len())
+                    .sum::<usize>()
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(xml, benches, scale);
 criterion_main!(xml);

@@ -1,0 +1,620 @@
+//! Live measurements behind `cargo xtask bench` (parts 3 and 4), on real
+//! guests under the system libvirtd, with the `wdctl watch` agent as a real
+//! process. Prints one JSON object per line for each figure:
+//! `{"name":…,"value":…,"unit":…,"method":…}`; progress goes to stderr.
+//!
+//! `bench_live latency`: a `reset` guest fires again and again while
+//! `virsh event --event watchdog --loop --timestamp` and the agent listen to
+//! the same libvirtd. For each firing: the time from virsh's timestamp to
+//! the receipt of our notification by a loopback webhook receiver and by a
+//! RabbitMQ consumer (each timestamps on receipt).
+//!
+//! `bench_live resources`: the agent's RSS and CPU while idle with 0, 10 and
+//! 100 defined (inactive) domains, then during a storm of 3 `reset` guests.
+//!
+//! It expects a running system libvirtd, RabbitMQ on 127.0.0.1:5672, the
+//! guest assets and `wdctl` built next to this example (the xtask does all
+//! that).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use axum::body::Bytes;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use futures::StreamExt;
+use lapin::options::{
+    BasicConsumeOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{Connection, ConnectionProperties, ExchangeKind};
+use serde_json::{Value, json};
+use wd_e2e::agent::Agent;
+use wd_e2e::guest::{Guest, virsh};
+use wd_notify_webhook::{DEFAULT_TOLERANCE, Secret, verify};
+use wd_testkit::guest::{GuestAssets, GuestSpec, NovaOwner};
+use wd_testkit::{Libvirtd, RabbitMq};
+
+const SECRET: &str = "whsec_YmVuY2gtb25seS1rZXktZG8tbm90LXVzZS1pbi1wcm9kdWN0aW9u";
+const EXCHANGE: &str = "wd-bench";
+/// Firings measured for the latency figures.
+const FIRINGS: usize = 8;
+/// The idle measurement window.
+const IDLE_WINDOW: Duration = Duration::from_secs(10);
+/// How long the reset storm runs.
+const STORM: Duration = Duration::from_secs(30);
+
+fn now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+fn figure(name: &str, value: f64, unit: &str, method: &str) {
+    println!(
+        "{}",
+        json!({"name": name, "value": value, "unit": unit, "method": method})
+    );
+}
+
+/// A receipt: when, the domain name it concerns, and its firing count.
+#[derive(Debug, Clone)]
+struct Receipt {
+    at: f64,
+    domain: String,
+    count: u64,
+}
+
+type Receipts = Arc<Mutex<Vec<Receipt>>>;
+
+fn lock(r: &Receipts) -> std::sync::MutexGuard<'_, Vec<Receipt>> {
+    r.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A loopback webhook receiver that verifies each signature and timestamps
+/// the receipt before anything else. Returns its URL.
+async fn webhook(receipts: Receipts) -> anyhow::Result<String> {
+    let secrets = Arc::new(vec![Secret::parse(SECRET)?]);
+    let handler = move |headers: HeaderMap, body: Bytes| {
+        let at = now();
+        let (receipts, secrets) = (receipts.clone(), secrets.clone());
+        async move {
+            if verify(&headers, &body, &secrets, DEFAULT_TOLERANCE).is_err() {
+                return StatusCode::UNAUTHORIZED;
+            }
+            let Ok(event) = serde_json::from_slice::<Value>(&body) else {
+                return StatusCode::BAD_REQUEST;
+            };
+            let data = &event["data"];
+            lock(&receipts).push(Receipt {
+                at,
+                domain: data["domain"]["name"].as_str().unwrap_or("").to_owned(),
+                count: data["occurrences"]["count"].as_u64().unwrap_or(0),
+            });
+            StatusCode::NO_CONTENT
+        }
+    };
+    let app = axum::Router::new().route("/{*path}", post(handler));
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok(format!("http://{addr}/operator"))
+}
+
+/// A RabbitMQ consumer bound to every topic of the bench exchange; it
+/// timestamps each delivery on receipt. Returns the connection to keep.
+async fn amqp_consumer(receipts: Receipts) -> anyhow::Result<Connection> {
+    let conn = Connection::connect(RabbitMq::URL, ConnectionProperties::default()).await?;
+    let ch = conn.create_channel().await?;
+    ch.exchange_declare(
+        EXCHANGE.into(),
+        ExchangeKind::Topic,
+        ExchangeDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await?;
+    let queue = ch
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    ch.queue_bind(
+        queue.name().as_str().into(),
+        EXCHANGE.into(),
+        "#".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await?;
+    let mut consumer = ch
+        .basic_consume(
+            queue.name().as_str().into(),
+            "wd-bench".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..BasicConsumeOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    tokio::spawn(async move {
+        while let Some(Ok(delivery)) = consumer.next().await {
+            let at = now();
+            // The oslo envelope carries the payload as a JSON string.
+            let outer: Value = serde_json::from_slice(&delivery.data).unwrap_or(Value::Null);
+            let inner: Value = outer["oslo.message"]
+                .as_str()
+                .and_then(|s| serde_json::from_str(s).ok())
+                .unwrap_or(outer);
+            let text = inner.to_string();
+            let domain = find_domain(&text);
+            lock(&receipts).push(Receipt {
+                at,
+                domain,
+                count: 1,
+            });
+        }
+    });
+    Ok(conn)
+}
+
+/// The first guest name of this bench (`wdb-…`) in a message.
+fn find_domain(text: &str) -> String {
+    text.find("wdb-")
+        .map(|i| {
+            text[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `virsh event --event watchdog --loop --timestamp` in the background,
+/// collecting (virsh's timestamp, domain) for each event.
+struct VirshEvents {
+    child: Child,
+    events: Receipts,
+}
+
+impl VirshEvents {
+    fn start() -> anyhow::Result<VirshEvents> {
+        // virsh block-buffers stdout into a pipe; stdbuf makes it line-buffered
+        // so that no event is lost in its buffer when it is killed.
+        let mut child = Command::new("stdbuf")
+            .args([
+                "-oL",
+                "virsh",
+                "-c",
+                Libvirtd::URI,
+                "event",
+                "--event",
+                "watchdog",
+            ])
+            .args(["--loop", "--timestamp"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("start virsh event")?;
+        let stdout = child.stdout.take().context("virsh stdout")?;
+        let events: Receipts = Arc::default();
+        let sink = events.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(e) = parse_virsh(&line) {
+                    lock(&sink).push(e);
+                }
+            }
+        });
+        Ok(VirshEvents { child, events })
+    }
+
+    fn of(&self, domain: &str) -> Vec<Receipt> {
+        lock(&self.events)
+            .iter()
+            .filter(|e| e.domain == domain)
+            .cloned()
+            .collect()
+    }
+}
+
+impl Drop for VirshEvents {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Parses `2026-11-25 19:50:01.123+0000: event 'watchdog' for domain 'NAME': reset`.
+fn parse_virsh(line: &str) -> Option<Receipt> {
+    let (stamp, rest) = line.split_once(": event 'watchdog' for domain '")?;
+    let domain = rest.split('\'').next()?.to_owned();
+    let (date, time) = stamp.split_once(' ')?;
+    let time = time.strip_suffix("+0000")?;
+    let mut d = date.split('-').map(|p| p.parse::<i64>().ok());
+    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
+    let mut t = time.split(':');
+    let (h, min) = (
+        t.next()?.parse::<f64>().ok()?,
+        t.next()?.parse::<f64>().ok()?,
+    );
+    let s = t.next()?.parse::<f64>().ok()?;
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(Receipt {
+        at: days as f64 * 86_400.0 + h * 3600.0 + min * 60.0 + s,
+        domain,
+        count: 1,
+    })
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// Latencies in ms from each firing to the nearest unused receipt for the
+/// same domain within 2 s after it.
+fn latencies(firings: &[Receipt], receipts: &[Receipt]) -> Vec<f64> {
+    let mut used = vec![false; receipts.len()];
+    let mut out = Vec::new();
+    for f in firings {
+        let best = receipts
+            .iter()
+            .enumerate()
+            .filter(|(i, r)| !used[*i] && r.domain == f.domain)
+            .filter(|(_, r)| r.at >= f.at - 0.05 && r.at < f.at + 2.0)
+            .min_by(|a, b| a.1.at.total_cmp(&b.1.at));
+        if let Some((i, r)) = best {
+            used[i] = true;
+            out.push((r.at - f.at) * 1000.0);
+        }
+    }
+    out
+}
+
+/// The agent's configuration file.
+fn config(
+    dir: &Path,
+    connect: &str,
+    notify: &[String],
+    window_secs: f64,
+) -> anyhow::Result<PathBuf> {
+    let notify: Vec<String> = notify.iter().map(|n| format!("{n:?}")).collect();
+    let text = format!(
+        "connect = {connect:?}\nhost = \"bench-host\"\nnotify = [{}]\nspool = {:?}\n\n[amqp]\nexchange = {EXCHANGE:?}\n\n[coalesce]\nwindow_secs = {window_secs}\n",
+        notify.join(", "),
+        dir.join("spool").display().to_string(),
+    );
+    let path = dir.join("watch.toml");
+    std::fs::write(&path, text)?;
+    Ok(path)
+}
+
+fn owner(i: usize) -> NovaOwner {
+    NovaOwner {
+        display_name: format!("bench-{i}"),
+        flavor: "m1.tiny".into(),
+        user_id: "9d3c2b1a0f4e4c5d8a7b6e5f4d3c2b1a".into(),
+        project_id: "1f2e3d4c5b6a49788695a4b3c2d1e0f9".into(),
+    }
+}
+
+fn clock_ticks() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// utime + stime of `pid`, in clock ticks.
+fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name, which is in parentheses.
+    let rest = stat.rsplit_once(')').context("stat format")?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15; `rest` starts at field 3.
+    Ok(f.get(11).context("utime")?.parse::<u64>()? + f.get(12).context("stime")?.parse::<u64>()?)
+}
+
+/// VmRSS of `pid`, in KiB.
+fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .context("VmRSS")?;
+    Ok(line
+        .split_whitespace()
+        .nth(1)
+        .context("VmRSS value")?
+        .parse()?)
+}
+
+fn work_dir(name: &str) -> anyhow::Result<PathBuf> {
+    let dir = wd_testkit::target_dir().join("wd-bench").join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+async fn latency(assets: &GuestAssets) -> anyhow::Result<()> {
+    let dir = work_dir("latency")?;
+    let hooks: Receipts = Arc::default();
+    let bus: Receipts = Arc::default();
+    let url = webhook(hooks.clone()).await?;
+    let _conn = amqp_consumer(bus.clone()).await?;
+    let virsh_events = VirshEvents::start()?;
+    let amqp = "amqp://guest@127.0.0.1:5672/%2f".to_owned();
+    // A window far below the firing interval: every firing is announced.
+    let cfg = config(&dir, Libvirtd::URI, &[url, amqp], 0.001)?;
+    let mut agent = start_agent(&cfg, &dir)?;
+    agent.wait_ready(Duration::from_secs(30)).await?;
+
+    let name = wd_testkit::unique_name("wdb-lat");
+    let guest = Guest::define_and_start(
+        GuestSpec::new(&name, "reset").with_nova(owner(0)),
+        assets,
+        None,
+    )?;
+    eprintln!("bench_live: waiting for {FIRINGS} firings of {name}");
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while virsh_events.of(&name).len() < FIRINGS && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    drop(guest);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let firings = virsh_events.of(&name);
+    if firings.len() < 5 {
+        bail!("only {} firings of {name} within 180 s", firings.len());
+    }
+    let method = format!(
+        "one reset guest (TCG) under the system libvirtd fired {} times; per firing, receipt time minus the timestamp `virsh event --event watchdog --loop --timestamp` printed (ms resolution); agent `wdctl watch` with the spool on (group commit, fsync before delivery), coalesce window 1 ms",
+        firings.len()
+    );
+    for (label, receipts, how) in [
+        (
+            "webhook",
+            &hooks,
+            "loopback webhook receiver (axum, signature verified) timestamps on receipt",
+        ),
+        (
+            "amqp",
+            &bus,
+            "RabbitMQ consumer on 127.0.0.1 timestamps each delivery",
+        ),
+    ] {
+        let got: Vec<Receipt> = lock(receipts)
+            .iter()
+            .filter(|r| r.domain == name)
+            .cloned()
+            .collect();
+        let mut l = latencies(&firings, &got);
+        let worst = l.iter().copied().fold(f64::NAN, f64::max);
+        let matched = l.len();
+        figure(
+            &format!("latency_vs_virsh_{label}_median"),
+            median(&mut l),
+            "ms",
+            &format!("{method}; {how}; median of {matched} matched firings"),
+        );
+        figure(
+            &format!("latency_vs_virsh_{label}_worst"),
+            worst,
+            "ms",
+            &format!("{method}; {how}; worst of {matched} matched firings"),
+        );
+        figure(
+            &format!("latency_{label}_notified_firings"),
+            matched as f64,
+            "firings",
+            &format!(
+                "firings (of {}) with a {label} notification within 2 s",
+                firings.len()
+            ),
+        );
+    }
+    agent.terminate(Duration::from_secs(10))?;
+    Ok(())
+}
+
+fn start_agent(cfg: &Path, dir: &Path) -> anyhow::Result<Agent> {
+    Agent::start(cfg, SECRET, &dir.join("agent.log"))
+}
+
+/// Defines `n` inactive domains (no watchdog, never started).
+fn define_inactive(n: usize, assets: &GuestAssets, dir: &Path) -> anyhow::Result<Vec<String>> {
+    let mut names = Vec::new();
+    for i in 0..n {
+        let name = wd_testkit::unique_name("wdb-idle");
+        let mut spec = GuestSpec::new(&name, "pause").with_nova(owner(i));
+        spec.action = None;
+        let path = dir.join(format!("{name}.xml"));
+        std::fs::write(&path, spec.domain_xml(assets))?;
+        virsh(&["define", &path.display().to_string()])?;
+        names.push(name);
+    }
+    Ok(names)
+}
+
+fn undefine(names: &[String]) {
+    for n in names {
+        let _ = virsh(&["undefine", n]);
+    }
+}
+
+async fn resources(assets: &GuestAssets) -> anyhow::Result<()> {
+    let tck = clock_ticks();
+    let dir = work_dir("resources")?;
+    let hooks: Receipts = Arc::default();
+    let url = webhook(hooks.clone()).await?;
+    let others = virsh(&["list", "--all", "--name"])?
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .count();
+
+    let mut defined: Vec<String> = Vec::new();
+    let mut idle = Vec::new();
+    for n in [0usize, 10, 100] {
+        defined.extend(define_inactive(n - defined.len(), assets, &dir)?);
+        let cfg = config(&dir, Libvirtd::URI, std::slice::from_ref(&url), 60.0)?;
+        let mut agent = start_agent(&cfg, &dir)?;
+        let pid = agent.pid();
+        let ready = agent.wait_ready(Duration::from_secs(60)).await;
+        if let Err(e) = ready {
+            undefine(&defined);
+            return Err(e);
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let t0 = cpu_ticks(pid)?;
+        tokio::time::sleep(IDLE_WINDOW).await;
+        let ticks = cpu_ticks(pid)? - t0;
+        let rss = rss_kib(pid)?;
+        agent.terminate(Duration::from_secs(10))?;
+        let cpu_ms = ticks as f64 * 1000.0 / tck;
+        let method = format!(
+            "`wdctl watch` on qemu:///system with {n} defined, inactive Nova-style domains of ours ({others} other domains present), spool on, one webhook backend; after the catch-up listing and 2 s of settling: utime+stime from /proc/PID/stat over {} s, VmRSS from /proc/PID/status at the end",
+            IDLE_WINDOW.as_secs()
+        );
+        figure(
+            &format!("agent_idle_{n}_domains_rss"),
+            rss as f64 / 1024.0,
+            "MiB",
+            &method,
+        );
+        figure(
+            &format!("agent_idle_{n}_domains_cpu"),
+            cpu_ms,
+            "ms CPU per 10 s",
+            &method,
+        );
+        idle.push((n, rss));
+    }
+    undefine(&defined);
+    if let (Some((_, r0)), Some((_, r100))) = (idle.first(), idle.last()) {
+        figure(
+            "agent_rss_per_domain",
+            (*r100 as f64 - *r0 as f64) / 100.0,
+            "KiB per domain",
+            "(RSS with 100 domains - RSS with 0) / 100, from the idle figures",
+        );
+    }
+
+    // The storm: 3 reset guests firing for 30 s.
+    let virsh_events = VirshEvents::start()?;
+    let window = 10.0;
+    let cfg = config(&dir, Libvirtd::URI, std::slice::from_ref(&url), window)?;
+    let mut agent = start_agent(&cfg, &dir)?;
+    let pid = agent.pid();
+    agent.wait_ready(Duration::from_secs(30)).await?;
+    let guests: Vec<Guest> = (0..3)
+        .map(|i| {
+            let name = wd_testkit::unique_name(&format!("wdb-storm{i}"));
+            Guest::define_and_start(
+                GuestSpec::new(&name, "reset").with_nova(owner(i)),
+                assets,
+                None,
+            )
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let names: Vec<String> = guests.iter().map(|g| g.spec.name.clone()).collect();
+    // The window starts with the first firing, not with the guests' boot.
+    let boot = Instant::now();
+    while names.iter().all(|n| virsh_events.of(n).is_empty())
+        && boot.elapsed() < Duration::from_secs(120)
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let t0 = cpu_ticks(pid)?;
+    let started = Instant::now();
+    let mut peak = 0;
+    while started.elapsed() < STORM {
+        peak = peak.max(rss_kib(pid)?);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    drop(guests);
+    let elapsed = started.elapsed().as_secs_f64();
+    let ticks = cpu_ticks(pid)? - t0;
+    // Let the last follow-ups (folded repeats) go out.
+    tokio::time::sleep(Duration::from_secs_f64(window + 3.0)).await;
+    peak = peak.max(rss_kib(pid)?);
+    agent.terminate(Duration::from_secs(10))?;
+    let firings: usize = names.iter().map(|n| virsh_events.of(n).len()).sum();
+    let got: Vec<Receipt> = lock(&hooks)
+        .iter()
+        .filter(|r| names.contains(&r.domain))
+        .cloned()
+        .collect();
+    let folded: u64 = got.iter().map(|r| r.count).sum();
+    let method = format!(
+        "3 reset guests (TCG) firing for {elapsed:.0} s under the system libvirtd, agent with spool on and a {window} s coalesce window; firings counted by `virsh event`, notifications by the webhook receiver"
+    );
+    figure("storm_firings", firings as f64, "firings", &method);
+    figure(
+        "storm_notifications",
+        got.len() as f64,
+        "notifications",
+        &method,
+    );
+    figure(
+        "storm_occurrences_reported",
+        folded as f64,
+        "firings",
+        &format!(
+            "{method}; sum of occurrences.count over the notifications (should equal the firings)"
+        ),
+    );
+    figure(
+        "storm_agent_cpu",
+        ticks as f64 * 1000.0 / tck / elapsed * 100.0 / 1000.0,
+        "% of one core",
+        &format!("{method}; utime+stime over the storm"),
+    );
+    figure(
+        "storm_agent_rss_peak",
+        peak as f64 / 1024.0,
+        "MiB",
+        &format!("{method}; VmRSS sampled every 0.5 s"),
+    );
+    Ok(())
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let what = std::env::args().nth(1).unwrap_or_else(|| "all".into());
+    if !Libvirtd::is_up() || !RabbitMq::is_up() {
+        bail!("needs the system libvirtd and RabbitMQ: run `cargo xtask services up`");
+    }
+    let assets = wd_testkit::guest::assets().context("no guest assets: run `cargo xtask guest`")?;
+    if matches!(what.as_str(), "latency" | "all") {
+        latency(&assets).await?;
+    }
+    if matches!(what.as_str(), "resources" | "all") {
+        resources(&assets).await?;
+    }
+    Ok(())
+}
