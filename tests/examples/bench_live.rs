@@ -461,6 +461,52 @@ fn define_inactive(n: usize, assets: &GuestAssets, dir: &Path) -> anyhow::Result
     Ok(names)
 }
 
+/// A libvirt test-driver node file with `n` running Nova-style domains.
+fn test_node(n: usize, dir: &Path) -> anyhow::Result<String> {
+    let mut xml = String::from("<node>\n");
+    for i in 0..n {
+        xml += &format!(
+            r#"  <domain type="test">
+    <name>wdb-test-{i}</name>
+    <uuid>6a1b1fd3-54f0-4bdc-8d0a-{i:012x}</uuid>
+    <memory>262144</memory>
+    <vcpu>1</vcpu>
+    <os><type>hvm</type></os>
+    <metadata>
+      <nova:instance xmlns:nova="http://openstack.org/xmlns/libvirt/nova/1.1">
+        <nova:name>bench-{i}</nova:name>
+        <nova:owner>
+          <nova:user uuid="9d3c2b1a0f4e4c5d8a7b6e5f4d3c2b1a">alice</nova:user>
+          <nova:project uuid="1f2e3d4c5b6a49788695a4b3c2d1e0f9">web</nova:project>
+        </nova:owner>
+      </nova:instance>
+    </metadata>
+  </domain>
+"#
+        );
+    }
+    xml += "</node>\n";
+    let path = dir.join(format!("node-{n}.xml"));
+    std::fs::write(&path, xml)?;
+    Ok(format!("test://{}", path.display()))
+}
+
+/// Runs the agent on `connect` and measures it idle: (RSS KiB, CPU ms over
+/// the window).
+async fn idle_agent(dir: &Path, connect: &str, url: &str) -> anyhow::Result<(u64, f64)> {
+    let cfg = config(dir, connect, &[url.to_owned()], 60.0)?;
+    let mut agent = start_agent(&cfg, dir)?;
+    let pid = agent.pid();
+    agent.wait_ready(Duration::from_secs(60)).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let t0 = cpu_ticks(pid)?;
+    tokio::time::sleep(IDLE_WINDOW).await;
+    let ticks = cpu_ticks(pid)? - t0;
+    let rss = rss_kib(pid)?;
+    agent.terminate(Duration::from_secs(10))?;
+    Ok((rss, ticks as f64 * 1000.0 / clock_ticks()))
+}
+
 fn undefine(names: &[String]) {
     for n in names {
         let _ = virsh(&["undefine", n]);
@@ -481,21 +527,14 @@ async fn resources(assets: &GuestAssets) -> anyhow::Result<()> {
     let mut idle = Vec::new();
     for n in [0usize, 10, 100] {
         defined.extend(define_inactive(n - defined.len(), assets, &dir)?);
-        let cfg = config(&dir, Libvirtd::URI, std::slice::from_ref(&url), 60.0)?;
-        let mut agent = start_agent(&cfg, &dir)?;
-        let pid = agent.pid();
-        let ready = agent.wait_ready(Duration::from_secs(60)).await;
-        if let Err(e) = ready {
-            undefine(&defined);
-            return Err(e);
-        }
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        let t0 = cpu_ticks(pid)?;
-        tokio::time::sleep(IDLE_WINDOW).await;
-        let ticks = cpu_ticks(pid)? - t0;
-        let rss = rss_kib(pid)?;
-        agent.terminate(Duration::from_secs(10))?;
-        let cpu_ms = ticks as f64 * 1000.0 / tck;
+        let measured = idle_agent(&dir, Libvirtd::URI, &url).await;
+        let (rss, cpu_ms) = match measured {
+            Ok(m) => m,
+            Err(e) => {
+                undefine(&defined);
+                return Err(e);
+            }
+        };
         let method = format!(
             "`wdctl watch` on qemu:///system with {n} defined, inactive Nova-style domains of ours ({others} other domains present), spool on, one webhook backend; after the catch-up listing and 2 s of settling: utime+stime from /proc/PID/stat over {} s, VmRSS from /proc/PID/status at the end",
             IDLE_WINDOW.as_secs()
@@ -515,6 +554,28 @@ async fn resources(assets: &GuestAssets) -> anyhow::Result<()> {
         idle.push((n, rss));
     }
     undefine(&defined);
+    // The same with libvirt's test driver: running domains, and no other
+    // client's guests or events to disturb the measurement.
+    for n in [0usize, 10, 100] {
+        let uri = test_node(n, &dir)?;
+        let (rss, cpu_ms) = idle_agent(&dir, &uri, &url).await?;
+        let method = format!(
+            "`wdctl watch` on libvirt's test driver (`test:///FILE`, in-process, no daemon) with {n} running Nova-style domains, spool on, one webhook backend; after the catch-up listing and 2 s of settling: utime+stime over {} s, VmRSS at the end",
+            IDLE_WINDOW.as_secs()
+        );
+        figure(
+            &format!("agent_idle_test_driver_{n}_domains_rss"),
+            rss as f64 / 1024.0,
+            "MiB",
+            &method,
+        );
+        figure(
+            &format!("agent_idle_test_driver_{n}_domains_cpu"),
+            cpu_ms,
+            "ms CPU per 10 s",
+            &method,
+        );
+    }
     if let (Some((_, r0)), Some((_, r100))) = (idle.first(), idle.last()) {
         figure(
             "agent_rss_per_domain",
