@@ -198,10 +198,14 @@ pub fn recover(bytes: &[u8]) -> (Vec<Record>, RecoveryReport) {
     } else {
         match resync(bytes, 0) {
             Some((at, _)) => {
-                report.skipped.push(Skipped {
-                    range: 0..at,
-                    reason: SkipReason::BadHeader,
-                });
+                // A file that starts straight with a record lacks only its
+                // header (`header_ok` says so): no bytes are skipped.
+                if at > 0 {
+                    report.skipped.push(Skipped {
+                        range: 0..at,
+                        reason: SkipReason::BadHeader,
+                    });
+                }
                 pos = at;
             }
             None => {
@@ -348,5 +352,31 @@ mod tests {
             }
             let _ = recover(&good[..i]);
         }
+    }
+
+    /// Found by the `spool_recover` fuzz target: a file that starts with a
+    /// valid record but no segment header was reported as an empty skipped
+    /// span `0..0`. Every skipped span must be non-empty, in order, and
+    /// inside the file.
+    #[test]
+    fn a_headerless_segment_reports_no_empty_span() {
+        let crash: &[u8] = b"wdR1\x00\x00\x00\x00\x02\x00\x00\x00\x00\x00\x00\x00\x00\x04n\x82!1-2.4829\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff1\x13Z\x22}}wdR1\x00\x00\x00\x00\x02\x00\x00\x00\x00\x00\x00\x00\x00\x04n\x82!1-:T5912\x22}}wdR1\x00\x005-2e74142\x01";
+        let mut ack_only = Vec::new();
+        encode_ack(7, &mut ack_only);
+        for bytes in [crash, &ack_only[..]] {
+            let (records, report) = recover(bytes);
+            assert!(!report.header_ok);
+            assert_eq!(records[0].offset, 0);
+            let mut end = 0;
+            for s in &report.skipped {
+                assert!(
+                    s.range.start >= end && s.range.start < s.range.end,
+                    "{report:?}"
+                );
+                assert!(s.range.end <= bytes.len(), "{report:?}");
+                end = s.range.end;
+            }
+        }
+        check(&ack_only, &[], &[7], &[]);
     }
 }
