@@ -105,5 +105,9 @@ impl Drop for Guest {
         let _ = virsh(&["destroy", &self.spec.name]);
         let _ = virsh(&["undefine", &self.spec.name]);
         let _ = std::fs::remove_file(&self.xml_path);
+        // The console log helps explain a failure; otherwise it is litter.
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_file(&self.spec.serial_log);
+        }
     }
 }

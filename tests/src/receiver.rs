@@ -206,3 +206,76 @@ impl Drop for Receiver {
         self.task.abort();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use wd_notify_webhook::sign;
+
+    const A: &str = "whsec_d2QtZTJlIHByb2plY3QgQSBzZWNyZXQgMzIgYnl0ZXM=";
+    const OPS: &str = "whsec_d2QtZTJlIG9wZXJhdG9yIHNlY3JldCAzMiBieXRlcyE=";
+    const BODY: &str = r#"{"id":"e-1","data":{"event_id":"e-1"}}"#;
+
+    /// POSTs `BODY` to `path`, signed with `secret` (or unsigned), and
+    /// returns the status code.
+    async fn post(r: &Receiver, path: &str, secret: Option<&str>) -> u16 {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        let mut headers = String::new();
+        if let Some(s) = secret {
+            let sig = sign("e-1", now, BODY.as_bytes(), &[Secret::parse(s).unwrap()]);
+            headers = format!(
+                "webhook-id: e-1\r\nwebhook-timestamp: {now}\r\nwebhook-signature: {sig}\r\n"
+            );
+        }
+        let request = format!(
+            "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n{BODY}",
+            r.addr,
+            BODY.len()
+        );
+        let mut stream = tokio::net::TcpStream::connect(r.addr).await.unwrap();
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        response
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0)
+    }
+
+    #[tokio::test]
+    async fn each_path_accepts_only_its_own_secret_and_outages_refuse_signed_requests() {
+        let r = Receiver::start_with(OPS, &[("/project-a", A)])
+            .await
+            .unwrap();
+        let check = |path: &'static str, secret: Option<&'static str>, expected: u16| {
+            let r = &r;
+            async move {
+                assert_eq!(post(r, path, secret).await, expected, "{path} {secret:?}");
+            }
+        };
+        check("/project-a", Some(A), 204).await;
+        check("/project-a", Some(OPS), 401).await;
+        check("/ops", Some(OPS), 204).await;
+        check("/ops", Some(A), 401).await;
+        check("/ops", None, 401).await;
+        r.set_status(503);
+        check("/ops", Some(OPS), 503).await;
+        check("/ops", Some(A), 401).await;
+
+        let accepted = r.accepted();
+        assert_eq!(
+            accepted.iter().map(|x| x.path.as_str()).collect::<Vec<_>>(),
+            ["/project-a", "/ops"]
+        );
+        assert_eq!(accepted[0].webhook_id, "e-1");
+        assert_eq!(accepted[0].event_id(), "e-1");
+        assert_eq!(r.rejected_signatures(), 4);
+        assert_eq!(r.failed_on_purpose(), 1);
+        assert_eq!(r.refused().len(), 1);
+    }
+}
