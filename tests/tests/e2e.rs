@@ -27,6 +27,12 @@ const PROJECT_A: &str = "/project-a";
 const PROJECT_B: &str = "/project-b";
 const HOST: &str = "e2e-compute-1";
 
+/// Serializes this file's tests under `cargo test`, which runs them on
+/// threads of one process: they share libvirtd, and one of them restarts it.
+/// (nextest runs each in its own process, one at a time, in the `libvirtd`
+/// group, so there the lock is never contended.)
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// A scratch directory, removed when dropped.
 struct Scratch(PathBuf);
 
@@ -213,6 +219,7 @@ fn check_notification(r: &Received, guest: &Guest, action: &str, recovered: bool
 /// follow-up that counts the repeats.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn libvirtd_each_watchdog_action_notifies_the_owner_signed_and_routed() {
+    let _serial = SERIAL.lock().await;
     let Some(_libvirtd) = wd_testkit::libvirtd() else {
         return;
     };
@@ -336,6 +343,7 @@ async fn libvirtd_each_watchdog_action_notifies_the_owner_signed_and_routed() {
 /// not announce it again (the episode ledger).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn libvirtd_a_pause_while_the_agent_is_down_is_delivered_once_when_it_starts() {
+    let _serial = SERIAL.lock().await;
     let Some(_libvirtd) = wd_testkit::libvirtd() else {
         return;
     };
@@ -391,6 +399,7 @@ async fn libvirtd_a_pause_while_the_agent_is_down_is_delivered_once_when_it_star
 /// notified before the restart is not notified again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn libvirtd_a_pause_during_a_libvirtd_restart_is_delivered_once() {
+    let _serial = SERIAL.lock().await;
     let Some(libvirtd) = wd_testkit::libvirtd() else {
         return;
     };
@@ -478,6 +487,7 @@ async fn libvirtd_a_pause_during_a_libvirtd_restart_is_delivered_once() {
 /// tried is delivered, and the pause keeps its one event id throughout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn libvirtd_webhook_outage_and_agent_kill_lose_nothing_and_keep_event_ids() {
+    let _serial = SERIAL.lock().await;
     let Some(_libvirtd) = wd_testkit::libvirtd() else {
         return;
     };
@@ -573,6 +583,7 @@ async fn libvirtd_webhook_outage_and_agent_kill_lose_nothing_and_keep_event_ids(
 /// its final report logged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn libvirtd_sigterm_stops_the_agent_cleanly() {
+    let _serial = SERIAL.lock().await;
     let Some(_libvirtd) = wd_testkit::libvirtd() else {
         return;
     };
