@@ -355,6 +355,22 @@ fn rss_kib(pid: u32) -> anyhow::Result<u64> {
         .parse()?)
 }
 
+/// RssAnon of `pid` (its private, anonymous memory), in KiB. The rest of
+/// VmRSS is file-backed: the binary and shared libraries (libvirt, GnuTLS,
+/// libxml2, …), whose pages other processes such as libvirtd share.
+fn rss_anon_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("RssAnon:"))
+        .context("RssAnon")?;
+    Ok(line
+        .split_whitespace()
+        .nth(1)
+        .context("RssAnon value")?
+        .parse()?)
+}
+
 fn work_dir(name: &str) -> anyhow::Result<PathBuf> {
     let dir = wd_testkit::target_dir().join("wd-bench").join(name);
     let _ = std::fs::remove_dir_all(&dir);
@@ -491,9 +507,9 @@ fn test_node(n: usize, dir: &Path) -> anyhow::Result<String> {
     Ok(format!("test://{}", path.display()))
 }
 
-/// Runs the agent on `connect` and measures it idle: (RSS KiB, CPU ms over
-/// the window).
-async fn idle_agent(dir: &Path, connect: &str, url: &str) -> anyhow::Result<(u64, f64)> {
+/// Runs the agent on `connect` and measures it idle: (VmRSS KiB, RssAnon
+/// KiB, CPU ms over the window).
+async fn idle_agent(dir: &Path, connect: &str, url: &str) -> anyhow::Result<(u64, u64, f64)> {
     let cfg = config(dir, connect, &[url.to_owned()], 60.0)?;
     let mut agent = start_agent(&cfg, dir)?;
     let pid = agent.pid();
@@ -503,8 +519,9 @@ async fn idle_agent(dir: &Path, connect: &str, url: &str) -> anyhow::Result<(u64
     tokio::time::sleep(IDLE_WINDOW).await;
     let ticks = cpu_ticks(pid)? - t0;
     let rss = rss_kib(pid)?;
+    let anon = rss_anon_kib(pid)?;
     agent.terminate(Duration::from_secs(10))?;
-    Ok((rss, ticks as f64 * 1000.0 / clock_ticks()))
+    Ok((rss, anon, ticks as f64 * 1000.0 / clock_ticks()))
 }
 
 fn undefine(names: &[String]) {
@@ -528,7 +545,7 @@ async fn resources(assets: &GuestAssets) -> anyhow::Result<()> {
     for n in [0usize, 10, 100] {
         defined.extend(define_inactive(n - defined.len(), assets, &dir)?);
         let measured = idle_agent(&dir, Libvirtd::URI, &url).await;
-        let (rss, cpu_ms) = match measured {
+        let (rss, anon, cpu_ms) = match measured {
             Ok(m) => m,
             Err(e) => {
                 undefine(&defined);
@@ -546,19 +563,27 @@ async fn resources(assets: &GuestAssets) -> anyhow::Result<()> {
             &method,
         );
         figure(
+            &format!("agent_idle_{n}_domains_rss_anon"),
+            anon as f64 / 1024.0,
+            "MiB",
+            &format!(
+                "{method}; RssAnon: private memory, the rest of VmRSS is the binary and shared libraries"
+            ),
+        );
+        figure(
             &format!("agent_idle_{n}_domains_cpu"),
             cpu_ms,
             "ms CPU per 10 s",
             &method,
         );
-        idle.push((n, rss));
+        idle.push((n, rss, anon));
     }
     undefine(&defined);
     // The same with libvirt's test driver: running domains, and no other
     // client's guests or events to disturb the measurement.
     for n in [0usize, 10, 100] {
         let uri = test_node(n, &dir)?;
-        let (rss, cpu_ms) = idle_agent(&dir, &uri, &url).await?;
+        let (rss, anon, cpu_ms) = idle_agent(&dir, &uri, &url).await?;
         let method = format!(
             "`wdctl watch` on libvirt's test driver (`test:///FILE`, in-process, no daemon) with {n} running Nova-style domains, spool on, one webhook backend; after the catch-up listing and 2 s of settling: utime+stime over {} s, VmRSS at the end",
             IDLE_WINDOW.as_secs()
@@ -570,24 +595,40 @@ async fn resources(assets: &GuestAssets) -> anyhow::Result<()> {
             &method,
         );
         figure(
+            &format!("agent_idle_test_driver_{n}_domains_rss_anon"),
+            anon as f64 / 1024.0,
+            "MiB",
+            &format!(
+                "{method}; RssAnon (the test driver keeps its domains inside the agent's process)"
+            ),
+        );
+        figure(
             &format!("agent_idle_test_driver_{n}_domains_cpu"),
             cpu_ms,
             "ms CPU per 10 s",
             &method,
         );
     }
-    if let (Some((_, r0)), Some((_, r100))) = (idle.first(), idle.last()) {
+    if let (Some((_, r0, a0)), Some((_, r100, a100))) = (idle.first(), idle.last()) {
         figure(
-            "agent_rss_per_domain",
-            (*r100 as f64 - *r0 as f64) / 100.0,
-            "KiB per domain",
-            "(RSS with 100 domains - RSS with 0) / 100, from the idle figures",
+            "agent_rss_growth_0_to_100_domains",
+            (*r100 as f64 - *r0 as f64) / 1024.0,
+            "MiB",
+            "VmRSS with 100 domains minus VmRSS with 0, qemu:///system (noise is about ±0.5 MiB)",
+        );
+        figure(
+            "agent_rss_anon_growth_0_to_100_domains",
+            (*a100 as f64 - *a0 as f64) / 1024.0,
+            "MiB",
+            "RssAnon with 100 domains minus RssAnon with 0, qemu:///system",
         );
     }
 
     // The storm: 3 reset guests firing for 30 s.
     let virsh_events = VirshEvents::start()?;
-    let window = 10.0;
+    // The default window: every repeat within the storm is folded, and the
+    // follow-ups go out when the agent is stopped (it flushes them).
+    let window = 60.0;
     let cfg = config(&dir, Libvirtd::URI, std::slice::from_ref(&url), window)?;
     let mut agent = start_agent(&cfg, &dir)?;
     let pid = agent.pid();
@@ -620,10 +661,11 @@ async fn resources(assets: &GuestAssets) -> anyhow::Result<()> {
     drop(guests);
     let elapsed = started.elapsed().as_secs_f64();
     let ticks = cpu_ticks(pid)? - t0;
-    // Let the last follow-ups (folded repeats) go out.
-    tokio::time::sleep(Duration::from_secs_f64(window + 3.0)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
     peak = peak.max(rss_kib(pid)?);
-    agent.terminate(Duration::from_secs(10))?;
+    // SIGTERM flushes the folded repeats as follow-ups before it exits.
+    agent.terminate(Duration::from_secs(20))?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let firings: usize = names.iter().map(|n| virsh_events.of(n).len()).sum();
     let got: Vec<Receipt> = lock(&hooks)
         .iter()
@@ -632,7 +674,7 @@ async fn resources(assets: &GuestAssets) -> anyhow::Result<()> {
         .collect();
     let folded: u64 = got.iter().map(|r| r.count).sum();
     let method = format!(
-        "3 reset guests (TCG) firing for {elapsed:.0} s under the system libvirtd, agent with spool on and a {window} s coalesce window; firings counted by `virsh event`, notifications by the webhook receiver"
+        "3 reset guests (TCG) firing for {elapsed:.0} s under the system libvirtd, agent with spool on and the default {window} s coalesce window, stopped with SIGTERM after the storm (which flushes folded repeats as follow-ups); firings counted by `virsh event`, notifications by the webhook receiver"
     );
     figure("storm_firings", firings as f64, "firings", &method);
     figure(
