@@ -154,6 +154,12 @@ pub struct SpoolSection {
     pub max_bytes: Option<u64>,
     /// `group-commit` (default) or `per-entry` fsync.
     pub sync: Option<String>,
+    /// The spool's first wait before re-offering an undelivered entry, in
+    /// seconds [default 1].
+    pub retry_min_delay_secs: Option<f64>,
+    /// The spool's longest wait between offers of one entry, in seconds
+    /// [default 300]: after a long outage, delivery resumes within this.
+    pub retry_max_delay_secs: Option<f64>,
 }
 
 /// `[retry]`.
@@ -410,6 +416,24 @@ pub fn plan(args: &Args, env: &dyn Fn(&str) -> Option<String>) -> Result<Plan> {
             bail!("config key `spool-limits.sync` is `{other}`; allowed: group-commit, per-entry")
         }
     }
+    if cfg.spool_limits.retry_min_delay_secs.is_some()
+        || cfg.spool_limits.retry_max_delay_secs.is_some()
+    {
+        let min = match cfg.spool_limits.retry_min_delay_secs {
+            Some(v) => secs("spool-limits.retry_min_delay_secs", v)?,
+            None => runtime.spool.retry_min_delay,
+        };
+        let max = match cfg.spool_limits.retry_max_delay_secs {
+            Some(v) => secs("spool-limits.retry_max_delay_secs", v)?,
+            None => runtime.spool.retry_max_delay.max(min),
+        };
+        if max < min {
+            bail!(
+                "config key `spool-limits.retry_max_delay_secs` ({max:?}) is below `retry_min_delay_secs` ({min:?})"
+            );
+        }
+        runtime.spool = runtime.spool.retry_delays(min, max);
+    }
     runtime.coalesce = CoalesceConfig::default();
     if let Some(w) = cfg.coalesce.window_secs {
         runtime.coalesce = runtime.coalesce.window(secs("coalesce.window_secs", w)?);
@@ -579,6 +603,12 @@ mod tests {
             Some("[spool-limits]\nsync = \"sometimes\"\n"),
             &[],
             "allowed: group-commit, per-entry",
+        );
+        check_err(
+            &["--notify", "log"],
+            Some("[spool-limits]\nretry_min_delay_secs = 10\nretry_max_delay_secs = 2\n"),
+            &[],
+            "`spool-limits.retry_max_delay_secs` (2s) is below",
         );
         check_err(
             &["--notify", "log"],
