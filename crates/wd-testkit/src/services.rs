@@ -170,8 +170,9 @@ impl Libvirtd {
         if Self::is_up() {
             return Ok(false);
         }
+        // A socket file alone proves nothing: a killed virtlogd leaves it.
         let virtlogd_running = read_pid(&pid_file("virtlogd")).is_some_and(pid_alive)
-            || std::path::Path::new("/run/libvirt/virtlogd-sock").exists();
+            || run_quiet("pidof", &["virtlogd"]);
         if !virtlogd_running {
             spawn_daemon("virtlogd", &mut Command::new("virtlogd"))?;
         }
