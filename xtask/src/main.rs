@@ -11,6 +11,8 @@
 //! - `cargo xtask services up|down|status`, `cargo xtask guest`: the pieces,
 //!   for a developer's machine.
 
+#![forbid(unsafe_code)]
+
 mod bench;
 mod cmd;
 mod fuzz;

@@ -61,25 +61,9 @@ impl fmt::Display for AmqpUrl {
     }
 }
 
-/// Replaces whatever precedes the last `@` of the authority, and drops the
-/// query (which may carry credentials too, e.g. TLS key passwords).
+/// See [`wd_notify::redact_url`].
 pub(crate) fn redact(raw: &str) -> String {
-    let (scheme, rest) = match raw.split_once("://") {
-        Some((s, r)) => (Some(s), r),
-        None => (None, raw),
-    };
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
-    let authority = match authority.rsplit_once('@') {
-        Some((_, host)) => format!("***@{host}"),
-        None => authority.to_owned(),
-    };
-    let path = tail.split(['?', '#']).next().unwrap_or("");
-    let query = if tail.contains('?') { "?***" } else { "" };
-    match scheme {
-        Some(s) => format!("{s}://{authority}{path}{query}"),
-        None => format!("{authority}{path}{query}"),
-    }
+    wd_notify::redact_url(raw)
 }
 
 /// Where and how notifications are published.

@@ -277,22 +277,7 @@ pub(crate) fn redact_raw_url(raw: &str) -> String {
     if let Ok(url) = Url::parse(raw) {
         return redact_url(&url);
     }
-    let (scheme, rest) = match raw.split_once("://") {
-        Some((s, r)) => (Some(s), r),
-        None => (None, raw),
-    };
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
-    let authority = match authority.rsplit_once('@') {
-        Some((_, host)) => format!("***@{host}"),
-        None => authority.to_owned(),
-    };
-    let path = tail.split(['?', '#']).next().unwrap_or("");
-    let hidden_query = if tail.contains('?') { "?***" } else { "" };
-    match scheme {
-        Some(s) => format!("{s}://{authority}{path}{hidden_query}"),
-        None => format!("{authority}{path}{hidden_query}"),
-    }
+    wd_notify::redact_url(raw)
 }
 
 #[cfg(test)]

@@ -188,6 +188,7 @@ mod error;
 mod fanout;
 mod model;
 mod notifier;
+mod redact;
 mod retry;
 mod spool;
 #[cfg(test)]
@@ -201,6 +202,7 @@ pub use model::{Domain, Instance, Notification, Occurrences, SCHEMA_VERSION};
 #[cfg(feature = "mock")]
 pub use notifier::MockNotifier;
 pub use notifier::{BoxError, Notifier, NotifyError};
+pub use redact::redact_url;
 pub use retry::{Retry, RetryConfig};
 pub use spool::{
     MAX_PAYLOAD, RECORD_HEADER_LEN, RECORD_MAGIC, Record, RecordBody, RecoveryReport,

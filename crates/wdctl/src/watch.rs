@@ -196,12 +196,9 @@ pub fn load_config(path: &Path) -> Result<Config> {
     })
 }
 
-/// Redacts the userinfo of a URL for logs and errors.
+/// Redacts credentials in a URL for logs and errors.
 fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => format!("{}://***@{}", &url[..s], &url[at + 1..]),
-        _ => url.to_owned(),
-    }
+    wd_notify::redact_url(url)
 }
 
 /// Percent-encodes a URL userinfo component.
