@@ -53,12 +53,13 @@ pub fn test(filters: &[&str]) -> Result<()> {
 
     // nextest does not run doc tests. Run them first, so that the test
     // runner's summary is the last thing this command prints.
-    if has_nextest() && filters.is_empty() {
+    let nextest = has_nextest();
+    if nextest && filters.is_empty() {
         eprintln!("xtask: doc tests");
         cmd_ok(cargo().args(["test", "--workspace", "--all-features", "--doc"]))?;
     }
     // Build every test before starting services, so they run for less time.
-    if has_nextest() {
+    if nextest {
         cmd_ok(cargo().args([
             "nextest",
             "run",
@@ -71,7 +72,7 @@ pub fn test(filters: &[&str]) -> Result<()> {
 
     eprintln!("xtask: running the tests");
     let mut run = cargo();
-    if has_nextest() {
+    if nextest {
         run.args([
             "nextest",
             "run",

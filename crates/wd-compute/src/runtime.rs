@@ -176,7 +176,10 @@ impl Runtime {
     /// the grace period and leaves the rest in the spool.
     pub async fn shutdown(self) -> RuntimeReport {
         let _ = self.stop.send(());
-        let pipeline = self.task.await.unwrap_or_default();
+        let pipeline = self.task.await.unwrap_or_else(|e| {
+            tracing::error!(error = %e, "the watchdog pipeline task failed; its counters are lost");
+            PipelineStats::default()
+        });
         if let Err(e) = self.coalesce.shutdown().await {
             tracing::warn!(error = %e, "could not hand over folded repeats at shutdown");
         }

@@ -291,7 +291,10 @@ pub fn plan(args: &Args, env: &dyn Fn(&str) -> Option<String>) -> Result<Plan> {
     if let Some(url) = &cfg.amqp.url {
         targets.push(url.clone());
     }
-    targets.dedup();
+    // The same target from the file and the flags is one backend, not two
+    // (two would deliver every notification twice).
+    let mut seen = std::collections::HashSet::new();
+    targets.retain(|t| seen.insert(t.clone()));
     if targets.is_empty() && cfg.webhook.projects.is_empty() {
         bail!(
             "nowhere to notify: give --notify log|URL, or `notify`/`[[webhook.projects]]` in the config file"
@@ -660,6 +663,9 @@ window_secs = 30
             &p.display().to_string(),
             "--notify",
             "http://127.0.0.1:9/ops",
+            // Already in the file: must not become a second log backend.
+            "--notify",
+            "log",
         ]);
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
