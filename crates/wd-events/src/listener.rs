@@ -12,7 +12,7 @@ use tokio::sync::mpsc as tmpsc;
 use virt::connect::Connect;
 
 use crate::backend::{Backend, Libvirt, Msg, Session};
-use crate::config::{Backoff, ListenerConfig};
+use crate::config::ListenerConfig;
 use crate::error::{Error, Result};
 use crate::kinds::Enum;
 use crate::machine::Machine;
@@ -162,7 +162,7 @@ impl<B: Backend> Supervisor<B> {
     }
 
     fn run_until_stopped(&mut self) -> Result<(), Stop> {
-        let mut backoff = Backoff::new(self.config.backoff);
+        let mut backoff = wd_backoff::Attempts::new(self.config.backoff);
         let mut failures = 0u32;
         loop {
             let generation = self.machine.generation() + 1;
@@ -173,7 +173,7 @@ impl<B: Backend> Supervisor<B> {
                 Ok(session) => session,
                 Err(error) => {
                     failures = failures.saturating_add(1);
-                    let retry_in = backoff.next_delay(fastrand::f64());
+                    let retry_in = backoff.next_delay();
                     self.emit(Item::ConnectFailed {
                         attempt: failures,
                         error,
@@ -194,8 +194,8 @@ impl<B: Backend> Supervisor<B> {
             drop(session);
             let item = self.machine.disconnected(reason);
             self.emit(item)?;
-            backoff.connection_ended(up_since.elapsed());
-            self.idle(backoff.next_delay(fastrand::f64()))?;
+            backoff.reset_if_healthy(up_since.elapsed(), self.config.backoff_reset_after);
+            self.idle(backoff.next_delay())?;
         }
     }
 
@@ -332,7 +332,6 @@ impl<B: Backend> Supervisor<B> {
 mod tests {
     use super::*;
     use crate::backend::{MockBackend, MockSession};
-    use crate::config::BackoffConfig;
     use crate::kinds::{DomainState, Lifecycle, LifecycleDetail, WatchdogAction};
     use crate::machine::{RawEvent, RawKind};
     use crate::model::{DomainId, DomainInfo, Origin};
@@ -360,9 +359,8 @@ mod tests {
             .alive_check_interval(Duration::from_millis(20))
             .recheck_interval(Duration::ZERO)
             .backoff(
-                BackoffConfig::default()
-                    .delays(Duration::from_millis(5), Duration::from_millis(20))
-                    .jitter(0.0),
+                wd_backoff::Backoff::new(Duration::from_millis(5), Duration::from_millis(20))
+                    .jitter(false),
             )
     }
 
