@@ -1,14 +1,9 @@
 //! The top-level commands.
 
-use std::process::Command;
-
 use anyhow::{Context, Result, bail};
 
+use crate::cargo;
 use crate::setup::{self, cmd_ok};
-
-fn cargo() -> Command {
-    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-}
 
 fn has_nextest() -> bool {
     cargo()
@@ -28,6 +23,8 @@ impl Drop for ServicesGuard {
 
 /// `cargo xtask test [nextest filters…]`.
 pub fn test(filters: &[&str]) -> Result<()> {
+    eprintln!("xtask: tidy");
+    crate::tidy::run(&crate::root())?;
     setup::ensure_packages()?;
     setup::guest()?;
 
