@@ -9,7 +9,7 @@
 //!    fsync per entry, group commit) and this machine's raw fsync rate, in
 //!    the same run.
 //! 3. and 4. Live, on real guests (skipped with `--no-live`): the
-//!    `bench_live` example of `wd-e2e` (latency against `virsh event`,
+//!    `bench-live` binary of `wd-e2e` (latency against `virsh event`,
 //!    the agent's RSS and CPU), with libvirtd and RabbitMQ started here if
 //!    they are not running, and stopped again afterwards.
 //!
@@ -299,21 +299,12 @@ fn live_parts(figures: &mut Vec<Figure>) -> Result<()> {
     setup::ensure_packages()?;
     setup::guest()?;
     setup::cmd_ok(cargo().args(["build", "--release", "-p", "wdctl"]))?;
-    setup::cmd_ok(cargo().args([
-        "build",
-        "--release",
-        "-p",
-        "wd-e2e",
-        "--example",
-        "bench_live",
-    ]))?;
+    setup::cmd_ok(cargo().args(["build", "--release", "-p", "wd-e2e", "--bin", "bench-live"]))?;
     let _services = ServicesGuard(setup::services_up()?);
-    let exe = target_dir()
-        .join("release")
-        .join("examples")
-        .join("bench_live");
+    let exe = target_dir().join("release").join("bench-live");
     let out = Command::new(&exe)
         .arg("all")
+        .current_dir(root())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .output()
@@ -335,7 +326,7 @@ fn live_parts(figures: &mut Vec<Figure>) -> Result<()> {
         push(figures, part, name, *value, unit, &method);
     }
     if !out.status.success() {
-        bail!("bench_live failed with {}", out.status);
+        bail!("bench-live failed with {}", out.status);
     }
     Ok(())
 }
@@ -349,7 +340,7 @@ enum Json {
 }
 
 /// Parses a flat JSON object whose values are strings, numbers or
-/// literals (what `bench_live` prints).
+/// literals (what `bench-live` prints).
 fn flat_object(line: &str) -> Option<Vec<(String, Json)>> {
     let mut chars = line.trim().chars().peekable();
     let mut out = Vec::new();

@@ -110,19 +110,12 @@ pub fn demo(args: &[&str]) -> Result<()> {
     setup::ensure_packages()?;
     setup::guest()?;
     eprintln!("xtask: building the demo");
-    cmd_ok(cargo().args([
-        "build",
-        "--quiet",
-        "--package",
-        "wd-e2e",
-        "--example",
-        "demo",
-    ]))?;
+    cmd_ok(cargo().args(["build", "--quiet", "--package", "wd-e2e", "--bin", "demo"]))?;
     let started = setup::libvirtd_up()?;
     let _guard = ServicesGuard(setup::Started {
         libvirtd: started,
         rabbitmq: false,
     });
-    cmd_ok(cargo().args(["run", "--quiet", "--package", "wd-e2e", "--example", "demo"]))
+    cmd_ok(cargo().args(["run", "--quiet", "--package", "wd-e2e", "--bin", "demo"]))
         .context("the demo failed")
 }
