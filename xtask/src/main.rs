@@ -1,8 +1,8 @@
 //! Workspace automation, reached as `cargo xtask <command>`.
 //!
 //! Architecture invariant: xtask must not depend on libvirt, because it is
-//! what installs libvirt. It depends only on `anyhow` and `wd-testkit`, which
-//! uses the standard library alone.
+//! what installs libvirt. It depends only on `anyhow`, `serde_json` and
+//! `wd-testkit` (which uses the standard library alone).
 //!
 //! - `cargo xtask test`: installs what the tests need, starts the services,
 //!   runs fmt, clippy, rustdoc and the whole test suite, and stops what it
