@@ -30,7 +30,7 @@ const USAGE: &str = "usage: cargo xtask <command>
 
 commands:
   test              tidy, install what is needed, then fmt, clippy, rustdoc and every test
-  tidy              check the architecture's rules (allowed edges, unsafe, docs, file sizes)
+  tidy [dir]        check the architecture's rules (allowed edges, unsafe, docs, file sizes)
   demo              the main job: a real guest's watchdog fires and its owner is notified
   services up       start libvirtd (with virtlogd) and RabbitMQ on 127.0.0.1
   services down     stop the services recorded under target/wd-services
@@ -54,6 +54,7 @@ fn run(args: &[&str]) -> Result<()> {
         ["test", rest @ ..] => cmd::test(rest),
         ["demo", rest @ ..] => cmd::demo(rest),
         ["tidy"] => tidy::run(&root()),
+        ["tidy", dir] => tidy::run(Path::new(dir)),
         ["services", "up"] => setup::services_up().map(|_| ()),
         ["services", "down"] => {
             setup::services_down();
