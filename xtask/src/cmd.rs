@@ -30,6 +30,7 @@ impl Drop for ServicesGuard {
 pub fn test(filters: &[&str]) -> Result<()> {
     setup::ensure_packages()?;
     setup::guest()?;
+    setup::venv()?;
 
     eprintln!("xtask: cargo fmt --check");
     cmd_ok(cargo().args(["fmt", "--all", "--", "--check"]))
@@ -124,7 +125,7 @@ pub fn demo(args: &[&str]) -> Result<()> {
     let started = setup::libvirtd_up()?;
     let _guard = ServicesGuard(setup::Started {
         libvirtd: started,
-        rabbitmq: false,
+        ..setup::Started::default()
     });
     cmd_ok(cargo().args(["run", "--quiet", "--package", "wd-e2e", "--example", "demo"]))
         .context("the demo failed")

@@ -574,3 +574,6 @@ fn documented_amqp_example_matches() {
         unwrap_envelope(&ours)
     );
 }
+
+#[path = "openstack/ceilometer.rs"]
+mod ceilometer;
