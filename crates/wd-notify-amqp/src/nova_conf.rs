@@ -3,18 +3,18 @@
 //! `wdctl watch --nova-config /etc/nova/nova.conf` publishes where and how
 //! Nova publishes, with no configuration of its own:
 //!
-//! | section / key                                   | used as                                  |
-//! |-------------------------------------------------|------------------------------------------|
-//! | `[oslo_messaging_notifications] driver`         | whether and how to publish (below)       |
-//! | `[oslo_messaging_notifications] transport_url`  | the broker (falls back to the next row)  |
-//! | `[DEFAULT] transport_url`                       | the broker                               |
-//! | `[oslo_messaging_notifications] topics`         | legacy topics [`notifications`]          |
-//! | `[notifications] notification_format`           | [`Format`] [`both`]                      |
-//! | `[notifications] versioned_notifications_topics`| versioned topics [`versioned_notifications`] |
-//! | `[DEFAULT] host`                                | the compute host's name                  |
-//! | `[DEFAULT] control_exchange`                    | the exchange [`nova`]                    |
-//! | `[oslo_messaging_rabbit] ssl`                   | TLS, as `?ssl=1` in the URL              |
-//! | `[oslo_messaging_rabbit] amqp_durable_queues`   | the exchange's durability [false]        |
+//! | section / key                                    | used as (default)                                   |
+//! |--------------------------------------------------|-----------------------------------------------------|
+//! | `[oslo_messaging_notifications] driver`          | whether and how to publish (below)                  |
+//! | `[oslo_messaging_notifications] transport_url`   | the broker (falls back to the next row)             |
+//! | `[DEFAULT] transport_url`                        | the broker                                          |
+//! | `[oslo_messaging_notifications] topics`          | legacy topics (`notifications`)                     |
+//! | `[notifications] notification_format`            | the [`Format`] (`both`)                             |
+//! | `[notifications] versioned_notifications_topics` | versioned topics (`versioned_notifications`)        |
+//! | `[DEFAULT] host`                                 | the compute host's name                             |
+//! | `[DEFAULT] control_exchange`                     | the exchange (`nova`)                               |
+//! | `[oslo_messaging_rabbit] ssl`                    | TLS, as `?ssl=1` in the URL                         |
+//! | `[oslo_messaging_rabbit] amqp_durable_queues`    | the exchange's durability (false)                   |
 //!
 //! oslo.messaging's notification drivers, and what each means here:
 //!

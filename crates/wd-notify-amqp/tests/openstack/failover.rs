@@ -61,7 +61,11 @@ async fn rabbitmq_both_forms_a_retry_publishes_only_the_missing_form() {
     }
     for m in versioned.iter().chain(&legacy) {
         assert_eq!(
-            m.delivery.properties.message_id().as_ref().map(|s| s.as_str()),
+            m.delivery
+                .properties
+                .message_id()
+                .as_ref()
+                .map(|s| s.as_str()),
             Some(n.event_id.to_string().as_str())
         );
     }
@@ -168,7 +172,11 @@ async fn rabbitmq_failover_to_the_other_node_loses_and_duplicates_nothing() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     stop.expect("stopped").await.unwrap();
-    assert_eq!(notifier.connected_node().await, Some(1), "failed over to the main node");
+    assert_eq!(
+        notifier.connected_node().await,
+        Some(1),
+        "failed over to the main node"
+    );
     notifier.close().await;
     let failures = counting.failures.load(std::sync::atomic::Ordering::Relaxed);
 
@@ -211,6 +219,12 @@ async fn rabbitmq_failover_to_the_other_node_loses_and_duplicates_nothing() {
         "failover: {} retryable failures during the switch; form deliveries per node: node2 {}, main {}",
         failures, per_node[0], per_node[1]
     );
-    assert!(per_node[0] >= 2 * 12, "the first 12 went through node 2: {per_node:?}");
-    assert!(per_node[1] > 0, "later ones through the main node: {per_node:?}");
+    assert!(
+        per_node[0] >= 2 * 12,
+        "the first 12 went through node 2: {per_node:?}"
+    );
+    assert!(
+        per_node[1] > 0,
+        "later ones through the main node: {per_node:?}"
+    );
 }
