@@ -14,6 +14,7 @@ use lapin::{
 };
 use tokio::sync::Mutex;
 use uuid::Uuid;
+use wd_backoff::Backoff;
 use wd_notify::{Notification, Notifier, NotifyError};
 
 use crate::config::{AmqpConfig, Form, Route};
@@ -76,6 +77,7 @@ const PERSISTENT: u8 = 2;
 /// node with the same id.
 pub struct AmqpNotifier {
     config: AmqpConfig,
+    reconnect: Backoff,
     routes: Vec<Route>,
     state: Mutex<State>,
     partial: std::sync::Mutex<Partial>,
@@ -147,6 +149,7 @@ impl AmqpNotifier {
     pub fn new(config: AmqpConfig) -> Result<Self> {
         config.validate()?;
         Ok(AmqpNotifier {
+            reconnect: Backoff::new(config.reconnect_min, config.reconnect_max),
             routes: config.routes(),
             config,
             state: Mutex::new(State::default()),
@@ -276,12 +279,11 @@ impl AmqpNotifier {
         })
     }
 
+    /// The wait after `failures` failed connection rounds: the workspace's
+    /// one backoff policy, jittered so that a fleet of agents does not
+    /// reconnect to a recovering broker in lockstep.
     fn backoff(&self, failures: u32) -> Duration {
-        let factor = 1u32 << failures.min(16);
-        self.config
-            .reconnect_min
-            .saturating_mul(factor)
-            .min(self.config.reconnect_max)
+        self.reconnect.delay(failures)
     }
 
     /// Connects to node `node`, enables confirms, and declares (or checks)
@@ -570,9 +572,19 @@ mod tests {
         let config = AmqpConfig::new(AmqpUrl::new("amqp://h").unwrap())
             .with_reconnect(Duration::from_millis(500), Duration::from_secs(3));
         let notifier = AmqpNotifier::new(config).unwrap();
-        let waits: Vec<u128> = (0..6).map(|f| notifier.backoff(f).as_millis()).collect();
+        let waits: Vec<u128> = (0..6)
+            .map(|f| notifier.reconnect.delay_with(f, 1.0).as_millis())
+            .collect();
         assert_eq!(waits, [500, 1000, 2000, 3000, 3000, 3000]);
-        assert_eq!(notifier.backoff(u32::MAX), Duration::from_secs(3));
+        for f in [0, 3, u32::MAX] {
+            let d = notifier.backoff(f);
+            let top = notifier.reconnect.base_delay(f);
+            assert!(
+                d <= top && d >= top / 2,
+                "{f}: {d:?} within [{:?}, {top:?}]",
+                top / 2
+            );
+        }
     }
 
     #[tokio::test]
@@ -589,7 +601,11 @@ mod tests {
         let n = sample();
         let first = notifier.notify(&n).await.unwrap_err();
         assert!(first.is_retryable(), "{first}");
-        assert_eq!(first.retry_after(), Some(Duration::from_secs(5)));
+        let wait = first.retry_after().expect("a retry_after");
+        assert!(
+            wait <= Duration::from_secs(5) && wait >= Duration::from_millis(2500),
+            "{wait:?}"
+        );
         // Within the backoff, no connection is attempted: it fails fast.
         let started = Instant::now();
         let second = notifier.notify(&n).await.unwrap_err();

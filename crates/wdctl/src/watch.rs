@@ -218,11 +218,8 @@ fn redact(url: &str) -> String {
 
 /// Whether `t` names a message broker.
 fn is_broker(t: &str) -> bool {
-    let scheme = t
-        .split_once("://")
-        .map(|(s, _)| s.to_ascii_lowercase())
-        .unwrap_or_default();
-    matches!(scheme.as_str(), "amqp" | "amqps" | "rabbit")
+    let scheme = t.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
+    matches!(scheme.as_deref(), Some("amqp" | "amqps" | "rabbit"))
 }
 
 /// Whether a broker URL carries a password (in any of its nodes).
@@ -275,10 +272,10 @@ pub fn plan(args: &Args, env: &dyn Fn(&str) -> Option<String>) -> Result<Plan> {
         .clone()
         .or(cfg.connect.clone())
         .unwrap_or_else(|| "qemu:///system".into());
-    let nova = match args.nova_config.as_ref().or(cfg.nova_config.as_ref()) {
-        Some(path) => Some((path.clone(), crate::nova::load(path)?)),
-        None => None,
-    };
+    let nova_path = args.nova_config.as_ref().or(cfg.nova_config.as_ref());
+    let nova = nova_path
+        .map(|p| crate::nova::load(p).map(|n| (p, n)))
+        .transpose()?;
     let host = cfg
         .host
         .clone()

@@ -1,3 +1,5 @@
+//! Tests of the nova.conf reader: a realistic file, defaults, and broken files.
+
 use super::*;
 use crate::config::Form;
 
