@@ -615,3 +615,6 @@ mod ceilometer;
 
 #[path = "openstack/failover.rs"]
 mod failover;
+
+#[path = "openstack/owner_alarm.rs"]
+mod owner_alarm;
