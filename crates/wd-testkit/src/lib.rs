@@ -19,7 +19,7 @@ pub mod vhost;
 
 use std::path::{Path, PathBuf};
 
-pub use process::{pid_alive, run_quiet, stop_pid};
+pub use process::{daemon_command, pid_alive, run_quiet, stop_pid};
 pub use rabbit2::RabbitMq2;
 pub use services::{Libvirtd, RabbitMq, libvirtd, rabbitmq};
 pub use vhost::{Node, Vhost};
