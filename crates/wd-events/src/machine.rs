@@ -230,7 +230,7 @@ impl Machine {
                         run_id: info.id,
                         unconfirmed_recovery: Some(generation),
                     });
-                    recovered.push((info.domain.clone(), id));
+                    recovered.push((info.domain.clone(), info.id, id));
                 }
             } else {
                 track.episode = None;
@@ -241,10 +241,11 @@ impl Machine {
         self.domains.retain(|uuid, _| seen.contains(uuid));
         recovered
             .into_iter()
-            .map(|(domain, episode)| {
+            .map(|(domain, run_id, episode)| {
                 let seq = self.next_seq();
                 Item::Watchdog(WatchdogEvent {
                     domain,
+                    run_id,
                     action: Enum::Known(WatchdogAction::Pause),
                     received_at: now,
                     seq,
@@ -299,6 +300,7 @@ impl Machine {
         let seq = self.next_seq();
         Some(Item::Watchdog(WatchdogEvent {
             domain: raw.domain,
+            run_id: raw.run_id,
             action,
             received_at: raw.received_at,
             seq,
@@ -779,6 +781,29 @@ mod tests {
                 "#2 watchdog dom-a pause recovered g2 e2",
             ],
         );
+    }
+
+    #[test]
+    fn firings_carry_the_run_id_they_were_seen_with() {
+        let mut m = Machine::new();
+        m.connected("test:///default");
+        let runs = |items: Vec<Item>| -> Vec<Option<u32>> {
+            items
+                .into_iter()
+                .filter_map(|i| match i {
+                    Item::Watchdog(w) => Some(w.run_id),
+                    _ => None,
+                })
+                .collect()
+        };
+        assert_eq!(runs(m.listed(vec![paused_wd(A, 7)], t(1))), [Some(7)]);
+        assert_eq!(
+            runs(m.live(firing(B, 9, 2), None).into_iter().collect()),
+            [Some(9)]
+        );
+        let mut inactive = firing(B, 9, 2);
+        inactive.run_id = None;
+        assert_eq!(runs(m.live(inactive, None).into_iter().collect()), [None]);
     }
 
     #[test]

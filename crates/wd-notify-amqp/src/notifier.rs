@@ -485,6 +485,7 @@ mod tests {
             domain: wd_notify::Domain {
                 uuid: uuid::Uuid::new_v4(),
                 name: "instance-1".into(),
+                id: None,
             },
             action: "pause".into(),
             fired_at: at,

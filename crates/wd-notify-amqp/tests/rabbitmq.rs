@@ -164,6 +164,7 @@ fn notification(project: Option<&str>) -> Notification {
         domain: Domain {
             uuid: Uuid::new_v4(),
             name: "instance-0000002a".into(),
+            id: None,
         },
         action: "pause".into(),
         fired_at: at,
@@ -552,6 +553,7 @@ fn documented_amqp_example_matches() {
         domain: Domain {
             uuid,
             name: "instance-0000002a".into(),
+            id: None,
         },
         action: "pause".into(),
         fired_at: at,

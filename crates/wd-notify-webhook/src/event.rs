@@ -106,6 +106,7 @@ mod tests {
             domain: Domain {
                 uuid: Uuid::parse_str("178b0921-8f85-4257-88b6-2e743b5a975c").unwrap(),
                 name: "instance-00000001".into(),
+                id: None,
             },
             action: "pause".into(),
             fired_at: at,

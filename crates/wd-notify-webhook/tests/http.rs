@@ -113,6 +113,7 @@ fn notification(project: Option<&str>) -> Notification {
         domain: Domain {
             uuid: Uuid::new_v4(),
             name: "instance-0000002a".into(),
+            id: None,
         },
         action: "reset".into(),
         fired_at: at,
@@ -541,6 +542,7 @@ fn documented_notification() -> Notification {
         domain: Domain {
             uuid,
             name: "instance-0000002a".into(),
+            id: None,
         },
         action: "pause".into(),
         fired_at: at,
