@@ -24,6 +24,8 @@ pub struct Received {
     pub webhook_id: String,
     /// The parsed CloudEvent.
     pub event: Value,
+    /// When the request arrived (the host's clock).
+    pub at: std::time::SystemTime,
 }
 
 impl Received {
@@ -40,6 +42,11 @@ impl Received {
     /// `data.instance.uuid`, or `""`.
     pub fn instance_uuid(&self) -> &str {
         self.data()["instance"]["uuid"].as_str().unwrap_or_default()
+    }
+
+    /// `data.domain.id` (libvirt's runtime id of the domain run), if given.
+    pub fn run_id(&self) -> Option<u64> {
+        self.data()["domain"]["id"].as_u64()
     }
 
     /// `data.occurrences.count`, or 0.
@@ -106,6 +113,7 @@ impl Receiver {
                     path: uri.path().to_owned(),
                     webhook_id: verified.id,
                     event,
+                    at: std::time::SystemTime::now(),
                 };
                 let code = status.load(Ordering::SeqCst);
                 if code != 200 {
