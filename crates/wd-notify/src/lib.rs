@@ -204,6 +204,14 @@ pub use notifier::MockNotifier;
 pub use notifier::{BoxError, Notifier, NotifyError};
 pub use redact::redact_url;
 pub use retry::{Retry, RetryConfig};
+/// Fault injection for the spool's file-system calls (feature
+/// `fault-injection`): a model of what a power cut keeps, for crash tests
+/// that a `SIGKILL` cannot make (it keeps the page cache).
+#[cfg(feature = "fault-injection")]
+pub mod fault {
+    pub use crate::spool::disk::{FsOp, PowerCut, RealFs, SimFs, SpoolFile, SpoolFs};
+}
+
 pub use spool::{
     MAX_PAYLOAD, RECORD_HEADER_LEN, RECORD_MAGIC, Record, RecordBody, RecoveryReport,
     SEGMENT_MAGIC, ScanReport, SkipReason, Skipped, Spool, SpoolConfig, SpoolStats, SyncMode,
