@@ -580,8 +580,8 @@ async fn libvirtd_webhook_outage_and_agent_kill_lose_nothing_and_keep_event_ids(
 }
 
 /// Issue 10, failure 4: a guest pauses, its owner hard-reboots it (destroy,
-/// then start, as Nova does), and its watchdog pauses it again well within
-/// the 60 s coalescing window; the agent is then killed with SIGKILL and
+/// then start, as Nova does), and its watchdog pauses it again within the
+/// coalescing window; the agent is then killed with SIGKILL and
 /// started again. The owner gets exactly two notifications, with distinct
 /// event ids and distinct runs, the second within 1 s of the firing libvirt
 /// reported; the restarted agent announces neither again.
@@ -594,8 +594,11 @@ async fn libvirtd_a_second_pause_after_a_hard_reboot_is_its_own_prompt_notificat
     let Some(assets) = wd_testkit::guest::assets() else {
         return;
     };
-    // The default window, which used to fold the second pause.
-    let w = World::new(60.0).await;
+    // A window longer than the default 60 s, so that the second pause
+    // falls inside it even on a slow, shared host (the guest's second boot
+    // took up to 40 s here).
+    const WINDOW: Duration = Duration::from_secs(300);
+    let w = World::new(WINDOW.as_secs_f64()).await;
     let agent = w.agent("agent-1.log").await;
     let events = EventWatch::start("watchdog").unwrap();
     let guest = start(w.spec("pause"), &assets);
@@ -625,7 +628,7 @@ async fn libvirtd_a_second_pause_after_a_hard_reboot_is_its_own_prompt_notificat
     assert_ne!(run_1, run_2, "a start gives the domain a new runtime id");
     let both = w
         .receiver
-        .wait_for(Duration::from_secs(40), |all| {
+        .wait_for(Duration::from_secs(120), |all| {
             of(all, PROJECT_A, &guest).len() >= 2
         })
         .await;
@@ -685,6 +688,12 @@ async fn libvirtd_a_second_pause_after_a_hard_reboot_is_its_own_prompt_notificat
         ["pause", "pause"],
         "{fired:#?}"
     );
+    let gap = fired[1].at.duration_since(fired[0].at).unwrap_or_default();
+    assert!(
+        gap < WINDOW,
+        "the second pause ({gap:?} after the first) fell outside the window"
+    );
+    eprintln!("second pause {:.1} s after the first", gap.as_secs_f64());
     for (n, e) in got.iter().zip(&fired) {
         // virsh stamps the event when it prints it, which may be a hair
         // after the agent got the same event: a negative lag counts as 0.
