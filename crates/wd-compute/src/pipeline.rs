@@ -3,15 +3,18 @@
 use std::collections::HashSet;
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use time::OffsetDateTime;
+use tokio::time::MissedTickBehavior;
 use uuid::Uuid;
 use wd_events::{DomainId, Item, Lifecycle, LifecycleEvent, WatchdogEvent};
 use wd_notify::{Domain, Instance, Notification, Notifier, Occurrences, SCHEMA_VERSION};
 
 use crate::directory::InstanceDirectory;
 use crate::ledger::{Entry, Ledger};
+use crate::pulse::{Pulse, PulseHook};
 
 /// What the pipeline has done so far.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -43,6 +46,9 @@ pub struct Pipeline {
     ledger: Ledger,
     listing: Option<HashSet<Uuid>>,
     stats: PipelineStats,
+    pulse: Option<PulseHook>,
+    /// Connected and caught up (for [`Pulse::Tick`]).
+    connected: bool,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -69,6 +75,21 @@ impl Pipeline {
             ledger,
             listing: None,
             stats: PipelineStats::default(),
+            pulse: None,
+            connected: false,
+        }
+    }
+
+    /// Reports the loop's [`Pulse`]s to `hook` (see [`crate::pulse`]).
+    #[must_use]
+    pub fn with_pulse(mut self, hook: PulseHook) -> Self {
+        self.pulse = Some(hook);
+        self
+    }
+
+    fn pulse(&self, pulse: Pulse) {
+        if let Some(hook) = &self.pulse {
+            (hook.on_pulse)(pulse);
         }
     }
 
@@ -87,10 +108,20 @@ impl Pipeline {
     {
         let mut items = std::pin::pin!(items);
         let mut shutdown = std::pin::pin!(shutdown);
+        // Ticks come from this loop itself (see `crate::pulse`); without a
+        // hook the timer never fires.
+        let period = self.pulse.as_ref().map(|h| h.interval);
+        let mut ticks = tokio::time::interval(period.unwrap_or(Duration::from_secs(3600)));
+        ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 biased;
                 () = &mut shutdown => break,
+                // Before items, so that a flood of them cannot starve it.
+                _ = ticks.tick(), if period.is_some() => self.pulse(Pulse::Tick {
+                    stats: self.stats,
+                    connected: self.connected,
+                }),
                 item = items.next() => match item {
                     Some(item) => self.handle(item).await,
                     None => break,
@@ -107,6 +138,8 @@ impl Pipeline {
                 tracing::info!(generation, uri = %uri, "connected to libvirt");
             }
             Item::Disconnected { generation, reason } => {
+                self.connected = false;
+                self.pulse(Pulse::Disconnected { generation });
                 tracing::warn!(generation, reason = %reason, "lost the libvirt connection; reconnecting");
             }
             Item::ConnectFailed {
@@ -126,7 +159,10 @@ impl Pipeline {
                     listing.insert(info.domain.uuid);
                 }
             }
-            Item::InitDone { domains, .. } => {
+            Item::InitDone {
+                domains,
+                generation,
+            } => {
                 if let Some(paused) = self.listing.take() {
                     // Episodes of domains no longer paused by their watchdog
                     // ended while we were not listening.
@@ -135,6 +171,11 @@ impl Pipeline {
                     }
                 }
                 tracing::info!(domains, "catch-up listing done");
+                self.connected = true;
+                self.pulse(Pulse::CaughtUp {
+                    generation,
+                    domains,
+                });
             }
             Item::Lifecycle(ev) => self.lifecycle(ev),
             Item::Watchdog(ev) => self.watchdog(ev).await,
@@ -512,5 +553,111 @@ mod tests {
         let got = rec.got.lock().unwrap().clone();
         assert_eq!(got[0].instance.project_id.as_deref(), Some(PROJECT));
         assert_eq!(got[0].action, "poweroff");
+    }
+
+    /// A notifier that hangs until released, like a delivery layer stuck on
+    /// a dead disk.
+    #[derive(Default)]
+    struct Stuck {
+        release: tokio::sync::Notify,
+        got: Mutex<u32>,
+    }
+
+    #[async_trait]
+    impl Notifier for Stuck {
+        async fn notify(&self, _n: &Notification) -> Result<(), NotifyError> {
+            self.release.notified().await;
+            *self.got.lock().unwrap() += 1;
+            Ok(())
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pulses_say_caught_up_and_tick_only_while_the_loop_goes_round() {
+        let d = dom(8);
+        let stuck = Arc::new(Stuck::default());
+        let pulses = Arc::new(Mutex::new(Vec::<Pulse>::new()));
+        let sink = pulses.clone();
+        let hook = PulseHook::new(Duration::from_secs(1), move |p| {
+            sink.lock().unwrap().push(p)
+        });
+        let p = Pipeline::new(
+            "compute-1",
+            Arc::new(NovaDirectory::new()),
+            stuck.clone(),
+            Ledger::in_memory(),
+        )
+        .with_pulse(hook);
+        let (tx, rx) = futures::channel::mpsc::unbounded::<Item>();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(p.run(rx, async move {
+            let _ = stopped.await;
+        }));
+        let ticks = |ps: &[Pulse]| {
+            ps.iter()
+                .filter(|p| matches!(p, Pulse::Tick { .. }))
+                .count()
+        };
+
+        for i in listing(&[(d.clone(), false)]) {
+            tx.unbounded_send(i).unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(3500)).await;
+        let before = pulses.lock().unwrap().clone();
+        assert!(
+            before.contains(&Pulse::CaughtUp {
+                generation: 2,
+                domains: 1
+            }),
+            "{before:?}"
+        );
+        assert!(ticks(&before) >= 3, "an idle loop ticks: {before:?}");
+        assert!(before.iter().any(|p| matches!(
+            p,
+            Pulse::Tick {
+                connected: true,
+                ..
+            }
+        )));
+
+        // The delivery layer hangs: the loop is stuck inside this item, and
+        // however long we wait, no tick comes.
+        tx.unbounded_send(fire(&d, Reset, Origin::Live, 50))
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let stuck_at = ticks(&pulses.lock().unwrap());
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert_eq!(
+            ticks(&pulses.lock().unwrap()),
+            stuck_at,
+            "a stuck loop must not tick"
+        );
+
+        // Unstuck: it goes round again, and the tick carries the firing.
+        stuck.release.notify_one();
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        let after = pulses.lock().unwrap().clone();
+        assert!(ticks(&after) >= stuck_at + 2, "{after:?}");
+        assert!(
+            matches!(after.last(), Some(Pulse::Tick { stats, .. }) if stats.firings == 1 && stats.accepted == 1)
+        );
+
+        tx.unbounded_send(Item::Disconnected {
+            generation: 2,
+            reason: wd_events::DisconnectReason::NotAlive,
+        })
+        .unwrap();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let last = pulses.lock().unwrap().clone();
+        assert!(last.contains(&Pulse::Disconnected { generation: 2 }));
+        assert!(matches!(
+            last.last(),
+            Some(Pulse::Tick {
+                connected: false,
+                ..
+            })
+        ));
+        let _ = stop.send(());
+        assert_eq!(task.await.unwrap().accepted, 1);
     }
 }

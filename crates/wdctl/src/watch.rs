@@ -24,6 +24,28 @@ pub const SECRET_ENV: &str = "WD_WEBHOOK_SECRET";
 /// The environment variable holding the broker password.
 pub const AMQP_PASSWORD_ENV: &str = "WD_AMQP_PASSWORD";
 
+/// The rest of `wdctl watch --help` (and of its man page).
+pub const LONG_HELP: &str = "\
+Files:
+  /etc/wd/wd.toml     the configuration (see the commented file the package installs)
+  /var/lib/wd/spool   the spool and the episode ledger (StateDirectory=wd)
+
+Least privilege: the agent only listens, so it opens libvirt read-only \
+(virConnectOpenReadOnly, the libvirt-sock-ro socket) unless --read-write or \
+`read_only = false` is given, and runs as the unprivileged user wd under \
+the wd.service unit.
+
+A config file that holds a secret (a webhook or project secret, a broker \
+password) is refused if others may read it, or if its group may and that \
+group is not the agent's own; the packaged root:wd 0640 is allowed.
+
+Under systemd (NOTIFY_SOCKET set) the agent sends READY=1 after its first \
+catch-up listing, WATCHDOG=1 from its core loop every half of WatchdogSec, \
+and STATUS= lines.
+
+Environment: WD_WEBHOOK_SECRET (operator webhook secrets), WD_AMQP_PASSWORD \
+(broker password), RUST_LOG (log level, default info).";
+
 /// Flags of `wdctl watch`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -44,6 +66,13 @@ pub struct Args {
     /// exiting.
     #[arg(long)]
     wait: bool,
+    /// Open libvirt read-write. By default the agent, which only listens,
+    /// opens it read-only (`virConnectOpenReadOnly`).
+    #[arg(long)]
+    read_write: bool,
+    /// The log format on stderr [default: text].
+    #[arg(long, value_name = "FORMAT")]
+    pub(crate) log_format: Option<crate::logging::LogFormat>,
 }
 
 /// The configuration file. Every key is optional; unknown keys are errors.
@@ -61,6 +90,10 @@ pub struct Config {
     pub spool: Option<PathBuf>,
     /// Keep retrying when libvirt is unreachable at startup.
     pub wait: Option<bool>,
+    /// Open libvirt read-only [default true].
+    pub read_only: Option<bool>,
+    /// The log format on stderr, `text` or `json` [default text].
+    pub log_format: Option<crate::logging::LogFormat>,
     /// Webhook settings.
     #[serde(default)]
     pub webhook: WebhookSection,
@@ -182,8 +215,32 @@ fn secs(key: &str, v: f64) -> Result<Duration> {
         .ok_or_else(|| anyhow!("config key `{key}` must be a positive number of seconds, not {v}"))
 }
 
-/// Reads and checks the configuration file.
+impl Config {
+    /// Whether the file holds a secret: a webhook or project secret, or a
+    /// broker password (in `[amqp] password` or in an AMQP URL).
+    pub fn holds_secrets(&self) -> bool {
+        !self.webhook.secrets.is_empty()
+            || self.webhook.projects.iter().any(|p| !p.secrets.is_empty())
+            || self.amqp.password.is_some()
+            || self.amqp.url.as_deref().is_some_and(has_password)
+            || self.notify.iter().any(|t| has_password(t))
+    }
+}
+
+/// Reads and checks the configuration file, and refuses one that holds
+/// secrets where others can read them (see `crate::filemode`).
 pub fn load_config(path: &Path) -> Result<Config> {
+    let cfg = parse_config(path)?;
+    crate::filemode::check(
+        path,
+        crate::filemode::FileMode::of(path)?,
+        cfg.holds_secrets(),
+        crate::filemode::Identity::current()?,
+    )?;
+    Ok(cfg)
+}
+
+fn parse_config(path: &Path) -> Result<Config> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read config file `{}`", path.display()))?;
     toml::from_str(&text).map_err(|e| {
@@ -397,8 +454,10 @@ pub fn plan(args: &Args, env: &dyn Fn(&str) -> Option<String>) -> Result<Plan> {
         backends.push(("webhook".into(), Arc::new(n)));
     }
 
+    let read_only = !args.read_write && cfg.read_only.unwrap_or(true);
     let mut runtime = RuntimeConfig::new(host).listener(ListenerConfig {
         uri: uri.clone(),
+        read_only,
         ..ListenerConfig::default()
     });
     runtime.spool_dir = spool;
@@ -460,23 +519,24 @@ pub fn plan(args: &Args, env: &dyn Fn(&str) -> Option<String>) -> Result<Plan> {
 
 /// Runs the agent until SIGTERM or SIGINT.
 pub fn run(args: Args) -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .init();
+    // The format comes first, so that every later line has it; a config file
+    // that cannot be read is reported (on stderr, as one line) right here.
+    let file_format = match &args.config {
+        Some(path) => load_config(path)?.log_format,
+        None => None,
+    };
+    crate::logging::init(args.log_format.or(file_format).unwrap_or_default());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("start the async runtime")?;
     rt.block_on(async move {
-        let plan = plan(&args, &|k| std::env::var(k).ok())?;
+        let mut plan = plan(&args, &|k| std::env::var(k).ok())?;
+        plan.runtime.pulse = crate::systemd::hook();
         let uri = plan.runtime.listener.uri.clone();
+        let read_only = plan.runtime.listener.read_only;
+        crate::systemd::starting(&uri);
         // libvirt's default handler prints every error to stderr, outside our
         // structured log; the listener reports the ones that matter itself.
         virt::error::clear_error_callback();
@@ -485,7 +545,13 @@ pub fn run(args: Args) -> Result<()> {
         if !plan.wait {
             let probe = uri.clone();
             // Dropping the connection closes it.
-            tokio::task::spawn_blocking(move || virt::connect::Connect::open(Some(&probe)).map(drop))
+            tokio::task::spawn_blocking(move || {
+                if read_only {
+                    virt::connect::Connect::open_read_only(Some(&probe)).map(drop)
+                } else {
+                    virt::connect::Connect::open(Some(&probe)).map(drop)
+                }
+            })
                 .await
                 .context("probe libvirt")?
                 .map_err(|e| anyhow!("cannot connect to libvirt at {uri}: {e} (use --wait to keep retrying)"))?;
@@ -495,7 +561,7 @@ pub fn run(args: Args) -> Result<()> {
         let host = plan.runtime.host.clone();
         let runtime = Runtime::start(plan.runtime, Arc::new(NovaDirectory::new()), plan.backends)
             .map_err(|e| anyhow!("{}", crate::one_line(anyhow::Error::new(e).chain())))?;
-        tracing::info!(uri = %uri, host = %host, backends = ?backend_names,
+        tracing::info!(uri = %uri, read_only, host = %host, backends = ?backend_names,
             spool = %spool.as_ref().map_or("none".into(), |p| p.display().to_string()), "wdctl watch started");
 
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -504,6 +570,7 @@ pub fn run(args: Args) -> Result<()> {
             _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
             _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
         }
+        crate::systemd::stopping();
         let report = runtime.shutdown().await;
         tracing::info!(firings = report.pipeline.firings, accepted = report.pipeline.accepted,
             already_notified = report.pipeline.already_notified, unknown_owner = report.pipeline.unknown_owner,
@@ -530,12 +597,19 @@ mod tests {
 
     const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
+    /// Writes a config file as an operator should: mode 0600.
+    fn write_private(path: &Path, text: &str) {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::write(path, text).unwrap();
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+
     fn check_err(argv: &[&str], config: Option<&str>, env: &[(&str, &str)], expected: &str) {
         let dir = tempfile::tempdir().unwrap();
         let mut argv: Vec<String> = argv.iter().map(|s| s.to_string()).collect();
         if let Some(text) = config {
             let p = dir.path().join("wd.toml");
-            std::fs::write(&p, text).unwrap();
+            write_private(&p, text);
             argv.push("--config".into());
             argv.push(p.display().to_string());
         }
@@ -628,15 +702,27 @@ mod tests {
             &[],
             "line 2",
         );
+        check_err(
+            &["--notify", "log"],
+            Some("read_only = \"yes\"\n"),
+            &[],
+            "invalid type: string \"yes\", expected a boolean",
+        );
+        check_err(
+            &["--notify", "log"],
+            Some("log_format = \"xml\"\n"),
+            &[],
+            "unknown variant `xml`, expected `text` or `json`",
+        );
     }
 
     #[test]
     fn a_good_configuration_builds_every_backend() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("wd.toml");
-        std::fs::write(
+        write_private(
             &p,
-            format!(
+            &format!(
                 r#"host = "compute-7"
 notify = ["log"]
 spool = "{spool}"
@@ -656,8 +742,7 @@ window_secs = 30
 "#,
                 spool = dir.path().join("spool").display()
             ),
-        )
-        .unwrap();
+        );
         let a = args(&[
             "--config",
             &p.display().to_string(),
@@ -688,6 +773,7 @@ window_secs = 30
         assert_eq!(plan.runtime.host, "compute-7");
         assert_eq!(plan.runtime.coalesce.window, Duration::from_secs(30));
         assert_eq!(plan.runtime.listener.uri, "qemu:///system");
+        assert!(plan.runtime.listener.read_only, "read-only by default");
         assert!(!plan.wait);
     }
 
