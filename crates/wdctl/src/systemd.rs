@@ -86,7 +86,7 @@ pub fn hook() -> Option<PulseHook> {
 fn on_pulse(st: &mut State, pulse: Pulse, watchdog: Option<Duration>, interval: Duration) {
     match pulse {
         Pulse::CaughtUp { domains, .. } => {
-            let status = format!("watching {domains} domains");
+            let status = format!("watching {domains} domain(s)");
             if st.ready {
                 send(&[NotifyState::Status(&status)]);
             } else {
