@@ -16,6 +16,7 @@
 mod bench;
 mod cmd;
 mod fuzz;
+mod package;
 mod setup;
 
 use anyhow::{Result, bail};
@@ -31,7 +32,8 @@ commands:
   guest             build the watchdog guest's kernel and initramfs
   deps              install the Debian packages the workspace needs
   bench             measure, write target/bench-report.json and docs/performance.md
-  fuzz [target] [s] run the cargo-fuzz targets (default: all, 60 s each)";
+  fuzz [target] [s] run the cargo-fuzz targets (default: all, 60 s each)
+  package [--profile P]  build the wd Debian package (cargo-deb; default profile release)";
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -59,6 +61,7 @@ fn run(args: &[&str]) -> Result<()> {
         ["deps"] => setup::ensure_packages(),
         ["bench", rest @ ..] => bench::run(rest),
         ["fuzz", rest @ ..] => fuzz::run(rest),
+        ["package", rest @ ..] => package::run(rest).map(|_| ()),
         ["help" | "--help" | "-h"] | [] => {
             println!("{USAGE}");
             Ok(())
