@@ -19,11 +19,8 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
+use crate::cargo;
 use crate::setup::cmd_ok;
-
-fn cargo() -> Command {
-    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-}
 
 /// Where cargo puts a profile's artifacts.
 fn profile_dir(profile: &str) -> &str {
@@ -49,7 +46,7 @@ fn ensure_cargo_deb() -> Result<()> {
 
 /// Where `cargo xtask package` leaves the .deb for `profile`.
 pub fn deb_dir(profile: &str) -> PathBuf {
-    wd_testkit::target_dir().join("debian").join(profile)
+    crate::target_dir().join("debian").join(profile)
 }
 
 /// `cargo xtask package [--profile NAME]`: builds the .deb and returns its
@@ -68,7 +65,7 @@ pub fn build(profile: &str) -> Result<PathBuf> {
     ensure_cargo_deb()?;
     eprintln!("xtask: building wdctl ({profile})");
     cmd_ok(cargo().args(["build", "--package", "wdctl", "--profile", profile]))?;
-    let bin_dir = wd_testkit::target_dir().join(profile_dir(profile));
+    let bin_dir = crate::target_dir().join(profile_dir(profile));
     let assets = bin_dir.join("wd-package");
     if assets.exists() {
         std::fs::remove_dir_all(&assets).with_context(|| format!("clear {}", assets.display()))?;
