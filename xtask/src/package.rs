@@ -1,9 +1,11 @@
 //! `cargo xtask package`: the `wd` Debian package, built with cargo-deb.
 //!
 //! 1. Builds `wdctl` (release, or the profile given).
-//! 2. Runs `wdctl generate-assets` to write the man pages (gzipped) and the
-//!    bash, zsh and fish completions from the clap definitions into
-//!    `target/<profile>/wd-package`.
+//! 2. Runs `wdctl generate-assets --name wd` to write the man pages
+//!    (gzipped) and the bash, zsh and fish completions from the clap
+//!    definitions into `target/<profile>/wd-package`. The package installs
+//!    the program as `/usr/bin/wd`: util-linux owns `/usr/bin/wdctl` (its
+//!    hardware watchdog tool), and overwriting it would break that package.
 //! 3. Runs `cargo deb -p wdctl --no-build`, which packs them with the unit,
 //!    the commented `/etc/wd/wd.toml` and the maintainer scripts from
 //!    `crates/wdctl/debian/` (see `[package.metadata.deb]` there).
@@ -73,6 +75,7 @@ pub fn build(profile: &str) -> Result<PathBuf> {
     cmd_ok(
         Command::new(bin_dir.join("wdctl"))
             .arg("generate-assets")
+            .args(["--name", "wd"])
             .arg(&assets),
     )?;
     // Debian wants man pages gzipped at maximum compression, without a

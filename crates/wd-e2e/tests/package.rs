@@ -89,6 +89,19 @@ impl Drop for Restore {
     }
 }
 
+/// The agent, killed if the test ends while it runs (before `Restore`
+/// purges the package: a running wd process would keep its user).
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// The stand-in for systemd's notify socket, writable by user wd.
 struct NotifySocket {
     _dir: tempfile::TempDir,
@@ -265,17 +278,25 @@ async fn libvirtd_package_installs_runs_as_wd_read_only_and_purges_cleanly() {
     assert_eq!((state.uid(), state.mode() & 0o7777), (wd_uid, 0o700));
     assert!(must("dpkg-query", &["-W", "-f=${Conffiles}", "wd"]).contains(CONFIG));
     for file in [
-        "/usr/bin/wdctl",
-        "/usr/share/man/man1/wdctl-watch.1.gz",
-        "/usr/share/bash-completion/completions/wdctl",
-        "/usr/share/zsh/vendor-completions/_wdctl",
-        "/usr/share/fish/vendor_completions.d/wdctl.fish",
+        "/usr/bin/wd",
+        "/usr/share/man/man1/wd.1.gz",
+        "/usr/share/man/man1/wd-watch.1.gz",
+        "/usr/share/bash-completion/completions/wd",
+        "/usr/share/zsh/vendor-completions/_wd",
+        "/usr/share/fish/vendor_completions.d/wd.fish",
         UNIT,
     ] {
         assert!(Path::new(file).is_file(), "{file} is not installed");
     }
     let (ok, out, err) = run("systemd-analyze", &["verify", "--man=no", UNIT]);
     assert!(ok && err.trim().is_empty(), "{out}{err}");
+    // util-linux owns /usr/bin/wdctl (its hardware watchdog tool): the
+    // package installs the program as wd and leaves that one alone.
+    let (_, owner, _) = run(
+        "dpkg-query",
+        &["-S", "/usr/share/bash-completion/completions/wdctl"],
+    );
+    assert!(!owner.starts_with("wd:"), "{owner}");
 
     // 2. The operator's configuration: secrets in the packaged root:wd 0640
     //    file (which the agent accepts), the spool in its StateDirectory.
@@ -311,10 +332,10 @@ async fn libvirtd_package_installs_runs_as_wd_read_only_and_purges_cleanly() {
     let mut notify = NotifySocket::bind();
     let scratch = tempfile::tempdir().unwrap();
     let log = scratch.path().join("agent.log");
-    let mut agent = start_agent(&notify.path, &log);
-    let pid = agent.id();
+    let mut agent = KillOnDrop(start_agent(&notify.path, &log));
+    let pid = agent.0.id();
     notify
-        .wait("READY=1", &mut agent, &log, Duration::from_secs(60))
+        .wait("READY=1", &mut agent.0, &log, Duration::from_secs(60))
         .await;
 
     // It runs as wd, without privileges.
@@ -373,7 +394,7 @@ async fn libvirtd_package_installs_runs_as_wd_read_only_and_purges_cleanly() {
     must("kill", &["-TERM", &pid.to_string()]);
     let deadline = Instant::now() + Duration::from_secs(20);
     let status = loop {
-        if let Some(s) = agent.try_wait().unwrap() {
+        if let Some(s) = agent.0.try_wait().unwrap() {
             break s;
         }
         assert!(Instant::now() < deadline, "no exit after SIGTERM");
@@ -391,7 +412,7 @@ async fn libvirtd_package_installs_runs_as_wd_read_only_and_purges_cleanly() {
     // 6. dpkg -r: the program and unit go; the edited conffile and the
     //    user stay (an operator may reinstall). Then purge: everything goes.
     must("dpkg", &["-r", "wd"]);
-    assert!(!Path::new("/usr/bin/wdctl").exists());
+    assert!(!Path::new("/usr/bin/wd").exists());
     assert!(!Path::new(UNIT).exists());
     assert!(Path::new(CONFIG).exists());
     assert!(exists("passwd", "wd"));

@@ -248,8 +248,14 @@ fn the_unit_verifies_cleanly_and_is_hardened() {
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
-    assert!(stderr.trim().is_empty(), "warnings: {stderr}");
+    // The program is not installed from the source tree (the package test,
+    // wd-e2e's `libvirtd_package_*`, verifies the installed unit).
+    let warnings: Vec<&str> = stderr
+        .lines()
+        .filter(|l| !l.contains("Command /usr/bin/wd is not executable"))
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    assert!(warnings.is_empty(), "warnings: {warnings:#?}");
 
     let out = Command::new("systemd-analyze")
         .args(["security", "--offline=yes", "--no-pager"])
@@ -274,7 +280,7 @@ fn the_unit_verifies_cleanly_and_is_hardened() {
         "StateDirectory=wd",
         "CapabilityBoundingSet=",
         "NoNewPrivileges=yes",
-        "ExecStart=/usr/bin/wdctl watch --config /etc/wd/wd.toml",
+        "ExecStart=/usr/bin/wd watch --config /etc/wd/wd.toml",
     ] {
         assert!(unit.lines().any(|l| l == line), "{line} missing");
     }
