@@ -27,6 +27,7 @@ pub fn test(filters: &[&str]) -> Result<()> {
     crate::tidy::run(&crate::root())?;
     setup::ensure_packages()?;
     setup::guest()?;
+    setup::venv()?;
 
     eprintln!("xtask: cargo fmt --check");
     cmd_ok(cargo().args(["fmt", "--all", "--", "--check"]))
@@ -117,7 +118,7 @@ pub fn demo(args: &[&str]) -> Result<()> {
     let started = setup::libvirtd_up()?;
     let _guard = ServicesGuard(setup::Started {
         libvirtd: started,
-        rabbitmq: false,
+        ..setup::Started::default()
     });
     cmd_ok(cargo().args(["run", "--quiet", "--package", "wd-e2e", "--bin", "demo"]))
         .context("the demo failed")

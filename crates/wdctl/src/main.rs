@@ -19,6 +19,7 @@ mod filemode;
 mod guest;
 mod libvirt;
 mod logging;
+mod nova;
 mod patch;
 mod resolve;
 mod systemd;
