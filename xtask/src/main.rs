@@ -18,6 +18,7 @@
 mod bench;
 mod cmd;
 mod fuzz;
+mod package;
 mod setup;
 mod tidy;
 
@@ -39,7 +40,8 @@ commands:
   deps              install the Debian packages the workspace needs
   venv              create target/wd-venv with Ceilometer and Aodh from PyPI
   bench             measure, write target/bench-report.json and docs/performance.md
-  fuzz [target] [s] run the cargo-fuzz targets (default: all, 60 s each)";
+  fuzz [target] [s] run the cargo-fuzz targets (default: all, 60 s each)
+  package [--profile P]  build the wd Debian package (cargo-deb; default profile release)";
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -70,6 +72,7 @@ fn run(args: &[&str]) -> Result<()> {
         ["venv"] => setup::venv(),
         ["bench", rest @ ..] => bench::run(rest),
         ["fuzz", rest @ ..] => fuzz::run(rest),
+        ["package", rest @ ..] => package::run(rest).map(|_| ()),
         ["help" | "--help" | "-h"] | [] => {
             println!("{USAGE}");
             Ok(())

@@ -50,6 +50,7 @@ pub mod directory;
 mod error;
 pub mod ledger;
 mod pipeline;
+pub mod pulse;
 mod runtime;
 pub mod spawn;
 
@@ -57,4 +58,5 @@ pub use directory::{InstanceDirectory, NovaDirectory, Owner};
 pub use error::{Error, Result};
 pub use ledger::Ledger;
 pub use pipeline::{Pipeline, PipelineStats};
+pub use pulse::{Pulse, PulseHook};
 pub use runtime::{Runtime, RuntimeConfig, RuntimeReport};

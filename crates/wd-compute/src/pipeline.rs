@@ -3,15 +3,18 @@
 use std::collections::HashSet;
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use time::OffsetDateTime;
+use tokio::time::MissedTickBehavior;
 use uuid::Uuid;
 use wd_events::{DomainId, Item, Lifecycle, LifecycleEvent, Origin, WatchdogEvent};
 use wd_notify::{Domain, Instance, Notification, Notifier, Occurrences, SCHEMA_VERSION};
 
 use crate::directory::InstanceDirectory;
 use crate::ledger::{Entry, Ledger};
+use crate::pulse::{Pulse, PulseHook};
 
 /// What the pipeline has done so far.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -43,6 +46,9 @@ pub struct Pipeline {
     ledger: Ledger,
     listing: Option<HashSet<Uuid>>,
     stats: PipelineStats,
+    pulse: Option<PulseHook>,
+    /// Connected and caught up (for [`Pulse::Tick`]).
+    connected: bool,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -69,6 +75,21 @@ impl Pipeline {
             ledger,
             listing: None,
             stats: PipelineStats::default(),
+            pulse: None,
+            connected: false,
+        }
+    }
+
+    /// Reports the loop's [`Pulse`]s to `hook` (see [`crate::pulse`]).
+    #[must_use]
+    pub fn with_pulse(mut self, hook: PulseHook) -> Self {
+        self.pulse = Some(hook);
+        self
+    }
+
+    fn pulse(&self, pulse: Pulse) {
+        if let Some(hook) = &self.pulse {
+            (hook.on_pulse)(pulse);
         }
     }
 
@@ -87,10 +108,20 @@ impl Pipeline {
     {
         let mut items = std::pin::pin!(items);
         let mut shutdown = std::pin::pin!(shutdown);
+        // Ticks come from this loop itself (see `crate::pulse`); without a
+        // hook the timer never fires.
+        let period = self.pulse.as_ref().map(|h| h.interval);
+        let mut ticks = tokio::time::interval(period.unwrap_or(Duration::from_secs(3600)));
+        ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 biased;
                 () = &mut shutdown => break,
+                // Before items, so that a flood of them cannot starve it.
+                _ = ticks.tick(), if period.is_some() => self.pulse(Pulse::Tick {
+                    stats: self.stats,
+                    connected: self.connected,
+                }),
                 item = items.next() => match item {
                     Some(item) => self.handle(item).await,
                     None => break,
@@ -107,6 +138,8 @@ impl Pipeline {
                 tracing::info!(generation, uri = %uri, "connected to libvirt");
             }
             Item::Disconnected { generation, reason } => {
+                self.connected = false;
+                self.pulse(Pulse::Disconnected { generation });
                 tracing::warn!(generation, reason = %reason, "lost the libvirt connection; reconnecting");
             }
             Item::ConnectFailed {
@@ -126,7 +159,10 @@ impl Pipeline {
                     listing.insert(info.domain.uuid);
                 }
             }
-            Item::InitDone { domains, .. } => {
+            Item::InitDone {
+                domains,
+                generation,
+            } => {
                 if let Some(paused) = self.listing.take() {
                     // Episodes of domains no longer paused by their watchdog
                     // ended while we were not listening.
@@ -135,6 +171,11 @@ impl Pipeline {
                     }
                 }
                 tracing::info!(domains, "catch-up listing done");
+                self.connected = true;
+                self.pulse(Pulse::CaughtUp {
+                    generation,
+                    domains,
+                });
             }
             Item::Lifecycle(ev) => self.lifecycle(ev),
             Item::Watchdog(ev) => self.watchdog(ev).await,

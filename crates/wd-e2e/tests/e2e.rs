@@ -119,6 +119,9 @@ deadline_secs = 2
             url_b = receiver.url(PROJECT_B),
         );
         std::fs::write(&config, text).unwrap();
+        // It holds project secrets: the agent refuses it readable by others.
+        std::fs::set_permissions(&config, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
         World {
             receiver,
             dir,

@@ -493,3 +493,109 @@ async fn the_ledger_accepts_a_pause_only_once_its_own_event_id_is_on_disk() {
     feed(&mut p, vec![fire_run(&d, 2, Pause, Origin::Recovered, 3)]).await;
     assert!(rec.got.lock().unwrap().is_empty());
 }
+
+/// A notifier that hangs until released, like a delivery layer stuck on
+/// a dead disk.
+#[derive(Default)]
+struct Stuck {
+    release: tokio::sync::Notify,
+    got: Mutex<u32>,
+}
+
+#[async_trait]
+impl Notifier for Stuck {
+    async fn notify(&self, _n: &Notification) -> Result<(), NotifyError> {
+        self.release.notified().await;
+        *self.got.lock().unwrap() += 1;
+        Ok(())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn pulses_say_caught_up_and_tick_only_while_the_loop_goes_round() {
+    let d = dom(8);
+    let stuck = Arc::new(Stuck::default());
+    let pulses = Arc::new(Mutex::new(Vec::<Pulse>::new()));
+    let sink = pulses.clone();
+    let hook = PulseHook::new(Duration::from_secs(1), move |p| {
+        sink.lock().unwrap().push(p)
+    });
+    let p = Pipeline::new(
+        "compute-1",
+        Arc::new(NovaDirectory::new()),
+        stuck.clone(),
+        Ledger::in_memory(),
+    )
+    .with_pulse(hook);
+    let (tx, rx) = futures::channel::mpsc::unbounded::<Item>();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(p.run(rx, async move {
+        let _ = stopped.await;
+    }));
+    let ticks = |ps: &[Pulse]| {
+        ps.iter()
+            .filter(|p| matches!(p, Pulse::Tick { .. }))
+            .count()
+    };
+
+    for i in listing(&[(d.clone(), false)]) {
+        tx.unbounded_send(i).unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let before = pulses.lock().unwrap().clone();
+    assert!(
+        before.contains(&Pulse::CaughtUp {
+            generation: 2,
+            domains: 1
+        }),
+        "{before:?}"
+    );
+    assert!(ticks(&before) >= 3, "an idle loop ticks: {before:?}");
+    assert!(before.iter().any(|p| matches!(
+        p,
+        Pulse::Tick {
+            connected: true,
+            ..
+        }
+    )));
+
+    // The delivery layer hangs: the loop is stuck inside this item, and
+    // however long we wait, no tick comes.
+    tx.unbounded_send(fire(&d, Reset, Origin::Live, 50))
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let stuck_at = ticks(&pulses.lock().unwrap());
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(
+        ticks(&pulses.lock().unwrap()),
+        stuck_at,
+        "a stuck loop must not tick"
+    );
+
+    // Unstuck: it goes round again, and the tick carries the firing.
+    stuck.release.notify_one();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let after = pulses.lock().unwrap().clone();
+    assert!(ticks(&after) >= stuck_at + 2, "{after:?}");
+    assert!(
+        matches!(after.last(), Some(Pulse::Tick { stats, .. }) if stats.firings == 1 && stats.accepted == 1)
+    );
+
+    tx.unbounded_send(Item::Disconnected {
+        generation: 2,
+        reason: wd_events::DisconnectReason::NotAlive,
+    })
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let last = pulses.lock().unwrap().clone();
+    assert!(last.contains(&Pulse::Disconnected { generation: 2 }));
+    assert!(matches!(
+        last.last(),
+        Some(Pulse::Tick {
+            connected: false,
+            ..
+        })
+    ));
+    let _ = stop.send(());
+    assert_eq!(task.await.unwrap().accepted, 1);
+}

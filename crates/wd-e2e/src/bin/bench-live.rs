@@ -299,6 +299,8 @@ fn config(
     );
     let path = dir.join("watch.toml");
     std::fs::write(&path, text)?;
+    // A broker URL may carry a password: the agent wants the file private.
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
     Ok(path)
 }
 
