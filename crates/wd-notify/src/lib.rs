@@ -190,6 +190,7 @@ mod model;
 mod notifier;
 mod redact;
 mod retry;
+mod router;
 mod spool;
 #[cfg(test)]
 mod test_support;
@@ -204,8 +205,9 @@ pub use notifier::MockNotifier;
 pub use notifier::{BoxError, Notifier, NotifyError};
 pub use redact::redact_url;
 pub use retry::{Retry, RetryConfig};
+pub use router::{Destination, DestinationKind, DestinationStatus, Route, Router};
 pub use spool::{
     MAX_PAYLOAD, RECORD_HEADER_LEN, RECORD_MAGIC, Record, RecordBody, RecoveryReport,
     SEGMENT_MAGIC, ScanReport, SkipReason, Skipped, Spool, SpoolConfig, SpoolStats, SyncMode,
-    recover, scan,
+    error_chain, recover, scan,
 };
