@@ -434,3 +434,7 @@ impl Notifier for Router {
         })
     }
 }
+
+#[cfg(test)]
+#[path = "router_tests.rs"]
+mod tests;
