@@ -205,7 +205,7 @@ pub use notifier::MockNotifier;
 pub use notifier::{BoxError, Notifier, NotifyError};
 pub use redact::redact_url;
 pub use retry::{Retry, RetryConfig};
-pub use router::{Destination, DestinationKind, DestinationStatus, Route, Router};
+pub use router::{Destination, DestinationKind, DestinationStatus, Route, Router, RouterDefaults};
 pub use spool::{
     MAX_PAYLOAD, RECORD_HEADER_LEN, RECORD_MAGIC, Record, RecordBody, RecoveryReport,
     SEGMENT_MAGIC, ScanReport, SkipReason, Skipped, Spool, SpoolConfig, SpoolStats, SyncMode,

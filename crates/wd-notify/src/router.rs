@@ -87,10 +87,19 @@ pub struct Destination {
     /// to `name`.
     pub key: String,
     /// Its queue's bounds and retry delays (`retry_max_delay` is also the
-    /// most its `Retry-After` is honoured).
-    pub queue: SpoolConfig,
-    /// The retry around the backend, inside the queue.
-    pub retry: RetryConfig,
+    /// most its `Retry-After` is honoured); `None` takes the router's
+    /// default.
+    pub queue: Option<SpoolConfig>,
+    /// The retry around the backend, inside the queue; `None` takes the
+    /// router's default.
+    pub retry: Option<RetryConfig>,
+}
+
+impl From<(String, Arc<dyn Notifier>)> for Destination {
+    /// An operator destination that receives every notification.
+    fn from((name, notifier): (String, Arc<dyn Notifier>)) -> Self {
+        Destination::new(name, DestinationKind::Operator, Route::All, notifier)
+    }
 }
 
 impl fmt::Debug for Destination {
@@ -118,8 +127,8 @@ impl Destination {
             kind,
             route,
             notifier,
-            queue: SpoolConfig::default(),
-            retry: RetryConfig::default(),
+            queue: None,
+            retry: None,
         }
     }
 
@@ -133,14 +142,14 @@ impl Destination {
     /// Sets [`Destination::queue`].
     #[must_use]
     pub fn queue(mut self, config: SpoolConfig) -> Self {
-        self.queue = config;
+        self.queue = Some(config);
         self
     }
 
     /// Sets [`Destination::retry`].
     #[must_use]
     pub fn retry(mut self, config: RetryConfig) -> Self {
-        self.retry = config;
+        self.retry = Some(config);
         self
     }
 
@@ -159,6 +168,23 @@ impl Destination {
             h = h.wrapping_mul(0x0000_0100_0000_01b3);
         }
         format!("{}-{h:016x}", self.kind)
+    }
+}
+
+/// The queue and retry settings of destinations that do not set their own.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RouterDefaults {
+    /// Each queue's bounds and retry delays.
+    pub queue: SpoolConfig,
+    /// The retry around each backend.
+    pub retry: RetryConfig,
+}
+
+impl RouterDefaults {
+    fn resolve(&self, d: &Destination) -> (SpoolConfig, Arc<dyn Notifier>) {
+        let queue = d.queue.clone().unwrap_or_else(|| self.queue.clone());
+        let retry = d.retry.clone().unwrap_or_else(|| self.retry.clone());
+        (queue, Arc::new(Retry::new(d.notifier.clone(), retry)))
     }
 }
 
@@ -234,7 +260,11 @@ impl Router {
     ///
     /// A queue cannot be opened or a setting is out of range; two
     /// destinations share a key; another process holds `root`.
-    pub fn open(root: Option<&Path>, destinations: Vec<Destination>) -> Result<Router> {
+    pub fn open(
+        root: Option<&Path>,
+        destinations: Vec<Destination>,
+        defaults: &RouterDefaults,
+    ) -> Result<Router> {
         let mut seen = std::collections::HashSet::new();
         for d in &destinations {
             if !seen.insert(d.dir_name()) {
@@ -249,8 +279,8 @@ impl Router {
             let queues = destinations
                 .into_iter()
                 .map(|d| {
-                    let inner: Arc<dyn Notifier> = Arc::new(Retry::new(d.notifier, d.retry));
-                    let spool = Spool::memory_dyn(d.name.clone(), d.queue, inner)?;
+                    let (queue, inner) = defaults.resolve(&d);
+                    let spool = Spool::memory_dyn(d.name.clone(), queue, inner)?;
                     Ok(Queue {
                         name: d.name,
                         kind: d.kind,
@@ -288,8 +318,8 @@ impl Router {
                 .map(|(_, n)| n.clone())
                 .collect();
             let dir = root.join("dest").join(d.dir_name());
-            let inner: Arc<dyn Notifier> = Arc::new(Retry::new(d.notifier, d.retry));
-            let spool = Spool::open_importing(&dir, d.name.clone(), d.queue, inner, imports)?;
+            let (queue, inner) = defaults.resolve(&d);
+            let spool = Spool::open_importing(&dir, d.name.clone(), queue, inner, imports)?;
             queues.push(Queue {
                 name: d.name,
                 kind: d.kind,

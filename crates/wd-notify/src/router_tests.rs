@@ -110,7 +110,12 @@ async fn a_hostile_destination_delays_no_other_and_routing_is_by_owner() {
                 n.clone(),
             ));
         }
-        let router = Router::open(on_disk.then_some(dir.path()), dests).unwrap();
+        let router = Router::open(
+            on_disk.then_some(dir.path()),
+            dests,
+            &RouterDefaults::default(),
+        )
+        .unwrap();
         // Project 1's hostile endpoints each get 100 entries.
         for i in 0..100 {
             let mut n = firing(1000 + i);
@@ -169,6 +174,7 @@ async fn progress_is_per_destination_across_a_restart() {
                 ok,
                 dest("down", DestinationKind::Bus, Route::All, down.clone()),
             ],
+            &RouterDefaults::default(),
         )
         .unwrap();
         router.notify(&n).await.unwrap();
@@ -186,6 +192,7 @@ async fn progress_is_per_destination_across_a_restart() {
             ok,
             dest("down", DestinationKind::Bus, Route::All, Arc::new(up)),
         ],
+        &RouterDefaults::default(),
     )
     .unwrap();
     // The destination that was down gets it now, with its event id; the one
@@ -218,7 +225,7 @@ async fn the_old_shared_layout_is_drained_into_the_new_queues() {
     }
     let (ops, mut ops_rx) = channel("ops", Route::All);
     let (p2, mut p2_rx) = channel("p2", Route::Project("project-2".into()));
-    let router = Router::open(Some(dir.path()), vec![ops, p2]).unwrap();
+    let router = Router::open(Some(dir.path()), vec![ops, p2], &RouterDefaults::default()).unwrap();
     let mut got: Vec<Uuid> = Vec::new();
     for _ in 0..4 {
         got.push(recv(&mut ops_rx, Duration::from_secs(5)).await.event_id);
@@ -234,7 +241,7 @@ async fn the_old_shared_layout_is_drained_into_the_new_queues() {
     drop(router);
     // A second start finds nothing to migrate and delivers nothing again.
     let (ops, mut ops_rx) = channel("ops", Route::All);
-    let router = Router::open(Some(dir.path()), vec![ops]).unwrap();
+    let router = Router::open(Some(dir.path()), vec![ops], &RouterDefaults::default()).unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(ops_rx.try_recv().is_err());
     router.shutdown(Duration::ZERO).await;
@@ -244,7 +251,7 @@ async fn the_old_shared_layout_is_drained_into_the_new_queues() {
 async fn a_panicking_worker_restarts_and_the_others_keep_delivering() {
     let (a, mut a_rx) = channel("a", Route::All);
     let (b, mut b_rx) = channel("b", Route::All);
-    let router = Router::open(None, vec![a, b]).unwrap();
+    let router = Router::open(None, vec![a, b], &RouterDefaults::default()).unwrap();
     assert!(router.inject_worker_panic("a"));
     assert!(!router.inject_worker_panic("nobody"));
     for i in 0..5 {
@@ -278,7 +285,7 @@ async fn without_a_spool_a_refused_notification_is_retried_from_memory() {
     });
     let d = dest("flaky", DestinationKind::Bus, Route::All, flaky.clone())
         .retry(RetryConfig::default().max_attempts(1));
-    let router = Router::open(None, vec![d]).unwrap();
+    let router = Router::open(None, vec![d], &RouterDefaults::default()).unwrap();
     router.notify(&firing(1)).await.unwrap();
     until("delivery after retries", || {
         router.status()[0].delivered == 1
@@ -315,6 +322,6 @@ fn directory_names_are_stable_and_safe() {
 async fn a_destination_given_twice_is_refused() {
     let (a, _) = channel("a", Route::All);
     let (b, _) = channel("a", Route::All);
-    let err = Router::open(None, vec![a, b]).unwrap_err();
+    let err = Router::open(None, vec![a, b], &RouterDefaults::default()).unwrap_err();
     assert!(err.to_string().contains("destination=a"), "{err}");
 }
