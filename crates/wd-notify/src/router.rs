@@ -6,7 +6,8 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -181,10 +182,50 @@ pub struct RouterDefaults {
 }
 
 impl RouterDefaults {
-    fn resolve(&self, d: &Destination) -> (SpoolConfig, Arc<dyn Notifier>) {
+    /// The queue settings and the notifier stack of `d`: its retry around
+    /// an observer of each attempt around the backend.
+    fn resolve(&self, d: &Destination) -> (SpoolConfig, Arc<Attempts>, Arc<dyn Notifier>) {
         let queue = d.queue.clone().unwrap_or_else(|| self.queue.clone());
         let retry = d.retry.clone().unwrap_or_else(|| self.retry.clone());
-        (queue, Arc::new(Retry::new(d.notifier.clone(), retry)))
+        let attempts = Arc::new(Attempts {
+            name: d.name.clone(),
+            inner: d.notifier.clone(),
+            failed: AtomicU64::new(0),
+            last_error: Mutex::new(None),
+        });
+        let stack = Arc::new(Retry::new(attempts.clone(), retry));
+        (queue, attempts, stack)
+    }
+}
+
+/// Observes every attempt at one destination, so that its status shows a
+/// failure at once (not only when a [`Retry`] gives up), and logs the cause
+/// chain of each failure, at `warn` when it differs from the last one (a
+/// destination failing the same way is one line, not one per attempt).
+struct Attempts {
+    name: String,
+    inner: Arc<dyn Notifier>,
+    failed: AtomicU64,
+    last_error: Mutex<Option<String>>,
+}
+
+#[async_trait]
+impl Notifier for Attempts {
+    async fn notify(&self, n: &Notification) -> Result<(), NotifyError> {
+        let result = self.inner.notify(n).await;
+        if let Err(e) = &result {
+            self.failed.fetch_add(1, Ordering::Relaxed);
+            let chain = error_chain(e);
+            let mut last = self.last_error.lock().unwrap_or_else(|p| p.into_inner());
+            if last.as_deref() == Some(chain.as_str()) {
+                tracing::debug!(destination = %self.name, event_id = %n.event_id, error = %chain, "delivery attempt failed");
+            } else {
+                tracing::warn!(destination = %self.name, event_id = %n.event_id,
+                    retryable = e.is_retryable(), error = %chain, "delivery attempt failed");
+                *last = Some(chain);
+            }
+        }
+        result
     }
 }
 
@@ -208,7 +249,7 @@ pub struct DestinationStatus {
     pub dropped_permanent: u64,
     /// Entries delivered since start.
     pub delivered: u64,
-    /// Failed attempts (to be retried) since start.
+    /// Failed delivery attempts since start.
     pub failed: u64,
     /// Times its worker panicked and was restarted.
     pub worker_restarts: u64,
@@ -217,6 +258,7 @@ pub struct DestinationStatus {
 }
 
 struct Queue {
+    attempts: Arc<Attempts>,
     name: String,
     kind: DestinationKind,
     route: Route,
@@ -279,9 +321,10 @@ impl Router {
             let queues = destinations
                 .into_iter()
                 .map(|d| {
-                    let (queue, inner) = defaults.resolve(&d);
+                    let (queue, attempts, inner) = defaults.resolve(&d);
                     let spool = Spool::memory_dyn(d.name.clone(), queue, inner)?;
                     Ok(Queue {
+                        attempts,
                         name: d.name,
                         kind: d.kind,
                         route: d.route,
@@ -318,9 +361,10 @@ impl Router {
                 .map(|(_, n)| n.clone())
                 .collect();
             let dir = root.join("dest").join(d.dir_name());
-            let (queue, inner) = defaults.resolve(&d);
+            let (queue, attempts, inner) = defaults.resolve(&d);
             let spool = Spool::open_importing(&dir, d.name.clone(), queue, inner, imports)?;
             queues.push(Queue {
+                attempts,
                 name: d.name,
                 kind: d.kind,
                 route: d.route,
@@ -370,9 +414,14 @@ impl Router {
                     dropped_full: s.dropped_full,
                     dropped_permanent: s.dropped_permanent,
                     delivered: s.delivered,
-                    failed: s.failed,
+                    failed: q.attempts.failed.load(Ordering::Relaxed),
                     worker_restarts: s.worker_restarts,
-                    last_error: q.spool.last_error(),
+                    last_error: q
+                        .spool
+                        .last_error()
+                        .filter(|_| s.worker_restarts > 0)
+                        .or_else(|| q.attempts.last_error.lock().ok()?.clone())
+                        .or_else(|| q.spool.last_error()),
                 }
             })
             .collect()
