@@ -35,6 +35,17 @@ impl Agent {
     /// Starts `wdctl watch --config CONFIG` with the webhook secret in the
     /// environment, logging to `log`.
     pub fn start(config: &Path, secret: &str, log: &Path) -> anyhow::Result<Agent> {
+        Self::start_with_env(config, secret, log, &[])
+    }
+
+    /// [`Agent::start`] with more environment variables (such as the debug
+    /// builds' fault hook, `WD_TEST_FAULT`).
+    pub fn start_with_env(
+        config: &Path,
+        secret: &str,
+        log: &Path,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Agent> {
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -44,6 +55,7 @@ impl Agent {
             .arg(config)
             .env("WD_WEBHOOK_SECRET", secret)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(file.try_clone()?)
             .stderr(file)
@@ -83,6 +95,21 @@ impl Agent {
                     "wdctl watch did not exit within {grace:?} of SIGTERM; log:\n{}",
                     self.log_text()
                 );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits up to `timeout` for the agent to exit on its own; returns its
+    /// exit code (-1 for a signal), or `None` if it is still running.
+    pub fn wait_exit(&mut self, timeout: Duration) -> anyhow::Result<Option<i32>> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(Some(status.code().unwrap_or(-1)));
+            }
+            if std::time::Instant::now() >= deadline {
+                return Ok(None);
             }
             std::thread::sleep(Duration::from_millis(50));
         }

@@ -291,3 +291,154 @@ async fn a_dead_pipeline_task_is_reported_as_a_core_failure() {
     assert!(why.contains("pipeline task panicked"), "{why}");
     agent.runtime.shutdown().await;
 }
+
+/// Starts RabbitMQ again when dropped, should a test fail while it is down.
+struct RestartBroker;
+
+impl Drop for RestartBroker {
+    fn drop(&mut self) {
+        if !wd_testkit::RabbitMq::is_up()
+            && let Err(e) = wd_testkit::RabbitMq::start()
+        {
+            eprintln!("could not start RabbitMQ again: {e}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_a_broker_outage_does_not_delay_webhooks() {
+    let Some(rabbit) = wd_testkit::rabbitmq() else {
+        return;
+    };
+    let _restart = RestartBroker;
+    let receiver = Receiver::start(OPS_SECRET).await.unwrap();
+    let exchange = wd_testkit::unique_name("wd-outage");
+    let topic = wd_testkit::unique_name("wd-outage-topic");
+    let amqp = wd_notify_amqp::AmqpConfig::new(wd_notify_amqp::AmqpUrl::new(rabbit.url()).unwrap())
+        .with_exchange(exchange.clone())
+        .with_topic(topic.clone())
+        .with_reconnect(Duration::from_millis(200), Duration::from_secs(1));
+    let queue = amqp.routing_key();
+    let bus: Arc<dyn Notifier> = Arc::new(wd_notify_amqp::AmqpNotifier::new(amqp).unwrap());
+    let mut destinations = webhook_destinations(
+        WebhookConfig::default()
+            .with_operator(Endpoint::new(receiver.url("/ops"), [secret(OPS_SECRET)])),
+    );
+    destinations.push(Destination::new("bus", DestinationKind::Bus, Route::All, bus).key("bus"));
+    let mut agent = Agent::start(destinations, |c| {
+        c.retry = RetryConfig::default().deadline(Duration::from_secs(5));
+    });
+
+    let first = agent.fire(B);
+    receiver
+        .wait_for(Duration::from_secs(10), |got| has(got, "/ops", first))
+        .await;
+    let t0 = Instant::now();
+    while agent.status("bus").delivered < 1 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "the bus never got the first"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    tokio::task::spawn_blocking(move || rabbit.stop())
+        .await
+        .unwrap();
+    assert!(!wd_testkit::RabbitMq::is_up(), "the broker is down");
+    for _ in 0..5 {
+        let t0 = Instant::now();
+        let u = agent.fire(B);
+        let got = receiver
+            .wait_for(Duration::from_secs(10), |got| has(got, "/ops", u))
+            .await;
+        assert!(has(&got, "/ops", u));
+        let took = t0.elapsed();
+        eprintln!("webhook during the broker outage: {took:?}");
+        assert!(took < Duration::from_secs(1), "the webhook waited {took:?}");
+    }
+    let bus = agent.status("bus");
+    assert_eq!(bus.backlog, 5, "{bus:?}");
+    assert!(agent.alive().await);
+
+    let started = tokio::task::spawn_blocking(wd_testkit::RabbitMq::start)
+        .await
+        .unwrap();
+    assert!(started.is_ok(), "broker restart failed: {started:?}");
+    let t0 = Instant::now();
+    while agent.status("bus").delivered < 6 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "the bus did not catch up: {:?}",
+            agent.status("bus")
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!(
+        "the bus caught up {:?} after the broker returned",
+        t0.elapsed()
+    );
+    agent.runtime.shutdown().await;
+
+    // Leave the shared broker as we found it.
+    if let Ok(conn) = lapin::Connection::connect(
+        wd_testkit::RabbitMq::URL,
+        lapin::ConnectionProperties::default(),
+    )
+    .await
+        && let Ok(ch) = conn.create_channel().await
+    {
+        let _ = ch
+            .queue_delete(
+                queue.as_str().into(),
+                lapin::options::QueueDeleteOptions::default(),
+            )
+            .await;
+        let _ = ch
+            .exchange_delete(
+                exchange.as_str().into(),
+                lapin::options::ExchangeDeleteOptions::default(),
+            )
+            .await;
+    }
+}
+
+/// The real `wdctl watch` process (on libvirt's in-process `test:///default`
+/// driver, so no shared daemon is touched) exits non-zero with one clear line
+/// when a core task dies, here by the debug builds' fault hook.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wdctl_watch_exits_non_zero_when_a_core_task_dies() {
+    let dir = Scratch::new("wd-core-death");
+    let config = dir.0.join("wd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "connect = \"test:///default\"\nnotify = [\"log\"]\nspool = \"{}\"\n",
+            dir.0.join("spool").display()
+        ),
+    )
+    .unwrap();
+    let log = dir.0.join("agent.log");
+    let mut agent = wd_e2e::agent::Agent::start_with_env(
+        &config,
+        OPS_SECRET,
+        &log,
+        &[("WD_TEST_FAULT", "pipeline-panic-after-ms=1500")],
+    )
+    .unwrap();
+    agent
+        .wait_log(&["wdctl watch started"], Duration::from_secs(20))
+        .await
+        .unwrap();
+    let code = agent.wait_exit(Duration::from_secs(20)).unwrap();
+    let text = agent.log_text();
+    assert!(
+        matches!(code, Some(c) if c != 0),
+        "exit {code:?}; log:\n{text}"
+    );
+    assert_eq!(
+        agent.log_count(&["ERROR", "core task died", "pipeline task panicked"]),
+        1,
+        "one clear line; log:\n{text}"
+    );
+}
