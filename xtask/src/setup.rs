@@ -25,6 +25,9 @@ pub const PACKAGES: &[&str] = &[
     "libxml2-utils",
     // The message bus.
     "rabbitmq-server",
+    // The hostile-endpoint tests' self-signed TLS endpoint (`openssl req`,
+    // `openssl s_server`).
+    "openssl",
 ];
 
 pub fn is_root() -> bool {
