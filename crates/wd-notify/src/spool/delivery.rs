@@ -24,21 +24,19 @@ pub(crate) type AckSink = Option<mpsc::Sender<Msg>>;
 /// remote `Retry-After` says: keeps `Instant` arithmetic far from overflow.
 const FAR: Duration = Duration::from_secs(7 * 24 * 3600);
 
-/// The wait before retry `attempt` (from 1): capped exponential backoff with
-/// up to 100 % jitter, and at least the backend's retry-after, which is
-/// itself clamped to [`SpoolConfig::retry_max_delay`] (it comes from a
-/// remote party and may say anything, up to `u64::MAX` seconds).
+/// The wait before retry `attempt` (from 1): the shared
+/// [`wd_backoff::Backoff`] from [`SpoolConfig::retry_min_delay`] doubling up
+/// to [`SpoolConfig::retry_max_delay`], jittered into `[d / 2, d]`, and at
+/// least the backend's retry-after, which is itself clamped to
+/// `retry_max_delay` (it comes from a remote party and may say anything, up
+/// to `u64::MAX` seconds).
 pub(crate) fn retry_delay(
     config: &SpoolConfig,
     attempt: u32,
     retry_after: Option<Duration>,
 ) -> Duration {
-    let exp = config
-        .retry_min_delay
-        .saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
-    let jittered = exp
-        .mul_f64(1.0 + fastrand::f64())
-        .min(config.retry_max_delay);
+    let backoff = wd_backoff::Backoff::new(config.retry_min_delay, config.retry_max_delay);
+    let jittered = backoff.delay(attempt.saturating_sub(1));
     let wait = retry_after.map_or(jittered, |ra| ra.min(config.retry_max_delay).max(jittered));
     wait.min(FAR)
 }

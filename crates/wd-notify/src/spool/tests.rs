@@ -277,10 +277,11 @@ fn retry_delays_grow_capped_and_honour_retry_after() {
             );
         }
     };
-    check(1, None, 5, 10);
-    check(2, None, 10, 20);
-    check(9, None, 20, 20);
-    check(40, None, 20, 20);
+    // wd_backoff::Backoff: 5 ms doubling, jittered into [d/2, d], capped.
+    check(1, None, 2, 5);
+    check(2, None, 5, 10);
+    check(9, None, 10, 20);
+    check(40, None, 10, 20);
     // A remote retry-after is honoured up to the configured maximum, and
     // any value, even u64::MAX seconds, is safe.
     check(1, Some(15), 15, 20);

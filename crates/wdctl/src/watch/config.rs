@@ -21,6 +21,8 @@ pub struct Config {
     pub notify: Vec<String>,
     /// The spool directory.
     pub spool: Option<PathBuf>,
+    /// Nova's configuration file, as `--nova-config`.
+    pub nova_config: Option<PathBuf>,
     /// Keep retrying when libvirt is unreachable at startup.
     pub wait: Option<bool>,
     /// Webhook settings.
@@ -92,8 +94,13 @@ pub struct AmqpSection {
     pub password: Option<String>,
     /// The topic exchange [default `nova`].
     pub exchange: Option<String>,
-    /// The topic [default `versioned_notifications`].
+    /// Which of Nova's forms: `unversioned`, `versioned` or `both`
+    /// [default `both`].
+    pub format: Option<String>,
+    /// The versioned form's topic [default `versioned_notifications`].
     pub topic: Option<String>,
+    /// The legacy form's topic [default `notifications`].
+    pub legacy_topic: Option<String>,
     /// The exchange's durability; must match the deployment [default false].
     pub durable: Option<bool>,
     /// Declare the exchange (true) or only publish to an existing one.
@@ -105,8 +112,10 @@ pub struct AmqpSection {
     pub declare_queue: Option<bool>,
     /// The priority [default `INFO`].
     pub priority: Option<String>,
-    /// The service half of `publisher_id` [default `wd`].
+    /// The service half of the versioned `publisher_id` [default `wd`].
     pub service: Option<String>,
+    /// The service half of the legacy `publisher_id` [default `compute`].
+    pub legacy_service: Option<String>,
 }
 
 /// `[coalesce]`.

@@ -317,9 +317,11 @@ async fn rabbitmq_a_broker_outage_does_not_delay_webhooks() {
     let amqp = wd_notify_amqp::AmqpConfig::new(wd_notify_amqp::AmqpUrl::new(rabbit.url()).unwrap())
         .with_exchange(exchange.clone())
         .with_topic(topic.clone())
+        .with_format(wd_notify_amqp::Format::Versioned)
         .with_reconnect(Duration::from_millis(200), Duration::from_secs(1));
-    let queue = amqp.routing_key();
-    let bus: Arc<dyn Notifier> = Arc::new(wd_notify_amqp::AmqpNotifier::new(amqp).unwrap());
+    let amqp = wd_notify_amqp::AmqpNotifier::new(amqp).unwrap();
+    let queues: Vec<String> = amqp.routing_keys().into_iter().map(str::to_owned).collect();
+    let bus: Arc<dyn Notifier> = Arc::new(amqp);
     let mut destinations = webhook_destinations(
         WebhookConfig::default()
             .with_operator(Endpoint::new(receiver.url("/ops"), [secret(OPS_SECRET)])),
@@ -388,12 +390,14 @@ async fn rabbitmq_a_broker_outage_does_not_delay_webhooks() {
     .await
         && let Ok(ch) = conn.create_channel().await
     {
-        let _ = ch
-            .queue_delete(
-                queue.as_str().into(),
-                lapin::options::QueueDeleteOptions::default(),
-            )
-            .await;
+        for queue in &queues {
+            let _ = ch
+                .queue_delete(
+                    queue.as_str().into(),
+                    lapin::options::QueueDeleteOptions::default(),
+                )
+                .await;
+        }
         let _ = ch
             .exchange_delete(
                 exchange.as_str().into(),
