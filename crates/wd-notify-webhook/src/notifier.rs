@@ -58,9 +58,14 @@ impl WebhookNotifier {
             return Err(Error::InvalidTimeout);
         }
         let routes = Routes::new(&config)?;
+        // Three bounds on a hostile endpoint: the connect (TCP and TLS), each
+        // read (a server that stalls mid-answer), and the whole request. The
+        // response body is never read: only the status and `Retry-After`
+        // count, so a huge or dripping body costs nothing.
         let client = reqwest::Client::builder()
             .timeout(config.timeout)
             .connect_timeout(config.timeout.min(Duration::from_secs(10)))
+            .read_timeout(config.timeout)
             // The specification advises against following redirects: a
             // moved endpoint should be reconfigured, not chased.
             .redirect(reqwest::redirect::Policy::none())
