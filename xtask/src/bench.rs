@@ -320,6 +320,11 @@ fn part2(figures: &mut Vec<Figure>, since: SystemTime) -> Result<()> {
             "pipeline_spool_group_commit_8_pipelines",
             "spool, group commit, 8 pipelines sharing it",
         ),
+        (
+            "router_3_queues_8_pipelines",
+            "pipeline_router_3_queues_8_pipelines",
+            "one durable queue per destination (3: operator, bus, log), group commit each, written in parallel, 8 pipelines",
+        ),
     ] {
         let ns = median_ns(&format!("pipeline/{id}"), since)?;
         let rate = 1e9 / ns;
