@@ -318,6 +318,8 @@ async fn rabbitmq_a_broker_outage_does_not_delay_webhooks() {
         .with_exchange(exchange.clone())
         .with_topic(topic.clone())
         .with_format(wd_notify_amqp::Format::Versioned)
+        // A bound queue takes what is published, as `wdctl watch` sets it.
+        .with_declare_queue(true)
         .with_reconnect(Duration::from_millis(200), Duration::from_secs(1));
     let amqp = wd_notify_amqp::AmqpNotifier::new(amqp).unwrap();
     let queues: Vec<String> = amqp.routing_keys().into_iter().map(str::to_owned).collect();
@@ -339,7 +341,8 @@ async fn rabbitmq_a_broker_outage_does_not_delay_webhooks() {
     while agent.status("bus").delivered < 1 {
         assert!(
             t0.elapsed() < Duration::from_secs(20),
-            "the bus never got the first"
+            "the bus never got the first: {:?}",
+            agent.status("bus")
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
