@@ -426,11 +426,13 @@ async fn wdctl_watch_exits_non_zero_when_a_core_task_dies() {
     )
     .unwrap();
     let log = dir.0.join("agent.log");
-    let mut agent = wd_e2e::agent::Agent::start_with_env(
-        &config,
-        OPS_SECRET,
+    let mut agent = wd_e2e::agent::Agent::start_with(
+        &["--config".as_ref(), config.as_os_str()],
+        &[
+            ("WD_WEBHOOK_SECRET", OPS_SECRET),
+            ("WD_TEST_FAULT", "pipeline-panic-after-ms=1500"),
+        ],
         &log,
-        &[("WD_TEST_FAULT", "pipeline-panic-after-ms=1500")],
     )
     .unwrap();
     agent
