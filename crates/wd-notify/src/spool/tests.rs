@@ -233,6 +233,11 @@ async fn segments_roll_over_and_a_stuck_entry_does_not_pin_them() {
         spool.notify(&firing(i)).await.unwrap();
         until("delivery", || spool.stats().delivered == i as u64).await;
     }
+    // The last ack reaches the disk just after the delivery is counted.
+    until("the last ack on disk", || {
+        scan(dir.path()).unwrap().pending.len() == 1
+    })
+    .await;
     let found = scan(dir.path()).unwrap();
     // 200 entries of ~450 bytes fill ~25 segments; compaction and removal
     // keep only the last few.
