@@ -94,6 +94,7 @@ impl Agent {
                 generation: 1,
                 origin: Origin::Live,
                 episode: Uuid::new_v4(),
+                run_id: Some(1),
             }))
             .unwrap();
         uuid

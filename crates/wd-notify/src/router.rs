@@ -338,10 +338,7 @@ impl Router {
                 _lock: None,
             });
         };
-        std::fs::create_dir_all(root).map_err(|source| Error::OpenSpool {
-            path: root.to_owned(),
-            source,
-        })?;
+        crate::spool::create_root(root)?;
         // The old single spool held this lock too, so an old agent and a new
         // one never share the directory.
         let lock = lock_dir(root)?;
@@ -362,7 +359,14 @@ impl Router {
                 .collect();
             let dir = root.join("dest").join(d.dir_name());
             let (queue, attempts, inner) = defaults.resolve(&d);
-            let spool = Spool::open_importing(&dir, d.name.clone(), queue, inner, imports)?;
+            let spool = Spool::open_importing(
+                Arc::new(crate::spool::disk::RealFs),
+                &dir,
+                d.name.clone(),
+                queue,
+                inner,
+                imports,
+            )?;
             queues.push(Queue {
                 attempts,
                 name: d.name,

@@ -9,6 +9,7 @@
 
 mod config;
 mod delivery;
+pub(crate) mod disk;
 mod format;
 mod scan;
 mod state;
@@ -39,6 +40,7 @@ pub(crate) use scan::{lock_dir, segment_id, segment_name};
 pub(crate) use state::Shared;
 pub use state::SpoolStats;
 
+use self::disk::{RealFs, SpoolFs, create_private_dir};
 use crate::error::{Error, Result};
 use crate::model::Notification;
 use crate::notifier::{Notifier, NotifyError};
@@ -46,7 +48,16 @@ use writer::{Msg, Writer};
 
 /// `fsync`s a directory (after removing files from it).
 pub(crate) fn sync_root(dir: &Path) -> Result<()> {
-    scan::sync_dir(dir)
+    scan::sync_dir(&RealFs, dir)
+}
+
+/// Creates `dir` (and its parents) with mode 0700, or brings an existing
+/// one to 0700.
+pub(crate) fn create_root(dir: &Path) -> Result<()> {
+    create_private_dir(dir).map_err(|source| Error::OpenSpool {
+        path: dir.to_owned(),
+        source,
+    })
 }
 
 /// The files of a durable spool: the writer thread and the directory lock.
@@ -112,13 +123,42 @@ impl Spool {
     /// Recovery rewrites every undelivered entry, with its seq and event id,
     /// into one new segment, `fsync`s it and the directory, and only then
     /// removes the old segments, so a crash during recovery loses nothing.
+    ///
+    /// The directory is created with mode 0700 (an existing one is brought
+    /// to 0700), and its files with mode 0600: notifications name tenants
+    /// and their instances.
     pub fn open(
         dir: impl AsRef<Path>,
         config: SpoolConfig,
         inner: impl Notifier + 'static,
     ) -> Result<Spool> {
         let name = dir.as_ref().display().to_string();
-        Self::open_importing(dir.as_ref(), name, config, Arc::new(inner), Vec::new())
+        Self::open_importing(
+            Arc::new(RealFs),
+            dir.as_ref(),
+            name,
+            config,
+            Arc::new(inner),
+            Vec::new(),
+        )
+    }
+
+    /// [`Spool::open`] whose writer makes its file-system calls through
+    /// `fs` (feature `fault-injection`): with a [`SimFs`](crate::fault::SimFs),
+    /// a test can see what a power cut would leave.
+    ///
+    /// # Errors
+    ///
+    /// As [`Spool::open`].
+    #[cfg(feature = "fault-injection")]
+    pub fn open_with_fs(
+        fs: Arc<dyn SpoolFs>,
+        dir: impl AsRef<Path>,
+        config: SpoolConfig,
+        inner: impl Notifier + 'static,
+    ) -> Result<Spool> {
+        let name = dir.as_ref().display().to_string();
+        Self::open_importing(fs, dir.as_ref(), name, config, Arc::new(inner), Vec::new())
     }
 
     /// [`Spool::open`], naming the spool `name` in logs, and adding
@@ -126,6 +166,7 @@ impl Spool {
     /// in the old shared layout) to the recovered entries, in the same
     /// durable segment, before anything is removed anywhere.
     pub(crate) fn open_importing(
+        sfs: Arc<dyn SpoolFs>,
         dir: &Path,
         name: String,
         config: SpoolConfig,
@@ -137,7 +178,7 @@ impl Spool {
             return Err(Error::NoRuntime);
         }
         let dir = dir.to_owned();
-        fs::create_dir_all(&dir).map_err(|source| Error::OpenSpool {
+        create_private_dir(&dir).map_err(|source| Error::OpenSpool {
             path: dir.clone(),
             source,
         })?;
@@ -182,15 +223,22 @@ impl Spool {
             .last()
             .and_then(|p| p.file_name()?.to_str().and_then(segment_id))
             .map_or(0, |id| id + 1);
-        let writer = Writer::create(dir.clone(), next_id, next_seq, shared.clone(), &recovered)?;
+        let writer = Writer::create(
+            sfs.clone(),
+            dir.clone(),
+            next_id,
+            next_seq,
+            shared.clone(),
+            &recovered,
+        )?;
         for old in &found.segments {
-            fs::remove_file(old).map_err(|source| Error::SpoolIo {
+            sfs.remove_file(old).map_err(|source| Error::SpoolIo {
                 path: old.clone(),
                 source,
             })?;
         }
         if !found.segments.is_empty() {
-            scan::sync_dir(&dir)?;
+            scan::sync_dir(&*sfs, &dir)?;
         }
 
         let (tx, rx) = mpsc::channel();

@@ -5,6 +5,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use std::os::unix::fs::OpenOptionsExt;
+
+use super::disk::SpoolFs;
 use super::format::{RecordBody, Skipped, recover};
 use crate::error::{Error, Result};
 use crate::model::Notification;
@@ -22,13 +25,11 @@ pub(crate) fn segment_id(name: &str) -> Option<u64> {
     u64::from_str_radix(hex, 16).ok()
 }
 
-pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
-    fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|source| Error::SpoolIo {
-            path: dir.to_owned(),
-            source,
-        })
+pub(crate) fn sync_dir(fs: &dyn SpoolFs, dir: &Path) -> Result<()> {
+    fs.sync_dir(dir).map_err(|source| Error::SpoolIo {
+        path: dir.to_owned(),
+        source,
+    })
 }
 
 /// What a scan of a spool directory found.
@@ -110,6 +111,7 @@ pub(crate) fn lock_dir(dir: &Path) -> Result<fs::File> {
         .create(true)
         .truncate(false)
         .write(true)
+        .mode(super::disk::FILE_MODE)
         .open(&path)
         .map_err(|source| Error::OpenSpool {
             path: path.clone(),
