@@ -76,6 +76,10 @@ pub fn run(args: &[&str]) -> Result<()> {
     setup::cmd_ok(cargo().args(["bench", "-p", "wd-compute", "--bench", "pipeline"]))?;
     part2(&mut figures, since)?;
 
+    eprintln!("xtask: part 5, isolation between destinations (criterion, wd-notify)");
+    setup::cmd_ok(cargo().args(["bench", "-p", "wd-notify", "--bench", "isolation"]))?;
+    part5(&mut figures, since)?;
+
     // Write what was measured even when the live part fails, then report it.
     let live_result = if live {
         live_parts(&mut figures)
@@ -101,6 +105,58 @@ pub fn run(args: &[&str]) -> Result<()> {
         println!("{:<48} {:>14} {}", f.name, fmt_value(f.value), f.unit);
     }
     live_result
+}
+
+/// Part 5: a healthy destination's delivery latency beside 0, 1 and 10 hung
+/// destinations holding 100 pending entries each: criterion's median, and
+/// the p50/p99 (with ratios to none hung) that the bench writes to
+/// `target/criterion/isolation-quantiles.json`.
+fn part5(figures: &mut Vec<Figure>, since: SystemTime) -> Result<()> {
+    let method = "Router with one durable queue per destination (group commit) in a temp dir; the healthy destination is a channel; each hung destination never answers and holds 100 pending entries; one sample = Router::notify until the healthy receiver has the notification";
+    let path = target_dir()
+        .join("criterion")
+        .join("isolation-quantiles.json");
+    let fresh = std::fs::metadata(&path)
+        .and_then(|m| m.modified())
+        .is_ok_and(|t| t >= since);
+    if !fresh {
+        bail!("{} was not written by this run", path.display());
+    }
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
+    let rows: Value =
+        serde_json::from_str(&text).with_context(|| format!("parse {}", path.display()))?;
+    for row in rows
+        .as_array()
+        .context("isolation quantiles: not an array")?
+    {
+        let hung = row["hung"].as_u64().context("hung")?;
+        let median = median_ns(&format!("isolation/hung/{hung}"), since)? / 1000.0;
+        push(
+            figures,
+            5,
+            &format!("isolation_{hung}_hung_median"),
+            median,
+            "µs",
+            &format!("criterion median, 20 samples; {method}"),
+        );
+        for key in ["p50_us", "p99_us", "p50_ratio", "p99_ratio"] {
+            let v = row[key].as_f64().with_context(|| key.to_owned())?;
+            let (name, unit) = match key.strip_suffix("_us") {
+                Some(q) => (format!("isolation_{hung}_hung_{q}"), "µs"),
+                None => (format!("isolation_{hung}_hung_{key}"), "× none hung"),
+            };
+            push(
+                figures,
+                5,
+                &name,
+                v,
+                unit,
+                &format!("2,000 notifications after criterion; {method}"),
+            );
+        }
+    }
+    Ok(())
 }
 
 /// The median point estimate (ns) of a criterion benchmark, from
@@ -261,6 +317,11 @@ fn part2(figures: &mut Vec<Figure>, since: SystemTime) -> Result<()> {
             "spool_group_commit_8_pipelines",
             "pipeline_spool_group_commit_8_pipelines",
             "spool, group commit, 8 pipelines sharing it",
+        ),
+        (
+            "router_3_queues_8_pipelines",
+            "pipeline_router_3_queues_8_pipelines",
+            "one durable queue per destination (3: operator, bus, log), group commit each, written in parallel, 8 pipelines",
         ),
     ] {
         let ns = median_ns(&format!("pipeline/{id}"), since)?;
@@ -516,6 +577,7 @@ fn markdown(figures: &[Figure], env: &[(&str, String)], live: bool) -> String {
             "3. Latency against libvirt's own client, on a real guest",
         ),
         (4, "4. Resource cost of the agent"),
+        (5, "5. Isolation between destinations"),
     ];
     for (part, title) in parts {
         let _ = writeln!(s, "\n## {title}\n");
