@@ -49,6 +49,7 @@
 pub mod directory;
 mod error;
 pub mod ledger;
+pub mod metrics;
 mod pipeline;
 mod runtime;
 pub mod spawn;
@@ -56,5 +57,6 @@ pub mod spawn;
 pub use directory::{InstanceDirectory, NovaDirectory, Owner};
 pub use error::{Error, Result};
 pub use ledger::Ledger;
+pub use metrics::{Destination, Metered, Metrics};
 pub use pipeline::{Pipeline, PipelineStats};
 pub use runtime::{Runtime, RuntimeConfig, RuntimeReport};

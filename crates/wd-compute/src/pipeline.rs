@@ -12,6 +12,7 @@ use wd_notify::{Domain, Instance, Notification, Notifier, Occurrences, SCHEMA_VE
 
 use crate::directory::InstanceDirectory;
 use crate::ledger::{Entry, Ledger};
+use crate::metrics::Metrics;
 
 /// What the pipeline has done so far.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -43,6 +44,7 @@ pub struct Pipeline {
     ledger: Ledger,
     listing: Option<HashSet<Uuid>>,
     stats: PipelineStats,
+    metrics: Option<Metrics>,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -69,7 +71,15 @@ impl Pipeline {
             ledger,
             listing: None,
             stats: PipelineStats::default(),
+            metrics: None,
         }
+    }
+
+    /// Reports firings and the libvirt connection's state to `metrics`.
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// What the pipeline has done so far.
@@ -104,9 +114,15 @@ impl Pipeline {
     pub async fn handle(&mut self, item: Item) {
         match item {
             Item::Connected { generation, uri } => {
+                if let Some(m) = &self.metrics {
+                    m.libvirt_connected(generation);
+                }
                 tracing::info!(generation, uri = %uri, "connected to libvirt");
             }
             Item::Disconnected { generation, reason } => {
+                if let Some(m) = &self.metrics {
+                    m.libvirt_disconnected();
+                }
                 tracing::warn!(generation, reason = %reason, "lost the libvirt connection; reconnecting");
             }
             Item::ConnectFailed {
@@ -114,6 +130,9 @@ impl Pipeline {
                 error,
                 retry_in,
             } => {
+                if let Some(m) = &self.metrics {
+                    m.libvirt_disconnected();
+                }
                 tracing::warn!(attempt, error = %error, retry_in_ms = retry_in.as_millis() as u64,
                     "cannot connect to libvirt; retrying");
             }
@@ -176,6 +195,7 @@ impl Pipeline {
                     event_id,
                 }) => {
                     self.stats.already_notified += 1;
+                    // Seen before (and counted then): not a new firing.
                     tracing::info!(domain = %ev.domain, %event_id, origin = %ev.origin,
                         "watchdog pause already notified; not announcing it again");
                     return;
@@ -196,6 +216,12 @@ impl Pipeline {
             ev.episode
         };
 
+        if let Some(m) = &self.metrics {
+            m.firing(
+                &ev.action.to_string(),
+                ev.origin == wd_events::Origin::Recovered,
+            );
+        }
         let owner = self.directory.lookup(&ev.domain);
         if owner.is_none() {
             self.stats.unknown_owner += 1;

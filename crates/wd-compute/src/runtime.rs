@@ -16,6 +16,7 @@ use wd_notify::{
 use crate::directory::InstanceDirectory;
 use crate::error::{Error, Result};
 use crate::ledger::Ledger;
+use crate::metrics::{Destination, Metrics, QueueSnapshot};
 use crate::pipeline::{Pipeline, PipelineStats};
 
 /// Everything the runtime needs besides its backends.
@@ -39,6 +40,8 @@ pub struct RuntimeConfig {
     /// How long a graceful shutdown keeps delivering before it leaves the
     /// rest in the spool.
     pub shutdown_grace: Duration,
+    /// Where to report metrics and health; `None` reports nothing.
+    pub metrics: Option<Metrics>,
 }
 
 impl RuntimeConfig {
@@ -53,6 +56,7 @@ impl RuntimeConfig {
             retry: RetryConfig::default(),
             fanout: FanoutConfig::default(),
             shutdown_grace: Duration::from_secs(5),
+            metrics: None,
         }
     }
 
@@ -60,6 +64,14 @@ impl RuntimeConfig {
     #[must_use]
     pub fn spool_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.spool_dir = Some(dir.into());
+        self
+    }
+
+    /// Reports metrics and health to `metrics`. Wrap each backend with
+    /// [`Metrics::meter`] to count its deliveries too.
+    #[must_use]
+    pub fn metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = Some(metrics);
         self
     }
 
@@ -158,11 +170,41 @@ impl Runtime {
             None => (Delivery::Direct(Arc::new(fanout)), Ledger::in_memory()),
         };
         let coalesce = Arc::new(Coalesce::new(delivery.notifier(), config.coalesce.clone()));
-        let pipeline = Pipeline::new(config.host.clone(), directory, coalesce.clone(), ledger);
+        let mut pipeline = Pipeline::new(config.host.clone(), directory, coalesce.clone(), ledger);
+        let mut alive = None;
+        if let Some(m) = &config.metrics {
+            pipeline = pipeline.with_metrics(m.clone());
+            alive = Some(m.worker("pipeline"));
+            if let Delivery::Spooled(spool) = &delivery {
+                let spool = Arc::downgrade(spool);
+                m.add_queue_source(Box::new(move || {
+                    spool
+                        .upgrade()
+                        .map(|s| {
+                            let st = s.stats();
+                            vec![QueueSnapshot {
+                                name: "spool".into(),
+                                destination: Destination::Shared,
+                                entries: st.pending,
+                                bytes: None,
+                                oldest_age: None,
+                                dropped: st.dropped_full.saturating_add(st.dropped_permanent),
+                            }]
+                        })
+                        .unwrap_or_default()
+                }));
+            }
+        }
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(pipeline.run(items, async move {
-            let _ = stopped.await;
-        }));
+        let task = tokio::spawn(async move {
+            // Dropped when the pipeline ends or panics: the agent turns unhealthy.
+            let _alive = alive;
+            pipeline
+                .run(items, async move {
+                    let _ = stopped.await;
+                })
+                .await
+        });
         Ok(Runtime {
             task,
             stop,

@@ -18,6 +18,7 @@ mod guest;
 mod libvirt;
 mod patch;
 mod resolve;
+mod serve;
 mod watch;
 
 use std::io::Write as _;

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use serde::Deserialize;
-use wd_compute::{NovaDirectory, Runtime, RuntimeConfig};
+use wd_compute::{Destination, Metrics, NovaDirectory, Runtime, RuntimeConfig};
 use wd_events::ListenerConfig;
 use wd_notify::{CoalesceConfig, LogNotifier, Notifier, RetryConfig, SpoolConfig, SyncMode};
 use wd_notify_amqp::{AmqpConfig, AmqpNotifier, AmqpUrl, Priority};
@@ -44,6 +44,10 @@ pub struct Args {
     /// exiting.
     #[arg(long)]
     wait: bool,
+    /// Serve Prometheus metrics (`/metrics`), health (`/healthz`) and status
+    /// (`/status`) on this address, e.g. `127.0.0.1:9187`.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<String>,
 }
 
 /// The configuration file. Every key is optional; unknown keys are errors.
@@ -61,6 +65,8 @@ pub struct Config {
     pub spool: Option<PathBuf>,
     /// Keep retrying when libvirt is unreachable at startup.
     pub wait: Option<bool>,
+    /// The address serving `/metrics`, `/healthz` and `/status`.
+    pub metrics: Option<String>,
     /// Webhook settings.
     #[serde(default)]
     pub webhook: WebhookSection,
@@ -261,6 +267,10 @@ pub struct Plan {
     pub backends: Vec<(String, Arc<dyn Notifier>)>,
     /// Retry rather than exit when libvirt is unreachable at startup.
     pub wait: bool,
+    /// Where to serve metrics, health and status, if anywhere.
+    pub metrics_addr: Option<String>,
+    /// The metrics every backend and the pipeline report to.
+    pub metrics: Metrics,
 }
 
 /// Turns flags, file and environment into a [`Plan`]. Needs a Tokio runtime
@@ -301,6 +311,7 @@ pub fn plan(args: &Args, env: &dyn Fn(&str) -> Option<String>) -> Result<Plan> {
         );
     }
 
+    let metrics = Metrics::new();
     let mut backends: Vec<(String, Arc<dyn Notifier>)> = Vec::new();
     let mut webhook = WebhookConfig::default();
     if let Some(t) = cfg.webhook.timeout_secs {
@@ -341,7 +352,8 @@ pub fn plan(args: &Args, env: &dyn Fn(&str) -> Option<String>) -> Result<Plan> {
     let mut amqp_seen = false;
     for t in &targets {
         if t == "log" {
-            backends.push(("log".into(), Arc::new(LogNotifier::new())));
+            let n = metrics.meter("log", Destination::Log, LogNotifier::new());
+            backends.push(("log".into(), Arc::new(n)));
         } else if t.starts_with("http://") || t.starts_with("https://") {
             webhook = webhook.with_operator(Endpoint::new(t.clone(), operator_secrets()?));
             use_webhook = true;
@@ -384,7 +396,9 @@ pub fn plan(args: &Args, env: &dyn Fn(&str) -> Option<String>) -> Result<Plan> {
             }
             let n =
                 AmqpNotifier::new(c).map_err(|e| anyhow!("AMQP target `{}`: {e}", redact(t)))?;
-            backends.push((format!("amqp {}", redact(t)), Arc::new(n)));
+            let name = format!("amqp {}", redact(t));
+            let n = metrics.meter(name.clone(), Destination::Bus, n);
+            backends.push((name, Arc::new(n)));
         } else {
             bail!(
                 "unknown notify target `{}`; allowed: log, http://…, https://…, amqp://…, amqps://…",
@@ -393,8 +407,21 @@ pub fn plan(args: &Args, env: &dyn Fn(&str) -> Option<String>) -> Result<Plan> {
         }
     }
     if use_webhook {
-        let n = WebhookNotifier::new(webhook).map_err(|e| anyhow!("webhook: {e}"))?;
-        backends.push(("webhook".into(), Arc::new(n)));
+        // Operator and project endpoints are separate backends, so that each
+        // kind's deliveries are counted (and retried) on their own.
+        let mut operator = webhook.clone();
+        operator.projects.clear();
+        webhook.operator.clear();
+        for (name, kind, config) in [
+            ("webhook operator", Destination::Operator, operator),
+            ("webhook projects", Destination::Project, webhook),
+        ] {
+            if config.operator.is_empty() && config.projects.is_empty() {
+                continue;
+            }
+            let n = WebhookNotifier::new(config).map_err(|e| anyhow!("webhook: {e}"))?;
+            backends.push((name.into(), Arc::new(metrics.meter(name, kind, n))));
+        }
     }
 
     let mut runtime = RuntimeConfig::new(host).listener(ListenerConfig {
@@ -451,10 +478,13 @@ pub fn plan(args: &Args, env: &dyn Fn(&str) -> Option<String>) -> Result<Plan> {
     if let Some(v) = cfg.retry.deadline_secs {
         runtime.retry = runtime.retry.deadline(secs("retry.deadline_secs", v)?);
     }
+    runtime.metrics = Some(metrics.clone());
     Ok(Plan {
         runtime,
         backends,
         wait: args.wait || cfg.wait.unwrap_or(false),
+        metrics_addr: args.metrics.clone().or(cfg.metrics.clone()),
+        metrics,
     })
 }
 
@@ -490,6 +520,13 @@ pub fn run(args: Args) -> Result<()> {
                 .context("probe libvirt")?
                 .map_err(|e| anyhow!("cannot connect to libvirt at {uri}: {e} (use --wait to keep retrying)"))?;
         }
+        let served = match &plan.metrics_addr {
+            Some(addr) => Some(crate::serve::start(addr, plan.metrics.clone()).await?),
+            None => None,
+        };
+        if let Some((addr, _)) = &served {
+            tracing::info!(%addr, "serving /metrics, /healthz and /status");
+        }
         let backend_names: Vec<String> = plan.backends.iter().map(|(n, _)| n.clone()).collect();
         let spool = plan.runtime.spool_dir.clone();
         let host = plan.runtime.host.clone();
@@ -505,6 +542,9 @@ pub fn run(args: Args) -> Result<()> {
             _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
         }
         let report = runtime.shutdown().await;
+        if let Some((_, task)) = served {
+            task.abort();
+        }
         tracing::info!(firings = report.pipeline.firings, accepted = report.pipeline.accepted,
             already_notified = report.pipeline.already_notified, unknown_owner = report.pipeline.unknown_owner,
             spool_pending = report.spool.as_ref().map_or(0, |s| s.pending),
@@ -683,7 +723,12 @@ window_secs = 30
         let names: Vec<_> = plan.backends.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(
             names,
-            ["log", "amqp amqp://***@127.0.0.1:5672/%2f", "webhook"]
+            [
+                "log",
+                "amqp amqp://***@127.0.0.1:5672/%2f",
+                "webhook operator",
+                "webhook projects"
+            ]
         );
         assert_eq!(plan.runtime.host, "compute-7");
         assert_eq!(plan.runtime.coalesce.window, Duration::from_secs(30));
