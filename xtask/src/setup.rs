@@ -25,6 +25,10 @@ pub const PACKAGES: &[&str] = &[
     "libxml2-utils",
     // The message bus.
     "rabbitmq-server",
+    // Webhook TLS: the system trust store, and the private CA the TLS tests
+    // make with the openssl command line.
+    "ca-certificates",
+    "openssl",
 ];
 
 pub fn is_root() -> bool {

@@ -16,7 +16,7 @@ use wd_compute::{Destination, Metrics, NovaDirectory, Runtime, RuntimeConfig};
 use wd_events::ListenerConfig;
 use wd_notify::{CoalesceConfig, LogNotifier, Notifier, RetryConfig, SpoolConfig, SyncMode};
 use wd_notify_amqp::{AmqpConfig, AmqpNotifier, AmqpUrl, Priority};
-use wd_notify_webhook::{Endpoint, Secret, WebhookConfig, WebhookNotifier};
+use wd_notify_webhook::{Endpoint, Secret, TlsConfig, WebhookConfig, WebhookNotifier};
 
 /// The environment variable holding the operator webhook secret(s),
 /// `whsec_…`, space- or comma-separated for key rotation.
@@ -99,6 +99,13 @@ pub struct WebhookSection {
     /// to operator endpoints).
     #[serde(default)]
     pub projects: Vec<ProjectEndpoint>,
+    /// A PEM file of extra CAs every webhook trusts, besides the system
+    /// trust store.
+    pub ca_file: Option<PathBuf>,
+    /// A PEM client certificate for mutual TLS (with `client_key`).
+    pub client_cert: Option<PathBuf>,
+    /// The PEM key of `client_cert`.
+    pub client_key: Option<PathBuf>,
 }
 
 /// `[[webhook.projects]]`.
@@ -111,6 +118,12 @@ pub struct ProjectEndpoint {
     pub url: String,
     /// Its signing secrets.
     pub secrets: Vec<Secret>,
+    /// Extra CAs for this endpoint only (overrides `[webhook] ca_file`).
+    pub ca_file: Option<PathBuf>,
+    /// This endpoint's client certificate (overrides `[webhook]`'s).
+    pub client_cert: Option<PathBuf>,
+    /// This endpoint's client key.
+    pub client_key: Option<PathBuf>,
 }
 
 /// `[amqp]`.
@@ -320,6 +333,11 @@ pub fn plan(args: &Args, env: &dyn Fn(&str) -> Option<String>) -> Result<Plan> {
     if let Some(s) = &cfg.webhook.service {
         webhook = webhook.with_service(s.clone());
     }
+    webhook = webhook.with_tls(TlsConfig {
+        ca_file: cfg.webhook.ca_file.clone(),
+        client_cert: cfg.webhook.client_cert.clone(),
+        client_key: cfg.webhook.client_key.clone(),
+    });
     let operator_secrets = || -> Result<Vec<Secret>> {
         if let Some(raw) = env(SECRET_ENV) {
             return raw
@@ -345,7 +363,11 @@ pub fn plan(args: &Args, env: &dyn Fn(&str) -> Option<String>) -> Result<Plan> {
         }
         webhook = webhook.with_project(
             p.project.clone(),
-            Endpoint::new(p.url.clone(), p.secrets.clone()),
+            Endpoint::new(p.url.clone(), p.secrets.clone()).with_tls(TlsConfig {
+                ca_file: p.ca_file.clone(),
+                client_cert: p.client_cert.clone(),
+                client_key: p.client_key.clone(),
+            }),
         );
     }
 
@@ -667,6 +689,12 @@ mod tests {
             Some("[webhook]\nsecrets = [\"nope\"]\n"),
             &[],
             "line 2",
+        );
+        check_err(
+            &["--notify", "http://127.0.0.1:9/x"],
+            Some("[webhook]\nca_file = \"/nonexistent/ca.pem\"\n"),
+            &[(SECRET_ENV, SECRET)],
+            "cannot read tls ca_file `/nonexistent/ca.pem`",
         );
     }
 
