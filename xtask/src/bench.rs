@@ -9,7 +9,7 @@
 //!    fsync per entry, group commit) and this machine's raw fsync rate, in
 //!    the same run.
 //! 3. and 4. Live, on real guests (skipped with `--no-live`): the
-//!    `bench_live` example of `wd-e2e` (latency against `virsh event`,
+//!    `bench-live` binary of `wd-e2e` (latency against `virsh event`,
 //!    the agent's RSS and CPU), with libvirtd and RabbitMQ started here if
 //!    they are not running, and stopped again afterwards.
 //!
@@ -19,13 +19,12 @@
 //! in the same run.
 
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Instant, SystemTime};
 
 use anyhow::{Context, Result, bail};
 
-use crate::setup;
+use crate::{cargo, root, setup, target_dir};
 
 /// One measured figure.
 #[derive(Debug, Clone)]
@@ -35,25 +34,6 @@ struct Figure {
     value: f64,
     unit: String,
     method: String,
-}
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."))
-}
-
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("target"))
-}
-
-fn cargo() -> Command {
-    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    c.current_dir(root());
-    c
 }
 
 /// Stops what this run started, even when a step fails.
@@ -319,21 +299,12 @@ fn live_parts(figures: &mut Vec<Figure>) -> Result<()> {
     setup::ensure_packages()?;
     setup::guest()?;
     setup::cmd_ok(cargo().args(["build", "--release", "-p", "wdctl"]))?;
-    setup::cmd_ok(cargo().args([
-        "build",
-        "--release",
-        "-p",
-        "wd-e2e",
-        "--example",
-        "bench_live",
-    ]))?;
+    setup::cmd_ok(cargo().args(["build", "--release", "-p", "wd-e2e", "--bin", "bench-live"]))?;
     let _services = ServicesGuard(setup::services_up()?);
-    let exe = target_dir()
-        .join("release")
-        .join("examples")
-        .join("bench_live");
+    let exe = target_dir().join("release").join("bench-live");
     let out = Command::new(&exe)
         .arg("all")
+        .current_dir(root())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .output()
@@ -355,7 +326,7 @@ fn live_parts(figures: &mut Vec<Figure>) -> Result<()> {
         push(figures, part, name, *value, unit, &method);
     }
     if !out.status.success() {
-        bail!("bench_live failed with {}", out.status);
+        bail!("bench-live failed with {}", out.status);
     }
     Ok(())
 }
@@ -369,7 +340,7 @@ enum Json {
 }
 
 /// Parses a flat JSON object whose values are strings, numbers or
-/// literals (what `bench_live` prints).
+/// literals (what `bench-live` prints).
 fn flat_object(line: &str) -> Option<Vec<(String, Json)>> {
     let mut chars = line.trim().chars().peekable();
     let mut out = Vec::new();
