@@ -27,6 +27,7 @@ pub fn test(filters: &[&str]) -> Result<()> {
     crate::tidy::run(&crate::root())?;
     setup::ensure_packages()?;
     setup::guest()?;
+    setup::prometheus_venv()?;
 
     eprintln!("xtask: cargo fmt --check");
     cmd_ok(cargo().args(["fmt", "--all", "--", "--check"]))

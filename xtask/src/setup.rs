@@ -29,6 +29,9 @@ pub const PACKAGES: &[&str] = &[
     // make with the openssl command line.
     "ca-certificates",
     "openssl",
+    // The metrics test parses /metrics with Prometheus' own Python parser,
+    // in a venv (`prometheus_venv`).
+    "python3-venv",
 ];
 
 pub fn is_root() -> bool {
@@ -74,6 +77,30 @@ pub fn cmd_ok(cmd: &mut Command) -> Result<()> {
         bail!("{cmd:?} failed with {status}");
     }
     Ok(())
+}
+
+/// The venv with Prometheus' Python client, whose OpenMetrics parser the
+/// metrics tests use: `target/wd-venv-prom` (apart from other venvs, so its
+/// pins move alone).
+pub fn prometheus_venv() -> Result<()> {
+    const PIN: &str = "prometheus-client==0.21.1";
+    let dir = crate::target_dir().join("wd-venv-prom");
+    let python = dir.join("bin/python3");
+    let stamp = dir.join("wd-installed");
+    if std::fs::read_to_string(&stamp).is_ok_and(|s| s.trim() == PIN) {
+        return Ok(());
+    }
+    eprintln!("xtask: creating {} with {PIN}", dir.display());
+    cmd_ok(Command::new("python3").args(["-m", "venv"]).arg(&dir))?;
+    cmd_ok(Command::new(&python).args([
+        "-m",
+        "pip",
+        "install",
+        "-q",
+        "--disable-pip-version-check",
+        PIN,
+    ]))?;
+    std::fs::write(&stamp, PIN).with_context(|| format!("write {}", stamp.display()))
 }
 
 /// Builds (or finds) the guest kernel and initramfs.

@@ -434,14 +434,14 @@ impl Metrics {
         let name = name.into();
         // Series exist from the start, so that rate() sees the first delivery.
         let d = destination.as_str().to_owned();
-        self.inner.duration.get_or_create(&DestinationLabels {
+        drop(self.inner.duration.get_or_create(&DestinationLabels {
             destination: d.clone(),
-        });
+        }));
         for outcome in ["delivered", "failed"] {
-            self.inner.notifications.get_or_create(&OutcomeLabels {
+            drop(self.inner.notifications.get_or_create(&OutcomeLabels {
                 destination: d.clone(),
                 outcome: outcome.to_owned(),
-            });
+            }));
         }
         lock(&self.inner.state.deliveries)
             .entry(name.clone())

@@ -19,6 +19,7 @@ mod libvirt;
 mod patch;
 mod resolve;
 mod serve;
+mod status;
 mod watch;
 
 use std::io::Write as _;
@@ -44,6 +45,8 @@ enum Command {
     Patch(patch::Args),
     /// Run the agent: listen to libvirt's watchdog events and notify owners.
     Watch(watch::Args),
+    /// Show each delivery destination's backlog, oldest entry and last error.
+    Status(status::Args),
 }
 
 /// Joins an error chain into one line, skipping causes whose message the
@@ -66,7 +69,8 @@ fn one_line<'a>(chain: impl Iterator<Item = &'a (dyn std::error::Error + 'static
 /// clap's own error, without its usage and hints, on one line.
 fn clap_message(err: &clap::Error) -> String {
     if err.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
-        return "a subcommand is required (resolve, patch, watch); see wdctl --help".to_owned();
+        return "a subcommand is required (resolve, patch, watch, status); see wdctl --help"
+            .to_owned();
     }
     let text = err.to_string();
     let text = text.strip_prefix("error: ").unwrap_or(&text);
@@ -98,6 +102,7 @@ fn main() -> ExitCode {
         Command::Resolve(args) => resolve::run(args),
         Command::Patch(args) => patch::run(args),
         Command::Watch(args) => watch::run(args),
+        Command::Status(args) => status::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -140,7 +145,7 @@ mod tests {
         );
         check(
             &["wdctl"],
-            "a subcommand is required (resolve, patch, watch); see wdctl --help",
+            "a subcommand is required (resolve, patch, watch, status); see wdctl --help",
         );
         check(
             &["wdctl", "resolve", "--format", "yaml"],
