@@ -195,11 +195,10 @@ pub fn run(args: Args) -> Result<()> {
             v
         }
         (None, None) => match agent_error {
-            Some(e) => {
-                return Err(e.context(
-                    "and no spool directory to read instead (--spool or `spool` in --config)",
-                ));
-            }
+            Some(e) => bail!(
+                "{}; and no spool directory to read instead (--spool, or `spool` in --config)",
+                crate::one_line(e.chain())
+            ),
             None => bail!(
                 "nothing to read: give --metrics ADDR, --spool DIR, or --config with `metrics` or `spool`"
             ),
