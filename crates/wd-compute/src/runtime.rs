@@ -96,7 +96,7 @@ pub struct RuntimeReport {
 
 enum Delivery {
     Spooled(Arc<Spool>),
-    Direct(Arc<Fanout>),
+    Direct(Arc<Switch>),
 }
 
 impl Delivery {
@@ -108,12 +108,50 @@ impl Delivery {
     }
 }
 
+/// The fanout over the backends, replaceable while running (reload). What
+/// is queued in front of it stays queued and goes to the backends current
+/// when it is delivered.
+struct Switch {
+    current: std::sync::RwLock<(Vec<String>, Arc<Fanout>)>,
+    fanout: FanoutConfig,
+    retry: RetryConfig,
+}
+
+impl Switch {
+    fn build(&self, backends: Vec<(String, Arc<dyn Notifier>)>) -> (Vec<String>, Arc<Fanout>) {
+        let names = backends.iter().map(|(n, _)| n.clone()).collect();
+        let fanout = backends
+            .into_iter()
+            .fold(Fanout::new(self.fanout.clone()), |f, (name, b)| {
+                f.with(name, Retry::new(b, self.retry.clone()))
+            });
+        (names, Arc::new(fanout))
+    }
+}
+
+#[async_trait::async_trait]
+impl Notifier for Switch {
+    async fn notify(
+        &self,
+        n: &wd_notify::Notification,
+    ) -> std::result::Result<(), wd_notify::NotifyError> {
+        let fanout = self
+            .current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .1
+            .clone();
+        fanout.notify(n).await
+    }
+}
+
 /// A running watchdog runtime. Stop it with [`Runtime::shutdown`].
 pub struct Runtime {
     task: JoinHandle<PipelineStats>,
     stop: oneshot::Sender<()>,
     coalesce: Arc<Coalesce<Arc<dyn Notifier>>>,
     delivery: Delivery,
+    switch: Arc<Switch>,
     grace: Duration,
 }
 
@@ -156,18 +194,21 @@ impl Runtime {
     where
         S: futures::Stream<Item = wd_events::Item> + Send + 'static,
     {
-        let fanout = backends
-            .into_iter()
-            .fold(Fanout::new(config.fanout.clone()), |f, (name, b)| {
-                f.with(name, Retry::new(b, config.retry.clone()))
-            });
+        let mut switch = Switch {
+            current: std::sync::RwLock::new((Vec::new(), Arc::new(Fanout::default()))),
+            fanout: config.fanout.clone(),
+            retry: config.retry.clone(),
+        };
+        switch.current = std::sync::RwLock::new(switch.build(backends));
+        let switch = Arc::new(switch);
         let (delivery, ledger) = match &config.spool_dir {
             Some(dir) => {
-                let spool = Spool::open(dir, config.spool.clone(), fanout).map_err(Error::Spool)?;
+                let spool =
+                    Spool::open(dir, config.spool.clone(), switch.clone()).map_err(Error::Spool)?;
                 let ledger = Ledger::open(dir.join("episodes.json"))?;
                 (Delivery::Spooled(Arc::new(spool)), ledger)
             }
-            None => (Delivery::Direct(Arc::new(fanout)), Ledger::in_memory()),
+            None => (Delivery::Direct(switch.clone()), Ledger::in_memory()),
         };
         let coalesce = Arc::new(Coalesce::new(delivery.notifier(), config.coalesce.clone()));
         let mut pipeline = Pipeline::new(config.host.clone(), directory, coalesce.clone(), ledger);
@@ -210,8 +251,40 @@ impl Runtime {
             stop,
             coalesce,
             delivery,
+            switch,
             grace: config.shutdown_grace,
         })
+    }
+
+    /// Replaces the backends while running (a configuration reload), and
+    /// returns the names added and removed. Queued notifications are kept:
+    /// each goes to the backends current when it is delivered, so one still
+    /// waiting goes to a new backend and not to a removed one. A
+    /// notification being delivered at the swap finishes with the old set.
+    pub fn set_backends(
+        &self,
+        backends: Vec<(String, Arc<dyn Notifier>)>,
+    ) -> (Vec<String>, Vec<String>) {
+        let next = self.switch.build(backends);
+        let mut current = self
+            .switch
+            .current
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        let added = next
+            .0
+            .iter()
+            .filter(|n| !current.0.contains(n))
+            .cloned()
+            .collect();
+        let removed = current
+            .0
+            .iter()
+            .filter(|n| !next.0.contains(n))
+            .cloned()
+            .collect();
+        *current = next;
+        (added, removed)
     }
 
     /// Stops listening, flushes folded repeats, delivers what it can within

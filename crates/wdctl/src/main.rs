@@ -17,6 +17,7 @@
 mod guest;
 mod libvirt;
 mod patch;
+mod reload;
 mod resolve;
 mod serve;
 mod status;

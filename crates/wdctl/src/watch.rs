@@ -67,6 +67,9 @@ pub struct Config {
     pub wait: Option<bool>,
     /// The address serving `/metrics`, `/healthz` and `/status`.
     pub metrics: Option<String>,
+    /// The log filter, e.g. `info` or `warn,wd_notify=debug` [default
+    /// `info`; `RUST_LOG` wins]. Changes on SIGHUP.
+    pub log_level: Option<String>,
     /// Webhook settings.
     #[serde(default)]
     pub webhook: WebhookSection,
@@ -284,15 +287,29 @@ pub struct Plan {
     pub metrics_addr: Option<String>,
     /// The metrics every backend and the pipeline report to.
     pub metrics: Metrics,
+    /// The log filter from the config file.
+    pub log_level: Option<String>,
 }
 
 /// Turns flags, file and environment into a [`Plan`]. Needs a Tokio runtime
 /// (the HTTP and AMQP clients are created here).
 pub fn plan(args: &Args, env: &dyn Fn(&str) -> Option<String>) -> Result<Plan> {
+    plan_with(args, env, Metrics::new())
+}
+
+/// [`plan`], reporting to existing `metrics` (a reload keeps its counters).
+pub fn plan_with(
+    args: &Args,
+    env: &dyn Fn(&str) -> Option<String>,
+    metrics: Metrics,
+) -> Result<Plan> {
     let cfg = match &args.config {
         Some(path) => load_config(path)?,
         None => Config::default(),
     };
+    if let Some(level) = &cfg.log_level {
+        crate::reload::check_log_level(level)?;
+    }
     for t in &args.notify {
         if (t.starts_with("amqp://") || t.starts_with("amqps://")) && has_password(t) {
             bail!(
@@ -324,7 +341,6 @@ pub fn plan(args: &Args, env: &dyn Fn(&str) -> Option<String>) -> Result<Plan> {
         );
     }
 
-    let metrics = Metrics::new();
     let mut backends: Vec<(String, Arc<dyn Notifier>)> = Vec::new();
     let mut webhook = WebhookConfig::default();
     if let Some(t) = cfg.webhook.timeout_secs {
@@ -507,20 +523,20 @@ pub fn plan(args: &Args, env: &dyn Fn(&str) -> Option<String>) -> Result<Plan> {
         wait: args.wait || cfg.wait.unwrap_or(false),
         metrics_addr: args.metrics.clone().or(cfg.metrics.clone()),
         metrics,
+        log_level: cfg.log_level.clone(),
     })
 }
 
-/// Runs the agent until SIGTERM or SIGINT.
+/// Runs the agent until SIGTERM or SIGINT; SIGHUP reloads the config.
 pub fn run(args: Args) -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .init();
+    // The file is read again (and checked) by `plan`; here only its log
+    // filter matters, so that startup errors are logged at the right level.
+    let level = args
+        .config
+        .as_deref()
+        .and_then(|p| load_config(p).ok())
+        .and_then(|c| c.log_level);
+    let log = crate::reload::init_logging(level.as_deref());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -550,6 +566,8 @@ pub fn run(args: Args) -> Result<()> {
             tracing::info!(%addr, "serving /metrics, /healthz and /status");
         }
         let backend_names: Vec<String> = plan.backends.iter().map(|(n, _)| n.clone()).collect();
+        let fixed = crate::reload::Fixed::of(&plan);
+        let metrics = plan.metrics.clone();
         let spool = plan.runtime.spool_dir.clone();
         let host = plan.runtime.host.clone();
         let runtime = Runtime::start(plan.runtime, Arc::new(NovaDirectory::new()), plan.backends)
@@ -557,11 +575,16 @@ pub fn run(args: Args) -> Result<()> {
         tracing::info!(uri = %uri, host = %host, backends = ?backend_names,
             spool = %spool.as_ref().map_or("none".into(), |p| p.display().to_string()), "wdctl watch started");
 
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .context("install the SIGTERM handler")?;
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).context("install the SIGTERM handler")?;
+        let mut hup = signal(SignalKind::hangup()).context("install the SIGHUP handler")?;
+        loop {
+            tokio::select! {
+                _ = term.recv() => break tracing::info!("SIGTERM: shutting down"),
+                _ = tokio::signal::ctrl_c() => break tracing::info!("SIGINT: shutting down"),
+                _ = hup.recv() => crate::reload::reload(
+                    &args, &|k| std::env::var(k).ok(), &runtime, &metrics, &log, &fixed),
+            }
         }
         let report = runtime.shutdown().await;
         if let Some((_, task)) = served {
@@ -576,204 +599,4 @@ pub fn run(args: Args) -> Result<()> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use clap::Parser;
-
-    #[derive(Parser)]
-    struct T {
-        #[command(flatten)]
-        args: Args,
-    }
-
-    fn args(argv: &[&str]) -> Args {
-        T::parse_from(std::iter::once("watch").chain(argv.iter().copied())).args
-    }
-
-    const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
-
-    fn check_err(argv: &[&str], config: Option<&str>, env: &[(&str, &str)], expected: &str) {
-        let dir = tempfile::tempdir().unwrap();
-        let mut argv: Vec<String> = argv.iter().map(|s| s.to_string()).collect();
-        if let Some(text) = config {
-            let p = dir.path().join("wd.toml");
-            std::fs::write(&p, text).unwrap();
-            argv.push("--config".into());
-            argv.push(p.display().to_string());
-        }
-        let a = args(&argv.iter().map(String::as_str).collect::<Vec<_>>());
-        let env: Vec<(String, String)> = env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let err = rt
-            .block_on(async {
-                plan(&a, &|k| {
-                    env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())
-                })
-                .err()
-            })
-            .expect("an error");
-        let text = crate::one_line(err.chain());
-        assert!(
-            text.contains(expected),
-            "{text:?} does not contain {expected:?}"
-        );
-        assert!(!text.contains("MfKQ9r8"), "secret leaked: {text}");
-        assert!(!text.contains("s3cret"), "password leaked: {text}");
-    }
-
-    #[test]
-    fn bad_configurations_name_what_is_wrong() {
-        check_err(&[], None, &[], "nowhere to notify");
-        check_err(
-            &["--notify", "http://127.0.0.1:9/x"],
-            None,
-            &[],
-            "needs a signing secret: set WD_WEBHOOK_SECRET",
-        );
-        check_err(
-            &["--notify", "smtp://x"],
-            None,
-            &[],
-            "unknown notify target `smtp://x`; allowed: log",
-        );
-        check_err(
-            &["--notify", "amqp://guest:s3cret@127.0.0.1/%2f"],
-            None,
-            &[],
-            "carries a password, which `ps` would show",
-        );
-        check_err(
-            &["--notify", "log"],
-            Some("conect = \"x\"\n"),
-            &[],
-            "unknown field `conect`",
-        );
-        check_err(
-            &["--notify", "log"],
-            Some("[coalesce]\nwindow_secs = -1\n"),
-            &[],
-            "`coalesce.window_secs` must be a positive",
-        );
-        check_err(
-            &["--notify", "log"],
-            Some("[spool-limits]\nsync = \"sometimes\"\n"),
-            &[],
-            "allowed: group-commit, per-entry",
-        );
-        check_err(
-            &["--notify", "log"],
-            Some("[spool-limits]\nretry_min_delay_secs = 10\nretry_max_delay_secs = 2\n"),
-            &[],
-            "`spool-limits.retry_max_delay_secs` (2s) is below",
-        );
-        check_err(
-            &["--notify", "log"],
-            Some("[amqp]\nurl = \"amqp://u@127.0.0.1/%2f\"\npriority = \"LOUD\"\n"),
-            &[],
-            "amqp.priority",
-        );
-        check_err(
-            &["--notify", "http://127.0.0.1:9/x"],
-            None,
-            &[(SECRET_ENV, "whsec_!!!")],
-            "WD_WEBHOOK_SECRET",
-        );
-        check_err(
-            &["--notify", "log"],
-            Some("[webhook]\nsecrets = [\"nope\"]\n"),
-            &[],
-            "line 2",
-        );
-        check_err(
-            &["--notify", "http://127.0.0.1:9/x"],
-            Some("[webhook]\nca_file = \"/nonexistent/ca.pem\"\n"),
-            &[(SECRET_ENV, SECRET)],
-            "cannot read tls ca_file `/nonexistent/ca.pem`",
-        );
-    }
-
-    #[test]
-    fn a_good_configuration_builds_every_backend() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("wd.toml");
-        std::fs::write(
-            &p,
-            format!(
-                r#"host = "compute-7"
-notify = ["log"]
-spool = "{spool}"
-[webhook]
-timeout_secs = 3
-[[webhook.projects]]
-project = "p1"
-url = "http://127.0.0.1:9/p1"
-secrets = ["{SECRET}"]
-[amqp]
-url = "amqp://guest@127.0.0.1:5672/%2f"
-exchange = "nova"
-durable = false
-priority = "warn"
-[coalesce]
-window_secs = 30
-"#,
-                spool = dir.path().join("spool").display()
-            ),
-        )
-        .unwrap();
-        let a = args(&[
-            "--config",
-            &p.display().to_string(),
-            "--notify",
-            "http://127.0.0.1:9/ops",
-            // Already in the file: must not become a second log backend.
-            "--notify",
-            "log",
-        ]);
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let plan = rt
-            .block_on(async {
-                plan(&a, &|k| match k {
-                    SECRET_ENV => Some(SECRET.to_owned()),
-                    AMQP_PASSWORD_ENV => Some("p@ss word".to_owned()),
-                    _ => None,
-                })
-            })
-            .unwrap();
-        let names: Vec<_> = plan.backends.iter().map(|(n, _)| n.as_str()).collect();
-        assert_eq!(
-            names,
-            [
-                "log",
-                "amqp amqp://***@127.0.0.1:5672/%2f",
-                "webhook operator",
-                "webhook projects"
-            ]
-        );
-        assert_eq!(plan.runtime.host, "compute-7");
-        assert_eq!(plan.runtime.coalesce.window, Duration::from_secs(30));
-        assert_eq!(plan.runtime.listener.uri, "qemu:///system");
-        assert!(!plan.wait);
-    }
-
-    #[test]
-    fn passwords_are_added_encoded_and_urls_redacted() {
-        assert_eq!(
-            with_password("amqp://u@h/%2f", "p@ss:w").unwrap(),
-            "amqp://u:p%40ss%3Aw@h/%2f"
-        );
-        assert!(with_password("amqp://h/%2f", "x").is_err());
-        assert_eq!(redact("amqp://u:p@h:5672/v"), "amqp://***@h:5672/v");
-        assert_eq!(redact("http://h/x"), "http://h/x");
-        assert!(has_password("amqp://u:p@h/"));
-        assert!(!has_password("amqp://u@h/"));
-    }
-}
+mod tests;
