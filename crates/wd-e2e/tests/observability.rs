@@ -320,3 +320,76 @@ async fn libvirtd_healthz_is_503_while_libvirtd_is_down_and_200_after() {
     }
     assert_eq!(agent.terminate(Duration::from_secs(10)).unwrap(), 0);
 }
+
+/// SIGHUP: a project's endpoint added while the agent runs gets that
+/// project's next firing; then a broken config is refused, and the agent
+/// keeps running and delivering with the configuration it had.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn libvirtd_sighup_adds_a_project_and_refuses_a_broken_config() {
+    let _serial = SERIAL.lock().await;
+    let Some(_libvirtd) = wd_testkit::libvirtd() else {
+        return;
+    };
+    let Some(assets) = wd_testkit::guest::assets() else {
+        return;
+    };
+    let receiver = Receiver::start_with(OPERATOR_SECRET, &[(PROJECT_A, SECRET_A)])
+        .await
+        .unwrap();
+    let dir = Scratch::new("wd-obs-reload");
+    let project = uuid::Uuid::new_v4().simple().to_string();
+    let cfg = dir.0.join("wd.toml");
+    let full = config(&receiver, &dir.0, &project);
+    // At start: the operator endpoint only (the project section cut out).
+    let (head, rest) = full.split_once("[[webhook.projects]]").unwrap();
+    let tail = &rest[rest.find("[retry]").unwrap()..];
+    std::fs::write(&cfg, format!("{head}{tail}")).unwrap();
+    let mut agent = Agent::start(&cfg, OPERATOR_SECRET, &dir.0.join("agent.log")).unwrap();
+    agent.wait_ready(Duration::from_secs(60)).await.unwrap();
+    let hup = |agent: &Agent| wd_testkit::run_quiet("kill", &["-HUP", &agent.pid().to_string()]);
+
+    // Add project A's endpoint and reload.
+    std::fs::write(&cfg, &full).unwrap();
+    hup(&agent);
+    agent
+        .wait_log(
+            &["configuration reloaded", "webhook projects"],
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
+    let first = Guest::define_and_start(spec(&project, "pause"), &assets, None).unwrap();
+    let got = receiver
+        .wait_for(Duration::from_secs(90), |all| {
+            !of(all, PROJECT_A, &first).is_empty()
+        })
+        .await;
+    assert_eq!(
+        of(&got, PROJECT_A, &first).len(),
+        1,
+        "the added project's endpoint got nothing; log:\n{}",
+        agent.log_text()
+    );
+
+    // A broken config is refused; the running one stays.
+    std::fs::write(&cfg, format!("{full}\nnot toml at all = = =\n")).unwrap();
+    hup(&agent);
+    agent
+        .wait_log(&["reload refused"], Duration::from_secs(30))
+        .await
+        .unwrap();
+    let second = Guest::define_and_start(spec(&project, "pause"), &assets, None).unwrap();
+    let got = receiver
+        .wait_for(Duration::from_secs(90), |all| {
+            !of(all, PROJECT_A, &second).is_empty() && !of(all, OPS, &second).is_empty()
+        })
+        .await;
+    assert_eq!(
+        of(&got, PROJECT_A, &second).len(),
+        1,
+        "not delivered after a refused reload; log:\n{}",
+        agent.log_text()
+    );
+    assert_eq!(receiver.rejected_signatures(), 0);
+    assert_eq!(agent.terminate(Duration::from_secs(10)).unwrap(), 0);
+}
