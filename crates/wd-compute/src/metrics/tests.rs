@@ -1,3 +1,6 @@
+//! Tests of the metrics, health and status: exact series values from the text
+//! the registry encodes.
+
 use super::*;
 
 fn firing() -> Notification {
