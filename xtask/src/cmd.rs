@@ -27,6 +27,7 @@ pub fn test(filters: &[&str]) -> Result<()> {
     crate::tidy::run(&crate::root())?;
     setup::ensure_packages()?;
     setup::guest()?;
+    setup::venv()?;
     setup::prometheus_venv()?;
 
     eprintln!("xtask: cargo fmt --check");
@@ -115,7 +116,7 @@ pub fn demo(args: &[&str]) -> Result<()> {
     let started = setup::libvirtd_up()?;
     let _guard = ServicesGuard(setup::Started {
         libvirtd: started,
-        rabbitmq: false,
+        ..setup::Started::default()
     });
     cmd_ok(cargo().args(["run", "--quiet", "--package", "wd-e2e", "--bin", "demo"]))
         .context("the demo failed")

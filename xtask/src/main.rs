@@ -37,6 +37,7 @@ commands:
   services status   show which services answer
   guest             build the watchdog guest's kernel and initramfs
   deps              install the Debian packages the workspace needs
+  venv              create target/wd-venv with Ceilometer and Aodh from PyPI
   bench             measure, write target/bench-report.json and docs/performance.md
   fuzz [target] [s] run the cargo-fuzz targets (default: all, 60 s each)";
 
@@ -65,6 +66,7 @@ fn run(args: &[&str]) -> Result<()> {
         }
         ["guest"] => setup::guest().map(|_| ()),
         ["deps"] => setup::ensure_packages(),
+        ["venv"] => setup::venv(),
         ["bench", rest @ ..] => bench::run(rest),
         ["fuzz", rest @ ..] => fuzz::run(rest),
         ["help" | "--help" | "-h"] | [] => {

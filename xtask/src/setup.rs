@@ -4,7 +4,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 use wd_testkit::guest::{GuestAssets, assets_dir, build_assets};
-use wd_testkit::{Libvirtd, RabbitMq};
+use wd_testkit::{Libvirtd, RabbitMq, RabbitMq2};
 
 /// Every Debian package the workspace's build, tests and demo need.
 pub const PACKAGES: &[&str] = &[
@@ -29,8 +29,9 @@ pub const PACKAGES: &[&str] = &[
     // make with the openssl command line.
     "ca-certificates",
     "openssl",
-    // The metrics test parses /metrics with Prometheus' own Python parser,
-    // in a venv (`prometheus_venv`).
+    // The venv with Ceilometer and Aodh from PyPI (`python3 -m venv`), and
+    // the one with Prometheus' Python client whose OpenMetrics parser the
+    // metrics test uses (`prometheus_venv`).
     "python3-venv",
 ];
 
@@ -123,11 +124,28 @@ pub fn guest() -> Result<GuestAssets> {
     }
 }
 
+/// Creates (once) the Python venv with Ceilometer and Aodh from PyPI that
+/// the OpenStack interop tests run.
+pub fn venv() -> Result<()> {
+    if !wd_testkit::openstack::venv_ready() {
+        eprintln!(
+            "xtask: creating {} with {} from PyPI",
+            wd_testkit::openstack::venv_dir().display(),
+            wd_testkit::openstack::VENV_PACKAGES.join(", ")
+        );
+    }
+    wd_testkit::openstack::ensure_venv()
+        .map(|_| ())
+        .map_err(anyhow::Error::msg)
+}
+
 /// What `services_up` started, so that only that is stopped afterwards.
 #[derive(Debug, Default)]
 pub struct Started {
     pub libvirtd: bool,
     pub rabbitmq: bool,
+    /// The second RabbitMQ node (127.0.0.1:5673), for failover tests.
+    pub rabbitmq2: bool,
 }
 
 /// Starts libvirtd (with virtlogd) and RabbitMQ unless they already answer.
@@ -148,6 +166,14 @@ pub fn services_up() -> Result<Started> {
         eprintln!("xtask: starting RabbitMQ on 127.0.0.1:5672");
         started.rabbitmq = RabbitMq::start().map_err(anyhow::Error::msg)?;
     }
+    if !RabbitMq2::is_up() && is_root() {
+        eprintln!(
+            "xtask: starting the second RabbitMQ node {} on 127.0.0.1:{}",
+            RabbitMq2::NODE,
+            RabbitMq2::PORT
+        );
+        started.rabbitmq2 = RabbitMq2::start().map_err(anyhow::Error::msg)?;
+    }
     services_status();
     Ok(started)
 }
@@ -166,6 +192,7 @@ pub fn libvirtd_up() -> Result<bool> {
 /// Stops every service recorded under `target/wd-services`.
 pub fn services_down() {
     Libvirtd::stop_all();
+    RabbitMq2::stop();
     RabbitMq::stop_all();
     services_status();
 }
@@ -175,6 +202,10 @@ pub fn stop_started(started: &Started) {
     if started.libvirtd {
         Libvirtd::stop_all();
     }
+    // The second node first: the main node's stop may take epmd with it.
+    if started.rabbitmq2 {
+        RabbitMq2::stop();
+    }
     if started.rabbitmq {
         RabbitMq::stop_all();
     }
@@ -183,10 +214,12 @@ pub fn stop_started(started: &Started) {
 pub fn services_status() {
     let show = |up: bool| if up { "up" } else { "down" };
     eprintln!(
-        "xtask: libvirtd {} (pid {:?}), rabbitmq {} (pid {:?})",
+        "xtask: libvirtd {} (pid {:?}), rabbitmq {} (pid {:?}), rabbitmq node 2 {} (pid {:?})",
         show(Libvirtd::is_up()),
         Libvirtd::pid(),
         show(RabbitMq::is_up()),
-        RabbitMq::pid()
+        RabbitMq::pid(),
+        show(RabbitMq2::is_up()),
+        RabbitMq2::pid()
     );
 }

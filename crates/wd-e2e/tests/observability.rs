@@ -235,21 +235,32 @@ async fn libvirtd_metrics_count_a_real_firing_and_its_deliveries() {
         .await;
     assert_eq!(of(&got, PROJECT_A, &guest).len(), 1, "{}", agent.log_text());
 
-    let (code, text) = get(&addr, "/metrics").await;
-    assert_eq!(code, 200);
-    let after = parse_openmetrics(&text).unwrap();
-    let delta = |series: &str| value(&after, series) - value(&before, series);
-    assert!(
-        delta(r#"wd_watchdog_firings_total{action="pause"}"#) >= 1.0,
-        "{text}"
-    );
-    for d in ["operator", "project"] {
-        let delivered =
-            format!(r#"wd_notifications_total{{destination="{d}",outcome="delivered"}}"#);
-        assert!(delta(&delivered) >= 1.0, "{delivered} in\n{text}");
-        let count = format!(r#"wd_delivery_duration_seconds_count{{destination="{d}"}}"#);
-        assert!(delta(&count) >= 1.0, "{count} in\n{text}");
-    }
+    // The receiver records a request before the agent has its response:
+    // give the agent a moment to count it.
+    let wanted = [
+        r#"wd_watchdog_firings_total{action="pause"}"#.to_owned(),
+        r#"wd_notifications_total{destination="operator",outcome="delivered"}"#.to_owned(),
+        r#"wd_notifications_total{destination="project",outcome="delivered"}"#.to_owned(),
+        r#"wd_delivery_duration_seconds_count{destination="operator"}"#.to_owned(),
+        r#"wd_delivery_duration_seconds_count{destination="project"}"#.to_owned(),
+    ];
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let after = loop {
+        let (code, text) = get(&addr, "/metrics").await;
+        assert_eq!(code, 200);
+        let after = parse_openmetrics(&text).unwrap();
+        let moved = wanted
+            .iter()
+            .all(|series| value(&after, series) - value(&before, series) >= 1.0);
+        if moved {
+            break after;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "these did not all move by at least 1: {wanted:#?}\nbefore: {before:#?}\nafter:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
     assert_eq!(value(&after, "wd_libvirt_connected"), 1.0);
     // Every series name follows Prometheus' conventions, and no label
     // carries a project or instance id.

@@ -11,12 +11,15 @@
 #![forbid(unsafe_code)]
 
 pub mod guest;
+pub mod openstack;
 mod process;
+mod rabbit2;
 mod services;
 
 use std::path::{Path, PathBuf};
 
 pub use process::{pid_alive, run_quiet, stop_pid};
+pub use rabbit2::RabbitMq2;
 pub use services::{Libvirtd, RabbitMq, libvirtd, rabbitmq};
 
 /// The environment variable that makes tests fail, rather than skip, when a

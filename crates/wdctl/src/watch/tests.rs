@@ -51,8 +51,71 @@ fn check_err(argv: &[&str], config: Option<&str>, env: &[(&str, &str)], expected
 }
 
 #[test]
+fn nova_config_gives_the_bus_and_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let nova = dir.path().join("nova.conf");
+    std::fs::write(
+        &nova,
+        "[DEFAULT]\nhost = compute-9\ntransport_url = rabbit://nova:s3cret@10.0.0.1:5672,nova:s3cret@10.0.0.2:5672/\n\
+         [oslo_messaging_notifications]\ndriver = messagingv2\n",
+    )
+    .unwrap();
+    let a = args(&["--nova-config", &nova.display().to_string()]);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let plan = rt.block_on(async { plan(&a, &|_| None) }).unwrap();
+    let names: Vec<_> = plan.backends.iter().map(|(n, _)| n.clone()).collect();
+    assert_eq!(
+        names,
+        [format!(
+            "amqp rabbit://***@10.0.0.1:5672,***@10.0.0.2:5672/ (from {})",
+            nova.display()
+        )]
+    );
+    assert_eq!(plan.runtime.host, "compute-9");
+
+    // Nova sends nothing (no driver): with nothing else, that is an error
+    // naming the file, section and key.
+    std::fs::write(&nova, "[DEFAULT]\nhost = compute-9\n").unwrap();
+    check_err(
+        &["--nova-config", &nova.display().to_string()],
+        None,
+        &[],
+        "[oslo_messaging_notifications] driver is unset or noop",
+    );
+    std::fs::write(
+        &nova,
+        "[oslo_messaging_notifications]\ndriver = messagingv2\ntransport_url = rabbit://nova:s3cret@h:x/\n",
+    )
+    .unwrap();
+    check_err(
+        &["--nova-config", &nova.display().to_string()],
+        None,
+        &[],
+        "nova.conf [oslo_messaging_notifications] transport_url: `rabbit://***@h:x/`",
+    );
+}
+
+#[test]
 fn bad_configurations_name_what_is_wrong() {
     check_err(&[], None, &[], "nowhere to notify");
+    check_err(
+        &[
+            "--notify",
+            "rabbit://guest@127.0.0.1:5673,guest:s3cret@127.0.0.1:5672/",
+        ],
+        None,
+        &[],
+        "carries a password, which `ps` would show",
+    );
+    check_err(
+        &["--notify", "rabbit://guest@127.0.0.1/"],
+        Some("[amqp]\nformat = \"all\"\n"),
+        &[],
+        "config key `amqp.format`: unknown notification format `all`",
+    );
     check_err(
         &["--notify", "http://127.0.0.1:9/x"],
         None,
@@ -188,14 +251,16 @@ window_secs = 30
 }
 
 #[test]
-fn passwords_are_added_encoded_and_urls_redacted() {
-    assert_eq!(
-        with_password("amqp://u@h/%2f", "p@ss:w").unwrap(),
-        "amqp://u:p%40ss%3Aw@h/%2f"
-    );
-    assert!(with_password("amqp://h/%2f", "x").is_err());
+fn passwords_are_found_in_any_node_and_urls_redacted() {
     assert_eq!(redact("amqp://u:p@h:5672/v"), "amqp://***@h:5672/v");
     assert_eq!(redact("http://h/x"), "http://h/x");
     assert!(has_password("amqp://u:p@h/"));
     assert!(!has_password("amqp://u@h/"));
+    assert!(has_password("rabbit://u@h1:5672,u:p@h2:5672/"));
+    assert!(!has_password("rabbit://u@h1:5672,u@h2:5672/"));
+    assert!(
+        has_password("rabbit://u:p@h1:bad/"),
+        "unparsable still counts"
+    );
+    assert!(is_broker("RABBIT://h/") && is_broker("amqps://h") && !is_broker("http://h"));
 }
