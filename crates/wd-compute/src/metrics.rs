@@ -601,8 +601,38 @@ impl<N> fmt::Debug for Metered<N> {
 #[async_trait]
 impl<N: Notifier> Notifier for Metered<N> {
     async fn notify(&self, n: &Notification) -> Result<(), NotifyError> {
-        let start = Instant::now();
+        // An attempt abandoned by a caller's deadline (its future dropped)
+        // still counts, as a failure.
+        struct Abandoned<'a, N> {
+            m: &'a Metered<N>,
+            start: Instant,
+            armed: bool,
+        }
+        impl<N> Drop for Abandoned<'_, N> {
+            fn drop(&mut self) {
+                if self.armed {
+                    let err = NotifyError::retryable(format!(
+                        "{}: attempt abandoned after {:?} (deadline)",
+                        self.m.name,
+                        self.start.elapsed()
+                    ));
+                    self.m.metrics.record(
+                        &self.m.name,
+                        self.m.destination,
+                        self.start.elapsed(),
+                        &Err(err),
+                    );
+                }
+            }
+        }
+        let mut guard = Abandoned {
+            m: self,
+            start: Instant::now(),
+            armed: true,
+        };
         let result = self.inner.notify(n).await;
+        guard.armed = false;
+        let start = guard.start;
         self.metrics
             .record(&self.name, self.destination, start.elapsed(), &result);
         if let Err(e) = &result

@@ -171,3 +171,30 @@ fn health_needs_libvirt_and_every_worker() {
     drop(guard);
     assert_eq!(m.health(), Err("worker stopped: pipeline".to_owned()));
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_attempt_cut_off_by_a_deadline_counts_as_failed() {
+    struct Hang;
+    #[async_trait]
+    impl Notifier for Hang {
+        async fn notify(&self, _: &Notification) -> Result<(), NotifyError> {
+            std::future::pending().await
+        }
+    }
+    let m = Metrics::new();
+    let n = m.meter("amqp", Destination::Bus, Hang);
+    let cut = tokio::time::timeout(Duration::from_secs(5), n.notify(&firing())).await;
+    assert!(cut.is_err());
+    let text = m.encode();
+    assert_eq!(
+        sample(
+            &text,
+            r#"wd_notifications_total{destination="bus",outcome="failed"}"#
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    let st = m.status();
+    let last = st.destinations[0].record.last_error.as_ref().unwrap();
+    assert!(last.message.contains("abandoned"), "{}", last.message);
+}
