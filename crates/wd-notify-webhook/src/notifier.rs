@@ -64,6 +64,13 @@ impl WebhookNotifier {
         })
     }
 
+    /// Whether a notification owned by `project` has any endpoint to go to
+    /// here (the operator's, or that project's own). When it has none,
+    /// `notify` succeeds without sending anything.
+    pub fn routes(&self, project: Option<&str>) -> bool {
+        !self.routes.targets_for(project).is_empty()
+    }
+
     /// The request body `notify` sends for `n`.
     pub fn body(&self, n: &Notification) -> Vec<u8> {
         event::body(n, &self.service)

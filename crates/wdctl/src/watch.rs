@@ -280,6 +280,24 @@ pub struct Plan {
     pub log_level: Option<String>,
 }
 
+/// A webhook backend whose deliveries are counted only for notifications it
+/// has an endpoint for, so that `wd_notifications_total{destination=
+/// "project"}` counts real deliveries, not owners without an endpoint.
+struct Routed {
+    webhook: Arc<WebhookNotifier>,
+    metered: wd_compute::Metered<Arc<WebhookNotifier>>,
+}
+
+#[async_trait::async_trait]
+impl Notifier for Routed {
+    async fn notify(&self, n: &wd_notify::Notification) -> Result<(), wd_notify::NotifyError> {
+        if !self.webhook.routes(n.instance.project_id.as_deref()) {
+            return Ok(());
+        }
+        self.metered.notify(n).await
+    }
+}
+
 /// Turns flags, file and environment into a [`Plan`]. Needs a Tokio runtime
 /// (the HTTP and AMQP clients are created here).
 pub fn plan(args: &Args, env: &dyn Fn(&str) -> Option<String>) -> Result<Plan> {
@@ -485,8 +503,15 @@ pub fn plan_with(
             if config.operator.is_empty() && config.projects.is_empty() {
                 continue;
             }
-            let n = WebhookNotifier::new(config).map_err(|e| anyhow!("webhook: {e}"))?;
-            backends.push((name.into(), Arc::new(metrics.meter(name, kind, n))));
+            let n = Arc::new(WebhookNotifier::new(config).map_err(|e| anyhow!("webhook: {e}"))?);
+            let metered = metrics.meter(name, kind, n.clone());
+            backends.push((
+                name.into(),
+                Arc::new(Routed {
+                    webhook: n,
+                    metered,
+                }),
+            ));
         }
     }
 

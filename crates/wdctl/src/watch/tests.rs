@@ -264,3 +264,54 @@ fn passwords_are_found_in_any_node_and_urls_redacted() {
     );
     assert!(is_broker("RABBIT://h/") && is_broker("amqps://h") && !is_broker("http://h"));
 }
+
+#[test]
+fn project_webhook_counts_only_owners_with_an_endpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("wd.toml");
+    std::fs::write(
+        &p,
+        format!(
+            "[[webhook.projects]]\nproject = \"p1\"\nurl = \"http://127.0.0.1:9/p1\"\nsecrets = [\"{SECRET}\"]\n"
+        ),
+    )
+    .unwrap();
+    let a = args(&["--config", &p.display().to_string()]);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let plan = plan(&a, &|_| None).unwrap();
+        let (_, projects) = plan
+            .backends
+            .iter()
+            .find(|(n, _)| n == "webhook projects")
+            .unwrap();
+        let mut n = wd_notify::Notification::new(
+            wd_notify::Instance::new(uuid::Uuid::from_u128(1)),
+            "compute-1",
+            wd_notify::Domain::new(uuid::Uuid::from_u128(1), "instance-1"),
+            "pause",
+            time::OffsetDateTime::now_utc(),
+        );
+        n.instance.project_id = Some("p2".into());
+        // No endpoint for p2: nothing sent, nothing counted.
+        projects.notify(&n).await.unwrap();
+        let text = plan.metrics.encode();
+        assert!(
+            text.contains(
+                "wd_notifications_total{destination=\"project\",outcome=\"delivered\"} 0\n"
+            ),
+            "{text}"
+        );
+        // p1 has one (that refuses connections): an attempt, counted.
+        n.instance.project_id = Some("p1".into());
+        assert!(projects.notify(&n).await.is_err());
+        let text = plan.metrics.encode();
+        assert!(
+            text.contains("wd_notifications_total{destination=\"project\",outcome=\"failed\"} 1\n"),
+            "{text}"
+        );
+    });
+}
