@@ -57,6 +57,6 @@ pub mod spawn;
 pub use directory::{InstanceDirectory, NovaDirectory, Owner};
 pub use error::{Error, Result};
 pub use ledger::Ledger;
-pub use metrics::{Destination, Metered, Metrics};
+pub use metrics::{Metered, Metrics};
 pub use pipeline::{Pipeline, PipelineStats};
 pub use runtime::{Runtime, RuntimeConfig, RuntimeReport};

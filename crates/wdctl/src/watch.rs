@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use serde::Deserialize;
-use wd_compute::{Destination, Metrics, NovaDirectory, Runtime, RuntimeConfig};
+use wd_compute::metrics::Destination;
+use wd_compute::{Metrics, NovaDirectory, Runtime, RuntimeConfig};
 use wd_events::ListenerConfig;
 use wd_notify::{CoalesceConfig, LogNotifier, Notifier, RetryConfig, SpoolConfig, SyncMode};
 use wd_notify_amqp::{AmqpConfig, AmqpNotifier, AmqpUrl, Format, Priority};
