@@ -77,10 +77,10 @@ fn ask_agent(addr: &str) -> Result<Value> {
     serde_json::from_str(body).with_context(|| format!("{addr} sent a /status that is not JSON"))
 }
 
-/// What the spool directory holds, read without locking it.
-fn read_spool(dir: &std::path::Path) -> Result<Value> {
-    // A running agent may remove a segment between the listing and the
-    // read: read again.
+/// One queue directory's backlog and oldest entry's age, read without
+/// locking it. A running agent may remove a segment between the listing and
+/// the read: read again.
+fn read_queue(dir: &std::path::Path) -> Result<(usize, Option<f64>)> {
     let mut last = None;
     for _ in 0..3 {
         match wd_notify::scan(dir) {
@@ -92,27 +92,43 @@ fn read_spool(dir: &std::path::Path) -> Result<Value> {
                     .map(|(_, n)| n.fired_at)
                     .min()
                     .map(|at| (now - at).as_seconds_f64().max(0.0));
-                return Ok(json!({
-                    "health": "agent not answering",
-                    "destinations": [{
-                        "name": "spool",
-                        "destination": "shared",
-                        "queue": {
-                            "entries": report.pending.len(),
-                            "bytes": null,
-                            "oldest_age_secs": oldest,
-                            "dropped": null,
-                        },
-                        "last_error": null,
-                    }],
-                }));
+                return Ok((report.pending.len(), oldest));
             }
             Err(e) => last = Some(e),
         }
         std::thread::sleep(Duration::from_millis(50));
     }
     Err(anyhow::Error::new(last.expect("three attempts")))
-        .with_context(|| format!("cannot read the spool `{}`", dir.display()))
+        .with_context(|| format!("cannot read the queue `{}`", dir.display()))
+}
+
+/// What the spool directory holds: its own segments (one queue shared by
+/// every destination), and one queue per destination under `dest/<kind>-<id>/`
+/// where the agent keeps them apart.
+fn read_spool(dir: &std::path::Path) -> Result<Value> {
+    let queue = |name: String, kind: &str, (entries, oldest): (usize, Option<f64>)| {
+        json!({
+            "name": name,
+            "destination": kind,
+            "queue": {"entries": entries, "bytes": null, "oldest_age_secs": oldest, "dropped": null},
+            "last_error": null,
+        })
+    };
+    let mut destinations = vec![queue("spool".into(), "shared", read_queue(dir)?)];
+    let per = dir.join("dest");
+    if let Ok(listing) = std::fs::read_dir(&per) {
+        let mut names: Vec<String> = listing
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().is_dir())
+            .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+            .collect();
+        names.sort();
+        for name in names {
+            let kind = name.split('-').next().unwrap_or("?").to_owned();
+            destinations.push(queue(name.clone(), &kind, read_queue(&per.join(&name))?));
+        }
+    }
+    Ok(json!({"health": "agent not answering", "destinations": destinations}))
 }
 
 fn age(secs: Option<f64>) -> String {
@@ -241,6 +257,61 @@ mod tests {
             "{text}"
         );
         assert!(lines[3].contains("       4      5m"), "{text}");
+    }
+
+    #[test]
+    fn a_spool_in_use_shows_its_backlog_and_oldest_age() {
+        struct Down;
+        #[async_trait::async_trait]
+        impl wd_notify::Notifier for Down {
+            async fn notify(
+                &self,
+                _: &wd_notify::Notification,
+            ) -> Result<(), wd_notify::NotifyError> {
+                Err(wd_notify::NotifyError::retryable("down"))
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let spool = wd_notify::Spool::open(dir.path(), wd_notify::SpoolConfig::default(), Down)
+                .unwrap();
+            let fired = time::OffsetDateTime::now_utc() - time::Duration::seconds(90);
+            for _ in 0..2 {
+                let n = wd_notify::Notification::new(
+                    wd_notify::Instance::new(uuid::Uuid::new_v4()),
+                    "compute-1",
+                    wd_notify::Domain::new(uuid::Uuid::new_v4(), "instance-1"),
+                    "pause",
+                    fired,
+                );
+                wd_notify::Notifier::notify(&spool, &n).await.unwrap();
+            }
+            // Read while the spool is open (and locked) by its owner.
+            let v = read_spool(dir.path()).unwrap();
+            let q = &v["destinations"][0]["queue"];
+            assert_eq!(q["entries"], 2);
+            let age = q["oldest_age_secs"].as_f64().unwrap();
+            assert!((89.0..200.0).contains(&age), "{age}");
+            assert!(
+                render_text(&v).contains("      2     90s")
+                    || render_text(&v).contains("      2     91s")
+            );
+            spool.shutdown(Duration::from_millis(10)).await;
+        });
+    }
+
+    #[test]
+    fn per_destination_queues_are_listed_by_kind() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("dest/project-00ff")).unwrap();
+        let v = read_spool(dir.path()).unwrap();
+        assert_eq!(v["destinations"][1]["name"], "project-00ff");
+        assert_eq!(v["destinations"][1]["destination"], "project");
+        assert_eq!(v["destinations"][1]["queue"]["entries"], 0);
     }
 
     #[test]
