@@ -194,6 +194,8 @@ mod retry;
 mod spool;
 #[cfg(test)]
 mod test_support;
+#[cfg(any(test, feature = "mock"))]
+pub mod testing;
 
 pub use backends::{ChannelNotifier, LogNotifier};
 pub use coalesce::{Coalesce, CoalesceConfig, CoalesceStats};

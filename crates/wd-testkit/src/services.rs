@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use crate::process::{pid_alive, run_quiet, stop_pid};
+use crate::process::{daemon_command, pid_alive, run_quiet, stop_pid};
 use crate::{target_dir, unavailable};
 
 /// Where services keep their pid files and logs.
@@ -174,9 +174,9 @@ impl Libvirtd {
         let virtlogd_running = read_pid(&pid_file("virtlogd")).is_some_and(pid_alive)
             || run_quiet("pidof", &["virtlogd"]);
         if !virtlogd_running {
-            spawn_daemon("virtlogd", &mut Command::new("virtlogd"))?;
+            spawn_daemon("virtlogd", &mut daemon_command("virtlogd"))?;
         }
-        spawn_daemon("libvirtd", &mut Command::new("libvirtd"))?;
+        spawn_daemon("libvirtd", &mut daemon_command("libvirtd"))?;
         // The first start probes QEMU's capabilities, which takes a while.
         if !wait_until(Duration::from_secs(90), Self::is_up) {
             return Err(format!(
@@ -261,7 +261,7 @@ impl RabbitMq {
             return Ok(false);
         }
         let epmd_was_running = run_quiet("pidof", &["epmd"]);
-        let status = Self::env(&mut Command::new("rabbitmq-server"))
+        let status = Self::env(&mut daemon_command("rabbitmq-server"))
             .arg("-detached")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
