@@ -50,6 +50,11 @@ impl Received {
         self.data()["domain"]["name"].as_str().unwrap_or_default()
     }
 
+    /// `data.domain.id` (libvirt's runtime id of the domain run), if given.
+    pub fn run_id(&self) -> Option<u64> {
+        self.data()["domain"]["id"].as_u64()
+    }
+
     /// `data.occurrences.count`, or 0.
     pub fn count(&self) -> u64 {
         self.data()["occurrences"]["count"]
