@@ -28,6 +28,7 @@ pub fn test(filters: &[&str]) -> Result<()> {
     setup::ensure_packages()?;
     setup::guest()?;
     setup::venv()?;
+    setup::prometheus_venv()?;
 
     eprintln!("xtask: cargo fmt --check");
     cmd_ok(cargo().args(["fmt", "--all", "--", "--check"]))

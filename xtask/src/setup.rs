@@ -30,10 +30,14 @@ pub const PACKAGES: &[&str] = &[
     "adduser",
     "lintian",
     "systemd",
-    // The hostile-endpoint tests' self-signed TLS endpoint (`openssl req`,
-    // `openssl s_server`).
+    // Webhook TLS: the system trust store, and the private CA the TLS tests
+    // make with the openssl command line; the hostile-endpoint tests'
+    // self-signed TLS endpoint (`openssl req`, `openssl s_server`).
+    "ca-certificates",
     "openssl",
-    // The venv with Ceilometer and Aodh from PyPI (`python3 -m venv`).
+    // The venv with Ceilometer and Aodh from PyPI (`python3 -m venv`), and
+    // the one with Prometheus' Python client whose OpenMetrics parser the
+    // metrics test uses (`prometheus_venv`).
     "python3-venv",
 ];
 
@@ -80,6 +84,30 @@ pub fn cmd_ok(cmd: &mut Command) -> Result<()> {
         bail!("{cmd:?} failed with {status}");
     }
     Ok(())
+}
+
+/// The venv with Prometheus' Python client, whose OpenMetrics parser the
+/// metrics tests use: `target/wd-venv-prom` (apart from other venvs, so its
+/// pins move alone).
+pub fn prometheus_venv() -> Result<()> {
+    const PIN: &str = "prometheus-client==0.21.1";
+    let dir = crate::target_dir().join("wd-venv-prom");
+    let python = dir.join("bin/python3");
+    let stamp = dir.join("wd-installed");
+    if std::fs::read_to_string(&stamp).is_ok_and(|s| s.trim() == PIN) {
+        return Ok(());
+    }
+    eprintln!("xtask: creating {} with {PIN}", dir.display());
+    cmd_ok(Command::new("python3").args(["-m", "venv"]).arg(&dir))?;
+    cmd_ok(Command::new(&python).args([
+        "-m",
+        "pip",
+        "install",
+        "-q",
+        "--disable-pip-version-check",
+        PIN,
+    ]))?;
+    std::fs::write(&stamp, PIN).with_context(|| format!("write {}", stamp.display()))
 }
 
 /// Builds (or finds) the guest kernel and initramfs.

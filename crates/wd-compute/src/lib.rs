@@ -49,6 +49,7 @@
 pub mod directory;
 mod error;
 pub mod ledger;
+pub mod metrics;
 mod pipeline;
 pub mod pulse;
 mod runtime;
@@ -57,6 +58,7 @@ pub mod spawn;
 pub use directory::{InstanceDirectory, NovaDirectory, Owner};
 pub use error::{Error, Result};
 pub use ledger::Ledger;
+pub use metrics::{Metered, Metrics};
 pub use pipeline::{Pipeline, PipelineStats};
 pub use pulse::{Pulse, PulseHook};
 pub use runtime::{Runtime, RuntimeConfig, RuntimeReport};

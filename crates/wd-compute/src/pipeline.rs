@@ -14,6 +14,7 @@ use wd_notify::{Domain, Instance, Notification, Notifier, Occurrences, SCHEMA_VE
 
 use crate::directory::InstanceDirectory;
 use crate::ledger::{Entry, Ledger};
+use crate::metrics::Metrics;
 use crate::pulse::{Pulse, PulseHook};
 
 /// What the pipeline has done so far.
@@ -49,6 +50,7 @@ pub struct Pipeline {
     pulse: Option<PulseHook>,
     /// Connected and caught up (for [`Pulse::Tick`]).
     connected: bool,
+    metrics: Option<Metrics>,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -77,6 +79,7 @@ impl Pipeline {
             stats: PipelineStats::default(),
             pulse: None,
             connected: false,
+            metrics: None,
         }
     }
 
@@ -91,6 +94,13 @@ impl Pipeline {
         if let Some(hook) = &self.pulse {
             (hook.on_pulse)(pulse);
         }
+    }
+
+    /// Reports firings and the libvirt connection's state to `metrics`.
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// What the pipeline has done so far.
@@ -135,11 +145,17 @@ impl Pipeline {
     pub async fn handle(&mut self, item: Item) {
         match item {
             Item::Connected { generation, uri } => {
+                if let Some(m) = &self.metrics {
+                    m.libvirt_connected(generation);
+                }
                 tracing::info!(generation, uri = %uri, "connected to libvirt");
             }
             Item::Disconnected { generation, reason } => {
                 self.connected = false;
                 self.pulse(Pulse::Disconnected { generation });
+                if let Some(m) = &self.metrics {
+                    m.libvirt_disconnected();
+                }
                 tracing::warn!(generation, reason = %reason, "lost the libvirt connection; reconnecting");
             }
             Item::ConnectFailed {
@@ -147,6 +163,9 @@ impl Pipeline {
                 error,
                 retry_in,
             } => {
+                if let Some(m) = &self.metrics {
+                    m.libvirt_disconnected();
+                }
                 tracing::warn!(attempt, error = %error, retry_in_ms = retry_in.as_millis() as u64,
                     "cannot connect to libvirt; retrying");
             }
@@ -226,6 +245,7 @@ impl Pipeline {
             match known {
                 Some(entry @ Entry { accepted: true, .. }) => {
                     self.stats.already_notified += 1;
+                    // Seen before (and counted then): not a new firing.
                     tracing::info!(domain = %ev.domain, event_id = %entry.event_id, origin = %ev.origin,
                         "watchdog pause already notified; not announcing it again");
                     if entry.run_id.is_none() && run.is_some() {
@@ -254,6 +274,12 @@ impl Pipeline {
             }
         };
 
+        if let Some(m) = &self.metrics {
+            m.firing(
+                &ev.action.to_string(),
+                ev.origin == wd_events::Origin::Recovered,
+            );
+        }
         let owner = self.directory.lookup(&ev.domain);
         if owner.is_none() {
             self.stats.unknown_owner += 1;

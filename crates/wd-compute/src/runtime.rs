@@ -17,6 +17,7 @@ use wd_notify::{
 use crate::directory::InstanceDirectory;
 use crate::error::{Error, Result};
 use crate::ledger::Ledger;
+use crate::metrics::{Metrics, QueueSnapshot};
 use crate::pipeline::{Pipeline, PipelineStats};
 use crate::pulse::PulseHook;
 
@@ -51,6 +52,8 @@ pub struct RuntimeConfig {
     /// core task's death is reported by [`Runtime::failed`].
     #[doc(hidden)]
     pub fault_pipeline_panic_after: Option<Duration>,
+    /// Where to report metrics and health; `None` reports nothing.
+    pub metrics: Option<Metrics>,
 }
 
 impl RuntimeConfig {
@@ -67,6 +70,7 @@ impl RuntimeConfig {
             pulse: None,
             health_interval: Duration::from_secs(300),
             fault_pipeline_panic_after: None,
+            metrics: None,
         }
     }
 
@@ -176,12 +180,32 @@ impl Runtime {
         if let Some(hook) = config.pulse.clone() {
             pipeline = pipeline.with_pulse(hook);
         }
+        let mut alive = None;
+        if let Some(m) = &config.metrics {
+            pipeline = pipeline.with_metrics(m.clone());
+            alive = Some(m.worker("pipeline"));
+            let weak = Arc::downgrade(&router);
+            m.add_queue_source(Box::new(move || {
+                weak.upgrade()
+                    .map(|r| r.status().into_iter().map(queue_snapshot).collect())
+                    .unwrap_or_default()
+            }));
+            let weak = Arc::downgrade(&router);
+            m.add_health_source(Box::new(move || {
+                weak.upgrade().and_then(|r| {
+                    r.dead_writer()
+                        .map(|name| format!("the queue writer of destination {name} died"))
+                })
+            }));
+        }
         let (stop, stopped) = oneshot::channel::<()>();
         let run = pipeline.run(items, async move {
             let _ = stopped.await;
         });
         let fault = config.fault_pipeline_panic_after;
         let task = tokio::spawn(async move {
+            // Dropped when the pipeline ends or panics: the agent turns unhealthy.
+            let _alive = alive;
             let Some(after) = fault else {
                 return run.await;
             };
@@ -295,5 +319,17 @@ async fn health(router: Arc<Router>, every: Duration) {
     loop {
         tick.tick().await;
         tracing::info!(destinations = %router.health_line(), "delivery health");
+    }
+}
+
+/// One destination's queue as the metrics see it.
+fn queue_snapshot(d: DestinationStatus) -> QueueSnapshot {
+    QueueSnapshot {
+        destination: crate::metrics::Destination::from(d.kind),
+        name: d.name,
+        entries: d.backlog,
+        bytes: Some(d.bytes),
+        oldest_age: d.oldest,
+        dropped: d.dropped_full.saturating_add(d.dropped_permanent),
     }
 }

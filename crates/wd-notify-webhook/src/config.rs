@@ -17,6 +17,7 @@ use reqwest::Url;
 
 use crate::error::{Error, Result};
 use crate::signing::Secret;
+use crate::tls::TlsConfig;
 
 /// One receiver: a URL and the secrets its requests are signed with.
 ///
@@ -29,6 +30,10 @@ pub struct Endpoint {
     pub url: String,
     /// At least one signing secret, `whsec_<base64>`.
     pub secrets: Vec<Secret>,
+    /// TLS settings for this endpoint; each field set overrides
+    /// [`WebhookConfig::tls`].
+    #[serde(default)]
+    pub tls: TlsConfig,
 }
 
 impl Endpoint {
@@ -37,7 +42,16 @@ impl Endpoint {
         Endpoint {
             url: url.into(),
             secrets: secrets.into_iter().collect(),
+            tls: TlsConfig::default(),
         }
+    }
+
+    /// Sets this endpoint's TLS settings (overriding the global ones field
+    /// by field).
+    #[must_use]
+    pub fn with_tls(mut self, tls: TlsConfig) -> Self {
+        self.tls = tls;
+        self
     }
 }
 
@@ -49,6 +63,7 @@ impl fmt::Debug for Endpoint {
                 "secrets",
                 &format_args!("<{} redacted>", self.secrets.len()),
             )
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -66,6 +81,8 @@ pub struct WebhookConfig {
     pub operator: Vec<Endpoint>,
     /// Each project's own endpoints, keyed by exact project (tenant) id.
     pub projects: BTreeMap<String, Vec<Endpoint>>,
+    /// TLS settings for every endpoint (each endpoint may override them).
+    pub tls: TlsConfig,
 }
 
 impl Default for WebhookConfig {
@@ -75,6 +92,7 @@ impl Default for WebhookConfig {
             timeout: Duration::from_secs(15),
             operator: Vec::new(),
             projects: BTreeMap::new(),
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -91,6 +109,13 @@ impl WebhookConfig {
     #[must_use]
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
+        self
+    }
+
+    /// Sets the TLS settings every endpoint starts from.
+    #[must_use]
+    pub fn with_tls(mut self, tls: TlsConfig) -> Self {
+        self.tls = tls;
         self
     }
 
@@ -135,6 +160,8 @@ pub(crate) struct Target {
     /// The URL without credentials or query, for logs and errors.
     pub(crate) shown: String,
     pub(crate) secrets: Vec<Secret>,
+    /// The HTTP client with this endpoint's TLS settings.
+    pub(crate) client: reqwest::Client,
     /// Set after a 410 Gone: the receiver asked us to stop.
     gone: AtomicBool,
 }
@@ -171,8 +198,20 @@ impl Routes {
             operator: Vec::new(),
             projects: HashMap::new(),
         };
+        // One client per distinct TLS setting: clients share connections,
+        // and loading the system trust store is not free.
+        let mut clients: HashMap<TlsConfig, reqwest::Client> = HashMap::new();
+        let mut client_for = |endpoint: &Endpoint| -> Result<reqwest::Client> {
+            let tls = config.tls.overridden_by(&endpoint.tls);
+            if let Some(c) = clients.get(&tls) {
+                return Ok(c.clone());
+            }
+            let c = crate::tls::client(&tls, config.timeout)?;
+            clients.insert(tls, c.clone());
+            Ok(c)
+        };
         for endpoint in &config.operator {
-            let i = routes.push(Owner::Operator, endpoint)?;
+            let i = routes.push(Owner::Operator, endpoint, client_for(endpoint)?)?;
             routes.operator.push(i);
         }
         for (project, endpoints) in &config.projects {
@@ -182,14 +221,20 @@ impl Routes {
                 });
             }
             for endpoint in endpoints {
-                let i = routes.push(Owner::Project(project.clone()), endpoint)?;
+                let client = client_for(endpoint)?;
+                let i = routes.push(Owner::Project(project.clone()), endpoint, client)?;
                 routes.projects.entry(project.clone()).or_default().push(i);
             }
         }
         Ok(routes)
     }
 
-    fn push(&mut self, owner: Owner, endpoint: &Endpoint) -> Result<usize> {
+    fn push(
+        &mut self,
+        owner: Owner,
+        endpoint: &Endpoint,
+        client: reqwest::Client,
+    ) -> Result<usize> {
         let shown = redact_raw_url(&endpoint.url);
         let invalid = |reason: String| Error::InvalidUrl {
             url: shown.clone(),
@@ -222,6 +267,7 @@ impl Routes {
             owner,
             url,
             secrets: endpoint.secrets.clone(),
+            client,
             gone: AtomicBool::new(false),
         });
         Ok(self.targets.len() - 1)

@@ -60,6 +60,33 @@ pub enum Error {
     #[error("webhook timeout must be more than zero; the specification recommends 15 to 30 s")]
     InvalidTimeout,
 
+    /// A TLS file (CA, client certificate or key) could not be read.
+    #[error("cannot read tls {what} `{}`", path.display())]
+    ReadTlsFile {
+        /// Which setting: `ca_file`, `client_cert` or `client_key`.
+        what: &'static str,
+        /// The file.
+        path: std::path::PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A TLS file that does not hold what it should.
+    #[error("tls {what} `{}` is not valid: {reason}; expected PEM", path.display())]
+    InvalidTlsFile {
+        /// Which setting.
+        what: &'static str,
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong with it (never key material).
+        reason: String,
+    },
+
+    /// Only one of a client certificate and its key.
+    #[error("tls client_cert and client_key go together; give both or neither")]
+    IncompleteClientIdentity,
+
     /// The HTTP client could not be built (for example, no TLS roots).
     #[error("cannot build the webhook http client")]
     BuildClient(#[source] reqwest::Error),

@@ -35,6 +35,7 @@ mod error;
 mod event;
 mod notifier;
 mod signing;
+mod tls;
 
 pub use config::{Endpoint, WebhookConfig};
 pub use error::{Error, Result};
@@ -44,3 +45,4 @@ pub use signing::{
     DEFAULT_TOLERANCE, HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP, Secret, Verified, sign,
     verify, verify_at,
 };
+pub use tls::TlsConfig;

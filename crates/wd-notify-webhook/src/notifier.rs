@@ -35,7 +35,6 @@ const LEDGER_CAPACITY: usize = 16_384;
 /// endpoint to go to is not an error: the webhook channel simply has no
 /// subscriber for it (it is logged at debug level).
 pub struct WebhookNotifier {
-    client: reqwest::Client,
     routes: Routes,
     service: String,
     ledger: Mutex<Ledger>,
@@ -58,21 +57,7 @@ impl WebhookNotifier {
             return Err(Error::InvalidTimeout);
         }
         let routes = Routes::new(&config)?;
-        // Three bounds on a hostile endpoint: the connect (TCP and TLS), each
-        // read (a server that stalls mid-answer), and the whole request. The
-        // response body is never read: only the status and `Retry-After`
-        // count, so a huge or dripping body costs nothing.
-        let client = reqwest::Client::builder()
-            .timeout(config.timeout)
-            .connect_timeout(config.timeout.min(Duration::from_secs(10)))
-            .read_timeout(config.timeout)
-            // The specification advises against following redirects: a
-            // moved endpoint should be reconfigured, not chased.
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| Error::BuildClient(e.without_url()))?;
         Ok(WebhookNotifier {
-            client,
             routes,
             service: config.service,
             ledger: Mutex::new(Ledger::default()),
@@ -122,6 +107,13 @@ impl WebhookNotifier {
         Ok(out)
     }
 
+    /// Whether a notification owned by `project` has any endpoint to go to
+    /// here (the operator's, or that project's own). When it has none,
+    /// `notify` succeeds without sending anything.
+    pub fn routes(&self, project: Option<&str>) -> bool {
+        !self.routes.targets_for(project).is_empty()
+    }
+
     /// The request body `notify` sends for `n`.
     pub fn body(&self, n: &Notification) -> Vec<u8> {
         event::body(n, &self.service)
@@ -136,7 +128,7 @@ impl WebhookNotifier {
         }
         let timestamp = unix_now();
         let signature = signing::sign(id, timestamp, body, &target.secrets);
-        let response = self
+        let response = target
             .client
             .post(target.url.clone())
             .header(CONTENT_TYPE, event::CONTENT_TYPE)
@@ -153,6 +145,23 @@ impl WebhookNotifier {
         let response = match response {
             Ok(r) => r,
             Err(e) => {
+                // `without_url`: the URL may carry credentials.
+                let e = e.without_url();
+                if let Some(problem) = crate::tls::certificate_problem(&e) {
+                    // Retryable: the fix is configuration (a CA file, a
+                    // renewed certificate), and the entry must wait for it.
+                    return Outcome::Retry {
+                        message: format!(
+                            "{} {}: tls certificate error: {problem}",
+                            target.owner, target.shown
+                        ),
+                        retry_after: None,
+                        source: Some(Box::new(wd_notify::CertificateError::new(
+                            problem,
+                            Some(Box::new(e)),
+                        ))),
+                    };
+                }
                 let what = if e.is_timeout() {
                     "timed out"
                 } else if e.is_connect() {
@@ -160,11 +169,10 @@ impl WebhookNotifier {
                 } else {
                     "request failed"
                 };
-                // `without_url`: the URL may carry credentials.
                 return Outcome::Retry {
                     message: format!("{} {}: {what}", target.owner, target.shown),
                     retry_after: None,
-                    source: Some(Box::new(e.without_url())),
+                    source: Some(Box::new(e)),
                 };
             }
         };

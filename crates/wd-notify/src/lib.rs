@@ -193,6 +193,7 @@ mod backends;
 mod coalesce;
 mod error;
 mod fanout;
+mod kind;
 mod model;
 mod notifier;
 mod redact;
@@ -208,6 +209,7 @@ pub use backends::{ChannelNotifier, LogNotifier};
 pub use coalesce::{Coalesce, CoalesceConfig, CoalesceStats};
 pub use error::{Error, Result};
 pub use fanout::{BackendOutcome, Fanout, FanoutConfig, FanoutFailure, FanoutReport, Outcome};
+pub use kind::{CertificateError, FailureKind};
 pub use model::{Domain, Instance, Notification, Occurrences, SCHEMA_VERSION};
 #[cfg(feature = "mock")]
 pub use notifier::MockNotifier;

@@ -21,7 +21,10 @@ mod libvirt;
 mod logging;
 mod nova;
 mod patch;
+mod reload;
 mod resolve;
+mod serve;
+mod status;
 mod systemd;
 mod watch;
 #[cfg(test)]
@@ -55,6 +58,8 @@ enum Command {
     /// when building the package).
     #[command(hide = true)]
     GenerateAssets(assets::Args),
+    /// Show each delivery destination's backlog, oldest entry and last error.
+    Status(status::Args),
 }
 
 /// Joins an error chain into one line, skipping causes whose message the
@@ -77,7 +82,8 @@ fn one_line<'a>(chain: impl Iterator<Item = &'a (dyn std::error::Error + 'static
 /// clap's own error, without its usage and hints, on one line.
 fn clap_message(err: &clap::Error) -> String {
     if err.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
-        return "a subcommand is required (resolve, patch, watch); see wdctl --help".to_owned();
+        return "a subcommand is required (resolve, patch, watch, status); see wdctl --help"
+            .to_owned();
     }
     let text = err.to_string();
     let text = text.strip_prefix("error: ").unwrap_or(&text);
@@ -112,6 +118,7 @@ fn main() -> ExitCode {
         Command::GenerateAssets(args) => {
             assets::run(args, <Cli as clap::CommandFactory>::command())
         }
+        Command::Status(args) => status::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -154,7 +161,7 @@ mod tests {
         );
         check(
             &["wdctl"],
-            "a subcommand is required (resolve, patch, watch); see wdctl --help",
+            "a subcommand is required (resolve, patch, watch, status); see wdctl --help",
         );
         check(
             &["wdctl", "resolve", "--format", "yaml"],

@@ -12,14 +12,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
-use wd_compute::{NovaDirectory, Runtime, RuntimeConfig};
+use wd_compute::{Metrics, NovaDirectory, Runtime, RuntimeConfig};
 use wd_events::ListenerConfig;
 use wd_notify::{
     CoalesceConfig, Destination, DestinationKind, LogNotifier, RetryConfig, Route, SpoolConfig,
     SyncMode,
 };
 use wd_notify_amqp::{AmqpConfig, AmqpNotifier, AmqpUrl, Format, Priority};
-use wd_notify_webhook::{Endpoint, Secret, WebhookConfig, WebhookNotifier};
+use wd_notify_webhook::{Endpoint, Secret, TlsConfig, WebhookConfig, WebhookNotifier};
 
 /// The environment variable of the test-only fault hook, read only by debug
 /// builds: `pipeline-panic-after-ms=N` makes the pipeline task panic after
@@ -91,6 +91,10 @@ pub struct Args {
     /// The log format on stderr [default: text].
     #[arg(long, value_name = "FORMAT")]
     pub(crate) log_format: Option<crate::logging::LogFormat>,
+    /// Serve Prometheus metrics (`/metrics`), health (`/healthz`) and status
+    /// (`/status`) on this address, e.g. `127.0.0.1:9187`.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<String>,
 }
 
 /// Redacts credentials in a URL for logs and errors.
@@ -132,15 +136,33 @@ pub struct Plan {
     pub destinations: Vec<Destination>,
     /// Retry rather than exit when libvirt is unreachable at startup.
     pub wait: bool,
+    /// Where to serve metrics, health and status, if anywhere.
+    pub metrics_addr: Option<String>,
+    /// The metrics every destination and the pipeline report to.
+    pub metrics: Metrics,
+    /// The log filter from the config file.
+    pub log_level: Option<String>,
 }
 
 /// Turns flags, file and environment into a [`Plan`]. Needs a Tokio runtime
 /// (the HTTP and AMQP clients are created here).
 pub fn plan(args: &Args, env: &dyn Fn(&str) -> Option<String>) -> Result<Plan> {
+    plan_with(args, env, Metrics::new())
+}
+
+/// [`plan`], reporting to existing `metrics` (a reload keeps its counters).
+pub fn plan_with(
+    args: &Args,
+    env: &dyn Fn(&str) -> Option<String>,
+    metrics: Metrics,
+) -> Result<Plan> {
     let cfg = match &args.config {
         Some(path) => load_config(path)?,
         None => Config::default(),
     };
+    if let Some(level) = &cfg.log_level {
+        crate::reload::check_log_level(level)?;
+    }
     for t in &args.notify {
         if is_broker(t) && has_password(t) {
             bail!(
@@ -208,6 +230,11 @@ pub fn plan(args: &Args, env: &dyn Fn(&str) -> Option<String>) -> Result<Plan> {
     if let Some(s) = &cfg.webhook.service {
         webhook = webhook.with_service(s.clone());
     }
+    webhook = webhook.with_tls(TlsConfig {
+        ca_file: cfg.webhook.ca_file.clone(),
+        client_cert: cfg.webhook.client_cert.clone(),
+        client_key: cfg.webhook.client_key.clone(),
+    });
     let operator_secrets = || -> Result<Vec<Secret>> {
         if let Some(raw) = env(SECRET_ENV) {
             return raw
@@ -233,7 +260,11 @@ pub fn plan(args: &Args, env: &dyn Fn(&str) -> Option<String>) -> Result<Plan> {
         }
         webhook = webhook.with_project(
             p.project.clone(),
-            Endpoint::new(p.url.clone(), p.secrets.clone()),
+            Endpoint::new(p.url.clone(), p.secrets.clone()).with_tls(TlsConfig {
+                ca_file: p.ca_file.clone(),
+                client_cert: p.client_cert.clone(),
+                client_key: p.client_key.clone(),
+            }),
         );
     }
 
@@ -413,10 +444,19 @@ pub fn plan(args: &Args, env: &dyn Fn(&str) -> Option<String>) -> Result<Plan> {
             .ok_or_else(|| anyhow!("{FAULT_ENV} `{fault}`; allowed: pipeline-panic-after-ms=N"))?;
         runtime.fault_pipeline_panic_after = Some(Duration::from_millis(ms));
     }
+    // Every destination's outcomes and durations are counted under its kind.
+    for d in &mut destinations {
+        let metered = metrics.meter(d.name.clone(), d.kind.into(), d.notifier.clone());
+        d.notifier = Arc::new(metered);
+    }
+    runtime.metrics = Some(metrics.clone());
     Ok(Plan {
         runtime,
         destinations,
         wait: args.wait || cfg.wait.unwrap_or(false),
+        metrics_addr: args.metrics.clone().or(cfg.metrics.clone()),
+        metrics,
+        log_level: cfg.log_level.clone(),
     })
 }
 
@@ -453,16 +493,21 @@ fn project_limits(
     Ok(d)
 }
 
-/// Runs the agent until SIGTERM or SIGINT, or until a core task dies (then
+/// Runs the agent until SIGTERM or SIGINT (SIGHUP reloads the config), or until a core task dies (then
 /// it logs one line and exits non-zero, so that systemd restarts it).
 pub fn run(args: Args) -> Result<()> {
     // The format comes first, so that every later line has it; a config file
     // that cannot be read is reported (on stderr, as one line) right here.
-    let file_format = match &args.config {
-        Some(path) => load_config(path)?.log_format,
+    let file = match &args.config {
+        Some(path) => Some(load_config(path)?),
         None => None,
     };
-    crate::logging::init(args.log_format.or(file_format).unwrap_or_default());
+    let file_format = file.as_ref().and_then(|c| c.log_format);
+    let level = file.and_then(|c| c.log_level);
+    let log = crate::logging::init(
+        args.log_format.or(file_format).unwrap_or_default(),
+        level.as_deref(),
+    );
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -493,7 +538,17 @@ pub fn run(args: Args) -> Result<()> {
                 .context("probe libvirt")?
                 .map_err(|e| anyhow!("cannot connect to libvirt at {uri}: {e} (use --wait to keep retrying)"))?;
         }
+        let served = match &plan.metrics_addr {
+            Some(addr) => Some(crate::serve::start(addr, plan.metrics.clone()).await?),
+            None => None,
+        };
+        if let Some((addr, _)) = &served {
+            tracing::info!(%addr, "serving /metrics, /healthz and /status");
+        }
         let backend_names: Vec<String> = plan.destinations.iter().map(|d| d.name.clone()).collect();
+        let fixed = crate::reload::Fixed::of(&plan);
+        let metrics = plan.metrics.clone();
+        let live = crate::reload::swappable(&mut plan.destinations);
         let spool = plan.runtime.spool_dir.clone();
         let host = plan.runtime.host.clone();
         let mut runtime = Runtime::start(plan.runtime, Arc::new(NovaDirectory::new()), plan.destinations)
@@ -501,18 +556,26 @@ pub fn run(args: Args) -> Result<()> {
         tracing::info!(uri = %uri, read_only, host = %host, backends = ?backend_names,
             spool = %spool.as_ref().map_or("none".into(), |p| p.display().to_string()), "wdctl watch started");
 
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .context("install the SIGTERM handler")?;
-        let died = tokio::select! {
-            _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); None }
-            _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT: shutting down"); None }
-            why = runtime.failed() => {
-                tracing::error!("core task died: {why}; exiting non-zero so that the service manager restarts the agent and the queues replay");
-                Some(why)
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).context("install the SIGTERM handler")?;
+        let mut hup = signal(SignalKind::hangup()).context("install the SIGHUP handler")?;
+        let died = loop {
+            tokio::select! {
+                _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break None }
+                _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT: shutting down"); break None }
+                _ = hup.recv() => crate::reload::reload(
+                    &args, &|k| std::env::var(k).ok(), &live, &metrics, &log, &fixed),
+                why = runtime.failed() => {
+                    tracing::error!("core task died: {why}; exiting non-zero so that the service manager restarts the agent and the queues replay");
+                    break Some(why)
+                }
             }
         };
         crate::systemd::stopping();
         let report = runtime.shutdown().await;
+        if let Some((_, task)) = served {
+            task.abort();
+        }
         if let Some(why) = died {
             bail!("core task died: {why}");
         }

@@ -457,7 +457,7 @@ fn every_error_exits_2_with_one_stderr_line_and_empty_stdout() {
     fails(
         &[],
         "",
-        "a subcommand is required (resolve, patch, watch); see wdctl --help",
+        "a subcommand is required (resolve, patch, watch, status); see wdctl --help",
     );
     fails(
         &with(&["resolve", "--policy", "/nonexistent/policy.toml"]),

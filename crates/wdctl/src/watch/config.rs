@@ -29,6 +29,11 @@ pub struct Config {
     pub read_only: Option<bool>,
     /// The log format on stderr, `text` or `json` [default text].
     pub log_format: Option<crate::logging::LogFormat>,
+    /// The address serving `/metrics`, `/healthz` and `/status`.
+    pub metrics: Option<String>,
+    /// The log filter, e.g. `info` or `warn,wd_notify=debug` [default
+    /// `info`; `RUST_LOG` wins]. Changes on SIGHUP.
+    pub log_level: Option<String>,
     /// Webhook settings.
     #[serde(default)]
     pub webhook: WebhookSection,
@@ -64,6 +69,13 @@ pub struct WebhookSection {
     /// to operator endpoints).
     #[serde(default)]
     pub projects: Vec<ProjectEndpoint>,
+    /// A PEM file of extra CAs every webhook trusts, besides the system
+    /// trust store.
+    pub ca_file: Option<PathBuf>,
+    /// A PEM client certificate for mutual TLS (with `client_key`).
+    pub client_cert: Option<PathBuf>,
+    /// The PEM key of `client_cert`.
+    pub client_key: Option<PathBuf>,
 }
 
 /// `[[webhook.projects]]`.
@@ -86,6 +98,12 @@ pub struct ProjectEndpoint {
     /// `Retry-After` is honoured, in seconds [default:
     /// `spool-limits.retry_max_delay_secs`].
     pub max_delay_secs: Option<f64>,
+    /// Extra CAs for this endpoint only (overrides `[webhook] ca_file`).
+    pub ca_file: Option<PathBuf>,
+    /// This endpoint's client certificate (overrides `[webhook]`'s).
+    pub client_cert: Option<PathBuf>,
+    /// This endpoint's client key.
+    pub client_key: Option<PathBuf>,
 }
 
 /// `[amqp]`.

@@ -214,6 +214,18 @@ fn bad_configurations_name_what_is_wrong() {
         &[],
         "line 2",
     );
+    check_err(
+        &["--notify", "http://127.0.0.1:9/x"],
+        Some("[webhook]\nca_file = \"/nonexistent/ca.pem\"\n"),
+        &[(SECRET_ENV, SECRET)],
+        "cannot read tls ca_file `/nonexistent/ca.pem`",
+    );
+    check_err(
+        &["--notify", "log"],
+        Some("log_level = \"info,[\"\n"),
+        &[],
+        "config key `log_level`",
+    );
 }
 
 #[test]
@@ -315,4 +327,49 @@ fn passwords_are_found_in_any_node_and_urls_redacted() {
         "unparsable still counts"
     );
     assert!(is_broker("RABBIT://h/") && is_broker("amqps://h") && !is_broker("http://h"));
+}
+
+#[test]
+fn each_destination_is_metered_under_its_kind() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("wd.toml");
+    write_private(
+        &p,
+        &format!(
+            "[[webhook.projects]]\nproject = \"p1\"\nurl = \"http://127.0.0.1:9/p1\"\nsecrets = [\"{SECRET}\"]\n"
+        ),
+    );
+    let a = args(&["--config", &p.display().to_string()]);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let plan = plan(&a, &|_| None).unwrap();
+        let project = plan
+            .destinations
+            .iter()
+            .find(|d| d.kind == DestinationKind::Project)
+            .unwrap();
+        let text = plan.metrics.encode();
+        assert!(
+            text.contains("wd_notifications_total{destination=\"project\",outcome=\"failed\"} 0\n"),
+            "{text}"
+        );
+        let mut n = wd_notify::Notification::new(
+            wd_notify::Instance::new(uuid::Uuid::from_u128(1)),
+            "compute-1",
+            wd_notify::Domain::new(uuid::Uuid::from_u128(1), "instance-1"),
+            "pause",
+            time::OffsetDateTime::now_utc(),
+        );
+        n.instance.project_id = Some("p1".into());
+        // The endpoint refuses connections: an attempt, counted as failed.
+        assert!(project.notifier.notify(&n).await.is_err());
+        let text = plan.metrics.encode();
+        assert!(
+            text.contains("wd_notifications_total{destination=\"project\",outcome=\"failed\"} 1\n"),
+            "{text}"
+        );
+    });
 }

@@ -1,0 +1,149 @@
+//! What kind of failure a delivery error is, for metrics, logs and status.
+//!
+//! A [`NotifyError`] says whether retrying may help. Operators need one more
+//! distinction: a TLS certificate problem (an unknown CA, an expired or
+//! mismatched certificate, a client certificate the server refused) is fixed
+//! by configuration, not by waiting, and must not hide among "request
+//! failed". A transport marks such a failure by putting a
+//! [`CertificateError`] in the error's cause chain; [`FailureKind::of`] finds
+//! it, through combinators that wrap causes (such as a fanout's report).
+
+use std::fmt;
+
+use crate::fanout::FanoutFailure;
+use crate::notifier::{BoxError, NotifyError};
+
+/// The cause a transport attaches to a [`NotifyError`] when TLS certificate
+/// verification failed, on either side.
+#[derive(Debug)]
+pub struct CertificateError {
+    detail: String,
+    source: Option<BoxError>,
+}
+
+impl CertificateError {
+    /// A certificate failure described by `detail` (for example
+    /// `invalid peer certificate: UnknownIssuer`), with its underlying cause.
+    pub fn new(detail: impl Into<String>, source: Option<BoxError>) -> Self {
+        CertificateError {
+            detail: detail.into(),
+            source,
+        }
+    }
+
+    /// What was wrong with the certificate.
+    pub fn detail(&self) -> &str {
+        &self.detail
+    }
+}
+
+impl fmt::Display for CertificateError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "tls certificate error: {}", self.detail)
+    }
+}
+
+impl std::error::Error for CertificateError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+/// The kind of a delivery failure, as metrics and `wdctl status` show it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum FailureKind {
+    /// A failure that may pass (timeout, 5xx, broker down): retried.
+    Retryable,
+    /// Refused for good (4xx, rejected): not retried.
+    Permanent,
+    /// TLS certificate verification failed: fix the CA or the certificates.
+    Certificate,
+}
+
+impl FailureKind {
+    /// Classifies `err`, looking through its cause chain for a
+    /// [`CertificateError`] (also inside a [`FanoutFailure`]'s per-backend
+    /// errors).
+    pub fn of(err: &NotifyError) -> FailureKind {
+        if has_certificate_cause(err) {
+            FailureKind::Certificate
+        } else if err.is_retryable() {
+            FailureKind::Retryable
+        } else {
+            FailureKind::Permanent
+        }
+    }
+
+    /// The label used in metrics and status output: `failed`, `rejected`
+    /// or `certificate`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureKind::Retryable => "failed",
+            FailureKind::Permanent => "rejected",
+            FailureKind::Certificate => "certificate",
+        }
+    }
+}
+
+impl fmt::Display for FailureKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How deep a cause chain is followed; chains are short, but a cycle-free
+/// bound keeps a hostile or buggy `source()` from looping.
+const MAX_DEPTH: usize = 32;
+
+fn has_certificate_cause(err: &NotifyError) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(err);
+    for _ in 0..MAX_DEPTH {
+        let Some(c) = cause else { return false };
+        if c.is::<CertificateError>() {
+            return true;
+        }
+        if let Some(FanoutFailure(report)) = c.downcast_ref::<FanoutFailure>() {
+            return report.failures().any(|(_, e)| has_certificate_cause(e));
+        }
+        cause = c.source();
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_follow_the_cause_chain() {
+        let check = |err: NotifyError, expected: FailureKind| {
+            assert_eq!(FailureKind::of(&err), expected, "{err:?}");
+        };
+        check(NotifyError::retryable("x"), FailureKind::Retryable);
+        check(NotifyError::permanent("x"), FailureKind::Permanent);
+        let io = std::io::Error::other("unknown issuer");
+        check(
+            NotifyError::retryable("x").with_source(CertificateError::new(
+                "invalid peer certificate: UnknownIssuer",
+                Some(Box::new(io)),
+            )),
+            FailureKind::Certificate,
+        );
+        // Deeper in the chain, under another cause.
+        #[derive(Debug, thiserror::Error)]
+        #[error("outer")]
+        struct Outer(#[source] CertificateError);
+        check(
+            NotifyError::retryable("x").with_source(Outer(CertificateError::new("expired", None))),
+            FailureKind::Certificate,
+        );
+        assert_eq!(
+            CertificateError::new("expired", None).to_string(),
+            "tls certificate error: expired"
+        );
+        assert_eq!(FailureKind::Certificate.to_string(), "certificate");
+    }
+}
