@@ -192,10 +192,9 @@ impl Runtime {
             }));
             let weak = Arc::downgrade(&router);
             m.add_health_source(Box::new(move || {
-                weak.upgrade().and_then(|r| {
-                    r.dead_writer()
-                        .map(|name| format!("the queue writer of destination {name} died"))
-                })
+                weak.upgrade()
+                    .and_then(|r| r.dead_writer())
+                    .map(|name| format!("the queue writer of destination {name} died"))
             }));
         }
         let (stop, stopped) = oneshot::channel::<()>();

@@ -6,8 +6,8 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -259,6 +259,12 @@ pub struct DestinationStatus {
 
 struct Queue {
     attempts: Arc<Attempts>,
+    /// The destination's directory name (its identity, see
+    /// [`Destination::dir_name`]).
+    dir: String,
+    /// Removed from the configuration: takes nothing new, and leaves once
+    /// its backlog has drained.
+    retired: AtomicBool,
     name: String,
     kind: DestinationKind,
     route: Route,
@@ -272,7 +278,8 @@ struct Queue {
 /// durable router). Each queue keeps its own progress (acks) on disk, so
 /// after a restart a destination is offered only what it has not taken.
 pub struct Router {
-    queues: Vec<Queue>,
+    queues: RwLock<Vec<Arc<Queue>>>,
+    defaults: RouterDefaults,
     root: Option<PathBuf>,
     _lock: Option<std::fs::File>,
 }
@@ -283,7 +290,11 @@ impl fmt::Debug for Router {
             .field("root", &self.root)
             .field(
                 "destinations",
-                &self.queues.iter().map(|q| &q.name).collect::<Vec<_>>(),
+                &self
+                    .queues()
+                    .iter()
+                    .map(|q| q.name.clone())
+                    .collect::<Vec<_>>(),
             )
             .finish()
     }
@@ -323,17 +334,20 @@ impl Router {
                 .map(|d| {
                     let (queue, attempts, inner) = defaults.resolve(&d);
                     let spool = Spool::memory_dyn(d.name.clone(), queue, inner)?;
-                    Ok(Queue {
+                    Ok(Arc::new(Queue {
                         attempts,
+                        dir: d.dir_name(),
+                        retired: AtomicBool::new(false),
                         name: d.name,
                         kind: d.kind,
                         route: d.route,
                         spool: Arc::new(spool),
-                    })
+                    }))
                 })
                 .collect::<Result<Vec<_>>>()?;
             return Ok(Router {
-                queues,
+                queues: RwLock::new(queues),
+                defaults: defaults.clone(),
                 root: None,
                 _lock: None,
             });
@@ -367,13 +381,15 @@ impl Router {
                 inner,
                 imports,
             )?;
-            queues.push(Queue {
+            queues.push(Arc::new(Queue {
                 attempts,
+                dir: d.dir_name(),
+                retired: AtomicBool::new(false),
                 name: d.name,
                 kind: d.kind,
                 route: d.route,
                 spool: Arc::new(spool),
-            });
+            }));
         }
         // Every entry is now durable in its queues: the old segments go.
         for seg in &old.segments {
@@ -387,7 +403,8 @@ impl Router {
             tracing::info!(dir = %root.display(), segments = old.segments.len(), "old spool layout drained");
         }
         Ok(Router {
-            queues,
+            queues: RwLock::new(queues),
+            defaults: defaults.clone(),
             root: Some(root.to_owned()),
             _lock: Some(lock),
         })
@@ -398,14 +415,110 @@ impl Router {
         self.root.as_deref()
     }
 
+    fn queues(&self) -> Vec<Arc<Queue>> {
+        self.queues
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     /// The destinations' names, in order.
-    pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.queues.iter().map(|q| q.name.as_str())
+    pub fn names(&self) -> Vec<String> {
+        self.queues().iter().map(|q| q.name.clone()).collect()
+    }
+
+    /// The directory names ([`Destination::dir_name`]) of the destinations
+    /// that still take new notifications.
+    pub fn active(&self) -> Vec<String> {
+        self.queues()
+            .iter()
+            .filter(|q| !q.retired.load(Ordering::Relaxed))
+            .map(|q| q.dir.clone())
+            .collect()
+    }
+
+    /// Adds destination `d` while running (a configuration reload): its
+    /// queue opens (on disk, with any backlog a previous run left there) and
+    /// its worker starts. A retired destination with the same identity is
+    /// taken back instead, keeping its queue. Must run inside a Tokio
+    /// runtime.
+    ///
+    /// # Errors
+    ///
+    /// The queue cannot be opened.
+    pub fn add(&self, d: Destination) -> Result<()> {
+        let dir = d.dir_name();
+        if let Some(q) = self.queues().iter().find(|q| q.dir == dir) {
+            q.retired.store(false, Ordering::Relaxed);
+            return Ok(());
+        }
+        let (queue, attempts, inner) = self.defaults.resolve(&d);
+        let spool = match &self.root {
+            Some(root) => Spool::open_importing(
+                Arc::new(crate::spool::disk::RealFs),
+                &root.join("dest").join(&dir),
+                d.name.clone(),
+                queue,
+                inner,
+                Vec::new(),
+            )?,
+            None => Spool::memory_dyn(d.name.clone(), queue, inner)?,
+        };
+        tracing::info!(destination = %d.name, "destination added; its queue started");
+        self.queues
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Arc::new(Queue {
+                attempts,
+                dir,
+                retired: AtomicBool::new(false),
+                name: d.name,
+                kind: d.kind,
+                route: d.route,
+                spool: Arc::new(spool),
+            }));
+        Ok(())
+    }
+
+    /// Retires the destination whose directory name is `dir` (removed from
+    /// the configuration): it takes no new notification, keeps delivering
+    /// its backlog, and is closed once that has drained (or at shutdown;
+    /// what is left then stays on disk). Returns whether there was one.
+    pub fn retire(self: &Arc<Self>, dir: &str) -> bool {
+        let Some(q) = self.queues().into_iter().find(|q| q.dir == dir) else {
+            return false;
+        };
+        q.retired.store(true, Ordering::Relaxed);
+        tracing::warn!(destination = %q.name, backlog = q.spool.stats().pending,
+            "destination removed: it takes nothing new; its queue is kept until it drains");
+        let router = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                if !q.retired.load(Ordering::Relaxed) {
+                    return;
+                }
+                let Some(router) = router.upgrade() else {
+                    return;
+                };
+                if q.spool.stats().pending == 0 {
+                    router
+                        .queues
+                        .write()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .retain(|other| !Arc::ptr_eq(other, &q));
+                    q.spool.shutdown(Duration::ZERO).await;
+                    tracing::info!(destination = %q.name, "removed destination drained; its queue is closed");
+                    return;
+                }
+            }
+        });
+        true
     }
 
     /// Every destination's state now.
     pub fn status(&self) -> Vec<DestinationStatus> {
-        self.queues
+        self.queues()
             .iter()
             .map(|q| {
                 let s = q.spool.stats();
@@ -459,18 +572,19 @@ impl Router {
 
     /// The name of a destination whose queue writer thread has died, if
     /// any: a core failure the process should exit on.
-    pub fn dead_writer(&self) -> Option<&str> {
-        self.queues
+    pub fn dead_writer(&self) -> Option<String> {
+        self.queues()
             .iter()
             .find(|q| q.spool.writer_died())
-            .map(|q| q.name.as_str())
+            .map(|q| q.name.clone())
     }
 
     /// Test hook: makes destination `name`'s worker panic once. Returns
     /// whether there is such a destination.
     #[doc(hidden)]
     pub fn inject_worker_panic(&self, name: &str) -> bool {
-        let q = self.queues.iter().find(|q| q.name == name);
+        let queues = self.queues();
+        let q = queues.iter().find(|q| q.name == name);
         if let Some(q) = q {
             q.spool.inject_worker_panic();
         }
@@ -480,8 +594,9 @@ impl Router {
     /// Stops accepting, lets every queue deliver for up to `grace` (all at
     /// once), and stops them; returns each destination's final counters.
     pub async fn shutdown(&self, grace: Duration) -> Vec<(String, SpoolStats)> {
-        let stats = futures::future::join_all(self.queues.iter().map(|q| q.spool.shutdown(grace)));
-        self.queues
+        let queues = self.queues();
+        let stats = futures::future::join_all(queues.iter().map(|q| q.spool.shutdown(grace)));
+        queues
             .iter()
             .map(|q| q.name.clone())
             .zip(stats.await)
@@ -492,7 +607,11 @@ impl Router {
 #[async_trait]
 impl Notifier for Router {
     async fn notify(&self, n: &Notification) -> Result<(), NotifyError> {
-        let targets: Vec<&Queue> = self.queues.iter().filter(|q| q.route.matches(n)).collect();
+        let queues = self.queues();
+        let targets: Vec<&Arc<Queue>> = queues
+            .iter()
+            .filter(|q| !q.retired.load(Ordering::Relaxed) && q.route.matches(n))
+            .collect();
         if targets.is_empty() {
             tracing::debug!(event_id = %n.event_id, "no destination for this notification");
             return Ok(());

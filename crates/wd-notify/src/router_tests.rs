@@ -325,3 +325,51 @@ async fn a_destination_given_twice_is_refused() {
     let err = Router::open(None, vec![a, b], &RouterDefaults::default()).unwrap_err();
     assert!(err.to_string().contains("destination=a"), "{err}");
 }
+
+#[tokio::test]
+async fn destinations_are_added_and_retired_while_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ops, mut ops_rx) = channel("ops", Route::All);
+    let router =
+        Arc::new(Router::open(Some(dir.path()), vec![ops], &RouterDefaults::default()).unwrap());
+    // A new project's endpoint: its queue starts and takes its project's
+    // notifications at once.
+    let (p1, mut p1_rx) = channel("p1", Route::Project("project-1".into()));
+    let p1_dir = p1.dir_name();
+    router.add(p1).unwrap();
+    assert_eq!(router.names(), ["ops", "p1"]);
+    let mut n = firing(11);
+    n.instance.project_id = Some("project-1".into());
+    router.notify(&n).await.unwrap();
+    assert_eq!(recv(&mut p1_rx, Duration::from_secs(5)).await, n);
+    assert_eq!(recv(&mut ops_rx, Duration::from_secs(5)).await, n);
+    // A removed destination with a backlog: it takes nothing new and stays
+    // until its backlog has drained.
+    let down = Scripted::new(Duration::ZERO, || Err(NotifyError::retryable("down")));
+    let slow = dest("slow", DestinationKind::Bus, Route::All, down.clone());
+    let slow_dir = slow.dir_name();
+    router.add(slow).unwrap();
+    router.notify(&firing(12)).await.unwrap();
+    assert!(router.retire(&slow_dir));
+    assert!(router.retire(&p1_dir));
+    assert!(!router.active().contains(&slow_dir));
+    router.notify(&n).await.unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), p1_rx.recv())
+            .await
+            .is_err(),
+        "a retired destination took a new notification"
+    );
+    until("the drained destination closed", || {
+        !router.names().contains(&"p1".to_owned())
+    })
+    .await;
+    // Still holding its undelivered entry: kept.
+    let slow = router
+        .status()
+        .into_iter()
+        .find(|s| s.name == "slow")
+        .unwrap();
+    assert_eq!(slow.backlog, 1);
+    router.shutdown(Duration::ZERO).await;
+}

@@ -7,10 +7,12 @@
 //! - each running destination (same kind, project and URL) takes its new
 //!   notifier: secrets, TLS files and timeouts change at once, and its
 //!   queue, with everything waiting in it, is kept;
-//! - the log filter (`log_level`) changes at once;
-//! - destinations added or removed are logged and take effect at the next
-//!   restart (a removed destination's queue keeps delivering until then;
-//!   on restart its backlog is left in its directory, not deleted).
+//! - a new destination (a new project's endpoint) gets its queue and
+//!   worker at once;
+//! - a removed destination takes nothing new; its queue keeps delivering
+//!   until it has drained, then closes (both logged). What is still queued
+//!   at shutdown stays on disk, and is delivered if it comes back;
+//! - the log filter (`log_level`) changes at once.
 //!
 //! A configuration that fails is refused with the error logged, and the
 //! running one keeps running. Settings that need a restart (the libvirt
@@ -23,7 +25,7 @@ use std::sync::{Arc, RwLock};
 use anyhow::{Context as _, Result};
 use tracing_subscriber::EnvFilter;
 use wd_compute::Metrics;
-use wd_notify::{Destination, Notification, Notifier, NotifyError};
+use wd_notify::{Destination, Notification, Notifier, NotifyError, Router};
 
 use crate::logging::LogControl;
 use crate::watch::{Args, Plan, plan_with};
@@ -50,16 +52,25 @@ impl Notifier for Swappable {
     }
 }
 
-/// The running destinations' notifiers, by destination key.
+/// Every destination's notifier seen since start, by its directory name
+/// ([`Destination::dir_name`]).
 pub type Live = BTreeMap<String, Arc<Swappable>>;
 
-/// Makes every destination's notifier replaceable, and returns them by key.
+/// Makes `d`'s notifier replaceable: the one `live` has for it, given
+/// `d`'s notifier, or a new one.
+fn attach(live: &mut Live, d: &mut Destination) {
+    let s = live
+        .entry(d.dir_name())
+        .or_insert_with(|| Arc::new(Swappable(RwLock::new(d.notifier.clone()))));
+    s.set(d.notifier.clone());
+    d.notifier = s.clone();
+}
+
+/// Makes every destination's notifier replaceable, and returns them.
 pub fn swappable(destinations: &mut [Destination]) -> Live {
     let mut live = Live::new();
     for d in destinations {
-        let s = Arc::new(Swappable(RwLock::new(d.notifier.clone())));
-        d.notifier = s.clone();
-        live.insert(d.key.clone(), s);
+        attach(&mut live, d);
     }
     live
 }
@@ -120,7 +131,8 @@ pub fn check_log_level(level: &str) -> Result<()> {
 pub fn reload(
     args: &Args,
     env: &dyn Fn(&str) -> Option<String>,
-    live: &Live,
+    live: &mut Live,
+    router: &Arc<Router>,
     metrics: &Metrics,
     log: &LogControl,
     fixed: &Fixed,
@@ -140,30 +152,32 @@ pub fn reload(
             "these settings changed but take effect only at the next restart");
     }
     log.set_level(next.log_level.as_deref());
+    let active = router.active();
+    let wanted: Vec<String> = next
+        .destinations
+        .iter()
+        .map(Destination::dir_name)
+        .collect();
     let mut updated = Vec::new();
     let mut added = Vec::new();
-    for d in &next.destinations {
-        match live.get(&d.key) {
-            Some(s) => {
-                s.set(d.notifier.clone());
-                updated.push(d.name.clone());
-            }
-            None => added.push(d.name.clone()),
+    for mut d in next.destinations {
+        let dir = d.dir_name();
+        let name = d.name.clone();
+        attach(live, &mut d);
+        if active.contains(&dir) {
+            updated.push(name);
+        } else if let Err(e) = router.add(d) {
+            tracing::error!(destination = %name, error = %crate::one_line(anyhow::Error::new(e).chain()),
+                "cannot start the new destination's queue");
+        } else {
+            added.push(name);
         }
     }
-    let removed: Vec<&String> = live
-        .keys()
-        .filter(|k| !next.destinations.iter().any(|d| &d.key == *k))
-        .collect();
-    if !added.is_empty() {
-        tracing::warn!(added = ?added,
-            "new destinations take effect at the next restart (their queues start then)");
+    let mut removed = 0usize;
+    for dir in active.iter().filter(|d| !wanted.contains(d)) {
+        if router.retire(dir) {
+            removed = removed.saturating_add(1);
+        }
     }
-    if !removed.is_empty() {
-        tracing::warn!(
-            removed = removed.len(),
-            "destinations removed from the configuration keep delivering their queues until the next restart"
-        );
-    }
-    tracing::info!(updated = ?updated, "configuration reloaded");
+    tracing::info!(updated = ?updated, added = ?added, removed, "configuration reloaded");
 }

@@ -548,7 +548,7 @@ pub fn run(args: Args) -> Result<()> {
         let backend_names: Vec<String> = plan.destinations.iter().map(|d| d.name.clone()).collect();
         let fixed = crate::reload::Fixed::of(&plan);
         let metrics = plan.metrics.clone();
-        let live = crate::reload::swappable(&mut plan.destinations);
+        let mut live = crate::reload::swappable(&mut plan.destinations);
         let spool = plan.runtime.spool_dir.clone();
         let host = plan.runtime.host.clone();
         let mut runtime = Runtime::start(plan.runtime, Arc::new(NovaDirectory::new()), plan.destinations)
@@ -556,6 +556,7 @@ pub fn run(args: Args) -> Result<()> {
         tracing::info!(uri = %uri, read_only, host = %host, backends = ?backend_names,
             spool = %spool.as_ref().map_or("none".into(), |p| p.display().to_string()), "wdctl watch started");
 
+        let router = runtime.router().clone();
         use tokio::signal::unix::{SignalKind, signal};
         let mut term = signal(SignalKind::terminate()).context("install the SIGTERM handler")?;
         let mut hup = signal(SignalKind::hangup()).context("install the SIGHUP handler")?;
@@ -564,7 +565,7 @@ pub fn run(args: Args) -> Result<()> {
                 _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break None }
                 _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT: shutting down"); break None }
                 _ = hup.recv() => crate::reload::reload(
-                    &args, &|k| std::env::var(k).ok(), &live, &metrics, &log, &fixed),
+                    &args, &|k| std::env::var(k).ok(), &mut live, &router, &metrics, &log, &fixed),
                 why = runtime.failed() => {
                     tracing::error!("core task died: {why}; exiting non-zero so that the service manager restarts the agent and the queues replay");
                     break Some(why)
