@@ -83,6 +83,12 @@ deadline_secs = 2
     )
 }
 
+/// Writes a config file holding secrets as the agent requires: 0600.
+fn write_private(path: &Path, text: impl AsRef<[u8]>) {
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+}
+
 /// The metrics address the agent logged (it binds port 0).
 async fn metrics_addr(agent: &mut Agent) -> String {
     agent
@@ -208,7 +214,7 @@ async fn libvirtd_metrics_count_a_real_firing_and_its_deliveries() {
     let dir = Scratch::new("wd-obs-metrics");
     let project = uuid::Uuid::new_v4().simple().to_string();
     let cfg = dir.0.join("wd.toml");
-    std::fs::write(&cfg, config(&receiver, &dir.0, &project)).unwrap();
+    write_private(&cfg, config(&receiver, &dir.0, &project));
     let mut agent = Agent::start(&cfg, OPERATOR_SECRET, &dir.0.join("agent.log")).unwrap();
     let addr = metrics_addr(&mut agent).await;
     agent.wait_ready(Duration::from_secs(60)).await.unwrap();
@@ -285,7 +291,7 @@ async fn libvirtd_healthz_is_503_while_libvirtd_is_down_and_200_after() {
     let receiver = Receiver::start(OPERATOR_SECRET).await.unwrap();
     let dir = Scratch::new("wd-obs-health");
     let cfg = dir.0.join("wd.toml");
-    std::fs::write(&cfg, config(&receiver, &dir.0, "p-health")).unwrap();
+    write_private(&cfg, config(&receiver, &dir.0, "p-health"));
     let mut agent = Agent::start(&cfg, OPERATOR_SECRET, &dir.0.join("agent.log")).unwrap();
     let addr = metrics_addr(&mut agent).await;
     agent.wait_ready(Duration::from_secs(60)).await.unwrap();
@@ -354,13 +360,13 @@ async fn libvirtd_sighup_adds_a_project_and_refuses_a_broken_config() {
     // At start: the operator endpoint only (the project section cut out).
     let (head, rest) = full.split_once("[[webhook.projects]]").unwrap();
     let tail = &rest[rest.find("[retry]").unwrap()..];
-    std::fs::write(&cfg, format!("{head}{tail}")).unwrap();
+    write_private(&cfg, format!("{head}{tail}"));
     let mut agent = Agent::start(&cfg, OPERATOR_SECRET, &dir.0.join("agent.log")).unwrap();
     agent.wait_ready(Duration::from_secs(60)).await.unwrap();
     let hup = |agent: &Agent| wd_testkit::run_quiet("kill", &["-HUP", &agent.pid().to_string()]);
 
     // Add project A's endpoint and reload.
-    std::fs::write(&cfg, &full).unwrap();
+    write_private(&cfg, &full);
     hup(&agent);
     agent
         .wait_log(
@@ -383,7 +389,7 @@ async fn libvirtd_sighup_adds_a_project_and_refuses_a_broken_config() {
     );
 
     // A broken config is refused; the running one stays.
-    std::fs::write(&cfg, format!("{full}\nnot toml at all = = =\n")).unwrap();
+    write_private(&cfg, format!("{full}\nnot toml at all = = =\n"));
     hup(&agent);
     agent
         .wait_log(&["reload refused"], Duration::from_secs(30))

@@ -44,6 +44,24 @@ fn must(program: &str, args: &[&str]) -> String {
     out
 }
 
+/// `GET path` over plain HTTP/1.1 (the server closes each connection);
+/// returns the status code and the body.
+fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+    let code = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (code, body.to_owned())
+}
+
 fn exists(kind: &str, name: &str) -> bool {
     run("getent", &[kind, name]).0
 }
@@ -302,10 +320,15 @@ async fn libvirtd_package_installs_runs_as_wd_read_only_and_purges_cleanly() {
     //    file (which the agent accepts), the spool in its StateDirectory.
     let receiver = Receiver::start(SECRET).await.unwrap();
     let project = uuid::Uuid::new_v4().simple().to_string();
+    let metrics = {
+        // A free port now; the agent binds it (as user wd) in a moment.
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    };
     std::fs::write(
         CONFIG,
         format!(
-            "notify = [\"{url}\"]\nspool = \"/var/lib/wd/spool\"\nwait = true\nlog_format = \"json\"\n\
+            "metrics = \"{metrics}\"\nnotify = [\"{url}\"]\nspool = \"/var/lib/wd/spool\"\nwait = true\nlog_format = \"json\"\n\
              host = \"package-compute-1\"\n\n[webhook]\nsecrets = [\"{SECRET}\"]\ntimeout_secs = 5\n\n\
              [retry]\nmin_delay_secs = 0.2\nmax_delay_secs = 1\ndeadline_secs = 2\n",
             url = receiver.url("/ops")
@@ -315,10 +338,10 @@ async fn libvirtd_package_installs_runs_as_wd_read_only_and_purges_cleanly() {
     // Writing kept the owner and mode.
     let conf = std::fs::metadata(CONFIG).unwrap();
     assert_eq!((conf.gid(), conf.mode() & 0o7777), (wd_gid, 0o640));
-    // INTEGRATOR: once `--metrics ADDR` (h5) is on main, add
-    // `metrics = "127.0.0.1:PORT"` here and check, below, that /metrics
-    // counts the firings and deliveries and that /healthz answers 503 while
-    // libvirtd is stopped and 200 once it is back.
+    // `metrics` is checked below (/metrics counts the firings and the
+    // deliveries, /healthz answers 200); /healthz going 503 while libvirtd
+    // is stopped is shown by the observability test
+    // (`libvirtd_healthz_is_503_while_libvirtd_is_down_and_200_after`).
 
     // 3. A guest paused by its watchdog before the agent starts: only a
     //    read-only catch-up (state and reason, then XML for the owner) can
@@ -374,6 +397,28 @@ async fn libvirtd_package_installs_runs_as_wd_read_only_and_purges_cleanly() {
             notify.got.iter().any(|d| d.contains("STATUS=watching"))
         }
     );
+
+    // /metrics shows both firings and their deliveries to the operator
+    // endpoint; /healthz is 200 (connected, every worker alive).
+    let (code, text) = http_get(&metrics, "/metrics");
+    assert_eq!(code, 200, "{text}");
+    // At least: other guests on this shared libvirtd may count too.
+    let sample = |series: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("{series} not in:\n{text}"))
+    };
+    assert!(
+        sample("wd_watchdog_firings_total{action=\"pause\"}") >= 2.0,
+        "{text}"
+    );
+    assert!(sample("wd_catchup_firings_total") >= 1.0, "{text}");
+    assert!(
+        sample("wd_notifications_total{destination=\"operator\",outcome=\"delivered\"}") >= 2.0,
+        "{text}"
+    );
+    assert_eq!(sample("wd_libvirt_connected"), 1.0, "{text}");
+    assert_eq!(http_get(&metrics, "/healthz"), (200, "ok\n".to_owned()));
 
     // The log is JSON (log_format in the file) and says read-only.
     let lines: Vec<Value> = log_text
