@@ -370,7 +370,7 @@ async fn libvirtd_sighup_adds_a_project_and_refuses_a_broken_config() {
     hup(&agent);
     agent
         .wait_log(
-            &["configuration reloaded", "webhook projects"],
+            &["configuration reloaded", "webhook project "],
             Duration::from_secs(30),
         )
         .await
