@@ -1,8 +1,8 @@
 //! Workspace automation, reached as `cargo xtask <command>`.
 //!
 //! Architecture invariant: xtask must not depend on libvirt, because it is
-//! what installs libvirt. It depends only on `anyhow` and `wd-testkit`, which
-//! uses the standard library alone.
+//! what installs libvirt. It depends only on `anyhow`, `serde_json` and
+//! `wd-testkit` (which uses the standard library alone).
 //!
 //! - `cargo xtask test`: installs what the tests need, starts the services,
 //!   runs fmt, clippy, rustdoc and the whole test suite, and stops what it
@@ -30,7 +30,7 @@ const USAGE: &str = "usage: cargo xtask <command>
 
 commands:
   test              tidy, install what is needed, then fmt, clippy, rustdoc and every test
-  tidy              check the architecture's rules (allowed edges, unsafe, docs, file sizes)
+  tidy [dir]        check the architecture's rules (allowed edges, unsafe, docs, file sizes)
   demo              the main job: a real guest's watchdog fires and its owner is notified
   services up       start libvirtd (with virtlogd) and RabbitMQ on 127.0.0.1
   services down     stop the services recorded under target/wd-services
@@ -55,6 +55,7 @@ fn run(args: &[&str]) -> Result<()> {
         ["test", rest @ ..] => cmd::test(rest),
         ["demo", rest @ ..] => cmd::demo(rest),
         ["tidy"] => tidy::run(&root()),
+        ["tidy", dir] => tidy::run(Path::new(dir)),
         ["services", "up"] => setup::services_up().map(|_| ()),
         ["services", "down"] => {
             setup::services_down();

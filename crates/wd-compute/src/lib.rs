@@ -6,7 +6,7 @@
 //! - **At run time** ([`Pipeline`]): listener items from `wd-events` in,
 //!   owner notifications out, through an [`InstanceDirectory`] that maps each
 //!   domain to its owner and a [`Ledger`] that keeps one notification per
-//!   pause episode across reconnects and restarts.
+//!   pause episode (per run of the domain) across reconnects and restarts.
 //!
 //! # Embedding it in a driver
 //!

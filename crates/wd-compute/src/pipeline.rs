@@ -7,7 +7,7 @@ use std::sync::Arc;
 use futures::{Stream, StreamExt};
 use time::OffsetDateTime;
 use uuid::Uuid;
-use wd_events::{DomainId, Item, Lifecycle, LifecycleEvent, WatchdogEvent};
+use wd_events::{DomainId, Item, Lifecycle, LifecycleEvent, Origin, WatchdogEvent};
 use wd_notify::{Domain, Instance, Notification, Notifier, Occurrences, SCHEMA_VERSION};
 
 use crate::directory::InstanceDirectory;
@@ -169,15 +169,35 @@ impl Pipeline {
     async fn watchdog(&mut self, ev: WatchdogEvent) {
         self.stats.firings += 1;
         let is_pause = ev.action.is(wd_events::WatchdogAction::Pause);
-        let event_id = if is_pause {
-            match self.ledger.get(&ev.domain.uuid) {
-                Some(Entry {
-                    accepted: true,
-                    event_id,
-                }) => {
+        let run = ev.run_id;
+        let event_id = if !is_pause {
+            ev.episode
+        } else {
+            // A live pause is always a new episode: wd-events reports each
+            // real firing live once (and drops the live echo of a pause
+            // its catch-up already recovered). Only a recovered pause may be
+            // one this agent, or an earlier one, already announced: the
+            // ledger tells, for the same run of the domain.
+            let known = match ev.origin {
+                Origin::Live => None,
+                Origin::Recovered => self.ledger.episode(&ev.domain.uuid, run),
+            };
+            match known {
+                Some(entry @ Entry { accepted: true, .. }) => {
                     self.stats.already_notified += 1;
-                    tracing::info!(domain = %ev.domain, %event_id, origin = %ev.origin,
+                    tracing::info!(domain = %ev.domain, event_id = %entry.event_id, origin = %ev.origin,
                         "watchdog pause already notified; not announcing it again");
+                    if entry.run_id.is_none() && run.is_some() {
+                        // An entry from a ledger that did not record runs
+                        // learns the run it belongs to.
+                        self.put_entry(
+                            &ev.domain,
+                            Entry {
+                                run_id: run,
+                                ..entry
+                            },
+                        );
+                    }
                     return;
                 }
                 Some(Entry { event_id, .. }) => event_id,
@@ -185,15 +205,12 @@ impl Pipeline {
                     let entry = Entry {
                         event_id: ev.episode,
                         accepted: false,
+                        run_id: run,
                     };
-                    if let Err(e) = self.ledger.put(ev.domain.uuid, entry) {
-                        tracing::error!(error = %e, "cannot update the episode ledger");
-                    }
+                    self.put_entry(&ev.domain, entry);
                     ev.episode
                 }
             }
-        } else {
-            ev.episode
         };
 
         let owner = self.directory.lookup(&ev.domain);
@@ -212,7 +229,7 @@ impl Pipeline {
                 user_id: owner.as_ref().and_then(|o| o.user_id.clone()),
             },
             host: self.host.clone(),
-            domain: domain(&ev.domain),
+            domain: domain(&ev.domain, run),
             action: ev.action.to_string(),
             fired_at,
             recovered: ev.is_recovered(),
@@ -224,13 +241,15 @@ impl Pipeline {
             Ok(()) => {
                 self.stats.accepted += 1;
                 if is_pause {
+                    // The delivery layer accepted this very notification
+                    // (with a spool: its event id is on disk); it never
+                    // folds a pause into another one.
                     let entry = Entry {
                         event_id,
                         accepted: true,
+                        run_id: run,
                     };
-                    if let Err(e) = self.ledger.put(ev.domain.uuid, entry) {
-                        tracing::error!(error = %e, "cannot update the episode ledger");
-                    }
+                    self.put_entry(&ev.domain, entry);
                 }
             }
             Err(e) => {
@@ -241,276 +260,21 @@ impl Pipeline {
     }
 }
 
-fn domain(d: &DomainId) -> Domain {
+impl Pipeline {
+    fn put_entry(&mut self, domain: &DomainId, entry: Entry) {
+        if let Err(e) = self.ledger.put(domain.uuid, entry) {
+            tracing::error!(error = %e, "cannot update the episode ledger");
+        }
+    }
+}
+
+fn domain(d: &DomainId, run: Option<u32>) -> Domain {
     Domain {
         uuid: d.uuid,
         name: d.name.clone(),
+        id: run,
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use std::sync::Mutex;
-    use std::time::SystemTime;
-
-    use async_trait::async_trait;
-    use wd_events::{DomainInfo, DomainState, Enum, LifecycleDetail, Origin, ResumedDetail};
-    use wd_notify::NotifyError;
-
-    use super::*;
-    use crate::directory::NovaDirectory;
-
-    const PROJECT: &str = "6f70656e737461636b20697320636f6f6c";
-
-    /// Records what it is given; fails while `fail` is set.
-    #[derive(Default)]
-    struct Recorder {
-        got: Mutex<Vec<Notification>>,
-        fail: Mutex<bool>,
-    }
-
-    #[async_trait]
-    impl Notifier for Recorder {
-        async fn notify(&self, n: &Notification) -> Result<(), NotifyError> {
-            if *self.fail.lock().unwrap() {
-                return Err(NotifyError::retryable("disk full"));
-            }
-            self.got.lock().unwrap().push(n.clone());
-            Ok(())
-        }
-    }
-
-    fn dom(n: u128) -> DomainId {
-        DomainId {
-            uuid: Uuid::from_u128(n),
-            name: format!("instance-{n:08x}"),
-        }
-    }
-
-    fn nova_xml(d: &DomainId) -> String {
-        format!(
-            r#"<domain type="kvm"><uuid>{}</uuid><name>{}</name><metadata>
-<nova:instance xmlns:nova="http://openstack.org/xmlns/libvirt/nova/1.1">
-<nova:name>web-1</nova:name><nova:flavor name="m1.small"/>
-<nova:owner><nova:user uuid="u-1">alice</nova:user><nova:project uuid="{PROJECT}">demo</nova:project></nova:owner>
-</nova:instance></metadata><devices/></domain>"#,
-            d.uuid, d.name
-        )
-    }
-
-    fn fire(
-        d: &DomainId,
-        action: wd_events::WatchdogAction,
-        origin: Origin,
-        episode: u128,
-    ) -> Item {
-        Item::Watchdog(WatchdogEvent {
-            domain: d.clone(),
-            action: Enum::Known(action),
-            received_at: SystemTime::now(),
-            seq: 1,
-            generation: 1,
-            origin,
-            episode: Uuid::from_u128(episode),
-        })
-    }
-
-    fn listing(domains: &[(DomainId, bool)]) -> Vec<Item> {
-        let mut items = vec![Item::InitStart { generation: 2 }];
-        for (d, paused) in domains {
-            items.push(Item::InitDomain(DomainInfo {
-                domain: d.clone(),
-                id: Some(1),
-                state: Enum::Known(if *paused {
-                    DomainState::Paused
-                } else {
-                    DomainState::Running
-                }),
-                reason: if *paused {
-                    wd_events::PAUSED_REASON_WATCHDOG
-                } else {
-                    1
-                },
-                xml: Some(nova_xml(d)),
-                generation: 2,
-            }));
-        }
-        items.push(Item::InitDone {
-            generation: 2,
-            domains: domains.len(),
-        });
-        items
-    }
-
-    fn resumed(d: &DomainId) -> Item {
-        Item::Lifecycle(LifecycleEvent {
-            domain: d.clone(),
-            event: Enum::Known(Lifecycle::Resumed),
-            detail: LifecycleDetail::Resumed(Enum::Known(ResumedDetail::Unpaused)),
-            received_at: SystemTime::now(),
-            seq: 2,
-            generation: 1,
-            episode: None,
-            xml: None,
-        })
-    }
-
-    fn pipeline(ledger: Ledger) -> (Pipeline, Arc<Recorder>, Arc<NovaDirectory>) {
-        let rec = Arc::new(Recorder::default());
-        let dir = Arc::new(NovaDirectory::new());
-        (
-            Pipeline::new("compute-1", dir.clone(), rec.clone(), ledger),
-            rec,
-            dir,
-        )
-    }
-
-    async fn feed(p: &mut Pipeline, items: Vec<Item>) {
-        for i in items {
-            p.handle(i).await;
-        }
-    }
-
-    use wd_events::WatchdogAction::{Pause, Reset};
-
-    #[tokio::test]
-    async fn live_pause_carries_the_owner_and_is_not_repeated_after_a_reconnect() {
-        let d = dom(1);
-        let (mut p, rec, _) = pipeline(Ledger::in_memory());
-        feed(&mut p, listing(&[(d.clone(), false)])).await;
-        feed(&mut p, vec![fire(&d, Pause, Origin::Live, 77)]).await;
-        // Reconnect: the catch-up finds the pause again and (as after a
-        // restart of the listener) reports it as recovered.
-        feed(&mut p, listing(&[(d.clone(), true)])).await;
-        feed(&mut p, vec![fire(&d, Pause, Origin::Recovered, 78)]).await;
-
-        let got = rec.got.lock().unwrap().clone();
-        assert_eq!(got.len(), 1, "{got:#?}");
-        let n = &got[0];
-        assert_eq!(n.event_id, Uuid::from_u128(77));
-        assert_eq!(n.instance.uuid, d.uuid);
-        assert_eq!(n.instance.project_id.as_deref(), Some(PROJECT));
-        assert_eq!(n.instance.user_id.as_deref(), Some("u-1"));
-        assert_eq!(n.instance.name.as_deref(), Some("web-1"));
-        assert_eq!(n.action, "pause");
-        assert_eq!(n.host, "compute-1");
-        assert!(!n.recovered);
-        assert_eq!(p.stats().already_notified, 1);
-    }
-
-    #[tokio::test]
-    async fn the_ledger_survives_a_restart_and_a_resume_ends_the_episode() {
-        let tmp = tempfile::tempdir().unwrap();
-        let path = tmp.path().join("episodes.json");
-        let d = dom(2);
-        {
-            let (mut p, rec, _) = pipeline(Ledger::open(&path).unwrap());
-            feed(&mut p, listing(&[(d.clone(), false)])).await;
-            feed(&mut p, vec![fire(&d, Pause, Origin::Live, 1)]).await;
-            assert_eq!(rec.got.lock().unwrap().len(), 1);
-        }
-        // A new process: its catch-up recovers the same pause.
-        let (mut p, rec, _) = pipeline(Ledger::open(&path).unwrap());
-        feed(&mut p, listing(&[(d.clone(), true)])).await;
-        feed(&mut p, vec![fire(&d, Pause, Origin::Recovered, 2)]).await;
-        assert!(rec.got.lock().unwrap().is_empty());
-        // Resumed, then paused again: a new episode, announced.
-        feed(&mut p, vec![resumed(&d), fire(&d, Pause, Origin::Live, 3)]).await;
-        let got = rec.got.lock().unwrap().clone();
-        assert_eq!(
-            got.iter().map(|n| n.event_id).collect::<Vec<_>>(),
-            [Uuid::from_u128(3)]
-        );
-    }
-
-    #[tokio::test]
-    async fn a_refused_pause_is_offered_again_with_the_same_event_id() {
-        let d = dom(3);
-        let (mut p, rec, _) = pipeline(Ledger::in_memory());
-        feed(&mut p, listing(&[(d.clone(), false)])).await;
-        *rec.fail.lock().unwrap() = true;
-        feed(&mut p, vec![fire(&d, Pause, Origin::Live, 10)]).await;
-        assert_eq!(p.stats().delivery_errors, 1);
-        *rec.fail.lock().unwrap() = false;
-        feed(&mut p, listing(&[(d.clone(), true)])).await;
-        feed(&mut p, vec![fire(&d, Pause, Origin::Recovered, 11)]).await;
-        let got = rec.got.lock().unwrap().clone();
-        assert_eq!(got.len(), 1);
-        assert_eq!(got[0].event_id, Uuid::from_u128(10));
-        assert!(got[0].recovered);
-    }
-
-    #[tokio::test]
-    async fn catch_up_forgets_episodes_of_guests_no_longer_paused() {
-        let d = dom(4);
-        let (mut p, rec, _) = pipeline(Ledger::in_memory());
-        feed(&mut p, listing(&[(d.clone(), false)])).await;
-        feed(&mut p, vec![fire(&d, Pause, Origin::Live, 20)]).await;
-        // Resumed while we were disconnected: the listing shows it running.
-        feed(&mut p, listing(&[(d.clone(), false)])).await;
-        feed(&mut p, vec![fire(&d, Pause, Origin::Live, 21)]).await;
-        assert_eq!(rec.got.lock().unwrap().len(), 2);
-    }
-
-    #[tokio::test]
-    async fn resets_are_each_announced_and_unknown_owners_get_no_project() {
-        let known = dom(5);
-        let stranger = dom(6);
-        let (mut p, rec, dir) = pipeline(Ledger::in_memory());
-        feed(&mut p, listing(&[(known.clone(), false)])).await;
-        feed(
-            &mut p,
-            vec![
-                fire(&known, Reset, Origin::Live, 30),
-                fire(&known, Reset, Origin::Live, 31),
-                fire(&stranger, Reset, Origin::Live, 32),
-            ],
-        )
-        .await;
-        let got = rec.got.lock().unwrap().clone();
-        assert_eq!(got.len(), 3);
-        assert_eq!(got[0].action, "reset");
-        assert_eq!(got[2].instance.project_id, None);
-        assert_eq!(got[2].instance.uuid, stranger.uuid);
-        assert_eq!(p.stats().unknown_owner, 1);
-        assert_eq!(dir.unknown_owner_count(), 1);
-    }
-
-    #[tokio::test]
-    async fn the_owner_is_cached_from_a_started_event_and_outlives_the_domain() {
-        let d = dom(7);
-        let (mut p, rec, _) = pipeline(Ledger::in_memory());
-        let started = Item::Lifecycle(LifecycleEvent {
-            domain: d.clone(),
-            event: Enum::Known(Lifecycle::Started),
-            detail: LifecycleDetail::Unknown(0),
-            received_at: SystemTime::now(),
-            seq: 1,
-            generation: 1,
-            episode: None,
-            xml: Some(nova_xml(&d)),
-        });
-        let undefined = Item::Lifecycle(LifecycleEvent {
-            domain: d.clone(),
-            event: Enum::Known(Lifecycle::Undefined),
-            detail: LifecycleDetail::Unknown(0),
-            received_at: SystemTime::now(),
-            seq: 2,
-            generation: 1,
-            episode: None,
-            xml: None,
-        });
-        feed(
-            &mut p,
-            vec![
-                started,
-                undefined,
-                fire(&d, wd_events::WatchdogAction::Poweroff, Origin::Live, 40),
-            ],
-        )
-        .await;
-        let got = rec.got.lock().unwrap().clone();
-        assert_eq!(got[0].instance.project_id.as_deref(), Some(PROJECT));
-        assert_eq!(got[0].action, "poweroff");
-    }
-}
+mod tests;
