@@ -53,7 +53,7 @@ mod pipeline;
 mod runtime;
 pub mod spawn;
 
-pub use directory::{InstanceDirectory, NovaDirectory, Owner};
+pub use directory::{DirectoryConfig, DirectoryStats, InstanceDirectory, NovaDirectory, Owner};
 pub use error::{Error, Result};
 pub use ledger::Ledger;
 pub use pipeline::{Pipeline, PipelineStats};

@@ -3,6 +3,7 @@
 use std::collections::HashSet;
 use std::future::Future;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
 use time::OffsetDateTime;
@@ -28,6 +29,12 @@ pub struct PipelineStats {
     /// Notifications the delivery layer refused (logged; a pause is retried
     /// at the next catch-up).
     pub delivery_errors: u64,
+    /// Catch-ups completed (one per libvirt connection).
+    pub catch_ups: u64,
+    /// How long the last catch-up took, from the `Connected` item to the
+    /// `InitDone` item handled (libvirt's listing, the XML of the domains
+    /// that needed it, and this pipeline's handling of each domain).
+    pub last_catch_up: Option<Duration>,
 }
 
 /// Turns listener items into notifications for the instance owner.
@@ -41,8 +48,18 @@ pub struct Pipeline {
     directory: Arc<dyn InstanceDirectory>,
     notifier: Arc<dyn Notifier>,
     ledger: Ledger,
-    listing: Option<HashSet<Uuid>>,
+    listing: Option<Listing>,
+    connected_at: Option<Instant>,
     stats: PipelineStats,
+}
+
+/// What a catch-up listing has shown so far.
+#[derive(Debug, Default)]
+struct Listing {
+    /// Every listed domain.
+    all: HashSet<Uuid>,
+    /// The listed domains paused by their watchdog.
+    paused: HashSet<Uuid>,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -68,6 +85,7 @@ impl Pipeline {
             notifier,
             ledger,
             listing: None,
+            connected_at: None,
             stats: PipelineStats::default(),
         }
     }
@@ -104,6 +122,7 @@ impl Pipeline {
     pub async fn handle(&mut self, item: Item) {
         match item {
             Item::Connected { generation, uri } => {
+                self.connected_at = Some(Instant::now());
                 tracing::info!(generation, uri = %uri, "connected to libvirt");
             }
             Item::Disconnected { generation, reason } => {
@@ -117,24 +136,43 @@ impl Pipeline {
                 tracing::warn!(attempt, error = %error, retry_in_ms = retry_in.as_millis() as u64,
                     "cannot connect to libvirt; retrying");
             }
-            Item::InitStart { .. } => self.listing = Some(HashSet::new()),
+            Item::InitStart { .. } => self.listing = Some(Listing::default()),
             Item::InitDomain(info) => {
                 if let Some(xml) = &info.xml {
                     self.directory.observe(&info.domain, xml);
                 }
-                if let (true, Some(listing)) = (info.is_paused_by_watchdog(), &mut self.listing) {
-                    listing.insert(info.domain.uuid);
+                if info.id.is_none() {
+                    // Shut off: it cannot fire before a `started` event,
+                    // which brings its XML again.
+                    self.directory.retire(&info.domain);
+                }
+                if let Some(listing) = &mut self.listing {
+                    listing.all.insert(info.domain.uuid);
+                    if info.is_paused_by_watchdog() {
+                        listing.paused.insert(info.domain.uuid);
+                    }
                 }
             }
             Item::InitDone { domains, .. } => {
-                if let Some(paused) = self.listing.take() {
+                if let Some(listing) = self.listing.take() {
                     // Episodes of domains no longer paused by their watchdog
                     // ended while we were not listening.
-                    if let Err(e) = self.ledger.retain(|d| paused.contains(d)) {
+                    if let Err(e) = self.ledger.retain(|d| listing.paused.contains(d)) {
                         tracing::error!(error = %e, "cannot update the episode ledger");
                     }
+                    // Domains that vanished while we were not listening.
+                    self.directory
+                        .retire_unlisted(&|uuid: &Uuid| listing.all.contains(uuid));
                 }
-                tracing::info!(domains, "catch-up listing done");
+                self.stats.catch_ups += 1;
+                let took = self.connected_at.take().map(|t| t.elapsed());
+                self.stats.last_catch_up = took;
+                tracing::info!(
+                    domains,
+                    duration_ms =
+                        took.map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+                    "catch-up listing done"
+                );
             }
             Item::Lifecycle(ev) => self.lifecycle(ev),
             Item::Watchdog(ev) => self.watchdog(ev).await,
@@ -146,6 +184,9 @@ impl Pipeline {
     fn lifecycle(&mut self, ev: LifecycleEvent) {
         if let Some(xml) = &ev.xml {
             self.directory.observe(&ev.domain, xml);
+        }
+        if ev.event.is(Lifecycle::Stopped) || ev.event.is(Lifecycle::Undefined) {
+            self.directory.retire(&ev.domain);
         }
         let ends_episode = [
             Lifecycle::Resumed,
@@ -512,5 +553,88 @@ mod tests {
         let got = rec.got.lock().unwrap().clone();
         assert_eq!(got[0].instance.project_id.as_deref(), Some(PROJECT));
         assert_eq!(got[0].action, "poweroff");
+    }
+
+    fn life(d: &DomainId, event: Lifecycle, xml: Option<String>) -> Item {
+        Item::Lifecycle(LifecycleEvent {
+            domain: d.clone(),
+            event: Enum::Known(event),
+            detail: LifecycleDetail::Unknown(0),
+            received_at: SystemTime::now(),
+            seq: 1,
+            generation: 1,
+            episode: None,
+            xml,
+        })
+    }
+
+    #[tokio::test]
+    async fn a_flood_of_100k_lifecycle_events_leaves_the_directory_bounded() {
+        use crate::directory::DirectoryConfig;
+        for (grace, expired) in [(Duration::ZERO, true), (Duration::from_secs(3600), false)] {
+            let rec = Arc::new(Recorder::default());
+            let dir = Arc::new(NovaDirectory::with_config(
+                DirectoryConfig::default()
+                    .retire_after(grace)
+                    .max_entries(1_000),
+            ));
+            let mut p = Pipeline::new("compute-1", dir.clone(), rec.clone(), Ledger::in_memory());
+            // A long-lived guest, listed at the start, outlives the churn.
+            let keeper = dom(u128::MAX);
+            feed(&mut p, listing(&[(keeper.clone(), false)])).await;
+            // 25,000 instances come and go: defined, started, stopped,
+            // undefined.
+            for n in 0..25_000u128 {
+                let d = dom(n);
+                let xml = Some(nova_xml(&d));
+                // (The XML is parsed once per instance, to keep the test quick.)
+                p.handle(life(&d, Lifecycle::Defined, None)).await;
+                p.handle(life(&d, Lifecycle::Started, xml)).await;
+                p.handle(life(&d, Lifecycle::Stopped, None)).await;
+                p.handle(life(&d, Lifecycle::Undefined, None)).await;
+                assert!(dir.len() <= 1_000);
+            }
+            let stats = dir.stats();
+            if expired {
+                assert_eq!(stats.entries, 1, "{stats:?}");
+                assert_eq!(stats.evicted_expired, 25_000, "{stats:?}");
+                assert_eq!(stats.evicted_full, 0, "{stats:?}");
+            } else {
+                // Within their grace period, retired entries are evicted
+                // first when the directory is full; the live guest stays.
+                assert_eq!(stats.entries, 1_000, "{stats:?}");
+                assert_eq!(stats.retired, 999, "{stats:?}");
+                assert_eq!(stats.evicted_full, 25_001 - 1_000, "{stats:?}");
+            }
+            feed(&mut p, vec![fire(&keeper, Reset, Origin::Live, 1)]).await;
+            let got = rec.got.lock().unwrap().clone();
+            assert_eq!(got[0].instance.project_id.as_deref(), Some(PROJECT));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_catch_up_retires_vanished_and_shut_off_domains_and_is_timed() {
+        let (gone, off, on) = (dom(10), dom(11), dom(12));
+        let (mut p, _, dir) = pipeline(Ledger::in_memory());
+        feed(
+            &mut p,
+            listing(&[(gone.clone(), false), (off.clone(), false)]),
+        )
+        .await;
+        assert_eq!(dir.stats().retired, 0);
+        let mut items = vec![Item::Connected {
+            generation: 3,
+            uri: "test:///x".into(),
+        }];
+        let mut second = listing(&[(off.clone(), false), (on.clone(), false)]);
+        if let Item::InitDomain(info) = &mut second[1] {
+            info.id = None; // shut off now
+        }
+        items.extend(second);
+        feed(&mut p, items).await;
+        let stats = dir.stats();
+        assert_eq!((stats.entries, stats.retired), (3, 2), "{stats:?}");
+        assert_eq!(p.stats().catch_ups, 2);
+        assert!(p.stats().last_catch_up.is_some());
     }
 }

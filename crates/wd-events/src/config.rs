@@ -33,8 +33,13 @@ pub struct ListenerConfig {
     /// The reconnect backoff.
     pub backoff: BackoffConfig,
     /// How many items may wait for the consumer before the listener waits
-    /// for it. The libvirt event loop itself never waits.
+    /// for it. The libvirt event loop itself never waits, and neither do
+    /// the listener's liveness checks and re-checks.
     pub channel_capacity: usize,
+    /// How many events may wait in the listener's inbox before lifecycle
+    /// repeats of a domain are folded (watchdog firings never are). See
+    /// [`ListenerStats`](crate::ListenerStats).
+    pub inbox_capacity: usize,
 }
 
 impl Default for ListenerConfig {
@@ -47,6 +52,7 @@ impl Default for ListenerConfig {
             recheck_interval: Duration::from_secs(60),
             backoff: BackoffConfig::default(),
             channel_capacity: 1024,
+            inbox_capacity: 4096,
         }
     }
 }
@@ -78,6 +84,13 @@ impl ListenerConfig {
     #[must_use]
     pub fn recheck_interval(mut self, interval: Duration) -> Self {
         self.recheck_interval = interval;
+        self
+    }
+
+    /// Sets the inbox's folding threshold (at least 1).
+    #[must_use]
+    pub fn inbox_capacity(mut self, capacity: usize) -> Self {
+        self.inbox_capacity = capacity.max(1);
         self
     }
 

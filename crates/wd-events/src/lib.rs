@@ -106,6 +106,7 @@ mod config;
 mod error;
 #[allow(unsafe_code)]
 mod ffi;
+mod inbox;
 mod kinds;
 mod listener;
 mod machine;
@@ -114,6 +115,7 @@ mod model;
 pub use config::{BackoffConfig, ListenerConfig};
 pub use error::{Error, Result};
 pub use ffi::{Registration, init_event_loop, register};
+pub use inbox::ListenerStats;
 pub use kinds::{
     CEnum, CloseReason, CrashedDetail, DefinedDetail, DomainState, Enum, Lifecycle,
     LifecycleDetail, PAUSED_REASON_WATCHDOG, PmSuspendedDetail, ResumedDetail, ShutdownDetail,

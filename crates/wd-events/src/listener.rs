@@ -2,18 +2,17 @@
 //! the supervisor thread that drives the state machine.
 
 use std::pin::Pin;
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
 use futures::Stream;
-use tokio::sync::mpsc as tmpsc;
 use virt::connect::Connect;
 
-use crate::backend::{Backend, Libvirt, Msg, Session};
+use crate::backend::{Backend, Libvirt, Session};
 use crate::config::{Backoff, ListenerConfig};
 use crate::error::{Error, Result};
+use crate::inbox::{self, Gone, Inbox, ListenerStats, Msg, Next, Outbox, Sink};
 use crate::kinds::Enum;
 use crate::machine::Machine;
 use crate::model::{DisconnectReason, Item};
@@ -36,8 +35,8 @@ type SharedConnection = Arc<Mutex<Option<Connect>>>;
 /// listener (its supervisor thread exits and deregisters).
 #[derive(Debug)]
 pub struct EventStream {
-    items: tmpsc::Receiver<Item>,
-    control: Sender<Msg>,
+    items: Outbox,
+    control: Sink,
     connection: SharedConnection,
 }
 
@@ -72,15 +71,13 @@ pub fn listen(config: ListenerConfig) -> Result<EventStream> {
 
 /// Starts the supervisor thread over any backend.
 pub(crate) fn spawn<B: Backend>(backend: B, config: ListenerConfig) -> Result<EventStream> {
-    let (items_tx, items) = tmpsc::channel(config.channel_capacity.max(1));
-    let (control, inbox) = mpsc::channel();
+    let (control, inbox, items) = inbox::queues(config.inbox_capacity, config.channel_capacity);
     let connection = SharedConnection::default();
     let supervisor = Supervisor {
         backend,
         config,
         inbox,
         sink: control.clone(),
-        out: items_tx,
         connection: connection.clone(),
         machine: Machine::new(),
     };
@@ -114,7 +111,13 @@ impl EventStream {
 
     /// Receives the next item (the same as `StreamExt::next`).
     pub async fn recv(&mut self) -> Option<Item> {
-        self.items.recv().await
+        std::future::poll_fn(|cx| self.items.poll_recv(cx)).await
+    }
+
+    /// What the listener's queues hold and have done, and how long its last
+    /// catch-up took.
+    pub fn stats(&self) -> ListenerStats {
+        self.items.stats()
     }
 }
 
@@ -127,7 +130,7 @@ impl Drop for EventStream {
 impl Stream for EventStream {
     type Item = Item;
 
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Item>> {
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Item>> {
         self.items.poll_recv(cx)
     }
 }
@@ -142,15 +145,21 @@ impl EventSource for EventStream {
 /// The consumer is gone; stop.
 struct Stop;
 
+impl From<Gone> for Stop {
+    fn from(_: Gone) -> Self {
+        Stop
+    }
+}
+
 /// Owns the state machine and the connection; runs on the `wd-events`
 /// thread. See the crate docs for the thread model.
 struct Supervisor<B> {
     backend: B,
     config: ListenerConfig,
-    inbox: Receiver<Msg>,
+    /// The inbox, and the outbox's producing end.
+    inbox: Inbox,
     /// A sender into `inbox`, cloned into each connection's callbacks.
-    sink: Sender<Msg>,
-    out: tmpsc::Sender<Item>,
+    sink: Sink,
     connection: SharedConnection,
     machine: Machine,
 }
@@ -201,17 +210,10 @@ impl<B: Backend> Supervisor<B> {
 
     /// Catches up, then handles live events until the connection is lost;
     /// meanwhile checks that the connection is alive and re-checks the
-    /// domains, each at its interval.
+    /// domains, each at its interval, whether or not the consumer keeps up.
     fn serve(&mut self, session: &dyn Session) -> Result<DisconnectReason, Stop> {
-        match session.list_domains(true) {
-            Ok(domains) => {
-                for item in self.machine.listed(domains, SystemTime::now()) {
-                    self.emit(item)?;
-                }
-            }
-            Err(e) => return Ok(DisconnectReason::CatchUpFailed(e)),
-        }
         let generation = self.machine.generation();
+        let connected_at = Instant::now();
         let alive_every = self
             .config
             .alive_check_interval
@@ -219,11 +221,22 @@ impl<B: Backend> Supervisor<B> {
         let recheck_every = self.config.recheck_interval;
         let mut next_alive = Instant::now() + alive_every;
         let mut next_recheck = (!recheck_every.is_zero()).then(|| Instant::now() + recheck_every);
+        // Live events wait until the catch-up is out, which waits for room
+        // at the consumer (so a stalled consumer and a flapping libvirtd do
+        // not pile up listings).
+        let mut caught_up = false;
         loop {
-            // Checked on every turn, so a steady flow of events cannot starve
-            // them.
+            if !caught_up && self.inbox.has_room() {
+                if let Err(e) = self.catch_up(session, connected_at) {
+                    return Ok(DisconnectReason::CatchUpFailed(e));
+                }
+                caught_up = true;
+            }
+            // Checked on every turn, so neither a steady flow of events nor
+            // a stalled consumer can starve them.
             let now = Instant::now();
             if now >= next_alive {
+                self.inbox.record(|s| s.alive_checks += 1);
                 if !session.is_alive() {
                     return Ok(DisconnectReason::NotAlive);
                 }
@@ -232,23 +245,22 @@ impl<B: Backend> Supervisor<B> {
             if let Some(at) = next_recheck
                 && now >= at
             {
-                match session.list_domains(false) {
-                    Ok(domains) => {
-                        for item in self.machine.rechecked(domains, SystemTime::now()) {
-                            self.emit(item)?;
+                if caught_up {
+                    match session.list_domains() {
+                        Ok(domains) => {
+                            for item in self.machine.rechecked(domains, SystemTime::now()) {
+                                self.emit(item)?;
+                            }
                         }
+                        // The alive check decides whether the connection is lost.
+                        Err(e) => self.emit(Item::Error(e))?,
                     }
-                    // The alive check decides whether the connection is lost.
-                    Err(e) => self.emit(Item::Error(e))?,
                 }
                 next_recheck = Some(Instant::now() + recheck_every);
             }
             let wake = next_recheck.map_or(next_alive, |r| r.min(next_alive));
-            match self
-                .inbox
-                .recv_timeout(wake.saturating_duration_since(Instant::now()))
-            {
-                Ok(Msg::Event(event)) => {
+            match self.inbox.next(wake, caught_up) {
+                Next::Event(event) => {
                     let xml = if event.kind.wants_xml() {
                         match session.domain_xml(event.domain.uuid) {
                             Ok(xml) => Some(xml),
@@ -264,18 +276,56 @@ impl<B: Backend> Supervisor<B> {
                         self.emit(item)?;
                     }
                 }
-                Ok(Msg::Closed {
+                Next::Closed {
                     generation: g,
                     reason,
-                }) if g == generation => {
+                } if g == generation => {
                     return Ok(DisconnectReason::Closed(Enum::from_raw(reason)));
                 }
                 // A late close of an earlier connection.
-                Ok(Msg::Closed { .. }) => {}
-                Ok(Msg::Shutdown) | Err(RecvTimeoutError::Disconnected) => return Err(Stop),
-                Err(RecvTimeoutError::Timeout) => {}
+                Next::Closed { .. } | Next::Room | Next::Timeout => {}
+                Next::Stop => return Err(Stop),
             }
         }
+    }
+
+    /// Lists the domains, fetches the XML of those that need it (see
+    /// `Machine::wants_xml`: at most once per domain and connection, none
+    /// for a shut-off domain or a running one already known), and queues the
+    /// catch-up's items.
+    fn catch_up(&mut self, session: &dyn Session, connected_at: Instant) -> Result<(), Error> {
+        let mut domains = session.list_domains()?;
+        let mut fetched = 0usize;
+        for info in &mut domains {
+            if self.machine.wants_xml(info) {
+                // A domain that vanished since the listing has no XML; the
+                // next listing will not show it either.
+                info.xml = session.domain_xml(info.domain.uuid).ok();
+                fetched += 1;
+            }
+        }
+        let count = domains.len();
+        for item in self.machine.listed(domains, SystemTime::now()) {
+            // The consumer is gone: the supervisor stops at its next turn.
+            if self.emit(item).is_err() {
+                break;
+            }
+        }
+        let took = connected_at.elapsed();
+        self.inbox.record(|s| {
+            s.catch_ups += 1;
+            s.last_catch_up = Some(took);
+            s.last_catch_up_domains = count;
+            s.last_catch_up_xml = fetched;
+        });
+        tracing::info!(
+            generation = self.machine.generation(),
+            domains = count,
+            xml_fetched = fetched,
+            duration_ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
+            "catch-up done"
+        );
+        Ok(())
     }
 
     /// Waits `delay` while disconnected, still handling events that were
@@ -283,19 +333,15 @@ impl<B: Backend> Supervisor<B> {
     fn idle(&mut self, delay: Duration) -> Result<(), Stop> {
         let deadline = Instant::now() + delay;
         loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Ok(());
-            }
-            match self.inbox.recv_timeout(left) {
-                Ok(Msg::Event(event)) => {
+            match self.inbox.next(deadline, true) {
+                Next::Event(event) => {
                     if let Some(item) = self.machine.live(event, None) {
                         self.emit(item)?;
                     }
                 }
-                Ok(Msg::Closed { .. }) => {}
-                Ok(Msg::Shutdown) | Err(RecvTimeoutError::Disconnected) => return Err(Stop),
-                Err(RecvTimeoutError::Timeout) => return Ok(()),
+                Next::Closed { .. } | Next::Room => {}
+                Next::Stop => return Err(Stop),
+                Next::Timeout => return Ok(()),
             }
         }
     }
@@ -315,9 +361,9 @@ impl<B: Backend> Supervisor<B> {
             }
             _ => {}
         }
-        // Waits while the consumer is behind; the libvirt loop thread never
-        // does, since it only feeds the unbounded inbox.
-        self.out.blocking_send(item).map_err(|_| Stop)
+        // Never waits: the supervisor stops taking events while the
+        // consumer is behind, and the inbox folds meanwhile.
+        self.inbox.emit(item).map_err(Stop::from)
     }
 
     fn set_connection(&self, conn: Option<Connect>) {
@@ -329,485 +375,4 @@ impl<B: Backend> Supervisor<B> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::backend::{MockBackend, MockSession};
-    use crate::config::BackoffConfig;
-    use crate::kinds::{DomainState, Lifecycle, LifecycleDetail, WatchdogAction};
-    use crate::machine::{RawEvent, RawKind};
-    use crate::model::{DomainId, DomainInfo, Origin};
-    use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-    use uuid::Uuid;
-
-    fn virt_error() -> virt::error::Error {
-        // virGetVersion initializes libvirt (its thread-local error slot
-        // included) and succeeds; with no error pending, `last_error`
-        // builds a generic error value without touching any connection.
-        let _ = virt::connect::Connect::version();
-        virt::error::Error::last_error()
-    }
-
-    fn connect_error() -> Error {
-        Error::Connect {
-            uri: "test:///x".into(),
-            source: virt_error(),
-        }
-    }
-
-    fn config() -> ListenerConfig {
-        ListenerConfig::default()
-            .uri("test:///x")
-            .alive_check_interval(Duration::from_millis(20))
-            .recheck_interval(Duration::ZERO)
-            .backoff(
-                BackoffConfig::default()
-                    .delays(Duration::from_millis(5), Duration::from_millis(20))
-                    .jitter(0.0),
-            )
-    }
-
-    fn dom() -> DomainId {
-        DomainId {
-            uuid: Uuid::from_u128(0xa),
-            name: "dom-a".into(),
-        }
-    }
-
-    fn listed(state: DomainState, reason: i32) -> DomainInfo {
-        DomainInfo {
-            domain: dom(),
-            id: Some(1),
-            state: Enum::Known(state),
-            reason,
-            xml: Some("<domain/>".into()),
-            generation: 0,
-        }
-    }
-
-    fn raw(kind: RawKind) -> RawEvent {
-        RawEvent {
-            domain: dom(),
-            run_id: Some(1),
-            kind,
-            received_at: SystemTime::now(),
-        }
-    }
-
-    /// The sink of the latest connection, shared with the test.
-    type Sinks = Arc<Mutex<Vec<Sender<Msg>>>>;
-
-    fn session(list: Vec<DomainInfo>, alive: bool) -> Box<dyn Session> {
-        let mut s = MockSession::new();
-        s.expect_list_domains().returning(move |_| Ok(list.clone()));
-        s.expect_is_alive().return_const(alive);
-        s.expect_connection().returning(|| None);
-        s.expect_domain_xml()
-            .returning(|_| Ok("<domain><name>dom-a</name></domain>".into()));
-        Box::new(s)
-    }
-
-    async fn next(stream: &mut EventStream) -> Item {
-        tokio::time::timeout(Duration::from_secs(5), stream.recv())
-            .await
-            .expect("an item within 5 s")
-            .expect("the stream does not end")
-    }
-
-    fn describe(item: &Item) -> String {
-        match item {
-            Item::Connected { generation, .. } => format!("connected g{generation}"),
-            Item::Disconnected { generation, reason } => {
-                format!("disconnected g{generation}: {reason}")
-            }
-            Item::ConnectFailed {
-                attempt, retry_in, ..
-            } => format!("connect-failed #{attempt} retry in {retry_in:?}"),
-            Item::InitStart { generation } => format!("init-start g{generation}"),
-            Item::InitDomain(d) => format!("init {} {}", d.domain.name, d.state),
-            Item::InitDone { generation, .. } => format!("init-done g{generation}"),
-            Item::Watchdog(w) => format!("watchdog {} {} g{}", w.action, w.origin, w.generation),
-            Item::Lifecycle(l) => format!("{} {} xml={}", l.event, l.detail, l.xml.is_some()),
-            Item::Error(e) => format!("error: {e}"),
-        }
-    }
-
-    async fn expect(stream: &mut EventStream, expected: &[&str]) {
-        for want in expected {
-            let got = describe(&next(stream).await);
-            assert_eq!(&got, want);
-        }
-    }
-
-    fn send(sinks: &Sinks, msg: Msg) {
-        let sinks = sinks.lock().unwrap();
-        sinks.last().expect("a connection").send(msg).unwrap();
-    }
-
-    #[tokio::test]
-    async fn reconnects_after_close_and_does_not_repeat_a_reported_pause() {
-        let sinks = Sinks::default();
-        let attempts = Arc::new(AtomicU32::new(0));
-        let mut backend = MockBackend::new();
-        let (s, a) = (sinks.clone(), attempts.clone());
-        backend
-            .expect_connect()
-            .returning(move |_, generation, sink| {
-                s.lock().unwrap().push(sink);
-                match a.fetch_add(1, Ordering::SeqCst) {
-                    0 => {
-                        assert_eq!(generation, 1);
-                        Ok(session(vec![listed(DomainState::Running, 1)], true))
-                    }
-                    1 => Err(connect_error()),
-                    _ => {
-                        assert_eq!(generation, 2);
-                        Ok(session(vec![listed(DomainState::Paused, 6)], true))
-                    }
-                }
-            });
-        let mut stream = spawn(backend, config()).unwrap();
-        expect(
-            &mut stream,
-            &[
-                "connected g1",
-                "init-start g1",
-                "init dom-a running",
-                "init-done g1",
-            ],
-        )
-        .await;
-        send(
-            &sinks,
-            Msg::Event(raw(RawKind::Watchdog {
-                action: Enum::Known(WatchdogAction::Pause),
-            })),
-        );
-        send(
-            &sinks,
-            Msg::Event(raw(RawKind::Lifecycle {
-                event: Enum::Known(Lifecycle::Suspended),
-                detail: LifecycleDetail::from_raw(3, 3),
-            })),
-        );
-        // A close from another generation is ignored.
-        send(
-            &sinks,
-            Msg::Closed {
-                generation: 7,
-                reason: 1,
-            },
-        );
-        send(
-            &sinks,
-            Msg::Closed {
-                generation: 1,
-                reason: 1,
-            },
-        );
-        expect(
-            &mut stream,
-            &[
-                "watchdog pause live g1",
-                "suspended watchdog xml=false",
-                "disconnected g1: connection closed (eof)",
-                "connect-failed #1 retry in 10ms",
-                "connected g2",
-                "init-start g2",
-                "init dom-a paused",
-                "init-done g2",
-            ],
-        )
-        .await;
-        // Nothing else: the pause was reported once.
-        let quiet = tokio::time::timeout(Duration::from_millis(100), stream.recv()).await;
-        assert!(quiet.is_err(), "unexpected item: {quiet:?}");
-        assert_eq!(attempts.load(Ordering::SeqCst), 3);
-    }
-
-    #[tokio::test]
-    async fn pause_found_by_catch_up_is_reported_as_recovered_once() {
-        let attempts = Arc::new(AtomicU32::new(0));
-        let sinks = Sinks::default();
-        let mut backend = MockBackend::new();
-        let (s, a) = (sinks.clone(), attempts.clone());
-        backend.expect_connect().returning(move |_, _, sink| {
-            s.lock().unwrap().push(sink);
-            a.fetch_add(1, Ordering::SeqCst);
-            Ok(session(vec![listed(DomainState::Paused, 6)], true))
-        });
-        let mut stream = spawn(backend, config()).unwrap();
-        let mut firings = Vec::new();
-        for generation in 1..=3u64 {
-            loop {
-                match next(&mut stream).await {
-                    Item::InitDone { .. } => break,
-                    Item::Watchdog(w) => firings.push(w),
-                    _ => {}
-                }
-            }
-            // The recovered firing follows InitDone.
-            let quiet = tokio::time::timeout(Duration::from_millis(50), stream.recv()).await;
-            if let Ok(Some(Item::Watchdog(w))) = quiet {
-                firings.push(w);
-            }
-            send(
-                &sinks,
-                Msg::Closed {
-                    generation,
-                    reason: 1,
-                },
-            );
-        }
-        assert_eq!(firings.len(), 1, "{firings:?}");
-        assert_eq!(firings[0].origin, Origin::Recovered);
-        assert_eq!(firings[0].generation, 1);
-    }
-
-    #[tokio::test]
-    async fn backoff_grows_and_caps_while_libvirt_is_down() {
-        let attempts = Arc::new(AtomicU32::new(0));
-        let mut backend = MockBackend::new();
-        let a = attempts.clone();
-        backend.expect_connect().returning(move |_, _, _| {
-            a.fetch_add(1, Ordering::SeqCst);
-            Err(connect_error())
-        });
-        let started = Instant::now();
-        let mut stream = spawn(backend, config()).unwrap();
-        expect(
-            &mut stream,
-            &[
-                "connect-failed #1 retry in 5ms",
-                "connect-failed #2 retry in 10ms",
-                "connect-failed #3 retry in 20ms",
-                "connect-failed #4 retry in 20ms",
-                "connect-failed #5 retry in 20ms",
-            ],
-        )
-        .await;
-        // No spinning: attempts are paced by the backoff.
-        let elapsed = started.elapsed();
-        assert!(elapsed >= Duration::from_millis(55), "{elapsed:?}");
-        drop(stream);
-        std::thread::sleep(Duration::from_millis(60));
-        let n = attempts.load(Ordering::SeqCst);
-        std::thread::sleep(Duration::from_millis(60));
-        assert_eq!(attempts.load(Ordering::SeqCst), n, "stopped after the drop");
-    }
-
-    #[tokio::test]
-    async fn dead_connection_and_failed_catch_up_both_reconnect() {
-        let attempts = Arc::new(AtomicU32::new(0));
-        let mut backend = MockBackend::new();
-        let a = attempts.clone();
-        backend.expect_connect().returning(move |_, _, _| {
-            match a.fetch_add(1, Ordering::SeqCst) {
-                0 => Ok(session(vec![], false)), // is_alive says dead
-                1 => {
-                    let mut s = MockSession::new();
-                    s.expect_list_domains().returning(|_| {
-                        Err(Error::ListDomains {
-                            uri: "test:///x".into(),
-                            source: virt_error(),
-                        })
-                    });
-                    s.expect_connection().returning(|| None);
-                    Ok(Box::new(s))
-                }
-                _ => Ok(session(vec![], true)),
-            }
-        });
-        let mut stream = spawn(backend, config()).unwrap();
-        expect(
-            &mut stream,
-            &[
-                "connected g1",
-                "init-start g1",
-                "init-done g1",
-                "disconnected g1: connection is no longer alive",
-                "connected g2",
-            ],
-        )
-        .await;
-        let item = next(&mut stream).await;
-        assert!(
-            describe(&item).starts_with(
-                "disconnected g2: catch-up failed: cannot list the domains on `test:///x`"
-            ),
-            "{}",
-            describe(&item)
-        );
-        expect(
-            &mut stream,
-            &["connected g3", "init-start g3", "init-done g3"],
-        )
-        .await;
-    }
-
-    #[tokio::test]
-    async fn started_and_defined_carry_xml_and_a_failed_fetch_is_an_error_item() {
-        let sinks = Sinks::default();
-        let mut backend = MockBackend::new();
-        let s = sinks.clone();
-        backend.expect_connect().returning(move |_, _, sink| {
-            s.lock().unwrap().push(sink);
-            let mut m = MockSession::new();
-            m.expect_list_domains().returning(|_| Ok(vec![]));
-            m.expect_is_alive().return_const(true);
-            m.expect_connection().returning(|| None);
-            let calls = AtomicU32::new(0);
-            m.expect_domain_xml().returning(move |uuid| {
-                if calls.fetch_add(1, Ordering::SeqCst) == 0 {
-                    Ok(format!("<domain><uuid>{uuid}</uuid></domain>"))
-                } else {
-                    Err(Error::Domain {
-                        what: "xml",
-                        domain: uuid.to_string(),
-                        source: virt_error(),
-                    })
-                }
-            });
-            Ok(Box::new(m))
-        });
-        let mut stream = spawn(backend, config()).unwrap();
-        expect(
-            &mut stream,
-            &["connected g1", "init-start g1", "init-done g1"],
-        )
-        .await;
-        for (event, detail) in [
-            (Lifecycle::Started, 0),
-            (Lifecycle::Defined, 1),
-            (Lifecycle::Stopped, 1),
-        ] {
-            send(
-                &sinks,
-                Msg::Event(raw(RawKind::Lifecycle {
-                    event: Enum::Known(event),
-                    detail: LifecycleDetail::from_raw(event as i32, detail),
-                })),
-            );
-        }
-        let first = next(&mut stream).await;
-        let Item::Lifecycle(l) = &first else {
-            panic!("{first:?}")
-        };
-        assert_eq!(
-            l.xml.as_deref(),
-            Some("<domain><uuid>00000000-0000-0000-0000-00000000000a</uuid></domain>")
-        );
-        let item = next(&mut stream).await;
-        assert!(
-            describe(&item).starts_with(
-                "error: cannot read the xml of domain 00000000-0000-0000-0000-00000000000a"
-            ),
-            "{}",
-            describe(&item)
-        );
-        expect(
-            &mut stream,
-            &["defined updated xml=false", "stopped destroyed xml=false"],
-        )
-        .await;
-    }
-
-    /// Sets its flag when dropped.
-    struct DropFlag(Arc<AtomicBool>);
-
-    impl Drop for DropFlag {
-        fn drop(&mut self) {
-            self.0.store(true, Ordering::SeqCst);
-        }
-    }
-
-    #[tokio::test]
-    async fn dropping_the_stream_stops_the_listener_and_releases_the_session() {
-        let released = Arc::new(AtomicBool::new(false));
-        let mut backend = MockBackend::new();
-        let r = released.clone();
-        backend.expect_connect().times(1).returning(move |_, _, _| {
-            let flag = DropFlag(r.clone());
-            let mut m = MockSession::new();
-            m.expect_list_domains().returning(|_| Ok(vec![]));
-            m.expect_is_alive().return_const(true);
-            // The closure owns the flag, so it drops with the session.
-            m.expect_connection().returning(move || {
-                let _ = &flag;
-                None
-            });
-            Ok(Box::new(m))
-        });
-        let mut stream = spawn(backend, config()).unwrap();
-        expect(
-            &mut stream,
-            &["connected g1", "init-start g1", "init-done g1"],
-        )
-        .await;
-        assert!(!released.load(Ordering::SeqCst));
-        drop(stream);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while !released.load(Ordering::SeqCst) && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        assert!(released.load(Ordering::SeqCst), "session not released");
-    }
-
-    #[tokio::test]
-    async fn mock_event_source_serves_consumers() {
-        let mut source = MockEventSource::new();
-        let mut items = vec![Item::InitDone {
-            generation: 1,
-            domains: 0,
-        }];
-        source.expect_next_item().returning(move || items.pop());
-        let got = source.next_item().await;
-        assert!(matches!(got, Some(Item::InitDone { generation: 1, .. })));
-        assert!(source.next_item().await.is_none());
-    }
-
-    #[tokio::test]
-    async fn recheck_recovers_a_pause_the_catch_up_missed_once() {
-        let rechecks = Arc::new(AtomicU32::new(0));
-        let mut backend = MockBackend::new();
-        let r = rechecks.clone();
-        backend.expect_connect().times(1).returning(move |_, _, _| {
-            let r = r.clone();
-            let mut m = MockSession::new();
-            m.expect_list_domains().returning(move |with_xml| {
-                if with_xml {
-                    // The catch-up: libvirtd has not caught up with QEMU.
-                    Ok(vec![listed(DomainState::Running, 1)])
-                } else {
-                    r.fetch_add(1, Ordering::SeqCst);
-                    let mut d = listed(DomainState::Paused, 6);
-                    d.xml = None;
-                    Ok(vec![d])
-                }
-            });
-            m.expect_is_alive().return_const(true);
-            m.expect_connection().returning(|| None);
-            Ok(Box::new(m))
-        });
-        let mut stream = spawn(
-            backend,
-            config().recheck_interval(Duration::from_millis(20)),
-        )
-        .unwrap();
-        expect(
-            &mut stream,
-            &[
-                "connected g1",
-                "init-start g1",
-                "init dom-a running",
-                "init-done g1",
-            ],
-        )
-        .await;
-        expect(&mut stream, &["watchdog pause recovered g1"]).await;
-        while rechecks.load(Ordering::SeqCst) < 4 {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        let quiet = tokio::time::timeout(Duration::from_millis(50), stream.recv()).await;
-        assert!(quiet.is_err(), "reported once: {quiet:?}");
-    }
-}
+mod tests;

@@ -1,0 +1,622 @@
+//! The supervisor's behaviour over a mocked libvirt.
+
+use super::*;
+use crate::backend::{MockBackend, MockSession};
+use crate::config::BackoffConfig;
+use crate::kinds::{DomainState, Lifecycle, LifecycleDetail, WatchdogAction};
+use crate::machine::{RawEvent, RawKind};
+use crate::model::{DomainId, DomainInfo, Origin};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use uuid::Uuid;
+
+fn virt_error() -> virt::error::Error {
+    // virGetVersion initializes libvirt (its thread-local error slot
+    // included) and succeeds; with no error pending, `last_error`
+    // builds a generic error value without touching any connection.
+    let _ = virt::connect::Connect::version();
+    virt::error::Error::last_error()
+}
+
+fn connect_error() -> Error {
+    Error::Connect {
+        uri: "test:///x".into(),
+        source: virt_error(),
+    }
+}
+
+fn config() -> ListenerConfig {
+    ListenerConfig::default()
+        .uri("test:///x")
+        .alive_check_interval(Duration::from_millis(20))
+        .recheck_interval(Duration::ZERO)
+        .backoff(
+            BackoffConfig::default()
+                .delays(Duration::from_millis(5), Duration::from_millis(20))
+                .jitter(0.0),
+        )
+}
+
+fn dom() -> DomainId {
+    DomainId {
+        uuid: Uuid::from_u128(0xa),
+        name: "dom-a".into(),
+    }
+}
+
+fn listed(state: DomainState, reason: i32) -> DomainInfo {
+    DomainInfo {
+        domain: dom(),
+        id: Some(1),
+        state: Enum::Known(state),
+        reason,
+        xml: Some("<domain/>".into()),
+        generation: 0,
+    }
+}
+
+fn raw(kind: RawKind) -> RawEvent {
+    RawEvent {
+        domain: dom(),
+        run_id: Some(1),
+        kind,
+        received_at: SystemTime::now(),
+    }
+}
+
+/// The sink of the latest connection, shared with the test.
+type Sinks = Arc<Mutex<Vec<Sink>>>;
+
+fn session(list: Vec<DomainInfo>, alive: bool) -> Box<dyn Session> {
+    let mut s = MockSession::new();
+    s.expect_list_domains().returning(move || Ok(list.clone()));
+    s.expect_is_alive().return_const(alive);
+    s.expect_connection().returning(|| None);
+    s.expect_domain_xml()
+        .returning(|_| Ok("<domain><name>dom-a</name></domain>".into()));
+    Box::new(s)
+}
+
+async fn next(stream: &mut EventStream) -> Item {
+    tokio::time::timeout(Duration::from_secs(5), stream.recv())
+        .await
+        .expect("an item within 5 s")
+        .expect("the stream does not end")
+}
+
+fn describe(item: &Item) -> String {
+    match item {
+        Item::Connected { generation, .. } => format!("connected g{generation}"),
+        Item::Disconnected { generation, reason } => {
+            format!("disconnected g{generation}: {reason}")
+        }
+        Item::ConnectFailed {
+            attempt, retry_in, ..
+        } => format!("connect-failed #{attempt} retry in {retry_in:?}"),
+        Item::InitStart { generation } => format!("init-start g{generation}"),
+        Item::InitDomain(d) => format!("init {} {}", d.domain.name, d.state),
+        Item::InitDone { generation, .. } => format!("init-done g{generation}"),
+        Item::Watchdog(w) => format!("watchdog {} {} g{}", w.action, w.origin, w.generation),
+        Item::Lifecycle(l) => format!("{} {} xml={}", l.event, l.detail, l.xml.is_some()),
+        Item::Error(e) => format!("error: {e}"),
+    }
+}
+
+async fn expect(stream: &mut EventStream, expected: &[&str]) {
+    for want in expected {
+        let got = describe(&next(stream).await);
+        assert_eq!(&got, want);
+    }
+}
+
+fn send(sinks: &Sinks, msg: Msg) {
+    let sinks = sinks.lock().unwrap();
+    sinks.last().expect("a connection").send(msg).unwrap();
+}
+
+#[tokio::test]
+async fn reconnects_after_close_and_does_not_repeat_a_reported_pause() {
+    let sinks = Sinks::default();
+    let attempts = Arc::new(AtomicU32::new(0));
+    let mut backend = MockBackend::new();
+    let (s, a) = (sinks.clone(), attempts.clone());
+    backend
+        .expect_connect()
+        .returning(move |_, generation, sink| {
+            s.lock().unwrap().push(sink);
+            match a.fetch_add(1, Ordering::SeqCst) {
+                0 => {
+                    assert_eq!(generation, 1);
+                    Ok(session(vec![listed(DomainState::Running, 1)], true))
+                }
+                1 => Err(connect_error()),
+                _ => {
+                    assert_eq!(generation, 2);
+                    Ok(session(vec![listed(DomainState::Paused, 6)], true))
+                }
+            }
+        });
+    let mut stream = spawn(backend, config()).unwrap();
+    expect(
+        &mut stream,
+        &[
+            "connected g1",
+            "init-start g1",
+            "init dom-a running",
+            "init-done g1",
+        ],
+    )
+    .await;
+    send(
+        &sinks,
+        Msg::Event(raw(RawKind::Watchdog {
+            action: Enum::Known(WatchdogAction::Pause),
+        })),
+    );
+    send(
+        &sinks,
+        Msg::Event(raw(RawKind::Lifecycle {
+            event: Enum::Known(Lifecycle::Suspended),
+            detail: LifecycleDetail::from_raw(3, 3),
+        })),
+    );
+    // A close from another generation is ignored.
+    send(
+        &sinks,
+        Msg::Closed {
+            generation: 7,
+            reason: 1,
+        },
+    );
+    send(
+        &sinks,
+        Msg::Closed {
+            generation: 1,
+            reason: 1,
+        },
+    );
+    expect(
+        &mut stream,
+        &[
+            "watchdog pause live g1",
+            "suspended watchdog xml=false",
+            "disconnected g1: connection closed (eof)",
+            "connect-failed #1 retry in 10ms",
+            "connected g2",
+            "init-start g2",
+            "init dom-a paused",
+            "init-done g2",
+        ],
+    )
+    .await;
+    // Nothing else: the pause was reported once.
+    let quiet = tokio::time::timeout(Duration::from_millis(100), stream.recv()).await;
+    assert!(quiet.is_err(), "unexpected item: {quiet:?}");
+    assert_eq!(attempts.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn pause_found_by_catch_up_is_reported_as_recovered_once() {
+    let attempts = Arc::new(AtomicU32::new(0));
+    let sinks = Sinks::default();
+    let mut backend = MockBackend::new();
+    let (s, a) = (sinks.clone(), attempts.clone());
+    backend.expect_connect().returning(move |_, _, sink| {
+        s.lock().unwrap().push(sink);
+        a.fetch_add(1, Ordering::SeqCst);
+        Ok(session(vec![listed(DomainState::Paused, 6)], true))
+    });
+    let mut stream = spawn(backend, config()).unwrap();
+    let mut firings = Vec::new();
+    for generation in 1..=3u64 {
+        loop {
+            match next(&mut stream).await {
+                Item::InitDone { .. } => break,
+                Item::Watchdog(w) => firings.push(w),
+                _ => {}
+            }
+        }
+        // The recovered firing follows InitDone.
+        let quiet = tokio::time::timeout(Duration::from_millis(50), stream.recv()).await;
+        if let Ok(Some(Item::Watchdog(w))) = quiet {
+            firings.push(w);
+        }
+        send(
+            &sinks,
+            Msg::Closed {
+                generation,
+                reason: 1,
+            },
+        );
+    }
+    assert_eq!(firings.len(), 1, "{firings:?}");
+    assert_eq!(firings[0].origin, Origin::Recovered);
+    assert_eq!(firings[0].generation, 1);
+}
+
+#[tokio::test]
+async fn backoff_grows_and_caps_while_libvirt_is_down() {
+    let attempts = Arc::new(AtomicU32::new(0));
+    let mut backend = MockBackend::new();
+    let a = attempts.clone();
+    backend.expect_connect().returning(move |_, _, _| {
+        a.fetch_add(1, Ordering::SeqCst);
+        Err(connect_error())
+    });
+    let started = Instant::now();
+    let mut stream = spawn(backend, config()).unwrap();
+    expect(
+        &mut stream,
+        &[
+            "connect-failed #1 retry in 5ms",
+            "connect-failed #2 retry in 10ms",
+            "connect-failed #3 retry in 20ms",
+            "connect-failed #4 retry in 20ms",
+            "connect-failed #5 retry in 20ms",
+        ],
+    )
+    .await;
+    // No spinning: attempts are paced by the backoff.
+    let elapsed = started.elapsed();
+    assert!(elapsed >= Duration::from_millis(55), "{elapsed:?}");
+    drop(stream);
+    std::thread::sleep(Duration::from_millis(60));
+    let n = attempts.load(Ordering::SeqCst);
+    std::thread::sleep(Duration::from_millis(60));
+    assert_eq!(attempts.load(Ordering::SeqCst), n, "stopped after the drop");
+}
+
+#[tokio::test]
+async fn dead_connection_and_failed_catch_up_both_reconnect() {
+    let attempts = Arc::new(AtomicU32::new(0));
+    let mut backend = MockBackend::new();
+    let a = attempts.clone();
+    backend.expect_connect().returning(move |_, _, _| {
+        match a.fetch_add(1, Ordering::SeqCst) {
+            0 => Ok(session(vec![], false)), // is_alive says dead
+            1 => {
+                let mut s = MockSession::new();
+                s.expect_list_domains().returning(|| {
+                    Err(Error::ListDomains {
+                        uri: "test:///x".into(),
+                        source: virt_error(),
+                    })
+                });
+                s.expect_connection().returning(|| None);
+                Ok(Box::new(s))
+            }
+            _ => Ok(session(vec![], true)),
+        }
+    });
+    let mut stream = spawn(backend, config()).unwrap();
+    expect(
+        &mut stream,
+        &[
+            "connected g1",
+            "init-start g1",
+            "init-done g1",
+            "disconnected g1: connection is no longer alive",
+            "connected g2",
+        ],
+    )
+    .await;
+    let item = next(&mut stream).await;
+    assert!(
+        describe(&item).starts_with(
+            "disconnected g2: catch-up failed: cannot list the domains on `test:///x`"
+        ),
+        "{}",
+        describe(&item)
+    );
+    expect(
+        &mut stream,
+        &["connected g3", "init-start g3", "init-done g3"],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn started_and_defined_carry_xml_and_a_failed_fetch_is_an_error_item() {
+    let sinks = Sinks::default();
+    let mut backend = MockBackend::new();
+    let s = sinks.clone();
+    backend.expect_connect().returning(move |_, _, sink| {
+        s.lock().unwrap().push(sink);
+        let mut m = MockSession::new();
+        m.expect_list_domains().returning(|| Ok(vec![]));
+        m.expect_is_alive().return_const(true);
+        m.expect_connection().returning(|| None);
+        let calls = AtomicU32::new(0);
+        m.expect_domain_xml().returning(move |uuid| {
+            if calls.fetch_add(1, Ordering::SeqCst) == 0 {
+                Ok(format!("<domain><uuid>{uuid}</uuid></domain>"))
+            } else {
+                Err(Error::Domain {
+                    what: "xml",
+                    domain: uuid.to_string(),
+                    source: virt_error(),
+                })
+            }
+        });
+        Ok(Box::new(m))
+    });
+    let mut stream = spawn(backend, config()).unwrap();
+    expect(
+        &mut stream,
+        &["connected g1", "init-start g1", "init-done g1"],
+    )
+    .await;
+    for (event, detail) in [
+        (Lifecycle::Started, 0),
+        (Lifecycle::Defined, 1),
+        (Lifecycle::Stopped, 1),
+    ] {
+        send(
+            &sinks,
+            Msg::Event(raw(RawKind::Lifecycle {
+                event: Enum::Known(event),
+                detail: LifecycleDetail::from_raw(event as i32, detail),
+            })),
+        );
+    }
+    let first = next(&mut stream).await;
+    let Item::Lifecycle(l) = &first else {
+        panic!("{first:?}")
+    };
+    assert_eq!(
+        l.xml.as_deref(),
+        Some("<domain><uuid>00000000-0000-0000-0000-00000000000a</uuid></domain>")
+    );
+    let item = next(&mut stream).await;
+    assert!(
+        describe(&item).starts_with(
+            "error: cannot read the xml of domain 00000000-0000-0000-0000-00000000000a"
+        ),
+        "{}",
+        describe(&item)
+    );
+    expect(
+        &mut stream,
+        &["defined updated xml=false", "stopped destroyed xml=false"],
+    )
+    .await;
+}
+
+/// Sets its flag when dropped.
+struct DropFlag(Arc<AtomicBool>);
+
+impl Drop for DropFlag {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+#[tokio::test]
+async fn dropping_the_stream_stops_the_listener_and_releases_the_session() {
+    let released = Arc::new(AtomicBool::new(false));
+    let mut backend = MockBackend::new();
+    let r = released.clone();
+    backend.expect_connect().times(1).returning(move |_, _, _| {
+        let flag = DropFlag(r.clone());
+        let mut m = MockSession::new();
+        m.expect_list_domains().returning(|| Ok(vec![]));
+        m.expect_is_alive().return_const(true);
+        // The closure owns the flag, so it drops with the session.
+        m.expect_connection().returning(move || {
+            let _ = &flag;
+            None
+        });
+        Ok(Box::new(m))
+    });
+    let mut stream = spawn(backend, config()).unwrap();
+    expect(
+        &mut stream,
+        &["connected g1", "init-start g1", "init-done g1"],
+    )
+    .await;
+    assert!(!released.load(Ordering::SeqCst));
+    drop(stream);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !released.load(Ordering::SeqCst) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(released.load(Ordering::SeqCst), "session not released");
+}
+
+#[tokio::test]
+async fn mock_event_source_serves_consumers() {
+    let mut source = MockEventSource::new();
+    let mut items = vec![Item::InitDone {
+        generation: 1,
+        domains: 0,
+    }];
+    source.expect_next_item().returning(move || items.pop());
+    let got = source.next_item().await;
+    assert!(matches!(got, Some(Item::InitDone { generation: 1, .. })));
+    assert!(source.next_item().await.is_none());
+}
+
+#[tokio::test]
+async fn recheck_recovers_a_pause_the_catch_up_missed_once() {
+    let rechecks = Arc::new(AtomicU32::new(0));
+    let mut backend = MockBackend::new();
+    let r = rechecks.clone();
+    backend.expect_connect().times(1).returning(move |_, _, _| {
+        let r = r.clone();
+        let mut m = MockSession::new();
+        let listings = AtomicU32::new(0);
+        m.expect_list_domains().returning(move || {
+            if listings.fetch_add(1, Ordering::SeqCst) == 0 {
+                // The catch-up: libvirtd has not caught up with QEMU.
+                Ok(vec![listed(DomainState::Running, 1)])
+            } else {
+                r.fetch_add(1, Ordering::SeqCst);
+                let mut d = listed(DomainState::Paused, 6);
+                d.xml = None;
+                Ok(vec![d])
+            }
+        });
+        m.expect_domain_xml()
+            .returning(|_| Ok("<domain><name>dom-a</name></domain>".into()));
+        m.expect_is_alive().return_const(true);
+        m.expect_connection().returning(|| None);
+        Ok(Box::new(m))
+    });
+    let mut stream = spawn(
+        backend,
+        config().recheck_interval(Duration::from_millis(20)),
+    )
+    .unwrap();
+    expect(
+        &mut stream,
+        &[
+            "connected g1",
+            "init-start g1",
+            "init dom-a running",
+            "init-done g1",
+        ],
+    )
+    .await;
+    expect(&mut stream, &["watchdog pause recovered g1"]).await;
+    while rechecks.load(Ordering::SeqCst) < 4 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let quiet = tokio::time::timeout(Duration::from_millis(50), stream.recv()).await;
+    assert!(quiet.is_err(), "reported once: {quiet:?}");
+}
+
+fn event_of(n: u128, kind: RawKind) -> RawEvent {
+    RawEvent {
+        domain: DomainId {
+            uuid: Uuid::from_u128(n),
+            name: format!("dom-{n}"),
+        },
+        run_id: Some(1),
+        kind,
+        received_at: SystemTime::now(),
+    }
+}
+
+fn lifecycle_kind(event: Lifecycle, detail: i32) -> RawKind {
+    RawKind::Lifecycle {
+        event: Enum::Known(event),
+        detail: LifecycleDetail::from_raw(event as i32, detail),
+    }
+}
+
+#[tokio::test]
+async fn a_flood_with_a_stalled_consumer_stays_bounded_keeps_checking_and_loses_no_firing() {
+    const DOMAINS: u128 = 100;
+    let sinks = Sinks::default();
+    let alive = Arc::new(AtomicU32::new(0));
+    let mut backend = MockBackend::new();
+    let (s, a) = (sinks.clone(), alive.clone());
+    backend
+        .expect_connect()
+        .times(1)
+        .returning(move |_, _, sink| {
+            s.lock().unwrap().push(sink);
+            let a = a.clone();
+            let mut m = MockSession::new();
+            m.expect_list_domains().returning(|| Ok(vec![]));
+            m.expect_is_alive().returning(move || {
+                a.fetch_add(1, Ordering::SeqCst);
+                true
+            });
+            m.expect_connection().returning(|| None);
+            m.expect_domain_xml()
+                .returning(|uuid| Ok(format!("<domain><uuid>{uuid}</uuid></domain>")));
+            Ok(Box::new(m))
+        });
+    let mut stream = spawn(backend, config().channel_capacity(16).inbox_capacity(256)).unwrap();
+    expect(
+        &mut stream,
+        &["connected g1", "init-start g1", "init-done g1"],
+    )
+    .await;
+    // The consumer stalls from here on while 100,000 lifecycle events of
+    // 100 domains arrive, with a pause firing (and its suspension) now and
+    // then.
+    let cycle = [
+        (Lifecycle::Defined, 0),
+        (Lifecycle::Started, 0),
+        (Lifecycle::Suspended, 0),
+        (Lifecycle::Resumed, 0),
+        (Lifecycle::Stopped, 1),
+        (Lifecycle::Undefined, 0),
+    ];
+    let mut firings = 0usize;
+    for i in 0..100_000u128 {
+        let d = i % DOMAINS;
+        let (event, detail) = cycle[(i / DOMAINS % 6) as usize];
+        send(
+            &sinks,
+            Msg::Event(event_of(d, lifecycle_kind(event, detail))),
+        );
+        if i % 997 == 0 {
+            let pause = RawKind::Watchdog {
+                action: Enum::Known(WatchdogAction::Pause),
+            };
+            send(&sinks, Msg::Event(event_of(d, pause)));
+            send(
+                &sinks,
+                Msg::Event(event_of(d, lifecycle_kind(Lifecycle::Suspended, 3))),
+            );
+            firings += 1;
+        }
+    }
+    let stats = stream.stats();
+    let bound = 256 + 5 * DOMAINS as usize + 2 * firings;
+    assert!(
+        stats.inbox_high_water <= bound,
+        "inbox held {} > {bound}",
+        stats.inbox_high_water
+    );
+    assert!(stats.outbox_high_water <= 16, "{stats:?}");
+    assert!(stats.folded > 90_000, "{stats:?}");
+    // The liveness check keeps its schedule while nobody reads.
+    let before = alive.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let checks = alive.load(Ordering::SeqCst) - before;
+    assert!(checks >= 3, "{checks} alive checks in 200 ms");
+    // The consumer catches up: every firing is there.
+    let mut got = 0;
+    while let Ok(Some(item)) = tokio::time::timeout(Duration::from_millis(300), stream.recv()).await
+    {
+        if matches!(item, Item::Watchdog(_)) {
+            got += 1;
+        }
+    }
+    assert_eq!(got, firings);
+    assert_eq!(stream.stats().inbox_len, 0);
+}
+
+#[test]
+fn the_machine_tracks_only_the_domains_that_matter_whatever_the_churn() {
+    let mut m = Machine::new();
+    m.connected("test:///x");
+    let xml = Some("<domain/>".to_owned());
+    for n in 0..100_000u128 {
+        let ev = |event, detail| event_of(n, lifecycle_kind(event, detail));
+        m.live(ev(Lifecycle::Defined, 0), xml.clone());
+        m.live(ev(Lifecycle::Started, 0), xml.clone());
+        // A transient domain's stop: no `undefined` event follows.
+        m.live(ev(Lifecycle::Stopped, 1), None);
+    }
+    assert_eq!(m.sizes(), (0, 0));
+    // A running domain whose XML was given is known; a catch-up skips it
+    // unless it is paused by its watchdog.
+    m.live(event_of(1, lifecycle_kind(Lifecycle::Started, 0)), xml);
+    let mut info = listed(DomainState::Running, 1);
+    info.domain.uuid = Uuid::from_u128(1);
+    assert!(!m.wants_xml(&info));
+    info.state = Enum::Known(DomainState::Paused);
+    info.reason = crate::kinds::PAUSED_REASON_WATCHDOG;
+    assert!(m.wants_xml(&info));
+    info.domain.uuid = Uuid::from_u128(2);
+    info.state = Enum::Known(DomainState::Running);
+    assert!(m.wants_xml(&info), "unknown");
+    info.id = None;
+    info.state = Enum::Known(DomainState::Shutoff);
+    assert!(!m.wants_xml(&info), "shut off");
+    assert_eq!(m.sizes(), (0, 1));
+}
