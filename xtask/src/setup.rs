@@ -25,6 +25,10 @@ pub const PACKAGES: &[&str] = &[
     "libxml2-utils",
     // The message bus.
     "rabbitmq-server",
+    // The baseline agent `cargo xtask bench` compares with (a Python script
+    // on libvirt's own bindings, as operators write today).
+    "python3",
+    "python3-libvirt",
 ];
 
 pub fn is_root() -> bool {

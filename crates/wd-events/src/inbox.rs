@@ -62,8 +62,8 @@ pub struct ListenerStats {
     pub alive_checks: u64,
     /// Catch-ups completed.
     pub catch_ups: u64,
-    /// How long the last catch-up took, from the connection being
-    /// registered to its last item queued for the consumer (the listing,
+    /// How long the last catch-up took, from the start of the connection
+    /// attempt to its last item queued for the consumer (the listing,
     /// each domain's state, and the XML of the domains that needed it).
     pub last_catch_up: Option<Duration>,
     /// How many domains the last catch-up listed.

@@ -175,6 +175,7 @@ impl<B: Backend> Supervisor<B> {
         let mut failures = 0u32;
         loop {
             let generation = self.machine.generation() + 1;
+            let attempt_started = Instant::now();
             let session = match self
                 .backend
                 .connect(&self.config, generation, self.sink.clone())
@@ -197,7 +198,7 @@ impl<B: Backend> Supervisor<B> {
             self.set_connection(session.connection());
             let item = self.machine.connected(&self.config.uri);
             self.emit(item)?;
-            let reason = self.serve(&*session)?;
+            let reason = self.serve(&*session, attempt_started)?;
             self.set_connection(None);
             // Deregister and close before telling the consumer.
             drop(session);
@@ -211,9 +212,14 @@ impl<B: Backend> Supervisor<B> {
     /// Catches up, then handles live events until the connection is lost;
     /// meanwhile checks that the connection is alive and re-checks the
     /// domains, each at its interval, whether or not the consumer keeps up.
-    fn serve(&mut self, session: &dyn Session) -> Result<DisconnectReason, Stop> {
+    /// `connected_at` is when the connection attempt began: the catch-up's
+    /// duration counts from there.
+    fn serve(
+        &mut self,
+        session: &dyn Session,
+        connected_at: Instant,
+    ) -> Result<DisconnectReason, Stop> {
         let generation = self.machine.generation();
-        let connected_at = Instant::now();
         let alive_every = self
             .config
             .alive_check_interval
@@ -322,7 +328,7 @@ impl<B: Backend> Supervisor<B> {
             generation = self.machine.generation(),
             domains = count,
             xml_fetched = fetched,
-            duration_ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
+            duration_ms = took.as_secs_f64() * 1000.0,
             "catch-up done"
         );
         Ok(())
