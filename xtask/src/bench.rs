@@ -12,6 +12,14 @@
 //!    `bench_live` example of `wd-e2e` (latency against `virsh event`,
 //!    the agent's RSS and CPU), with libvirtd and RabbitMQ started here if
 //!    they are not running, and stopped again afterwards.
+//! 5. and 6. Fleet scale, the `bench_scale` example of `wd-e2e`: churn of
+//!    10,000 domains on the test driver and fan-out to 1,000 project
+//!    endpoints always; with live parts also the catch-up of 100, 1,000 and
+//!    5,000 domains on the system libvirtd and `wdctl watch` side by side
+//!    with a Python baseline agent (`tests/fixtures/baseline_agent.py`).
+//!
+//! Steps on the system libvirtd run under `flock $WD_BENCH_LOCK` when that
+//! variable is set (a machine shared by several developers).
 //!
 //! Criterion figures are the median point estimates read from
 //! `target/criterion/**/new/estimates.json`, never scraped from stdout.
@@ -95,12 +103,13 @@ pub fn run(args: &[&str]) -> Result<()> {
     setup::cmd_ok(cargo().args(["bench", "-p", "wd-compute", "--bench", "pipeline"]))?;
     part2(&mut figures, since)?;
 
-    // Write what was measured even when the live part fails, then report it.
+    // Write what was measured even when a live part fails, then report it.
     let live_result = if live {
         live_parts(&mut figures)
     } else {
         Ok(())
     };
+    let scale_result = scale_parts(&mut figures, live);
 
     let env = environment();
     let report = target_dir().join("bench-report.json");
@@ -119,7 +128,7 @@ pub fn run(args: &[&str]) -> Result<()> {
     for f in &figures {
         println!("{:<48} {:>14} {}", f.name, fmt_value(f.value), f.unit);
     }
-    live_result
+    live_result.and(scale_result)
 }
 
 /// The median point estimate (ns) of a criterion benchmark, from
@@ -314,6 +323,56 @@ fn part2(figures: &mut Vec<Figure>, since: SystemTime) -> Result<()> {
     Ok(())
 }
 
+/// A command for an example that uses the shared system libvirtd: under
+/// `flock $WD_BENCH_LOCK` when that is set (on a machine where several
+/// people share the daemon), so that only those steps hold the lock.
+fn example(exe: &Path, args: &[&str], shared_libvirtd: bool) -> Command {
+    match std::env::var_os("WD_BENCH_LOCK") {
+        Some(lock) if shared_libvirtd => {
+            let mut c = Command::new("flock");
+            c.arg(lock).arg(exe).args(args);
+            c
+        }
+        _ => {
+            let mut c = Command::new(exe);
+            c.args(args);
+            c
+        }
+    }
+}
+
+/// Runs an example that prints one JSON figure per line and adds them.
+fn run_figures(
+    figures: &mut Vec<Figure>,
+    mut cmd: Command,
+    part_of: &dyn Fn(&str) -> u8,
+) -> Result<()> {
+    let out = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("run {cmd:?}"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    for line in text.lines().filter(|l| l.starts_with('{')) {
+        let obj = flat_object(line).with_context(|| format!("parse `{line}`"))?;
+        let get = |k: &str| obj.iter().find(|(key, _)| key == k).map(|(_, v)| v);
+        let (Some(Json::Str(name)), Some(Json::Num(value)), Some(Json::Str(unit))) =
+            (get("name"), get("value"), get("unit"))
+        else {
+            bail!("a figure needs name, value and unit: `{line}`");
+        };
+        let method = match get("method") {
+            Some(Json::Str(m)) => m.clone(),
+            _ => String::new(),
+        };
+        push(figures, part_of(name), name, *value, unit, &method);
+    }
+    if !out.status.success() {
+        bail!("{cmd:?} failed with {}", out.status);
+    }
+    Ok(())
+}
+
 fn live_parts(figures: &mut Vec<Figure>) -> Result<()> {
     eprintln!("xtask: parts 3 and 4, live on real guests");
     setup::ensure_packages()?;
@@ -332,32 +391,51 @@ fn live_parts(figures: &mut Vec<Figure>) -> Result<()> {
         .join("release")
         .join("examples")
         .join("bench_live");
-    let out = Command::new(&exe)
-        .arg("all")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .output()
-        .with_context(|| format!("run {}", exe.display()))?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    for line in text.lines().filter(|l| l.starts_with('{')) {
-        let obj = flat_object(line).with_context(|| format!("parse `{line}`"))?;
-        let get = |k: &str| obj.iter().find(|(key, _)| key == k).map(|(_, v)| v);
-        let (Some(Json::Str(name)), Some(Json::Num(value)), Some(Json::Str(unit))) =
-            (get("name"), get("value"), get("unit"))
-        else {
-            bail!("a figure needs name, value and unit: `{line}`");
-        };
-        let method = match get("method") {
-            Some(Json::Str(m)) => m.clone(),
-            _ => String::new(),
-        };
-        let part = if name.starts_with("latency") { 3 } else { 4 };
-        push(figures, part, name, *value, unit, &method);
+    run_figures(figures, example(&exe, &["all"], true), &|name| {
+        if name.starts_with("latency") { 3 } else { 4 }
+    })
+}
+
+/// Parts 5 and 6: the `bench_scale` example. Churn (test driver) and
+/// fan-out (loopback) always; the catch-up and the baseline comparison
+/// only with `live`, since they need the system libvirtd and real guests.
+fn scale_parts(figures: &mut Vec<Figure>, live: bool) -> Result<()> {
+    eprintln!("xtask: parts 5 and 6, fleet scale and the baseline agent");
+    setup::cmd_ok(cargo().args(["build", "--release", "-p", "wdctl"]))?;
+    setup::cmd_ok(cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "wd-e2e",
+        "--example",
+        "bench_scale",
+    ]))?;
+    let exe = target_dir()
+        .join("release")
+        .join("examples")
+        .join("bench_scale");
+    let part_of = |name: &str| if name.contains("baseline") { 6 } else { 5 };
+    let mut result = Ok(());
+    for (what, shared) in [("churn", false), ("fanout", false)] {
+        eprintln!("xtask: bench_scale {what}");
+        if let Err(e) = run_figures(figures, example(&exe, &[what], shared), &part_of) {
+            eprintln!("xtask: bench_scale {what}: {e:#}");
+            result = Err(e);
+        }
     }
-    if !out.status.success() {
-        bail!("bench_live failed with {}", out.status);
+    if live {
+        setup::ensure_packages()?;
+        setup::guest()?;
+        let _services = ServicesGuard(setup::services_up()?);
+        for what in ["catchup", "baseline"] {
+            eprintln!("xtask: bench_scale {what}");
+            if let Err(e) = run_figures(figures, example(&exe, &[what], true), &part_of) {
+                eprintln!("xtask: bench_scale {what}: {e:#}");
+                result = Err(e);
+            }
+        }
     }
-    Ok(())
+    result
 }
 
 /// A value of a flat JSON object.
@@ -508,11 +586,18 @@ fn report_json(figures: &[Figure], env: &[(&str, String)]) -> String {
         let _ = write!(s, "{sep}\n    {}: {}", json_str(k), json_str(v));
     }
     s.push_str("\n  },\n  \"figures\": [");
+    let goals = goals(figures);
     for (i, f) in figures.iter().enumerate() {
         let sep = if i == 0 { "" } else { "," };
+        let goal = goals
+            .iter()
+            .find(|g| g.figure == f.name)
+            .map_or(String::new(), |g| {
+                format!(", \"goal\": {}, \"met\": {}", json_str(&g.goal), g.met)
+            });
         let _ = write!(
             s,
-            "{sep}\n    {{\"part\": {}, \"name\": {}, \"value\": {}, \"unit\": {}, \"method\": {}}}",
+            "{sep}\n    {{\"part\": {}, \"name\": {}, \"value\": {}, \"unit\": {}{goal}, \"method\": {}}}",
             f.part,
             json_str(&f.name),
             json_num(f.value),
@@ -542,79 +627,156 @@ fn value_of(figures: &[Figure], name: &str) -> Option<f64> {
     figures.iter().find(|f| f.name == name).map(|f| f.value)
 }
 
-/// A line for each target the brief sets, met or not.
-fn targets(figures: &[Figure]) -> Vec<String> {
+/// A goal the brief sets for one figure, and whether this run met it.
+#[derive(Debug, Clone)]
+struct Goal {
+    figure: String,
+    what: String,
+    goal: String,
+    shown: String,
+    met: bool,
+}
+
+impl Goal {
+    fn line(&self) -> String {
+        let mark = if self.met { "met" } else { "NOT met" };
+        format!(
+            "- {}: {} (goal: {}) — {mark}",
+            self.what, self.shown, self.goal
+        )
+    }
+}
+
+/// The goal of each figure that has one, met or not.
+fn goals(figures: &[Figure]) -> Vec<Goal> {
     let mut out = Vec::new();
-    let mut check = |what: &str, value: Option<f64>, ok: &dyn Fn(f64) -> bool, shown: String| {
-        if let Some(v) = value {
-            let mark = if ok(v) { "met" } else { "NOT met" };
-            out.push(format!("- {what}: {shown} — {mark}"));
+    let mut check = |figure: &str, what: &str, goal: &str, ok: &dyn Fn(f64) -> bool, unit: &str| {
+        if let Some(v) = value_of(figures, figure) {
+            out.push(Goal {
+                figure: figure.to_owned(),
+                what: what.to_owned(),
+                goal: goal.to_owned(),
+                shown: format!("{} {unit}", fmt_value(v)).trim_end().to_owned(),
+                met: ok(v),
+            });
         }
     };
-    let web = value_of(figures, "latency_vs_virsh_webhook_median");
     check(
+        "latency_vs_virsh_webhook_median",
         "Webhook within 20 ms of virsh, spool on (median)",
-        web,
+        "≤ 20 ms",
         &|v| v <= 20.0,
-        format!("{} ms", web.map_or("n/a".into(), fmt_value)),
+        "ms",
     );
-    let worst = value_of(figures, "latency_vs_virsh_webhook_worst");
     check(
+        "latency_vs_virsh_webhook_worst",
         "Webhook within 20 ms of virsh, spool on (worst)",
-        worst,
+        "≤ 20 ms",
         &|v| v <= 20.0,
-        format!("{} ms", worst.map_or("n/a".into(), fmt_value)),
+        "ms",
     );
     for (prefix, label) in [
         ("agent_idle", "qemu:///system"),
         ("agent_idle_test_driver", "test driver"),
     ] {
         for n in [0, 10, 100] {
-            let rss = value_of(figures, &format!("{prefix}_{n}_domains_rss"));
             check(
-                &format!("Agent RSS under 20 MB, {n} domains ({label})"),
-                rss,
+                &format!("{prefix}_{n}_domains_rss"),
+                &format!("Agent RSS, {n} domains ({label})"),
+                "< 20 MB",
                 &|v| v * 1.048_576 < 20.0,
-                format!("{} MiB", rss.map_or("n/a".into(), fmt_value)),
+                "MiB",
             );
-            let anon = value_of(figures, &format!("{prefix}_{n}_domains_rss_anon"));
             check(
-                &format!("Agent private memory (RssAnon) under 20 MB, {n} domains ({label})"),
-                anon,
+                &format!("{prefix}_{n}_domains_rss_anon"),
+                &format!("Agent private memory (RssAnon), {n} domains ({label})"),
+                "< 20 MB",
                 &|v| v * 1.048_576 < 20.0,
-                format!("{} MiB", anon.map_or("n/a".into(), fmt_value)),
+                "MiB",
             );
-            let cpu = value_of(figures, &format!("{prefix}_{n}_domains_cpu"));
             check(
-                &format!("No measurable idle CPU, {n} domains ({label})"),
-                cpu,
+                &format!("{prefix}_{n}_domains_cpu"),
+                &format!("Idle CPU, {n} domains ({label})"),
                 // /proc/PID/stat counts clock ticks of 10 ms; two ticks in
                 // 10 s (0.2 % of a core) is the noise floor of this check.
+                "no measurable CPU: ≤ 20 ms in 10 s",
                 &|v| v <= 20.0,
-                format!("{} ms CPU in 10 s", cpu.map_or("n/a".into(), fmt_value)),
+                "ms CPU in 10 s",
             );
         }
     }
-    let storm_cpu = value_of(figures, "storm_agent_cpu");
     check(
+        "storm_agent_cpu",
         "Reset storm: agent CPU",
-        storm_cpu,
+        "< 5 % of one core",
         &|v| v < 5.0,
-        format!(
-            "{} % of one core",
-            storm_cpu.map_or("n/a".into(), fmt_value)
-        ),
+        "% of one core",
     );
-    let ratio = value_of(figures, "patch_scale_ratio_10000_vs_100");
     check(
-        "Patching is linear in the number of domains",
-        ratio,
+        "patch_scale_ratio_10000_vs_100",
+        "Patching is linear in the number of domains (per-domain cost at 10,000 / at 100)",
+        "< 2",
         &|v| v < 2.0,
-        format!(
-            "per-domain cost at 10,000 is {}× that at 100",
-            ratio.map_or("n/a".into(), fmt_value)
-        ),
+        "",
     );
+    check(
+        "catchup_1000_domains_ms",
+        "Catch-up of 1,000 domains, connect to done",
+        "< 1 s",
+        &|v| v < 1000.0,
+        "ms",
+    );
+    check(
+        "catchup_per_domain_ratio_1000_vs_100",
+        "Catch-up cost per domain flat (at 1,000 / at 100)",
+        "≤ 1.2",
+        &|v| v <= 1.2,
+        "",
+    );
+    check(
+        "catchup_5000_domains_rss_anon",
+        "RssAnon after the catch-up of 5,000 domains",
+        "< 10 MiB",
+        &|v| v < 10.0,
+        "MiB",
+    );
+    check(
+        "churn_rss_anon_growth",
+        "RssAnon after churning 10,000 domains, against its start",
+        "within 1 MiB",
+        &|v| v.abs() <= 1.0,
+        "MiB",
+    );
+    check(
+        "fanout_p99_ms",
+        "Fan-out to 1,000 project endpoints: p99 firing → receipt",
+        "≤ 1 s",
+        &|v| v <= 1000.0,
+        "ms",
+    );
+    check(
+        "fanout_notifications_per_s",
+        "Fan-out to 1,000 project endpoints: throughput",
+        "≥ 100 notifications/s",
+        &|v| v >= 100.0,
+        "notifications/s",
+    );
+    for (label, what) in [
+        ("latency_median", "latency after `virsh event`, median"),
+        ("latency_worst", "latency after `virsh event`, worst"),
+        ("rss", "VmRSS"),
+        ("rss_anon", "RssAnon"),
+        ("idle_cpu", "idle CPU"),
+        ("cpu_per_firing", "CPU per firing"),
+    ] {
+        check(
+            &format!("wd_vs_baseline_{label}_ratio"),
+            &format!("wd / Python baseline: {what}"),
+            "≤ 1 (no costlier than the baseline)",
+            &|v| v <= 1.0,
+            "×",
+        );
+    }
     out
 }
 
@@ -631,12 +793,12 @@ fn markdown(figures: &[Figure], env: &[(&str, String)], live: bool) -> String {
         let _ = writeln!(s, "| {k} | {v} |");
     }
     s.push_str("\n## Targets\n\n");
-    let t = targets(figures);
+    let t = goals(figures);
     if t.is_empty() {
-        s.push_str("No live figures in this run.\n");
+        s.push_str("No figure with a goal in this run.\n");
     }
-    for line in t {
-        let _ = writeln!(s, "{line}");
+    for goal in t {
+        let _ = writeln!(s, "{}", goal.line());
     }
     let parts = [
         (1, "1. Policy and XML"),
@@ -646,6 +808,8 @@ fn markdown(figures: &[Figure], env: &[(&str, String)], live: bool) -> String {
             "3. Latency against libvirt's own client, on a real guest",
         ),
         (4, "4. Resource cost of the agent"),
+        (5, "5. Fleet scale: catch-up, churn, fan-out"),
+        (6, "6. Side by side with a baseline agent"),
     ];
     for (part, title) in parts {
         let _ = writeln!(s, "\n## {title}\n");
@@ -658,14 +822,22 @@ fn markdown(figures: &[Figure], env: &[(&str, String)], live: bool) -> String {
             });
             continue;
         }
-        s.push_str("| figure | value | unit | method |\n|---|---:|---|---|\n");
+        let goals = goals(figures);
+        s.push_str("| figure | value | unit | goal | method |\n|---|---:|---|---|---|\n");
         for f in rows {
+            let goal = goals
+                .iter()
+                .find(|g| g.figure == f.name)
+                .map_or(String::new(), |g| {
+                    format!("{}: {}", g.goal, if g.met { "met" } else { "**NOT met**" })
+                });
             let _ = writeln!(
                 s,
-                "| `{}` | {} | {} | {} |",
+                "| `{}` | {} | {} | {} | {} |",
                 f.name,
                 fmt_value(f.value),
                 f.unit,
+                goal.replace('|', "\\|"),
                 f.method.replace('|', "\\|")
             );
         }

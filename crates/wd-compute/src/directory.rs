@@ -67,6 +67,8 @@ pub struct DirectoryConfig {
     /// lifecycle events were seen, when the listener or the pipeline is
     /// behind) still needs the owner. A started domain's XML is fetched again
     /// on `started`, so a forgotten entry comes back when it matters.
+    /// Default: 60 s, far longer than the pipeline takes to reach a firing
+    /// queued before the domain's stop.
     pub retire_after: Duration,
     /// The most entries kept. Beyond it, retired entries go first (oldest
     /// first), then the least recently observed. Far above any host's
@@ -77,7 +79,7 @@ pub struct DirectoryConfig {
 impl Default for DirectoryConfig {
     fn default() -> Self {
         DirectoryConfig {
-            retire_after: Duration::from_secs(600),
+            retire_after: Duration::from_secs(60),
             max_entries: 16_384,
         }
     }
