@@ -171,6 +171,10 @@ impl Cache {
                 self.evicted_expired += 1;
             }
         }
+        shrink(&mut self.entries);
+        if self.retired.capacity() > 64 && self.retired.len() * 4 < self.retired.capacity() {
+            self.retired.shrink_to(self.retired.len() * 2);
+        }
         // Stale items (entries observed again) are dropped above only when
         // they reach the front; bound them by compacting when they dominate.
         if self.retired.len() > 64 && self.retired.len() > 2 * self.retired_now {
@@ -195,6 +199,14 @@ impl Cache {
             self.remove(&uuid);
             self.evicted_full += 1;
         }
+    }
+}
+
+/// Gives memory back after a wave of churn: a map keeps its largest
+/// capacity otherwise.
+fn shrink<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>) {
+    if map.capacity() > 64 && map.len() * 4 < map.capacity() {
+        map.shrink_to(map.len() * 2);
     }
 }
 

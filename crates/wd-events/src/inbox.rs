@@ -184,6 +184,9 @@ impl Events {
             tail.remove(0);
             if tail.is_empty() {
                 self.tails.remove(&uuid);
+                if self.tails.capacity() > 64 && self.tails.len() * 4 < self.tails.capacity() {
+                    self.tails.shrink_to(self.tails.len() * 2);
+                }
             }
         }
         Some(event)
@@ -412,6 +415,11 @@ impl Outbox {
     fn try_recv(&self) -> Option<Option<Item>> {
         let mut state = self.0.lock();
         let item = state.out.pop_front();
+        // A catch-up of many domains leaves a large buffer behind.
+        if state.out.is_empty() && state.out.capacity() > 2 * state.out_capacity {
+            let keep = state.out_capacity;
+            state.out.shrink_to(keep);
+        }
         let end = item.is_none() && state.supervisor_gone;
         let was_full = state.out.len() + 1 >= state.out_capacity;
         drop(state);

@@ -175,6 +175,17 @@ impl Machine {
             && (info.is_paused_by_watchdog() || !self.xml_known.contains(&info.domain.uuid))
     }
 
+    /// Gives memory back after a wave of churn (a map keeps its largest
+    /// capacity otherwise).
+    fn shrink(&mut self) {
+        if self.domains.capacity() > 64 && self.domains.len() * 4 < self.domains.capacity() {
+            self.domains.shrink_to(self.domains.len() * 2);
+        }
+        if self.xml_known.capacity() > 64 && self.xml_known.len() * 4 < self.xml_known.capacity() {
+            self.xml_known.shrink_to(self.xml_known.len() * 2);
+        }
+    }
+
     /// How many domains the machine tracks (episodes or firings to follow)
     /// and how many it knows the XML of.
     #[cfg(test)]
@@ -274,6 +285,7 @@ impl Machine {
         self.domains
             .retain(|uuid, track| seen.contains(uuid) && !track.is_empty());
         self.xml_known.retain(|uuid| seen.contains(uuid));
+        self.shrink();
         recovered
             .into_iter()
             .map(|(domain, episode)| {
@@ -378,6 +390,7 @@ impl Machine {
         }
         if event.is(Lifecycle::Stopped) || event.is(Lifecycle::Undefined) {
             self.xml_known.remove(&raw.domain.uuid);
+            self.shrink();
         } else if xml.is_some() {
             self.xml_known.insert(raw.domain.uuid);
         }
