@@ -9,14 +9,14 @@
 //!    fsync per entry, group commit) and this machine's raw fsync rate, in
 //!    the same run.
 //! 3. and 4. Live, on real guests (skipped with `--no-live`): the
-//!    `bench_live` example of `wd-e2e` (latency against `virsh event`,
+//!    `bench-live` binary of `wd-e2e` (latency against `virsh event`,
 //!    the agent's RSS and CPU), with libvirtd and RabbitMQ started here if
 //!    they are not running, and stopped again afterwards.
-//! 5. and 6. Fleet scale, the `bench_scale` example of `wd-e2e`: churn of
+//! 5. and 6. Fleet scale, the `bench-scale` binary of `wd-e2e`: churn of
 //!    10,000 domains on the test driver and fan-out to 1,000 project
 //!    endpoints always; with live parts also the catch-up of 100, 1,000 and
 //!    5,000 domains on the system libvirtd and `wdctl watch` side by side
-//!    with a Python baseline agent (`tests/fixtures/baseline_agent.py`).
+//!    with a Python baseline agent (`crates/wd-e2e/fixtures/baseline_agent.py`).
 //!
 //! Steps on the system libvirtd run under `flock $WD_BENCH_LOCK` when that
 //! variable is set (a machine shared by several developers).
@@ -27,13 +27,13 @@
 //! in the same run.
 
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Instant, SystemTime};
 
 use anyhow::{Context, Result, bail};
 
-use crate::setup;
+use crate::{cargo, root, setup, target_dir};
 
 /// One measured figure.
 #[derive(Debug, Clone)]
@@ -43,25 +43,6 @@ struct Figure {
     value: f64,
     unit: String,
     method: String,
-}
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."))
-}
-
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("target"))
-}
-
-fn cargo() -> Command {
-    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    c.current_dir(root());
-    c
 }
 
 /// Stops what this run started, even when a step fails.
@@ -327,18 +308,16 @@ fn part2(figures: &mut Vec<Figure>, since: SystemTime) -> Result<()> {
 /// `flock $WD_BENCH_LOCK` when that is set (on a machine where several
 /// people share the daemon), so that only those steps hold the lock.
 fn example(exe: &Path, args: &[&str], shared_libvirtd: bool) -> Command {
-    match std::env::var_os("WD_BENCH_LOCK") {
+    let mut c = match std::env::var_os("WD_BENCH_LOCK") {
         Some(lock) if shared_libvirtd => {
             let mut c = Command::new("flock");
-            c.arg(lock).arg(exe).args(args);
+            c.arg(lock).arg(exe);
             c
         }
-        _ => {
-            let mut c = Command::new(exe);
-            c.args(args);
-            c
-        }
-    }
+        _ => Command::new(exe),
+    };
+    c.args(args).current_dir(root());
+    c
 }
 
 /// Runs an example that prints one JSON figure per line and adds them.
@@ -378,48 +357,28 @@ fn live_parts(figures: &mut Vec<Figure>) -> Result<()> {
     setup::ensure_packages()?;
     setup::guest()?;
     setup::cmd_ok(cargo().args(["build", "--release", "-p", "wdctl"]))?;
-    setup::cmd_ok(cargo().args([
-        "build",
-        "--release",
-        "-p",
-        "wd-e2e",
-        "--example",
-        "bench_live",
-    ]))?;
+    setup::cmd_ok(cargo().args(["build", "--release", "-p", "wd-e2e", "--bin", "bench-live"]))?;
     let _services = ServicesGuard(setup::services_up()?);
-    let exe = target_dir()
-        .join("release")
-        .join("examples")
-        .join("bench_live");
+    let exe = target_dir().join("release").join("bench-live");
     run_figures(figures, example(&exe, &["all"], true), &|name| {
         if name.starts_with("latency") { 3 } else { 4 }
     })
 }
 
-/// Parts 5 and 6: the `bench_scale` example. Churn (test driver) and
+/// Parts 5 and 6: the `bench-scale` binary of `wd-e2e`. Churn (test driver) and
 /// fan-out (loopback) always; the catch-up and the baseline comparison
 /// only with `live`, since they need the system libvirtd and real guests.
 fn scale_parts(figures: &mut Vec<Figure>, live: bool) -> Result<()> {
     eprintln!("xtask: parts 5 and 6, fleet scale and the baseline agent");
     setup::cmd_ok(cargo().args(["build", "--release", "-p", "wdctl"]))?;
-    setup::cmd_ok(cargo().args([
-        "build",
-        "--release",
-        "-p",
-        "wd-e2e",
-        "--example",
-        "bench_scale",
-    ]))?;
-    let exe = target_dir()
-        .join("release")
-        .join("examples")
-        .join("bench_scale");
+    setup::cmd_ok(cargo().args(["build", "--release", "-p", "wd-e2e", "--bin", "bench-scale"]))?;
+    let exe = target_dir().join("release").join("bench-scale");
     let part_of = |name: &str| if name.contains("baseline") { 6 } else { 5 };
     let mut result = Ok(());
     for (what, shared) in [("churn", false), ("fanout", false)] {
-        eprintln!("xtask: bench_scale {what}");
+        eprintln!("xtask: bench-scale {what}");
         if let Err(e) = run_figures(figures, example(&exe, &[what], shared), &part_of) {
-            eprintln!("xtask: bench_scale {what}: {e:#}");
+            eprintln!("xtask: bench-scale {what}: {e:#}");
             result = Err(e);
         }
     }
@@ -428,9 +387,9 @@ fn scale_parts(figures: &mut Vec<Figure>, live: bool) -> Result<()> {
         setup::guest()?;
         let _services = ServicesGuard(setup::services_up()?);
         for what in ["catchup", "baseline"] {
-            eprintln!("xtask: bench_scale {what}");
+            eprintln!("xtask: bench-scale {what}");
             if let Err(e) = run_figures(figures, example(&exe, &[what], true), &part_of) {
-                eprintln!("xtask: bench_scale {what}: {e:#}");
+                eprintln!("xtask: bench-scale {what}: {e:#}");
                 result = Err(e);
             }
         }
@@ -447,7 +406,7 @@ enum Json {
 }
 
 /// Parses a flat JSON object whose values are strings, numbers or
-/// literals (what `bench_live` prints).
+/// literals (what `bench-live` prints).
 fn flat_object(line: &str) -> Option<Vec<(String, Json)>> {
     let mut chars = line.trim().chars().peekable();
     let mut out = Vec::new();

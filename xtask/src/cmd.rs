@@ -1,14 +1,9 @@
 //! The top-level commands.
 
-use std::process::Command;
-
 use anyhow::{Context, Result, bail};
 
+use crate::cargo;
 use crate::setup::{self, cmd_ok};
-
-fn cargo() -> Command {
-    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-}
 
 fn has_nextest() -> bool {
     cargo()
@@ -28,8 +23,11 @@ impl Drop for ServicesGuard {
 
 /// `cargo xtask test [nextest filters…]`.
 pub fn test(filters: &[&str]) -> Result<()> {
+    eprintln!("xtask: tidy");
+    crate::tidy::run(&crate::root())?;
     setup::ensure_packages()?;
     setup::guest()?;
+    setup::venv()?;
 
     eprintln!("xtask: cargo fmt --check");
     cmd_ok(cargo().args(["fmt", "--all", "--", "--check"]))
@@ -113,19 +111,12 @@ pub fn demo(args: &[&str]) -> Result<()> {
     setup::ensure_packages()?;
     setup::guest()?;
     eprintln!("xtask: building the demo");
-    cmd_ok(cargo().args([
-        "build",
-        "--quiet",
-        "--package",
-        "wd-e2e",
-        "--example",
-        "demo",
-    ]))?;
+    cmd_ok(cargo().args(["build", "--quiet", "--package", "wd-e2e", "--bin", "demo"]))?;
     let started = setup::libvirtd_up()?;
     let _guard = ServicesGuard(setup::Started {
         libvirtd: started,
-        rabbitmq: false,
+        ..setup::Started::default()
     });
-    cmd_ok(cargo().args(["run", "--quiet", "--package", "wd-e2e", "--example", "demo"]))
+    cmd_ok(cargo().args(["run", "--quiet", "--package", "wd-e2e", "--bin", "demo"]))
         .context("the demo failed")
 }

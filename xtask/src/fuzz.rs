@@ -7,27 +7,18 @@
 //! `fuzz/seeds/<target>` plus the corpus kept in `fuzz/corpus/<target>`; a
 //! crash leaves its input in `fuzz/artifacts/<target>/` and fails the run.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
+use std::process::Stdio;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
+
+use crate::{cargo, root};
 
 /// Every target, in the order `cargo xtask fuzz` runs them.
 pub const TARGETS: &[&str] = &["policy", "xml_patch", "xml_parse", "spool_recover"];
 
 const DEFAULT_SECONDS: u64 = 60;
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."))
-}
-
-fn cargo() -> Command {
-    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-}
 
 fn ensure_cargo_fuzz() -> Result<()> {
     let present = cargo()

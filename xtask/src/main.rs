@@ -8,6 +8,8 @@
 //!   runs fmt, clippy, rustdoc and the whole test suite, and stops what it
 //!   started.
 //! - `cargo xtask demo`: the main job, on a real guest.
+//! - `cargo xtask tidy`: the architecture's rules, checked (also the first
+//!   step of `cargo xtask test`).
 //! - `cargo xtask services up|down|status`, `cargo xtask guest`: the pieces,
 //!   for a developer's machine.
 
@@ -17,19 +19,25 @@ mod bench;
 mod cmd;
 mod fuzz;
 mod setup;
+mod tidy;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use anyhow::{Result, bail};
 
 const USAGE: &str = "usage: cargo xtask <command>
 
 commands:
-  test              install what is needed, then fmt, clippy, rustdoc and every test
+  test              tidy, install what is needed, then fmt, clippy, rustdoc and every test
+  tidy              check the architecture's rules (allowed edges, unsafe, docs, file sizes)
   demo              the main job: a real guest's watchdog fires and its owner is notified
   services up       start libvirtd (with virtlogd) and RabbitMQ on 127.0.0.1
   services down     stop the services recorded under target/wd-services
   services status   show which services answer
   guest             build the watchdog guest's kernel and initramfs
   deps              install the Debian packages the workspace needs
+  venv              create target/wd-venv with Ceilometer and Aodh from PyPI
   bench             measure, write target/bench-report.json and docs/performance.md
   fuzz [target] [s] run the cargo-fuzz targets (default: all, 60 s each)";
 
@@ -46,6 +54,7 @@ fn run(args: &[&str]) -> Result<()> {
     match args {
         ["test", rest @ ..] => cmd::test(rest),
         ["demo", rest @ ..] => cmd::demo(rest),
+        ["tidy"] => tidy::run(&root()),
         ["services", "up"] => setup::services_up().map(|_| ()),
         ["services", "down"] => {
             setup::services_down();
@@ -57,6 +66,7 @@ fn run(args: &[&str]) -> Result<()> {
         }
         ["guest"] => setup::guest().map(|_| ()),
         ["deps"] => setup::ensure_packages(),
+        ["venv"] => setup::venv(),
         ["bench", rest @ ..] => bench::run(rest),
         ["fuzz", rest @ ..] => fuzz::run(rest),
         ["help" | "--help" | "-h"] | [] => {
@@ -65,4 +75,27 @@ fn run(args: &[&str]) -> Result<()> {
         }
         _ => bail!("unknown command `{}`\n\n{USAGE}", args.join(" ")),
     }
+}
+
+/// The workspace root (xtask's parent directory).
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// The cargo target directory: `CARGO_TARGET_DIR`, else `target/` at the
+/// root.
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"))
+}
+
+/// The cargo that runs xtask (`$CARGO`), in the workspace root.
+pub fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(root());
+    c
 }

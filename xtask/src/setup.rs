@@ -4,7 +4,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 use wd_testkit::guest::{GuestAssets, assets_dir, build_assets};
-use wd_testkit::{Libvirtd, RabbitMq};
+use wd_testkit::{Libvirtd, RabbitMq, RabbitMq2};
 
 /// Every Debian package the workspace's build, tests and demo need.
 pub const PACKAGES: &[&str] = &[
@@ -25,9 +25,10 @@ pub const PACKAGES: &[&str] = &[
     "libxml2-utils",
     // The message bus.
     "rabbitmq-server",
+    // The venv with Ceilometer and Aodh from PyPI (`python3 -m venv`).
+    "python3-venv",
     // The baseline agent `cargo xtask bench` compares with (a Python script
     // on libvirt's own bindings, as operators write today).
-    "python3",
     "python3-libvirt",
 ];
 
@@ -96,11 +97,28 @@ pub fn guest() -> Result<GuestAssets> {
     }
 }
 
+/// Creates (once) the Python venv with Ceilometer and Aodh from PyPI that
+/// the OpenStack interop tests run.
+pub fn venv() -> Result<()> {
+    if !wd_testkit::openstack::venv_ready() {
+        eprintln!(
+            "xtask: creating {} with {} from PyPI",
+            wd_testkit::openstack::venv_dir().display(),
+            wd_testkit::openstack::VENV_PACKAGES.join(", ")
+        );
+    }
+    wd_testkit::openstack::ensure_venv()
+        .map(|_| ())
+        .map_err(anyhow::Error::msg)
+}
+
 /// What `services_up` started, so that only that is stopped afterwards.
 #[derive(Debug, Default)]
 pub struct Started {
     pub libvirtd: bool,
     pub rabbitmq: bool,
+    /// The second RabbitMQ node (127.0.0.1:5673), for failover tests.
+    pub rabbitmq2: bool,
 }
 
 /// Starts libvirtd (with virtlogd) and RabbitMQ unless they already answer.
@@ -121,6 +139,14 @@ pub fn services_up() -> Result<Started> {
         eprintln!("xtask: starting RabbitMQ on 127.0.0.1:5672");
         started.rabbitmq = RabbitMq::start().map_err(anyhow::Error::msg)?;
     }
+    if !RabbitMq2::is_up() && is_root() {
+        eprintln!(
+            "xtask: starting the second RabbitMQ node {} on 127.0.0.1:{}",
+            RabbitMq2::NODE,
+            RabbitMq2::PORT
+        );
+        started.rabbitmq2 = RabbitMq2::start().map_err(anyhow::Error::msg)?;
+    }
     services_status();
     Ok(started)
 }
@@ -139,6 +165,7 @@ pub fn libvirtd_up() -> Result<bool> {
 /// Stops every service recorded under `target/wd-services`.
 pub fn services_down() {
     Libvirtd::stop_all();
+    RabbitMq2::stop();
     RabbitMq::stop_all();
     services_status();
 }
@@ -148,6 +175,10 @@ pub fn stop_started(started: &Started) {
     if started.libvirtd {
         Libvirtd::stop_all();
     }
+    // The second node first: the main node's stop may take epmd with it.
+    if started.rabbitmq2 {
+        RabbitMq2::stop();
+    }
     if started.rabbitmq {
         RabbitMq::stop_all();
     }
@@ -156,10 +187,12 @@ pub fn stop_started(started: &Started) {
 pub fn services_status() {
     let show = |up: bool| if up { "up" } else { "down" };
     eprintln!(
-        "xtask: libvirtd {} (pid {:?}), rabbitmq {} (pid {:?})",
+        "xtask: libvirtd {} (pid {:?}), rabbitmq {} (pid {:?}), rabbitmq node 2 {} (pid {:?})",
         show(Libvirtd::is_up()),
         Libvirtd::pid(),
         show(RabbitMq::is_up()),
-        RabbitMq::pid()
+        RabbitMq::pid(),
+        show(RabbitMq2::is_up()),
+        RabbitMq2::pid()
     );
 }

@@ -1,6 +1,8 @@
-//! The listener's configuration and its reconnect backoff.
+//! The listener's configuration.
 
 use std::time::Duration;
+
+use wd_backoff::Backoff;
 
 /// How the listener connects and reconnects.
 ///
@@ -30,8 +32,12 @@ pub struct ListenerConfig {
     /// recover a watchdog pause that no event reported (zero: never). See
     /// the crate docs, "What cannot be recovered".
     pub recheck_interval: Duration,
-    /// The reconnect backoff.
-    pub backoff: BackoffConfig,
+    /// The reconnect backoff: 0.8 s doubling to 30 s, with jitter, by
+    /// default (like kube-runtime's watcher).
+    pub backoff: Backoff,
+    /// A connection that stayed up at least this long starts the backoff
+    /// over; one that flaps sooner keeps it growing.
+    pub backoff_reset_after: Duration,
     /// How many items may wait for the consumer before the listener waits
     /// for it. The libvirt event loop itself never waits, and neither do
     /// the listener's liveness checks and re-checks.
@@ -50,7 +56,8 @@ impl Default for ListenerConfig {
             keepalive_count: 3,
             alive_check_interval: Duration::from_secs(5),
             recheck_interval: Duration::from_secs(60),
-            backoff: BackoffConfig::default(),
+            backoff: Backoff::new(Duration::from_millis(800), Duration::from_secs(30)),
+            backoff_reset_after: Duration::from_secs(120),
             channel_capacity: 1024,
             inbox_capacity: 4096,
         }
@@ -96,8 +103,15 @@ impl ListenerConfig {
 
     /// Sets the reconnect backoff.
     #[must_use]
-    pub fn backoff(mut self, backoff: BackoffConfig) -> Self {
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
         self.backoff = backoff;
+        self
+    }
+
+    /// Sets how long a connection must stay up to start the backoff over.
+    #[must_use]
+    pub fn backoff_reset_after(mut self, reset_after: Duration) -> Self {
+        self.backoff_reset_after = reset_after;
         self
     }
 
@@ -109,166 +123,27 @@ impl ListenerConfig {
     }
 }
 
-/// Capped exponential backoff with jitter, reset after a stretch of health,
-/// like kube-runtime's watcher backoff.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct BackoffConfig {
-    /// The first delay.
-    pub initial: Duration,
-    /// The largest delay.
-    pub max: Duration,
-    /// Each delay is the previous one times this.
-    pub factor: f64,
-    /// Each delay is scaled by a random factor in `[1 - jitter, 1 + jitter]`
-    /// (and then capped at `max`), so that many listeners do not reconnect
-    /// in lockstep. `0.0` turns jitter off.
-    pub jitter: f64,
-    /// A connection that stayed up at least this long resets the backoff to
-    /// `initial`.
-    pub reset_after: Duration,
-}
-
-impl Default for BackoffConfig {
-    fn default() -> Self {
-        BackoffConfig {
-            initial: Duration::from_millis(800),
-            max: Duration::from_secs(30),
-            factor: 2.0,
-            jitter: 0.25,
-            reset_after: Duration::from_secs(120),
-        }
-    }
-}
-
-impl BackoffConfig {
-    /// Sets the first and the largest delay.
-    #[must_use]
-    pub fn delays(mut self, initial: Duration, max: Duration) -> Self {
-        self.initial = initial;
-        self.max = max;
-        self
-    }
-
-    /// Sets the jitter (clamped to `0.0..=1.0`).
-    #[must_use]
-    pub fn jitter(mut self, jitter: f64) -> Self {
-        self.jitter = jitter.clamp(0.0, 1.0);
-        self
-    }
-
-    /// Sets how long a connection must stay up to reset the backoff.
-    #[must_use]
-    pub fn reset_after(mut self, reset_after: Duration) -> Self {
-        self.reset_after = reset_after;
-        self
-    }
-}
-
-/// The backoff's running state.
-#[derive(Debug, Clone)]
-pub(crate) struct Backoff {
-    config: BackoffConfig,
-    /// The un-jittered delay the next call returns.
-    next: Duration,
-}
-
-impl Backoff {
-    pub(crate) fn new(config: BackoffConfig) -> Self {
-        Backoff {
-            next: config.initial.min(config.max),
-            config,
-        }
-    }
-
-    /// The delay before the next attempt. `unit` is a random number in
-    /// `[0, 1)` (a parameter so that tests are deterministic).
-    pub(crate) fn next_delay(&mut self, unit: f64) -> Duration {
-        let base = self.next;
-        let grown = base.as_secs_f64() * self.config.factor.max(1.0);
-        self.next = Duration::from_secs_f64(grown.min(self.config.max.as_secs_f64()));
-        let jitter = self.config.jitter.clamp(0.0, 1.0);
-        let scale = 1.0 - jitter + 2.0 * jitter * unit.clamp(0.0, 1.0);
-        Duration::from_secs_f64((base.as_secs_f64() * scale).min(self.config.max.as_secs_f64()))
-    }
-
-    /// Called when a connection ends after being up for `uptime`: a long
-    /// enough stretch of health starts the backoff over.
-    pub(crate) fn connection_ended(&mut self, uptime: Duration) {
-        if uptime >= self.config.reset_after {
-            self.reset();
-        }
-    }
-
-    pub(crate) fn reset(&mut self) {
-        self.next = self.config.initial.min(self.config.max);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn ms(n: u64) -> Duration {
-        Duration::from_millis(n)
-    }
-
-    fn check(config: BackoffConfig, units: &[f64], expected: &[u64]) {
-        let mut b = Backoff::new(config);
-        let got: Vec<u64> = units
-            .iter()
-            .map(|&u| b.next_delay(u).as_millis() as u64)
-            .collect();
-        assert_eq!(got, expected, "{config:?}");
-    }
-
-    #[test]
-    fn grows_and_caps() {
-        let c = BackoffConfig::default().jitter(0.0);
-        check(
-            c,
-            &[0.5; 8],
-            &[800, 1600, 3200, 6400, 12800, 25600, 30000, 30000],
-        );
-    }
-
-    #[test]
-    fn jitter_stays_within_bounds_and_under_the_cap() {
-        let c = BackoffConfig::default(); // jitter 0.25
-        check(c, &[0.0, 0.0, 0.0], &[600, 1200, 2400]);
-        check(c, &[0.999_999; 3], &[999, 1999, 3999]);
-        // At the cap, jitter never exceeds it.
-        let mut b = Backoff::new(c);
-        for _ in 0..20 {
-            b.next_delay(0.5);
-        }
-        for u in [0.0, 0.5, 0.999] {
-            let d = b.next_delay(u);
-            assert!(d <= ms(30_000) && d >= ms(22_500), "{d:?}");
-        }
-    }
-
-    #[test]
-    fn resets_only_after_a_stretch_of_health() {
-        let c = BackoffConfig::default().jitter(0.0);
-        let mut b = Backoff::new(c);
-        b.next_delay(0.5);
-        b.next_delay(0.5);
-        b.connection_ended(Duration::from_secs(5)); // flapping: keep growing
-        assert_eq!(b.next_delay(0.5), ms(3200));
-        b.connection_ended(Duration::from_secs(120));
-        assert_eq!(b.next_delay(0.5), ms(800));
-    }
-
     #[test]
     fn builder_clamps() {
-        assert_eq!(BackoffConfig::default().jitter(7.0).jitter, 1.0);
         assert_eq!(
             ListenerConfig::default()
                 .channel_capacity(0)
                 .channel_capacity,
             1
         );
-        let c = BackoffConfig::default().delays(ms(10), ms(5)).jitter(0.0);
-        check(c, &[0.5; 3], &[5, 5, 5]);
+    }
+
+    #[test]
+    fn default_backoff_is_valid_and_kube_like() {
+        let c = ListenerConfig::default();
+        c.backoff.check("listener.backoff").unwrap();
+        assert_eq!(c.backoff.initial, Duration::from_millis(800));
+        assert_eq!(c.backoff.max, Duration::from_secs(30));
+        assert!(c.backoff.jitter);
+        assert_eq!(c.backoff_reset_after, Duration::from_secs(120));
     }
 }

@@ -104,8 +104,9 @@
 //! Keepalive (`virConnectSetKeepAlive`) and the close callback detect a
 //! lost connection (libvirtd restarted: `eof`; unresponsive: `keepalive`),
 //! backed by a periodic `virConnectIsAlive`. The listener then reconnects
-//! with capped exponential backoff and jitter ([`BackoffConfig`]: 0.8 s
-//! doubling to 30 s, reset after two minutes of health), so it never spins
+//! with capped exponential backoff and jitter ([`Backoff`] from
+//! `wd-backoff`: 0.8 s doubling to 30 s, each wait drawn from its upper half,
+//! reset after two minutes of health), so it never spins
 //! while libvirtd is down, registers again, and catches up.
 #![deny(unsafe_code)]
 
@@ -120,7 +121,7 @@ mod listener;
 mod machine;
 mod model;
 
-pub use config::{BackoffConfig, ListenerConfig};
+pub use config::ListenerConfig;
 pub use error::{Error, Result};
 pub use ffi::{Registration, init_event_loop, register};
 pub use inbox::ListenerStats;
@@ -136,3 +137,4 @@ pub use machine::{RawEvent, RawKind};
 pub use model::{
     DisconnectReason, DomainId, DomainInfo, Item, LifecycleEvent, Origin, WatchdogEvent,
 };
+pub use wd_backoff::Backoff;

@@ -10,7 +10,7 @@ use futures::Stream;
 use virt::connect::Connect;
 
 use crate::backend::{Backend, Libvirt, Session};
-use crate::config::{Backoff, ListenerConfig};
+use crate::config::ListenerConfig;
 use crate::error::{Error, Result};
 use crate::inbox::{self, Gone, Inbox, ListenerStats, Msg, Next, Outbox, Sink};
 use crate::kinds::Enum;
@@ -171,7 +171,7 @@ impl<B: Backend> Supervisor<B> {
     }
 
     fn run_until_stopped(&mut self) -> Result<(), Stop> {
-        let mut backoff = Backoff::new(self.config.backoff);
+        let mut backoff = wd_backoff::Attempts::new(self.config.backoff);
         let mut failures = 0u32;
         loop {
             let generation = self.machine.generation() + 1;
@@ -183,7 +183,7 @@ impl<B: Backend> Supervisor<B> {
                 Ok(session) => session,
                 Err(error) => {
                     failures = failures.saturating_add(1);
-                    let retry_in = backoff.next_delay(fastrand::f64());
+                    let retry_in = backoff.next_delay();
                     self.emit(Item::ConnectFailed {
                         attempt: failures,
                         error,
@@ -204,8 +204,8 @@ impl<B: Backend> Supervisor<B> {
             drop(session);
             let item = self.machine.disconnected(reason);
             self.emit(item)?;
-            backoff.connection_ended(up_since.elapsed());
-            self.idle(backoff.next_delay(fastrand::f64()))?;
+            backoff.reset_if_healthy(up_since.elapsed(), self.config.backoff_reset_after);
+            self.idle(backoff.next_delay())?;
         }
     }
 

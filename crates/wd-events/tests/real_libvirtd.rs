@@ -10,8 +10,8 @@ use virt::connect::Connect;
 use virt::domain::{DomainPausedReason, DomainState, DomainStateReason};
 use virt::enumutil::Enum as VirtEnum;
 use wd_events::{
-    BackoffConfig, Enum, EventStream, Item, LifecycleDetail, ListenerConfig, Origin,
-    SuspendedDetail, WatchdogAction, WatchdogEvent,
+    Backoff, Enum, EventStream, Item, LifecycleDetail, ListenerConfig, Origin, SuspendedDetail,
+    WatchdogAction, WatchdogEvent,
 };
 use wd_testkit::guest::{self, GuestSpec};
 
@@ -77,9 +77,10 @@ fn config() -> ListenerConfig {
     // A short backoff cap keeps the tests quick once libvirtd is back.
     ListenerConfig::default()
         .uri(wd_testkit::Libvirtd::URI)
-        .backoff(
-            BackoffConfig::default().delays(Duration::from_millis(200), Duration::from_secs(2)),
-        )
+        .backoff(Backoff::new(
+            Duration::from_millis(200),
+            Duration::from_secs(2),
+        ))
 }
 
 async fn next(stream: &mut EventStream, within: Duration) -> Option<Item> {

@@ -6,85 +6,121 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::message::Priority;
+use crate::transport::AmqpUrl;
 
-/// A broker URL, `amqp://user:password@host:port/vhost`. It holds a password,
-/// so its `Debug` and `Display` show it without credentials.
-#[derive(Clone, PartialEq, Eq)]
-pub struct AmqpUrl(String);
+/// Which of Nova's notification forms are published, as Nova's
+/// `[notifications] notification_format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum Format {
+    /// Only the legacy form: `compute.instance.watchdog` with a flat payload,
+    /// on the legacy topics (`notifications`), which Ceilometer reads.
+    Unversioned,
+    /// Only the versioned form: `instance.watchdog` with a `nova_object`
+    /// payload, on the versioned topics (`versioned_notifications`).
+    Versioned,
+    /// Both forms, each on its own topics. The default.
+    #[default]
+    Both,
+}
 
-impl AmqpUrl {
-    /// Checks the scheme and keeps the URL.
-    pub fn new(url: impl Into<String>) -> Result<Self> {
-        let url = url.into();
-        let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
-        match scheme.as_deref() {
-            Some("amqp" | "amqps") => Ok(AmqpUrl(url)),
-            Some(other) => Err(Error::InvalidUrl {
-                url: redact(&url),
-                reason: format!("scheme `{other}` is not amqp or amqps"),
-            }),
-            None => Err(Error::InvalidUrl {
-                url: redact(&url),
-                reason: "it has no scheme".into(),
-            }),
+impl Format {
+    /// Nova's spelling.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Format::Unversioned => "unversioned",
+            Format::Versioned => "versioned",
+            Format::Both => "both",
         }
     }
 
-    /// The full URL, credentials included, for connecting.
-    pub fn expose(&self) -> &str {
-        &self.0
+    /// Whether the legacy form is published.
+    pub const fn unversioned(self) -> bool {
+        matches!(self, Format::Unversioned | Format::Both)
     }
 
-    /// The URL without credentials, query or fragment.
-    pub fn redacted(&self) -> String {
-        redact(&self.0)
+    /// Whether the versioned form is published.
+    pub const fn versioned(self) -> bool {
+        matches!(self, Format::Versioned | Format::Both)
     }
 }
 
-impl FromStr for AmqpUrl {
+impl fmt::Display for Format {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Format {
     type Err = Error;
 
     fn from_str(s: &str) -> Result<Self> {
-        AmqpUrl::new(s)
+        match s.trim() {
+            "unversioned" => Ok(Format::Unversioned),
+            "versioned" => Ok(Format::Versioned),
+            "both" => Ok(Format::Both),
+            other => Err(Error::ParseFormat {
+                value: other.to_owned(),
+            }),
+        }
     }
 }
 
-impl fmt::Debug for AmqpUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "AmqpUrl({})", self.redacted())
-    }
+/// One form on one topic: what a single publish goes to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// The form published.
+    pub form: Form,
+    /// `<topic>.<priority lowercased>`.
+    pub routing_key: String,
 }
 
-impl fmt::Display for AmqpUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.redacted())
-    }
-}
-
-/// See [`wd_notify::redact_url`].
-pub(crate) fn redact(raw: &str) -> String {
-    wd_notify::redact_url(raw)
+/// One of the two notification forms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Form {
+    /// `compute.instance.watchdog`, flat payload.
+    Unversioned,
+    /// `instance.watchdog`, `nova_object` payload.
+    Versioned,
 }
 
 /// Where and how notifications are published.
 ///
 /// The defaults match an OpenStack deployment with oslo.messaging's defaults:
-/// exchange `nova` (type topic, non-durable), topic `versioned_notifications`,
-/// priority `INFO`, so Nova's own versioned-notification listeners receive our
-/// events next to Nova's.
+/// exchange `nova` (type topic, non-durable), both forms (the legacy one on
+/// topic `notifications`, which Ceilometer reads, the versioned one on
+/// `versioned_notifications`), priority `INFO`, so Nova's own notification
+/// listeners receive our events next to Nova's.
 #[derive(Debug, Clone)]
 pub struct AmqpConfig {
     /// The broker.
     pub url: AmqpUrl,
     /// The topic exchange. Default `nova`.
     pub exchange: String,
-    /// The topic; the routing key is `<topic>.<priority lowercased>`.
-    /// Default `versioned_notifications`.
-    pub topic: String,
-    /// The notification priority. Default `INFO`.
+    /// Which forms are published. Default [`Format::Both`].
+    pub format: Format,
+    /// The topics of the versioned form (Nova's
+    /// `[notifications] versioned_notifications_topics`); each routing key is
+    /// `<topic>.<priority lowercased>`. Default `versioned_notifications`.
+    pub topics: Vec<String>,
+    /// The topics of the legacy form (oslo's
+    /// `[oslo_messaging_notifications] topics`). Default `notifications`.
+    pub legacy_topics: Vec<String>,
+    /// The notification priority. Default `INFO`: Ceilometer's event
+    /// endpoint handles only `info` and `error`.
     pub priority: Priority,
-    /// The service half of `publisher_id` (`<service>:<host>`). Default `wd`.
+    /// The service half of the versioned form's `publisher_id`
+    /// (`<service>:<host>`). Default `wd`.
     pub service: String,
+    /// The service half of the legacy form's `publisher_id`
+    /// (`<service>.<host>`, as Nova's `compute.<host>`): Ceilometer's stock
+    /// `compute.instance.*` definition takes the `service` and `host` traits
+    /// from it. Default `compute`.
+    pub legacy_service: String,
+    /// Wrap messages in oslo's 2.0 envelope (driver `messagingv2`, the
+    /// default) or publish the bare message (driver `messaging`, 1.0).
+    pub envelope: bool,
     /// Whether to declare the exchange (type topic) on each connection. When
     /// false, the exchange must already exist: it is only checked (a passive
     /// declare) and then published to. Default true.
@@ -116,9 +152,13 @@ impl AmqpConfig {
         AmqpConfig {
             url,
             exchange: "nova".into(),
-            topic: "versioned_notifications".into(),
+            format: Format::Both,
+            topics: vec!["versioned_notifications".into()],
+            legacy_topics: vec!["notifications".into()],
             priority: Priority::Info,
             service: "wd".into(),
+            legacy_service: "compute".into(),
+            envelope: true,
             declare: true,
             durable: false,
             declare_queue: false,
@@ -136,10 +176,45 @@ impl AmqpConfig {
         self
     }
 
-    /// Sets the topic.
+    /// Sets the versioned form's one topic.
     #[must_use]
     pub fn with_topic(mut self, topic: impl Into<String>) -> Self {
-        self.topic = topic.into();
+        self.topics = vec![topic.into()];
+        self
+    }
+
+    /// Sets the versioned form's topics.
+    #[must_use]
+    pub fn with_topics(mut self, topics: Vec<String>) -> Self {
+        self.topics = topics;
+        self
+    }
+
+    /// Sets the legacy form's topics.
+    #[must_use]
+    pub fn with_legacy_topics(mut self, topics: Vec<String>) -> Self {
+        self.legacy_topics = topics;
+        self
+    }
+
+    /// Sets which forms are published.
+    #[must_use]
+    pub fn with_format(mut self, format: Format) -> Self {
+        self.format = format;
+        self
+    }
+
+    /// Sets the service half of the legacy `publisher_id`.
+    #[must_use]
+    pub fn with_legacy_service(mut self, service: impl Into<String>) -> Self {
+        self.legacy_service = service.into();
+        self
+    }
+
+    /// Sets whether messages are wrapped in oslo's 2.0 envelope.
+    #[must_use]
+    pub fn with_envelope(mut self, envelope: bool) -> Self {
+        self.envelope = envelope;
         self
     }
 
@@ -193,23 +268,61 @@ impl AmqpConfig {
         self
     }
 
-    /// The routing key: `<topic>.<priority lowercased>`, as oslo's messaging
-    /// driver builds it.
-    pub fn routing_key(&self) -> String {
-        format!(
-            "{}.{}",
-            self.topic,
-            self.priority.as_str().to_ascii_lowercase()
-        )
+    /// Every publish one notification makes: each published form on each of
+    /// its topics, versioned first. Routing keys are
+    /// `<topic>.<priority lowercased>`, as oslo's messaging driver builds them.
+    pub fn routes(&self) -> Vec<Route> {
+        let priority = self.priority.as_str().to_ascii_lowercase();
+        let mut routes = Vec::new();
+        let forms = [
+            (Form::Versioned, self.format.versioned(), &self.topics),
+            (
+                Form::Unversioned,
+                self.format.unversioned(),
+                &self.legacy_topics,
+            ),
+        ];
+        for (form, on, topics) in forms {
+            if on {
+                for topic in topics {
+                    routes.push(Route {
+                        form,
+                        routing_key: format!("{topic}.{priority}"),
+                    });
+                }
+            }
+        }
+        routes
     }
 
     /// Checks names before any connection is made.
     pub(crate) fn validate(&self) -> Result<()> {
-        for (what, value) in [
+        let mut names = vec![
             ("exchange", &self.exchange),
-            ("topic", &self.topic),
             ("service", &self.service),
-        ] {
+            ("legacy_service", &self.legacy_service),
+        ];
+        names.extend(self.topics.iter().map(|t| ("topic", t)));
+        names.extend(self.legacy_topics.iter().map(|t| ("legacy topic", t)));
+        if self.format.versioned() && self.topics.is_empty() {
+            return Err(Error::InvalidName {
+                what: "topic",
+                value: String::new(),
+            });
+        }
+        if self.format.unversioned() && self.legacy_topics.is_empty() {
+            return Err(Error::InvalidName {
+                what: "legacy topic",
+                value: String::new(),
+            });
+        }
+        if self.routes().len() > 32 {
+            return Err(Error::InvalidName {
+                what: "topic list",
+                value: format!("{} routes", self.routes().len()),
+            });
+        }
+        for (what, value) in names {
             let ok = !value.is_empty()
                 && value.len() <= 255
                 && value
@@ -231,62 +344,54 @@ mod tests {
     use super::*;
 
     #[test]
-    fn urls() {
+    fn routing_keys() {
+        let url = AmqpUrl::new("amqp://h").unwrap();
+        let keys = |c: AmqpConfig| -> Vec<(Form, String)> {
+            c.routes()
+                .into_iter()
+                .map(|r| (r.form, r.routing_key))
+                .collect()
+        };
+        let v = |k: &str| (Form::Versioned, k.to_owned());
+        let u = |k: &str| (Form::Unversioned, k.to_owned());
         let cases = [
             (
-                "amqp://guest:guest@127.0.0.1:5672/%2f",
-                Ok("amqp://***@127.0.0.1:5672/%2f"),
+                AmqpConfig::new(url.clone()),
+                vec![v("versioned_notifications.info"), u("notifications.info")],
             ),
             (
-                "amqps://u:p%40ss@rabbit.example/vh?cacertfile=/x",
-                Ok("amqps://***@rabbit.example/vh?***"),
-            ),
-            ("amqp://rabbit", Ok("amqp://rabbit")),
-            (
-                "http://u:hunter2@h/",
-                Err(
-                    "broker url `http://***@h/` is not valid: scheme `http` is not amqp or amqps; expected amqp://user:password@host:port/vhost or amqps://…",
-                ),
+                AmqpConfig::new(url.clone())
+                    .with_priority(Priority::Error)
+                    .with_format(Format::Versioned),
+                vec![v("versioned_notifications.error")],
             ),
             (
-                "u:hunter2@h",
-                Err(
-                    "broker url `***@h` is not valid: it has no scheme; expected amqp://user:password@host:port/vhost or amqps://…",
-                ),
+                AmqpConfig::new(url)
+                    .with_format(Format::Unversioned)
+                    .with_legacy_topics(vec!["notifications".into(), "searchlight".into()])
+                    .with_priority(Priority::Warn),
+                vec![u("notifications.warn"), u("searchlight.warn")],
             ),
         ];
-        for (input, expected) in cases {
-            match (AmqpUrl::new(input), expected) {
-                (Ok(url), Ok(shown)) => {
-                    assert_eq!(url.to_string(), shown);
-                    assert_eq!(format!("{url:?}"), format!("AmqpUrl({shown})"));
-                    assert_eq!(url.expose(), input);
-                }
-                (Err(e), Err(msg)) => assert_eq!(e.to_string(), msg),
-                (got, expected) => panic!("{input}: got {got:?}, expected {expected:?}"),
-            }
+        for (config, expected) in cases {
+            assert_eq!(keys(config), expected);
         }
     }
 
     #[test]
-    fn routing_keys() {
-        let url = AmqpUrl::new("amqp://h").unwrap();
-        let cases = [
-            (AmqpConfig::new(url.clone()), "versioned_notifications.info"),
-            (
-                AmqpConfig::new(url.clone()).with_priority(Priority::Error),
-                "versioned_notifications.error",
-            ),
-            (
-                AmqpConfig::new(url)
-                    .with_topic("notifications")
-                    .with_priority(Priority::Warn),
-                "notifications.warn",
-            ),
-        ];
-        for (config, expected) in cases {
-            assert_eq!(config.routing_key(), expected);
+    fn formats() {
+        for (text, format) in [
+            ("unversioned", Format::Unversioned),
+            ("versioned", Format::Versioned),
+            ("both", Format::Both),
+        ] {
+            assert_eq!(text.parse::<Format>().unwrap(), format);
+            assert_eq!(format.to_string(), text);
         }
+        assert_eq!(
+            "Both".parse::<Format>().unwrap_err().to_string(),
+            "unknown notification format `Both`; allowed: unversioned, versioned, both"
+        );
     }
 
     #[test]
@@ -303,8 +408,12 @@ mod tests {
                 Err("topic `a b` is not valid; allowed: 1 to 255 bytes of A-Z a-z 0-9 - _ . :"),
             ),
             (
-                AmqpConfig::new(url).with_service("wd/x"),
+                AmqpConfig::new(url.clone()).with_service("wd/x"),
                 Err("service `wd/x` is not valid; allowed: 1 to 255 bytes of A-Z a-z 0-9 - _ . :"),
+            ),
+            (
+                AmqpConfig::new(url).with_legacy_topics(vec![]),
+                Err("legacy topic `` is not valid; allowed: 1 to 255 bytes of A-Z a-z 0-9 - _ . :"),
             ),
         ];
         for (config, expected) in cases {

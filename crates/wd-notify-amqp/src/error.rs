@@ -7,9 +7,10 @@
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// A broker URL that is not `amqp://` or `amqps://`.
+    /// A broker URL that is not a valid `amqp://`, `amqps://` or oslo
+    /// `rabbit://` transport URL.
     #[error(
-        "broker url `{url}` is not valid: {reason}; expected amqp://user:password@host:port/vhost or amqps://…"
+        "broker url `{url}` is not valid: {reason}; expected amqp://user:password@host:port/vhost, amqps://… or rabbit://user:password@host1:port,user:password@host2:port/vhost"
     )]
     InvalidUrl {
         /// The URL with its credentials removed.
@@ -25,6 +26,35 @@ pub enum Error {
         what: &'static str,
         /// The value given.
         value: String,
+    },
+
+    /// Text that is not one of Nova's notification formats.
+    #[error("unknown notification format `{value}`; allowed: unversioned, versioned, both")]
+    ParseFormat {
+        /// The text given.
+        value: String,
+    },
+
+    /// A setting of Nova's configuration file that is missing or unusable.
+    #[error("{path} [{section}] {key}: {reason}")]
+    NovaConf {
+        /// The file.
+        path: String,
+        /// The INI section.
+        section: String,
+        /// The key.
+        key: String,
+        /// What is wrong, and what is allowed. Never holds a password.
+        reason: String,
+    },
+
+    /// Nova's configuration file cannot be read or is not INI.
+    #[error("cannot read nova config `{path}`: {reason}")]
+    ReadNovaConf {
+        /// The file.
+        path: String,
+        /// Why.
+        reason: String,
     },
 
     /// Text that is not one of oslo.messaging's notification priorities.

@@ -3,12 +3,21 @@
 //! [`AmqpNotifier`] publishes each notification to RabbitMQ exactly as
 //! oslo.messaging's `messagingv2` notification driver would: an
 //! `{"oslo.version": "2.0", "oslo.message": "<json string>"}` envelope around
-//! a message with `message_id`, `publisher_id`, `event_type`
-//! (`instance.watchdog`), `priority`, `timestamp` and a Nova-style versioned
-//! payload, sent to a topic exchange (`nova` by default) with routing key
-//! `<topic>.<priority>` (`versioned_notifications.info`). Existing
-//! oslo.messaging notification listeners receive it unchanged.
-//! `docs/notifications.md` gives the wire format with a full example.
+//! a message with `message_id`, `publisher_id`, `event_type`, `priority`,
+//! `timestamp`, a payload, and the owner in the oslo request context
+//! (`_context_project_id`, `_context_user_id`, …), sent to a topic exchange
+//! (`nova` by default) with routing key `<topic>.<priority>`. Like Nova, it
+//! follows `notification_format` ([`Format`]): the legacy form
+//! (`compute.instance.watchdog`, flat payload, topic `notifications`, which
+//! Ceilometer turns into events for Aodh's owner alarms), the versioned form
+//! (`instance.watchdog`, `nova_object` payload, topic
+//! `versioned_notifications`), or both (the default). Existing oslo.messaging
+//! notification listeners receive them unchanged. `docs/notifications.md`
+//! gives the wire formats with full examples.
+//!
+//! Brokers are given as AMQP URIs or as oslo transport URLs naming a cluster
+//! (`rabbit://user:pass@host1:5672,user:pass@host2:5672/vhost?ssl=1`): see
+//! [`AmqpUrl`]. [`NovaConf`] reads these settings from Nova's own `nova.conf`.
 //!
 //! Publishes are persistent, `mandatory`, and confirmed by the broker; the
 //! connection is reopened lazily after a broker restart.
@@ -20,10 +29,13 @@
 //! ```
 //! use wd_notify_amqp::{AmqpConfig, AmqpNotifier, AmqpUrl, Priority};
 //!
-//! let url: AmqpUrl = "amqp://nova:s3cret@rabbit.example:5672/%2f".parse()?;
+//! let url: AmqpUrl = "rabbit://nova:s3cret@rabbit1:5672,nova:s3cret@rabbit2:5672/".parse()?;
 //! let config = AmqpConfig::new(url).with_priority(Priority::Warn);
 //! let notifier = AmqpNotifier::new(config)?; // connects on first use
-//! assert_eq!(notifier.routing_key(), "versioned_notifications.warn");
+//! assert_eq!(
+//!     notifier.routing_keys(),
+//!     ["versioned_notifications.warn", "notifications.warn"]
+//! );
 //! assert!(!format!("{notifier:?}").contains("s3cret"));
 //! # Ok::<(), wd_notify_amqp::Error>(())
 //! ```
@@ -33,11 +45,15 @@ mod config;
 mod error;
 mod message;
 mod notifier;
+pub mod nova_conf;
+mod transport;
 
-pub use config::{AmqpConfig, AmqpUrl};
+pub use config::{AmqpConfig, Form, Format, Route};
 pub use error::{Error, Result};
 pub use message::{
-    ENVELOPE_VERSION, EVENT_TYPE, PAYLOAD_NAME, PAYLOAD_NAMESPACE, PAYLOAD_VERSION, Priority,
-    envelope,
+    ENVELOPE_VERSION, EVENT_TYPE, LEGACY_EVENT_TYPE, PAYLOAD_NAME, PAYLOAD_NAMESPACE,
+    PAYLOAD_VERSION, Priority, envelope, legacy_envelope, message,
 };
 pub use notifier::AmqpNotifier;
+pub use nova_conf::NovaConf;
+pub use transport::{AmqpUrl, Node};

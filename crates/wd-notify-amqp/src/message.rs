@@ -1,12 +1,17 @@
-//! The oslo.messaging 2.0 envelope and the versioned notification inside it.
+//! The oslo.messaging 2.0 envelope and the two notification forms inside it.
 //!
 //! oslo.messaging's `serialize_msg` wraps the notification dict as
 //! `{"oslo.version": "2.0", "oslo.message": json.dumps(msg)}`: the inner
 //! message is a JSON *string*, not an object. The inner message has the keys
 //! `Notifier._notify` builds (`message_id`, `publisher_id`, `event_type`,
-//! `priority`, `payload`, `timestamp`) plus the `_unique_id` the AMQP driver
-//! adds for duplicate detection. The payload follows Nova's versioned
-//! notification form (`nova_object.name`, `.namespace`, `.version`, `.data`).
+//! `priority`, `payload`, `timestamp`), the `_unique_id` the AMQP driver adds
+//! for duplicate detection, and the request context flattened by the driver's
+//! `pack_context` as `_context_<key>` for each key of `RequestContext.to_dict()`
+//! (oslo.context's keys, then the ones Nova's context adds).
+//!
+//! The versioned payload follows Nova's versioned notification form
+//! (`nova_object.name`, `.namespace`, `.version`, `.data`); the legacy
+//! payload is flat, like Nova's `compute.instance.*` payloads.
 
 use std::fmt;
 use std::str::FromStr;
@@ -18,10 +23,13 @@ use time::macros::format_description;
 use uuid::Uuid;
 use wd_notify::Notification;
 
+use crate::config::Form;
 use crate::error::Error;
 
-/// The `event_type` of every notification this crate publishes.
+/// The `event_type` of the versioned form.
 pub const EVENT_TYPE: &str = "instance.watchdog";
+/// The `event_type` of the legacy (unversioned) form.
+pub const LEGACY_EVENT_TYPE: &str = "compute.instance.watchdog";
 /// The envelope version oslo.messaging writes and accepts (`2.0`).
 pub const ENVELOPE_VERSION: &str = "2.0";
 /// `nova_object.name` of the payload.
@@ -113,15 +121,112 @@ struct Envelope<'a> {
 }
 
 #[derive(Serialize)]
-struct Inner<'a> {
+struct Inner<'a, P> {
     message_id: Uuid,
     publisher_id: &'a str,
     event_type: &'static str,
     priority: &'static str,
-    payload: Payload<'a>,
+    payload: P,
     timestamp: String,
     #[serde(rename = "_unique_id")]
     unique_id: String,
+    #[serde(flatten)]
+    context: Context<'a>,
+}
+
+/// The request context as oslo.messaging's `pack_context` flattens a Nova
+/// `RequestContext.to_dict()`: oslo.context's keys in its order, then Nova's.
+/// The owner is the context's user and project, so consumers that read the
+/// context (Ceilometer's default `project_id` and `user_id` traits) find it.
+#[derive(Serialize)]
+struct Context<'a> {
+    #[serde(rename = "_context_user")]
+    user: Option<&'a str>,
+    #[serde(rename = "_context_project_id")]
+    project_id: Option<&'a str>,
+    #[serde(rename = "_context_system_scope")]
+    system_scope: Option<&'a str>,
+    #[serde(rename = "_context_project")]
+    project: Option<&'a str>,
+    #[serde(rename = "_context_domain")]
+    domain: Option<&'a str>,
+    #[serde(rename = "_context_user_domain")]
+    user_domain: Option<&'a str>,
+    #[serde(rename = "_context_project_domain")]
+    project_domain: Option<&'a str>,
+    #[serde(rename = "_context_is_admin")]
+    is_admin: bool,
+    #[serde(rename = "_context_read_only")]
+    read_only: bool,
+    #[serde(rename = "_context_show_deleted")]
+    show_deleted: bool,
+    #[serde(rename = "_context_auth_token")]
+    auth_token: Option<&'a str>,
+    #[serde(rename = "_context_request_id")]
+    request_id: String,
+    #[serde(rename = "_context_global_request_id")]
+    global_request_id: Option<&'a str>,
+    #[serde(rename = "_context_resource_uuid")]
+    resource_uuid: Option<&'a str>,
+    #[serde(rename = "_context_roles")]
+    roles: [&'a str; 0],
+    #[serde(rename = "_context_user_identity")]
+    user_identity: String,
+    #[serde(rename = "_context_is_admin_project")]
+    is_admin_project: bool,
+    #[serde(rename = "_context_user_id")]
+    user_id: Option<&'a str>,
+    #[serde(rename = "_context_read_deleted")]
+    read_deleted: &'a str,
+    #[serde(rename = "_context_remote_address")]
+    remote_address: Option<&'a str>,
+    #[serde(rename = "_context_timestamp")]
+    timestamp: String,
+    #[serde(rename = "_context_quota_class")]
+    quota_class: Option<&'a str>,
+    #[serde(rename = "_context_user_name")]
+    user_name: Option<&'a str>,
+    #[serde(rename = "_context_service_catalog")]
+    service_catalog: [&'a str; 0],
+    #[serde(rename = "_context_project_name")]
+    project_name: Option<&'a str>,
+}
+
+impl<'a> Context<'a> {
+    fn of(n: &'a Notification) -> Self {
+        let user = n.instance.user_id.as_deref();
+        let project = n.instance.project_id.as_deref();
+        Context {
+            user,
+            project_id: project,
+            system_scope: None,
+            project,
+            domain: None,
+            user_domain: None,
+            project_domain: None,
+            is_admin: false,
+            read_only: false,
+            show_deleted: false,
+            auth_token: None,
+            // oslo's form, `req-<uuid>`; derived from the event id so that a
+            // retried publish is byte-identical.
+            request_id: format!("req-{}", n.event_id),
+            global_request_id: None,
+            resource_uuid: None,
+            roles: [],
+            // oslo.context's default `user_idt_format`.
+            user_identity: format!("{} {} - - -", user.unwrap_or("-"), project.unwrap_or("-")),
+            is_admin_project: true,
+            user_id: user,
+            read_deleted: "no",
+            remote_address: None,
+            timestamp: format(n.fired_at, ISO_TIMESTAMP),
+            quota_class: None,
+            user_name: None,
+            service_catalog: [],
+            project_name: None,
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -154,56 +259,178 @@ struct Data<'a> {
     last_fired_at: String,
 }
 
+/// The legacy payload: flat, with the keys of Nova's `compute.instance.*`
+/// payloads (`tenant_id`, `user_id`, `instance_id`, `display_name`, `host`,
+/// `state`) that Ceilometer's stock event definitions read, then ours.
+#[derive(Serialize)]
+struct LegacyPayload<'a> {
+    tenant_id: Option<&'a str>,
+    user_id: Option<&'a str>,
+    instance_id: Uuid,
+    display_name: Option<&'a str>,
+    host: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    state: Option<&'static str>,
+    domain_name: &'a str,
+    action: &'a str,
+    event_id: Uuid,
+    fired_at: String,
+    recovered: bool,
+    occurrences: u64,
+    first_fired_at: String,
+    last_fired_at: String,
+}
+
+/// Nova's `vm_state` that the watchdog action leaves the instance in, where
+/// it is certain: `pause` pauses it, `reset`, `none` and `inject-nmi` leave it
+/// running, `poweroff` stops it. `shutdown` (a request to the guest) and
+/// `debug` (a dump) leave it unknown.
+fn vm_state(action: &str) -> Option<&'static str> {
+    match action {
+        "pause" => Some("paused"),
+        "reset" | "none" | "inject-nmi" => Some("active"),
+        "poweroff" => Some("stopped"),
+        _ => None,
+    }
+}
+
 fn format(at: OffsetDateTime, format: &[FormatItem<'static>]) -> String {
     at.to_offset(time::UtcOffset::UTC)
         .format(format)
         .unwrap_or_default()
 }
 
-/// The body published for `n`: the oslo 2.0 envelope around the inner
-/// message. `publisher_id` is `<service>:<host>`.
-///
-/// The bytes depend only on `n`, `service` and `priority`, so a retried
-/// publish of the same notification is byte-identical. For that reason
-/// `timestamp` is the firing time rather than the publish time.
-pub fn envelope(n: &Notification, service: &str, priority: Priority) -> Vec<u8> {
-    let publisher_id = format!("{service}:{}", n.host);
+/// The `_unique_id` of a form. oslo's drivers use `uuid4().hex`, and oslo
+/// listeners drop a message whose `_unique_id` they have just seen. Deriving
+/// it from the event id makes a redelivered form look like the duplicate it
+/// is; the legacy form's differs (a fixed mask) so that one listener on both
+/// topics keeps both forms.
+fn unique_id(n: &Notification, form: Form) -> String {
+    const LEGACY_MASK: u128 = 0x6c65_6761_6379_0000_0000_0000_0000_0000;
+    match form {
+        Form::Versioned => n.event_id.simple().to_string(),
+        Form::Unversioned => Uuid::from_u128(n.event_id.as_u128() ^ LEGACY_MASK)
+            .simple()
+            .to_string(),
+    }
+}
+
+fn inner<P: Serialize>(
+    n: &Notification,
+    form: Form,
+    publisher_id: &str,
+    event_type: &'static str,
+    priority: Priority,
+    payload: P,
+) -> String {
     let inner = Inner {
         message_id: n.event_id,
-        publisher_id: &publisher_id,
-        event_type: EVENT_TYPE,
+        publisher_id,
+        event_type,
         priority: priority.as_str(),
-        payload: Payload {
-            name: PAYLOAD_NAME,
-            namespace: PAYLOAD_NAMESPACE,
-            version: PAYLOAD_VERSION,
-            data: Data {
-                uuid: n.instance.uuid,
-                display_name: n.instance.name.as_deref(),
+        payload,
+        timestamp: format(n.fired_at, OSLO_TIMESTAMP),
+        unique_id: unique_id(n, form),
+        context: Context::of(n),
+    };
+    // Plain data with string keys always serializes.
+    serde_json::to_string(&inner).unwrap_or_default()
+}
+
+/// The inner message of `form` for `n`, as a JSON string. The versioned
+/// form's `publisher_id` is `<service>:<host>`, the legacy form's
+/// `<service>.<host>` (as Nova's `nova-compute:<host>` and
+/// `compute.<host>`).
+pub fn message(n: &Notification, form: Form, service: &str, priority: Priority) -> String {
+    match form {
+        Form::Versioned => {
+            let publisher_id = format!("{service}:{}", n.host);
+            let payload = Payload {
+                name: PAYLOAD_NAME,
+                namespace: PAYLOAD_NAMESPACE,
+                version: PAYLOAD_VERSION,
+                data: Data {
+                    uuid: n.instance.uuid,
+                    display_name: n.instance.name.as_deref(),
+                    tenant_id: n.instance.project_id.as_deref(),
+                    user_id: n.instance.user_id.as_deref(),
+                    host: &n.host,
+                    domain_name: &n.domain.name,
+                    action: &n.action,
+                    fired_at: format(n.fired_at, ISO_TIMESTAMP),
+                    recovered: n.recovered,
+                    occurrences: n.occurrences.count,
+                    first_fired_at: format(n.occurrences.first_at, ISO_TIMESTAMP),
+                    last_fired_at: format(n.occurrences.last_at, ISO_TIMESTAMP),
+                },
+            };
+            inner(n, form, &publisher_id, EVENT_TYPE, priority, payload)
+        }
+        Form::Unversioned => {
+            let publisher_id = format!("{service}.{}", n.host);
+            let payload = LegacyPayload {
                 tenant_id: n.instance.project_id.as_deref(),
                 user_id: n.instance.user_id.as_deref(),
+                instance_id: n.instance.uuid,
+                display_name: n.instance.name.as_deref(),
                 host: &n.host,
+                state: vm_state(&n.action),
                 domain_name: &n.domain.name,
                 action: &n.action,
+                event_id: n.event_id,
                 fired_at: format(n.fired_at, ISO_TIMESTAMP),
                 recovered: n.recovered,
                 occurrences: n.occurrences.count,
                 first_fired_at: format(n.occurrences.first_at, ISO_TIMESTAMP),
                 last_fired_at: format(n.occurrences.last_at, ISO_TIMESTAMP),
-            },
-        },
-        timestamp: format(n.fired_at, OSLO_TIMESTAMP),
-        // oslo's drivers use `uuid4().hex`; reusing the event id makes a
-        // redelivered event look like the duplicate it is to oslo listeners.
-        unique_id: n.event_id.simple().to_string(),
-    };
-    // Plain data with string keys always serializes.
-    let inner = serde_json::to_string(&inner).unwrap_or_default();
+            };
+            inner(n, form, &publisher_id, LEGACY_EVENT_TYPE, priority, payload)
+        }
+    }
+}
+
+/// Wraps an inner message in oslo's 2.0 envelope.
+fn wrap(inner: &str) -> Vec<u8> {
     serde_json::to_vec(&Envelope {
         version: ENVELOPE_VERSION,
-        message: &inner,
+        message: inner,
     })
     .unwrap_or_default()
+}
+
+/// The body published for the versioned form of `n`: the oslo 2.0 envelope
+/// around the inner message. `publisher_id` is `<service>:<host>`.
+///
+/// The bytes depend only on `n`, `service` and `priority`, so a retried
+/// publish of the same notification is byte-identical. For that reason
+/// `timestamp` is the firing time rather than the publish time.
+pub fn envelope(n: &Notification, service: &str, priority: Priority) -> Vec<u8> {
+    wrap(&message(n, Form::Versioned, service, priority))
+}
+
+/// The body published for the legacy form of `n` (`compute.instance.watchdog`,
+/// flat payload): the oslo 2.0 envelope around the inner message.
+/// `publisher_id` is `<service>.<host>`. Byte-identical across retries, as
+/// [`envelope`].
+pub fn legacy_envelope(n: &Notification, service: &str, priority: Priority) -> Vec<u8> {
+    wrap(&message(n, Form::Unversioned, service, priority))
+}
+
+/// The body for `form`: enveloped (driver `messagingv2`) or bare (driver
+/// `messaging`, oslo's 1.0 format).
+pub(crate) fn body(
+    n: &Notification,
+    form: Form,
+    service: &str,
+    priority: Priority,
+    envelope: bool,
+) -> Vec<u8> {
+    let inner = message(n, form, service, priority);
+    if envelope {
+        wrap(&inner)
+    } else {
+        inner.into_bytes()
+    }
 }
 
 #[cfg(test)]
@@ -276,8 +503,119 @@ mod tests {
                 },
                 "timestamp": "2026-11-25 19:14:19.123456",
                 "_unique_id": "6f1c9a342f0e4b8e9d430d5a3c1b7e21",
+                "_context_user": "fake",
+                "_context_project_id": "6f70656e737461636b20342065766572",
+                "_context_system_scope": null,
+                "_context_project": "6f70656e737461636b20342065766572",
+                "_context_domain": null,
+                "_context_user_domain": null,
+                "_context_project_domain": null,
+                "_context_is_admin": false,
+                "_context_read_only": false,
+                "_context_show_deleted": false,
+                "_context_auth_token": null,
+                "_context_request_id": "req-6f1c9a34-2f0e-4b8e-9d43-0d5a3c1b7e21",
+                "_context_global_request_id": null,
+                "_context_resource_uuid": null,
+                "_context_roles": [],
+                "_context_user_identity": "fake 6f70656e737461636b20342065766572 - - -",
+                "_context_is_admin_project": true,
+                "_context_user_id": "fake",
+                "_context_read_deleted": "no",
+                "_context_remote_address": null,
+                "_context_timestamp": "2026-11-25T19:14:19.123456Z",
+                "_context_quota_class": null,
+                "_context_user_name": null,
+                "_context_service_catalog": [],
+                "_context_project_name": null,
             })
         );
+    }
+
+    #[test]
+    fn the_legacy_form_is_flat_with_the_same_ids_and_context() {
+        let n = notification();
+        let outer: Value =
+            serde_json::from_slice(&legacy_envelope(&n, "compute", Priority::Info)).unwrap();
+        assert_eq!(outer["oslo.version"], "2.0");
+        let inner: Value = serde_json::from_str(outer["oslo.message"].as_str().unwrap()).unwrap();
+        let versioned: Value = serde_json::from_str(
+            serde_json::from_slice::<Value>(&envelope(&n, "wd", Priority::Info)).unwrap()
+                ["oslo.message"]
+                .as_str()
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(inner["message_id"], "6f1c9a34-2f0e-4b8e-9d43-0d5a3c1b7e21");
+        assert_eq!(inner["publisher_id"], "compute.compute");
+        assert_eq!(inner["event_type"], "compute.instance.watchdog");
+        assert_eq!(inner["priority"], "INFO");
+        assert_eq!(inner["timestamp"], versioned["timestamp"]);
+        assert_eq!(
+            inner["payload"],
+            json!({
+                "tenant_id": "6f70656e737461636b20342065766572",
+                "user_id": "fake",
+                "instance_id": "178b0921-8f85-4257-88b6-2e743b5a975c",
+                "display_name": "some-server",
+                "host": "compute",
+                "state": "paused",
+                "domain_name": "instance-00000001",
+                "action": "pause",
+                "event_id": "6f1c9a34-2f0e-4b8e-9d43-0d5a3c1b7e21",
+                "fired_at": "2026-11-25T19:14:19.123456Z",
+                "recovered": false,
+                "occurrences": 3,
+                "first_fired_at": "2026-11-25T19:14:10.000000Z",
+                "last_fired_at": "2026-11-25T19:14:19.123456Z",
+            })
+        );
+        // The same context as the versioned form; a different _unique_id,
+        // so that one oslo listener on both topics keeps both.
+        for (key, value) in versioned.as_object().unwrap() {
+            if key.starts_with("_context_") {
+                assert_eq!(&inner[key], value, "{key}");
+            }
+        }
+        assert_ne!(inner["_unique_id"], versioned["_unique_id"]);
+        assert_eq!(inner["_unique_id"].as_str().unwrap().len(), 32);
+        assert_eq!(
+            legacy_envelope(&n, "compute", Priority::Info),
+            legacy_envelope(&n, "compute", Priority::Info),
+            "retries are byte-identical"
+        );
+        // oslo's 1.0 format (driver `messaging`) is the bare inner message.
+        let bare: Value = serde_json::from_slice(&body(
+            &n,
+            Form::Unversioned,
+            "compute",
+            Priority::Info,
+            false,
+        ))
+        .unwrap();
+        assert_eq!(bare, inner);
+    }
+
+    #[test]
+    fn states_follow_the_action_where_certain() {
+        for (action, state) in [
+            ("pause", Some("paused")),
+            ("reset", Some("active")),
+            ("none", Some("active")),
+            ("inject-nmi", Some("active")),
+            ("poweroff", Some("stopped")),
+            ("shutdown", None),
+            ("debug", None),
+            ("unknown-9", None),
+        ] {
+            assert_eq!(vm_state(action), state, "{action}");
+            let mut n = notification();
+            n.action = action.into();
+            let inner: Value =
+                serde_json::from_str(&message(&n, Form::Unversioned, "compute", Priority::Info))
+                    .unwrap();
+            assert_eq!(inner["payload"].get("state").and_then(Value::as_str), state);
+        }
     }
 
     #[test]
@@ -319,6 +657,8 @@ mod tests {
         for key in ["tenant_id", "user_id", "display_name"] {
             assert_eq!(data[key], Value::Null, "{key}");
         }
+        assert_eq!(inner["_context_project_id"], Value::Null);
+        assert_eq!(inner["_context_user_identity"], "- - - - -");
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The AMQP [`Notifier`]: a lazily (re)connected publisher with confirms.
 
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -12,11 +13,19 @@ use lapin::{
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
 };
 use tokio::sync::Mutex;
+use uuid::Uuid;
+use wd_backoff::Backoff;
 use wd_notify::{Notification, Notifier, NotifyError};
 
-use crate::config::AmqpConfig;
+use crate::config::{AmqpConfig, Form, Route};
 use crate::error::Result;
-use crate::message::envelope;
+use crate::message::body;
+
+/// The most notifications remembered as partly delivered (some routes
+/// confirmed, others not). Beyond it the oldest is forgotten, and its retry
+/// republishes every route: a duplicate with the same `message_id` and
+/// `_unique_id`, never a loss.
+const PARTIAL_CAP: usize = 4096;
 
 /// AMQP reply code for a mandatory message no queue took.
 const NO_ROUTE: u16 = 312;
@@ -50,17 +59,65 @@ const PERSISTENT: u8 = 2;
 /// NO_ROUTE is retryable because it describes the deployment of the moment
 /// (no listener has bound its queue yet, or its queue was lost with a broker
 /// restart), not the notification.
+///
+/// **Both forms.** One `notify` publishes every [route](AmqpConfig::routes):
+/// each form on each of its topics. A route the broker confirmed is
+/// remembered until all routes of that notification are, so the retry after
+/// a partial failure (say the versioned form confirmed, the legacy one not)
+/// publishes only the missing routes: no form is lost, and none is
+/// duplicated by the retry. That memory is in the process (at most
+/// 4096 partly delivered notifications); after a restart the spool's
+/// redelivery republishes every route, and a consumer may then see a form
+/// twice, always with the same `message_id` and `_unique_id`.
+///
+/// **Failover.** The URL may name several nodes (`rabbit://…@h1,…@h2/`). The
+/// notifier connects to the first that answers, and when the connection is
+/// lost it moves on to the next one, round-robin, as oslo.messaging does. A
+/// publish whose confirm was lost with the connection is retried on the next
+/// node with the same id.
 pub struct AmqpNotifier {
     config: AmqpConfig,
-    routing_key: String,
+    reconnect: Backoff,
+    routes: Vec<Route>,
     state: Mutex<State>,
+    partial: std::sync::Mutex<Partial>,
+}
+
+/// Routes already confirmed for notifications not yet fully delivered.
+#[derive(Default)]
+struct Partial {
+    done: HashMap<Uuid, u64>,
+    order: VecDeque<Uuid>,
+}
+
+impl Partial {
+    fn get(&self, id: Uuid) -> u64 {
+        self.done.get(&id).copied().unwrap_or(0)
+    }
+
+    fn set(&mut self, id: Uuid, mask: u64) {
+        if self.done.insert(id, mask).is_none() {
+            self.order.push_back(id);
+            while self.order.len() > PARTIAL_CAP {
+                if let Some(old) = self.order.pop_front() {
+                    self.done.remove(&old);
+                }
+            }
+        }
+    }
+
+    fn remove(&mut self, id: Uuid) {
+        if self.done.remove(&id).is_some() {
+            self.order.retain(|x| *x != id);
+        }
+    }
 }
 
 impl std::fmt::Debug for AmqpNotifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AmqpNotifier")
             .field("config", &self.config)
-            .field("routing_key", &self.routing_key)
+            .field("routes", &self.routes)
             .finish_non_exhaustive()
     }
 }
@@ -75,12 +132,15 @@ struct State {
     failures: u32,
     /// No connection attempt before this instant.
     next_attempt: Option<Instant>,
+    /// The node to try first on the next connection.
+    node: usize,
 }
 
 struct Link {
     connection: Connection,
     channel: Channel,
     generation: u64,
+    node: usize,
 }
 
 impl AmqpNotifier {
@@ -89,20 +149,41 @@ impl AmqpNotifier {
     pub fn new(config: AmqpConfig) -> Result<Self> {
         config.validate()?;
         Ok(AmqpNotifier {
-            routing_key: config.routing_key(),
+            reconnect: Backoff::new(config.reconnect_min, config.reconnect_max),
+            routes: config.routes(),
             config,
             state: Mutex::new(State::default()),
+            partial: std::sync::Mutex::new(Partial::default()),
         })
     }
 
-    /// The routing key every notification is published with.
-    pub fn routing_key(&self) -> &str {
-        &self.routing_key
+    /// Every publish one notification makes, versioned form first.
+    pub fn routes(&self) -> &[Route] {
+        &self.routes
     }
 
-    /// The body `notify` publishes for `n`.
-    pub fn body(&self, n: &Notification) -> Vec<u8> {
-        envelope(n, &self.config.service, self.config.priority)
+    /// The routing keys, in the order of [`AmqpNotifier::routes`].
+    pub fn routing_keys(&self) -> Vec<&str> {
+        self.routes.iter().map(|r| r.routing_key.as_str()).collect()
+    }
+
+    /// The body `notify` publishes for `form` of `n`.
+    pub fn body(&self, n: &Notification, form: Form) -> Vec<u8> {
+        let service = match form {
+            Form::Versioned => &self.config.service,
+            Form::Unversioned => &self.config.legacy_service,
+        };
+        body(n, form, service, self.config.priority, self.config.envelope)
+    }
+
+    /// The index of the node the current connection goes to, if connected.
+    pub async fn connected_node(&self) -> Option<usize> {
+        let state = self.state.lock().await;
+        state
+            .link
+            .as_ref()
+            .filter(|l| l.connection.status().connected())
+            .map(|l| l.node)
     }
 
     /// Closes the connection, if one is open. A later `notify` reconnects.
@@ -124,6 +205,8 @@ impl AmqpNotifier {
         }
         if let Some(old) = state.link.take() {
             let _ = old.connection.close(200, "reconnecting".into()).await;
+            // The connection to that node was lost: start with the next.
+            state.node = old.node.wrapping_add(1) % self.config.url.nodes().len().max(1);
         }
         let now = Instant::now();
         if let Some(at) = state.next_attempt.filter(|&at| at > now) {
@@ -137,28 +220,47 @@ impl AmqpNotifier {
                 source: None,
             });
         }
-        let opened = tokio::time::timeout(self.config.connect_timeout, self.open()).await;
-        let error = match opened {
-            Ok(Ok((connection, channel))) => {
-                state.generation += 1;
-                state.failures = 0;
-                state.next_attempt = None;
-                tracing::info!(broker = %self.config.url, exchange = %self.config.exchange, "connected to the amqp broker");
-                let generation = state.generation;
-                state.link = Some(Link {
-                    connection,
-                    channel: channel.clone(),
-                    generation,
-                });
-                return Ok((channel, generation));
+        // Each node in turn, from the one after the last that failed.
+        let count = self.config.url.nodes().len().max(1);
+        let mut error = None;
+        for step in 0..count {
+            let node = (state.node + step) % count;
+            let opened = tokio::time::timeout(self.config.connect_timeout, self.open(node)).await;
+            let failed = match opened {
+                Ok(Ok((connection, channel))) => {
+                    state.generation += 1;
+                    state.failures = 0;
+                    state.next_attempt = None;
+                    state.node = node;
+                    tracing::info!(broker = %self.config.url.node_name(node), exchange = %self.config.exchange, "connected to the amqp broker");
+                    let generation = state.generation;
+                    state.link = Some(Link {
+                        connection,
+                        channel: channel.clone(),
+                        generation,
+                        node,
+                    });
+                    return Ok((channel, generation));
+                }
+                Ok(Err(e)) => e,
+                Err(_) => NotifyError::retryable(format!(
+                    "amqp broker {}: no connection within {} ms",
+                    self.config.url.node_name(node),
+                    self.config.connect_timeout.as_millis()
+                )),
+            };
+            if count > 1 {
+                tracing::warn!(broker = %self.config.url.node_name(node), error = %failed, "amqp node unreachable; trying the next");
             }
-            Ok(Err(e)) => e,
-            Err(_) => NotifyError::retryable(format!(
-                "amqp broker {}: no connection within {} ms",
-                self.config.url,
-                self.config.connect_timeout.as_millis()
-            )),
-        };
+            // A permanent error (a configuration the broker refuses) is not
+            // cured by another node of the same deployment.
+            let permanent = !failed.is_retryable();
+            error = Some(failed);
+            if permanent {
+                break;
+            }
+        }
+        let error = error.unwrap_or_else(|| NotifyError::retryable("no broker node to connect to"));
         let wait = self.backoff(state.failures);
         state.failures = state.failures.saturating_add(1);
         state.next_attempt = Some(Instant::now() + wait);
@@ -177,21 +279,25 @@ impl AmqpNotifier {
         })
     }
 
+    /// The wait after `failures` failed connection rounds: the workspace's
+    /// one backoff policy, jittered so that a fleet of agents does not
+    /// reconnect to a recovering broker in lockstep.
     fn backoff(&self, failures: u32) -> Duration {
-        let factor = 1u32 << failures.min(16);
-        self.config
-            .reconnect_min
-            .saturating_mul(factor)
-            .min(self.config.reconnect_max)
+        self.reconnect.delay(failures)
     }
 
-    /// Connects, enables confirms, and declares (or checks) the topology.
-    async fn open(&self) -> Result<(Connection, Channel), NotifyError> {
+    /// Connects to node `node`, enables confirms, and declares (or checks)
+    /// the topology.
+    async fn open(&self, node: usize) -> Result<(Connection, Channel), NotifyError> {
         let config = &self.config;
-        let broker = config.url.redacted();
+        let broker = config.url.node_name(node);
+        let uri = config
+            .url
+            .node_uri(node)
+            .ok_or_else(|| NotifyError::retryable(format!("no broker node {node}")))?;
         let properties = ConnectionProperties::default()
             .with_connection_name(format!("wd-notify-amqp:{}", config.service).into());
-        let connection = Connection::connect(config.url.expose(), properties)
+        let connection = Connection::connect(&uri, properties)
             .await
             .map_err(|e| retryable(format!("amqp broker {broker}: cannot connect"), e))?;
         let channel = connection
@@ -248,8 +354,8 @@ impl AmqpNotifier {
             });
         }
 
-        if config.declare_queue {
-            let queue = self.routing_key.as_str();
+        for route in self.routes.iter().filter(|_| config.declare_queue) {
+            let queue = route.routing_key.as_str();
             let declared = channel
                 .queue_declare(
                     queue.into(),
@@ -305,6 +411,7 @@ impl AmqpNotifier {
             && let Some(link) = state.link.take()
         {
             let _ = link.connection.close(200, "publish failed".into()).await;
+            state.node = link.node.wrapping_add(1) % self.config.url.nodes().len().max(1);
         }
     }
 }
@@ -312,15 +419,51 @@ impl AmqpNotifier {
 #[async_trait]
 impl Notifier for AmqpNotifier {
     async fn notify(&self, n: &Notification) -> Result<(), NotifyError> {
+        let all: u64 = (1u64 << self.routes.len()) - 1;
+        let mut done = self.partial.lock().map(|p| p.get(n.event_id)).unwrap_or(0);
+        let mut first_error = None;
+        for (i, route) in self.routes.iter().enumerate() {
+            let bit = 1u64 << i;
+            if done & bit != 0 {
+                continue;
+            }
+            match self.publish(n, route).await {
+                Ok(()) => done |= bit,
+                Err(e) => {
+                    // Later routes are still tried: one form's trouble (no
+                    // queue bound for it) does not hold back the other.
+                    if first_error.is_none() {
+                        first_error = Some(e);
+                    }
+                }
+            }
+        }
+        if let Ok(mut partial) = self.partial.lock() {
+            if done == all {
+                partial.remove(n.event_id);
+            } else if done != 0 {
+                partial.set(n.event_id, done);
+            }
+        }
+        match first_error {
+            None => Ok(()),
+            Some(e) => Err(e),
+        }
+    }
+}
+
+impl AmqpNotifier {
+    /// Publishes one form of `n` on one route and waits for the confirm.
+    async fn publish(&self, n: &Notification, route: &Route) -> Result<(), NotifyError> {
         let (channel, generation) = self.channel().await?;
-        let body = self.body(n);
+        let body = self.body(n, route.form);
         let properties = BasicProperties::default()
             .with_content_type("application/json".into())
             .with_content_encoding("utf-8".into())
             .with_delivery_mode(PERSISTENT)
             .with_message_id(n.event_id.to_string().into());
         let exchange = self.config.exchange.as_str();
-        let key = self.routing_key.as_str();
+        let key = route.routing_key.as_str();
         let what = || {
             format!(
                 "amqp publish of event {} to `{exchange}` with routing key `{key}`",
@@ -422,16 +565,26 @@ fn amqp_code(e: &lapin::Error) -> Option<u16> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::AmqpUrl;
+    use crate::transport::AmqpUrl;
 
     #[test]
     fn backoff_doubles_up_to_the_maximum() {
         let config = AmqpConfig::new(AmqpUrl::new("amqp://h").unwrap())
             .with_reconnect(Duration::from_millis(500), Duration::from_secs(3));
         let notifier = AmqpNotifier::new(config).unwrap();
-        let waits: Vec<u128> = (0..6).map(|f| notifier.backoff(f).as_millis()).collect();
+        let waits: Vec<u128> = (0..6)
+            .map(|f| notifier.reconnect.delay_with(f, 1.0).as_millis())
+            .collect();
         assert_eq!(waits, [500, 1000, 2000, 3000, 3000, 3000]);
-        assert_eq!(notifier.backoff(u32::MAX), Duration::from_secs(3));
+        for f in [0, 3, u32::MAX] {
+            let d = notifier.backoff(f);
+            let top = notifier.reconnect.base_delay(f);
+            assert!(
+                d <= top && d >= top / 2,
+                "{f}: {d:?} within [{:?}, {top:?}]",
+                top / 2
+            );
+        }
     }
 
     #[tokio::test]
@@ -448,7 +601,11 @@ mod tests {
         let n = sample();
         let first = notifier.notify(&n).await.unwrap_err();
         assert!(first.is_retryable(), "{first}");
-        assert_eq!(first.retry_after(), Some(Duration::from_secs(5)));
+        let wait = first.retry_after().expect("a retry_after");
+        assert!(
+            wait <= Duration::from_secs(5) && wait >= Duration::from_millis(2500),
+            "{wait:?}"
+        );
         // Within the backoff, no connection is attempted: it fails fast.
         let started = Instant::now();
         let second = notifier.notify(&n).await.unwrap_err();

@@ -22,7 +22,7 @@ use uuid::Uuid;
 use wd_notify::{
     Domain, Instance, Notification, Notifier, NotifyError, Occurrences, SCHEMA_VERSION,
 };
-use wd_notify_amqp::{AmqpConfig, AmqpNotifier, AmqpUrl};
+use wd_notify_amqp::{AmqpConfig, AmqpNotifier, AmqpUrl, Format};
 
 /// Serializes the tests of this binary under `cargo test`: they share one
 /// broker, and one of them restarts it. (nextest runs them one at a time.)
@@ -144,8 +144,11 @@ fn name(prefix: &str) -> String {
     wd_testkit::unique_name(prefix)
 }
 
+/// The versioned form only: most tests here are about the publisher, and
+/// one form keeps their queues simple. `rabbitmq_both_forms_*` covers both.
 fn config(url: &str) -> AmqpConfig {
     AmqpConfig::new(AmqpUrl::new(url).unwrap())
+        .with_format(Format::Versioned)
         .with_reconnect(Duration::from_millis(200), Duration::from_secs(1))
 }
 
@@ -404,7 +407,7 @@ async fn rabbitmq_declare_queue_keeps_notifications_until_a_listener_comes() {
 
     // oslo's default queue is named like the routing key.
     let (_conn, ch) = admin(&url).await;
-    let queue = notifier.routing_key().to_owned();
+    let queue = notifier.routing_keys()[0].to_owned();
     let got = drain(&ch, &queue).await;
     assert_eq!(got.len(), 1);
     assert_eq!(
@@ -526,20 +529,11 @@ async fn rabbitmq_a_broker_restart_mid_stream_loses_nothing() {
     );
 }
 
-#[test]
-fn documented_amqp_example_matches() {
-    let doc = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../docs/notifications.md"
-    ))
-    .unwrap();
-    let documented = doc
-        .lines()
-        .find(|l| l.starts_with(r#"{"oslo.version":"2.0""#))
-        .expect("a full envelope example");
+/// The documented example event.
+fn documented_notification() -> Notification {
     let at = time::macros::datetime!(2026-11-25 19:14:19.482913 UTC);
     let uuid = Uuid::parse_str("178b0921-8f85-4257-88b6-2e743b5a975c").unwrap();
-    let n = Notification {
+    Notification {
         version: SCHEMA_VERSION,
         event_id: Uuid::parse_str("0b6c2d3e-8f41-4c55-9a7e-1f2d3c4b5a69").unwrap(),
         instance: Instance {
@@ -557,17 +551,70 @@ fn documented_amqp_example_matches() {
         fired_at: at,
         recovered: false,
         occurrences: Occurrences::single(at),
-    };
-    let ours = wd_notify_amqp::envelope(&n, "wd", wd_notify_amqp::Priority::Info);
-    assert_eq!(documented.as_bytes(), ours.as_slice());
-    // The indented inner message in the document is the same message.
-    let indented = doc
-        .split("The inner message, decoded and indented:\n\n```json\n")
+    }
+}
+
+/// The body line and the indented inner message documented after `heading`.
+fn documented(doc: &str, heading: &str) -> (String, Value) {
+    let section = doc
+        .split(heading)
+        .nth(1)
+        .unwrap_or_else(|| panic!("no `{heading}` in docs/notifications.md"));
+    let body = section
+        .lines()
+        .find(|l| l.starts_with(r#"{"oslo.version":"2.0""#))
+        .expect("a full envelope example")
+        .to_owned();
+    let indented = section
+        .split("decoded and indented:\n\n```json\n")
         .nth(1)
         .and_then(|rest| rest.split("\n```").next())
-        .unwrap();
-    assert_eq!(
-        serde_json::from_str::<Value>(indented).unwrap(),
-        unwrap_envelope(&ours)
-    );
+        .expect("an indented inner message");
+    (body, serde_json::from_str(indented).unwrap())
 }
+
+#[test]
+fn documented_amqp_examples_match() {
+    let doc = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../docs/notifications.md"
+    ))
+    .unwrap();
+    let n = documented_notification();
+    if std::env::var_os("WD_PRINT_EXAMPLES").is_some() {
+        for body in [
+            wd_notify_amqp::envelope(&n, "wd", wd_notify_amqp::Priority::Info),
+            wd_notify_amqp::legacy_envelope(&n, "compute", wd_notify_amqp::Priority::Info),
+        ] {
+            println!("{}", String::from_utf8(body.clone()).unwrap());
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&unwrap_envelope(&body)).unwrap()
+            );
+        }
+    }
+    let cases = [
+        (
+            "#### The versioned form",
+            wd_notify_amqp::envelope(&n, "wd", wd_notify_amqp::Priority::Info),
+        ),
+        (
+            "#### The legacy form",
+            wd_notify_amqp::legacy_envelope(&n, "compute", wd_notify_amqp::Priority::Info),
+        ),
+    ];
+    for (heading, ours) in cases {
+        let (body, indented) = documented(&doc, heading);
+        assert_eq!(body.as_bytes(), ours.as_slice(), "{heading}");
+        assert_eq!(indented, unwrap_envelope(&ours), "{heading}");
+    }
+}
+
+#[path = "openstack/ceilometer.rs"]
+mod ceilometer;
+
+#[path = "openstack/failover.rs"]
+mod failover;
+
+#[path = "openstack/owner_alarm.rs"]
+mod owner_alarm;

@@ -11,12 +11,15 @@
 #![forbid(unsafe_code)]
 
 pub mod guest;
+pub mod openstack;
 mod process;
+mod rabbit2;
 mod services;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 pub use process::{pid_alive, run_quiet, stop_pid};
+pub use rabbit2::RabbitMq2;
 pub use services::{Libvirtd, RabbitMq, libvirtd, rabbitmq};
 
 /// The environment variable that makes tests fail, rather than skip, when a
@@ -40,24 +43,27 @@ pub fn unavailable<T>(what: &str, hint: &str) -> Option<T> {
 
 /// The workspace root: the nearest ancestor of the running package's
 /// directory (cargo's `CARGO_MANIFEST_DIR` at run time, else the current
-/// directory) whose `Cargo.toml` declares `[workspace]`.
+/// directory) whose `Cargo.toml` declares `[workspace]`; failing that, the
+/// one above where wd-testkit was built (for a binary such as `wd-e2e`'s
+/// `bench-live`, started directly from `target/`, outside the tree).
 ///
-/// It is looked up at run time, not compiled in, so a binary built in one
-/// checkout and run from another (a shared target directory, a CI clone)
-/// still finds its own workspace.
+/// It is looked up at run time first, not compiled in, so a binary built in
+/// one checkout and run from another (a shared target directory, a CI clone)
+/// still finds its own workspace. Any depth works: `crates/<name>`, `xtask`.
 pub fn workspace_root() -> PathBuf {
+    let is_root = |dir: &Path| {
+        std::fs::read_to_string(dir.join("Cargo.toml"))
+            .is_ok_and(|t| t.lines().any(|l| l.trim() == "[workspace]"))
+    };
+    let built_in = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let start = std::env::var_os("CARGO_MANIFEST_DIR")
         .map(PathBuf::from)
-        .or_else(|| std::env::current_dir().ok())
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+        .or_else(|| std::env::current_dir().ok());
     start
-        .ancestors()
-        .find(|dir| {
-            std::fs::read_to_string(dir.join("Cargo.toml"))
-                .is_ok_and(|t| t.lines().any(|l| l.trim() == "[workspace]"))
-        })
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../..")))
+        .iter()
+        .chain(std::iter::once(&built_in))
+        .find_map(|s| s.ancestors().find(|d| is_root(d)).map(Path::to_path_buf))
+        .unwrap_or_else(|| built_in.join("../.."))
 }
 
 /// The cargo target directory (honours `CARGO_TARGET_DIR`).

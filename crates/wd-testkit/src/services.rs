@@ -21,7 +21,7 @@ fn pid_file(name: &str) -> PathBuf {
     services_dir().join(format!("{name}.pid"))
 }
 
-fn read_pid(path: &std::path::Path) -> Option<u32> {
+pub(crate) fn read_pid(path: &std::path::Path) -> Option<u32> {
     fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
@@ -57,7 +57,7 @@ fn spawn_daemon(name: &str, cmd: &mut Command) -> Result<u32, String> {
     Ok(pid)
 }
 
-fn wait_until(timeout: Duration, mut ready: impl FnMut() -> bool) -> bool {
+pub(crate) fn wait_until(timeout: Duration, mut ready: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
     loop {
         if ready() {

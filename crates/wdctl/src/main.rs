@@ -16,6 +16,7 @@
 
 mod guest;
 mod libvirt;
+mod nova;
 mod patch;
 mod resolve;
 mod watch;

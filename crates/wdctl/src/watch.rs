@@ -4,7 +4,8 @@
 //!
 //! Secrets never come from the command line, where `ps` would show them: the
 //! webhook secret comes from `WD_WEBHOOK_SECRET` or the config file, and a
-//! broker password from `WD_AMQP_PASSWORD` or the config file.
+//! broker password from `WD_AMQP_PASSWORD`, the config file, or the
+//! transport URL in Nova's own `nova.conf` (`--nova-config`).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -15,7 +16,7 @@ use serde::Deserialize;
 use wd_compute::{NovaDirectory, Runtime, RuntimeConfig};
 use wd_events::ListenerConfig;
 use wd_notify::{CoalesceConfig, LogNotifier, Notifier, RetryConfig, SpoolConfig, SyncMode};
-use wd_notify_amqp::{AmqpConfig, AmqpNotifier, AmqpUrl, Priority};
+use wd_notify_amqp::{AmqpConfig, AmqpNotifier, AmqpUrl, Format, Priority};
 use wd_notify_webhook::{Endpoint, Secret, WebhookConfig, WebhookNotifier};
 
 /// The environment variable holding the operator webhook secret(s),
@@ -31,9 +32,14 @@ pub struct Args {
     #[arg(long, value_name = "URI")]
     connect: Option<String>,
     /// Where to notify: `log`, an http(s) webhook URL (the operator
-    /// endpoint) or an amqp(s) broker URL. Repeatable.
+    /// endpoint), or a broker URL (amqp://, amqps://, or an oslo transport
+    /// URL rabbit://host1:5672,host2:5672/vhost). Repeatable.
     #[arg(long = "notify", value_name = "TARGET")]
     notify: Vec<String>,
+    /// Nova's configuration file: publish to the bus Nova publishes to, as
+    /// its `[oslo_messaging_notifications]` and `[notifications]` say.
+    #[arg(long, value_name = "FILE")]
+    nova_config: Option<PathBuf>,
     /// The durable spool directory: what is accepted survives a crash.
     #[arg(long, value_name = "DIR")]
     spool: Option<PathBuf>,
@@ -61,6 +67,8 @@ pub struct Config {
     pub spool: Option<PathBuf>,
     /// Keep retrying when libvirt is unreachable at startup.
     pub wait: Option<bool>,
+    /// Nova's configuration file, as `--nova-config`.
+    pub nova_config: Option<PathBuf>,
     /// Webhook settings.
     #[serde(default)]
     pub webhook: WebhookSection,
@@ -117,8 +125,13 @@ pub struct AmqpSection {
     pub password: Option<String>,
     /// The topic exchange [default `nova`].
     pub exchange: Option<String>,
-    /// The topic [default `versioned_notifications`].
+    /// Which of Nova's forms: `unversioned`, `versioned` or `both`
+    /// [default `both`].
+    pub format: Option<String>,
+    /// The versioned form's topic [default `versioned_notifications`].
     pub topic: Option<String>,
+    /// The legacy form's topic [default `notifications`].
+    pub legacy_topic: Option<String>,
     /// The exchange's durability; must match the deployment [default false].
     pub durable: Option<bool>,
     /// Declare the exchange (true) or only publish to an existing one.
@@ -130,8 +143,10 @@ pub struct AmqpSection {
     pub declare_queue: Option<bool>,
     /// The priority [default `INFO`].
     pub priority: Option<String>,
-    /// The service half of `publisher_id` [default `wd`].
+    /// The service half of the versioned `publisher_id` [default `wd`].
     pub service: Option<String>,
+    /// The service half of the legacy `publisher_id` [default `compute`].
+    pub legacy_service: Option<String>,
 }
 
 /// `[coalesce]`.
@@ -201,47 +216,21 @@ fn redact(url: &str) -> String {
     wd_notify::redact_url(url)
 }
 
-/// Percent-encodes a URL userinfo component.
-fn encode_userinfo(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+/// Whether `t` names a message broker.
+fn is_broker(t: &str) -> bool {
+    let scheme = t.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
+    matches!(scheme.as_deref(), Some("amqp" | "amqps" | "rabbit"))
 }
 
-/// Adds `password` to an AMQP URL that names a user but no password.
-fn with_password(url: &str, password: &str) -> Result<String> {
-    let scheme_end = url
-        .find("://")
-        .ok_or_else(|| anyhow!("AMQP URL `{}` has no scheme", redact(url)))?
-        + 3;
-    let rest = &url[scheme_end..];
-    let Some(at) = rest.find('@') else {
-        bail!(
-            "AMQP URL `{}` names no user to give the password to (amqp://USER@HOST/VHOST)",
-            redact(url)
-        );
-    };
-    let user = &rest[..at];
-    if user.contains(':') {
-        bail!("AMQP URL `{}` already has a password", redact(url));
-    }
-    Ok(format!(
-        "{}{user}:{}{}",
-        &url[..scheme_end],
-        encode_userinfo(password),
-        &rest[at..]
-    ))
-}
-
+/// Whether a broker URL carries a password (in any of its nodes).
 fn has_password(url: &str) -> bool {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => url[s + 3..at].contains(':'),
-        _ => false,
+    match AmqpUrl::new(url) {
+        Ok(u) => u.has_password(),
+        // Unparsable: err on the side of refusing it on the command line.
+        Err(_) => match (url.find("://"), url.rfind('@')) {
+            (Some(s), Some(at)) if at > s => url[s + 3..at].contains(':'),
+            _ => false,
+        },
     }
 }
 
@@ -271,7 +260,7 @@ pub fn plan(args: &Args, env: &dyn Fn(&str) -> Option<String>) -> Result<Plan> {
         None => Config::default(),
     };
     for t in &args.notify {
-        if (t.starts_with("amqp://") || t.starts_with("amqps://")) && has_password(t) {
+        if is_broker(t) && has_password(t) {
             bail!(
                 "--notify `{}` carries a password, which `ps` would show; put it in the config file (`[amqp] password`) or {AMQP_PASSWORD_ENV}",
                 redact(t)
@@ -283,7 +272,15 @@ pub fn plan(args: &Args, env: &dyn Fn(&str) -> Option<String>) -> Result<Plan> {
         .clone()
         .or(cfg.connect.clone())
         .unwrap_or_else(|| "qemu:///system".into());
-    let host = cfg.host.clone().unwrap_or_else(hostname);
+    let nova_path = args.nova_config.as_ref().or(cfg.nova_config.as_ref());
+    let nova = nova_path
+        .map(|p| crate::nova::load(p).map(|n| (p, n)))
+        .transpose()?;
+    let host = cfg
+        .host
+        .clone()
+        .or_else(|| nova.as_ref().and_then(|(_, n)| n.host.clone()))
+        .unwrap_or_else(hostname);
     let spool = args.spool.clone().or(cfg.spool.clone());
 
     let mut targets: Vec<String> = cfg.notify.clone();
@@ -293,15 +290,32 @@ pub fn plan(args: &Args, env: &dyn Fn(&str) -> Option<String>) -> Result<Plan> {
     }
     // The same target from the file and the flags is one backend, not two
     // (two would deliver every notification twice).
+    let mut backends: Vec<(String, Arc<dyn Notifier>)> = Vec::new();
+    let mut amqp_seen = false;
+    if let Some((path, nova)) = nova {
+        if nova.log {
+            targets.push("log".into());
+        }
+        match nova.bus {
+            Some((name, notifier)) => {
+                backends.push((name, Arc::new(notifier)));
+                amqp_seen = true;
+            }
+            None if targets.is_empty() && cfg.webhook.projects.is_empty() => bail!(
+                "nowhere to notify: `{}` [oslo_messaging_notifications] driver is unset or noop, so Nova sends no notifications; set it to messagingv2, or give --notify",
+                path.display()
+            ),
+            None => {}
+        }
+    }
     let mut seen = std::collections::HashSet::new();
     targets.retain(|t| seen.insert(t.clone()));
-    if targets.is_empty() && cfg.webhook.projects.is_empty() {
+    if targets.is_empty() && cfg.webhook.projects.is_empty() && backends.is_empty() {
         bail!(
-            "nowhere to notify: give --notify log|URL, or `notify`/`[[webhook.projects]]` in the config file"
+            "nowhere to notify: give --notify log|URL, --nova-config, or `notify`/`[[webhook.projects]]` in the config file"
         );
     }
 
-    let mut backends: Vec<(String, Arc<dyn Notifier>)> = Vec::new();
     let mut webhook = WebhookConfig::default();
     if let Some(t) = cfg.webhook.timeout_secs {
         webhook = webhook.with_timeout(secs("webhook.timeout_secs", t)?);
@@ -338,14 +352,13 @@ pub fn plan(args: &Args, env: &dyn Fn(&str) -> Option<String>) -> Result<Plan> {
         );
     }
 
-    let mut amqp_seen = false;
     for t in &targets {
         if t == "log" {
             backends.push(("log".into(), Arc::new(LogNotifier::new())));
         } else if t.starts_with("http://") || t.starts_with("https://") {
             webhook = webhook.with_operator(Endpoint::new(t.clone(), operator_secrets()?));
             use_webhook = true;
-        } else if t.starts_with("amqp://") || t.starts_with("amqps://") {
+        } else if is_broker(t) {
             if amqp_seen {
                 bail!(
                     "only one AMQP broker may be given; got a second one, `{}`",
@@ -354,17 +367,31 @@ pub fn plan(args: &Args, env: &dyn Fn(&str) -> Option<String>) -> Result<Plan> {
             }
             amqp_seen = true;
             let password = env(AMQP_PASSWORD_ENV).or(cfg.amqp.password.clone());
+            let url = AmqpUrl::new(t.clone()).map_err(|e| anyhow!("AMQP target: {e}"))?;
             let url = match password {
-                Some(p) if !has_password(t) => with_password(t, &p)?,
-                _ => t.clone(),
+                Some(p) if !url.has_password() => url
+                    .with_password(&p)
+                    .map_err(|e| anyhow!("AMQP target: {e}"))?,
+                _ => url,
             };
-            let mut c =
-                AmqpConfig::new(AmqpUrl::new(url).map_err(|e| anyhow!("AMQP target: {e}"))?);
+            let mut c = AmqpConfig::new(url);
             if let Some(x) = &cfg.amqp.exchange {
                 c = c.with_exchange(x.clone());
             }
             if let Some(x) = &cfg.amqp.topic {
                 c = c.with_topic(x.clone());
+            }
+            if let Some(x) = &cfg.amqp.legacy_topic {
+                c = c.with_legacy_topics(vec![x.clone()]);
+            }
+            if let Some(x) = &cfg.amqp.format {
+                let f: Format = x
+                    .parse()
+                    .map_err(|e| anyhow!("config key `amqp.format`: {e}"))?;
+                c = c.with_format(f);
+            }
+            if let Some(x) = &cfg.amqp.legacy_service {
+                c = c.with_legacy_service(x.clone());
             }
             if let Some(x) = cfg.amqp.durable {
                 c = c.with_durable(x);
@@ -387,7 +414,7 @@ pub fn plan(args: &Args, env: &dyn Fn(&str) -> Option<String>) -> Result<Plan> {
             backends.push((format!("amqp {}", redact(t)), Arc::new(n)));
         } else {
             bail!(
-                "unknown notify target `{}`; allowed: log, http://…, https://…, amqp://…, amqps://…",
+                "unknown notify target `{}`; allowed: log, http://…, https://…, amqp://…, amqps://…, rabbit://…",
                 redact(t)
             );
         }
@@ -566,8 +593,71 @@ mod tests {
     }
 
     #[test]
+    fn nova_config_gives_the_bus_and_host() {
+        let dir = tempfile::tempdir().unwrap();
+        let nova = dir.path().join("nova.conf");
+        std::fs::write(
+            &nova,
+            "[DEFAULT]\nhost = compute-9\ntransport_url = rabbit://nova:s3cret@10.0.0.1:5672,nova:s3cret@10.0.0.2:5672/\n\
+             [oslo_messaging_notifications]\ndriver = messagingv2\n",
+        )
+        .unwrap();
+        let a = args(&["--nova-config", &nova.display().to_string()]);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let plan = rt.block_on(async { plan(&a, &|_| None) }).unwrap();
+        let names: Vec<_> = plan.backends.iter().map(|(n, _)| n.clone()).collect();
+        assert_eq!(
+            names,
+            [format!(
+                "amqp rabbit://***@10.0.0.1:5672,***@10.0.0.2:5672/ (from {})",
+                nova.display()
+            )]
+        );
+        assert_eq!(plan.runtime.host, "compute-9");
+
+        // Nova sends nothing (no driver): with nothing else, that is an error
+        // naming the file, section and key.
+        std::fs::write(&nova, "[DEFAULT]\nhost = compute-9\n").unwrap();
+        check_err(
+            &["--nova-config", &nova.display().to_string()],
+            None,
+            &[],
+            "[oslo_messaging_notifications] driver is unset or noop",
+        );
+        std::fs::write(
+            &nova,
+            "[oslo_messaging_notifications]\ndriver = messagingv2\ntransport_url = rabbit://nova:s3cret@h:x/\n",
+        )
+        .unwrap();
+        check_err(
+            &["--nova-config", &nova.display().to_string()],
+            None,
+            &[],
+            "nova.conf [oslo_messaging_notifications] transport_url: `rabbit://***@h:x/`",
+        );
+    }
+
+    #[test]
     fn bad_configurations_name_what_is_wrong() {
         check_err(&[], None, &[], "nowhere to notify");
+        check_err(
+            &[
+                "--notify",
+                "rabbit://guest@127.0.0.1:5673,guest:s3cret@127.0.0.1:5672/",
+            ],
+            None,
+            &[],
+            "carries a password, which `ps` would show",
+        );
+        check_err(
+            &["--notify", "rabbit://guest@127.0.0.1/"],
+            Some("[amqp]\nformat = \"all\"\n"),
+            &[],
+            "config key `amqp.format`: unknown notification format `all`",
+        );
         check_err(
             &["--notify", "http://127.0.0.1:9/x"],
             None,
@@ -692,15 +782,17 @@ window_secs = 30
     }
 
     #[test]
-    fn passwords_are_added_encoded_and_urls_redacted() {
-        assert_eq!(
-            with_password("amqp://u@h/%2f", "p@ss:w").unwrap(),
-            "amqp://u:p%40ss%3Aw@h/%2f"
-        );
-        assert!(with_password("amqp://h/%2f", "x").is_err());
+    fn passwords_are_found_in_any_node_and_urls_redacted() {
         assert_eq!(redact("amqp://u:p@h:5672/v"), "amqp://***@h:5672/v");
         assert_eq!(redact("http://h/x"), "http://h/x");
         assert!(has_password("amqp://u:p@h/"));
         assert!(!has_password("amqp://u@h/"));
+        assert!(has_password("rabbit://u@h1:5672,u:p@h2:5672/"));
+        assert!(!has_password("rabbit://u@h1:5672,u@h2:5672/"));
+        assert!(
+            has_password("rabbit://u:p@h1:bad/"),
+            "unparsable still counts"
+        );
+        assert!(is_broker("RABBIT://h/") && is_broker("amqps://h") && !is_broker("http://h"));
     }
 }

@@ -1,3 +1,5 @@
+//! Unit tests of the directory's bounds: grace period, cap, eviction counts.
+
 use super::*;
 
 const PROJECT: &str = "6f70656e737461636b20697320636f6f6c";

@@ -2,7 +2,6 @@
 
 use super::*;
 use crate::backend::{MockBackend, MockSession};
-use crate::config::BackoffConfig;
 use crate::kinds::{DomainState, Lifecycle, LifecycleDetail, WatchdogAction};
 use crate::machine::{RawEvent, RawKind};
 use crate::model::{DomainId, DomainInfo, Origin};
@@ -30,9 +29,8 @@ fn config() -> ListenerConfig {
         .alive_check_interval(Duration::from_millis(20))
         .recheck_interval(Duration::ZERO)
         .backoff(
-            BackoffConfig::default()
-                .delays(Duration::from_millis(5), Duration::from_millis(20))
-                .jitter(0.0),
+            wd_backoff::Backoff::new(Duration::from_millis(5), Duration::from_millis(20))
+                .jitter(false),
         )
 }
 

@@ -3,17 +3,17 @@
 //! process. Prints one JSON object per line for each figure:
 //! `{"name":…,"value":…,"unit":…,"method":…}`; progress goes to stderr.
 //!
-//! `bench_live latency`: a `reset` guest fires again and again while
+//! `bench-live latency`: a `reset` guest fires again and again while
 //! `virsh event --event watchdog --loop --timestamp` and the agent listen to
 //! the same libvirtd. For each firing: the time from virsh's timestamp to
 //! the receipt of our notification by a loopback webhook receiver and by a
 //! RabbitMQ consumer (each timestamps on receipt).
 //!
-//! `bench_live resources`: the agent's RSS and CPU while idle with 0, 10 and
+//! `bench-live resources`: the agent's RSS and CPU while idle with 0, 10 and
 //! 100 defined (inactive) domains, then during a storm of 3 `reset` guests.
 //!
 //! It expects a running system libvirtd, RabbitMQ on 127.0.0.1:5672, the
-//! guest assets and `wdctl` built next to this example (the xtask does all
+//! guest assets and `wdctl` built next to this binary (the xtask does all
 //! that).
 
 use std::io::{BufRead, BufReader};
@@ -397,7 +397,7 @@ async fn latency(assets: &GuestAssets) -> anyhow::Result<()> {
         assets,
         None,
     )?;
-    eprintln!("bench_live: waiting for {FIRINGS} firings of {name}");
+    eprintln!("bench-live: waiting for {FIRINGS} firings of {name}");
     let deadline = Instant::now() + Duration::from_secs(180);
     while virsh_events.of(&name).len() < FIRINGS && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(250)).await;

@@ -1,0 +1,225 @@
+//! wd's bus notifications read by OpenStack's own consumer code: an
+//! oslo.messaging notification listener, and Ceilometer's event converter
+//! with its stock event definitions, from the venv `cargo xtask test`
+//! creates (`target/wd-venv`).
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use lapin::options::{QueueBindOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use serde_json::Value;
+use wd_notify::Notifier;
+use wd_notify_amqp::{AmqpConfig, AmqpNotifier, AmqpUrl, Format};
+
+use super::{BROKER, admin, broker_url, cleanup, declare_exchange, drain, name, notification};
+
+/// The listener script beside this file, run by the venv's Python.
+struct Listener {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Listener {
+    /// Starts the listener on `exchange`/`topic` with its own queue `pool`,
+    /// and waits until it has bound the queue.
+    fn start(python: &std::path::Path, url: &str, exchange: &str, topic: &str, pool: &str) -> Self {
+        let script = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/openstack/ceilometer_events.py"
+        );
+        // oslo's transport URL for the same broker.
+        let transport = url.replacen("amqp://", "rabbit://", 1).replace("/%2f", "/");
+        let mut child = Command::new(python)
+            .args([script, &transport, exchange, topic, pool])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start the Ceilometer listener");
+        let stdout = child.stdout.take().unwrap();
+        let stdin = child.stdin.take();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let listener = Listener {
+            child,
+            stdin,
+            lines,
+        };
+        let ready = listener
+            .lines
+            .recv_timeout(Duration::from_secs(120))
+            .expect("the listener starts within 120 s");
+        assert_eq!(ready, "READY");
+        listener
+    }
+
+    /// The converted notifications whose message_id is `id`, waiting up to
+    /// `wait` for `count` of them.
+    fn events_for(&self, id: &str, count: usize, wait: Duration) -> Vec<Value> {
+        let mut got = Vec::new();
+        let deadline = Instant::now() + wait;
+        while got.len() < count {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Ok(line) = self.lines.recv_timeout(left) else {
+                break;
+            };
+            let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+            if v["metadata_message_id"] == id {
+                got.push(v);
+            }
+        }
+        got
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        // End of stdin stops it; then make sure.
+        drop(self.stdin.take());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_ceilometer_turns_the_legacy_form_into_an_event_with_the_owner() {
+    let _broker = BROKER.lock().await;
+    let Some(url) = broker_url() else { return };
+    let Some(python) = wd_testkit::openstack::venv_python() else {
+        return;
+    };
+    // Ceilometer's defaults: exchange `nova`, topic `notifications`.
+    let pool = name("wd-test-ceilometer");
+    let listener = Listener::start(&python, &url, "nova", "notifications", &pool);
+
+    // A listener on the versioned topic too, so both forms are routed.
+    let (_conn, ch) = admin(&url).await;
+    declare_exchange(&ch, "nova", false).await;
+    let versioned = name("wd-test-ceilometer-v");
+    ch.queue_declare(
+        versioned.as_str().into(),
+        QueueDeclareOptions {
+            exclusive: true,
+            auto_delete: true,
+            ..QueueDeclareOptions::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    ch.queue_bind(
+        versioned.as_str().into(),
+        "nova".into(),
+        "versioned_notifications.info".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+
+    let config = AmqpConfig::new(AmqpUrl::new(url.clone()).unwrap())
+        .with_reconnect(Duration::from_millis(200), Duration::from_secs(1));
+    assert_eq!(config.format, Format::Both, "both forms by default");
+    let notifier = AmqpNotifier::new(config).unwrap();
+    let n = notification(Some("6f70656e737461636b"));
+    notifier.notify(&n).await.unwrap();
+    let id = n.event_id.to_string();
+
+    let got = listener.events_for(&id, 1, Duration::from_secs(30));
+    let versioned_got = drain(&ch, &versioned).await;
+    cleanup(&ch, &[&pool], &[]).await;
+    notifier.close().await;
+    drop(listener);
+
+    assert_eq!(got.len(), 1, "one legacy notification for {id}: {got:?}");
+    let m = &got[0];
+    assert_eq!(m["event_type"], "compute.instance.watchdog");
+    assert_eq!(m["publisher_id"], "compute.compute-1");
+    // The oslo context came through as a context, not as payload keys.
+    assert_eq!(m["ctxt"]["project_id"], "6f70656e737461636b");
+    assert_eq!(m["ctxt"]["user_id"], "fake-user");
+    assert_eq!(m["ctxt"]["request_id"], format!("req-{id}"));
+
+    let event = &m["event"];
+    assert_eq!(event["event_type"], "compute.instance.watchdog");
+    assert_eq!(event["message_id"], id);
+    let traits = &event["traits"];
+    let instance = n.instance.uuid.to_string();
+    for (trait_name, expected) in [
+        ("project_id", "6f70656e737461636b"),
+        ("tenant_id", "6f70656e737461636b"),
+        ("user_id", "fake-user"),
+        ("instance_id", instance.as_str()),
+        ("resource_id", instance.as_str()),
+        ("display_name", "some-server"),
+        ("host", "compute-1"),
+        ("service", "compute"),
+        ("state", "paused"),
+        ("request_id", &format!("req-{id}")),
+    ] {
+        assert_eq!(traits[trait_name], expected, "trait {trait_name}: {traits}");
+    }
+
+    // The versioned form went out too, with the same message_id.
+    let ids: Vec<String> = versioned_got
+        .iter()
+        .filter_map(|m| {
+            m.delivery
+                .properties
+                .message_id()
+                .as_ref()
+                .map(|s| s.to_string())
+        })
+        .collect();
+    assert!(ids.contains(&id), "versioned form missing: {ids:?}");
+}
+
+/// Without the context, Ceilometer would still find the project in the
+/// payload; without both, no owner's alarm could match. This checks that the
+/// context alone is enough: an event whose payload lost `tenant_id`
+/// (an instance wd could not attribute) has no project at all, and so no
+/// owner's alarm can match it by accident.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_ceilometer_an_unattributed_instance_has_no_project() {
+    let _broker = BROKER.lock().await;
+    let Some(url) = broker_url() else { return };
+    let Some(python) = wd_testkit::openstack::venv_python() else {
+        return;
+    };
+    let pool = name("wd-test-ceilometer-none");
+    let listener = Listener::start(&python, &url, "nova", "notifications", &pool);
+    let config = AmqpConfig::new(AmqpUrl::new(url.clone()).unwrap())
+        .with_format(Format::Unversioned)
+        .with_reconnect(Duration::from_millis(200), Duration::from_secs(1));
+    let notifier = AmqpNotifier::new(config).unwrap();
+    let mut n = notification(None);
+    n.instance.user_id = None;
+    notifier.notify(&n).await.unwrap();
+    let got = listener.events_for(&n.event_id.to_string(), 1, Duration::from_secs(30));
+    let (_conn, ch) = admin(&url).await;
+    cleanup(&ch, &[&pool], &[]).await;
+    notifier.close().await;
+    drop(listener);
+    assert_eq!(got.len(), 1, "{got:?}");
+    let traits = &got[0]["event"]["traits"];
+    assert!(traits.get("project_id").is_none(), "{traits}");
+    assert!(traits.get("user_id").is_none(), "{traits}");
+    assert_eq!(traits["instance_id"], n.instance.uuid.to_string());
+}
