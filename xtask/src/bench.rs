@@ -839,6 +839,36 @@ one clock tick (10 ms); 10 ms in a 10 s window is 0.1 % of one core. The \
 agent has no polling loop on the hot path; what idle CPU there is comes from \
 libvirt's keepalive and the listener's periodic liveness check (every 5 s) \
 and re-check (every 60 s).
+- **Part 5, catch-up**: one `virConnectListAllDomains` round-trip lists every \
+domain; only an active domain costs a state call, and only an active domain \
+not yet handed out since it started, or one paused by its watchdog, costs its \
+XML. A shut-off domain cannot fire before a `started` event, which brings its \
+XML. The time counts from the start of the connection attempt, so at 100 and \
+1,000 domains the fixed cost of connecting and registering dominates and the \
+per-domain ratio is far below 1 (per-domain cost does not grow); compare \
+`catchup_5000_domains_ms` for the slope. RssAnon holds one small directory \
+entry per active domain, nothing per shut-off domain.
+- **Part 5, churn**: the directory forgets a stopped or undefined domain after \
+its grace period (60 s), the listener keeps per-domain state only for \
+domains that matter, and maps give their capacity back. What remains after \
+the first wave is what the allocator keeps of freed small blocks (glibc does \
+not return a heap page while any block on it lives): \
+`churn_rss_anon_growth_second_wave` shows whether a further wave of 10,000 \
+grows it again (a leak) or reuses it. With the test driver, its domains live \
+in the measured process too.
+- **Part 5, fan-out**: all 1,000 firings arrive at once. The pipeline hands one \
+notification at a time to the spool, which accepts it once it is fsynced, so \
+the queue drains at about the spool's rate (`pipeline_spool_per_entry` in \
+part 2) and the p99 is the wait of the last firings in that queue, not the \
+delivery to the endpoints.
+- **Part 6**: the baseline (`crates/wd-e2e/fixtures/baseline_agent.py`) is the \
+floor of what such an agent does: no spool (nothing survives a crash or an \
+endpoint outage), no signature, no retry, no catch-up (a pause while it is \
+disconnected or restarting is lost), no per-project routing. `wdctl watch` \
+fsyncs each notification before delivering it (compare `raw_fsync_rate` in \
+part 2) and signs it; a ratio above 1 there is the price of those \
+guarantees. Memory: VmRSS is mostly shared libraries for both (libvirt's \
+client library in both; the Python interpreter for the baseline).
 ";
 
 #[cfg(test)]
