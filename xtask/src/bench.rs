@@ -32,6 +32,7 @@ use std::process::{Command, Stdio};
 use std::time::{Instant, SystemTime};
 
 use anyhow::{Context, Result, bail};
+use serde_json::{Value, json};
 
 use crate::{cargo, root, setup, target_dir};
 
@@ -128,22 +129,14 @@ fn median_ns(id: &str, since: SystemTime) -> Result<f64> {
     }
     let text =
         std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
-    let median = text
-        .find("\"median\"")
-        .map(|i| &text[i..])
-        .with_context(|| format!("no median in {}", path.display()))?;
-    number_after(median, "\"point_estimate\"")
+    median_point_estimate(&text)
         .with_context(|| format!("no median point estimate in {}", path.display()))
 }
 
-/// The JSON number following `key` (and its colon) in `text`.
-fn number_after(text: &str, key: &str) -> Option<f64> {
-    let rest = &text[text.find(key)? + key.len()..];
-    let rest = rest.trim_start().strip_prefix(':')?.trim_start();
-    let end = rest
-        .find(|c: char| !(c.is_ascii_digit() || matches!(c, '.' | '-' | '+' | 'e' | 'E')))
-        .unwrap_or(rest.len());
-    rest[..end].parse().ok()
+/// `median.point_estimate` of a criterion `estimates.json`.
+fn median_point_estimate(text: &str) -> Option<f64> {
+    let estimates: Value = serde_json::from_str(text).ok()?;
+    estimates["median"]["point_estimate"].as_f64()
 }
 
 fn push(figures: &mut Vec<Figure>, part: u8, name: &str, value: f64, unit: &str, method: &str) {
@@ -333,18 +326,9 @@ fn run_figures(
         .with_context(|| format!("run {cmd:?}"))?;
     let text = String::from_utf8_lossy(&out.stdout);
     for line in text.lines().filter(|l| l.starts_with('{')) {
-        let obj = flat_object(line).with_context(|| format!("parse `{line}`"))?;
-        let get = |k: &str| obj.iter().find(|(key, _)| key == k).map(|(_, v)| v);
-        let (Some(Json::Str(name)), Some(Json::Num(value)), Some(Json::Str(unit))) =
-            (get("name"), get("value"), get("unit"))
-        else {
-            bail!("a figure needs name, value and unit: `{line}`");
-        };
-        let method = match get("method") {
-            Some(Json::Str(m)) => m.clone(),
-            _ => String::new(),
-        };
-        push(figures, part_of(name), name, *value, unit, &method);
+        let (name, value, unit, method) = figure_line(line)
+            .with_context(|| format!("a figure needs name, value and unit: `{line}`"))?;
+        push(figures, part_of(&name), &name, value, &unit, &method);
     }
     if !out.status.success() {
         bail!("{cmd:?} failed with {}", out.status);
@@ -397,78 +381,17 @@ fn scale_parts(figures: &mut Vec<Figure>, live: bool) -> Result<()> {
     result
 }
 
-/// A value of a flat JSON object.
-#[derive(Debug, Clone, PartialEq)]
-enum Json {
-    Str(String),
-    Num(f64),
-    Other,
-}
-
-/// Parses a flat JSON object whose values are strings, numbers or
-/// literals (what `bench-live` prints).
-fn flat_object(line: &str) -> Option<Vec<(String, Json)>> {
-    let mut chars = line.trim().chars().peekable();
-    let mut out = Vec::new();
-    let skip_ws = |c: &mut std::iter::Peekable<std::str::Chars<'_>>| {
-        while c.peek().is_some_and(|c| c.is_whitespace()) {
-            c.next();
-        }
-    };
-    fn string(c: &mut std::iter::Peekable<std::str::Chars<'_>>) -> Option<String> {
-        if c.next()? != '"' {
-            return None;
-        }
-        let mut s = String::new();
-        loop {
-            match c.next()? {
-                '"' => return Some(s),
-                '\\' => match c.next()? {
-                    'n' => s.push('\n'),
-                    't' => s.push('\t'),
-                    'r' => s.push('\r'),
-                    'b' | 'f' => {}
-                    'u' => {
-                        let hex: String = (0..4).filter_map(|_| c.next()).collect();
-                        s.push(char::from_u32(u32::from_str_radix(&hex, 16).ok()?)?);
-                    }
-                    other => s.push(other),
-                },
-                ch => s.push(ch),
-            }
-        }
-    }
-    if chars.next()? != '{' {
-        return None;
-    }
-    loop {
-        skip_ws(&mut chars);
-        if chars.peek() == Some(&'}') {
-            return Some(out);
-        }
-        let key = string(&mut chars)?;
-        skip_ws(&mut chars);
-        if chars.next()? != ':' {
-            return None;
-        }
-        skip_ws(&mut chars);
-        let value = if chars.peek() == Some(&'"') {
-            Json::Str(string(&mut chars)?)
-        } else {
-            let mut raw = String::new();
-            while chars.peek().is_some_and(|c| !matches!(c, ',' | '}')) {
-                raw.extend(chars.next());
-            }
-            raw.trim().parse().map_or(Json::Other, Json::Num)
-        };
-        out.push((key, value));
-        skip_ws(&mut chars);
-        match chars.next()? {
-            ',' => continue,
-            '}' => return Some(out),
-            _ => return None,
-        }
-    }
+/// One figure line of `bench-live`: a JSON object with `name`, `value`,
+/// `unit` and optionally `method`.
+fn figure_line(line: &str) -> Option<(String, f64, String, String)> {
+    let v: Value = serde_json::from_str(line).ok()?;
+    let text = |k: &str| v[k].as_str().map(str::to_owned);
+    Some((
+        text("name")?,
+        v["value"].as_f64()?,
+        text("unit")?,
+        text("method").unwrap_or_default(),
+    ))
 }
 
 /// What the figures were measured on.
@@ -512,60 +435,35 @@ fn environment() -> Vec<(&'static str, String)> {
     ]
 }
 
-fn json_str(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
-fn json_num(v: f64) -> String {
-    if v.is_finite() {
-        format!("{v}")
-    } else {
-        "null".into()
-    }
-}
-
+/// `target/bench-report.json`: the environment and every figure (a value
+/// that is not a finite number is `null`).
 fn report_json(figures: &[Figure], env: &[(&str, String)]) -> String {
-    let mut s = String::from("{\n  \"environment\": {");
-    for (i, (k, v)) in env.iter().enumerate() {
-        let sep = if i == 0 { "" } else { "," };
-        let _ = write!(s, "{sep}\n    {}: {}", json_str(k), json_str(v));
-    }
-    s.push_str("\n  },\n  \"figures\": [");
+    let environment: serde_json::Map<String, Value> = env
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), Value::from(v.as_str())))
+        .collect();
     let goals = goals(figures);
-    for (i, f) in figures.iter().enumerate() {
-        let sep = if i == 0 { "" } else { "," };
-        let goal = goals
-            .iter()
-            .find(|g| g.figure == f.name)
-            .map_or(String::new(), |g| {
-                format!(", \"goal\": {}, \"met\": {}", json_str(&g.goal), g.met)
+    let figures: Vec<Value> = figures
+        .iter()
+        .map(|f| {
+            let mut v = json!({
+                "part": f.part,
+                "name": f.name,
+                "value": f.value,
+                "unit": f.unit,
+                "method": f.method,
             });
-        let _ = write!(
-            s,
-            "{sep}\n    {{\"part\": {}, \"name\": {}, \"value\": {}, \"unit\": {}{goal}, \"method\": {}}}",
-            f.part,
-            json_str(&f.name),
-            json_num(f.value),
-            json_str(&f.unit),
-            json_str(&f.method)
-        );
-    }
-    s.push_str("\n  ]\n}\n");
-    s
+            if let Some(g) = goals.iter().find(|g| g.figure == f.name) {
+                v["goal"] = Value::from(g.goal.as_str());
+                v["met"] = Value::from(g.met);
+            }
+            v
+        })
+        .collect();
+    let report = json!({ "environment": environment, "figures": figures });
+    let mut text = serde_json::to_string_pretty(&report).unwrap_or_default();
+    text.push('\n');
+    text
 }
 
 fn fmt_value(v: f64) -> String {
@@ -876,22 +774,49 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reads_criterion_median_and_flat_objects() {
+    fn reads_criterion_medians_and_figure_lines() {
         let est = r#"{"mean":{"point_estimate":5.0},"median":{"confidence_interval":{"lower_bound":1.0},"point_estimate":1294140.29,"standard_error":1.0}}"#;
-        let median = &est[est.find("\"median\"").unwrap()..];
-        assert_eq!(number_after(median, "\"point_estimate\""), Some(1294140.29));
-        let obj =
-            flat_object(r#"{"method":"a \"b\" | c","name":"x","unit":"ms","value":3.5}"#).unwrap();
+        assert_eq!(median_point_estimate(est), Some(1294140.29));
         assert_eq!(
-            obj,
-            vec![
-                ("method".into(), Json::Str("a \"b\" | c".into())),
-                ("name".into(), Json::Str("x".into())),
-                ("unit".into(), Json::Str("ms".into())),
-                ("value".into(), Json::Num(3.5)),
-            ]
+            median_point_estimate(r#"{"mean":{"point_estimate":5.0}}"#),
+            None
         );
-        assert_eq!(flat_object("not json"), None);
-        assert_eq!(json_str("a\"\n"), "\"a\\\"\\n\"");
+        assert_eq!(
+            figure_line(r#"{"method":"a \"b\" | c","name":"x","unit":"ms","value":3.5}"#),
+            Some(("x".into(), 3.5, "ms".into(), "a \"b\" | c".into()))
+        );
+        assert_eq!(
+            figure_line(r#"{"name":"x","unit":"ms","value":1}"#),
+            Some(("x".into(), 1.0, "ms".into(), String::new()))
+        );
+        assert_eq!(figure_line(r#"{"name":"x","value":"3"}"#), None);
+        assert_eq!(figure_line("not json"), None);
+    }
+
+    #[test]
+    fn report_is_json_with_null_for_missing_values() {
+        let figures = [
+            Figure {
+                part: 1,
+                name: "a".into(),
+                value: 2.5,
+                unit: "µs".into(),
+                method: "say \"hi\"\n".into(),
+            },
+            Figure {
+                part: 3,
+                name: "b".into(),
+                value: f64::NAN,
+                unit: "ms".into(),
+                method: String::new(),
+            },
+        ];
+        let text = report_json(&figures, &[("cpu", "x86 \"fast\"".into())]);
+        let v: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["environment"]["cpu"], "x86 \"fast\"");
+        assert_eq!(v["figures"][0]["value"], 2.5);
+        assert_eq!(v["figures"][0]["method"], "say \"hi\"\n");
+        assert_eq!(v["figures"][1]["part"], 3);
+        assert!(v["figures"][1]["value"].is_null());
     }
 }

@@ -66,6 +66,9 @@ pub fn test(filters: &[&str]) -> Result<()> {
             "--no-run",
         ]))?;
     }
+    // The operator test (wd-e2e, `libvirtd_package_*`) installs this .deb;
+    // the dev profile reuses the wdctl the tests use, so no release build.
+    crate::package::build("dev")?;
     let _services = ServicesGuard(setup::services_up()?);
 
     eprintln!("xtask: running the tests");

@@ -1,8 +1,8 @@
 //! Workspace automation, reached as `cargo xtask <command>`.
 //!
 //! Architecture invariant: xtask must not depend on libvirt, because it is
-//! what installs libvirt. It depends only on `anyhow` and `wd-testkit`, which
-//! uses the standard library alone.
+//! what installs libvirt. It depends only on `anyhow`, `serde_json` and
+//! `wd-testkit` (which uses the standard library alone).
 //!
 //! - `cargo xtask test`: installs what the tests need, starts the services,
 //!   runs fmt, clippy, rustdoc and the whole test suite, and stops what it
@@ -18,6 +18,7 @@
 mod bench;
 mod cmd;
 mod fuzz;
+mod package;
 mod setup;
 mod tidy;
 
@@ -30,7 +31,7 @@ const USAGE: &str = "usage: cargo xtask <command>
 
 commands:
   test              tidy, install what is needed, then fmt, clippy, rustdoc and every test
-  tidy              check the architecture's rules (allowed edges, unsafe, docs, file sizes)
+  tidy [dir]        check the architecture's rules (allowed edges, unsafe, docs, file sizes)
   demo              the main job: a real guest's watchdog fires and its owner is notified
   services up       start libvirtd (with virtlogd) and RabbitMQ on 127.0.0.1
   services down     stop the services recorded under target/wd-services
@@ -39,7 +40,8 @@ commands:
   deps              install the Debian packages the workspace needs
   venv              create target/wd-venv with Ceilometer and Aodh from PyPI
   bench             measure, write target/bench-report.json and docs/performance.md
-  fuzz [target] [s] run the cargo-fuzz targets (default: all, 60 s each)";
+  fuzz [target] [s] run the cargo-fuzz targets (default: all, 60 s each)
+  package [--profile P]  build the wd Debian package (cargo-deb; default profile release)";
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -55,6 +57,7 @@ fn run(args: &[&str]) -> Result<()> {
         ["test", rest @ ..] => cmd::test(rest),
         ["demo", rest @ ..] => cmd::demo(rest),
         ["tidy"] => tidy::run(&root()),
+        ["tidy", dir] => tidy::run(Path::new(dir)),
         ["services", "up"] => setup::services_up().map(|_| ()),
         ["services", "down"] => {
             setup::services_down();
@@ -69,6 +72,7 @@ fn run(args: &[&str]) -> Result<()> {
         ["venv"] => setup::venv(),
         ["bench", rest @ ..] => bench::run(rest),
         ["fuzz", rest @ ..] => fuzz::run(rest),
+        ["package", rest @ ..] => package::run(rest).map(|_| ()),
         ["help" | "--help" | "-h"] | [] => {
             println!("{USAGE}");
             Ok(())

@@ -25,6 +25,11 @@ pub const PACKAGES: &[&str] = &[
     "libxml2-utils",
     // The message bus.
     "rabbitmq-server",
+    // `cargo xtask package`: the postinst's adduser, lintian on the .deb,
+    // and systemd-analyze to verify the unit (systemd need not be PID 1).
+    "adduser",
+    "lintian",
+    "systemd",
     // The venv with Ceilometer and Aodh from PyPI (`python3 -m venv`).
     "python3-venv",
     // The baseline agent `cargo xtask bench` compares with (a Python script
@@ -155,6 +160,12 @@ pub fn services_up() -> Result<Started> {
 /// started it.
 pub fn libvirtd_up() -> Result<bool> {
     if Libvirtd::is_up() {
+        // A libvirtd started before read-only clients were allowed (the
+        // agent runs as user wd, read-only) must restart to allow them.
+        if is_root() && Libvirtd::allow_read_only_clients().map_err(anyhow::Error::msg)? {
+            eprintln!("xtask: restarting libvirtd to allow read-only clients");
+            Libvirtd.restart().map_err(anyhow::Error::msg)?;
+        }
         return Ok(false);
     }
     Libvirtd::prepare_host().map_err(anyhow::Error::msg)?;

@@ -7,7 +7,8 @@
 //! - a crate depends on a workspace crate that the allowed-edges table in
 //!   `docs/ARCHITECTURE.md` does not list for it (normal and build
 //!   dependencies in the "may depend on" column; dev-dependencies in either
-//!   column), or a crate is missing from that table;
+//!   column; a dev-dependency on itself, to turn on features, is fine), or a
+//!   crate is missing from that table;
 //! - `unsafe` appears (as code, not in a comment or a string) outside
 //!   `crates/wd-events/src/ffi.rs`;
 //! - a Rust source file does not open with a `//!` comment;
@@ -339,7 +340,10 @@ fn check_edges(root: &Path, crates: &BTreeMap<String, Manifest>, out: &mut Vec<V
             ));
             continue;
         };
-        for dep in m.deps.iter().filter(|d| crates.contains_key(*d)) {
+        // A crate may dev-depend on itself, to turn on a feature for its
+        // own integration tests.
+        let ours = |d: &&String| crates.contains_key(*d) && *d != name;
+        for dep in m.deps.iter().filter(ours) {
             if !normal.contains(dep) {
                 out.push(violation(
                     &m.path,
@@ -350,7 +354,7 @@ fn check_edges(root: &Path, crates: &BTreeMap<String, Manifest>, out: &mut Vec<V
                 ));
             }
         }
-        for dep in m.dev_deps.iter().filter(|d| crates.contains_key(*d)) {
+        for dep in m.dev_deps.iter().filter(ours) {
             if !normal.contains(dep) && !dev.contains(dep) {
                 out.push(violation(
                     &m.path,

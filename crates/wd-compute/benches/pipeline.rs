@@ -63,6 +63,7 @@ fn firings(directory: &NovaDirectory, n: u64) -> Vec<Item> {
             directory.observe(&domain, &nova_xml(&domain));
             Item::Watchdog(WatchdogEvent {
                 domain,
+                run_id: Some(1),
                 action: Enum::Known(WatchdogAction::Reset),
                 received_at: SystemTime::now(),
                 seq: k,

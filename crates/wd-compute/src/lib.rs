@@ -6,7 +6,7 @@
 //! - **At run time** ([`Pipeline`]): listener items from `wd-events` in,
 //!   owner notifications out, through an [`InstanceDirectory`] that maps each
 //!   domain to its owner and a [`Ledger`] that keeps one notification per
-//!   pause episode across reconnects and restarts.
+//!   pause episode (per run of the domain) across reconnects and restarts.
 //!
 //! # Embedding it in a driver
 //!
@@ -50,6 +50,7 @@ pub mod directory;
 mod error;
 pub mod ledger;
 mod pipeline;
+pub mod pulse;
 mod runtime;
 pub mod spawn;
 
@@ -57,4 +58,5 @@ pub use directory::{DirectoryConfig, DirectoryStats, InstanceDirectory, NovaDire
 pub use error::{Error, Result};
 pub use ledger::Ledger;
 pub use pipeline::{Pipeline, PipelineStats};
+pub use pulse::{Pulse, PulseHook};
 pub use runtime::{Runtime, RuntimeConfig, RuntimeReport};

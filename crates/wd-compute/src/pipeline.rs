@@ -7,12 +7,14 @@ use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
 use time::OffsetDateTime;
+use tokio::time::MissedTickBehavior;
 use uuid::Uuid;
-use wd_events::{DomainId, Item, Lifecycle, LifecycleEvent, WatchdogEvent};
+use wd_events::{DomainId, Item, Lifecycle, LifecycleEvent, Origin, WatchdogEvent};
 use wd_notify::{Domain, Instance, Notification, Notifier, Occurrences, SCHEMA_VERSION};
 
 use crate::directory::InstanceDirectory;
 use crate::ledger::{Entry, Ledger};
+use crate::pulse::{Pulse, PulseHook};
 
 /// What the pipeline has done so far.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -51,6 +53,9 @@ pub struct Pipeline {
     listing: Option<Listing>,
     connected_at: Option<Instant>,
     stats: PipelineStats,
+    pulse: Option<PulseHook>,
+    /// Connected and caught up (for [`Pulse::Tick`]).
+    connected: bool,
 }
 
 /// What a catch-up listing has shown so far.
@@ -87,6 +92,21 @@ impl Pipeline {
             listing: None,
             connected_at: None,
             stats: PipelineStats::default(),
+            pulse: None,
+            connected: false,
+        }
+    }
+
+    /// Reports the loop's [`Pulse`]s to `hook` (see [`crate::pulse`]).
+    #[must_use]
+    pub fn with_pulse(mut self, hook: PulseHook) -> Self {
+        self.pulse = Some(hook);
+        self
+    }
+
+    fn pulse(&self, pulse: Pulse) {
+        if let Some(hook) = &self.pulse {
+            (hook.on_pulse)(pulse);
         }
     }
 
@@ -105,10 +125,20 @@ impl Pipeline {
     {
         let mut items = std::pin::pin!(items);
         let mut shutdown = std::pin::pin!(shutdown);
+        // Ticks come from this loop itself (see `crate::pulse`); without a
+        // hook the timer never fires.
+        let period = self.pulse.as_ref().map(|h| h.interval);
+        let mut ticks = tokio::time::interval(period.unwrap_or(Duration::from_secs(3600)));
+        ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 biased;
                 () = &mut shutdown => break,
+                // Before items, so that a flood of them cannot starve it.
+                _ = ticks.tick(), if period.is_some() => self.pulse(Pulse::Tick {
+                    stats: self.stats,
+                    connected: self.connected,
+                }),
                 item = items.next() => match item {
                     Some(item) => self.handle(item).await,
                     None => break,
@@ -126,6 +156,8 @@ impl Pipeline {
                 tracing::info!(generation, uri = %uri, "connected to libvirt");
             }
             Item::Disconnected { generation, reason } => {
+                self.connected = false;
+                self.pulse(Pulse::Disconnected { generation });
                 tracing::warn!(generation, reason = %reason, "lost the libvirt connection; reconnecting");
             }
             Item::ConnectFailed {
@@ -153,7 +185,10 @@ impl Pipeline {
                     }
                 }
             }
-            Item::InitDone { domains, .. } => {
+            Item::InitDone {
+                domains,
+                generation,
+            } => {
                 if let Some(listing) = self.listing.take() {
                     // Episodes of domains no longer paused by their watchdog
                     // ended while we were not listening.
@@ -173,6 +208,11 @@ impl Pipeline {
                         took.map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
                     "catch-up listing done"
                 );
+                self.connected = true;
+                self.pulse(Pulse::CaughtUp {
+                    generation,
+                    domains,
+                });
             }
             Item::Lifecycle(ev) => self.lifecycle(ev),
             Item::Watchdog(ev) => self.watchdog(ev).await,
@@ -210,15 +250,35 @@ impl Pipeline {
     async fn watchdog(&mut self, ev: WatchdogEvent) {
         self.stats.firings += 1;
         let is_pause = ev.action.is(wd_events::WatchdogAction::Pause);
-        let event_id = if is_pause {
-            match self.ledger.get(&ev.domain.uuid) {
-                Some(Entry {
-                    accepted: true,
-                    event_id,
-                }) => {
+        let run = ev.run_id;
+        let event_id = if !is_pause {
+            ev.episode
+        } else {
+            // A live pause is always a new episode: wd-events reports each
+            // real firing live once (and drops the live echo of a pause
+            // its catch-up already recovered). Only a recovered pause may be
+            // one this agent, or an earlier one, already announced: the
+            // ledger tells, for the same run of the domain.
+            let known = match ev.origin {
+                Origin::Live => None,
+                Origin::Recovered => self.ledger.episode(&ev.domain.uuid, run),
+            };
+            match known {
+                Some(entry @ Entry { accepted: true, .. }) => {
                     self.stats.already_notified += 1;
-                    tracing::info!(domain = %ev.domain, %event_id, origin = %ev.origin,
+                    tracing::info!(domain = %ev.domain, event_id = %entry.event_id, origin = %ev.origin,
                         "watchdog pause already notified; not announcing it again");
+                    if entry.run_id.is_none() && run.is_some() {
+                        // An entry from a ledger that did not record runs
+                        // learns the run it belongs to.
+                        self.put_entry(
+                            &ev.domain,
+                            Entry {
+                                run_id: run,
+                                ..entry
+                            },
+                        );
+                    }
                     return;
                 }
                 Some(Entry { event_id, .. }) => event_id,
@@ -226,15 +286,12 @@ impl Pipeline {
                     let entry = Entry {
                         event_id: ev.episode,
                         accepted: false,
+                        run_id: run,
                     };
-                    if let Err(e) = self.ledger.put(ev.domain.uuid, entry) {
-                        tracing::error!(error = %e, "cannot update the episode ledger");
-                    }
+                    self.put_entry(&ev.domain, entry);
                     ev.episode
                 }
             }
-        } else {
-            ev.episode
         };
 
         let owner = self.directory.lookup(&ev.domain);
@@ -253,7 +310,7 @@ impl Pipeline {
                 user_id: owner.as_ref().and_then(|o| o.user_id.clone()),
             },
             host: self.host.clone(),
-            domain: domain(&ev.domain),
+            domain: domain(&ev.domain, run),
             action: ev.action.to_string(),
             fired_at,
             recovered: ev.is_recovered(),
@@ -265,13 +322,15 @@ impl Pipeline {
             Ok(()) => {
                 self.stats.accepted += 1;
                 if is_pause {
+                    // The delivery layer accepted this very notification
+                    // (with a spool: its event id is on disk); it never
+                    // folds a pause into another one.
                     let entry = Entry {
                         event_id,
                         accepted: true,
+                        run_id: run,
                     };
-                    if let Err(e) = self.ledger.put(ev.domain.uuid, entry) {
-                        tracing::error!(error = %e, "cannot update the episode ledger");
-                    }
+                    self.put_entry(&ev.domain, entry);
                 }
             }
             Err(e) => {
@@ -282,359 +341,21 @@ impl Pipeline {
     }
 }
 
-fn domain(d: &DomainId) -> Domain {
+impl Pipeline {
+    fn put_entry(&mut self, domain: &DomainId, entry: Entry) {
+        if let Err(e) = self.ledger.put(domain.uuid, entry) {
+            tracing::error!(error = %e, "cannot update the episode ledger");
+        }
+    }
+}
+
+fn domain(d: &DomainId, run: Option<u32>) -> Domain {
     Domain {
         uuid: d.uuid,
         name: d.name.clone(),
+        id: run,
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use std::sync::Mutex;
-    use std::time::SystemTime;
-
-    use async_trait::async_trait;
-    use wd_events::{DomainInfo, DomainState, Enum, LifecycleDetail, Origin, ResumedDetail};
-    use wd_notify::NotifyError;
-
-    use super::*;
-    use crate::directory::NovaDirectory;
-
-    const PROJECT: &str = "6f70656e737461636b20697320636f6f6c";
-
-    /// Records what it is given; fails while `fail` is set.
-    #[derive(Default)]
-    struct Recorder {
-        got: Mutex<Vec<Notification>>,
-        fail: Mutex<bool>,
-    }
-
-    #[async_trait]
-    impl Notifier for Recorder {
-        async fn notify(&self, n: &Notification) -> Result<(), NotifyError> {
-            if *self.fail.lock().unwrap() {
-                return Err(NotifyError::retryable("disk full"));
-            }
-            self.got.lock().unwrap().push(n.clone());
-            Ok(())
-        }
-    }
-
-    fn dom(n: u128) -> DomainId {
-        DomainId {
-            uuid: Uuid::from_u128(n),
-            name: format!("instance-{n:08x}"),
-        }
-    }
-
-    fn nova_xml(d: &DomainId) -> String {
-        format!(
-            r#"<domain type="kvm"><uuid>{}</uuid><name>{}</name><metadata>
-<nova:instance xmlns:nova="http://openstack.org/xmlns/libvirt/nova/1.1">
-<nova:name>web-1</nova:name><nova:flavor name="m1.small"/>
-<nova:owner><nova:user uuid="u-1">alice</nova:user><nova:project uuid="{PROJECT}">demo</nova:project></nova:owner>
-</nova:instance></metadata><devices/></domain>"#,
-            d.uuid, d.name
-        )
-    }
-
-    fn fire(
-        d: &DomainId,
-        action: wd_events::WatchdogAction,
-        origin: Origin,
-        episode: u128,
-    ) -> Item {
-        Item::Watchdog(WatchdogEvent {
-            domain: d.clone(),
-            action: Enum::Known(action),
-            received_at: SystemTime::now(),
-            seq: 1,
-            generation: 1,
-            origin,
-            episode: Uuid::from_u128(episode),
-        })
-    }
-
-    fn listing(domains: &[(DomainId, bool)]) -> Vec<Item> {
-        let mut items = vec![Item::InitStart { generation: 2 }];
-        for (d, paused) in domains {
-            items.push(Item::InitDomain(DomainInfo {
-                domain: d.clone(),
-                id: Some(1),
-                state: Enum::Known(if *paused {
-                    DomainState::Paused
-                } else {
-                    DomainState::Running
-                }),
-                reason: if *paused {
-                    wd_events::PAUSED_REASON_WATCHDOG
-                } else {
-                    1
-                },
-                xml: Some(nova_xml(d)),
-                generation: 2,
-            }));
-        }
-        items.push(Item::InitDone {
-            generation: 2,
-            domains: domains.len(),
-        });
-        items
-    }
-
-    fn resumed(d: &DomainId) -> Item {
-        Item::Lifecycle(LifecycleEvent {
-            domain: d.clone(),
-            event: Enum::Known(Lifecycle::Resumed),
-            detail: LifecycleDetail::Resumed(Enum::Known(ResumedDetail::Unpaused)),
-            received_at: SystemTime::now(),
-            seq: 2,
-            generation: 1,
-            episode: None,
-            xml: None,
-        })
-    }
-
-    fn pipeline(ledger: Ledger) -> (Pipeline, Arc<Recorder>, Arc<NovaDirectory>) {
-        let rec = Arc::new(Recorder::default());
-        let dir = Arc::new(NovaDirectory::new());
-        (
-            Pipeline::new("compute-1", dir.clone(), rec.clone(), ledger),
-            rec,
-            dir,
-        )
-    }
-
-    async fn feed(p: &mut Pipeline, items: Vec<Item>) {
-        for i in items {
-            p.handle(i).await;
-        }
-    }
-
-    use wd_events::WatchdogAction::{Pause, Reset};
-
-    #[tokio::test]
-    async fn live_pause_carries_the_owner_and_is_not_repeated_after_a_reconnect() {
-        let d = dom(1);
-        let (mut p, rec, _) = pipeline(Ledger::in_memory());
-        feed(&mut p, listing(&[(d.clone(), false)])).await;
-        feed(&mut p, vec![fire(&d, Pause, Origin::Live, 77)]).await;
-        // Reconnect: the catch-up finds the pause again and (as after a
-        // restart of the listener) reports it as recovered.
-        feed(&mut p, listing(&[(d.clone(), true)])).await;
-        feed(&mut p, vec![fire(&d, Pause, Origin::Recovered, 78)]).await;
-
-        let got = rec.got.lock().unwrap().clone();
-        assert_eq!(got.len(), 1, "{got:#?}");
-        let n = &got[0];
-        assert_eq!(n.event_id, Uuid::from_u128(77));
-        assert_eq!(n.instance.uuid, d.uuid);
-        assert_eq!(n.instance.project_id.as_deref(), Some(PROJECT));
-        assert_eq!(n.instance.user_id.as_deref(), Some("u-1"));
-        assert_eq!(n.instance.name.as_deref(), Some("web-1"));
-        assert_eq!(n.action, "pause");
-        assert_eq!(n.host, "compute-1");
-        assert!(!n.recovered);
-        assert_eq!(p.stats().already_notified, 1);
-    }
-
-    #[tokio::test]
-    async fn the_ledger_survives_a_restart_and_a_resume_ends_the_episode() {
-        let tmp = tempfile::tempdir().unwrap();
-        let path = tmp.path().join("episodes.json");
-        let d = dom(2);
-        {
-            let (mut p, rec, _) = pipeline(Ledger::open(&path).unwrap());
-            feed(&mut p, listing(&[(d.clone(), false)])).await;
-            feed(&mut p, vec![fire(&d, Pause, Origin::Live, 1)]).await;
-            assert_eq!(rec.got.lock().unwrap().len(), 1);
-        }
-        // A new process: its catch-up recovers the same pause.
-        let (mut p, rec, _) = pipeline(Ledger::open(&path).unwrap());
-        feed(&mut p, listing(&[(d.clone(), true)])).await;
-        feed(&mut p, vec![fire(&d, Pause, Origin::Recovered, 2)]).await;
-        assert!(rec.got.lock().unwrap().is_empty());
-        // Resumed, then paused again: a new episode, announced.
-        feed(&mut p, vec![resumed(&d), fire(&d, Pause, Origin::Live, 3)]).await;
-        let got = rec.got.lock().unwrap().clone();
-        assert_eq!(
-            got.iter().map(|n| n.event_id).collect::<Vec<_>>(),
-            [Uuid::from_u128(3)]
-        );
-    }
-
-    #[tokio::test]
-    async fn a_refused_pause_is_offered_again_with_the_same_event_id() {
-        let d = dom(3);
-        let (mut p, rec, _) = pipeline(Ledger::in_memory());
-        feed(&mut p, listing(&[(d.clone(), false)])).await;
-        *rec.fail.lock().unwrap() = true;
-        feed(&mut p, vec![fire(&d, Pause, Origin::Live, 10)]).await;
-        assert_eq!(p.stats().delivery_errors, 1);
-        *rec.fail.lock().unwrap() = false;
-        feed(&mut p, listing(&[(d.clone(), true)])).await;
-        feed(&mut p, vec![fire(&d, Pause, Origin::Recovered, 11)]).await;
-        let got = rec.got.lock().unwrap().clone();
-        assert_eq!(got.len(), 1);
-        assert_eq!(got[0].event_id, Uuid::from_u128(10));
-        assert!(got[0].recovered);
-    }
-
-    #[tokio::test]
-    async fn catch_up_forgets_episodes_of_guests_no_longer_paused() {
-        let d = dom(4);
-        let (mut p, rec, _) = pipeline(Ledger::in_memory());
-        feed(&mut p, listing(&[(d.clone(), false)])).await;
-        feed(&mut p, vec![fire(&d, Pause, Origin::Live, 20)]).await;
-        // Resumed while we were disconnected: the listing shows it running.
-        feed(&mut p, listing(&[(d.clone(), false)])).await;
-        feed(&mut p, vec![fire(&d, Pause, Origin::Live, 21)]).await;
-        assert_eq!(rec.got.lock().unwrap().len(), 2);
-    }
-
-    #[tokio::test]
-    async fn resets_are_each_announced_and_unknown_owners_get_no_project() {
-        let known = dom(5);
-        let stranger = dom(6);
-        let (mut p, rec, dir) = pipeline(Ledger::in_memory());
-        feed(&mut p, listing(&[(known.clone(), false)])).await;
-        feed(
-            &mut p,
-            vec![
-                fire(&known, Reset, Origin::Live, 30),
-                fire(&known, Reset, Origin::Live, 31),
-                fire(&stranger, Reset, Origin::Live, 32),
-            ],
-        )
-        .await;
-        let got = rec.got.lock().unwrap().clone();
-        assert_eq!(got.len(), 3);
-        assert_eq!(got[0].action, "reset");
-        assert_eq!(got[2].instance.project_id, None);
-        assert_eq!(got[2].instance.uuid, stranger.uuid);
-        assert_eq!(p.stats().unknown_owner, 1);
-        assert_eq!(dir.unknown_owner_count(), 1);
-    }
-
-    #[tokio::test]
-    async fn the_owner_is_cached_from_a_started_event_and_outlives_the_domain() {
-        let d = dom(7);
-        let (mut p, rec, _) = pipeline(Ledger::in_memory());
-        let started = Item::Lifecycle(LifecycleEvent {
-            domain: d.clone(),
-            event: Enum::Known(Lifecycle::Started),
-            detail: LifecycleDetail::Unknown(0),
-            received_at: SystemTime::now(),
-            seq: 1,
-            generation: 1,
-            episode: None,
-            xml: Some(nova_xml(&d)),
-        });
-        let undefined = Item::Lifecycle(LifecycleEvent {
-            domain: d.clone(),
-            event: Enum::Known(Lifecycle::Undefined),
-            detail: LifecycleDetail::Unknown(0),
-            received_at: SystemTime::now(),
-            seq: 2,
-            generation: 1,
-            episode: None,
-            xml: None,
-        });
-        feed(
-            &mut p,
-            vec![
-                started,
-                undefined,
-                fire(&d, wd_events::WatchdogAction::Poweroff, Origin::Live, 40),
-            ],
-        )
-        .await;
-        let got = rec.got.lock().unwrap().clone();
-        assert_eq!(got[0].instance.project_id.as_deref(), Some(PROJECT));
-        assert_eq!(got[0].action, "poweroff");
-    }
-
-    fn life(d: &DomainId, event: Lifecycle, xml: Option<String>) -> Item {
-        Item::Lifecycle(LifecycleEvent {
-            domain: d.clone(),
-            event: Enum::Known(event),
-            detail: LifecycleDetail::Unknown(0),
-            received_at: SystemTime::now(),
-            seq: 1,
-            generation: 1,
-            episode: None,
-            xml,
-        })
-    }
-
-    #[tokio::test]
-    async fn a_flood_of_100k_lifecycle_events_leaves_the_directory_bounded() {
-        use crate::directory::DirectoryConfig;
-        for (grace, expired) in [(Duration::ZERO, true), (Duration::from_secs(3600), false)] {
-            let rec = Arc::new(Recorder::default());
-            let dir = Arc::new(NovaDirectory::with_config(
-                DirectoryConfig::default()
-                    .retire_after(grace)
-                    .max_entries(1_000),
-            ));
-            let mut p = Pipeline::new("compute-1", dir.clone(), rec.clone(), Ledger::in_memory());
-            // A long-lived guest, listed at the start, outlives the churn.
-            let keeper = dom(u128::MAX);
-            feed(&mut p, listing(&[(keeper.clone(), false)])).await;
-            // 25,000 instances come and go: defined, started, stopped,
-            // undefined.
-            for n in 0..25_000u128 {
-                let d = dom(n);
-                let xml = Some(nova_xml(&d));
-                // (The XML is parsed once per instance, to keep the test quick.)
-                p.handle(life(&d, Lifecycle::Defined, None)).await;
-                p.handle(life(&d, Lifecycle::Started, xml)).await;
-                p.handle(life(&d, Lifecycle::Stopped, None)).await;
-                p.handle(life(&d, Lifecycle::Undefined, None)).await;
-                assert!(dir.len() <= 1_000);
-            }
-            let stats = dir.stats();
-            if expired {
-                assert_eq!(stats.entries, 1, "{stats:?}");
-                assert_eq!(stats.evicted_expired, 25_000, "{stats:?}");
-                assert_eq!(stats.evicted_full, 0, "{stats:?}");
-            } else {
-                // Within their grace period, retired entries are evicted
-                // first when the directory is full; the live guest stays.
-                assert_eq!(stats.entries, 1_000, "{stats:?}");
-                assert_eq!(stats.retired, 999, "{stats:?}");
-                assert_eq!(stats.evicted_full, 25_001 - 1_000, "{stats:?}");
-            }
-            feed(&mut p, vec![fire(&keeper, Reset, Origin::Live, 1)]).await;
-            let got = rec.got.lock().unwrap().clone();
-            assert_eq!(got[0].instance.project_id.as_deref(), Some(PROJECT));
-        }
-    }
-
-    #[tokio::test]
-    async fn a_catch_up_retires_vanished_and_shut_off_domains_and_is_timed() {
-        let (gone, off, on) = (dom(10), dom(11), dom(12));
-        let (mut p, _, dir) = pipeline(Ledger::in_memory());
-        feed(
-            &mut p,
-            listing(&[(gone.clone(), false), (off.clone(), false)]),
-        )
-        .await;
-        assert_eq!(dir.stats().retired, 0);
-        let mut items = vec![Item::Connected {
-            generation: 3,
-            uri: "test:///x".into(),
-        }];
-        let mut second = listing(&[(off.clone(), false), (on.clone(), false)]);
-        if let Item::InitDomain(info) = &mut second[1] {
-            info.id = None; // shut off now
-        }
-        items.extend(second);
-        feed(&mut p, items).await;
-        let stats = dir.stats();
-        assert_eq!((stats.entries, stats.retired), (3, 2), "{stats:?}");
-        assert_eq!(p.stats().catch_ups, 2);
-        assert!(p.stats().last_catch_up.is_some());
-    }
-}
+mod tests;

@@ -17,6 +17,7 @@ use crate::directory::InstanceDirectory;
 use crate::error::{Error, Result};
 use crate::ledger::Ledger;
 use crate::pipeline::{Pipeline, PipelineStats};
+use crate::pulse::PulseHook;
 
 /// Everything the runtime needs besides its backends.
 #[derive(Debug, Clone)]
@@ -39,6 +40,9 @@ pub struct RuntimeConfig {
     /// How long a graceful shutdown keeps delivering before it leaves the
     /// rest in the spool.
     pub shutdown_grace: Duration,
+    /// Where the pipeline reports readiness and liveness (for systemd's
+    /// `Type=notify` and `WatchdogSec=`), if anywhere.
+    pub pulse: Option<PulseHook>,
 }
 
 impl RuntimeConfig {
@@ -53,6 +57,7 @@ impl RuntimeConfig {
             retry: RetryConfig::default(),
             fanout: FanoutConfig::default(),
             shutdown_grace: Duration::from_secs(5),
+            pulse: None,
         }
     }
 
@@ -158,7 +163,10 @@ impl Runtime {
             None => (Delivery::Direct(Arc::new(fanout)), Ledger::in_memory()),
         };
         let coalesce = Arc::new(Coalesce::new(delivery.notifier(), config.coalesce.clone()));
-        let pipeline = Pipeline::new(config.host.clone(), directory, coalesce.clone(), ledger);
+        let mut pipeline = Pipeline::new(config.host.clone(), directory, coalesce.clone(), ledger);
+        if let Some(hook) = config.pulse.clone() {
+            pipeline = pipeline.with_pulse(hook);
+        }
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(pipeline.run(items, async move {
             let _ = stopped.await;

@@ -73,8 +73,9 @@ where
 }
 
 /// Resolves the policy and patches a whole domain document, taking the
-/// architecture and machine type from its `<os><type>` (defaulting to
-/// `x86_64` and `pc`, as libvirt would on an x86 host).
+/// architecture and machine type from its `<os><type>`
+/// ([`Target::for_domain`]: defaulting to `x86_64` and `pc`, as libvirt
+/// would on an x86 host).
 ///
 /// Returns the patched document and the resolved setting.
 ///
@@ -98,12 +99,7 @@ where
     IV: AsRef<str>,
 {
     let resolved = wd_policy::resolve(flavor, image, policy).map_err(Error::Policy)?;
-    let os = wd_xml::os_type(domain_xml).map_err(Error::Xml)?;
-    let target = Target::new(
-        os.arch.unwrap_or_else(|| "x86_64".into()),
-        os.machine.unwrap_or_else(|| "pc".into()),
-        libvirt,
-    );
+    let target = Target::for_domain(domain_xml, libvirt).map_err(Error::Xml)?;
     let patched = wd_xml::patch(domain_xml, resolved.setting, &target).map_err(Error::Xml)?;
     Ok((patched, resolved))
 }

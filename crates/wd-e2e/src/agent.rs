@@ -35,14 +35,29 @@ impl Agent {
     /// Starts `wdctl watch --config CONFIG` with the webhook secret in the
     /// environment, logging to `log`.
     pub fn start(config: &Path, secret: &str, log: &Path) -> anyhow::Result<Agent> {
+        let config = config.as_os_str();
+        Agent::start_with(
+            &["--config".as_ref(), config],
+            &[("WD_WEBHOOK_SECRET", secret)],
+            log,
+        )
+    }
+
+    /// Starts `wdctl watch ARGS` with `envs` added to its environment,
+    /// logging to `log` (e.g. `--nova-config FILE --spool DIR`).
+    pub fn start_with(
+        args: &[&std::ffi::OsStr],
+        envs: &[(&str, &str)],
+        log: &Path,
+    ) -> anyhow::Result<Agent> {
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(log)?;
         let child = Command::new(wdctl_path()?)
-            .args(["watch", "--config"])
-            .arg(config)
-            .env("WD_WEBHOOK_SECRET", secret)
+            .arg("watch")
+            .args(args)
+            .envs(envs.iter().copied())
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(file.try_clone()?)

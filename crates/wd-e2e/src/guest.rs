@@ -51,6 +51,21 @@ impl Guest {
         Ok(guest)
     }
 
+    /// Hard-reboots the guest the way Nova does: `virsh destroy`, then
+    /// `virsh start` of the same (defined) domain. The new run has a new
+    /// runtime id; the guest boots, arms its watchdog and fires again.
+    pub fn hard_reboot(&self) -> anyhow::Result<()> {
+        virsh(&["destroy", &self.spec.name])?;
+        virsh(&["start", &self.spec.name])?;
+        Ok(())
+    }
+
+    /// The domain's runtime id (`virsh domid`), `None` when it is not
+    /// running.
+    pub fn run_id(&self) -> Option<u32> {
+        virsh(&["domid", &self.spec.name]).ok()?.parse().ok()
+    }
+
     /// `virsh domstate --reason`, e.g. `paused (watchdog)`; `gone` if the
     /// domain no longer exists.
     pub fn state(&self) -> String {
@@ -109,5 +124,112 @@ impl Drop for Guest {
         if !std::thread::panicking() {
             let _ = std::fs::remove_file(&self.spec.serial_log);
         }
+    }
+}
+
+/// One event `virsh event --timestamp` printed.
+#[derive(Debug, Clone)]
+pub struct SeenEvent {
+    /// libvirt's timestamp of the event (UTC, millisecond precision).
+    pub at: std::time::SystemTime,
+    /// The domain name.
+    pub domain: String,
+    /// What followed the domain name, e.g. `pause` for a watchdog event.
+    pub detail: String,
+}
+
+/// `virsh event --event EVENT --loop --timestamp` for every domain, as a
+/// child process whose lines are collected; killed when dropped. It is
+/// what an operator watching the host sees, independent of the agent.
+pub struct EventWatch {
+    child: std::process::Child,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<SeenEvent>>>,
+}
+
+impl EventWatch {
+    /// Starts watching `event` (e.g. `watchdog`); returns once virsh has
+    /// registered (it prints nothing until then, so allow a moment).
+    pub fn start(event: &str) -> anyhow::Result<EventWatch> {
+        use std::io::BufRead;
+        let mut child = Command::new("virsh")
+            .args(["-c", Libvirtd::URI, "event", "--event", event])
+            .args(["--loop", "--timestamp"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context("start virsh event")?;
+        let stdout = child.stdout.take().context("virsh event stdout")?;
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = seen.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Some(e) = parse_event_line(&line) {
+                    sink.lock().unwrap_or_else(|p| p.into_inner()).push(e);
+                }
+            }
+        });
+        // virsh connects and registers in well under a second here.
+        std::thread::sleep(Duration::from_millis(700));
+        Ok(EventWatch { child, seen })
+    }
+
+    /// The events of domain `name` seen so far, in order.
+    pub fn of(&self, name: &str) -> Vec<SeenEvent> {
+        self.seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|e| e.domain == name)
+            .cloned()
+            .collect()
+    }
+}
+
+impl Drop for EventWatch {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Parses `2026-12-02 14:40:01.123+0000: event 'watchdog' for domain
+/// 'NAME': pause`.
+pub fn parse_event_line(line: &str) -> Option<SeenEvent> {
+    let (stamp, rest) = line.split_once("+0000: ")?;
+    let format = time::macros::format_description!(
+        "[year]-[month]-[day] [hour]:[minute]:[second].[subsecond]"
+    );
+    let at = time::PrimitiveDateTime::parse(stamp, &format)
+        .ok()?
+        .assume_utc();
+    let rest = rest.split_once("for domain '")?.1;
+    let (domain, detail) = rest.split_once("': ")?;
+    Some(SeenEvent {
+        at: at.into(),
+        domain: domain.to_owned(),
+        detail: detail.trim().to_owned(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_virsh_event_lines() {
+        let e = parse_event_line(
+            "2026-12-02 14:40:01.123+0000: event 'watchdog' for domain 'wd-e2e-x': pause",
+        )
+        .unwrap();
+        assert_eq!(e.domain, "wd-e2e-x");
+        assert_eq!(e.detail, "pause");
+        let secs =
+            e.at.duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis();
+        assert_eq!(secs, 1_796_222_401_123);
+        assert!(parse_event_line("event loop ended").is_none());
     }
 }

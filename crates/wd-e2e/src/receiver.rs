@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
@@ -24,6 +24,9 @@ pub struct Received {
     pub webhook_id: String,
     /// The parsed CloudEvent.
     pub event: Value,
+    /// When the request arrived, taken before anything else (for latency
+    /// measurements against another clock, such as `virsh event`'s).
+    pub received_at: SystemTime,
 }
 
 impl Received {
@@ -40,6 +43,16 @@ impl Received {
     /// `data.instance.uuid`, or `""`.
     pub fn instance_uuid(&self) -> &str {
         self.data()["instance"]["uuid"].as_str().unwrap_or_default()
+    }
+
+    /// `data.domain.name`, or `""`.
+    pub fn domain_name(&self) -> &str {
+        self.data()["domain"]["name"].as_str().unwrap_or_default()
+    }
+
+    /// `data.domain.id` (libvirt's runtime id of the domain run), if given.
+    pub fn run_id(&self) -> Option<u64> {
+        self.data()["domain"]["id"].as_u64()
     }
 
     /// `data.occurrences.count`, or 0.
@@ -88,6 +101,7 @@ impl Receiver {
         let state = Arc::new(State::default());
         let (st, sts) = (state.clone(), status.clone());
         let handler = move |uri: axum::http::Uri, headers: HeaderMap, body: Bytes| {
+            let received_at = SystemTime::now();
             let (state, status) = (st.clone(), sts.clone());
             let secrets = by_path
                 .get(uri.path())
@@ -106,6 +120,7 @@ impl Receiver {
                     path: uri.path().to_owned(),
                     webhook_id: verified.id,
                     event,
+                    received_at,
                 };
                 let code = status.load(Ordering::SeqCst);
                 if code != 200 {

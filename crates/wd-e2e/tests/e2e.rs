@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use wd_e2e::agent::Agent;
-use wd_e2e::guest::Guest;
+use wd_e2e::guest::{EventWatch, Guest};
 use wd_e2e::receiver::{Received, Receiver};
 use wd_testkit::Libvirtd;
 use wd_testkit::guest::{GuestAssets, GuestSpec, NovaOwner};
@@ -119,6 +119,9 @@ deadline_secs = 2
             url_b = receiver.url(PROJECT_B),
         );
         std::fs::write(&config, text).unwrap();
+        // It holds project secrets: the agent refuses it readable by others.
+        std::fs::set_permissions(&config, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
         World {
             receiver,
             dir,
@@ -576,6 +579,140 @@ async fn libvirtd_webhook_outage_and_agent_kill_lose_nothing_and_keep_event_ids(
     assert_eq!(pause.state(), "paused (watchdog)");
 
     // A graceful stop in the middle of the reset storm.
+    assert_eq!(agent.terminate(Duration::from_secs(10)).unwrap(), 0);
+}
+
+/// Issue 10, failure 4: a guest pauses, its owner hard-reboots it (destroy,
+/// then start, as Nova does), and its watchdog pauses it again within the
+/// coalescing window; the agent is then killed with SIGKILL and
+/// started again. The owner gets exactly two notifications, with distinct
+/// event ids and distinct runs, the second within 1 s of the firing libvirt
+/// reported; the restarted agent announces neither again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn libvirtd_a_second_pause_after_a_hard_reboot_is_its_own_prompt_notification() {
+    let _serial = SERIAL.lock().await;
+    let Some(_libvirtd) = wd_testkit::libvirtd() else {
+        return;
+    };
+    let Some(assets) = wd_testkit::guest::assets() else {
+        return;
+    };
+    // A window longer than the default 60 s, so that the second pause
+    // falls inside it even on a slow, shared host (the guest's second boot
+    // took up to 40 s here).
+    const WINDOW: Duration = Duration::from_secs(300);
+    let w = World::new(WINDOW.as_secs_f64()).await;
+    let agent = w.agent("agent-1.log").await;
+    let events = EventWatch::start("watchdog").unwrap();
+    let guest = start(w.spec("pause"), &assets);
+
+    // The first pause.
+    let first = w
+        .receiver
+        .wait_for(Duration::from_secs(60), |all| {
+            !of(all, PROJECT_A, &guest).is_empty()
+        })
+        .await;
+    let first = of(&first, PROJECT_A, &guest);
+    assert_eq!(first.len(), 1, "agent log:\n{}", agent.log_text());
+    check_notification(&first[0], &guest, "pause", false);
+    assert_eq!(
+        guest
+            .wait_state_async("paused", Duration::from_secs(10))
+            .await,
+        "paused (watchdog)"
+    );
+    let run_1 = guest.run_id();
+
+    // Hard reboot; the new run fires again about 8 s later.
+    let rebooted = Instant::now();
+    guest.hard_reboot().unwrap();
+    let run_2 = guest.run_id();
+    assert_ne!(run_1, run_2, "a start gives the domain a new runtime id");
+    let both = w
+        .receiver
+        .wait_for(Duration::from_secs(120), |all| {
+            of(all, PROJECT_A, &guest).len() >= 2
+        })
+        .await;
+    let second_after = rebooted.elapsed();
+    let got = of(&both, PROJECT_A, &guest);
+    assert_eq!(
+        got.len(),
+        2,
+        "the second pause was not notified; agent log:\n{}",
+        agent.log_text()
+    );
+    assert_eq!(
+        guest
+            .wait_state_async("paused", Duration::from_secs(10))
+            .await,
+        "paused (watchdog)"
+    );
+    eprintln!(
+        "second pause notified {:.1} s after the hard reboot",
+        second_after.as_secs_f64()
+    );
+    // Let the spool record the delivery before the kill (it would only be
+    // delivered again with the same id otherwise).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    agent.kill9().unwrap();
+
+    // The restarted agent's catch-up finds run 2 paused: already notified.
+    let agent = w.agent("agent-2.log").await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        agent.log_count(&["already notified", &guest.spec.name]),
+        1,
+        "{}",
+        agent.log_text()
+    );
+
+    let got = w.got(PROJECT_A, &guest);
+    assert_eq!(got.len(), 2, "{got:#?}");
+    assert_eq!(event_ids(&got).len(), 2, "distinct event ids: {got:#?}");
+    for r in &got {
+        check_notification(r, &guest, "pause", false);
+        assert_eq!(r.count(), 1, "{:#}", r.event);
+    }
+    assert_eq!(
+        got.iter().map(Received::run_id).collect::<Vec<_>>(),
+        [run_1.map(u64::from), run_2.map(u64::from)],
+        "each notification names its run"
+    );
+    // The operator's endpoint got the same two.
+    assert_eq!(event_ids(&w.got(OPS, &guest)), event_ids(&got));
+
+    // Promptness: each notification against libvirt's own time of the
+    // firing it reports, as `virsh event --timestamp` printed it.
+    let fired = events.of(&guest.spec.name);
+    assert_eq!(
+        fired.iter().map(|e| e.detail.as_str()).collect::<Vec<_>>(),
+        ["pause", "pause"],
+        "{fired:#?}"
+    );
+    let gap = fired[1].at.duration_since(fired[0].at).unwrap_or_default();
+    assert!(
+        gap < WINDOW,
+        "the second pause ({gap:?} after the first) fell outside the window"
+    );
+    eprintln!("second pause {:.1} s after the first", gap.as_secs_f64());
+    for (n, e) in got.iter().zip(&fired) {
+        // virsh stamps the event when it prints it, which may be a hair
+        // after the agent got the same event: a negative lag counts as 0.
+        let lag = n.received_at.duration_since(e.at).unwrap_or_default();
+        eprintln!(
+            "firing at {:?}: notified {:.0} ms later",
+            e.at,
+            lag.as_secs_f64() * 1000.0
+        );
+        assert!(
+            lag < Duration::from_secs(1),
+            "notified {lag:?} after its firing; agent log:\n{}",
+            agent.log_text()
+        );
+    }
+    assert_eq!(w.receiver.rejected_signatures(), 0);
     assert_eq!(agent.terminate(Duration::from_secs(10)).unwrap(), 0);
 }
 

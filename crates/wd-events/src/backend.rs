@@ -68,7 +68,12 @@ impl Backend for Libvirt {
     ) -> Result<Box<dyn Session>> {
         ffi::init_event_loop()?;
         let uri = config.uri.clone();
-        let conn = Connect::open(Some(&uri)).map_err(|source| Error::Connect {
+        let conn = if config.read_only {
+            Connect::open_read_only(Some(&uri))
+        } else {
+            Connect::open(Some(&uri))
+        };
+        let conn = conn.map_err(|source| Error::Connect {
             uri: uri.clone(),
             source,
         })?;

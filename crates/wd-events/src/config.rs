@@ -19,6 +19,16 @@ use wd_backoff::Backoff;
 pub struct ListenerConfig {
     /// The libvirt connection URI.
     pub uri: String,
+    /// Open the connection read-only (`virConnectOpenReadOnly`; for
+    /// `qemu:///system`, the `libvirt-sock-ro` socket). Everything the
+    /// listener does (events, domain listing, state and reason, XML without
+    /// secrets, liveness) is allowed on such a connection, and any process
+    /// may open one where the socket's policy allows it, so it needs no
+    /// membership of the `libvirt` group. Off by default here, because
+    /// [`EventStream::connection`](crate::EventStream::connection) hands the
+    /// connection to callers who may want to act on it; `wdctl watch` turns
+    /// it on.
+    pub read_only: bool,
     /// How often keepalive messages are sent on an idle connection (remote
     /// connections only). Zero turns keepalive off.
     pub keepalive_interval: Duration,
@@ -52,6 +62,7 @@ impl Default for ListenerConfig {
     fn default() -> Self {
         ListenerConfig {
             uri: "qemu:///system".to_owned(),
+            read_only: false,
             keepalive_interval: Duration::from_secs(5),
             keepalive_count: 3,
             alive_check_interval: Duration::from_secs(5),
@@ -69,6 +80,13 @@ impl ListenerConfig {
     #[must_use]
     pub fn uri(mut self, uri: impl Into<String>) -> Self {
         self.uri = uri.into();
+        self
+    }
+
+    /// Opens the connection read-only (or read-write).
+    #[must_use]
+    pub fn read_only(mut self, read_only: bool) -> Self {
+        self.read_only = read_only;
         self
     }
 

@@ -274,7 +274,7 @@ impl Machine {
                         run_id: info.id,
                         unconfirmed_recovery: Some(generation),
                     });
-                    recovered.push((info.domain.clone(), id));
+                    recovered.push((info.domain.clone(), info.id, id));
                 }
             } else {
                 track.episode = None;
@@ -288,10 +288,11 @@ impl Machine {
         self.shrink();
         recovered
             .into_iter()
-            .map(|(domain, episode)| {
+            .map(|(domain, run_id, episode)| {
                 let seq = self.next_seq();
                 Item::Watchdog(WatchdogEvent {
                     domain,
+                    run_id,
                     action: Enum::Known(WatchdogAction::Pause),
                     received_at: now,
                     seq,
@@ -346,6 +347,7 @@ impl Machine {
         let seq = self.next_seq();
         Some(Item::Watchdog(WatchdogEvent {
             domain: raw.domain,
+            run_id: raw.run_id,
             action,
             received_at: raw.received_at,
             seq,

@@ -134,6 +134,11 @@ impl fmt::Display for Origin {
 pub struct WatchdogEvent {
     /// The domain whose watchdog fired.
     pub domain: DomainId,
+    /// The domain's runtime id (`virDomainGetID`) when it fired: it changes
+    /// on every start, so it tells one run of the domain from the next (a
+    /// hard reboot is a destroy and a start). `None` when libvirt did not
+    /// give one.
+    pub run_id: Option<u32>,
     /// What the hypervisor did. A recovered firing is always
     /// [`WatchdogAction::Pause`]: a pause is the only action that leaves
     /// state behind to find.

@@ -455,6 +455,7 @@ mod tests {
             domain: Domain {
                 uuid: Uuid::parse_str("178b0921-8f85-4257-88b6-2e743b5a975c").unwrap(),
                 name: "instance-00000001".into(),
+                id: None,
             },
             action: "pause".into(),
             fired_at: datetime!(2026-11-25 21:14:19.1234567 +02:00),

@@ -628,25 +628,6 @@ mod tests {
     }
 
     fn sample() -> Notification {
-        let at = time::OffsetDateTime::now_utc();
-        Notification {
-            version: wd_notify::SCHEMA_VERSION,
-            event_id: uuid::Uuid::new_v4(),
-            instance: wd_notify::Instance {
-                uuid: uuid::Uuid::new_v4(),
-                name: None,
-                project_id: None,
-                user_id: None,
-            },
-            host: "compute-1".into(),
-            domain: wd_notify::Domain {
-                uuid: uuid::Uuid::new_v4(),
-                name: "instance-1".into(),
-            },
-            action: "pause".into(),
-            fired_at: at,
-            recovered: false,
-            occurrences: wd_notify::Occurrences::single(at),
-        }
+        wd_notify::testing::fresh_firing("pause", None)
     }
 }

@@ -18,10 +18,7 @@ use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 use serde_json::Value;
 use time::OffsetDateTime;
-use uuid::Uuid;
-use wd_notify::{
-    Domain, Instance, Notification, Notifier, NotifyError, Occurrences, SCHEMA_VERSION,
-};
+use wd_notify::{Notification, Notifier, NotifyError};
 use wd_notify_amqp::{AmqpConfig, AmqpNotifier, AmqpUrl, Format};
 
 /// Serializes the tests of this binary under `cargo test`: they share one
@@ -153,26 +150,11 @@ fn config(url: &str) -> AmqpConfig {
 }
 
 fn notification(project: Option<&str>) -> Notification {
-    let at = OffsetDateTime::now_utc();
-    Notification {
-        version: SCHEMA_VERSION,
-        event_id: Uuid::new_v4(),
-        instance: Instance {
-            uuid: Uuid::new_v4(),
-            name: Some("some-server".into()),
-            project_id: project.map(str::to_owned),
-            user_id: Some("fake-user".into()),
-        },
-        host: "compute-1".into(),
-        domain: Domain {
-            uuid: Uuid::new_v4(),
-            name: "instance-0000002a".into(),
-        },
-        action: "pause".into(),
-        fired_at: at,
-        recovered: true,
-        occurrences: Occurrences::single(at),
-    }
+    let mut n = wd_notify::testing::fresh_firing("pause", project);
+    n.instance.name = Some("some-server".into());
+    n.instance.user_id = Some("fake-user".into());
+    n.recovered = true;
+    n
 }
 
 /// The inner message of an oslo 2.0 envelope, checking the envelope itself.
@@ -529,31 +511,6 @@ async fn rabbitmq_a_broker_restart_mid_stream_loses_nothing() {
     );
 }
 
-/// The documented example event.
-fn documented_notification() -> Notification {
-    let at = time::macros::datetime!(2026-11-25 19:14:19.482913 UTC);
-    let uuid = Uuid::parse_str("178b0921-8f85-4257-88b6-2e743b5a975c").unwrap();
-    Notification {
-        version: SCHEMA_VERSION,
-        event_id: Uuid::parse_str("0b6c2d3e-8f41-4c55-9a7e-1f2d3c4b5a69").unwrap(),
-        instance: Instance {
-            uuid,
-            name: Some("web-1".into()),
-            project_id: Some("6f70656e737461636b20342065766572".into()),
-            user_id: Some("2e4b1c7d9a8f4e3b8c1d0f9e8d7c6b5a".into()),
-        },
-        host: "compute-1".into(),
-        domain: Domain {
-            uuid,
-            name: "instance-0000002a".into(),
-        },
-        action: "pause".into(),
-        fired_at: at,
-        recovered: false,
-        occurrences: Occurrences::single(at),
-    }
-}
-
 /// The body line and the indented inner message documented after `heading`.
 fn documented(doc: &str, heading: &str) -> (String, Value) {
     let section = doc
@@ -580,7 +537,7 @@ fn documented_amqp_examples_match() {
         "/../../docs/notifications.md"
     ))
     .unwrap();
-    let n = documented_notification();
+    let n = wd_notify::testing::documented();
     if std::env::var_os("WD_PRINT_EXAMPLES").is_some() {
         for body in [
             wd_notify_amqp::envelope(&n, "wd", wd_notify_amqp::Priority::Info),

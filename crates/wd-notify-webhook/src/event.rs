@@ -86,33 +86,8 @@ pub fn body(n: &Notification, service: &str) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use serde_json::{Value, json};
-    use time::macros::datetime;
-    use wd_notify::{Domain, Instance, Occurrences, SCHEMA_VERSION};
 
     use super::*;
-
-    fn notification(host: &str) -> Notification {
-        let at = datetime!(2026-11-25 19:14:19.123456 UTC);
-        Notification {
-            version: SCHEMA_VERSION,
-            event_id: Uuid::parse_str("6f1c9a34-2f0e-4b8e-9d43-0d5a3c1b7e21").unwrap(),
-            instance: Instance {
-                uuid: Uuid::parse_str("178b0921-8f85-4257-88b6-2e743b5a975c").unwrap(),
-                name: Some("web-1".into()),
-                project_id: Some("6f70656e737461636b20342065766572".into()),
-                user_id: Some("fake".into()),
-            },
-            host: host.into(),
-            domain: Domain {
-                uuid: Uuid::parse_str("178b0921-8f85-4257-88b6-2e743b5a975c").unwrap(),
-                name: "instance-00000001".into(),
-            },
-            action: "pause".into(),
-            fired_at: at,
-            recovered: false,
-            occurrences: Occurrences::single(at),
-        }
-    }
 
     #[test]
     fn sources() {
@@ -141,18 +116,18 @@ mod tests {
 
     #[test]
     fn body_is_a_structured_cloud_event() {
-        let n = notification("compute-1");
+        let n = wd_notify::testing::documented();
         let body: Value = serde_json::from_slice(&body(&n, "wd")).unwrap();
         let data: Value = serde_json::from_str(&n.to_json()).unwrap();
         assert_eq!(
             body,
             json!({
                 "specversion": "1.0",
-                "id": "6f1c9a34-2f0e-4b8e-9d43-0d5a3c1b7e21",
+                "id": "0b6c2d3e-8f41-4c55-9a7e-1f2d3c4b5a69",
                 "source": "urn:wd:compute-1:wd",
                 "type": "io.wd.compute.instance.watchdog",
                 "subject": "178b0921-8f85-4257-88b6-2e743b5a975c",
-                "time": "2026-11-25T19:14:19.123456Z",
+                "time": "2026-11-25T19:14:19.482913Z",
                 "datacontenttype": "application/json",
                 "data": data,
             })

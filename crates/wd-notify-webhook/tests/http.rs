@@ -13,10 +13,7 @@ use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 use time::OffsetDateTime;
-use uuid::Uuid;
-use wd_notify::{
-    Domain, Instance, Notification, Notifier, NotifyError, Occurrences, SCHEMA_VERSION,
-};
+use wd_notify::{Notification, Notifier, NotifyError};
 use wd_notify_webhook::{
     DEFAULT_TOLERANCE, Endpoint, Secret, WebhookConfig, WebhookNotifier, verify,
 };
@@ -99,26 +96,7 @@ fn key(byte: u8) -> Secret {
 }
 
 fn notification(project: Option<&str>) -> Notification {
-    let at = OffsetDateTime::now_utc();
-    Notification {
-        version: SCHEMA_VERSION,
-        event_id: Uuid::new_v4(),
-        instance: Instance {
-            uuid: Uuid::new_v4(),
-            name: Some("web-1".into()),
-            project_id: project.map(str::to_owned),
-            user_id: Some("u-1".into()),
-        },
-        host: "compute-1".into(),
-        domain: Domain {
-            uuid: Uuid::new_v4(),
-            name: "instance-0000002a".into(),
-        },
-        action: "reset".into(),
-        fired_at: at,
-        recovered: false,
-        occurrences: Occurrences::single(at),
-    }
+    wd_notify::testing::fresh_firing("reset", project)
 }
 
 fn requests(rx: &Receiver) -> Vec<(String, Value, Result<String, String>)> {
@@ -524,31 +502,6 @@ async fn wd_notify_retry_redelivers_after_the_requested_wait() {
     );
 }
 
-/// The notification behind the examples in `docs/notifications.md`.
-fn documented_notification() -> Notification {
-    let at = time::macros::datetime!(2026-11-25 19:14:19.482913 UTC);
-    let uuid = Uuid::parse_str("178b0921-8f85-4257-88b6-2e743b5a975c").unwrap();
-    Notification {
-        version: SCHEMA_VERSION,
-        event_id: Uuid::parse_str("0b6c2d3e-8f41-4c55-9a7e-1f2d3c4b5a69").unwrap(),
-        instance: Instance {
-            uuid,
-            name: Some("web-1".into()),
-            project_id: Some("6f70656e737461636b20342065766572".into()),
-            user_id: Some("2e4b1c7d9a8f4e3b8c1d0f9e8d7c6b5a".into()),
-        },
-        host: "compute-1".into(),
-        domain: Domain {
-            uuid,
-            name: "instance-0000002a".into(),
-        },
-        action: "pause".into(),
-        fired_at: at,
-        recovered: false,
-        occurrences: Occurrences::single(at),
-    }
-}
-
 #[test]
 fn documented_webhook_example_verifies() {
     let doc = std::fs::read_to_string(concat!(
@@ -571,7 +524,7 @@ fn documented_webhook_example_verifies() {
         );
     }
     assert_eq!(headers["content-type"], wd_notify_webhook::CONTENT_TYPE);
-    let n = documented_notification();
+    let n = wd_notify::testing::documented();
     assert_eq!(
         body.as_bytes(),
         wd_notify_webhook::body(&n, "wd"),

@@ -89,8 +89,59 @@ mod tests {
         assert!(!err.is_retryable(), "{err}");
     }
 
+    /// A `tracing` writer into a shared buffer.
+    #[derive(Clone, Default)]
+    struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
     #[tokio::test]
-    async fn log_never_fails() {
-        LogNotifier::new().notify(&firing(1)).await.unwrap();
+    async fn log_writes_one_info_line_with_the_notification_fields() {
+        let out = Captured::default();
+        let sink = out.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || sink.clone())
+            .with_ansi(false)
+            .with_max_level(tracing::Level::INFO)
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let mut n = firing(1);
+        n.recovered = true;
+        n.occurrences.count = 3;
+        LogNotifier::new().notify(&n).await.unwrap();
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 1, "{text}");
+        let line = lines[0];
+        for want in [
+            " INFO ".to_owned(),
+            "guest watchdog fired".to_owned(),
+            format!("event_id={}", n.event_id),
+            format!("instance={}", n.instance.uuid),
+            r#"project="project-1""#.to_owned(),
+            "action=reset".to_owned(),
+            "recovered=true".to_owned(),
+            "count=3".to_owned(),
+        ] {
+            assert!(line.contains(&want), "{want:?} missing from {line:?}");
+        }
+        // An unknown owner is logged as `-`, and the backend never fails.
+        n.instance.project_id = None;
+        LogNotifier::new().notify(&n).await.unwrap();
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        assert!(
+            text.lines()
+                .nth(1)
+                .is_some_and(|l| l.contains(r#"project="-""#)),
+            "{text}"
+        );
     }
 }

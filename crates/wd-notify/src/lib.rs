@@ -21,6 +21,7 @@
 //! ```text
 //! event listener
 //!   -> Coalesce                      one notification per window for a looping guest
+//!                                    (a pause or poweroff always goes out at once)
 //!   -> Fanout                        every backend concurrently, outcome per backend
 //!        [ Spool(dir/webhook) -> Retry(webhook),
 //!          Spool(dir/amqp)    -> Retry(amqp),
@@ -113,7 +114,7 @@
 //! | `event_id` | UUID; the idempotency key: the same firing always carries the same id, across retries and restarts; deduplicate on it |
 //! | `instance` | `uuid`; `name`, `project_id`, `user_id` are strings or `null` when unknown |
 //! | `host` | the compute host |
-//! | `domain` | the libvirt domain's `uuid` and `name` |
+//! | `domain` | the libvirt domain's `uuid` and `name`, and `id`, its runtime id when it fired (absent when unknown; it changes on every start of the domain) |
 //! | `action` | libvirt's spelling: `none`, `pause`, `reset`, `poweroff`, `shutdown`, `debug`, `inject-nmi`, or `unknown-N` |
 //! | `fired_at` | RFC 3339, UTC, up to nanoseconds |
 //! | `recovered` | `true` when found by catch-up after a reconnect or restart, not seen live |
@@ -193,6 +194,8 @@ mod retry;
 mod spool;
 #[cfg(test)]
 mod test_support;
+#[cfg(any(test, feature = "mock"))]
+pub mod testing;
 
 pub use backends::{ChannelNotifier, LogNotifier};
 pub use coalesce::{Coalesce, CoalesceConfig, CoalesceStats};
@@ -204,6 +207,14 @@ pub use notifier::MockNotifier;
 pub use notifier::{BoxError, Notifier, NotifyError};
 pub use redact::redact_url;
 pub use retry::{Retry, RetryConfig};
+/// Fault injection for the spool's file-system calls (feature
+/// `fault-injection`): a model of what a power cut keeps, for crash tests
+/// that a `SIGKILL` cannot make (it keeps the page cache).
+#[cfg(feature = "fault-injection")]
+pub mod fault {
+    pub use crate::spool::disk::{FsOp, PowerCut, RealFs, SimFs, SpoolFile, SpoolFs};
+}
+
 pub use spool::{
     MAX_PAYLOAD, RECORD_HEADER_LEN, RECORD_MAGIC, Record, RecordBody, RecoveryReport,
     SEGMENT_MAGIC, ScanReport, SkipReason, Skipped, Spool, SpoolConfig, SpoolStats, SyncMode,

@@ -62,6 +62,13 @@ pub struct Domain {
     pub uuid: Uuid,
     /// The domain name.
     pub name: String,
+    /// libvirt's runtime id of the domain (`virDomainGetID`) when it fired,
+    /// if known. It changes on every start, so it tells one *run* of a
+    /// domain from the next (a hard reboot is a destroy and a start): a
+    /// firing of a new run is never folded into the last run's episode.
+    /// Absent from the JSON form when unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<u32>,
 }
 
 /// The run of firings a notification stands for.
@@ -106,7 +113,15 @@ impl Domain {
         Domain {
             uuid,
             name: name.into(),
+            id: None,
         }
+    }
+
+    /// Sets [`Domain::id`], the domain's runtime id.
+    #[must_use]
+    pub fn with_id(mut self, id: u32) -> Self {
+        self.id = Some(id);
+        self
     }
 }
 
@@ -190,7 +205,9 @@ mod tests {
             first_at: time::macros::datetime!(2026-11-25 19:14:31 UTC),
             last_at: time::macros::datetime!(2026-11-25 19:15:30.5 UTC),
         };
-        for n in [sample(), folded] {
+        let mut run = sample();
+        run.domain = run.domain.with_id(42);
+        for n in [sample(), folded, run] {
             let text = n.to_json();
             assert_eq!(Notification::from_json(&text).unwrap(), n, "{text}");
             let value: serde_json::Value = serde_json::from_str(&text).unwrap();
@@ -203,6 +220,16 @@ mod tests {
         // The exact wire form consumers rely on; changing it is a new version.
         let expected = r#"{"version":1,"event_id":"33333333-3333-4333-8333-333333333333","instance":{"uuid":"11111111-1111-4111-8111-111111111111","name":"web-1","project_id":"p1","user_id":null},"host":"compute-1","domain":{"uuid":"22222222-2222-4222-8222-222222222222","name":"instance-0000002a"},"action":"reset","fired_at":"2026-11-25T19:14:30.123456789Z","recovered":false,"occurrences":{"count":1,"first_at":"2026-11-25T19:14:30.123456789Z","last_at":"2026-11-25T19:14:30.123456789Z"}}"#;
         assert_eq!(sample().to_json(), expected);
+        // A known runtime id is one more field of `domain`, after `name`.
+        let mut run = sample();
+        run.domain.id = Some(7);
+        assert_eq!(
+            run.to_json(),
+            expected.replace(
+                r#""name":"instance-0000002a"}"#,
+                r#""name":"instance-0000002a","id":7}"#
+            )
+        );
     }
 
     fn check(text: &str, expected: std::result::Result<(), &str>) {

@@ -15,12 +15,14 @@ pub mod openstack;
 mod process;
 mod rabbit2;
 mod services;
+pub mod vhost;
 
 use std::path::{Path, PathBuf};
 
-pub use process::{pid_alive, run_quiet, stop_pid};
+pub use process::{daemon_command, pid_alive, run_quiet, stop_pid};
 pub use rabbit2::RabbitMq2;
 pub use services::{Libvirtd, RabbitMq, libvirtd, rabbitmq};
+pub use vhost::{Node, Vhost};
 
 /// The environment variable that makes tests fail, rather than skip, when a
 /// real service they need is missing. `cargo xtask test` sets it to `1`.

@@ -46,3 +46,22 @@ pub fn stop_pid(pid: u32, grace: Duration) {
         }
     }
 }
+
+/// A command for a daemon (a service that outlives the test): `program`
+/// started through `sh`, which closes file descriptors 3 to 9 and then
+/// `exec`s it (same pid), adding args and environment to the returned
+/// command as usual.
+///
+/// Without this, a daemon started by a test run under
+/// `flock /tmp/wd-real.lock …` inherits the lock's descriptor (flock(1)
+/// passes it on, on fd 3) and holds the machine-wide lock for as long as it
+/// runs, so every later `flock` waits forever.
+pub fn daemon_command(program: &str) -> Command {
+    let mut cmd = Command::new("sh");
+    cmd.args([
+        "-c",
+        r#"exec 3>&- 4>&- 5>&- 6>&- 7>&- 8>&- 9>&- "$0" "$@""#,
+        program,
+    ]);
+    cmd
+}

@@ -20,7 +20,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::process::{pid_alive, run_quiet, stop_pid};
+use crate::process::{daemon_command, pid_alive, run_quiet, stop_pid};
 use crate::services::{read_pid, services_dir, wait_until};
 
 /// The second RabbitMQ node.
@@ -105,7 +105,7 @@ impl RabbitMq2 {
         ) {
             return Err(format!("chown -R rabbitmq {} failed", dir.display()));
         }
-        let status = Self::env(&mut Command::new("rabbitmq-server"))
+        let status = Self::env(&mut daemon_command("rabbitmq-server"))
             .arg("-detached")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use crate::process::{pid_alive, run_quiet, stop_pid};
+use crate::process::{daemon_command, pid_alive, run_quiet, stop_pid};
 use crate::{target_dir, unavailable};
 
 /// Where services keep their pid files and logs.
@@ -68,6 +68,29 @@ pub(crate) fn wait_until(timeout: Duration, mut ready: impl FnMut() -> bool) -> 
         }
         sleep(Duration::from_millis(200));
     }
+}
+
+/// Writes `/etc/libvirt/NAME` unless it already holds exactly `wanted`
+/// (temp file, fsync, rename; an earlier different file is kept as
+/// `NAME.wd-backup`). Returns whether it wrote.
+fn write_config(name: &str, wanted: &str) -> Result<bool, String> {
+    let conf = PathBuf::from("/etc/libvirt").join(name);
+    let current = fs::read_to_string(&conf).unwrap_or_default();
+    if current == wanted {
+        return Ok(false);
+    }
+    if !current.is_empty() {
+        let _ = fs::copy(&conf, conf.with_extension("conf.wd-backup"));
+    }
+    fs::create_dir_all("/etc/libvirt").map_err(|e| format!("create /etc/libvirt: {e}"))?;
+    let tmp = conf.with_extension("conf.tmp");
+    let mut f = fs::File::create(&tmp).map_err(|e| format!("write {}: {e}", tmp.display()))?;
+    f.write_all(wanted.as_bytes())
+        .map_err(|e| format!("write {}: {e}", tmp.display()))?;
+    f.sync_all()
+        .map_err(|e| format!("sync {}: {e}", tmp.display()))?;
+    fs::rename(&tmp, &conf).map_err(|e| format!("rename to {}: {e}", conf.display()))?;
+    Ok(true)
 }
 
 /// The system libvirtd (`qemu:///system`), with virtlogd beside it.
@@ -135,24 +158,12 @@ impl Libvirtd {
         {
             return Err("useradd -r libvirt-qemu failed".into());
         }
-        let conf = PathBuf::from("/etc/libvirt/qemu.conf");
-        let wanted = "# Written by wd's xtask: guests run as root under TCG, no security driver.\n\
-                      user = \"root\"\ngroup = \"root\"\nsecurity_driver = \"none\"\n";
-        let current = fs::read_to_string(&conf).unwrap_or_default();
-        if current != wanted {
-            if !current.is_empty() {
-                let _ = fs::copy(&conf, "/etc/libvirt/qemu.conf.wd-backup");
-            }
-            fs::create_dir_all("/etc/libvirt").map_err(|e| format!("create /etc/libvirt: {e}"))?;
-            let tmp = conf.with_extension("conf.tmp");
-            let mut f =
-                fs::File::create(&tmp).map_err(|e| format!("write {}: {e}", tmp.display()))?;
-            f.write_all(wanted.as_bytes())
-                .map_err(|e| format!("write {}: {e}", tmp.display()))?;
-            f.sync_all()
-                .map_err(|e| format!("sync {}: {e}", tmp.display()))?;
-            fs::rename(&tmp, &conf).map_err(|e| format!("rename to {}: {e}", conf.display()))?;
-        }
+        write_config(
+            "qemu.conf",
+            "# Written by wd's xtask: guests run as root under TCG, no security driver.\n\
+             user = \"root\"\ngroup = \"root\"\nsecurity_driver = \"none\"\n",
+        )?;
+        Self::allow_read_only_clients()?;
         for dir in [
             "/var/log/libvirt",
             "/var/run/libvirt",
@@ -162,6 +173,22 @@ impl Libvirtd {
             fs::create_dir_all(dir).map_err(|e| format!("create {dir}: {e}"))?;
         }
         Ok(())
+    }
+
+    /// Writes `/etc/libvirt/libvirtd.conf` so that any local user may open a
+    /// read-only connection (`auth_unix_ro = "none"`), as the agent does when
+    /// it runs as user `wd`. libvirtd's default is polkit, which needs a
+    /// system D-Bus that these machines do not run; on a production host the
+    /// stock polkit policy gives the same read-only access to every local
+    /// user. Returns whether the file changed: a running libvirtd must be
+    /// restarted to apply it. Needs root.
+    pub fn allow_read_only_clients() -> Result<bool, String> {
+        write_config(
+            "libvirtd.conf",
+            "# Written by wd's xtask: read-only clients (libvirt-sock-ro) need no\n\
+             # polkit, which needs a system D-Bus that this machine does not run.\n\
+             auth_unix_ro = \"none\"\n",
+        )
     }
 
     /// Starts virtlogd (unless running) and libvirtd (unless running), and
@@ -174,9 +201,9 @@ impl Libvirtd {
         let virtlogd_running = read_pid(&pid_file("virtlogd")).is_some_and(pid_alive)
             || run_quiet("pidof", &["virtlogd"]);
         if !virtlogd_running {
-            spawn_daemon("virtlogd", &mut Command::new("virtlogd"))?;
+            spawn_daemon("virtlogd", &mut daemon_command("virtlogd"))?;
         }
-        spawn_daemon("libvirtd", &mut Command::new("libvirtd"))?;
+        spawn_daemon("libvirtd", &mut daemon_command("libvirtd"))?;
         // The first start probes QEMU's capabilities, which takes a while.
         if !wait_until(Duration::from_secs(90), Self::is_up) {
             return Err(format!(
@@ -261,7 +288,7 @@ impl RabbitMq {
             return Ok(false);
         }
         let epmd_was_running = run_quiet("pidof", &["epmd"]);
-        let status = Self::env(&mut Command::new("rabbitmq-server"))
+        let status = Self::env(&mut daemon_command("rabbitmq-server"))
             .arg("-detached")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -134,6 +134,43 @@ pub struct Target {
 }
 
 impl Target {
+    /// The architecture assumed when a domain's `<os><type>` does not say, as
+    /// libvirt would on an x86 host.
+    pub const DEFAULT_ARCH: &'static str = "x86_64";
+    /// The machine type assumed when a domain's `<os><type>` does not say.
+    pub const DEFAULT_MACHINE: &'static str = "pc";
+
+    /// The target of a whole domain document: the architecture and machine
+    /// type of its `<os><type>`, each defaulting to
+    /// [`DEFAULT_ARCH`](Target::DEFAULT_ARCH) and
+    /// [`DEFAULT_MACHINE`](Target::DEFAULT_MACHINE) when absent, for
+    /// `libvirt`. A caller with overrides (a command-line flag) sets the
+    /// public fields afterwards.
+    ///
+    /// ```
+    /// use wd_xml::{LibvirtVersion, Target};
+    ///
+    /// let v = LibvirtVersion::new(9, 0, 0).unwrap();
+    /// let q35 = "<domain><os><type arch='x86_64' machine='pc-q35-7.2'>hvm</type></os></domain>";
+    /// assert_eq!(Target::for_domain(q35, v)?, Target::new("x86_64", "pc-q35-7.2", v));
+    /// let bare = "<domain><os><type>hvm</type></os></domain>";
+    /// assert_eq!(Target::for_domain(bare, v)?, Target::new("x86_64", "pc", v));
+    /// # Ok::<(), wd_xml::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// A document that is empty, malformed or not rooted at `<domain>`.
+    pub fn for_domain(domain_xml: &str, libvirt: LibvirtVersion) -> Result<Target> {
+        let os = crate::doc::os_type(domain_xml)?;
+        Ok(Target::new(
+            os.arch.unwrap_or_else(|| Self::DEFAULT_ARCH.to_owned()),
+            os.machine
+                .unwrap_or_else(|| Self::DEFAULT_MACHINE.to_owned()),
+            libvirt,
+        ))
+    }
+
     /// A target from its parts.
     pub fn new(
         arch: impl Into<String>,

@@ -8,11 +8,6 @@ use clap::Args;
 use wd_policy::{OperatorPolicy, Resolved, resolve};
 use wd_xml::LibvirtVersion;
 
-/// The architecture when neither the command line nor a document gives one.
-pub const DEFAULT_ARCH: &str = "x86_64";
-/// The machine type when neither the command line nor a document gives one.
-pub const DEFAULT_MACHINE: &str = "pc";
-
 /// A flavor extra spec / attribute or image property, `KEY=VALUE`.
 pub type Property = (String, String);
 

@@ -14,12 +14,18 @@
 //! (`wdctl: <message>`), and leaves stdout empty.
 #![forbid(unsafe_code)]
 
+mod assets;
+mod filemode;
 mod guest;
 mod libvirt;
+mod logging;
 mod nova;
 mod patch;
 mod resolve;
+mod systemd;
 mod watch;
+#[cfg(test)]
+mod watch_settings_tests;
 
 use std::io::Write as _;
 use std::process::ExitCode;
@@ -43,7 +49,12 @@ enum Command {
     /// Put a guest's watchdog devices into a libvirt domain document.
     Patch(patch::Args),
     /// Run the agent: listen to libvirt's watchdog events and notify owners.
+    #[command(after_long_help = watch::LONG_HELP)]
     Watch(watch::Args),
+    /// Write the man pages and shell completions into a directory (used
+    /// when building the package).
+    #[command(hide = true)]
+    GenerateAssets(assets::Args),
 }
 
 /// Joins an error chain into one line, skipping causes whose message the
@@ -98,6 +109,9 @@ fn main() -> ExitCode {
         Command::Resolve(args) => resolve::run(args),
         Command::Patch(args) => patch::run(args),
         Command::Watch(args) => watch::run(args),
+        Command::GenerateAssets(args) => {
+            assets::run(args, <Cli as clap::CommandFactory>::command())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -4,9 +4,9 @@ use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result};
-use wd_xml::{Target, os_type, patch};
+use wd_xml::{Target, patch};
 
-use crate::guest::{DEFAULT_ARCH, DEFAULT_MACHINE, GuestArgs};
+use crate::guest::GuestArgs;
 
 /// `wdctl patch` flags.
 #[derive(Debug, clap::Args)]
@@ -38,20 +38,13 @@ pub fn run(args: Args) -> Result<()> {
             xml
         }
     };
-    let os = os_type(&xml)?;
-    let target = Target::new(
-        args.guest
-            .arch
-            .clone()
-            .or(os.arch)
-            .unwrap_or_else(|| DEFAULT_ARCH.to_owned()),
-        args.guest
-            .machine
-            .clone()
-            .or(os.machine)
-            .unwrap_or_else(|| DEFAULT_MACHINE.to_owned()),
-        args.guest.libvirt_version()?,
-    );
+    let mut target = Target::for_domain(&xml, args.guest.libvirt_version()?)?;
+    if let Some(arch) = &args.guest.arch {
+        target.arch.clone_from(arch);
+    }
+    if let Some(machine) = &args.guest.machine {
+        target.machine.clone_from(machine);
+    }
     let out = patch(&xml, resolved.setting, &target)?;
     match &args.output {
         Some(path) => write_atomically(path, out.as_bytes())

@@ -9,7 +9,7 @@ use serde::Serialize;
 use wd_policy::{Resolved, Source, WatchdogAction};
 use wd_xml::{LibvirtVersion, Target, WatchdogDevice, devices};
 
-use crate::guest::{DEFAULT_ARCH, DEFAULT_MACHINE, GuestArgs};
+use crate::guest::GuestArgs;
 
 /// Output formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -88,8 +88,11 @@ fn render(resolved: &Resolved, target: &Target, format: Format) -> Result<String
 pub fn run(args: Args) -> Result<()> {
     let resolved = args.guest.resolve()?;
     let target = Target::new(
-        args.guest.arch.as_deref().unwrap_or(DEFAULT_ARCH),
-        args.guest.machine.as_deref().unwrap_or(DEFAULT_MACHINE),
+        args.guest.arch.as_deref().unwrap_or(Target::DEFAULT_ARCH),
+        args.guest
+            .machine
+            .as_deref()
+            .unwrap_or(Target::DEFAULT_MACHINE),
         args.guest.libvirt_version()?,
     );
     let out = render(&resolved, &target, args.format)?;

@@ -25,6 +25,28 @@ pub const SECRET_ENV: &str = "WD_WEBHOOK_SECRET";
 /// The environment variable holding the broker password.
 pub const AMQP_PASSWORD_ENV: &str = "WD_AMQP_PASSWORD";
 
+/// The rest of `wdctl watch --help` (and of its man page).
+pub const LONG_HELP: &str = "\
+Files:
+  /etc/wd/wd.toml     the configuration (see the commented file the package installs)
+  /var/lib/wd/spool   the spool and the episode ledger (StateDirectory=wd)
+
+Least privilege: the agent only listens, so it opens libvirt read-only \
+(virConnectOpenReadOnly, the libvirt-sock-ro socket) unless --read-write or \
+`read_only = false` is given, and runs as the unprivileged user wd under \
+the wd.service unit.
+
+A config file that holds a secret (a webhook or project secret, a broker \
+password) is refused if others may read it, or if its group may and that \
+group is not the agent's own; the packaged root:wd 0640 is allowed.
+
+Under systemd (NOTIFY_SOCKET set) the agent sends READY=1 after its first \
+catch-up listing, WATCHDOG=1 from its core loop every half of WatchdogSec, \
+and STATUS= lines.
+
+Environment: WD_WEBHOOK_SECRET (operator webhook secrets), WD_AMQP_PASSWORD \
+(broker password), RUST_LOG (log level, default info).";
+
 /// Flags of `wdctl watch`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -50,6 +72,13 @@ pub struct Args {
     /// exiting.
     #[arg(long)]
     wait: bool,
+    /// Open libvirt read-write. By default the agent, which only listens,
+    /// opens it read-only (`virConnectOpenReadOnly`).
+    #[arg(long)]
+    read_write: bool,
+    /// The log format on stderr [default: text].
+    #[arg(long, value_name = "FORMAT")]
+    pub(crate) log_format: Option<crate::logging::LogFormat>,
 }
 
 /// The configuration file. Every key is optional; unknown keys are errors.
@@ -67,6 +96,10 @@ pub struct Config {
     pub spool: Option<PathBuf>,
     /// Keep retrying when libvirt is unreachable at startup.
     pub wait: Option<bool>,
+    /// Open libvirt read-only [default true].
+    pub read_only: Option<bool>,
+    /// The log format on stderr, `text` or `json` [default text].
+    pub log_format: Option<crate::logging::LogFormat>,
     /// Nova's configuration file, as `--nova-config`.
     pub nova_config: Option<PathBuf>,
     /// Webhook settings.
@@ -197,8 +230,32 @@ fn secs(key: &str, v: f64) -> Result<Duration> {
         .ok_or_else(|| anyhow!("config key `{key}` must be a positive number of seconds, not {v}"))
 }
 
-/// Reads and checks the configuration file.
+impl Config {
+    /// Whether the file holds a secret: a webhook or project secret, or a
+    /// broker password (in `[amqp] password` or in an AMQP URL).
+    pub fn holds_secrets(&self) -> bool {
+        !self.webhook.secrets.is_empty()
+            || self.webhook.projects.iter().any(|p| !p.secrets.is_empty())
+            || self.amqp.password.is_some()
+            || self.amqp.url.as_deref().is_some_and(has_password)
+            || self.notify.iter().any(|t| has_password(t))
+    }
+}
+
+/// Reads and checks the configuration file, and refuses one that holds
+/// secrets where others can read them (see `crate::filemode`).
 pub fn load_config(path: &Path) -> Result<Config> {
+    let cfg = parse_config(path)?;
+    crate::filemode::check(
+        path,
+        crate::filemode::FileMode::of(path)?,
+        cfg.holds_secrets(),
+        crate::filemode::Identity::current()?,
+    )?;
+    Ok(cfg)
+}
+
+fn parse_config(path: &Path) -> Result<Config> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read config file `{}`", path.display()))?;
     toml::from_str(&text).map_err(|e| {
@@ -424,8 +481,10 @@ pub fn plan(args: &Args, env: &dyn Fn(&str) -> Option<String>) -> Result<Plan> {
         backends.push(("webhook".into(), Arc::new(n)));
     }
 
+    let read_only = !args.read_write && cfg.read_only.unwrap_or(true);
     let mut runtime = RuntimeConfig::new(host).listener(ListenerConfig {
         uri: uri.clone(),
+        read_only,
         ..ListenerConfig::default()
     });
     runtime.spool_dir = spool;
@@ -487,23 +546,24 @@ pub fn plan(args: &Args, env: &dyn Fn(&str) -> Option<String>) -> Result<Plan> {
 
 /// Runs the agent until SIGTERM or SIGINT.
 pub fn run(args: Args) -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .init();
+    // The format comes first, so that every later line has it; a config file
+    // that cannot be read is reported (on stderr, as one line) right here.
+    let file_format = match &args.config {
+        Some(path) => load_config(path)?.log_format,
+        None => None,
+    };
+    crate::logging::init(args.log_format.or(file_format).unwrap_or_default());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("start the async runtime")?;
     rt.block_on(async move {
-        let plan = plan(&args, &|k| std::env::var(k).ok())?;
+        let mut plan = plan(&args, &|k| std::env::var(k).ok())?;
+        plan.runtime.pulse = crate::systemd::hook();
         let uri = plan.runtime.listener.uri.clone();
+        let read_only = plan.runtime.listener.read_only;
+        crate::systemd::starting(&uri);
         // libvirt's default handler prints every error to stderr, outside our
         // structured log; the listener reports the ones that matter itself.
         virt::error::clear_error_callback();
@@ -512,7 +572,13 @@ pub fn run(args: Args) -> Result<()> {
         if !plan.wait {
             let probe = uri.clone();
             // Dropping the connection closes it.
-            tokio::task::spawn_blocking(move || virt::connect::Connect::open(Some(&probe)).map(drop))
+            tokio::task::spawn_blocking(move || {
+                if read_only {
+                    virt::connect::Connect::open_read_only(Some(&probe)).map(drop)
+                } else {
+                    virt::connect::Connect::open(Some(&probe)).map(drop)
+                }
+            })
                 .await
                 .context("probe libvirt")?
                 .map_err(|e| anyhow!("cannot connect to libvirt at {uri}: {e} (use --wait to keep retrying)"))?;
@@ -522,7 +588,7 @@ pub fn run(args: Args) -> Result<()> {
         let host = plan.runtime.host.clone();
         let runtime = Runtime::start(plan.runtime, Arc::new(NovaDirectory::new()), plan.backends)
             .map_err(|e| anyhow!("{}", crate::one_line(anyhow::Error::new(e).chain())))?;
-        tracing::info!(uri = %uri, host = %host, backends = ?backend_names,
+        tracing::info!(uri = %uri, read_only, host = %host, backends = ?backend_names,
             spool = %spool.as_ref().map_or("none".into(), |p| p.display().to_string()), "wdctl watch started");
 
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -531,6 +597,7 @@ pub fn run(args: Args) -> Result<()> {
             _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
             _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
         }
+        crate::systemd::stopping();
         let report = runtime.shutdown().await;
         tracing::info!(firings = report.pipeline.firings, accepted = report.pipeline.accepted,
             already_notified = report.pipeline.already_notified, unknown_owner = report.pipeline.unknown_owner,
@@ -541,258 +608,4 @@ pub fn run(args: Args) -> Result<()> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use clap::Parser;
-
-    #[derive(Parser)]
-    struct T {
-        #[command(flatten)]
-        args: Args,
-    }
-
-    fn args(argv: &[&str]) -> Args {
-        T::parse_from(std::iter::once("watch").chain(argv.iter().copied())).args
-    }
-
-    const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
-
-    fn check_err(argv: &[&str], config: Option<&str>, env: &[(&str, &str)], expected: &str) {
-        let dir = tempfile::tempdir().unwrap();
-        let mut argv: Vec<String> = argv.iter().map(|s| s.to_string()).collect();
-        if let Some(text) = config {
-            let p = dir.path().join("wd.toml");
-            std::fs::write(&p, text).unwrap();
-            argv.push("--config".into());
-            argv.push(p.display().to_string());
-        }
-        let a = args(&argv.iter().map(String::as_str).collect::<Vec<_>>());
-        let env: Vec<(String, String)> = env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let err = rt
-            .block_on(async {
-                plan(&a, &|k| {
-                    env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())
-                })
-                .err()
-            })
-            .expect("an error");
-        let text = crate::one_line(err.chain());
-        assert!(
-            text.contains(expected),
-            "{text:?} does not contain {expected:?}"
-        );
-        assert!(!text.contains("MfKQ9r8"), "secret leaked: {text}");
-        assert!(!text.contains("s3cret"), "password leaked: {text}");
-    }
-
-    #[test]
-    fn nova_config_gives_the_bus_and_host() {
-        let dir = tempfile::tempdir().unwrap();
-        let nova = dir.path().join("nova.conf");
-        std::fs::write(
-            &nova,
-            "[DEFAULT]\nhost = compute-9\ntransport_url = rabbit://nova:s3cret@10.0.0.1:5672,nova:s3cret@10.0.0.2:5672/\n\
-             [oslo_messaging_notifications]\ndriver = messagingv2\n",
-        )
-        .unwrap();
-        let a = args(&["--nova-config", &nova.display().to_string()]);
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let plan = rt.block_on(async { plan(&a, &|_| None) }).unwrap();
-        let names: Vec<_> = plan.backends.iter().map(|(n, _)| n.clone()).collect();
-        assert_eq!(
-            names,
-            [format!(
-                "amqp rabbit://***@10.0.0.1:5672,***@10.0.0.2:5672/ (from {})",
-                nova.display()
-            )]
-        );
-        assert_eq!(plan.runtime.host, "compute-9");
-
-        // Nova sends nothing (no driver): with nothing else, that is an error
-        // naming the file, section and key.
-        std::fs::write(&nova, "[DEFAULT]\nhost = compute-9\n").unwrap();
-        check_err(
-            &["--nova-config", &nova.display().to_string()],
-            None,
-            &[],
-            "[oslo_messaging_notifications] driver is unset or noop",
-        );
-        std::fs::write(
-            &nova,
-            "[oslo_messaging_notifications]\ndriver = messagingv2\ntransport_url = rabbit://nova:s3cret@h:x/\n",
-        )
-        .unwrap();
-        check_err(
-            &["--nova-config", &nova.display().to_string()],
-            None,
-            &[],
-            "nova.conf [oslo_messaging_notifications] transport_url: `rabbit://***@h:x/`",
-        );
-    }
-
-    #[test]
-    fn bad_configurations_name_what_is_wrong() {
-        check_err(&[], None, &[], "nowhere to notify");
-        check_err(
-            &[
-                "--notify",
-                "rabbit://guest@127.0.0.1:5673,guest:s3cret@127.0.0.1:5672/",
-            ],
-            None,
-            &[],
-            "carries a password, which `ps` would show",
-        );
-        check_err(
-            &["--notify", "rabbit://guest@127.0.0.1/"],
-            Some("[amqp]\nformat = \"all\"\n"),
-            &[],
-            "config key `amqp.format`: unknown notification format `all`",
-        );
-        check_err(
-            &["--notify", "http://127.0.0.1:9/x"],
-            None,
-            &[],
-            "needs a signing secret: set WD_WEBHOOK_SECRET",
-        );
-        check_err(
-            &["--notify", "smtp://x"],
-            None,
-            &[],
-            "unknown notify target `smtp://x`; allowed: log",
-        );
-        check_err(
-            &["--notify", "amqp://guest:s3cret@127.0.0.1/%2f"],
-            None,
-            &[],
-            "carries a password, which `ps` would show",
-        );
-        check_err(
-            &["--notify", "log"],
-            Some("conect = \"x\"\n"),
-            &[],
-            "unknown field `conect`",
-        );
-        check_err(
-            &["--notify", "log"],
-            Some("[coalesce]\nwindow_secs = -1\n"),
-            &[],
-            "`coalesce.window_secs` must be a positive",
-        );
-        check_err(
-            &["--notify", "log"],
-            Some("[spool-limits]\nsync = \"sometimes\"\n"),
-            &[],
-            "allowed: group-commit, per-entry",
-        );
-        check_err(
-            &["--notify", "log"],
-            Some("[spool-limits]\nretry_min_delay_secs = 10\nretry_max_delay_secs = 2\n"),
-            &[],
-            "`spool-limits.retry_max_delay_secs` (2s) is below",
-        );
-        check_err(
-            &["--notify", "log"],
-            Some("[amqp]\nurl = \"amqp://u@127.0.0.1/%2f\"\npriority = \"LOUD\"\n"),
-            &[],
-            "amqp.priority",
-        );
-        check_err(
-            &["--notify", "http://127.0.0.1:9/x"],
-            None,
-            &[(SECRET_ENV, "whsec_!!!")],
-            "WD_WEBHOOK_SECRET",
-        );
-        check_err(
-            &["--notify", "log"],
-            Some("[webhook]\nsecrets = [\"nope\"]\n"),
-            &[],
-            "line 2",
-        );
-    }
-
-    #[test]
-    fn a_good_configuration_builds_every_backend() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("wd.toml");
-        std::fs::write(
-            &p,
-            format!(
-                r#"host = "compute-7"
-notify = ["log"]
-spool = "{spool}"
-[webhook]
-timeout_secs = 3
-[[webhook.projects]]
-project = "p1"
-url = "http://127.0.0.1:9/p1"
-secrets = ["{SECRET}"]
-[amqp]
-url = "amqp://guest@127.0.0.1:5672/%2f"
-exchange = "nova"
-durable = false
-priority = "warn"
-[coalesce]
-window_secs = 30
-"#,
-                spool = dir.path().join("spool").display()
-            ),
-        )
-        .unwrap();
-        let a = args(&[
-            "--config",
-            &p.display().to_string(),
-            "--notify",
-            "http://127.0.0.1:9/ops",
-            // Already in the file: must not become a second log backend.
-            "--notify",
-            "log",
-        ]);
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let plan = rt
-            .block_on(async {
-                plan(&a, &|k| match k {
-                    SECRET_ENV => Some(SECRET.to_owned()),
-                    AMQP_PASSWORD_ENV => Some("p@ss word".to_owned()),
-                    _ => None,
-                })
-            })
-            .unwrap();
-        let names: Vec<_> = plan.backends.iter().map(|(n, _)| n.as_str()).collect();
-        assert_eq!(
-            names,
-            ["log", "amqp amqp://***@127.0.0.1:5672/%2f", "webhook"]
-        );
-        assert_eq!(plan.runtime.host, "compute-7");
-        assert_eq!(plan.runtime.coalesce.window, Duration::from_secs(30));
-        assert_eq!(plan.runtime.listener.uri, "qemu:///system");
-        assert!(!plan.wait);
-    }
-
-    #[test]
-    fn passwords_are_found_in_any_node_and_urls_redacted() {
-        assert_eq!(redact("amqp://u:p@h:5672/v"), "amqp://***@h:5672/v");
-        assert_eq!(redact("http://h/x"), "http://h/x");
-        assert!(has_password("amqp://u:p@h/"));
-        assert!(!has_password("amqp://u@h/"));
-        assert!(has_password("rabbit://u@h1:5672,u:p@h2:5672/"));
-        assert!(!has_password("rabbit://u@h1:5672,u@h2:5672/"));
-        assert!(
-            has_password("rabbit://u:p@h1:bad/"),
-            "unparsable still counts"
-        );
-        assert!(is_broker("RABBIT://h/") && is_broker("amqps://h") && !is_broker("http://h"));
-    }
-}
+mod tests;

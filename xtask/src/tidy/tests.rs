@@ -195,6 +195,17 @@ fn catches_a_target_specific_dependency() {
 }
 
 #[test]
+fn a_crate_may_dev_depend_on_itself_for_its_features() {
+    let f = Fixture::clean();
+    f.edit(
+        "crates/wd-high/Cargo.toml",
+        "[dev-dependencies]\n",
+        "[dev-dependencies]\nwd-high = { path = \".\", features = [\"mock\"] }\n",
+    );
+    assert_eq!(f.check(), Vec::<String>::new());
+}
+
+#[test]
 fn catches_a_crate_missing_from_the_table() {
     let f = Fixture::clean();
     f.edit("docs/ARCHITECTURE.md", "| `wd-kit` | — | — |\n", "");

@@ -23,9 +23,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
-use axum::body::Bytes;
-use axum::http::{HeaderMap, StatusCode};
-use axum::routing::post;
 use futures::StreamExt;
 use lapin::options::{
     BasicConsumeOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
@@ -35,7 +32,7 @@ use lapin::{Connection, ConnectionProperties, ExchangeKind};
 use serde_json::{Value, json};
 use wd_e2e::agent::Agent;
 use wd_e2e::guest::{Guest, virsh};
-use wd_notify_webhook::{DEFAULT_TOLERANCE, Secret, verify};
+use wd_e2e::receiver::Receiver;
 use wd_testkit::guest::{GuestAssets, GuestSpec, NovaOwner};
 use wd_testkit::{Libvirtd, RabbitMq};
 
@@ -75,36 +72,28 @@ fn lock(r: &Receipts) -> std::sync::MutexGuard<'_, Vec<Receipt>> {
     r.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// A loopback webhook receiver that verifies each signature and timestamps
-/// the receipt before anything else. Returns its URL.
-async fn webhook(receipts: Receipts) -> anyhow::Result<String> {
-    let secrets = Arc::new(vec![Secret::parse(SECRET)?]);
-    let handler = move |headers: HeaderMap, body: Bytes| {
-        let at = now();
-        let (receipts, secrets) = (receipts.clone(), secrets.clone());
-        async move {
-            if verify(&headers, &body, &secrets, DEFAULT_TOLERANCE).is_err() {
-                return StatusCode::UNAUTHORIZED;
-            }
-            let Ok(event) = serde_json::from_slice::<Value>(&body) else {
-                return StatusCode::BAD_REQUEST;
-            };
-            let data = &event["data"];
-            lock(&receipts).push(Receipt {
-                at,
-                domain: data["domain"]["name"].as_str().unwrap_or("").to_owned(),
-                count: data["occurrences"]["count"].as_u64().unwrap_or(0),
-            });
-            StatusCode::NO_CONTENT
-        }
-    };
-    let app = axum::Router::new().route("/{*path}", post(handler));
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
-    let addr = listener.local_addr()?;
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    Ok(format!("http://{addr}/operator"))
+/// The end-to-end tests' webhook receiver (it verifies each signature and
+/// timestamps each request on arrival) and the URL of its operator endpoint.
+async fn webhook() -> anyhow::Result<(Receiver, String)> {
+    let receiver = Receiver::start(SECRET).await?;
+    let url = receiver.url("/operator");
+    Ok((receiver, url))
+}
+
+/// What the webhook receiver accepted so far, as receipts.
+fn webhook_receipts(receiver: &Receiver) -> Vec<Receipt> {
+    receiver
+        .accepted()
+        .iter()
+        .map(|r| Receipt {
+            at: r
+                .received_at
+                .duration_since(UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64()),
+            domain: r.domain_name().to_owned(),
+            count: r.count(),
+        })
+        .collect()
 }
 
 /// A RabbitMQ consumer bound to every topic of the bench exchange; it
@@ -310,6 +299,8 @@ fn config(
     );
     let path = dir.join("watch.toml");
     std::fs::write(&path, text)?;
+    // A broker URL may carry a password: the agent wants the file private.
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
     Ok(path)
 }
 
@@ -380,9 +371,8 @@ fn work_dir(name: &str) -> anyhow::Result<PathBuf> {
 
 async fn latency(assets: &GuestAssets) -> anyhow::Result<()> {
     let dir = work_dir("latency")?;
-    let hooks: Receipts = Arc::default();
     let bus: Receipts = Arc::default();
-    let url = webhook(hooks.clone()).await?;
+    let (hooks, url) = webhook().await?;
     let _conn = amqp_consumer(bus.clone()).await?;
     let virsh_events = VirshEvents::start()?;
     let amqp = "amqp://guest@127.0.0.1:5672/%2f".to_owned();
@@ -415,20 +405,16 @@ async fn latency(assets: &GuestAssets) -> anyhow::Result<()> {
     for (label, receipts, how) in [
         (
             "webhook",
-            &hooks,
+            webhook_receipts(&hooks),
             "loopback webhook receiver (axum, signature verified) timestamps on receipt",
         ),
         (
             "amqp",
-            &bus,
+            lock(&bus).clone(),
             "RabbitMQ consumer on 127.0.0.1 timestamps each delivery",
         ),
     ] {
-        let got: Vec<Receipt> = lock(receipts)
-            .iter()
-            .filter(|r| r.domain == name)
-            .cloned()
-            .collect();
+        let got: Vec<Receipt> = receipts.into_iter().filter(|r| r.domain == name).collect();
         let mut l = latencies(&firings, &got);
         let worst = l.iter().copied().fold(f64::NAN, f64::max);
         let matched = l.len();
@@ -533,8 +519,7 @@ fn undefine(names: &[String]) {
 async fn resources(assets: &GuestAssets) -> anyhow::Result<()> {
     let tck = clock_ticks();
     let dir = work_dir("resources")?;
-    let hooks: Receipts = Arc::default();
-    let url = webhook(hooks.clone()).await?;
+    let (hooks, url) = webhook().await?;
     let others = virsh(&["list", "--all", "--name"])?
         .lines()
         .filter(|l| !l.trim().is_empty())
@@ -667,10 +652,9 @@ async fn resources(assets: &GuestAssets) -> anyhow::Result<()> {
     agent.terminate(Duration::from_secs(20))?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let firings: usize = names.iter().map(|n| virsh_events.of(n).len()).sum();
-    let got: Vec<Receipt> = lock(&hooks)
-        .iter()
+    let got: Vec<Receipt> = webhook_receipts(&hooks)
+        .into_iter()
         .filter(|r| names.contains(&r.domain))
-        .cloned()
         .collect();
     let folded: u64 = got.iter().map(|r| r.count).sum();
     let method = format!(

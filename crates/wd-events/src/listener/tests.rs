@@ -420,17 +420,42 @@ async fn dropping_the_stream_stops_the_listener_and_releases_the_session() {
     assert!(released.load(Ordering::SeqCst), "session not released");
 }
 
+/// A consumer written against `EventSource` gets the real stream's items,
+/// in order (what the mock stands in for in consumers' tests).
 #[tokio::test]
-async fn mock_event_source_serves_consumers() {
-    let mut source = MockEventSource::new();
-    let mut items = vec![Item::InitDone {
-        generation: 1,
-        domains: 0,
-    }];
-    source.expect_next_item().returning(move || items.pop());
-    let got = source.next_item().await;
-    assert!(matches!(got, Some(Item::InitDone { generation: 1, .. })));
-    assert!(source.next_item().await.is_none());
+async fn the_stream_is_an_event_source_for_generic_consumers() {
+    async fn take<S: EventSource>(source: &mut S, n: usize) -> Vec<String> {
+        let mut got = Vec::new();
+        for _ in 0..n {
+            let item = tokio::time::timeout(Duration::from_secs(5), source.next_item())
+                .await
+                .expect("an item within 5 s")
+                .expect("the source does not end");
+            got.push(describe(&item));
+        }
+        got
+    }
+    let mut backend = MockBackend::new();
+    backend.expect_connect().times(1).returning(|_, _, _| {
+        Ok(session(
+            vec![listed(
+                DomainState::Paused,
+                crate::kinds::PAUSED_REASON_WATCHDOG,
+            )],
+            true,
+        ))
+    });
+    let mut stream = spawn(backend, config()).unwrap();
+    assert_eq!(
+        take(&mut stream, 5).await,
+        [
+            "connected g1",
+            "init-start g1",
+            "init dom-a paused",
+            "init-done g1",
+            "watchdog pause recovered g1",
+        ]
+    );
 }
 
 #[tokio::test]

@@ -421,6 +421,29 @@ fn a_restarted_domain_paused_again_is_a_new_episode() {
 }
 
 #[test]
+fn firings_carry_the_run_id_they_were_seen_with() {
+    let mut m = Machine::new();
+    m.connected("test:///default");
+    let runs = |items: Vec<Item>| -> Vec<Option<u32>> {
+        items
+            .into_iter()
+            .filter_map(|i| match i {
+                Item::Watchdog(w) => Some(w.run_id),
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(runs(m.listed(vec![paused_wd(A, 7)], t(1))), [Some(7)]);
+    assert_eq!(
+        runs(m.live(firing(B, 9, 2), None).into_iter().collect()),
+        [Some(9)]
+    );
+    let mut inactive = firing(B, 9, 2);
+    inactive.run_id = None;
+    assert_eq!(runs(m.live(inactive, None).into_iter().collect()), [None]);
+}
+
+#[test]
 fn other_actions_are_episodes_of_their_own_and_never_recovered() {
     check(
         vec![

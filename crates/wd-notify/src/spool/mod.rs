@@ -1,11 +1,13 @@
 //! The durable spool: a directory-backed write-ahead log with a delivery
 //! task. The format and the recovery rules are in the crate docs.
 
+pub(crate) mod disk;
 mod format;
 mod writer;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
@@ -23,6 +25,7 @@ pub use format::{
     SEGMENT_MAGIC, SkipReason, Skipped, recover,
 };
 
+use self::disk::{RealFs, SpoolFs, create_private_dir};
 use crate::error::{Error, Result};
 use crate::model::Notification;
 use crate::notifier::{Notifier, NotifyError, notify_catching};
@@ -315,13 +318,11 @@ fn segment_id(name: &str) -> Option<u64> {
     u64::from_str_radix(hex, 16).ok()
 }
 
-fn sync_dir(dir: &Path) -> Result<()> {
-    fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|source| Error::SpoolIo {
-            path: dir.to_owned(),
-            source,
-        })
+fn sync_dir(fs: &dyn SpoolFs, dir: &Path) -> Result<()> {
+    fs.sync_dir(dir).map_err(|source| Error::SpoolIo {
+        path: dir.to_owned(),
+        source,
+    })
 }
 
 /// What a scan of a spool directory found.
@@ -445,6 +446,7 @@ fn lock_dir(dir: &Path) -> Result<fs::File> {
         .create(true)
         .truncate(false)
         .write(true)
+        .mode(self::disk::FILE_MODE)
         .open(&path)
         .map_err(|source| Error::OpenSpool {
             path: path.clone(),
@@ -467,8 +469,38 @@ impl Spool {
     /// Recovery rewrites every undelivered entry, with its seq and event id,
     /// into one new segment, `fsync`s it and the directory, and only then
     /// removes the old segments, so a crash during recovery loses nothing.
+    ///
+    /// The directory is created with mode 0700 (an existing one is brought
+    /// to 0700), and its files with mode 0600: notifications name tenants
+    /// and their instances.
     pub fn open(
         dir: impl AsRef<Path>,
+        config: SpoolConfig,
+        inner: impl Notifier + 'static,
+    ) -> Result<Spool> {
+        Self::open_on(Arc::new(RealFs), dir.as_ref(), config, inner)
+    }
+
+    /// [`Spool::open`] whose writer makes its file-system calls through
+    /// `fs` (feature `fault-injection`): with a [`SimFs`](crate::fault::SimFs),
+    /// a test can see what a power cut would leave.
+    ///
+    /// # Errors
+    ///
+    /// As [`Spool::open`].
+    #[cfg(feature = "fault-injection")]
+    pub fn open_with_fs(
+        fs: Arc<dyn SpoolFs>,
+        dir: impl AsRef<Path>,
+        config: SpoolConfig,
+        inner: impl Notifier + 'static,
+    ) -> Result<Spool> {
+        Self::open_on(fs, dir.as_ref(), config, inner)
+    }
+
+    fn open_on(
+        sfs: Arc<dyn SpoolFs>,
+        dir: &Path,
         config: SpoolConfig,
         inner: impl Notifier + 'static,
     ) -> Result<Spool> {
@@ -476,8 +508,8 @@ impl Spool {
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(Error::NoRuntime);
         }
-        let dir = dir.as_ref().to_owned();
-        fs::create_dir_all(&dir).map_err(|source| Error::OpenSpool {
+        let dir = dir.to_owned();
+        create_private_dir(&dir).map_err(|source| Error::OpenSpool {
             path: dir.clone(),
             source,
         })?;
@@ -524,15 +556,22 @@ impl Spool {
             .and_then(|p| p.file_name()?.to_str().and_then(segment_id))
             .map_or(0, |id| id + 1);
         let next_seq = found.max_seq.map_or(0, |s| s + 1);
-        let writer = Writer::create(dir.clone(), next_id, next_seq, shared.clone(), &recovered)?;
+        let writer = Writer::create(
+            sfs.clone(),
+            dir.clone(),
+            next_id,
+            next_seq,
+            shared.clone(),
+            &recovered,
+        )?;
         for old in &found.segments {
-            fs::remove_file(old).map_err(|source| Error::SpoolIo {
+            sfs.remove_file(old).map_err(|source| Error::SpoolIo {
                 path: old.clone(),
                 source,
             })?;
         }
         if !found.segments.is_empty() {
-            sync_dir(&dir)?;
+            sync_dir(&*sfs, &dir)?;
         }
 
         let (tx, rx) = mpsc::channel();

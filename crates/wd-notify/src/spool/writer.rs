@@ -1,8 +1,7 @@
 //! The spool's writer thread: it owns the segment files.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::fs::{self, File};
-use std::io::{self, Write};
+use std::io;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, mpsc};
@@ -10,6 +9,7 @@ use std::sync::{Arc, mpsc};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
+use super::disk::{SpoolFile, SpoolFs};
 use super::format::{SEGMENT_MAGIC, encode_ack, encode_entry};
 use super::{Shared, SyncMode, segment_name};
 use crate::error::{Error, Result};
@@ -44,7 +44,10 @@ struct Segment {
 pub(crate) struct Writer {
     dir: PathBuf,
     shared: Arc<Shared>,
-    file: File,
+    /// Every file-system call goes through this seam (a power-cut model in
+    /// tests).
+    fs: Arc<dyn SpoolFs>,
+    file: Box<dyn SpoolFile>,
     active: u64,
     active_bytes: u64,
     /// A failed write may have left a partial record: start a new segment.
@@ -69,6 +72,7 @@ fn copy_err(e: &io::Error) -> io::Error {
 impl Writer {
     /// Starts segment `id` holding the `recovered` entries, durably.
     pub(crate) fn create(
+        fs: Arc<dyn SpoolFs>,
         dir: PathBuf,
         id: u64,
         next_seq: u64,
@@ -80,7 +84,7 @@ impl Writer {
             encode_entry(*seq, payload, &mut buf);
         }
         let path = dir.join(segment_name(id));
-        let (file, bytes) = create_segment(&dir, id, &buf).map_err(io_err(&path))?;
+        let (file, bytes) = create_segment(&*fs, &dir, id, &buf).map_err(io_err(&path))?;
         let live: HashSet<u64> = recovered.iter().map(|(seq, _)| *seq).collect();
         let segment_of = live.iter().map(|seq| (*seq, id)).collect();
         let mut segments = BTreeMap::new();
@@ -94,6 +98,7 @@ impl Writer {
         Ok(Writer {
             dir,
             shared,
+            fs,
             file,
             active: id,
             active_bytes: bytes,
@@ -250,14 +255,14 @@ impl Writer {
                 break;
             }
             let path = self.dir.join(segment_name(id));
-            if let Err(e) = fs::remove_file(&path) {
+            if let Err(e) = self.fs.remove_file(&path) {
                 tracing::error!(file = %path.display(), error = %e, "spool: cannot remove a delivered segment");
                 break;
             }
             self.segments.remove(&id);
             removed = true;
         }
-        if removed && let Err(e) = sync_dir(&self.dir) {
+        if removed && let Err(e) = self.fs.sync_dir(&self.dir) {
             tracing::warn!(dir = %self.dir.display(), error = %e, "spool: cannot sync the directory");
         }
     }
@@ -265,7 +270,7 @@ impl Writer {
     /// Starts a new active segment.
     fn roll_over(&mut self) -> io::Result<()> {
         let id = self.active + 1;
-        let (file, bytes) = create_segment(&self.dir, id, &[])?;
+        let (file, bytes) = create_segment(&*self.fs, &self.dir, id, &[])?;
         // Make the acks in the old segment durable before leaving it.
         let _ = self.file.sync_data();
         self.file = file;
@@ -339,19 +344,20 @@ impl Writer {
     }
 }
 
-fn sync_dir(dir: &std::path::Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
 /// Creates segment `id` with the header and `body`, `fsync`s it and the
 /// directory. Returns the file, positioned at its end, and its size.
-fn create_segment(dir: &std::path::Path, id: u64, body: &[u8]) -> io::Result<(File, u64)> {
+fn create_segment(
+    fs: &dyn SpoolFs,
+    dir: &std::path::Path,
+    id: u64,
+    body: &[u8],
+) -> io::Result<(Box<dyn SpoolFile>, u64)> {
     let path = dir.join(segment_name(id));
-    let mut file = File::options().create_new(true).append(true).open(&path)?;
+    let mut file = fs.create_new(&path)?;
     let mut bytes = SEGMENT_MAGIC.to_vec();
     bytes.extend_from_slice(body);
     file.write_all(&bytes)?;
     file.sync_all()?;
-    sync_dir(dir)?;
+    fs.sync_dir(dir)?;
     Ok((file, bytes.len() as u64))
 }

@@ -472,6 +472,7 @@ async fn fanout() -> anyhow::Result<()> {
             generation: 1,
             origin: Origin::Live,
             episode: uuid::Uuid::new_v4(),
+            run_id: Some(1),
         }))?;
     }
     let deadline = Instant::now() + Duration::from_secs(120);

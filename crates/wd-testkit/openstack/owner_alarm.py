@@ -3,12 +3,15 @@ ceilometer-agent-notification (event pipeline publishing to
 notifier://?topic=alarm.all), aodh-listener and aodh-notifier on SQLite,
 and a local HTTP receiver as the alarm action.
 
-Usage: owner_alarm.py WORKDIR TRANSPORT_URL OWNER_PROJECT OTHER_PROJECT INSTANCE
+Usage: owner_alarm.py WORKDIR TRANSPORT_URL OWNER_PROJECT OTHER_PROJECT INSTANCE SETTLE
+
+Run by `wd_testkit::openstack::OwnerAlarm`.
 
 Creates two event alarms on `compute.instance.watchdog`: the owner's (project
 OWNER_PROJECT, query traits.instance_id == INSTANCE, action .../owner) and
 another project's (OTHER_PROJECT, no query, action .../other). Prints
-`READY` once every service runs, then one line `POST <path> <json body>` per
+`READY` once every service runs (SETTLE seconds after starting them, time
+for them to bind their queues), then one line `POST <path> <json body>` per
 alarm notification the receiver gets. Ends its services on end of stdin.
 """
 
@@ -22,7 +25,7 @@ import threading
 import time
 import uuid
 
-workdir, url, owner, other, instance = sys.argv[1:6]
+workdir, url, owner, other, instance, settle = sys.argv[1:7]
 venv_bin = os.path.dirname(sys.executable)
 os.makedirs(workdir, exist_ok=True)
 out_lock = threading.Lock()
@@ -136,7 +139,7 @@ for name, cmd in [
     procs.append(subprocess.Popen(cmd, stdout=log, stderr=log, start_new_session=True))
 
 # The services bind their queues within a few seconds of starting.
-time.sleep(float(os.environ.get("WD_OWNER_ALARM_SETTLE", "15")))
+time.sleep(float(settle))
 for p in procs:
     if p.poll() is not None:
         say("DIED %s %s" % (p.args[0], p.returncode))

@@ -1,7 +1,8 @@
-//! Storm control: folding repeated firings of one instance.
+//! Storm control: folding repeated firings of a guest in a loop.
+//!
+//! The rules are in `machine.rs`, a pure state machine; this module is its
+//! thin async shell (a lock, the inner notifier, a timer task).
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -9,10 +10,13 @@ use async_trait::async_trait;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use uuid::Uuid;
 
 use crate::model::Notification;
 use crate::notifier::{Notifier, NotifyError, notify_catching};
+
+mod machine;
+
+use machine::{DropReason, Machine, Outcome, Verdict, Why};
 
 /// [`Coalesce`] settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,7 +58,8 @@ impl CoalesceConfig {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct CoalesceStats {
-    /// Firings sent on at once (the first of an episode, or untracked).
+    /// Firings sent on at once (the first of an episode, every firing that
+    /// stops the guest, or untracked).
     pub forwarded: u64,
     /// Firings folded into a follow-up.
     pub folded: u64,
@@ -71,51 +76,22 @@ pub struct CoalesceStats {
     pub dropped: u64,
 }
 
-struct Episode {
-    /// Tells this episode's timer from a stale one of an earlier episode.
-    id: u64,
-    window_end: Instant,
-    /// The follow-up being built from this window's repeats. Its event id is
-    /// chosen once, at the first repeat, and kept through every retry.
-    followup: Option<Notification>,
-}
-
-#[derive(Default)]
-struct State {
-    episodes: HashMap<Uuid, Episode>,
-    timers: BTreeSet<(Instant, u64, Uuid)>,
-    unsent: VecDeque<Notification>,
-    /// When to try `unsent` again.
-    retry_unsent_at: Option<Instant>,
-    next_id: u64,
-}
-
-#[derive(Default)]
-struct Counters {
-    forwarded: AtomicU64,
-    folded: AtomicU64,
-    followups: AtomicU64,
-    untracked: AtomicU64,
-    dropped: AtomicU64,
-}
-
 struct Shared<N> {
     inner: N,
     config: CoalesceConfig,
-    state: Mutex<State>,
+    machine: Mutex<Machine>,
     wake: Notify,
-    closed: AtomicBool,
-    counters: Counters,
 }
 
-/// Folds storms of repeated firings, per instance (by instance UUID).
+/// Folds storms of repeated firings of a guest in a loop, per domain run.
 ///
 /// A guest whose watchdog action is `reset` and that keeps hanging fires
 /// every few seconds, forever. `Coalesce` turns that into:
 ///
-/// 1. The first firing goes out at once (an *episode* opens for the
-///    instance, with a window of [`CoalesceConfig::window`]).
-/// 2. Repeats within the window are folded: `notify` returns `Ok` at once.
+/// 1. The first firing of a run of the domain goes out at once (an
+///    *episode* opens for it, with a window of [`CoalesceConfig::window`]).
+/// 2. Repeats of the same run within the window are folded: `notify`
+///    returns `Ok` at once.
 /// 3. At the end of a window that had repeats, one follow-up goes out: the
 ///    latest repeat, with a new event id (chosen once and kept across
 ///    retries), `occurrences.count` = the number of firings folded and
@@ -125,6 +101,15 @@ struct Shared<N> {
 ///
 /// So a guest stuck in a loop produces one notification per window: no
 /// flood, and no silence.
+///
+/// Only firings that leave the guest running are ever folded (`none`,
+/// `reset`, `debug`, `inject-nmi`). A `pause`, `poweroff` or `shutdown`
+/// firing (or an action this version does not know) is always its own
+/// notification, sent at once: each is a separate episode, such as a
+/// second pause after a hard reboot. A firing of a new run of the domain
+/// ([`Domain::id`](crate::Domain::id) changed: the domain was started
+/// again) opens a new episode too, and the old run's pending follow-up is
+/// sent at once.
 ///
 /// If the first firing's delivery fails, the error is returned and no
 /// episode opens (unless repeats were folded meanwhile), so the caller's
@@ -136,10 +121,13 @@ struct Shared<N> {
 /// [`Spool`](crate::Spool) *after* `Coalesce`, and call
 /// [`Coalesce::shutdown`] before shutting the spool down, so that nothing
 /// folded is lost on a graceful stop. A crash loses at most the current
-/// windows' folded counts, never a first firing.
+/// windows' folded counts, never a firing that was sent on: `Ok` from
+/// `notify` means either the inner notifier accepted this very
+/// notification, or it was a folded repeat of a running guest.
 ///
-/// A timer task flushes follow-ups, so `Coalesce::new` must be called
-/// inside a Tokio runtime.
+/// The decisions are made by a pure state machine (`coalesce/machine.rs`);
+/// this type is its shell: a lock, the inner notifier and a timer task,
+/// so `Coalesce::new` must be called inside a Tokio runtime.
 pub struct Coalesce<N> {
     shared: Arc<Shared<N>>,
     task: Mutex<Option<JoinHandle<()>>>,
@@ -162,11 +150,9 @@ impl<N: Notifier + 'static> Coalesce<N> {
     pub fn new(inner: N, config: CoalesceConfig) -> Self {
         let shared = Arc::new(Shared {
             inner,
+            machine: Mutex::new(Machine::new(&config)),
             config,
-            state: Mutex::new(State::default()),
             wake: Notify::new(),
-            closed: AtomicBool::new(false),
-            counters: Counters::default(),
         });
         let task = tokio::spawn(run_timer(shared.clone()));
         Coalesce {
@@ -177,35 +163,14 @@ impl<N: Notifier + 'static> Coalesce<N> {
 
     /// The counters.
     pub fn stats(&self) -> CoalesceStats {
-        let c = &self.shared.counters;
-        let state = self.shared.lock();
-        CoalesceStats {
-            forwarded: c.forwarded.load(Ordering::Relaxed),
-            folded: c.folded.load(Ordering::Relaxed),
-            followups: c.followups.load(Ordering::Relaxed),
-            untracked: c.untracked.load(Ordering::Relaxed),
-            tracked: state.episodes.len() as u64,
-            unsent: state.unsent.len() as u64,
-            dropped: c.dropped.load(Ordering::Relaxed),
-        }
+        self.shared.lock().stats()
     }
 
     /// Sends every follow-up built so far now, without waiting for its
     /// window to end (episodes stay open). Returns how many went out, or the
     /// last delivery error; failed follow-ups are kept for a later try.
     pub async fn flush(&self) -> Result<usize, NotifyError> {
-        let due = {
-            let mut state = self.shared.lock();
-            state.retry_unsent_at = None;
-            let mut due: Vec<Notification> = state.unsent.drain(..).collect();
-            due.extend(
-                state
-                    .episodes
-                    .values_mut()
-                    .filter_map(|e| e.followup.take()),
-            );
-            due
-        };
+        let due = self.shared.lock().drain();
         self.shared.send_followups(due).await
     }
 
@@ -213,10 +178,7 @@ impl<N: Notifier + 'static> Coalesce<N> {
     /// ends (after any delivery it is in); then every pending follow-up is
     /// flushed, as [`Coalesce::flush`].
     pub async fn shutdown(&self) -> Result<usize, NotifyError> {
-        {
-            let _state = self.shared.lock();
-            self.shared.closed.store(true, Ordering::SeqCst);
-        }
+        self.shared.lock().close();
         self.shared.wake.notify_one();
         let task = self.task.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(task) = task {
@@ -241,56 +203,69 @@ impl<N> Drop for Coalesce<N> {
     }
 }
 
-impl<N: Notifier> Shared<N> {
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+impl<N> Shared<N> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Machine> {
+        self.machine.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Runs `f` on the machine and wakes the timer task if that moved the
+    /// next deadline earlier.
+    fn update<T>(&self, f: impl FnOnce(&mut Machine, Instant) -> T) -> T {
+        let now = Instant::now();
+        let mut m = self.lock();
+        let before = m.next_deadline(now);
+        let out = f(&mut m, now);
+        let after = m.next_deadline(now);
+        drop(m);
+        if after.is_some_and(|a| before.is_none_or(|b| a < b)) {
+            self.wake.notify_one();
+        }
+        out
+    }
+}
+
+impl<N: Notifier> Shared<N> {
     async fn send_followups(&self, due: Vec<Notification>) -> Result<usize, NotifyError> {
         let mut sent = 0;
         let mut last_err = None;
         for f in due {
-            match notify_catching(&self.inner, &f).await {
+            let result = notify_catching(&self.inner, &f).await;
+            let outcome = match &result {
+                Ok(()) => Outcome::Delivered,
+                Err(e) if e.is_retryable() => Outcome::Retryable,
+                Err(_) => Outcome::Permanent,
+            };
+            match &result {
                 Ok(()) => {
                     sent += 1;
-                    self.counters.followups.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(
                         event_id = %f.event_id, instance = %f.instance.uuid,
                         count = f.occurrences.count, "coalesce: sent follow-up for repeated firings"
                     );
                 }
-                Err(e) if !e.is_retryable() => {
-                    self.counters.dropped.fetch_add(1, Ordering::Relaxed);
-                    tracing::error!(
-                        event_id = %f.event_id, instance = %f.instance.uuid,
-                        count = f.occurrences.count, error = %e,
-                        "coalesce: follow-up failed permanently; dropped"
-                    );
-                    last_err = Some(e);
-                }
-                Err(e) => {
-                    tracing::warn!(
-                        event_id = %f.event_id, instance = %f.instance.uuid, error = %e,
-                        "coalesce: follow-up not delivered; will try again"
-                    );
-                    let mut state = self.lock();
-                    if state.unsent.len() >= self.config.max_instances.max(1)
-                        && let Some(old) = state.unsent.pop_front()
-                    {
-                        self.counters.dropped.fetch_add(1, Ordering::Relaxed);
-                        tracing::error!(
-                            event_id = %old.event_id, instance = %old.instance.uuid,
-                            count = old.occurrences.count,
-                            "coalesce: too many undelivered follow-ups; dropping the oldest"
-                        );
-                    }
-                    state.unsent.push_back(f);
-                    if state.retry_unsent_at.is_none() {
-                        state.retry_unsent_at = Some(Instant::now() + self.config.window);
-                        self.wake.notify_one();
-                    }
-                    last_err = Some(e);
-                }
+                Err(e) if e.is_retryable() => tracing::warn!(
+                    event_id = %f.event_id, instance = %f.instance.uuid, error = %e,
+                    "coalesce: follow-up not delivered; will try again"
+                ),
+                Err(_) => {}
+            }
+            let dropped = self.update(|m, now| m.followup_done(f, outcome, now));
+            match dropped {
+                Some((old, DropReason::Permanent)) => tracing::error!(
+                    event_id = %old.event_id, instance = %old.instance.uuid,
+                    count = old.occurrences.count,
+                    error = %result.as_ref().err().map(ToString::to_string).unwrap_or_default(),
+                    "coalesce: follow-up failed permanently; dropped"
+                ),
+                Some((old, DropReason::TooManyUnsent)) => tracing::error!(
+                    event_id = %old.event_id, instance = %old.instance.uuid,
+                    count = old.occurrences.count,
+                    "coalesce: too many undelivered follow-ups; dropping the oldest"
+                ),
+                None => {}
+            }
+            if let Err(e) = result {
+                last_err = Some(e);
             }
         }
         match last_err {
@@ -298,54 +273,21 @@ impl<N: Notifier> Shared<N> {
             None => Ok(sent),
         }
     }
-
-    /// Ends due windows: returns the follow-ups to send and the next time to
-    /// wake up.
-    fn end_due_windows(&self, now: Instant) -> (Vec<Notification>, Option<Instant>) {
-        let mut state = self.lock();
-        let mut due = Vec::new();
-        if state.retry_unsent_at.is_some_and(|at| at <= now) {
-            state.retry_unsent_at = None;
-            due.extend(state.unsent.drain(..));
-        }
-        let window = self.config.window;
-        while let Some(&(at, id, uuid)) = state.timers.first() {
-            if at > now {
-                break;
-            }
-            state.timers.pop_first();
-            let Some(ep) = state.episodes.get_mut(&uuid) else {
-                continue;
-            };
-            if ep.id != id {
-                continue;
-            }
-            match ep.followup.take() {
-                Some(f) => {
-                    due.push(f);
-                    ep.window_end = now + window;
-                    let end = ep.window_end;
-                    state.timers.insert((end, id, uuid));
-                }
-                None => {
-                    state.episodes.remove(&uuid);
-                }
-            }
-        }
-        let next = match (state.timers.first().map(|t| t.0), state.retry_unsent_at) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        (due, next)
-    }
 }
 
+/// The timer shell: sleeps until the machine's next deadline (or a wake-up)
+/// and sends what is due.
 async fn run_timer<N: Notifier>(shared: Arc<Shared<N>>) {
     loop {
-        if shared.closed.load(Ordering::SeqCst) {
-            return;
-        }
-        let (due, next) = shared.end_due_windows(Instant::now());
+        let now = Instant::now();
+        let (due, next) = {
+            let mut m = shared.lock();
+            if m.is_closed() {
+                return;
+            }
+            let due = m.due(now);
+            (due, m.next_deadline(now))
+        };
         if !due.is_empty() {
             // Errors are logged and the follow-ups kept by `send_followups`.
             let _ = shared.send_followups(due).await;
@@ -367,90 +309,32 @@ async fn run_timer<N: Notifier>(shared: Arc<Shared<N>>) {
 impl<N: Notifier + 'static> Notifier for Coalesce<N> {
     async fn notify(&self, n: &Notification) -> Result<(), NotifyError> {
         let shared = &self.shared;
-        let key = n.instance.uuid;
-        let opened = {
-            let mut state = shared.lock();
-            // Checked under the lock, which `shutdown` also takes to close:
-            // a fold either happens before the final flush or not at all.
-            if shared.closed.load(Ordering::SeqCst) {
-                drop(state);
-                return shared.inner.notify(n).await;
-            }
-            if let Some(ep) = state.episodes.get_mut(&key) {
-                fold(&mut ep.followup, n);
-                shared.counters.folded.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(event_id = %n.event_id, instance = %key, "coalesce: folded a repeat");
+        let verdict = shared.update(|m, now| m.firing(n, now));
+        let episode = match verdict {
+            Verdict::Folded => {
+                tracing::debug!(event_id = %n.event_id, domain = %n.domain.uuid, "coalesce: folded a repeat");
                 return Ok(());
             }
-            if state.episodes.len() >= shared.config.max_instances {
-                None
-            } else {
-                state.next_id += 1;
-                let id = state.next_id;
-                let window_end = Instant::now() + shared.config.window;
-                state.episodes.insert(
-                    key,
-                    Episode {
-                        id,
-                        window_end,
-                        followup: None,
-                    },
-                );
-                let first_timer = state.timers.first().is_none_or(|t| t.0 > window_end);
-                state.timers.insert((window_end, id, key));
-                Some((id, first_timer))
-            }
-        };
-        match opened {
-            None => {
-                let count = shared.counters.untracked.fetch_add(1, Ordering::Relaxed);
-                if count.is_multiple_of(1000) {
+            Verdict::Send {
+                why: Why::TableFull,
+                ..
+            } => {
+                let count = shared.lock().stats().untracked;
+                if count % 1000 == 1 {
                     tracing::warn!(
-                        instance = %key, max_instances = shared.config.max_instances, untracked = count + 1,
+                        domain = %n.domain.uuid, max_instances = shared.config.max_instances, untracked = count,
                         "coalesce: instance table full; passing firings through uncoalesced"
                     );
                 }
+                None
             }
-            Some((_, true)) => shared.wake.notify_one(),
-            Some(_) => {}
-        }
-        shared.counters.forwarded.fetch_add(1, Ordering::Relaxed);
+            Verdict::Send { episode, .. } => episode,
+        };
         let result = shared.inner.notify(n).await;
-        if let (Err(_), Some((id, _))) = (&result, opened) {
-            // Close the episode again so that the caller's retry goes out at
-            // once, unless repeats were folded meanwhile: they still need the
-            // episode's follow-up.
-            let mut state = shared.lock();
-            if state
-                .episodes
-                .get(&key)
-                .is_some_and(|ep| ep.id == id && ep.followup.is_none())
-            {
-                state.episodes.remove(&key);
-            }
+        if let (Err(_), Some(id)) = (&result, episode) {
+            shared.lock().first_failed(n.domain.uuid, id);
         }
         result
-    }
-}
-
-/// Adds firing `n` to the follow-up being built.
-fn fold(followup: &mut Option<Notification>, n: &Notification) {
-    match followup {
-        None => {
-            let mut f = n.clone();
-            f.event_id = Uuid::new_v4();
-            *followup = Some(f);
-        }
-        Some(f) => {
-            let (id, mut occ, recovered) = (f.event_id, f.occurrences, f.recovered);
-            occ.count = occ.count.saturating_add(n.occurrences.count);
-            occ.first_at = occ.first_at.min(n.occurrences.first_at);
-            occ.last_at = occ.last_at.max(n.occurrences.last_at);
-            *f = n.clone();
-            f.event_id = id;
-            f.occurrences = occ;
-            f.recovered = recovered && n.recovered;
-        }
     }
 }
 
@@ -531,6 +415,68 @@ mod tests {
         // The episode is over: the next firing goes out at once.
         c.notify(&firing_at(7, 500)).await.unwrap();
         assert_eq!(summary(&seen).last(), Some(&(400, 1)));
+    }
+
+    /// A firing of `k`'s run `run` with `action`.
+    fn of_run(k: u128, run: u32, action: &str) -> Notification {
+        let mut n = firing(k);
+        n.domain.id = Some(run);
+        n.action = action.into();
+        n
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pauses_and_new_runs_are_sent_at_once_through_the_shell() {
+        let t0 = Instant::now();
+        let (m, seen) = recorder(&[]);
+        let c = Coalesce::new(m, CoalesceConfig::default());
+        // A pause, a hard reboot, a pause again 20 s later: both at once.
+        let p1 = of_run(1, 1, "pause");
+        let p2 = of_run(1, 2, "pause");
+        c.notify(&p1).await.unwrap();
+        at(t0, 20).await;
+        c.notify(&p2).await.unwrap();
+        // A looping guest: its repeat is folded; after a hard reboot the new
+        // run's first firing is sent at once, and the old run's follow-up
+        // without waiting for the end of its window.
+        c.notify(&of_run(2, 1, "reset")).await.unwrap();
+        c.notify(&of_run(2, 1, "reset")).await.unwrap();
+        at(t0, 30).await;
+        c.notify(&of_run(2, 2, "reset")).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let got: Vec<_> = seen
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(t, n)| {
+                (
+                    t.as_secs(),
+                    n.domain.uuid.as_u128(),
+                    n.domain.id,
+                    n.action.clone(),
+                )
+            })
+            .collect();
+        let r = |t, k, run| (t, k, Some(run), "reset".to_owned());
+        assert_eq!(
+            got,
+            vec![
+                (0, 1, Some(1), "pause".to_owned()),
+                (20, 1, Some(2), "pause".to_owned()),
+                r(20, 2, 1),
+                r(30, 2, 2),
+                r(30, 2, 1),
+            ]
+        );
+        let ids: Vec<_> = seen
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, n)| n.event_id)
+            .collect();
+        assert_eq!(&ids[..2], [p1.event_id, p2.event_id]);
+        let stats = c.stats();
+        assert_eq!((stats.forwarded, stats.folded, stats.followups), (4, 1, 1));
     }
 
     #[tokio::test(start_paused = true)]

@@ -1,0 +1,275 @@
+//! Unit tests of `wdctl watch`'s configuration: flags, file and
+//! environment into a plan, and the errors that name what is wrong.
+
+use super::*;
+use clap::Parser;
+
+#[derive(Parser)]
+struct T {
+    #[command(flatten)]
+    args: Args,
+}
+
+fn args(argv: &[&str]) -> Args {
+    T::parse_from(std::iter::once("watch").chain(argv.iter().copied())).args
+}
+
+const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+/// Writes a config file as an operator should: mode 0600.
+fn write_private(path: &Path, text: &str) {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+fn check_err(argv: &[&str], config: Option<&str>, env: &[(&str, &str)], expected: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut argv: Vec<String> = argv.iter().map(|s| s.to_string()).collect();
+    if let Some(text) = config {
+        let p = dir.path().join("wd.toml");
+        write_private(&p, text);
+        argv.push("--config".into());
+        argv.push(p.display().to_string());
+    }
+    let a = args(&argv.iter().map(String::as_str).collect::<Vec<_>>());
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let err = rt
+        .block_on(async {
+            plan(&a, &|k| {
+                env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())
+            })
+            .err()
+        })
+        .expect("an error");
+    let text = crate::one_line(err.chain());
+    assert!(
+        text.contains(expected),
+        "{text:?} does not contain {expected:?}"
+    );
+    assert!(!text.contains("MfKQ9r8"), "secret leaked: {text}");
+    assert!(!text.contains("s3cret"), "password leaked: {text}");
+}
+
+#[test]
+fn nova_config_gives_the_bus_and_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let nova = dir.path().join("nova.conf");
+    std::fs::write(
+        &nova,
+        "[DEFAULT]\nhost = compute-9\ntransport_url = rabbit://nova:s3cret@10.0.0.1:5672,nova:s3cret@10.0.0.2:5672/\n\
+         [oslo_messaging_notifications]\ndriver = messagingv2\n",
+    )
+    .unwrap();
+    let a = args(&["--nova-config", &nova.display().to_string()]);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let plan = rt.block_on(async { plan(&a, &|_| None) }).unwrap();
+    let names: Vec<_> = plan.backends.iter().map(|(n, _)| n.clone()).collect();
+    assert_eq!(
+        names,
+        [format!(
+            "amqp rabbit://***@10.0.0.1:5672,***@10.0.0.2:5672/ (from {})",
+            nova.display()
+        )]
+    );
+    assert_eq!(plan.runtime.host, "compute-9");
+
+    // Nova sends nothing (no driver): with nothing else, that is an error
+    // naming the file, section and key.
+    std::fs::write(&nova, "[DEFAULT]\nhost = compute-9\n").unwrap();
+    check_err(
+        &["--nova-config", &nova.display().to_string()],
+        None,
+        &[],
+        "[oslo_messaging_notifications] driver is unset or noop",
+    );
+    std::fs::write(
+        &nova,
+        "[oslo_messaging_notifications]\ndriver = messagingv2\ntransport_url = rabbit://nova:s3cret@h:x/\n",
+    )
+    .unwrap();
+    check_err(
+        &["--nova-config", &nova.display().to_string()],
+        None,
+        &[],
+        "nova.conf [oslo_messaging_notifications] transport_url: `rabbit://***@h:x/`",
+    );
+}
+
+#[test]
+fn bad_configurations_name_what_is_wrong() {
+    check_err(&[], None, &[], "nowhere to notify");
+    check_err(
+        &[
+            "--notify",
+            "rabbit://guest@127.0.0.1:5673,guest:s3cret@127.0.0.1:5672/",
+        ],
+        None,
+        &[],
+        "carries a password, which `ps` would show",
+    );
+    check_err(
+        &["--notify", "rabbit://guest@127.0.0.1/"],
+        Some("[amqp]\nformat = \"all\"\n"),
+        &[],
+        "config key `amqp.format`: unknown notification format `all`",
+    );
+    check_err(
+        &["--notify", "http://127.0.0.1:9/x"],
+        None,
+        &[],
+        "needs a signing secret: set WD_WEBHOOK_SECRET",
+    );
+    check_err(
+        &["--notify", "smtp://x"],
+        None,
+        &[],
+        "unknown notify target `smtp://x`; allowed: log",
+    );
+    check_err(
+        &["--notify", "amqp://guest:s3cret@127.0.0.1/%2f"],
+        None,
+        &[],
+        "carries a password, which `ps` would show",
+    );
+    check_err(
+        &["--notify", "log"],
+        Some("conect = \"x\"\n"),
+        &[],
+        "unknown field `conect`",
+    );
+    check_err(
+        &["--notify", "log"],
+        Some("[coalesce]\nwindow_secs = -1\n"),
+        &[],
+        "`coalesce.window_secs` must be a positive",
+    );
+    check_err(
+        &["--notify", "log"],
+        Some("[spool-limits]\nsync = \"sometimes\"\n"),
+        &[],
+        "allowed: group-commit, per-entry",
+    );
+    check_err(
+        &["--notify", "log"],
+        Some("[spool-limits]\nretry_min_delay_secs = 10\nretry_max_delay_secs = 2\n"),
+        &[],
+        "`spool-limits.retry_max_delay_secs` (2s) is below",
+    );
+    check_err(
+        &["--notify", "log"],
+        Some("[amqp]\nurl = \"amqp://u@127.0.0.1/%2f\"\npriority = \"LOUD\"\n"),
+        &[],
+        "amqp.priority",
+    );
+    check_err(
+        &["--notify", "http://127.0.0.1:9/x"],
+        None,
+        &[(SECRET_ENV, "whsec_!!!")],
+        "WD_WEBHOOK_SECRET",
+    );
+    check_err(
+        &["--notify", "log"],
+        Some("[webhook]\nsecrets = [\"nope\"]\n"),
+        &[],
+        "line 2",
+    );
+    check_err(
+        &["--notify", "log"],
+        Some("read_only = \"yes\"\n"),
+        &[],
+        "invalid type: string \"yes\", expected a boolean",
+    );
+    check_err(
+        &["--notify", "log"],
+        Some("log_format = \"xml\"\n"),
+        &[],
+        "unknown variant `xml`, expected `text` or `json`",
+    );
+}
+
+#[test]
+fn a_good_configuration_builds_every_backend() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("wd.toml");
+    write_private(
+        &p,
+        &format!(
+            r#"host = "compute-7"
+notify = ["log"]
+spool = "{spool}"
+[webhook]
+timeout_secs = 3
+[[webhook.projects]]
+project = "p1"
+url = "http://127.0.0.1:9/p1"
+secrets = ["{SECRET}"]
+[amqp]
+url = "amqp://guest@127.0.0.1:5672/%2f"
+exchange = "nova"
+durable = false
+priority = "warn"
+[coalesce]
+window_secs = 30
+"#,
+            spool = dir.path().join("spool").display()
+        ),
+    );
+    let a = args(&[
+        "--config",
+        &p.display().to_string(),
+        "--notify",
+        "http://127.0.0.1:9/ops",
+        // Already in the file: must not become a second log backend.
+        "--notify",
+        "log",
+    ]);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let plan = rt
+        .block_on(async {
+            plan(&a, &|k| match k {
+                SECRET_ENV => Some(SECRET.to_owned()),
+                AMQP_PASSWORD_ENV => Some("p@ss word".to_owned()),
+                _ => None,
+            })
+        })
+        .unwrap();
+    let names: Vec<_> = plan.backends.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        ["log", "amqp amqp://***@127.0.0.1:5672/%2f", "webhook"]
+    );
+    assert_eq!(plan.runtime.host, "compute-7");
+    assert_eq!(plan.runtime.coalesce.window, Duration::from_secs(30));
+    assert_eq!(plan.runtime.listener.uri, "qemu:///system");
+    assert!(plan.runtime.listener.read_only, "read-only by default");
+    assert!(!plan.wait);
+}
+
+#[test]
+fn passwords_are_found_in_any_node_and_urls_redacted() {
+    assert_eq!(redact("amqp://u:p@h:5672/v"), "amqp://***@h:5672/v");
+    assert_eq!(redact("http://h/x"), "http://h/x");
+    assert!(has_password("amqp://u:p@h/"));
+    assert!(!has_password("amqp://u@h/"));
+    assert!(has_password("rabbit://u@h1:5672,u:p@h2:5672/"));
+    assert!(!has_password("rabbit://u@h1:5672,u@h2:5672/"));
+    assert!(
+        has_password("rabbit://u:p@h1:bad/"),
+        "unparsable still counts"
+    );
+    assert!(is_broker("RABBIT://h/") && is_broker("amqps://h") && !is_broker("http://h"));
+}
