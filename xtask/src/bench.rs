@@ -12,7 +12,7 @@
 //!    `bench-live` binary of `wd-e2e` (latency against `virsh event`,
 //!    the agent's RSS and CPU), with libvirtd and RabbitMQ started here if
 //!    they are not running, and stopped again afterwards.
-//! 5. and 6. Fleet scale, the `bench-scale` binary of `wd-e2e`: churn of
+//! 6. and 7. Fleet scale, the `bench-scale` binary of `wd-e2e`: churn of
 //!    10,000 domains on the test driver and fan-out to 1,000 project
 //!    endpoints always; with live parts also the catch-up of 100, 1,000 and
 //!    5,000 domains on the system libvirtd and `wdctl watch` side by side
@@ -85,6 +85,10 @@ pub fn run(args: &[&str]) -> Result<()> {
     setup::cmd_ok(cargo().args(["bench", "-p", "wd-compute", "--bench", "pipeline"]))?;
     part2(&mut figures, since)?;
 
+    eprintln!("xtask: part 5, isolation between destinations (criterion, wd-notify)");
+    setup::cmd_ok(cargo().args(["bench", "-p", "wd-notify", "--bench", "isolation"]))?;
+    part5(&mut figures, since)?;
+
     // Write what was measured even when a live part fails, then report it.
     let live_result = if live {
         live_parts(&mut figures)
@@ -111,6 +115,58 @@ pub fn run(args: &[&str]) -> Result<()> {
         println!("{:<48} {:>14} {}", f.name, fmt_value(f.value), f.unit);
     }
     live_result.and(scale_result)
+}
+
+/// Part 5: a healthy destination's delivery latency beside 0, 1 and 10 hung
+/// destinations holding 100 pending entries each: criterion's median, and
+/// the p50/p99 (with ratios to none hung) that the bench writes to
+/// `target/criterion/isolation-quantiles.json`.
+fn part5(figures: &mut Vec<Figure>, since: SystemTime) -> Result<()> {
+    let method = "Router with one durable queue per destination (group commit) in a temp dir; the healthy destination is a channel; each hung destination never answers and holds 100 pending entries; one sample = Router::notify until the healthy receiver has the notification";
+    let path = target_dir()
+        .join("criterion")
+        .join("isolation-quantiles.json");
+    let fresh = std::fs::metadata(&path)
+        .and_then(|m| m.modified())
+        .is_ok_and(|t| t >= since);
+    if !fresh {
+        bail!("{} was not written by this run", path.display());
+    }
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
+    let rows: Value =
+        serde_json::from_str(&text).with_context(|| format!("parse {}", path.display()))?;
+    for row in rows
+        .as_array()
+        .context("isolation quantiles: not an array")?
+    {
+        let hung = row["hung"].as_u64().context("hung")?;
+        let median = median_ns(&format!("isolation/hung/{hung}"), since)? / 1000.0;
+        push(
+            figures,
+            5,
+            &format!("isolation_{hung}_hung_median"),
+            median,
+            "µs",
+            &format!("criterion median, 20 samples; {method}"),
+        );
+        for key in ["p50_us", "p99_us", "p50_ratio", "p99_ratio"] {
+            let v = row[key].as_f64().with_context(|| key.to_owned())?;
+            let (name, unit) = match key.strip_suffix("_us") {
+                Some(q) => (format!("isolation_{hung}_hung_{q}"), "µs"),
+                None => (format!("isolation_{hung}_hung_{key}"), "× none hung"),
+            };
+            push(
+                figures,
+                5,
+                &name,
+                v,
+                unit,
+                &format!("2,000 notifications after criterion; {method}"),
+            );
+        }
+    }
+    Ok(())
 }
 
 /// The median point estimate (ns) of a criterion benchmark, from
@@ -272,6 +328,11 @@ fn part2(figures: &mut Vec<Figure>, since: SystemTime) -> Result<()> {
             "pipeline_spool_group_commit_8_pipelines",
             "spool, group commit, 8 pipelines sharing it",
         ),
+        (
+            "router_3_queues_8_pipelines",
+            "pipeline_router_3_queues_8_pipelines",
+            "one durable queue per destination (3: operator, bus, log), group commit each, written in parallel, 8 pipelines",
+        ),
     ] {
         let ns = median_ns(&format!("pipeline/{id}"), since)?;
         let rate = 1e9 / ns;
@@ -349,15 +410,15 @@ fn live_parts(figures: &mut Vec<Figure>) -> Result<()> {
     })
 }
 
-/// Parts 5 and 6: the `bench-scale` binary of `wd-e2e`. Churn (test driver) and
+/// Parts 6 and 7: the `bench-scale` binary of `wd-e2e`. Churn (test driver) and
 /// fan-out (loopback) always; the catch-up and the baseline comparison
 /// only with `live`, since they need the system libvirtd and real guests.
 fn scale_parts(figures: &mut Vec<Figure>, live: bool) -> Result<()> {
-    eprintln!("xtask: parts 5 and 6, fleet scale and the baseline agent");
+    eprintln!("xtask: parts 6 and 7, fleet scale and the baseline agent");
     setup::cmd_ok(cargo().args(["build", "--release", "-p", "wdctl"]))?;
     setup::cmd_ok(cargo().args(["build", "--release", "-p", "wd-e2e", "--bin", "bench-scale"]))?;
     let exe = target_dir().join("release").join("bench-scale");
-    let part_of = |name: &str| if name.contains("baseline") { 6 } else { 5 };
+    let part_of = |name: &str| if name.contains("baseline") { 7 } else { 6 };
     let mut result = Ok(());
     for (what, shared) in [("churn", false), ("fanout", false)] {
         eprintln!("xtask: bench-scale {what}");
@@ -665,8 +726,9 @@ fn markdown(figures: &[Figure], env: &[(&str, String)], live: bool) -> String {
             "3. Latency against libvirt's own client, on a real guest",
         ),
         (4, "4. Resource cost of the agent"),
-        (5, "5. Fleet scale: catch-up, churn, fan-out"),
-        (6, "6. Side by side with a baseline agent"),
+        (5, "5. Isolation between destinations"),
+        (6, "6. Fleet scale: catch-up, churn, fan-out"),
+        (7, "7. Side by side with a baseline agent"),
     ];
     for (part, title) in parts {
         let _ = writeln!(s, "\n## {title}\n");
@@ -737,7 +799,7 @@ one clock tick (10 ms); 10 ms in a 10 s window is 0.1 % of one core. The \
 agent has no polling loop on the hot path; what idle CPU there is comes from \
 libvirt's keepalive and the listener's periodic liveness check (every 5 s) \
 and re-check (every 60 s).
-- **Part 5, catch-up**: one `virConnectListAllDomains` round-trip lists every \
+- **Part 6, catch-up**: one `virConnectListAllDomains` round-trip lists every \
 domain; only an active domain costs a state call, and only an active domain \
 not yet handed out since it started, or one paused by its watchdog, costs its \
 XML. A shut-off domain cannot fire before a `started` event, which brings its \
@@ -746,7 +808,7 @@ XML. The time counts from the start of the connection attempt, so at 100 and \
 per-domain ratio is far below 1 (per-domain cost does not grow); compare \
 `catchup_5000_domains_ms` for the slope. RssAnon holds one small directory \
 entry per active domain, nothing per shut-off domain.
-- **Part 5, churn**: the directory forgets a stopped or undefined domain after \
+- **Part 6, churn**: the directory forgets a stopped or undefined domain after \
 its grace period (60 s), the listener keeps per-domain state only for \
 domains that matter, and maps give their capacity back. What remains after \
 the first wave is what the allocator keeps of freed small blocks (glibc does \
@@ -754,12 +816,12 @@ not return a heap page while any block on it lives): \
 `churn_rss_anon_growth_second_wave` shows whether a further wave of 10,000 \
 grows it again (a leak) or reuses it. With the test driver, its domains live \
 in the measured process too.
-- **Part 5, fan-out**: all 1,000 firings arrive at once. The pipeline hands one \
+- **Part 6, fan-out**: all 1,000 firings arrive at once. The pipeline hands one \
 notification at a time to the spool, which accepts it once it is fsynced, so \
 the queue drains at about the spool's rate (`pipeline_spool_per_entry` in \
 part 2) and the p99 is the wait of the last firings in that queue, not the \
 delivery to the endpoints.
-- **Part 6**: the baseline (`crates/wd-e2e/fixtures/baseline_agent.py`) is the \
+- **Part 7**: the baseline (`crates/wd-e2e/fixtures/baseline_agent.py`) is the \
 floor of what such an agent does: no spool (nothing survives a crash or an \
 endpoint outage), no signature, no retry, no catch-up (a pause while it is \
 disconnected or restarting is lost), no per-project routing. `wdctl watch` \

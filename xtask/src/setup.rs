@@ -30,6 +30,9 @@ pub const PACKAGES: &[&str] = &[
     "adduser",
     "lintian",
     "systemd",
+    // The hostile-endpoint tests' self-signed TLS endpoint (`openssl req`,
+    // `openssl s_server`).
+    "openssl",
     // The venv with Ceilometer and Aodh from PyPI (`python3 -m venv`).
     "python3-venv",
     // The baseline agent `cargo xtask bench` compares with (a Python script

@@ -81,10 +81,20 @@ struct Stack {
     notifier: Arc<dyn Notifier>,
     delivered: Arc<AtomicU64>,
     spool: Option<Arc<Spool>>,
+    router: Option<Arc<wd_notify::Router>>,
     _dir: Option<tempfile::TempDir>,
 }
 
-fn stack(rt: &Runtime, sync: Option<SyncMode>) -> Stack {
+/// What delivers: nothing durable, one spool, or a router with one durable
+/// queue per destination (here three: the counted channel and two more).
+#[derive(Clone, Copy)]
+enum Shape {
+    Direct,
+    Spool(SyncMode),
+    Router,
+}
+
+fn stack(rt: &Runtime, shape: Shape) -> Stack {
     let (channel, mut rx) = ChannelNotifier::channel(4096);
     let delivered = Arc::new(AtomicU64::new(0));
     let count = delivered.clone();
@@ -94,14 +104,50 @@ fn stack(rt: &Runtime, sync: Option<SyncMode>) -> Stack {
         }
     });
     let coalesce = CoalesceConfig::default().max_instances(1 << 22);
-    match sync {
-        None => Stack {
+    match shape {
+        Shape::Direct => Stack {
             notifier: Arc::new(rt.block_on(async { Coalesce::new(channel, coalesce) })),
             delivered,
             spool: None,
+            router: None,
             _dir: None,
         },
-        Some(mode) => {
+        Shape::Router => {
+            use wd_notify::{Destination, DestinationKind, Route, Router, RouterDefaults};
+            let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
+            let drained = |rt: &Runtime| {
+                let (n, mut rx) = ChannelNotifier::channel(4096);
+                rt.spawn(async move { while rx.recv().await.is_some() {} });
+                Arc::new(n) as Arc<dyn Notifier>
+            };
+            let dests = vec![
+                Destination::new(
+                    "operator",
+                    DestinationKind::Operator,
+                    Route::All,
+                    Arc::new(channel),
+                ),
+                Destination::new("bus", DestinationKind::Bus, Route::All, drained(rt)),
+                Destination::new("log", DestinationKind::Log, Route::All, drained(rt)),
+            ];
+            let defaults = RouterDefaults {
+                queue: SpoolConfig::default().max_entries(1 << 20),
+                ..RouterDefaults::default()
+            };
+            let router = Arc::new(
+                rt.block_on(async { Router::open(Some(dir.path()), dests, &defaults) })
+                    .expect("router"),
+            );
+            let notifier = Arc::new(rt.block_on(async { Coalesce::new(router.clone(), coalesce) }));
+            Stack {
+                notifier,
+                delivered,
+                spool: None,
+                router: Some(router),
+                _dir: Some(dir),
+            }
+        }
+        Shape::Spool(mode) => {
             let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
             let config = SpoolConfig::default().sync(mode).max_entries(1 << 20);
             let spool = Arc::new(
@@ -113,6 +159,7 @@ fn stack(rt: &Runtime, sync: Option<SyncMode>) -> Stack {
                 notifier,
                 delivered,
                 spool: Some(spool),
+                router: None,
                 _dir: Some(dir),
             }
         }
@@ -187,21 +234,36 @@ fn pipeline(c: &mut Criterion) {
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(3));
     let cases = [
-        ("no_spool", None, 1),
-        ("spool_per_entry", Some(SyncMode::PerEntry), 1),
-        ("spool_group_commit", Some(SyncMode::GroupCommit), 1),
-        ("spool_per_entry_8_pipelines", Some(SyncMode::PerEntry), 8),
+        ("no_spool", Shape::Direct, 1),
+        ("spool_per_entry", Shape::Spool(SyncMode::PerEntry), 1),
+        ("spool_group_commit", Shape::Spool(SyncMode::GroupCommit), 1),
         (
-            "spool_group_commit_8_pipelines",
-            Some(SyncMode::GroupCommit),
+            "spool_per_entry_8_pipelines",
+            Shape::Spool(SyncMode::PerEntry),
             8,
         ),
+        (
+            "spool_group_commit_8_pipelines",
+            Shape::Spool(SyncMode::GroupCommit),
+            8,
+        ),
+        // Three destinations, each its own durable queue (group commit),
+        // written in parallel: what `wdctl watch --spool` runs.
+        ("router_3_queues_8_pipelines", Shape::Router, 8),
     ];
-    for (name, sync, pipelines) in cases {
-        let stack = stack(&rt, sync);
+    for (name, shape, pipelines) in cases {
+        let stack = stack(&rt, shape);
         g.bench_function(name, |b| {
             b.iter_custom(|iters| drive(&rt, &stack, iters, pipelines))
         });
+        if let Some(router) = &stack.router {
+            for (dest, stats) in rt.block_on(router.shutdown(Duration::from_secs(5))) {
+                eprintln!(
+                    "pipeline {name} {dest}: accepted {}, delivered {}, pending {}",
+                    stats.accepted, stats.delivered, stats.pending
+                );
+            }
+        }
         if let Some(spool) = &stack.spool {
             let stats = rt.block_on(spool.shutdown(Duration::from_secs(5)));
             eprintln!(

@@ -1,5 +1,6 @@
-//! The whole runtime in one value: listener → pipeline → coalesce → spool →
-//! fanout → retry → backends, started and stopped cleanly.
+//! The whole runtime in one value: listener → pipeline → coalesce → router
+//! → one queue per destination → retry → destination, started, watched and
+//! stopped cleanly.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -9,8 +10,8 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use wd_events::ListenerConfig;
 use wd_notify::{
-    Coalesce, CoalesceConfig, CoalesceStats, Fanout, FanoutConfig, Notifier, Retry, RetryConfig,
-    Spool, SpoolConfig, SpoolStats,
+    Coalesce, CoalesceConfig, CoalesceStats, Destination, DestinationStatus, Notifier, RetryConfig,
+    Router, RouterDefaults, SpoolConfig, SpoolStats,
 };
 
 use crate::directory::InstanceDirectory;
@@ -19,30 +20,37 @@ use crate::ledger::Ledger;
 use crate::pipeline::{Pipeline, PipelineStats};
 use crate::pulse::PulseHook;
 
-/// Everything the runtime needs besides its backends.
+/// Everything the runtime needs besides its destinations.
 #[derive(Debug, Clone)]
 pub struct RuntimeConfig {
     /// The compute host's name, carried in every notification.
     pub host: String,
     /// Where and how to listen to libvirt.
     pub listener: ListenerConfig,
-    /// The durable spool's directory (which also holds the episode ledger).
-    /// `None` delivers straight from memory: nothing survives a crash.
+    /// The spool root: each destination's durable queue lives in
+    /// `<spool_dir>/dest/<kind>-<hash>/`, beside the episode ledger. `None`
+    /// keeps the queues in memory: refused notifications are still retried
+    /// while the process runs, but nothing survives a crash.
     pub spool_dir: Option<PathBuf>,
-    /// Spool settings.
+    /// Each destination's queue settings (bounds, retry delays), unless the
+    /// destination sets its own.
     pub spool: SpoolConfig,
     /// Storm control.
     pub coalesce: CoalesceConfig,
-    /// Retry around each backend.
+    /// Retry around each destination, unless the destination sets its own.
     pub retry: RetryConfig,
-    /// Fan-out settings.
-    pub fanout: FanoutConfig,
     /// How long a graceful shutdown keeps delivering before it leaves the
-    /// rest in the spool.
+    /// rest in the queues.
     pub shutdown_grace: Duration,
     /// Where the pipeline reports readiness and liveness (for systemd's
     /// `Type=notify` and `WatchdogSec=`), if anywhere.
     pub pulse: Option<PulseHook>,
+    /// How often the delivery health line is logged. Default 5 min.
+    pub health_interval: Duration,
+    /// Test hook: the pipeline task panics after this long, to show that a
+    /// core task's death is reported by [`Runtime::failed`].
+    #[doc(hidden)]
+    pub fault_pipeline_panic_after: Option<Duration>,
 }
 
 impl RuntimeConfig {
@@ -55,13 +63,14 @@ impl RuntimeConfig {
             spool: SpoolConfig::default(),
             coalesce: CoalesceConfig::default(),
             retry: RetryConfig::default(),
-            fanout: FanoutConfig::default(),
             shutdown_grace: Duration::from_secs(5),
             pulse: None,
+            health_interval: Duration::from_secs(300),
+            fault_pipeline_panic_after: None,
         }
     }
 
-    /// Sets the durable spool directory.
+    /// Sets the spool root.
     #[must_use]
     pub fn spool_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.spool_dir = Some(dir.into());
@@ -83,55 +92,53 @@ pub struct RuntimeReport {
     pub pipeline: PipelineStats,
     /// Storm control's counters.
     pub coalesce: CoalesceStats,
-    /// The spool's final counters, if there was a spool.
-    pub spool: Option<SpoolStats>,
+    /// Each destination's final queue counters.
+    pub destinations: Vec<(String, SpoolStats)>,
 }
 
-enum Delivery {
-    Spooled(Arc<Spool>),
-    Direct(Arc<Fanout>),
-}
-
-impl Delivery {
-    fn notifier(&self) -> Arc<dyn Notifier> {
-        match self {
-            Delivery::Spooled(s) => s.clone(),
-            Delivery::Direct(f) => f.clone(),
-        }
+impl RuntimeReport {
+    /// Entries left waiting in all queues.
+    pub fn pending(&self) -> u64 {
+        self.destinations.iter().map(|(_, s)| s.pending).sum()
     }
 }
 
-/// A running watchdog runtime. Stop it with [`Runtime::shutdown`].
+/// A running watchdog runtime. Stop it with [`Runtime::shutdown`]; watch it
+/// with [`Runtime::failed`].
 pub struct Runtime {
-    task: JoinHandle<PipelineStats>,
+    task: Option<JoinHandle<PipelineStats>>,
+    finished: Option<PipelineStats>,
     stop: oneshot::Sender<()>,
     coalesce: Arc<Coalesce<Arc<dyn Notifier>>>,
-    delivery: Delivery,
+    router: Arc<Router>,
+    health: JoinHandle<()>,
     grace: Duration,
 }
 
 impl std::fmt::Debug for Runtime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Runtime").finish_non_exhaustive()
+        f.debug_struct("Runtime")
+            .field("router", &self.router)
+            .finish_non_exhaustive()
     }
 }
 
 impl Runtime {
-    /// Builds the delivery stack over `backends` (name, notifier), opens the
-    /// spool (delivering what earlier runs left) and starts listening.
+    /// Opens one queue per destination (delivering what earlier runs left,
+    /// and draining a spool in the old shared layout), and starts listening.
     /// Must be called inside a Tokio runtime.
     ///
     /// # Errors
     ///
-    /// The spool or the ledger cannot be opened, or the libvirt event loop
+    /// A queue or the ledger cannot be opened, or the libvirt event loop
     /// cannot be started.
-    pub fn start(
+    pub fn start<D: Into<Destination>>(
         config: RuntimeConfig,
         directory: Arc<dyn InstanceDirectory>,
-        backends: Vec<(String, Arc<dyn Notifier>)>,
+        destinations: Vec<D>,
     ) -> Result<Runtime> {
         let items = wd_events::listen(config.listener.clone()).map_err(Error::Listen)?;
-        Self::start_with(config, directory, backends, items)
+        Self::start_with(config, directory, destinations, items)
     }
 
     /// [`Runtime::start`] over any stream of listener items (for tests, or a
@@ -139,67 +146,154 @@ impl Runtime {
     ///
     /// # Errors
     ///
-    /// The spool or the ledger cannot be opened.
-    pub fn start_with<S>(
+    /// A queue or the ledger cannot be opened.
+    pub fn start_with<S, D>(
         config: RuntimeConfig,
         directory: Arc<dyn InstanceDirectory>,
-        backends: Vec<(String, Arc<dyn Notifier>)>,
+        destinations: Vec<D>,
         items: S,
     ) -> Result<Runtime>
     where
         S: futures::Stream<Item = wd_events::Item> + Send + 'static,
+        D: Into<Destination>,
     {
-        let fanout = backends
-            .into_iter()
-            .fold(Fanout::new(config.fanout.clone()), |f, (name, b)| {
-                f.with(name, Retry::new(b, config.retry.clone()))
-            });
-        let (delivery, ledger) = match &config.spool_dir {
-            Some(dir) => {
-                let spool = Spool::open(dir, config.spool.clone(), fanout).map_err(Error::Spool)?;
-                let ledger = Ledger::open(dir.join("episodes.json"))?;
-                (Delivery::Spooled(Arc::new(spool)), ledger)
-            }
-            None => (Delivery::Direct(Arc::new(fanout)), Ledger::in_memory()),
+        let destinations: Vec<Destination> = destinations.into_iter().map(Into::into).collect();
+        let defaults = RouterDefaults {
+            queue: config.spool.clone(),
+            retry: config.retry.clone(),
         };
-        let coalesce = Arc::new(Coalesce::new(delivery.notifier(), config.coalesce.clone()));
+        let router = Arc::new(
+            Router::open(config.spool_dir.as_deref(), destinations, &defaults)
+                .map_err(Error::Spool)?,
+        );
+        let ledger = match &config.spool_dir {
+            Some(dir) => Ledger::open(dir.join("episodes.json"))?,
+            None => Ledger::in_memory(),
+        };
+        let delivery: Arc<dyn Notifier> = router.clone();
+        let coalesce = Arc::new(Coalesce::new(delivery, config.coalesce.clone()));
         let mut pipeline = Pipeline::new(config.host.clone(), directory, coalesce.clone(), ledger);
         if let Some(hook) = config.pulse.clone() {
             pipeline = pipeline.with_pulse(hook);
         }
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(pipeline.run(items, async move {
+        let run = pipeline.run(items, async move {
             let _ = stopped.await;
-        }));
+        });
+        let fault = config.fault_pipeline_panic_after;
+        let task = tokio::spawn(async move {
+            let Some(after) = fault else {
+                return run.await;
+            };
+            tokio::pin!(run);
+            tokio::select! {
+                stats = &mut run => stats,
+                () = tokio::time::sleep(after) => panic!("injected test fault in the pipeline task"),
+            }
+        });
+        let health = tokio::spawn(health(
+            router.clone(),
+            config.health_interval.max(Duration::from_secs(1)),
+        ));
         Ok(Runtime {
-            task,
+            task: Some(task),
+            finished: None,
             stop,
             coalesce,
-            delivery,
+            router,
+            health,
             grace: config.shutdown_grace,
         })
     }
 
+    /// Every destination's state now: backlog, drops, deliveries, failures
+    /// and last error (for metrics and `wdctl status`).
+    pub fn status(&self) -> Vec<DestinationStatus> {
+        self.router.status()
+    }
+
+    /// The router, for a driver (or a test) that needs more than
+    /// [`Runtime::status`].
+    pub fn router(&self) -> &Arc<Router> {
+        &self.router
+    }
+
+    /// Resolves when a core task has died: the pipeline task ended on its
+    /// own (it panicked, or the listener's stream ended) or a queue's writer
+    /// thread died. Returns one line saying which. The process should log it
+    /// and exit non-zero, so that its service manager restarts it and the
+    /// queues replay. Cancel-safe; pending forever once reported.
+    pub async fn failed(&mut self) -> String {
+        loop {
+            let Some(task) = self.task.as_mut() else {
+                return std::future::pending().await;
+            };
+            tokio::select! {
+                joined = task => {
+                    self.task = None;
+                    return match joined {
+                        Ok(stats) => {
+                            self.finished = Some(stats);
+                            "the pipeline task ended: the libvirt listener stopped".to_owned()
+                        }
+                        Err(e) if e.is_panic() => {
+                            self.finished = Some(PipelineStats::default());
+                            let payload = e.into_panic();
+                            let what = payload
+                                .downcast_ref::<&str>()
+                                .map(|s| (*s).to_owned())
+                                .or_else(|| payload.downcast_ref::<String>().cloned())
+                                .unwrap_or_default();
+                            format!("the pipeline task panicked: {what}")
+                        }
+                        Err(e) => {
+                            self.finished = Some(PipelineStats::default());
+                            format!("the pipeline task failed: {e}")
+                        }
+                    };
+                }
+                () = tokio::time::sleep(Duration::from_millis(500)) => {
+                    if let Some(name) = self.router.dead_writer() {
+                        return format!("the queue writer of destination {name} died");
+                    }
+                }
+            }
+        }
+    }
+
     /// Stops listening, flushes folded repeats, delivers what it can within
-    /// the grace period and leaves the rest in the spool.
-    pub async fn shutdown(self) -> RuntimeReport {
+    /// the grace period and leaves the rest in the queues.
+    pub async fn shutdown(mut self) -> RuntimeReport {
         let _ = self.stop.send(());
-        let pipeline = self.task.await.unwrap_or_else(|e| {
-            tracing::error!(error = %e, "the watchdog pipeline task failed; its counters are lost");
-            PipelineStats::default()
-        });
+        let pipeline = match self.task.take() {
+            Some(task) => task.await.unwrap_or_else(|e| {
+                tracing::error!(error = %e, "the watchdog pipeline task failed; its counters are lost");
+                PipelineStats::default()
+            }),
+            None => self.finished.take().unwrap_or_default(),
+        };
         if let Err(e) = self.coalesce.shutdown().await {
             tracing::warn!(error = %e, "could not hand over folded repeats at shutdown");
         }
         let coalesce = self.coalesce.stats();
-        let spool = match &self.delivery {
-            Delivery::Spooled(s) => Some(s.shutdown(self.grace).await),
-            Delivery::Direct(_) => None,
-        };
+        self.health.abort();
+        let destinations = self.router.shutdown(self.grace).await;
         RuntimeReport {
             pipeline,
             coalesce,
-            spool,
+            destinations,
         }
+    }
+}
+
+/// Logs one line with every destination's backlog and last error, every
+/// `every` (the first after one interval).
+async fn health(router: Arc<Router>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        tracing::info!(destinations = %router.health_line(), "delivery health");
     }
 }

@@ -103,6 +103,21 @@ impl Agent {
         }
     }
 
+    /// Waits up to `timeout` for the agent to exit on its own; returns its
+    /// exit code (-1 for a signal), or `None` if it is still running.
+    pub fn wait_exit(&mut self, timeout: Duration) -> anyhow::Result<Option<i32>> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(Some(status.code().unwrap_or(-1)));
+            }
+            if std::time::Instant::now() >= deadline {
+                return Ok(None);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// The agent's log so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()

@@ -9,4 +9,5 @@
 
 pub mod agent;
 pub mod guest;
+pub mod hostile;
 pub mod receiver;

@@ -737,3 +737,117 @@ async fn libvirtd_sigterm_stops_the_agent_cleanly() {
     assert!(text.contains("wdctl watch stopped"), "{text}");
     eprintln!("stopped in {:.2} s", took.as_secs_f64());
 }
+
+/// Project A's endpoints are all hostile (hang, 503 with a u64::MAX
+/// Retry-After, 503 forever, a dripping body, connection resets, a
+/// self-signed certificate, 410 Gone). A's guest pauses and every one of
+/// them gets the notification; then B's guest pauses, and B's own endpoint
+/// has it within 1 s of the firing. The agent is still alive and never
+/// panicked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn libvirtd_hostile_endpoints_of_one_project_delay_no_other_project() {
+    use wd_e2e::hostile::{Behaviour, Hostile};
+    let _serial = SERIAL.lock().await;
+    let Some(_libvirtd) = wd_testkit::libvirtd() else {
+        return;
+    };
+    let Some(assets) = wd_testkit::guest::assets() else {
+        return;
+    };
+    let receiver = Receiver::start_with(OPERATOR_SECRET, &[(PROJECT_B, SECRET_B)])
+        .await
+        .unwrap();
+    let mut hostiles = Vec::new();
+    for b in Behaviour::ALL {
+        hostiles.push(Hostile::start(b).await.unwrap());
+    }
+    let dir = Scratch::new("wd-e2e-hostile");
+    let project_a = uuid::Uuid::new_v4().simple().to_string();
+    let project_b = uuid::Uuid::new_v4().simple().to_string();
+    let mut text = format!(
+        "host = \"{HOST}\"\nnotify = [\"{ops}\"]\nspool = \"{spool}\"\nwait = true\n\n\
+         [[webhook.projects]]\nproject = \"{project_b}\"\nurl = \"{url_b}\"\nsecrets = [\"{SECRET_B}\"]\n",
+        ops = receiver.url(OPS),
+        spool = dir.0.join("spool").display(),
+        url_b = receiver.url(PROJECT_B),
+    );
+    for h in &hostiles {
+        text.push_str(&format!(
+            "\n[[webhook.projects]]\nproject = \"{project_a}\"\nurl = \"{}\"\nsecrets = [\"{SECRET_A}\"]\n",
+            h.url()
+        ));
+    }
+    let config = dir.0.join("wd.toml");
+    std::fs::write(&config, text).unwrap();
+    let mut agent = Agent::start(&config, OPERATOR_SECRET, &dir.0.join("agent.log")).unwrap();
+    agent.wait_ready(Duration::from_secs(60)).await.unwrap();
+
+    let spec = |project: &str, tag: &str| {
+        let name = wd_testkit::unique_name(&format!("wd-e2e-hostile-{tag}"));
+        GuestSpec::new(&name, "pause").with_nova(NovaOwner {
+            display_name: format!("web-{tag}"),
+            flavor: "m1.tiny".into(),
+            user_id: format!("user-{tag}"),
+            project_id: project.to_owned(),
+        })
+    };
+    let guest_a = start(spec(&project_a, "a"), &assets);
+    let got = receiver
+        .wait_for(Duration::from_secs(60), |all| {
+            !of(all, OPS, &guest_a).is_empty()
+        })
+        .await;
+    assert!(
+        !of(&got, OPS, &guest_a).is_empty(),
+        "A's pause reached the operator; log:\n{}",
+        agent.log_text()
+    );
+    // Every hostile endpoint has been tried (except the TLS one, which is
+    // counted by openssl, not by us).
+    for h in hostiles.iter().filter(|h| h.behaviour != Behaviour::BadTls) {
+        let t0 = Instant::now();
+        while h.connections() == 0 && t0.elapsed() < Duration::from_secs(10) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(h.connections() > 0, "{:?} was never tried", h.behaviour);
+    }
+
+    let guest_b = start(spec(&project_b, "b"), &assets);
+    let mut arrived = None;
+    let t0 = Instant::now();
+    while arrived.is_none() && t0.elapsed() < Duration::from_secs(60) {
+        let got = receiver
+            .wait_for(Duration::from_millis(20), |all| {
+                !of(all, PROJECT_B, &guest_b).is_empty()
+            })
+            .await;
+        if let Some(r) = of(&got, PROJECT_B, &guest_b).first() {
+            arrived = Some((std::time::SystemTime::now(), r.clone()));
+        }
+    }
+    let (at, r) = arrived.expect("B's pause reached B's endpoint");
+    let n = wd_notify::Notification::from_json(&r.data().to_string()).unwrap();
+    let fired = std::time::SystemTime::from(n.fired_at);
+    let took = at.duration_since(fired).unwrap_or_default();
+    eprintln!("project B notified {took:?} after its firing");
+    assert!(took < Duration::from_secs(1), "project B waited {took:?}");
+    check_notification(&r, &guest_b, "pause", false);
+    assert!(
+        of(&receiver.accepted(), PROJECT_B, &guest_a).is_empty(),
+        "A's event never reaches B"
+    );
+
+    assert_eq!(
+        agent.log_count(&["panicked"]),
+        0,
+        "log:\n{}",
+        agent.log_text()
+    );
+    assert!(
+        agent.log_count(&["delivery attempt failed", "certificate"]) > 0,
+        "the TLS failure's cause is logged; log:\n{}",
+        agent.log_text()
+    );
+    let code = agent.terminate(Duration::from_secs(10)).unwrap();
+    assert_eq!(code, 0, "the agent was alive and stops cleanly");
+}

@@ -39,7 +39,7 @@ mod signing;
 pub use config::{Endpoint, WebhookConfig};
 pub use error::{Error, Result};
 pub use event::{CONTENT_TYPE, EVENT_TYPE, SPEC_VERSION, body, source};
-pub use notifier::WebhookNotifier;
+pub use notifier::{WebhookEndpoint, WebhookNotifier};
 pub use signing::{
     DEFAULT_TOLERANCE, HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP, Secret, Verified, sign,
     verify, verify_at,

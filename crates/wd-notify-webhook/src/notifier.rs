@@ -1,6 +1,6 @@
 //! The webhook [`Notifier`]: delivery, outcomes, and per-endpoint bookkeeping.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -12,7 +12,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 use wd_notify::{BoxError, Notification, Notifier, NotifyError};
 
-use crate::config::{Routes, Target, WebhookConfig};
+use crate::config::{Endpoint, Routes, Target, WebhookConfig, redact_raw_url};
 use crate::error::{Error, Result};
 use crate::event;
 use crate::signing::{self, HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP};
@@ -58,9 +58,14 @@ impl WebhookNotifier {
             return Err(Error::InvalidTimeout);
         }
         let routes = Routes::new(&config)?;
+        // Three bounds on a hostile endpoint: the connect (TCP and TLS), each
+        // read (a server that stalls mid-answer), and the whole request. The
+        // response body is never read: only the status and `Retry-After`
+        // count, so a huge or dripping body costs nothing.
         let client = reqwest::Client::builder()
             .timeout(config.timeout)
             .connect_timeout(config.timeout.min(Duration::from_secs(10)))
+            .read_timeout(config.timeout)
             // The specification advises against following redirects: a
             // moved endpoint should be reconfigured, not chased.
             .redirect(reqwest::redirect::Policy::none())
@@ -72,6 +77,49 @@ impl WebhookNotifier {
             service: config.service,
             ledger: Mutex::new(Ledger::default()),
         })
+    }
+
+    /// Splits `config` into one notifier per endpoint, each with its own
+    /// HTTP client (and connection pool), so that each endpoint can have
+    /// its own queue and worker and a hostile endpoint delays no other.
+    /// Routing is unchanged: each notifier still sends only to its own
+    /// endpoint, and only for its owner's notifications.
+    ///
+    /// # Errors
+    ///
+    /// As [`WebhookNotifier::new`], for the whole configuration.
+    pub fn split(config: WebhookConfig) -> Result<Vec<WebhookEndpoint>> {
+        // Validates every endpoint first, so that an error names the first bad one.
+        WebhookNotifier::new(config.clone())?;
+        let single = |operator: Vec<Endpoint>, projects: BTreeMap<String, Vec<Endpoint>>| {
+            WebhookNotifier::new(WebhookConfig {
+                operator,
+                projects,
+                ..config.clone()
+            })
+        };
+        let mut out = Vec::new();
+        for e in &config.operator {
+            out.push(WebhookEndpoint {
+                project: None,
+                shown: redact_raw_url(&e.url),
+                fingerprint: fingerprint(None, &e.url),
+                notifier: single(vec![e.clone()], BTreeMap::new())?,
+            });
+        }
+        for (project, endpoints) in &config.projects {
+            for e in endpoints {
+                let mut map = BTreeMap::new();
+                map.insert(project.clone(), vec![e.clone()]);
+                out.push(WebhookEndpoint {
+                    project: Some(project.clone()),
+                    shown: redact_raw_url(&e.url),
+                    fingerprint: fingerprint(Some(project), &e.url),
+                    notifier: single(Vec::new(), map)?,
+                });
+            }
+        }
+        Ok(out)
     }
 
     /// The request body `notify` sends for `n`.
@@ -141,6 +189,38 @@ impl WebhookNotifier {
             Class::Reject => Outcome::Rejected(described),
         }
     }
+}
+
+/// One endpoint of a split configuration ([`WebhookNotifier::split`]).
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct WebhookEndpoint {
+    /// `None` for an operator endpoint (every notification), else the
+    /// project whose notifications it receives.
+    pub project: Option<String>,
+    /// The URL without credentials or query, for logs and status.
+    pub shown: String,
+    /// A stable identity: hex SHA-256 of the owner and the full URL. The URL
+    /// (and any credential in it) cannot be recovered from it, so it may name
+    /// files and directories.
+    pub fingerprint: String,
+    /// The notifier for this endpoint alone.
+    pub notifier: WebhookNotifier,
+}
+
+fn fingerprint(project: Option<&str>, url: &str) -> String {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    match project {
+        None => h.update(b"operator\0"),
+        Some(p) => {
+            h.update(b"project\0");
+            h.update(p.as_bytes());
+            h.update(b"\0");
+        }
+    }
+    h.update(url.as_bytes());
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[async_trait]
@@ -397,6 +477,39 @@ mod tests {
             );
         }
         assert!(WebhookNotifier::new(WebhookConfig::default()).is_ok());
+    }
+
+    #[test]
+    fn split_gives_one_notifier_per_endpoint_with_a_stable_fingerprint() {
+        let key = crate::Secret::from_bytes(&[7u8; 24]).unwrap();
+        let config = WebhookConfig::default()
+            .with_operator(Endpoint::new(
+                "https://u:pw@ops.example/h?t=1",
+                [key.clone()],
+            ))
+            .with_project("p1", Endpoint::new("https://a.example/1", [key.clone()]))
+            .with_project("p1", Endpoint::new("https://a.example/2", [key.clone()]))
+            .with_project("p2", Endpoint::new("https://a.example/1", [key]));
+        let parts = WebhookNotifier::split(config.clone()).unwrap();
+        let owners: Vec<_> = parts.iter().map(|p| p.project.as_deref()).collect();
+        assert_eq!(owners, [None, Some("p1"), Some("p1"), Some("p2")]);
+        assert_eq!(parts[0].shown, "https://***@ops.example/h?***");
+        let prints: std::collections::HashSet<_> =
+            parts.iter().map(|p| p.fingerprint.clone()).collect();
+        assert_eq!(
+            prints.len(),
+            4,
+            "the same URL for two projects is two endpoints"
+        );
+        let again = WebhookNotifier::split(config).unwrap();
+        assert_eq!(again[3].fingerprint, parts[3].fingerprint);
+        assert!(parts.iter().all(|p| p.fingerprint.len() == 64));
+        assert!(
+            WebhookNotifier::split(
+                WebhookConfig::default().with_project("p", Endpoint::new("ftp://x", []))
+            )
+            .is_err()
+        );
     }
 
     #[test]

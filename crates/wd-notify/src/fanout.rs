@@ -1,8 +1,7 @@
 //! Delivery to several backends at once.
 
-use std::collections::{HashMap, VecDeque};
 use std::fmt;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -12,26 +11,13 @@ use crate::model::Notification;
 use crate::notifier::{Notifier, NotifyError};
 
 /// [`Fanout`] settings.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FanoutConfig {
     /// The longest one backend's delivery may take before it counts as a
     /// retryable failure; `None` waits as long as the backend does. Put the
     /// deadline on a [`Retry`](crate::Retry) around each backend instead when
     /// you can.
     pub backend_timeout: Option<Duration>,
-    /// How many recent event ids to remember, with the backends that already
-    /// took them, so that a notification offered again (by a spool or a
-    /// retry around the fanout) goes only to the backends that still need it.
-    pub remember: usize,
-}
-
-impl Default for FanoutConfig {
-    fn default() -> Self {
-        FanoutConfig {
-            backend_timeout: None,
-            remember: 4096,
-        }
-    }
 }
 
 impl FanoutConfig {
@@ -39,13 +25,6 @@ impl FanoutConfig {
     #[must_use]
     pub fn backend_timeout(mut self, timeout: Duration) -> Self {
         self.backend_timeout = Some(timeout);
-        self
-    }
-
-    /// Sets [`FanoutConfig::remember`].
-    #[must_use]
-    pub fn remember(mut self, event_ids: usize) -> Self {
-        self.remember = event_ids;
         self
     }
 }
@@ -59,8 +38,6 @@ pub enum Outcome {
         /// How long the backend took.
         elapsed: Duration,
     },
-    /// Not offered again: this backend took the same event id before.
-    AlreadyDelivered,
     /// Failed (a timeout counts as a retryable failure).
     Failed(NotifyError),
 }
@@ -85,7 +62,7 @@ pub struct FanoutReport {
 }
 
 impl FanoutReport {
-    /// Whether every backend has the notification (now or before).
+    /// Whether every backend has the notification.
     pub fn all_delivered(&self) -> bool {
         self.failures().next().is_none()
     }
@@ -132,7 +109,6 @@ impl fmt::Display for FanoutReport {
             first = false;
             match &o.outcome {
                 Outcome::Delivered { .. } => write!(f, "{} delivered", o.backend)?,
-                Outcome::AlreadyDelivered => write!(f, "{} already delivered", o.backend)?,
                 Outcome::Failed(e) if e.is_retryable() => {
                     write!(f, "{} failed (retryable): {e}", o.backend)?
                 }
@@ -161,13 +137,6 @@ struct Backend {
     notifier: Arc<dyn Notifier>,
 }
 
-/// Which backends took which recent event ids (bit i = backend i).
-#[derive(Default)]
-struct Memory {
-    delivered: HashMap<Uuid, u128>,
-    order: VecDeque<Uuid>,
-}
-
 /// Delivers each notification to every backend concurrently.
 ///
 /// A failing or slow backend neither fails nor delays delivery to the
@@ -177,21 +146,17 @@ struct Memory {
 ///
 /// # Composing with retry and a spool
 ///
-/// Retry *inside* the fanout, per backend (`Fanout [ Retry(a), Retry(b) ]`,
-/// or with a spool per backend, `Fanout [ Spool(Retry(a)), Spool(Retry(b)) ]`),
-/// never around it, so one backend's outage costs the others nothing. When
-/// the whole fanout is offered the same event again (by a shared spool
-/// around it, or by a caller retrying), it goes only to the backends that
-/// do not have it yet: the fanout remembers, for the last
-/// [`FanoutConfig::remember`] event ids and in memory, which backends took
-/// them. Only after a process restart can a backend see an event twice,
-/// always with the same event id. The crate docs compare the two shapes.
+/// Retry *inside* the fanout, per backend (`Fanout [ Retry(a), Retry(b) ]`),
+/// never around it, so one backend's outage costs the others nothing. A
+/// fanout remembers nothing: offered the same event again, it sends it to
+/// every backend again. For durable delivery use a [`Router`](crate::Router)
+/// instead, which gives every destination its own queue and keeps each
+/// destination's progress on disk.
 ///
 /// At most 128 backends.
 pub struct Fanout {
     backends: Vec<Backend>,
     config: FanoutConfig,
-    memory: Mutex<Memory>,
 }
 
 impl fmt::Debug for Fanout {
@@ -218,7 +183,6 @@ impl Fanout {
         Fanout {
             backends: Vec::new(),
             config,
-            memory: Mutex::new(Memory::default()),
         }
     }
 
@@ -243,15 +207,10 @@ impl Fanout {
         self.backends.iter().map(|b| b.name.as_str())
     }
 
-    /// Delivers to every backend that has not taken this event id yet, and
-    /// reports each backend's outcome.
+    /// Delivers to every backend, and reports each backend's outcome.
     pub async fn deliver(&self, n: &Notification) -> FanoutReport {
-        let done = self.remembered(n.event_id);
         let timeout = self.config.backend_timeout;
-        let attempts = self.backends.iter().enumerate().map(|(i, b)| async move {
-            if done & (1u128 << i) != 0 {
-                return Outcome::AlreadyDelivered;
-            }
+        let attempts = self.backends.iter().map(|b| async move {
             let start = tokio::time::Instant::now();
             let result = match timeout {
                 Some(t) => match tokio::time::timeout(t, b.notifier.notify(n)).await {
@@ -272,16 +231,11 @@ impl Fanout {
         });
         let results = futures::future::join_all(attempts).await;
 
-        let mut now_done = done;
         let mut outcomes = Vec::with_capacity(results.len());
-        for (i, (b, outcome)) in self.backends.iter().zip(results).enumerate() {
+        for (b, outcome) in self.backends.iter().zip(results) {
             match &outcome {
                 Outcome::Delivered { elapsed } => {
-                    now_done |= 1u128 << i;
                     tracing::debug!(event_id = %n.event_id, backend = %b.name, ?elapsed, "fanout: delivered");
-                }
-                Outcome::AlreadyDelivered => {
-                    tracing::debug!(event_id = %n.event_id, backend = %b.name, "fanout: already delivered");
                 }
                 Outcome::Failed(e) => {
                     tracing::warn!(event_id = %n.event_id, backend = %b.name, retryable = e.is_retryable(), error = %e, "fanout: delivery failed");
@@ -292,33 +246,9 @@ impl Fanout {
                 outcome,
             });
         }
-        self.remember(n.event_id, now_done);
         FanoutReport {
             event_id: n.event_id,
             outcomes,
-        }
-    }
-
-    fn remembered(&self, id: Uuid) -> u128 {
-        let memory = self.memory.lock().unwrap_or_else(|p| p.into_inner());
-        memory.delivered.get(&id).copied().unwrap_or(0)
-    }
-
-    /// Records progress. A fully delivered event is remembered too, so that
-    /// a spool that replays it (an ack lost in a crash of the spool alone)
-    /// does not send it again.
-    fn remember(&self, id: Uuid, done: u128) {
-        if self.config.remember == 0 || done == 0 {
-            return;
-        }
-        let mut memory = self.memory.lock().unwrap_or_else(|p| p.into_inner());
-        if memory.delivered.insert(id, done).is_none() {
-            memory.order.push_back(id);
-            while memory.order.len() > self.config.remember {
-                if let Some(old) = memory.order.pop_front() {
-                    memory.delivered.remove(&old);
-                }
-            }
         }
     }
 }
@@ -343,24 +273,15 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn partial_failure_reports_each_backend_and_skips_done_ones_on_retry() {
+    async fn partial_failure_reports_each_backend_and_the_longest_retry_after() {
         let mut flaky = MockNotifier::new();
-        let mut calls = 0;
-        flaky.expect_notify().times(2).returning(move |_| {
-            calls += 1;
-            if calls == 1 {
-                Err(NotifyError::retryable("flaky down").with_retry_after(Duration::from_secs(3)))
-            } else {
-                Ok(())
-            }
+        flaky.expect_notify().times(1).returning(|_| {
+            Err(NotifyError::retryable("flaky down").with_retry_after(Duration::from_secs(3)))
         });
-        // `good` must be called exactly once although the event is offered twice.
         let fanout = Fanout::default()
             .with("good", ok_mock(1))
             .with("flaky", flaky);
-        let n = firing(1);
-
-        let report = fanout.deliver(&n).await;
+        let report = fanout.deliver(&firing(1)).await;
         assert!(matches!(
             report.outcomes[0].outcome,
             Outcome::Delivered { .. }
@@ -372,19 +293,6 @@ mod tests {
         let source = std::error::Error::source(&err).unwrap();
         let failure = source.downcast_ref::<FanoutFailure>().unwrap();
         assert_eq!(failure.0.failures().next().unwrap().0, "flaky");
-
-        let report = fanout.deliver(&n).await;
-        assert!(matches!(
-            report.outcomes[0].outcome,
-            Outcome::AlreadyDelivered
-        ));
-        assert!(matches!(
-            report.outcomes[1].outcome,
-            Outcome::Delivered { .. }
-        ));
-        assert!(report.all_delivered());
-        // A replay after full delivery goes nowhere.
-        fanout.notify(&n).await.unwrap();
     }
 
     #[tokio::test]
@@ -446,16 +354,5 @@ mod tests {
             report.outcomes[1].outcome,
             Outcome::Delivered { .. }
         ));
-    }
-
-    #[tokio::test]
-    async fn remembers_a_bounded_number_of_events() {
-        // With remember = 1, the first event is forgotten once a second one
-        // is delivered, so offering it again reaches the backend again.
-        let fanout = Fanout::new(FanoutConfig::default().remember(1)).with("b", ok_mock(3));
-        let (a, b) = (firing(1), firing(2));
-        fanout.notify(&a).await.unwrap();
-        fanout.notify(&b).await.unwrap();
-        fanout.notify(&a).await.unwrap();
     }
 }

@@ -1,6 +1,7 @@
 //! The watchdog notification model, the [`Notifier`] interface, and the
-//! pieces that make delivery dependable: [`Fanout`], [`Retry`],
-//! [`Coalesce`] (storm control) and [`Spool`] (a durable write-ahead log),
+//! pieces that make delivery dependable: [`Router`] (one queue per
+//! destination), [`Retry`], [`Coalesce`] (storm control), [`Spool`] (a
+//! durable write-ahead log, one per destination) and [`Fanout`],
 //! plus two transport-free backends, [`LogNotifier`] and
 //! [`ChannelNotifier`].
 //!
@@ -9,49 +10,43 @@
 //! the OpenStack message bus) live in their own crates and implement
 //! [`Notifier`].
 //!
-//! # Recommended composition
+//! # Recommended composition: one queue per destination
 //!
-//! Retry always sits *per backend*, never around a [`Fanout`], so that one
-//! backend's failure never resends to backends that already have the
-//! notification. Two shapes follow from that:
-//!
-//! **A spool per backend** (recommended when backends fail independently,
-//! as a webhook and a message bus do):
+//! Fan out first, then give every destination its own durable queue, then
+//! the destination with its retry (Vector's model: one disk buffer per
+//! sink). A [`Router`] does exactly that:
 //!
 //! ```text
 //! event listener
 //!   -> Coalesce                      one notification per window for a looping guest
 //!                                    (a pause or poweroff always goes out at once)
-//!   -> Fanout                        every backend concurrently, outcome per backend
-//!        [ Spool(dir/webhook) -> Retry(webhook),
-//!          Spool(dir/amqp)    -> Retry(amqp),
-//!          LogNotifier ]
+//!   -> Router                        routes by owner; Ok once every matching queue has it on disk
+//!        [ Spool(root/dest/operator-…) -> Retry(operator webhook),
+//!          Spool(root/dest/project-…)  -> Retry(project A's endpoint),   only A's notifications
+//!          Spool(root/dest/project-…)  -> Retry(project B's endpoint),   only B's notifications
+//!          Spool(root/dest/bus-…)      -> Retry(amqp),
+//!          Spool(root/dest/log-…)      -> Retry(log) ]
 //! ```
 //!
-//! `notify` returns once every spool has the notification on disk. Each
-//! backend then has its own durable queue and its own retries: a dead
-//! backend fills only its own spool and delays no other backend, and
-//! nothing is resent to a backend that has it, even across restarts. The
-//! cost is one `fsync` per spool per notification, in parallel (group
-//! commit shares them between concurrent callers).
+//! Each queue has its own bounds, its own supervised worker and its own
+//! retry delays (a `Retry-After` is clamped to the queue's
+//! [`SpoolConfig::retry_max_delay`]), and keeps its own acks on disk: a
+//! destination that hangs, fails, throttles or resets fills only its own
+//! queue and delays no other, and after a restart a destination is offered
+//! only what it has not taken. Directory names are a hash of the
+//! destination's kind and key ([`Destination::dir_name`]), so nothing a
+//! tenant controls reaches a path. Without a spool root the queues live in
+//! memory ([`Spool::memory`]): a refused notification is still retried in
+//! the background, bounded and counted, while the process runs.
+//! [`Router::status`] gives each destination's backlog, drops, deliveries,
+//! failures and last error.
 //!
-//! **One shared spool** (one `fsync` per notification):
+//! A [`Fanout`] (every backend at once, no queue, no memory of who took
+//! what) remains for embedders that need no durability.
 //!
-//! ```text
-//! Coalesce -> Spool -> Fanout [ Retry(webhook), Retry(amqp), LogNotifier ]
-//! ```
-//!
-//! When a backend's retry gives up, the fanout's error is retryable and the
-//! spool offers the notification again later; the fanout remembers (in
-//! memory) which backends took it and skips them. After a restart, pending
-//! entries go to every backend again (same event id). While one backend is
-//! failing, each delivery holds one of the spool's
-//! [`SpoolConfig::concurrency`] slots for up to that backend's
-//! [`RetryConfig::deadline`], which slows delivery to the healthy backends:
-//! keep the deadline short and the concurrency high.
-//!
-//! Either way, on shutdown call [`Coalesce::shutdown`] first (it flushes
-//! folded firings into the spools), then [`Spool::shutdown`] on each spool.
+//! On shutdown call [`Coalesce::shutdown`] first (it flushes folded firings
+//! into the queues), then [`Router::shutdown`] (or [`Spool::shutdown`] on a
+//! lone spool).
 //!
 //! ```
 //! use std::sync::Arc;
@@ -60,32 +55,37 @@
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let dir = tempfile::tempdir()?;
-//! // Stands in for a webhook or AMQP backend.
+//! let root = tempfile::tempdir()?;
+//! // Stands in for a project's webhook endpoint.
 //! let (inbox, mut rx) = ChannelNotifier::channel(16);
-//! let inbox_spool = Arc::new(Spool::open(
-//!     dir.path().join("inbox"),
-//!     SpoolConfig::default(),
-//!     Retry::new(inbox, RetryConfig::default().deadline(Duration::from_secs(10))),
+//! let router = Arc::new(Router::open(
+//!     Some(root.path()),
+//!     vec![
+//!         Destination::new("project p1", DestinationKind::Project,
+//!                          Route::Project("p1".into()), Arc::new(inbox)),
+//!         Destination::new("log", DestinationKind::Log, Route::All, Arc::new(LogNotifier::new())),
+//!     ],
+//!     &RouterDefaults {
+//!         queue: SpoolConfig::default(),
+//!         retry: RetryConfig::default().deadline(Duration::from_secs(10)),
+//!     },
 //! )?);
-//! let fanout = Fanout::default()
-//!     .with("inbox", inbox_spool.clone())
-//!     .with("log", LogNotifier::new());
-//! let storm = Coalesce::new(fanout, CoalesceConfig::default());
+//! let storm = Coalesce::new(router.clone(), CoalesceConfig::default());
 //!
-//! let n = Notification::new(
+//! let mut n = Notification::new(
 //!     Instance::new(uuid::Uuid::new_v4()),
 //!     "compute-1",
 //!     Domain::new(uuid::Uuid::new_v4(), "instance-0000002a"),
 //!     "reset",
 //!     time::OffsetDateTime::now_utc(),
 //! );
-//! storm.notify(&n).await?; // durable once this returns
+//! n.instance.project_id = Some("p1".into());
+//! storm.notify(&n).await?; // durable in both queues once this returns
 //! assert_eq!(rx.recv().await.unwrap().event_id, n.event_id);
 //!
 //! storm.shutdown().await?;
-//! let stats = inbox_spool.shutdown(Duration::from_secs(5)).await;
-//! assert_eq!((stats.accepted, stats.delivered, stats.pending), (1, 1, 0));
+//! let stats = router.shutdown(Duration::from_secs(5)).await;
+//! assert_eq!((stats[0].1.accepted, stats[0].1.delivered, stats[0].1.pending), (1, 1, 0));
 //! # Ok(()) }
 //! ```
 //!
@@ -125,6 +125,12 @@
 //! or goes away does. [`Notification::from_json`] rejects any version but 1.
 //!
 //! # The spool format
+//!
+//! A spool root (what `wdctl watch --spool` names) holds `LOCK`, the episode
+//! ledger, and `dest/<kind>-<16 hex>/`, one spool directory per destination
+//! ([`Destination::dir_name`]). Segment files directly in the root are the
+//! old single-queue layout: [`Router::open`] drains them into the
+//! per-destination queues (same event ids), durably, before removing them.
 //!
 //! A spool directory holds segment files named `seg-XXXXXXXXXXXXXXXX.wal`
 //! (16 lowercase hex digits, the segment id, increasing). Nothing else in
@@ -191,6 +197,7 @@ mod model;
 mod notifier;
 mod redact;
 mod retry;
+mod router;
 mod spool;
 #[cfg(test)]
 mod test_support;
@@ -207,6 +214,7 @@ pub use notifier::MockNotifier;
 pub use notifier::{BoxError, Notifier, NotifyError};
 pub use redact::redact_url;
 pub use retry::{Retry, RetryConfig};
+pub use router::{Destination, DestinationKind, DestinationStatus, Route, Router, RouterDefaults};
 /// Fault injection for the spool's file-system calls (feature
 /// `fault-injection`): a model of what a power cut keeps, for crash tests
 /// that a `SIGKILL` cannot make (it keeps the page cache).
@@ -218,5 +226,5 @@ pub mod fault {
 pub use spool::{
     MAX_PAYLOAD, RECORD_HEADER_LEN, RECORD_MAGIC, Record, RecordBody, RecoveryReport,
     SEGMENT_MAGIC, ScanReport, SkipReason, Skipped, Spool, SpoolConfig, SpoolStats, SyncMode,
-    recover, scan,
+    error_chain, recover, scan,
 };

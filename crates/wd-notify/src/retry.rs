@@ -154,7 +154,9 @@ impl<N: Notifier> Notifier for Retry<N> {
             let step = backoff.next().unwrap_or(self.config.max_delay);
             let wait = err.retry_after().map_or(step, |ra| ra.max(step));
             let out_of_attempts = self.config.max_attempts.is_some_and(|max| attempt >= max);
-            if out_of_attempts || start.elapsed() + wait >= deadline {
+            // `wait` may come from a remote party (`Retry-After`), so this
+            // sum must saturate, never overflow.
+            if out_of_attempts || start.elapsed().saturating_add(wait) >= deadline {
                 tracing::warn!(
                     event_id = %n.event_id, attempt, error = %err,
                     "retry: giving up (deadline or attempt limit reached)"
@@ -255,6 +257,12 @@ mod tests {
         assert_eq!(err.retry_after(), Some(Duration::from_secs(60)));
         assert_eq!(t0.elapsed(), Duration::ZERO);
         assert_eq!(calls.lock().unwrap().len(), 1);
+
+        // A hostile retry-after (u64::MAX seconds) gives up at once too,
+        // and never overflows.
+        let (m, _) = scripted(vec![wait(u64::MAX)]);
+        let err = Retry::new(m, fixed()).notify(&firing(1)).await.unwrap_err();
+        assert_eq!(err.retry_after(), Some(Duration::from_secs(u64::MAX)));
     }
 
     #[tokio::test(start_paused = true)]

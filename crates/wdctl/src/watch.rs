@@ -7,17 +7,29 @@
 //! broker password from `WD_AMQP_PASSWORD`, the config file, or the
 //! transport URL in Nova's own `nova.conf` (`--nova-config`).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
-use serde::Deserialize;
 use wd_compute::{NovaDirectory, Runtime, RuntimeConfig};
 use wd_events::ListenerConfig;
-use wd_notify::{CoalesceConfig, LogNotifier, Notifier, RetryConfig, SpoolConfig, SyncMode};
+use wd_notify::{
+    CoalesceConfig, Destination, DestinationKind, LogNotifier, RetryConfig, Route, SpoolConfig,
+    SyncMode,
+};
 use wd_notify_amqp::{AmqpConfig, AmqpNotifier, AmqpUrl, Format, Priority};
 use wd_notify_webhook::{Endpoint, Secret, WebhookConfig, WebhookNotifier};
+
+/// The environment variable of the test-only fault hook, read only by debug
+/// builds: `pipeline-panic-after-ms=N` makes the pipeline task panic after
+/// N ms, to show that a core task's death ends the process non-zero.
+pub const FAULT_ENV: &str = "WD_TEST_FAULT";
+
+mod config;
+
+pub use config::{Config, load_config};
+use config::{secs, secs_max};
 
 /// The environment variable holding the operator webhook secret(s),
 /// `whsec_…`, space- or comma-separated for key rotation.
@@ -81,193 +93,6 @@ pub struct Args {
     pub(crate) log_format: Option<crate::logging::LogFormat>,
 }
 
-/// The configuration file. Every key is optional; unknown keys are errors.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Config {
-    /// The libvirt URI.
-    pub connect: Option<String>,
-    /// This compute host's name [default: the machine's hostname].
-    pub host: Option<String>,
-    /// Notification targets, as for `--notify`.
-    #[serde(default)]
-    pub notify: Vec<String>,
-    /// The spool directory.
-    pub spool: Option<PathBuf>,
-    /// Keep retrying when libvirt is unreachable at startup.
-    pub wait: Option<bool>,
-    /// Open libvirt read-only [default true].
-    pub read_only: Option<bool>,
-    /// The log format on stderr, `text` or `json` [default text].
-    pub log_format: Option<crate::logging::LogFormat>,
-    /// Nova's configuration file, as `--nova-config`.
-    pub nova_config: Option<PathBuf>,
-    /// Webhook settings.
-    #[serde(default)]
-    pub webhook: WebhookSection,
-    /// Message-bus settings.
-    #[serde(default)]
-    pub amqp: AmqpSection,
-    /// Storm control.
-    #[serde(default)]
-    pub coalesce: CoalesceSection,
-    /// Spool limits.
-    #[serde(default, rename = "spool-limits")]
-    pub spool_limits: SpoolSection,
-    /// Retries per backend.
-    #[serde(default)]
-    pub retry: RetrySection,
-}
-
-/// `[webhook]`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WebhookSection {
-    /// Secrets for the operator endpoints given in `notify`.
-    #[serde(default)]
-    pub secrets: Vec<Secret>,
-    /// Request timeout in seconds [default 15].
-    pub timeout_secs: Option<f64>,
-    /// The service name in the CloudEvents `source` [default `wd`].
-    pub service: Option<String>,
-    /// Per-project endpoints: a project's notifications go only there (and
-    /// to operator endpoints).
-    #[serde(default)]
-    pub projects: Vec<ProjectEndpoint>,
-}
-
-/// `[[webhook.projects]]`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ProjectEndpoint {
-    /// The project (tenant) id, exactly as in Nova's metadata.
-    pub project: String,
-    /// The endpoint URL.
-    pub url: String,
-    /// Its signing secrets.
-    pub secrets: Vec<Secret>,
-}
-
-/// `[amqp]`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AmqpSection {
-    /// The broker URL (may also be given in `notify`).
-    pub url: Option<String>,
-    /// The broker password, if not in `url` or `WD_AMQP_PASSWORD`.
-    pub password: Option<String>,
-    /// The topic exchange [default `nova`].
-    pub exchange: Option<String>,
-    /// Which of Nova's forms: `unversioned`, `versioned` or `both`
-    /// [default `both`].
-    pub format: Option<String>,
-    /// The versioned form's topic [default `versioned_notifications`].
-    pub topic: Option<String>,
-    /// The legacy form's topic [default `notifications`].
-    pub legacy_topic: Option<String>,
-    /// The exchange's durability; must match the deployment [default false].
-    pub durable: Option<bool>,
-    /// Declare the exchange (true) or only publish to an existing one.
-    pub declare: Option<bool>,
-    /// Declare a queue named like the routing key and bind it, as
-    /// oslo.messaging's notifier does, so notifications wait for listeners
-    /// [default true]. With false, a notification no queue takes is a failed
-    /// delivery that the spool retries.
-    pub declare_queue: Option<bool>,
-    /// The priority [default `INFO`].
-    pub priority: Option<String>,
-    /// The service half of the versioned `publisher_id` [default `wd`].
-    pub service: Option<String>,
-    /// The service half of the legacy `publisher_id` [default `compute`].
-    pub legacy_service: Option<String>,
-}
-
-/// `[coalesce]`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CoalesceSection {
-    /// The folding window in seconds [default 60].
-    pub window_secs: Option<f64>,
-    /// The most instances tracked at once [default 10000].
-    pub max_instances: Option<usize>,
-}
-
-/// `[spool-limits]`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SpoolSection {
-    /// The most entries waiting [default 100000].
-    pub max_entries: Option<usize>,
-    /// The most bytes waiting [default 64 MiB].
-    pub max_bytes: Option<u64>,
-    /// `group-commit` (default) or `per-entry` fsync.
-    pub sync: Option<String>,
-    /// The spool's first wait before re-offering an undelivered entry, in
-    /// seconds [default 1].
-    pub retry_min_delay_secs: Option<f64>,
-    /// The spool's longest wait between offers of one entry, in seconds
-    /// [default 300]: after a long outage, delivery resumes within this.
-    pub retry_max_delay_secs: Option<f64>,
-}
-
-/// `[retry]`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RetrySection {
-    /// The first wait in seconds [default 0.5].
-    pub min_delay_secs: Option<f64>,
-    /// The longest wait in seconds [default 30].
-    pub max_delay_secs: Option<f64>,
-    /// Give up on one attempt series after this many seconds [default 60];
-    /// the spool tries again later.
-    pub deadline_secs: Option<f64>,
-}
-
-fn secs(key: &str, v: f64) -> Result<Duration> {
-    Duration::try_from_secs_f64(v)
-        .ok()
-        .filter(|d| !d.is_zero())
-        .ok_or_else(|| anyhow!("config key `{key}` must be a positive number of seconds, not {v}"))
-}
-
-impl Config {
-    /// Whether the file holds a secret: a webhook or project secret, or a
-    /// broker password (in `[amqp] password` or in an AMQP URL).
-    pub fn holds_secrets(&self) -> bool {
-        !self.webhook.secrets.is_empty()
-            || self.webhook.projects.iter().any(|p| !p.secrets.is_empty())
-            || self.amqp.password.is_some()
-            || self.amqp.url.as_deref().is_some_and(has_password)
-            || self.notify.iter().any(|t| has_password(t))
-    }
-}
-
-/// Reads and checks the configuration file, and refuses one that holds
-/// secrets where others can read them (see `crate::filemode`).
-pub fn load_config(path: &Path) -> Result<Config> {
-    let cfg = parse_config(path)?;
-    crate::filemode::check(
-        path,
-        crate::filemode::FileMode::of(path)?,
-        cfg.holds_secrets(),
-        crate::filemode::Identity::current()?,
-    )?;
-    Ok(cfg)
-}
-
-fn parse_config(path: &Path) -> Result<Config> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read config file `{}`", path.display()))?;
-    toml::from_str(&text).map_err(|e| {
-        let msg = e.message().to_owned();
-        let line = e
-            .span()
-            .map(|s| text[..s.start.min(text.len())].lines().count().max(1))
-            .map_or(String::new(), |l| format!(" (line {l})"));
-        anyhow!("config file `{}`{line}: {msg}", path.display())
-    })
-}
-
 /// Redacts credentials in a URL for logs and errors.
 fn redact(url: &str) -> String {
     wd_notify::redact_url(url)
@@ -303,8 +128,8 @@ fn hostname() -> String {
 pub struct Plan {
     /// The runtime configuration.
     pub runtime: RuntimeConfig,
-    /// The backends, by name.
-    pub backends: Vec<(String, Arc<dyn Notifier>)>,
+    /// The destinations, each with its own queue.
+    pub destinations: Vec<Destination>,
     /// Retry rather than exit when libvirt is unreachable at startup.
     pub wait: bool,
 }
@@ -347,7 +172,7 @@ pub fn plan(args: &Args, env: &dyn Fn(&str) -> Option<String>) -> Result<Plan> {
     }
     // The same target from the file and the flags is one backend, not two
     // (two would deliver every notification twice).
-    let mut backends: Vec<(String, Arc<dyn Notifier>)> = Vec::new();
+    let mut destinations: Vec<Destination> = Vec::new();
     let mut amqp_seen = false;
     if let Some((path, nova)) = nova {
         if nova.log {
@@ -355,7 +180,10 @@ pub fn plan(args: &Args, env: &dyn Fn(&str) -> Option<String>) -> Result<Plan> {
         }
         match nova.bus {
             Some((name, notifier)) => {
-                backends.push((name, Arc::new(notifier)));
+                destinations.push(
+                    Destination::new(name, DestinationKind::Bus, Route::All, Arc::new(notifier))
+                        .key("bus"),
+                );
                 amqp_seen = true;
             }
             None if targets.is_empty() && cfg.webhook.projects.is_empty() => bail!(
@@ -367,7 +195,7 @@ pub fn plan(args: &Args, env: &dyn Fn(&str) -> Option<String>) -> Result<Plan> {
     }
     let mut seen = std::collections::HashSet::new();
     targets.retain(|t| seen.insert(t.clone()));
-    if targets.is_empty() && cfg.webhook.projects.is_empty() && backends.is_empty() {
+    if targets.is_empty() && cfg.webhook.projects.is_empty() && destinations.is_empty() {
         bail!(
             "nowhere to notify: give --notify log|URL, --nova-config, or `notify`/`[[webhook.projects]]` in the config file"
         );
@@ -375,7 +203,7 @@ pub fn plan(args: &Args, env: &dyn Fn(&str) -> Option<String>) -> Result<Plan> {
 
     let mut webhook = WebhookConfig::default();
     if let Some(t) = cfg.webhook.timeout_secs {
-        webhook = webhook.with_timeout(secs("webhook.timeout_secs", t)?);
+        webhook = webhook.with_timeout(secs_max("webhook.timeout_secs", t, 300.0)?);
     }
     if let Some(s) = &cfg.webhook.service {
         webhook = webhook.with_service(s.clone());
@@ -411,7 +239,15 @@ pub fn plan(args: &Args, env: &dyn Fn(&str) -> Option<String>) -> Result<Plan> {
 
     for t in &targets {
         if t == "log" {
-            backends.push(("log".into(), Arc::new(LogNotifier::new())));
+            destinations.push(
+                Destination::new(
+                    "log",
+                    DestinationKind::Log,
+                    Route::All,
+                    Arc::new(LogNotifier::new()),
+                )
+                .key("log"),
+            );
         } else if t.starts_with("http://") || t.starts_with("https://") {
             webhook = webhook.with_operator(Endpoint::new(t.clone(), operator_secrets()?));
             use_webhook = true;
@@ -468,7 +304,17 @@ pub fn plan(args: &Args, env: &dyn Fn(&str) -> Option<String>) -> Result<Plan> {
             }
             let n =
                 AmqpNotifier::new(c).map_err(|e| anyhow!("AMQP target `{}`: {e}", redact(t)))?;
-            backends.push((format!("amqp {}", redact(t)), Arc::new(n)));
+            // One broker: its queue keeps its name (and backlog) when the
+            // URL changes.
+            destinations.push(
+                Destination::new(
+                    format!("amqp {}", redact(t)),
+                    DestinationKind::Bus,
+                    Route::All,
+                    Arc::new(n),
+                )
+                .key("bus"),
+            );
         } else {
             bail!(
                 "unknown notify target `{}`; allowed: log, http://…, https://…, amqp://…, amqps://…, rabbit://…",
@@ -476,11 +322,6 @@ pub fn plan(args: &Args, env: &dyn Fn(&str) -> Option<String>) -> Result<Plan> {
             );
         }
     }
-    if use_webhook {
-        let n = WebhookNotifier::new(webhook).map_err(|e| anyhow!("webhook: {e}"))?;
-        backends.push(("webhook".into(), Arc::new(n)));
-    }
-
     let read_only = !args.read_write && cfg.read_only.unwrap_or(true);
     let mut runtime = RuntimeConfig::new(host).listener(ListenerConfig {
         uri: uri.clone(),
@@ -537,14 +378,83 @@ pub fn plan(args: &Args, env: &dyn Fn(&str) -> Option<String>) -> Result<Plan> {
     if let Some(v) = cfg.retry.deadline_secs {
         runtime.retry = runtime.retry.deadline(secs("retry.deadline_secs", v)?);
     }
+    if use_webhook {
+        // Each endpoint is its own destination, with its own queue and worker.
+        for e in WebhookNotifier::split(webhook).map_err(|e| anyhow!("webhook: {e}"))? {
+            let (name, kind, route) = match &e.project {
+                None => (
+                    format!("webhook operator {}", e.shown),
+                    DestinationKind::Operator,
+                    Route::All,
+                ),
+                Some(p) => (
+                    format!("webhook project {p} {}", e.shown),
+                    DestinationKind::Project,
+                    Route::Project(p.clone()),
+                ),
+            };
+            let mut d =
+                Destination::new(name, kind, route, Arc::new(e.notifier)).key(e.fingerprint);
+            if let Some(p) = &e.project {
+                d = project_limits(d, &cfg, p, &runtime.spool)?;
+            }
+            destinations.push(d);
+        }
+    }
+    if let Some(v) = cfg.health_interval_secs {
+        runtime.health_interval = secs("health_interval_secs", v)?.max(Duration::from_secs(1));
+    }
+    if cfg!(debug_assertions)
+        && let Some(fault) = env(FAULT_ENV)
+    {
+        let ms = fault
+            .strip_prefix("pipeline-panic-after-ms=")
+            .and_then(|v| v.parse::<u64>().ok())
+            .ok_or_else(|| anyhow!("{FAULT_ENV} `{fault}`; allowed: pipeline-panic-after-ms=N"))?;
+        runtime.fault_pipeline_panic_after = Some(Duration::from_millis(ms));
+    }
     Ok(Plan {
         runtime,
-        backends,
+        destinations,
         wait: args.wait || cfg.wait.unwrap_or(false),
     })
 }
 
-/// Runs the agent until SIGTERM or SIGINT.
+/// A project endpoint's own queue limits, from its `[[webhook.projects]]`
+/// entry (every entry for project `p` with limits applies to all of `p`'s
+/// endpoints' queues; the last one wins).
+fn project_limits(
+    mut d: Destination,
+    cfg: &Config,
+    p: &str,
+    base: &SpoolConfig,
+) -> Result<Destination> {
+    let mut queue = base.clone();
+    let mut custom = false;
+    for e in cfg.webhook.projects.iter().filter(|e| e.project == p) {
+        if let Some(n) = e.max_entries {
+            queue = queue.max_entries(n);
+            custom = true;
+        }
+        if let Some(n) = e.max_bytes {
+            queue = queue.max_bytes(n);
+            custom = true;
+        }
+        if let Some(v) = e.max_delay_secs {
+            let max = secs("webhook.projects.max_delay_secs", v)?;
+            let min = queue.retry_min_delay.min(max);
+            queue = queue.retry_delays(min, max);
+            custom = true;
+        }
+    }
+    if custom {
+        d = d.queue(queue);
+    }
+    Ok(d)
+}
+
+/// Runs the agent until SIGTERM or SIGINT, or until a core task dies (then
+/// it logs one line and exits non-zero, so that systemd restarts it).
 pub fn run(args: Args) -> Result<()> {
     // The format comes first, so that every later line has it; a config file
     // that cannot be read is reported (on stderr, as one line) right here.
@@ -583,25 +493,32 @@ pub fn run(args: Args) -> Result<()> {
                 .context("probe libvirt")?
                 .map_err(|e| anyhow!("cannot connect to libvirt at {uri}: {e} (use --wait to keep retrying)"))?;
         }
-        let backend_names: Vec<String> = plan.backends.iter().map(|(n, _)| n.clone()).collect();
+        let backend_names: Vec<String> = plan.destinations.iter().map(|d| d.name.clone()).collect();
         let spool = plan.runtime.spool_dir.clone();
         let host = plan.runtime.host.clone();
-        let runtime = Runtime::start(plan.runtime, Arc::new(NovaDirectory::new()), plan.backends)
+        let mut runtime = Runtime::start(plan.runtime, Arc::new(NovaDirectory::new()), plan.destinations)
             .map_err(|e| anyhow!("{}", crate::one_line(anyhow::Error::new(e).chain())))?;
         tracing::info!(uri = %uri, read_only, host = %host, backends = ?backend_names,
             spool = %spool.as_ref().map_or("none".into(), |p| p.display().to_string()), "wdctl watch started");
 
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .context("install the SIGTERM handler")?;
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
-        }
+        let died = tokio::select! {
+            _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); None }
+            _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT: shutting down"); None }
+            why = runtime.failed() => {
+                tracing::error!("core task died: {why}; exiting non-zero so that the service manager restarts the agent and the queues replay");
+                Some(why)
+            }
+        };
         crate::systemd::stopping();
         let report = runtime.shutdown().await;
+        if let Some(why) = died {
+            bail!("core task died: {why}");
+        }
         tracing::info!(firings = report.pipeline.firings, accepted = report.pipeline.accepted,
             already_notified = report.pipeline.already_notified, unknown_owner = report.pipeline.unknown_owner,
-            spool_pending = report.spool.as_ref().map_or(0, |s| s.pending),
+            queued = report.pending(),
             "wdctl watch stopped");
         Ok(())
     })

@@ -17,7 +17,7 @@ fn args(argv: &[&str]) -> Args {
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
 /// Writes a config file as an operator should: mode 0600.
-fn write_private(path: &Path, text: &str) {
+fn write_private(path: &std::path::Path, text: &str) {
     use std::os::unix::fs::PermissionsExt as _;
     std::fs::write(path, text).unwrap();
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
@@ -74,7 +74,7 @@ fn nova_config_gives_the_bus_and_host() {
         .build()
         .unwrap();
     let plan = rt.block_on(async { plan(&a, &|_| None) }).unwrap();
-    let names: Vec<_> = plan.backends.iter().map(|(n, _)| n.clone()).collect();
+    let names: Vec<_> = plan.destinations.iter().map(|d| d.name.clone()).collect();
     assert_eq!(
         names,
         [format!(
@@ -156,6 +156,24 @@ fn bad_configurations_name_what_is_wrong() {
     );
     check_err(
         &["--notify", "log"],
+        Some("[retry]\ndeadline_secs = 1e30\n"),
+        &[],
+        "`retry.deadline_secs` must be a positive number of seconds, at most 86400",
+    );
+    check_err(
+        &["--notify", "log"],
+        Some("[webhook]\ntimeout_secs = 1000\n"),
+        &[],
+        "`webhook.timeout_secs` must be a positive number of seconds, at most 300",
+    );
+    check_err(
+        &["--notify", "log"],
+        Some("health_interval_secs = nan\n"),
+        &[],
+        "`health_interval_secs`",
+    );
+    check_err(
+        &["--notify", "log"],
         Some("[spool-limits]\nsync = \"sometimes\"\n"),
         &[],
         "allowed: group-commit, per-entry",
@@ -165,6 +183,18 @@ fn bad_configurations_name_what_is_wrong() {
         Some("[spool-limits]\nretry_min_delay_secs = 10\nretry_max_delay_secs = 2\n"),
         &[],
         "`spool-limits.retry_max_delay_secs` (2s) is below",
+    );
+    check_err(
+        &["--notify", "log"],
+        Some("read_only = \"yes\"\n"),
+        &[],
+        "invalid type: string \"yes\", expected a boolean",
+    );
+    check_err(
+        &["--notify", "log"],
+        Some("log_format = \"xml\"\n"),
+        &[],
+        "unknown variant `xml`, expected `text` or `json`",
     );
     check_err(
         &["--notify", "log"],
@@ -184,18 +214,6 @@ fn bad_configurations_name_what_is_wrong() {
         &[],
         "line 2",
     );
-    check_err(
-        &["--notify", "log"],
-        Some("read_only = \"yes\"\n"),
-        &[],
-        "invalid type: string \"yes\", expected a boolean",
-    );
-    check_err(
-        &["--notify", "log"],
-        Some("log_format = \"xml\"\n"),
-        &[],
-        "unknown variant `xml`, expected `text` or `json`",
-    );
 }
 
 #[test]
@@ -214,6 +232,8 @@ timeout_secs = 3
 project = "p1"
 url = "http://127.0.0.1:9/p1"
 secrets = ["{SECRET}"]
+max_entries = 50
+max_delay_secs = 20
 [amqp]
 url = "amqp://guest@127.0.0.1:5672/%2f"
 exchange = "nova"
@@ -247,15 +267,38 @@ window_secs = 30
             })
         })
         .unwrap();
-    let names: Vec<_> = plan.backends.iter().map(|(n, _)| n.as_str()).collect();
+    let names: Vec<_> = plan.destinations.iter().map(|d| d.name.as_str()).collect();
     assert_eq!(
         names,
-        ["log", "amqp amqp://***@127.0.0.1:5672/%2f", "webhook"]
+        [
+            "log",
+            "amqp amqp://***@127.0.0.1:5672/%2f",
+            "webhook operator http://127.0.0.1:9/ops",
+            "webhook project p1 http://127.0.0.1:9/p1"
+        ]
     );
+    assert!(plan.runtime.listener.read_only, "read-only by default");
+    let kinds: Vec<_> = plan.destinations.iter().map(|d| d.kind).collect();
+    assert_eq!(
+        kinds,
+        [
+            DestinationKind::Log,
+            DestinationKind::Bus,
+            DestinationKind::Operator,
+            DestinationKind::Project
+        ]
+    );
+    let p1 = &plan.destinations[3];
+    assert_eq!(p1.route, Route::Project("p1".into()));
+    let queue = p1.queue.as_ref().expect("p1 has its own limits");
+    assert_eq!(
+        (queue.max_entries, queue.retry_max_delay),
+        (50, Duration::from_secs(20))
+    );
+    assert!(plan.destinations[2].queue.is_none());
     assert_eq!(plan.runtime.host, "compute-7");
     assert_eq!(plan.runtime.coalesce.window, Duration::from_secs(30));
     assert_eq!(plan.runtime.listener.uri, "qemu:///system");
-    assert!(plan.runtime.listener.read_only, "read-only by default");
     assert!(!plan.wait);
 }
 

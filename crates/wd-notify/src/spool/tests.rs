@@ -1,0 +1,362 @@
+//! The spool's tests.
+
+use super::delivery::retry_delay;
+use super::*;
+use crate::notifier::MockNotifier;
+use crate::test_support::firing;
+use std::collections::HashSet;
+use uuid::Uuid;
+
+type Log = Arc<Mutex<Vec<Uuid>>>;
+
+/// A mock that delivers, recording event ids, except that `answer`
+/// may fail a call (given the call index and the notification).
+fn backend(
+    answer: impl Fn(usize, &Notification) -> Result<(), NotifyError> + Send + 'static,
+) -> (MockNotifier, Log) {
+    let log: Log = Arc::default();
+    let seen = log.clone();
+    let mut call = 0;
+    let mut m = MockNotifier::new();
+    m.expect_notify().returning(move |n| {
+        call += 1;
+        answer(call - 1, n)?;
+        seen.lock().unwrap().push(n.event_id);
+        Ok(())
+    });
+    (m, log)
+}
+
+fn quick() -> SpoolConfig {
+    SpoolConfig::default().retry_delays(Duration::from_millis(5), Duration::from_millis(20))
+}
+
+async fn until(what: &str, mut done: impl FnMut() -> bool) {
+    let t0 = std::time::Instant::now();
+    while !done() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+fn ids(ns: &[Notification]) -> Vec<Uuid> {
+    ns.iter().map(|n| n.event_id).collect()
+}
+
+#[tokio::test]
+async fn a_spool_directory_has_one_owner_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let (m, _) = backend(|_, _| Ok(()));
+    let first = Spool::open(dir.path(), quick(), m).unwrap();
+    let (m2, _) = backend(|_, _| Ok(()));
+    let err = Spool::open(dir.path(), quick(), m2).unwrap_err();
+    assert!(matches!(err, Error::SpoolLocked { .. }), "{err:?}");
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "spool directory {} is in use by another process (lock file {})",
+            dir.path().display(),
+            dir.path().join("LOCK").display()
+        )
+    );
+    first.shutdown(Duration::from_secs(1)).await;
+    drop(first);
+    let (m3, _) = backend(|_, _| Ok(()));
+    Spool::open(dir.path(), quick(), m3).expect("the lock is released with the spool");
+}
+
+#[tokio::test]
+async fn delivers_acks_and_leaves_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    for mode in [SyncMode::PerEntry, SyncMode::GroupCommit] {
+        let (m, log) = backend(|_, _| Ok(()));
+        let spool = Spool::open(dir.path(), quick().sync(mode), m).unwrap();
+        let ns: Vec<_> = (0..20).map(firing).collect();
+        for n in &ns {
+            spool.notify(n).await.unwrap();
+        }
+        until("delivery", || spool.stats().delivered == 20).await;
+        let stats = spool.shutdown(Duration::from_secs(1)).await;
+        assert_eq!((stats.accepted, stats.pending), (20, 0));
+        let mut got = log.lock().unwrap().clone();
+        got.sort();
+        let mut want = ids(&ns);
+        want.sort();
+        assert_eq!(got, want);
+        assert!(scan(dir.path()).unwrap().pending.is_empty());
+        assert!(spool.notify(&ns[0]).await.is_err(), "closed after shutdown");
+    }
+}
+
+#[tokio::test]
+async fn retries_retryable_failures_and_drops_permanent_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = firing(9);
+    let bad_id = bad.event_id;
+    let (m, log) = backend(move |call, n| {
+        if n.event_id == bad_id {
+            Err(NotifyError::permanent("rejected"))
+        } else if call < 4 {
+            Err(NotifyError::retryable("down"))
+        } else {
+            Ok(())
+        }
+    });
+    let spool = Spool::open(dir.path(), quick().concurrency(1), m).unwrap();
+    let good = firing(1);
+    spool.notify(&good).await.unwrap();
+    spool.notify(&bad).await.unwrap();
+    until("delivery", || {
+        let s = spool.stats();
+        s.delivered == 1 && s.dropped_permanent == 1
+    })
+    .await;
+    assert_eq!(*log.lock().unwrap(), vec![good.event_id]);
+    assert_eq!(spool.stats().pending, 0);
+    spool.shutdown(Duration::ZERO).await;
+    assert!(scan(dir.path()).unwrap().pending.is_empty());
+}
+
+#[tokio::test]
+async fn undelivered_entries_survive_a_restart_with_their_event_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let ns: Vec<_> = (0..5).map(firing).collect();
+    {
+        let (m, _) = backend(|_, _| Err(NotifyError::retryable("down")));
+        let spool = Spool::open(dir.path(), quick(), m).unwrap();
+        for n in &ns {
+            spool.notify(n).await.unwrap();
+        }
+        let stats = spool.shutdown(Duration::from_millis(20)).await;
+        assert_eq!(stats.pending, 5);
+    }
+    let found = scan(dir.path()).unwrap();
+    assert_eq!(
+        found
+            .pending
+            .iter()
+            .map(|(_, n)| n.clone())
+            .collect::<Vec<_>>(),
+        ns
+    );
+    let (m, log) = backend(|_, _| Ok(()));
+    let spool = Spool::open(dir.path(), quick(), m).unwrap();
+    until("redelivery", || spool.stats().delivered == 5).await;
+    let got: HashSet<Uuid> = log.lock().unwrap().iter().copied().collect();
+    assert_eq!(got, ids(&ns).into_iter().collect());
+    // New entries get seqs above the recovered ones.
+    spool.notify(&firing(7)).await.unwrap();
+    spool.shutdown(Duration::from_secs(1)).await;
+    assert!(scan(dir.path()).unwrap().pending.is_empty());
+}
+
+#[tokio::test]
+async fn a_full_spool_drops_the_oldest_and_counts_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let (m, _) = backend(|_, _| {
+        Err(NotifyError::retryable("down").with_retry_after(Duration::from_secs(60)))
+    });
+    let spool = Spool::open(dir.path(), quick().max_entries(3).concurrency(1), m).unwrap();
+    let ns: Vec<_> = (0..6).map(firing).collect();
+    for n in &ns {
+        spool.notify(n).await.unwrap();
+    }
+    let stats = spool.shutdown(Duration::ZERO).await;
+    assert_eq!((stats.accepted, stats.pending), (6, 3));
+    // The one in flight (the oldest) may be spared; the rest go oldest first.
+    assert_eq!(stats.dropped_full, 3);
+    let kept: Vec<Uuid> = scan(dir.path())
+        .unwrap()
+        .pending
+        .iter()
+        .map(|(_, n)| n.event_id)
+        .collect();
+    assert_eq!(kept.len(), 3);
+    assert_eq!(kept[1..], ids(&ns)[4..]);
+}
+
+#[tokio::test]
+async fn damage_is_skipped_and_counted_and_the_rest_delivered() {
+    let dir = tempfile::tempdir().unwrap();
+    let ns: Vec<_> = (0..4).map(firing).collect();
+    {
+        let (m, _) = backend(|_, _| Err(NotifyError::retryable("down")));
+        let spool = Spool::open(dir.path(), quick(), m).unwrap();
+        for n in &ns {
+            spool.notify(n).await.unwrap();
+        }
+        spool.shutdown(Duration::ZERO).await;
+    }
+    let found = scan(dir.path()).unwrap();
+    let seg = found.segments.last().unwrap().clone();
+    let mut bytes = fs::read(&seg).unwrap();
+    let (records, _) = recover(&bytes);
+    let victim = records
+        .iter()
+        .find(|r| matches!(&r.body, RecordBody::Entry(n) if n.event_id == ns[1].event_id))
+        .unwrap();
+    bytes[victim.offset + RECORD_HEADER_LEN + 10] ^= 0xff;
+    bytes.extend_from_slice(&RECORD_MAGIC);
+    bytes.extend_from_slice(&[7, 0, 0]);
+    fs::write(&seg, &bytes).unwrap();
+
+    let (m, log) = backend(|_, _| Ok(()));
+    let spool = Spool::open(dir.path(), quick(), m).unwrap();
+    assert_eq!(spool.stats().corrupt_skipped, 2);
+    until("delivery", || spool.stats().delivered == 3).await;
+    let got: HashSet<Uuid> = log.lock().unwrap().iter().copied().collect();
+    let want: HashSet<Uuid> = [0, 2, 3].iter().map(|i| ns[*i].event_id).collect();
+    assert_eq!(got, want);
+    spool.shutdown(Duration::ZERO).await;
+    // Recovery rewrote the survivors; the damage is gone from disk.
+    assert!(scan(dir.path()).unwrap().skipped.is_empty());
+}
+
+#[tokio::test]
+async fn segments_roll_over_and_a_stuck_entry_does_not_pin_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let stuck = firing(0);
+    let stuck_id = stuck.event_id;
+    let (m, _) = backend(move |_, n| {
+        if n.event_id == stuck_id {
+            Err(NotifyError::retryable("down").with_retry_after(Duration::from_secs(60)))
+        } else {
+            Ok(())
+        }
+    });
+    let spool = Spool::open(dir.path(), quick().segment_bytes(4096), m).unwrap();
+    spool.notify(&stuck).await.unwrap();
+    for i in 1..200 {
+        spool.notify(&firing(i)).await.unwrap();
+        until("delivery", || spool.stats().delivered == i as u64).await;
+    }
+    // The last ack reaches the disk just after the delivery is counted.
+    until("the last ack on disk", || {
+        scan(dir.path()).unwrap().pending.len() == 1
+    })
+    .await;
+    let found = scan(dir.path()).unwrap();
+    // 200 entries of ~450 bytes fill ~25 segments; compaction and removal
+    // keep only the last few.
+    assert!(found.segments.len() <= 3, "{:?}", found.segments);
+    assert_eq!(found.pending.len(), 1);
+    assert_eq!(found.pending[0].1.event_id, stuck_id);
+    spool.shutdown(Duration::ZERO).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_commit_serves_concurrent_callers() {
+    let dir = tempfile::tempdir().unwrap();
+    let (m, _) = backend(|_, _| Ok(()));
+    let spool = Arc::new(Spool::open(dir.path(), quick(), m).unwrap());
+    let tasks: Vec<_> = (0..32)
+        .map(|i| {
+            let spool = spool.clone();
+            tokio::spawn(async move {
+                for j in 0..10 {
+                    spool.notify(&firing(i * 100 + j)).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    until("delivery", || spool.stats().delivered == 320).await;
+    assert_eq!(spool.shutdown(Duration::ZERO).await.accepted, 320);
+}
+
+#[test]
+fn retry_delays_grow_capped_and_honour_retry_after() {
+    let config = quick(); // 5 ms .. 20 ms
+    let check = |attempt: u32, retry_after: Option<u64>, min: u64, max: u64| {
+        for _ in 0..20 {
+            let d = retry_delay(&config, attempt, retry_after.map(Duration::from_millis));
+            let ms = d.as_millis() as u64;
+            assert!(
+                (min..=max).contains(&ms),
+                "attempt {attempt}: {d:?} not in {min}..={max} ms"
+            );
+        }
+    };
+    // wd_backoff::Backoff: 5 ms doubling, jittered into [d/2, d], capped.
+    check(1, None, 2, 5);
+    check(2, None, 5, 10);
+    check(9, None, 10, 20);
+    check(40, None, 10, 20);
+    // A remote retry-after is honoured up to the configured maximum, and
+    // any value, even u64::MAX seconds, is safe.
+    check(1, Some(15), 15, 20);
+    check(1, Some(500), 20, 20);
+    check(1, Some(u64::MAX), 20, 20);
+    let d = retry_delay(&config, u32::MAX, Some(Duration::MAX));
+    assert_eq!(d, Duration::from_millis(20));
+}
+
+#[tokio::test]
+async fn an_oversized_notification_is_refused_permanently() {
+    let dir = tempfile::tempdir().unwrap();
+    let (m, _) = backend(|_, _| Ok(()));
+    let spool = Spool::open(dir.path(), quick(), m).unwrap();
+    let mut n = firing(1);
+    n.instance.name = Some("x".repeat(MAX_PAYLOAD));
+    let err = spool.notify(&n).await.unwrap_err();
+    assert!(
+        !err.is_retryable() && err.to_string().contains("at most 1048576"),
+        "{err}"
+    );
+    assert_eq!(spool.shutdown(Duration::ZERO).await.accepted, 0);
+}
+
+#[tokio::test]
+async fn a_panicking_backend_is_retried_not_fatal() {
+    // Not a mock: mockall poisons its own state when a closure panics.
+    #[derive(Default)]
+    struct PanicsOnce(std::sync::atomic::AtomicUsize);
+    #[async_trait]
+    impl Notifier for PanicsOnce {
+        async fn notify(&self, _: &Notification) -> Result<(), NotifyError> {
+            assert!(
+                self.0.fetch_add(1, Ordering::SeqCst) > 0,
+                "backend bug on the first call"
+            );
+            Ok(())
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(dir.path(), quick(), PanicsOnce::default()).unwrap();
+    spool.notify(&firing(1)).await.unwrap();
+    until("delivery after the panic", || spool.stats().delivered == 1).await;
+    spool.shutdown(Duration::ZERO).await;
+}
+
+#[test]
+fn open_outside_a_runtime_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = Spool::open(dir.path(), quick(), crate::LogNotifier).unwrap_err();
+    assert!(matches!(err, Error::NoRuntime), "{err}");
+}
+
+#[test]
+fn config_is_validated() {
+    let check = |config: SpoolConfig, msg: &str| {
+        let err = config.validate().unwrap_err();
+        assert_eq!(err.to_string(), msg);
+    };
+    check(
+        SpoolConfig::default().max_entries(0),
+        "spool setting max_entries=0 is invalid; allowed: at least 1",
+    );
+    check(
+        SpoolConfig::default().segment_bytes(10),
+        "spool setting segment_bytes=10 is invalid; allowed: at least 4096",
+    );
+    check(
+        SpoolConfig::default().concurrency(0),
+        "spool setting concurrency=0 is invalid; allowed: at least 1",
+    );
+    assert!(SpoolConfig::default().validate().is_ok());
+}
