@@ -35,6 +35,9 @@ pub const PACKAGES: &[&str] = &[
     "openssl",
     // The venv with Ceilometer and Aodh from PyPI (`python3 -m venv`).
     "python3-venv",
+    // The baseline agent `cargo xtask bench` compares with (a Python script
+    // on libvirt's own bindings, as operators write today).
+    "python3-libvirt",
 ];
 
 pub fn is_root() -> bool {
