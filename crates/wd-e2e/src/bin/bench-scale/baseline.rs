@@ -1,7 +1,6 @@
 //! `bench-scale baseline`: `wdctl watch` and the Python baseline agent side
 //! by side on the system libvirtd, a real guest firing.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -9,106 +8,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use wd_e2e::agent::Agent;
-use wd_e2e::guest::Guest;
+use wd_e2e::bench::{clock_ticks, cpu_ms, figure, latencies_ms, median, status_kib};
+use wd_e2e::guest::{EventWatch, Guest};
 use wd_testkit::Libvirtd;
 use wd_testkit::guest::{GuestAssets, GuestSpec};
 
 use crate::{
-    FIRINGS, IDLE_WINDOW, PROJECT, Receipt, Receipts, SECRET, agent_config, clock_ticks, cpu_ms,
-    figure, lock, median, owner, receiver, rss_anon_mib, status_kib, work_dir,
+    FIRINGS, IDLE_WINDOW, PROJECT, Receipts, SECRET, agent_config, lock, owner, receiver,
+    rss_anon_mib, work_dir,
 };
-
-/// `virsh event --event watchdog --loop --timestamp` in the background.
-struct VirshEvents {
-    child: Child,
-    events: Receipts,
-}
-
-impl VirshEvents {
-    fn start() -> anyhow::Result<VirshEvents> {
-        let mut child = Command::new("stdbuf")
-            .args(["-oL", "virsh", "-c", Libvirtd::URI, "event", "--event"])
-            .args(["watchdog", "--loop", "--timestamp"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("start virsh event")?;
-        let stdout = child.stdout.take().context("virsh stdout")?;
-        let events: Receipts = Arc::default();
-        let sink = events.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(e) = parse_virsh(&line) {
-                    lock(&sink).push(e);
-                }
-            }
-        });
-        Ok(VirshEvents { child, events })
-    }
-
-    fn of(&self, domain: &str) -> Vec<Receipt> {
-        lock(&self.events)
-            .iter()
-            .filter(|e| e.domain == domain)
-            .cloned()
-            .collect()
-    }
-}
-
-impl Drop for VirshEvents {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Parses `2026-11-25 19:50:01.123+0000: event 'watchdog' for domain 'NAME': reset`.
-fn parse_virsh(line: &str) -> Option<Receipt> {
-    let (stamp, rest) = line.split_once(": event 'watchdog' for domain '")?;
-    let domain = rest.split('\'').next()?.to_owned();
-    let (date, time) = stamp.split_once(' ')?;
-    let time = time.strip_suffix("+0000")?;
-    let mut d = date.split('-').map(|p| p.parse::<i64>().ok());
-    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
-    let mut t = time.split(':');
-    let (h, min) = (
-        t.next()?.parse::<f64>().ok()?,
-        t.next()?.parse::<f64>().ok()?,
-    );
-    let s = t.next()?.parse::<f64>().ok()?;
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    Some(Receipt {
-        at: days as f64 * 86_400.0 + h * 3600.0 + min * 60.0 + s,
-        domain,
-        who: "virsh".into(),
-    })
-}
-
-/// Latencies in ms from each firing to the nearest unused receipt for the
-/// same domain within 2 s after it.
-fn latencies(firings: &[Receipt], receipts: &[Receipt]) -> Vec<f64> {
-    let mut used = vec![false; receipts.len()];
-    let mut out = Vec::new();
-    for f in firings {
-        let best = receipts
-            .iter()
-            .enumerate()
-            .filter(|(i, r)| !used[*i] && r.domain == f.domain)
-            .filter(|(_, r)| r.at >= f.at - 0.05 && r.at < f.at + 2.0)
-            .min_by(|a, b| a.1.at.total_cmp(&b.1.at));
-        if let Some((i, r)) = best {
-            used[i] = true;
-            out.push((r.at - f.at) * 1000.0);
-        }
-    }
-    out
-}
 
 /// The baseline agent as a child process, killed when dropped.
 struct Baseline {
@@ -162,7 +70,7 @@ pub(crate) async fn baseline(assets: &GuestAssets) -> anyhow::Result<()> {
     let dir = work_dir("baseline")?;
     let receipts: Receipts = Arc::default();
     let base = receiver(receipts.clone()).await?;
-    let virsh_events = VirshEvents::start()?;
+    let virsh_events = EventWatch::start("watchdog")?;
     let cfg = agent_config(&dir, Libvirtd::URI, &format!("{base}/wd"))?;
     let mut agent = Agent::start(&cfg, SECRET, &dir.join("agent.log"))?;
     let python = Baseline::start(&format!("{base}/baseline"), &dir)?;
@@ -226,12 +134,12 @@ pub(crate) async fn baseline(assets: &GuestAssets) -> anyhow::Result<()> {
     // per firing.
     let mut rows = Vec::new();
     for (i, (who, _)) in pids.iter().enumerate() {
-        let got: Vec<Receipt> = all
+        let got: Vec<(f64, &str)> = all
             .iter()
             .filter(|r| r.domain == name && r.who == *who)
-            .cloned()
+            .map(|r| (r.at, r.domain.as_str()))
             .collect();
-        let mut l = latencies(&firings, &got);
+        let mut l = latencies_ms(&firings, &got);
         let matched = l.len();
         let worst = l.iter().copied().fold(f64::NAN, f64::max);
         let med = median(&mut l);

@@ -19,17 +19,17 @@
 //!   CPU, CPU per firing. Under the lock too.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, bail};
 use axum::body::Bytes;
 use axum::extract::Path as UrlPath;
 use axum::http::StatusCode;
 use axum::routing::post;
-use serde_json::{Value, json};
+use serde_json::Value;
 use wd_e2e::agent::Agent;
+use wd_e2e::bench::{figure, median, now, status_kib};
 use wd_e2e::guest::{Guest, virsh};
 use wd_testkit::Libvirtd;
 use wd_testkit::guest::{GuestAssets, GuestSpec, NovaOwner};
@@ -43,28 +43,6 @@ const FIRINGS: usize = 6;
 /// The idle measurement window.
 const IDLE_WINDOW: Duration = Duration::from_secs(10);
 
-fn now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
-}
-
-fn figure(name: &str, value: f64, unit: &str, method: &str) {
-    println!(
-        "{}",
-        json!({"name": name, "value": value, "unit": unit, "method": method})
-    );
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
-}
-
 fn percentile(v: &mut [f64], p: f64) -> f64 {
     v.sort_by(f64::total_cmp);
     if v.is_empty() {
@@ -74,37 +52,8 @@ fn percentile(v: &mut [f64], p: f64) -> f64 {
     v[rank.clamp(1, v.len()) - 1]
 }
 
-/// A `Key: value kB` line of `/proc/PID/status`, in KiB.
-fn status_kib(pid: u32, key: &str) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let line = status
-        .lines()
-        .find(|l| l.starts_with(key))
-        .with_context(|| format!("{key} of {pid}"))?;
-    Ok(line.split_whitespace().nth(1).context("value")?.parse()?)
-}
-
 fn rss_anon_mib(pid: u32) -> anyhow::Result<f64> {
     Ok(status_kib(pid, "RssAnon:")? as f64 / 1024.0)
-}
-
-fn clock_ticks() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
-        .unwrap_or(100.0)
-}
-
-/// utime + stime of `pid`, in ms.
-fn cpu_ms(pid: u32) -> anyhow::Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let rest = stat.rsplit_once(')').context("stat format")?.1;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks =
-        f.get(11).context("utime")?.parse::<u64>()? + f.get(12).context("stime")?.parse::<u64>()?;
-    Ok(ticks as f64 * 1000.0 / clock_ticks())
 }
 
 fn work_dir(name: &str) -> anyhow::Result<PathBuf> {
