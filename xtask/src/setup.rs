@@ -39,6 +39,9 @@ pub const PACKAGES: &[&str] = &[
     // the one with Prometheus' Python client whose OpenMetrics parser the
     // metrics test uses (`prometheus_venv`).
     "python3-venv",
+    // The baseline agent `cargo xtask bench` compares with (a Python script
+    // on libvirt's own bindings, as operators write today).
+    "python3-libvirt",
 ];
 
 pub fn is_root() -> bool {

@@ -55,7 +55,7 @@ pub mod pulse;
 mod runtime;
 pub mod spawn;
 
-pub use directory::{InstanceDirectory, NovaDirectory, Owner};
+pub use directory::{DirectoryConfig, DirectoryStats, InstanceDirectory, NovaDirectory, Owner};
 pub use error::{Error, Result};
 pub use ledger::Ledger;
 pub use metrics::{Metered, Metrics};

@@ -3,7 +3,7 @@
 use std::collections::HashSet;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
 use time::OffsetDateTime;
@@ -32,6 +32,12 @@ pub struct PipelineStats {
     /// Notifications the delivery layer refused (logged; a pause is retried
     /// at the next catch-up).
     pub delivery_errors: u64,
+    /// Catch-ups completed (one per libvirt connection).
+    pub catch_ups: u64,
+    /// How long the last catch-up took, from the `Connected` item to the
+    /// `InitDone` item handled (libvirt's listing, the XML of the domains
+    /// that needed it, and this pipeline's handling of each domain).
+    pub last_catch_up: Option<Duration>,
 }
 
 /// Turns listener items into notifications for the instance owner.
@@ -45,12 +51,22 @@ pub struct Pipeline {
     directory: Arc<dyn InstanceDirectory>,
     notifier: Arc<dyn Notifier>,
     ledger: Ledger,
-    listing: Option<HashSet<Uuid>>,
+    listing: Option<Listing>,
+    connected_at: Option<Instant>,
     stats: PipelineStats,
     pulse: Option<PulseHook>,
     /// Connected and caught up (for [`Pulse::Tick`]).
     connected: bool,
     metrics: Option<Metrics>,
+}
+
+/// What a catch-up listing has shown so far.
+#[derive(Debug, Default)]
+struct Listing {
+    /// Every listed domain.
+    all: HashSet<Uuid>,
+    /// The listed domains paused by their watchdog.
+    paused: HashSet<Uuid>,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -76,6 +92,7 @@ impl Pipeline {
             notifier,
             ledger,
             listing: None,
+            connected_at: None,
             stats: PipelineStats::default(),
             pulse: None,
             connected: false,
@@ -148,6 +165,7 @@ impl Pipeline {
                 if let Some(m) = &self.metrics {
                     m.libvirt_connected(generation);
                 }
+                self.connected_at = Some(Instant::now());
                 tracing::info!(generation, uri = %uri, "connected to libvirt");
             }
             Item::Disconnected { generation, reason } => {
@@ -169,27 +187,46 @@ impl Pipeline {
                 tracing::warn!(attempt, error = %error, retry_in_ms = retry_in.as_millis() as u64,
                     "cannot connect to libvirt; retrying");
             }
-            Item::InitStart { .. } => self.listing = Some(HashSet::new()),
+            Item::InitStart { .. } => self.listing = Some(Listing::default()),
             Item::InitDomain(info) => {
                 if let Some(xml) = &info.xml {
                     self.directory.observe(&info.domain, xml);
                 }
-                if let (true, Some(listing)) = (info.is_paused_by_watchdog(), &mut self.listing) {
-                    listing.insert(info.domain.uuid);
+                if info.id.is_none() {
+                    // Shut off: it cannot fire before a `started` event,
+                    // which brings its XML again.
+                    self.directory.retire(&info.domain);
+                }
+                if let Some(listing) = &mut self.listing {
+                    listing.all.insert(info.domain.uuid);
+                    if info.is_paused_by_watchdog() {
+                        listing.paused.insert(info.domain.uuid);
+                    }
                 }
             }
             Item::InitDone {
                 domains,
                 generation,
             } => {
-                if let Some(paused) = self.listing.take() {
+                if let Some(listing) = self.listing.take() {
                     // Episodes of domains no longer paused by their watchdog
                     // ended while we were not listening.
-                    if let Err(e) = self.ledger.retain(|d| paused.contains(d)) {
+                    if let Err(e) = self.ledger.retain(|d| listing.paused.contains(d)) {
                         tracing::error!(error = %e, "cannot update the episode ledger");
                     }
+                    // Domains that vanished while we were not listening.
+                    self.directory
+                        .retire_unlisted(&|uuid: &Uuid| listing.all.contains(uuid));
                 }
-                tracing::info!(domains, "catch-up listing done");
+                self.stats.catch_ups += 1;
+                let took = self.connected_at.take().map(|t| t.elapsed());
+                self.stats.last_catch_up = took;
+                tracing::info!(
+                    domains,
+                    duration_ms =
+                        took.map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+                    "catch-up listing done"
+                );
                 self.connected = true;
                 self.pulse(Pulse::CaughtUp {
                     generation,
@@ -206,6 +243,9 @@ impl Pipeline {
     fn lifecycle(&mut self, ev: LifecycleEvent) {
         if let Some(xml) = &ev.xml {
             self.directory.observe(&ev.domain, xml);
+        }
+        if ev.event.is(Lifecycle::Stopped) || ev.event.is(Lifecycle::Undefined) {
+            self.directory.retire(&ev.domain);
         }
         let ends_episode = [
             Lifecycle::Resumed,

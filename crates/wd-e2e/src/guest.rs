@@ -138,6 +138,15 @@ pub struct SeenEvent {
     pub detail: String,
 }
 
+impl SeenEvent {
+    /// [`SeenEvent::at`] as seconds since the Unix epoch (0 before it).
+    pub fn unix_secs(&self) -> f64 {
+        self.at
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64())
+    }
+}
+
 /// `virsh event --event EVENT --loop --timestamp` for every domain, as a
 /// child process whose lines are collected; killed when dropped. It is
 /// what an operator watching the host sees, independent of the agent.
@@ -151,8 +160,18 @@ impl EventWatch {
     /// registered (it prints nothing until then, so allow a moment).
     pub fn start(event: &str) -> anyhow::Result<EventWatch> {
         use std::io::BufRead;
-        let mut child = Command::new("virsh")
-            .args(["-c", Libvirtd::URI, "event", "--event", event])
+        // virsh block-buffers stdout into a pipe; stdbuf makes it
+        // line-buffered so that no event waits (or is lost) in its buffer.
+        let mut child = Command::new("stdbuf")
+            .args([
+                "-oL",
+                "virsh",
+                "-c",
+                Libvirtd::URI,
+                "event",
+                "--event",
+                event,
+            ])
             .args(["--loop", "--timestamp"])
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
@@ -230,6 +249,18 @@ mod tests {
                 .unwrap()
                 .as_millis();
         assert_eq!(secs, 1_796_222_401_123);
+        assert!((e.unix_secs() - 1_796_222_401.123).abs() < 1e-6);
+        // A Unix timestamp that crosses a leap day, as a civil-date sum
+        // would get it wrong by a day.
+        let leap =
+            parse_event_line("2024-03-01 00:00:00.5+0000: event 'watchdog' for domain 'd': reset")
+                .unwrap();
+        assert_eq!(leap.unix_secs(), 1_709_251_200.5);
+        assert_eq!(leap.detail, "reset");
+        assert!(
+            parse_event_line("2024-13-01 00:00:00.5+0000: event 'watchdog' for domain 'd': reset")
+                .is_none()
+        );
         assert!(parse_event_line("event loop ended").is_none());
     }
 }

@@ -779,6 +779,8 @@ async fn libvirtd_hostile_endpoints_of_one_project_delay_no_other_project() {
     }
     let config = dir.0.join("wd.toml");
     std::fs::write(&config, text).unwrap();
+    // It holds secrets: the agent refuses it readable by others.
+    std::fs::set_permissions(&config, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let mut agent = Agent::start(&config, OPERATOR_SECRET, &dir.0.join("agent.log")).unwrap();
     agent.wait_ready(Duration::from_secs(60)).await.unwrap();
 

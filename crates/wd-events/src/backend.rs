@@ -1,29 +1,19 @@
 //! The libvirt operations the listener needs, behind a trait so that the
 //! reconnect loop is tested with mocks, and their real implementation.
 
-use std::sync::mpsc::Sender;
+use std::collections::HashMap;
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use uuid::Uuid;
 use virt::connect::Connect;
+use virt::domain::Domain;
 
 use crate::error::{Error, Result};
 use crate::ffi::{self, CloseGuard, Registration};
-use crate::kinds::Enum;
-use crate::machine::RawEvent;
+use crate::inbox::{Msg, Sink};
+use crate::kinds::{CEnum, DomainState, Enum};
 use crate::model::{DomainId, DomainInfo};
-
-/// A message from the libvirt event-loop thread (or the consumer) to the
-/// listener's supervisor thread.
-#[derive(Debug)]
-pub(crate) enum Msg {
-    /// A domain event.
-    Event(RawEvent),
-    /// The close callback of the connection of `generation` ran.
-    Closed { generation: u64, reason: i32 },
-    /// The consumer dropped the stream.
-    Shutdown,
-}
 
 /// Opens connections. One connection at a time is open.
 #[cfg_attr(test, mockall::automock)]
@@ -35,16 +25,19 @@ pub(crate) trait Backend: Send + 'static {
         &self,
         config: &crate::ListenerConfig,
         generation: u64,
-        sink: Sender<Msg>,
+        sink: Sink,
     ) -> Result<Box<dyn Session>>;
 }
 
 /// One open, registered connection. Dropping it deregisters and closes.
 #[cfg_attr(test, mockall::automock)]
 pub(crate) trait Session: Send {
-    /// Lists every domain with its state, and its XML if `with_xml`.
-    fn list_domains(&self, with_xml: bool) -> Result<Vec<DomainInfo>>;
-    /// One domain's XML.
+    /// Lists every domain with its state, without XML. A shut-off domain
+    /// costs no call beyond the listing itself (its state is `shutoff`, its
+    /// reason not fetched: 0).
+    fn list_domains(&self) -> Result<Vec<DomainInfo>>;
+    /// One domain's XML (from the handle the last listing returned, when
+    /// there is one, which saves a lookup round-trip).
     fn domain_xml(&self, uuid: Uuid) -> Result<String>;
     /// Whether the connection is still alive.
     fn is_alive(&self) -> bool;
@@ -60,6 +53,8 @@ pub(crate) struct Libvirt;
 struct LibvirtSession {
     _events: Registration,
     _close: CloseGuard,
+    /// The active domains of the last listing, for `domain_xml`.
+    listed: Mutex<HashMap<Uuid, Domain>>,
     conn: Connect,
     uri: String,
 }
@@ -69,7 +64,7 @@ impl Backend for Libvirt {
         &self,
         config: &crate::ListenerConfig,
         generation: u64,
-        sink: Sender<Msg>,
+        sink: Sink,
     ) -> Result<Box<dyn Session>> {
         ffi::init_event_loop()?;
         let uri = config.uri.clone();
@@ -92,7 +87,7 @@ impl Backend for Libvirt {
         }
         let close_sink = sink.clone();
         let close = CloseGuard::register(&conn, move |reason| {
-            // Never blocks: the channel is unbounded.
+            // Never waits longer than a queue operation.
             let _ = close_sink.send(Msg::Closed { generation, reason });
         })
         .map_err(|source| Error::Register {
@@ -106,6 +101,7 @@ impl Backend for Libvirt {
         Ok(Box::new(LibvirtSession {
             _events: events,
             _close: close,
+            listed: Mutex::default(),
             conn,
             uri,
         }))
@@ -119,30 +115,44 @@ fn keepalive_secs(interval: Duration) -> i32 {
 }
 
 impl Session for LibvirtSession {
-    fn list_domains(&self, with_xml: bool) -> Result<Vec<DomainInfo>> {
+    fn list_domains(&self) -> Result<Vec<DomainInfo>> {
         let list_err = |source| Error::ListDomains {
             uri: self.uri.clone(),
             source,
         };
+        // One round-trip for the whole listing; UUID, name and runtime id
+        // come with it. Only active domains need their state asked.
         let domains = self.conn.list_all_domains(0).map_err(list_err)?;
         let mut infos = Vec::with_capacity(domains.len());
+        let mut listed = HashMap::new();
         for dom in domains {
             // A domain that vanishes during the listing is skipped: it is
             // not there any more, which is what a fresh listing would say.
-            let (Ok(uuid), Ok(name), Ok((state, reason))) =
-                (dom.uuid(), dom.name(), ffi::domain_state(&dom))
-            else {
+            let (Ok(uuid), Ok(name)) = (dom.uuid(), dom.name()) else {
                 continue;
+            };
+            let id = dom.id();
+            let (state, reason) = if id.is_some() {
+                let Ok(state) = ffi::domain_state(&dom) else {
+                    continue;
+                };
+                state
+            } else {
+                (CEnum::to_raw(DomainState::Shutoff), 0)
             };
             infos.push(DomainInfo {
                 domain: DomainId { uuid, name },
-                id: dom.id(),
+                id,
                 state: Enum::from_raw(state),
                 reason,
-                xml: if with_xml { dom.xml_desc(0).ok() } else { None },
+                xml: None,
                 generation: 0,
             });
+            if id.is_some() {
+                listed.insert(uuid, dom);
+            }
         }
+        *self.listed.lock().unwrap_or_else(PoisonError::into_inner) = listed;
         Ok(infos)
     }
 
@@ -152,10 +162,19 @@ impl Session for LibvirtSession {
             domain: uuid.to_string(),
             source,
         };
-        self.conn
-            .lookup_domain_by_uuid(uuid)
-            .and_then(|d| d.xml_desc(0))
-            .map_err(err)
+        let listed = self
+            .listed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&uuid);
+        match listed {
+            Some(dom) => dom.xml_desc(0),
+            None => self
+                .conn
+                .lookup_domain_by_uuid(uuid)
+                .and_then(|d| d.xml_desc(0)),
+        }
+        .map_err(err)
     }
 
     fn is_alive(&self) -> bool {

@@ -49,8 +49,13 @@ pub struct ListenerConfig {
     /// over; one that flaps sooner keeps it growing.
     pub backoff_reset_after: Duration,
     /// How many items may wait for the consumer before the listener waits
-    /// for it. The libvirt event loop itself never waits.
+    /// for it. The libvirt event loop itself never waits, and neither do
+    /// the listener's liveness checks and re-checks.
     pub channel_capacity: usize,
+    /// How many events may wait in the listener's inbox before lifecycle
+    /// repeats of a domain are folded (watchdog firings never are). See
+    /// [`ListenerStats`](crate::ListenerStats).
+    pub inbox_capacity: usize,
 }
 
 impl Default for ListenerConfig {
@@ -65,6 +70,7 @@ impl Default for ListenerConfig {
             backoff: Backoff::new(Duration::from_millis(800), Duration::from_secs(30)),
             backoff_reset_after: Duration::from_secs(120),
             channel_capacity: 1024,
+            inbox_capacity: 4096,
         }
     }
 }
@@ -103,6 +109,13 @@ impl ListenerConfig {
     #[must_use]
     pub fn recheck_interval(mut self, interval: Duration) -> Self {
         self.recheck_interval = interval;
+        self
+    }
+
+    /// Sets the inbox's folding threshold (at least 1).
+    #[must_use]
+    pub fn inbox_capacity(mut self, capacity: usize) -> Self {
+        self.inbox_capacity = capacity.max(1);
         self
     }
 

@@ -22,9 +22,13 @@
 //!   [`Item::ConnectFailed`]; and [`Item::Error`] for a failure worked
 //!   around. Errors never end the stream.
 //! * After every connect, a catch-up bracketed by [`Item::InitStart`] and
-//!   [`Item::InitDone`]: every domain with its state and XML
-//!   ([`Item::InitDomain`]), then the watchdog pauses that happened while
-//!   disconnected, as recovered firings.
+//!   [`Item::InitDone`]: every domain with its state ([`Item::InitDomain`]),
+//!   then the watchdog pauses that happened while disconnected, as recovered
+//!   firings. A domain's XML comes with it only when it matters: an active
+//!   domain whose XML this listener has not handed out since it started, or
+//!   one paused by its watchdog. A shut-off domain costs nothing but its
+//!   entry in the listing; its XML comes with its `started` event. The
+//!   duration is logged and kept in [`EventStream::stats`].
 //!
 //! ```no_run
 //! use futures::StreamExt;
@@ -73,15 +77,19 @@
 //! * **`wd-libvirt-loop`** (one per process, started by
 //!   [`init_event_loop`]) runs `virEventRunDefaultImpl` forever. libvirt
 //!   runs every callback here: domain events, the close callback,
-//!   keepalive. Callbacks only copy data into owned values and send them on
-//!   an unbounded channel; they never block.
+//!   keepalive. Callbacks only copy data into owned values and put them in
+//!   the listener's inbox; they never block. The inbox is bounded by folding
+//!   a domain's redundant lifecycle events once it is full; watchdog
+//!   firings and pause episodes are never folded (see [`ListenerStats`]).
 //! * **`wd-events`** (one per listener, started by [`listen`]) owns the
 //!   connection and the state machine: it connects, registers, lists
 //!   domains, fetches XML, backs off between attempts, turns the callbacks'
 //!   messages into [`Item`]s and sends them to the consumer. It makes all
 //!   the blocking libvirt calls, so the loop thread never waits on libvirt
-//!   or on the consumer. When the consumer falls behind, this thread waits,
-//!   and messages queue up before it.
+//!   or on the consumer. This thread never waits for the consumer either:
+//!   while [`ListenerConfig::channel_capacity`] items wait, it stops taking
+//!   events from the inbox (which then folds) and starts no catch-up, but
+//!   its liveness checks and re-checks keep their schedule.
 //! * **The consumer** polls the [`EventStream`] on any async runtime.
 //!   Dropping the stream stops the `wd-events` thread, which deregisters
 //!   and closes its connection.
@@ -107,6 +115,7 @@ mod config;
 mod error;
 #[allow(unsafe_code)]
 mod ffi;
+mod inbox;
 mod kinds;
 mod listener;
 mod machine;
@@ -115,6 +124,7 @@ mod model;
 pub use config::ListenerConfig;
 pub use error::{Error, Result};
 pub use ffi::{Registration, init_event_loop, register};
+pub use inbox::ListenerStats;
 pub use kinds::{
     CEnum, CloseReason, CrashedDetail, DefinedDetail, DomainState, Enum, Lifecycle,
     LifecycleDetail, PAUSED_REASON_WATCHDOG, PmSuspendedDetail, ResumedDetail, ShutdownDetail,

@@ -2,18 +2,17 @@
 //! the supervisor thread that drives the state machine.
 
 use std::pin::Pin;
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
 use futures::Stream;
-use tokio::sync::mpsc as tmpsc;
 use virt::connect::Connect;
 
-use crate::backend::{Backend, Libvirt, Msg, Session};
+use crate::backend::{Backend, Libvirt, Session};
 use crate::config::ListenerConfig;
 use crate::error::{Error, Result};
+use crate::inbox::{self, Gone, Inbox, ListenerStats, Msg, Next, Outbox, Sink};
 use crate::kinds::Enum;
 use crate::machine::Machine;
 use crate::model::{DisconnectReason, Item};
@@ -36,8 +35,8 @@ type SharedConnection = Arc<Mutex<Option<Connect>>>;
 /// listener (its supervisor thread exits and deregisters).
 #[derive(Debug)]
 pub struct EventStream {
-    items: tmpsc::Receiver<Item>,
-    control: Sender<Msg>,
+    items: Outbox,
+    control: Sink,
     connection: SharedConnection,
 }
 
@@ -72,15 +71,13 @@ pub fn listen(config: ListenerConfig) -> Result<EventStream> {
 
 /// Starts the supervisor thread over any backend.
 pub(crate) fn spawn<B: Backend>(backend: B, config: ListenerConfig) -> Result<EventStream> {
-    let (items_tx, items) = tmpsc::channel(config.channel_capacity.max(1));
-    let (control, inbox) = mpsc::channel();
+    let (control, inbox, items) = inbox::queues(config.inbox_capacity, config.channel_capacity);
     let connection = SharedConnection::default();
     let supervisor = Supervisor {
         backend,
         config,
         inbox,
         sink: control.clone(),
-        out: items_tx,
         connection: connection.clone(),
         machine: Machine::new(),
     };
@@ -114,7 +111,13 @@ impl EventStream {
 
     /// Receives the next item (the same as `StreamExt::next`).
     pub async fn recv(&mut self) -> Option<Item> {
-        self.items.recv().await
+        std::future::poll_fn(|cx| self.items.poll_recv(cx)).await
+    }
+
+    /// What the listener's queues hold and have done, and how long its last
+    /// catch-up took.
+    pub fn stats(&self) -> ListenerStats {
+        self.items.stats()
     }
 }
 
@@ -127,7 +130,7 @@ impl Drop for EventStream {
 impl Stream for EventStream {
     type Item = Item;
 
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Item>> {
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Item>> {
         self.items.poll_recv(cx)
     }
 }
@@ -142,15 +145,21 @@ impl EventSource for EventStream {
 /// The consumer is gone; stop.
 struct Stop;
 
+impl From<Gone> for Stop {
+    fn from(_: Gone) -> Self {
+        Stop
+    }
+}
+
 /// Owns the state machine and the connection; runs on the `wd-events`
 /// thread. See the crate docs for the thread model.
 struct Supervisor<B> {
     backend: B,
     config: ListenerConfig,
-    inbox: Receiver<Msg>,
+    /// The inbox, and the outbox's producing end.
+    inbox: Inbox,
     /// A sender into `inbox`, cloned into each connection's callbacks.
-    sink: Sender<Msg>,
-    out: tmpsc::Sender<Item>,
+    sink: Sink,
     connection: SharedConnection,
     machine: Machine,
 }
@@ -166,6 +175,7 @@ impl<B: Backend> Supervisor<B> {
         let mut failures = 0u32;
         loop {
             let generation = self.machine.generation() + 1;
+            let attempt_started = Instant::now();
             let session = match self
                 .backend
                 .connect(&self.config, generation, self.sink.clone())
@@ -188,7 +198,7 @@ impl<B: Backend> Supervisor<B> {
             self.set_connection(session.connection());
             let item = self.machine.connected(&self.config.uri);
             self.emit(item)?;
-            let reason = self.serve(&*session)?;
+            let reason = self.serve(&*session, attempt_started)?;
             self.set_connection(None);
             // Deregister and close before telling the consumer.
             drop(session);
@@ -201,16 +211,14 @@ impl<B: Backend> Supervisor<B> {
 
     /// Catches up, then handles live events until the connection is lost;
     /// meanwhile checks that the connection is alive and re-checks the
-    /// domains, each at its interval.
-    fn serve(&mut self, session: &dyn Session) -> Result<DisconnectReason, Stop> {
-        match session.list_domains(true) {
-            Ok(domains) => {
-                for item in self.machine.listed(domains, SystemTime::now()) {
-                    self.emit(item)?;
-                }
-            }
-            Err(e) => return Ok(DisconnectReason::CatchUpFailed(e)),
-        }
+    /// domains, each at its interval, whether or not the consumer keeps up.
+    /// `connected_at` is when the connection attempt began: the catch-up's
+    /// duration counts from there.
+    fn serve(
+        &mut self,
+        session: &dyn Session,
+        connected_at: Instant,
+    ) -> Result<DisconnectReason, Stop> {
         let generation = self.machine.generation();
         let alive_every = self
             .config
@@ -219,11 +227,22 @@ impl<B: Backend> Supervisor<B> {
         let recheck_every = self.config.recheck_interval;
         let mut next_alive = Instant::now() + alive_every;
         let mut next_recheck = (!recheck_every.is_zero()).then(|| Instant::now() + recheck_every);
+        // Live events wait until the catch-up is out, which waits for room
+        // at the consumer (so a stalled consumer and a flapping libvirtd do
+        // not pile up listings).
+        let mut caught_up = false;
         loop {
-            // Checked on every turn, so a steady flow of events cannot starve
-            // them.
+            if !caught_up && self.inbox.has_room() {
+                if let Err(e) = self.catch_up(session, connected_at) {
+                    return Ok(DisconnectReason::CatchUpFailed(e));
+                }
+                caught_up = true;
+            }
+            // Checked on every turn, so neither a steady flow of events nor
+            // a stalled consumer can starve them.
             let now = Instant::now();
             if now >= next_alive {
+                self.inbox.record(|s| s.alive_checks += 1);
                 if !session.is_alive() {
                     return Ok(DisconnectReason::NotAlive);
                 }
@@ -232,23 +251,22 @@ impl<B: Backend> Supervisor<B> {
             if let Some(at) = next_recheck
                 && now >= at
             {
-                match session.list_domains(false) {
-                    Ok(domains) => {
-                        for item in self.machine.rechecked(domains, SystemTime::now()) {
-                            self.emit(item)?;
+                if caught_up {
+                    match session.list_domains() {
+                        Ok(domains) => {
+                            for item in self.machine.rechecked(domains, SystemTime::now()) {
+                                self.emit(item)?;
+                            }
                         }
+                        // The alive check decides whether the connection is lost.
+                        Err(e) => self.emit(Item::Error(e))?,
                     }
-                    // The alive check decides whether the connection is lost.
-                    Err(e) => self.emit(Item::Error(e))?,
                 }
                 next_recheck = Some(Instant::now() + recheck_every);
             }
             let wake = next_recheck.map_or(next_alive, |r| r.min(next_alive));
-            match self
-                .inbox
-                .recv_timeout(wake.saturating_duration_since(Instant::now()))
-            {
-                Ok(Msg::Event(event)) => {
+            match self.inbox.next(wake, caught_up) {
+                Next::Event(event) => {
                     let xml = if event.kind.wants_xml() {
                         match session.domain_xml(event.domain.uuid) {
                             Ok(xml) => Some(xml),
@@ -264,18 +282,56 @@ impl<B: Backend> Supervisor<B> {
                         self.emit(item)?;
                     }
                 }
-                Ok(Msg::Closed {
+                Next::Closed {
                     generation: g,
                     reason,
-                }) if g == generation => {
+                } if g == generation => {
                     return Ok(DisconnectReason::Closed(Enum::from_raw(reason)));
                 }
                 // A late close of an earlier connection.
-                Ok(Msg::Closed { .. }) => {}
-                Ok(Msg::Shutdown) | Err(RecvTimeoutError::Disconnected) => return Err(Stop),
-                Err(RecvTimeoutError::Timeout) => {}
+                Next::Closed { .. } | Next::Room | Next::Timeout => {}
+                Next::Stop => return Err(Stop),
             }
         }
+    }
+
+    /// Lists the domains, fetches the XML of those that need it (see
+    /// `Machine::wants_xml`: at most once per domain and connection, none
+    /// for a shut-off domain or a running one already known), and queues the
+    /// catch-up's items.
+    fn catch_up(&mut self, session: &dyn Session, connected_at: Instant) -> Result<(), Error> {
+        let mut domains = session.list_domains()?;
+        let mut fetched = 0usize;
+        for info in &mut domains {
+            if self.machine.wants_xml(info) {
+                // A domain that vanished since the listing has no XML; the
+                // next listing will not show it either.
+                info.xml = session.domain_xml(info.domain.uuid).ok();
+                fetched += 1;
+            }
+        }
+        let count = domains.len();
+        for item in self.machine.listed(domains, SystemTime::now()) {
+            // The consumer is gone: the supervisor stops at its next turn.
+            if self.emit(item).is_err() {
+                break;
+            }
+        }
+        let took = connected_at.elapsed();
+        self.inbox.record(|s| {
+            s.catch_ups += 1;
+            s.last_catch_up = Some(took);
+            s.last_catch_up_domains = count;
+            s.last_catch_up_xml = fetched;
+        });
+        tracing::info!(
+            generation = self.machine.generation(),
+            domains = count,
+            xml_fetched = fetched,
+            duration_ms = took.as_secs_f64() * 1000.0,
+            "catch-up done"
+        );
+        Ok(())
     }
 
     /// Waits `delay` while disconnected, still handling events that were
@@ -283,19 +339,15 @@ impl<B: Backend> Supervisor<B> {
     fn idle(&mut self, delay: Duration) -> Result<(), Stop> {
         let deadline = Instant::now() + delay;
         loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Ok(());
-            }
-            match self.inbox.recv_timeout(left) {
-                Ok(Msg::Event(event)) => {
+            match self.inbox.next(deadline, true) {
+                Next::Event(event) => {
                     if let Some(item) = self.machine.live(event, None) {
                         self.emit(item)?;
                     }
                 }
-                Ok(Msg::Closed { .. }) => {}
-                Ok(Msg::Shutdown) | Err(RecvTimeoutError::Disconnected) => return Err(Stop),
-                Err(RecvTimeoutError::Timeout) => return Ok(()),
+                Next::Closed { .. } | Next::Room => {}
+                Next::Stop => return Err(Stop),
+                Next::Timeout => return Ok(()),
             }
         }
     }
@@ -315,9 +367,9 @@ impl<B: Backend> Supervisor<B> {
             }
             _ => {}
         }
-        // Waits while the consumer is behind; the libvirt loop thread never
-        // does, since it only feeds the unbounded inbox.
-        self.out.blocking_send(item).map_err(|_| Stop)
+        // Never waits: the supervisor stops taking events while the
+        // consumer is behind, and the inbox folds meanwhile.
+        self.inbox.emit(item).map_err(Stop::from)
     }
 
     fn set_connection(&self, conn: Option<Connect>) {

@@ -141,7 +141,18 @@ fn same_run(a: Option<u32>, b: Option<u32>) -> bool {
 pub(crate) struct Machine {
     generation: u64,
     last_seq: u64,
+    /// Only domains with an open episode or a firing to follow: the map
+    /// stays as small as the domains that matter, whatever the churn.
     domains: HashMap<Uuid, Track>,
+    /// Active domains whose XML the consumer was given since they last
+    /// started (so a catch-up need not fetch it again).
+    xml_known: HashSet<Uuid>,
+}
+
+impl Track {
+    fn is_empty(&self) -> bool {
+        self.episode.is_none() && self.follow.is_none()
+    }
 }
 
 impl Machine {
@@ -152,6 +163,34 @@ impl Machine {
     /// The current connection generation (0 before the first connect).
     pub(crate) fn generation(&self) -> u64 {
         self.generation
+    }
+
+    /// Whether a catch-up should fetch the XML of `info` (listed without
+    /// it): only an active domain can fire, and its XML is needed when the
+    /// consumer was not given it since it started, or when it is paused by
+    /// its watchdog (a recovered firing about to be reported). A shut-off
+    /// domain's XML comes with its `started` event.
+    pub(crate) fn wants_xml(&self, info: &DomainInfo) -> bool {
+        info.id.is_some()
+            && (info.is_paused_by_watchdog() || !self.xml_known.contains(&info.domain.uuid))
+    }
+
+    /// Gives memory back after a wave of churn (a map keeps its largest
+    /// capacity otherwise).
+    fn shrink(&mut self) {
+        if self.domains.capacity() > 64 && self.domains.len() * 4 < self.domains.capacity() {
+            self.domains.shrink_to(self.domains.len() * 2);
+        }
+        if self.xml_known.capacity() > 64 && self.xml_known.len() * 4 < self.xml_known.capacity() {
+            self.xml_known.shrink_to(self.xml_known.len() * 2);
+        }
+    }
+
+    /// How many domains the machine tracks (episodes or firings to follow)
+    /// and how many it knows the XML of.
+    #[cfg(test)]
+    pub(crate) fn sizes(&self) -> (usize, usize) {
+        (self.domains.len(), self.xml_known.len())
     }
 
     fn next_seq(&mut self) -> u64 {
@@ -217,6 +256,11 @@ impl Machine {
         for mut info in domains {
             info.generation = generation;
             seen.insert(info.domain.uuid);
+            if info.id.is_none() {
+                self.xml_known.remove(&info.domain.uuid);
+            } else if info.xml.is_some() {
+                self.xml_known.insert(info.domain.uuid);
+            }
             let track = self.domains.entry(info.domain.uuid).or_default();
             if info.is_paused_by_watchdog() {
                 let known = track
@@ -238,7 +282,10 @@ impl Machine {
             each(info);
         }
         // A domain that is gone has no episode left to continue.
-        self.domains.retain(|uuid, _| seen.contains(uuid));
+        self.domains
+            .retain(|uuid, track| seen.contains(uuid) && !track.is_empty());
+        self.xml_known.retain(|uuid| seen.contains(uuid));
+        self.shrink();
         recovered
             .into_iter()
             .map(|(domain, run_id, episode)| {
@@ -340,8 +387,14 @@ impl Machine {
         if ends_episode {
             track.episode = None;
         }
-        if event.is(Lifecycle::Undefined) {
+        if event.is(Lifecycle::Undefined) || track.is_empty() {
             self.domains.remove(&raw.domain.uuid);
+        }
+        if event.is(Lifecycle::Stopped) || event.is(Lifecycle::Undefined) {
+            self.xml_known.remove(&raw.domain.uuid);
+            self.shrink();
+        } else if xml.is_some() {
+            self.xml_known.insert(raw.domain.uuid);
         }
         let seq = self.next_seq();
         Item::Lifecycle(LifecycleEvent {

@@ -204,8 +204,12 @@ pub struct DomainInfo {
     pub state: Enum<DomainState>,
     /// The raw reason for the state (its meaning depends on the state).
     pub reason: i32,
-    /// The domain's XML (`virDomainGetXMLDesc(0)`); `None` when it could
-    /// not be read (for example, the domain vanished during the listing).
+    /// The domain's XML (`virDomainGetXMLDesc(0)`), fetched only when it
+    /// matters: for an active domain whose XML this listener has not handed
+    /// out since it started, or one paused by its watchdog. `None` otherwise
+    /// (a shut-off domain's XML comes with its `started` event, a known
+    /// running domain's was given before), or when it could not be read (the
+    /// domain vanished during the listing).
     pub xml: Option<String>,
     /// The connection generation of the listing.
     pub generation: u64,

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use backon::{BackoffBuilder, ExponentialBuilder};
+use backon::BackoffBuilder;
 use tokio::time::Instant;
 
 use crate::model::Notification;
@@ -12,15 +12,16 @@ use crate::notifier::{Notifier, NotifyError};
 /// [`Retry`] settings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RetryConfig {
-    /// The first wait. Default 500 ms.
+    /// The first wait (with jitter, drawn from its upper half). Default
+    /// 500 ms.
     pub min_delay: Duration,
     /// The longest wait between attempts, jitter included. Default 30 s.
     pub max_delay: Duration,
     /// How much each wait grows. Default 2.
     pub factor: f32,
-    /// Whether to add up to 100 % random jitter to each wait (still capped
-    /// by `max_delay`), so that many senders do not retry in step. Default
-    /// on.
+    /// Whether to draw each wait at random from its upper half (as
+    /// [`wd_backoff::Backoff`] does; still capped by `max_delay`), so that
+    /// many senders do not retry in step. Default on.
     pub jitter: bool,
     /// The time from the first attempt after which no attempt starts and a
     /// running attempt is abandoned. Default 60 s.
@@ -86,17 +87,14 @@ impl RetryConfig {
         self
     }
 
+    /// The waits between attempts: the workspace's one backoff policy,
+    /// [`wd_backoff::Backoff`], run through backon.
     fn backoff(&self) -> impl Iterator<Item = Duration> + use<> {
-        let mut b = ExponentialBuilder::new()
-            .with_min_delay(self.min_delay)
-            .with_max_delay(self.max_delay)
-            .with_factor(self.factor.max(1.0))
-            .without_max_times();
-        if self.jitter {
-            b = b.with_jitter();
-        }
+        let policy = wd_backoff::Backoff::new(self.min_delay, self.max_delay)
+            .factor(self.factor.max(1.0))
+            .jitter(self.jitter);
         let cap = self.max_delay;
-        b.build().map(move |d| d.min(cap))
+        policy.builder().build().map(move |d| d.min(cap))
     }
 }
 
@@ -290,7 +288,9 @@ mod tests {
             .min_delay(Duration::from_millis(100))
             .max_delay(Duration::from_secs(1));
         let waits: Vec<_> = cfg.backoff().take(50).collect();
-        assert!(waits[0] >= Duration::from_millis(100) && waits[0] < Duration::from_millis(200));
+        // wd_backoff's jitter draws each wait from the upper half of its
+        // step: the first from [min/2, min].
+        assert!(waits[0] >= Duration::from_millis(50) && waits[0] <= Duration::from_millis(100));
         assert!(waits.iter().all(|w| *w <= Duration::from_secs(1)));
         assert!(
             waits.windows(2).any(|w| w[0] != w[1]),

@@ -95,14 +95,23 @@ proptest! {
         // The record boundaries themselves, and one byte either side.
         all_cuts.extend(ends.iter().flat_map(|(e, _)| [e - 1, *e, (e + 1).min(bytes.len())]));
         for cut in all_cuts {
-            let want: Vec<Notification> = ends
-                .iter()
-                .filter(|(end, _)| *end <= cut)
-                .map(|(_, n)| n.clone())
-                .collect();
             for tail in [&[][..], &garbage[..]] {
                 let mut damaged = bytes[..cut].to_vec();
                 damaged.extend_from_slice(tail);
+                // Garbage may happen to start with the very bytes that were
+                // cut (a `}` after a cut one byte short of a record's end):
+                // what survives is the prefix the damaged file shares with
+                // the intact one.
+                let intact = damaged
+                    .iter()
+                    .zip(&bytes)
+                    .take_while(|(a, b)| a == b)
+                    .count();
+                let want: Vec<Notification> = ends
+                    .iter()
+                    .filter(|(end, _)| *end <= intact)
+                    .map(|(_, n)| n.clone())
+                    .collect();
                 let (records, _) = recover(&damaged);
                 let got: Vec<Notification> = records
                     .into_iter()

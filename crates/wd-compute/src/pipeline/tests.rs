@@ -599,3 +599,86 @@ async fn pulses_say_caught_up_and_tick_only_while_the_loop_goes_round() {
     let _ = stop.send(());
     assert_eq!(task.await.unwrap().accepted, 1);
 }
+
+fn life_xml(d: &DomainId, event: Lifecycle, xml: Option<String>) -> Item {
+    Item::Lifecycle(LifecycleEvent {
+        domain: d.clone(),
+        event: Enum::Known(event),
+        detail: LifecycleDetail::Unknown(0),
+        received_at: SystemTime::now(),
+        seq: 1,
+        generation: 1,
+        episode: None,
+        xml,
+    })
+}
+
+#[tokio::test]
+async fn a_flood_of_100k_lifecycle_events_leaves_the_directory_bounded() {
+    use crate::directory::DirectoryConfig;
+    for (grace, expired) in [(Duration::ZERO, true), (Duration::from_secs(3600), false)] {
+        let rec = Arc::new(Recorder::default());
+        let dir = Arc::new(NovaDirectory::with_config(
+            DirectoryConfig::default()
+                .retire_after(grace)
+                .max_entries(1_000),
+        ));
+        let mut p = Pipeline::new("compute-1", dir.clone(), rec.clone(), Ledger::in_memory());
+        // A long-lived guest, listed at the start, outlives the churn.
+        let keeper = dom(u128::MAX);
+        feed(&mut p, listing(&[(keeper.clone(), false)])).await;
+        // 25,000 instances come and go: defined, started, stopped,
+        // undefined.
+        for n in 0..25_000u128 {
+            let d = dom(n);
+            let xml = Some(nova_xml(&d));
+            // (The XML is parsed once per instance, to keep the test quick.)
+            p.handle(life_xml(&d, Lifecycle::Defined, None)).await;
+            p.handle(life_xml(&d, Lifecycle::Started, xml)).await;
+            p.handle(life_xml(&d, Lifecycle::Stopped, None)).await;
+            p.handle(life_xml(&d, Lifecycle::Undefined, None)).await;
+            assert!(dir.len() <= 1_000);
+        }
+        let stats = dir.stats();
+        if expired {
+            assert_eq!(stats.entries, 1, "{stats:?}");
+            assert_eq!(stats.evicted_expired, 25_000, "{stats:?}");
+            assert_eq!(stats.evicted_full, 0, "{stats:?}");
+        } else {
+            // Within their grace period, retired entries are evicted
+            // first when the directory is full; the live guest stays.
+            assert_eq!(stats.entries, 1_000, "{stats:?}");
+            assert_eq!(stats.retired, 999, "{stats:?}");
+            assert_eq!(stats.evicted_full, 25_001 - 1_000, "{stats:?}");
+        }
+        feed(&mut p, vec![fire(&keeper, Reset, Origin::Live, 1)]).await;
+        let got = rec.got.lock().unwrap().clone();
+        assert_eq!(got[0].instance.project_id.as_deref(), Some(PROJECT));
+    }
+}
+
+#[tokio::test]
+async fn a_catch_up_retires_vanished_and_shut_off_domains_and_is_timed() {
+    let (gone, off, on) = (dom(10), dom(11), dom(12));
+    let (mut p, _, dir) = pipeline(Ledger::in_memory());
+    feed(
+        &mut p,
+        listing(&[(gone.clone(), false), (off.clone(), false)]),
+    )
+    .await;
+    assert_eq!(dir.stats().retired, 0);
+    let mut items = vec![Item::Connected {
+        generation: 3,
+        uri: "test:///x".into(),
+    }];
+    let mut second = listing(&[(off.clone(), false), (on.clone(), false)]);
+    if let Item::InitDomain(info) = &mut second[1] {
+        info.id = None; // shut off now
+    }
+    items.extend(second);
+    feed(&mut p, items).await;
+    let stats = dir.stats();
+    assert_eq!((stats.entries, stats.retired), (3, 2), "{stats:?}");
+    assert_eq!(p.stats().catch_ups, 2);
+    assert!(p.stats().last_catch_up.is_some());
+}

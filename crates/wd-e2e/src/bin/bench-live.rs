@@ -16,11 +16,9 @@
 //! guest assets and `wdctl` built next to this binary (the xtask does all
 //! that).
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use futures::StreamExt;
@@ -29,9 +27,10 @@ use lapin::options::{
 };
 use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties, ExchangeKind};
-use serde_json::{Value, json};
+use serde_json::Value;
 use wd_e2e::agent::Agent;
-use wd_e2e::guest::{Guest, virsh};
+use wd_e2e::bench::{clock_ticks, cpu_ticks, figure, latencies_ms, median, now, status_kib};
+use wd_e2e::guest::{EventWatch, Guest, virsh};
 use wd_e2e::receiver::Receiver;
 use wd_testkit::guest::{GuestAssets, GuestSpec, NovaOwner};
 use wd_testkit::{Libvirtd, RabbitMq};
@@ -44,19 +43,6 @@ const FIRINGS: usize = 8;
 const IDLE_WINDOW: Duration = Duration::from_secs(10);
 /// How long the reset storm runs.
 const STORM: Duration = Duration::from_secs(30);
-
-fn now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
-}
-
-fn figure(name: &str, value: f64, unit: &str, method: &str) {
-    println!(
-        "{}",
-        json!({"name": name, "value": value, "unit": unit, "method": method})
-    );
-}
 
 /// A receipt: when, the domain name it concerns, and its firing count.
 #[derive(Debug, Clone)]
@@ -171,119 +157,6 @@ fn find_domain(text: &str) -> String {
         .unwrap_or_default()
 }
 
-/// `virsh event --event watchdog --loop --timestamp` in the background,
-/// collecting (virsh's timestamp, domain) for each event.
-struct VirshEvents {
-    child: Child,
-    events: Receipts,
-}
-
-impl VirshEvents {
-    fn start() -> anyhow::Result<VirshEvents> {
-        // virsh block-buffers stdout into a pipe; stdbuf makes it line-buffered
-        // so that no event is lost in its buffer when it is killed.
-        let mut child = Command::new("stdbuf")
-            .args([
-                "-oL",
-                "virsh",
-                "-c",
-                Libvirtd::URI,
-                "event",
-                "--event",
-                "watchdog",
-            ])
-            .args(["--loop", "--timestamp"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("start virsh event")?;
-        let stdout = child.stdout.take().context("virsh stdout")?;
-        let events: Receipts = Arc::default();
-        let sink = events.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(e) = parse_virsh(&line) {
-                    lock(&sink).push(e);
-                }
-            }
-        });
-        Ok(VirshEvents { child, events })
-    }
-
-    fn of(&self, domain: &str) -> Vec<Receipt> {
-        lock(&self.events)
-            .iter()
-            .filter(|e| e.domain == domain)
-            .cloned()
-            .collect()
-    }
-}
-
-impl Drop for VirshEvents {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Parses `2026-11-25 19:50:01.123+0000: event 'watchdog' for domain 'NAME': reset`.
-fn parse_virsh(line: &str) -> Option<Receipt> {
-    let (stamp, rest) = line.split_once(": event 'watchdog' for domain '")?;
-    let domain = rest.split('\'').next()?.to_owned();
-    let (date, time) = stamp.split_once(' ')?;
-    let time = time.strip_suffix("+0000")?;
-    let mut d = date.split('-').map(|p| p.parse::<i64>().ok());
-    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
-    let mut t = time.split(':');
-    let (h, min) = (
-        t.next()?.parse::<f64>().ok()?,
-        t.next()?.parse::<f64>().ok()?,
-    );
-    let s = t.next()?.parse::<f64>().ok()?;
-    // Days from the civil date (Howard Hinnant's algorithm).
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    Some(Receipt {
-        at: days as f64 * 86_400.0 + h * 3600.0 + min * 60.0 + s,
-        domain,
-        count: 1,
-    })
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
-}
-
-/// Latencies in ms from each firing to the nearest unused receipt for the
-/// same domain within 2 s after it.
-fn latencies(firings: &[Receipt], receipts: &[Receipt]) -> Vec<f64> {
-    let mut used = vec![false; receipts.len()];
-    let mut out = Vec::new();
-    for f in firings {
-        let best = receipts
-            .iter()
-            .enumerate()
-            .filter(|(i, r)| !used[*i] && r.domain == f.domain)
-            .filter(|(_, r)| r.at >= f.at - 0.05 && r.at < f.at + 2.0)
-            .min_by(|a, b| a.1.at.total_cmp(&b.1.at));
-        if let Some((i, r)) = best {
-            used[i] = true;
-            out.push((r.at - f.at) * 1000.0);
-        }
-    }
-    out
-}
-
 /// The agent's configuration file.
 fn config(
     dir: &Path,
@@ -313,55 +186,6 @@ fn owner(i: usize) -> NovaOwner {
     }
 }
 
-fn clock_ticks() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
-        .unwrap_or(100.0)
-}
-
-/// utime + stime of `pid`, in clock ticks.
-fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the command name, which is in parentheses.
-    let rest = stat.rsplit_once(')').context("stat format")?.1;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15; `rest` starts at field 3.
-    Ok(f.get(11).context("utime")?.parse::<u64>()? + f.get(12).context("stime")?.parse::<u64>()?)
-}
-
-/// VmRSS of `pid`, in KiB.
-fn rss_kib(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let line = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .context("VmRSS")?;
-    Ok(line
-        .split_whitespace()
-        .nth(1)
-        .context("VmRSS value")?
-        .parse()?)
-}
-
-/// RssAnon of `pid` (its private, anonymous memory), in KiB. The rest of
-/// VmRSS is file-backed: the binary and shared libraries (libvirt, GnuTLS,
-/// libxml2, …), whose pages other processes such as libvirtd share.
-fn rss_anon_kib(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let line = status
-        .lines()
-        .find(|l| l.starts_with("RssAnon:"))
-        .context("RssAnon")?;
-    Ok(line
-        .split_whitespace()
-        .nth(1)
-        .context("RssAnon value")?
-        .parse()?)
-}
-
 fn work_dir(name: &str) -> anyhow::Result<PathBuf> {
     let dir = wd_testkit::target_dir().join("wd-bench").join(name);
     let _ = std::fs::remove_dir_all(&dir);
@@ -374,7 +198,7 @@ async fn latency(assets: &GuestAssets) -> anyhow::Result<()> {
     let bus: Receipts = Arc::default();
     let (hooks, url) = webhook().await?;
     let _conn = amqp_consumer(bus.clone()).await?;
-    let virsh_events = VirshEvents::start()?;
+    let virsh_events = EventWatch::start("watchdog")?;
     let amqp = "amqp://guest@127.0.0.1:5672/%2f".to_owned();
     // A window far below the firing interval: every firing is announced.
     let cfg = config(&dir, Libvirtd::URI, &[url, amqp], 0.001)?;
@@ -414,8 +238,12 @@ async fn latency(assets: &GuestAssets) -> anyhow::Result<()> {
             "RabbitMQ consumer on 127.0.0.1 timestamps each delivery",
         ),
     ] {
-        let got: Vec<Receipt> = receipts.into_iter().filter(|r| r.domain == name).collect();
-        let mut l = latencies(&firings, &got);
+        let got: Vec<(f64, &str)> = receipts
+            .iter()
+            .filter(|r| r.domain == name)
+            .map(|r| (r.at, r.domain.as_str()))
+            .collect();
+        let mut l = latencies_ms(&firings, &got);
         let worst = l.iter().copied().fold(f64::NAN, f64::max);
         let matched = l.len();
         figure(
@@ -504,8 +332,8 @@ async fn idle_agent(dir: &Path, connect: &str, url: &str) -> anyhow::Result<(u64
     let t0 = cpu_ticks(pid)?;
     tokio::time::sleep(IDLE_WINDOW).await;
     let ticks = cpu_ticks(pid)? - t0;
-    let rss = rss_kib(pid)?;
-    let anon = rss_anon_kib(pid)?;
+    let rss = status_kib(pid, "VmRSS:")?;
+    let anon = status_kib(pid, "RssAnon:")?;
     agent.terminate(Duration::from_secs(10))?;
     Ok((rss, anon, ticks as f64 * 1000.0 / clock_ticks()))
 }
@@ -610,7 +438,7 @@ async fn resources(assets: &GuestAssets) -> anyhow::Result<()> {
     }
 
     // The storm: 3 reset guests firing for 30 s.
-    let virsh_events = VirshEvents::start()?;
+    let virsh_events = EventWatch::start("watchdog")?;
     // The default window: every repeat within the storm is folded, and the
     // follow-ups go out when the agent is stopped (it flushes them).
     let window = 60.0;
@@ -640,14 +468,14 @@ async fn resources(assets: &GuestAssets) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut peak = 0;
     while started.elapsed() < STORM {
-        peak = peak.max(rss_kib(pid)?);
+        peak = peak.max(status_kib(pid, "VmRSS:")?);
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     drop(guests);
     let elapsed = started.elapsed().as_secs_f64();
     let ticks = cpu_ticks(pid)? - t0;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    peak = peak.max(rss_kib(pid)?);
+    peak = peak.max(status_kib(pid, "VmRSS:")?);
     // SIGTERM flushes the folded repeats as follow-ups before it exits.
     agent.terminate(Duration::from_secs(20))?;
     tokio::time::sleep(Duration::from_secs(1)).await;

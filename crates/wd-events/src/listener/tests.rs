@@ -1,5 +1,4 @@
-//! Unit tests of the reconnect loop and the stream, against a mocked
-//! backend.
+//! The supervisor's behaviour over a mocked libvirt.
 
 use super::*;
 use crate::backend::{MockBackend, MockSession};
@@ -63,11 +62,11 @@ fn raw(kind: RawKind) -> RawEvent {
 }
 
 /// The sink of the latest connection, shared with the test.
-type Sinks = Arc<Mutex<Vec<Sender<Msg>>>>;
+type Sinks = Arc<Mutex<Vec<Sink>>>;
 
 fn session(list: Vec<DomainInfo>, alive: bool) -> Box<dyn Session> {
     let mut s = MockSession::new();
-    s.expect_list_domains().returning(move |_| Ok(list.clone()));
+    s.expect_list_domains().returning(move || Ok(list.clone()));
     s.expect_is_alive().return_const(alive);
     s.expect_connection().returning(|| None);
     s.expect_domain_xml()
@@ -274,7 +273,7 @@ async fn dead_connection_and_failed_catch_up_both_reconnect() {
             0 => Ok(session(vec![], false)), // is_alive says dead
             1 => {
                 let mut s = MockSession::new();
-                s.expect_list_domains().returning(|_| {
+                s.expect_list_domains().returning(|| {
                     Err(Error::ListDomains {
                         uri: "test:///x".into(),
                         source: virt_error(),
@@ -321,7 +320,7 @@ async fn started_and_defined_carry_xml_and_a_failed_fetch_is_an_error_item() {
     backend.expect_connect().returning(move |_, _, sink| {
         s.lock().unwrap().push(sink);
         let mut m = MockSession::new();
-        m.expect_list_domains().returning(|_| Ok(vec![]));
+        m.expect_list_domains().returning(|| Ok(vec![]));
         m.expect_is_alive().return_const(true);
         m.expect_connection().returning(|| None);
         let calls = AtomicU32::new(0);
@@ -397,7 +396,7 @@ async fn dropping_the_stream_stops_the_listener_and_releases_the_session() {
     backend.expect_connect().times(1).returning(move |_, _, _| {
         let flag = DropFlag(r.clone());
         let mut m = MockSession::new();
-        m.expect_list_domains().returning(|_| Ok(vec![]));
+        m.expect_list_domains().returning(|| Ok(vec![]));
         m.expect_is_alive().return_const(true);
         // The closure owns the flag, so it drops with the session.
         m.expect_connection().returning(move || {
@@ -467,8 +466,9 @@ async fn recheck_recovers_a_pause_the_catch_up_missed_once() {
     backend.expect_connect().times(1).returning(move |_, _, _| {
         let r = r.clone();
         let mut m = MockSession::new();
-        m.expect_list_domains().returning(move |with_xml| {
-            if with_xml {
+        let listings = AtomicU32::new(0);
+        m.expect_list_domains().returning(move || {
+            if listings.fetch_add(1, Ordering::SeqCst) == 0 {
                 // The catch-up: libvirtd has not caught up with QEMU.
                 Ok(vec![listed(DomainState::Running, 1)])
             } else {
@@ -478,6 +478,8 @@ async fn recheck_recovers_a_pause_the_catch_up_missed_once() {
                 Ok(vec![d])
             }
         });
+        m.expect_domain_xml()
+            .returning(|_| Ok("<domain><name>dom-a</name></domain>".into()));
         m.expect_is_alive().return_const(true);
         m.expect_connection().returning(|| None);
         Ok(Box::new(m))
@@ -503,4 +505,141 @@ async fn recheck_recovers_a_pause_the_catch_up_missed_once() {
     }
     let quiet = tokio::time::timeout(Duration::from_millis(50), stream.recv()).await;
     assert!(quiet.is_err(), "reported once: {quiet:?}");
+}
+
+fn event_of(n: u128, kind: RawKind) -> RawEvent {
+    RawEvent {
+        domain: DomainId {
+            uuid: Uuid::from_u128(n),
+            name: format!("dom-{n}"),
+        },
+        run_id: Some(1),
+        kind,
+        received_at: SystemTime::now(),
+    }
+}
+
+fn lifecycle_kind(event: Lifecycle, detail: i32) -> RawKind {
+    RawKind::Lifecycle {
+        event: Enum::Known(event),
+        detail: LifecycleDetail::from_raw(event as i32, detail),
+    }
+}
+
+#[tokio::test]
+async fn a_flood_with_a_stalled_consumer_stays_bounded_keeps_checking_and_loses_no_firing() {
+    const DOMAINS: u128 = 100;
+    let sinks = Sinks::default();
+    let alive = Arc::new(AtomicU32::new(0));
+    let mut backend = MockBackend::new();
+    let (s, a) = (sinks.clone(), alive.clone());
+    backend
+        .expect_connect()
+        .times(1)
+        .returning(move |_, _, sink| {
+            s.lock().unwrap().push(sink);
+            let a = a.clone();
+            let mut m = MockSession::new();
+            m.expect_list_domains().returning(|| Ok(vec![]));
+            m.expect_is_alive().returning(move || {
+                a.fetch_add(1, Ordering::SeqCst);
+                true
+            });
+            m.expect_connection().returning(|| None);
+            m.expect_domain_xml()
+                .returning(|uuid| Ok(format!("<domain><uuid>{uuid}</uuid></domain>")));
+            Ok(Box::new(m))
+        });
+    let mut stream = spawn(backend, config().channel_capacity(16).inbox_capacity(256)).unwrap();
+    expect(
+        &mut stream,
+        &["connected g1", "init-start g1", "init-done g1"],
+    )
+    .await;
+    // The consumer stalls from here on while 100,000 lifecycle events of
+    // 100 domains arrive, with a pause firing (and its suspension) now and
+    // then.
+    let cycle = [
+        (Lifecycle::Defined, 0),
+        (Lifecycle::Started, 0),
+        (Lifecycle::Suspended, 0),
+        (Lifecycle::Resumed, 0),
+        (Lifecycle::Stopped, 1),
+        (Lifecycle::Undefined, 0),
+    ];
+    let mut firings = 0usize;
+    for i in 0..100_000u128 {
+        let d = i % DOMAINS;
+        let (event, detail) = cycle[(i / DOMAINS % 6) as usize];
+        send(
+            &sinks,
+            Msg::Event(event_of(d, lifecycle_kind(event, detail))),
+        );
+        if i % 997 == 0 {
+            let pause = RawKind::Watchdog {
+                action: Enum::Known(WatchdogAction::Pause),
+            };
+            send(&sinks, Msg::Event(event_of(d, pause)));
+            send(
+                &sinks,
+                Msg::Event(event_of(d, lifecycle_kind(Lifecycle::Suspended, 3))),
+            );
+            firings += 1;
+        }
+    }
+    let stats = stream.stats();
+    let bound = 256 + 5 * DOMAINS as usize + 2 * firings;
+    assert!(
+        stats.inbox_high_water <= bound,
+        "inbox held {} > {bound}",
+        stats.inbox_high_water
+    );
+    assert!(stats.outbox_high_water <= 16, "{stats:?}");
+    assert!(stats.folded > 90_000, "{stats:?}");
+    // The liveness check keeps its schedule while nobody reads.
+    let before = alive.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let checks = alive.load(Ordering::SeqCst) - before;
+    assert!(checks >= 3, "{checks} alive checks in 200 ms");
+    // The consumer catches up: every firing is there.
+    let mut got = 0;
+    while let Ok(Some(item)) = tokio::time::timeout(Duration::from_millis(300), stream.recv()).await
+    {
+        if matches!(item, Item::Watchdog(_)) {
+            got += 1;
+        }
+    }
+    assert_eq!(got, firings);
+    assert_eq!(stream.stats().inbox_len, 0);
+}
+
+#[test]
+fn the_machine_tracks_only_the_domains_that_matter_whatever_the_churn() {
+    let mut m = Machine::new();
+    m.connected("test:///x");
+    let xml = Some("<domain/>".to_owned());
+    for n in 0..100_000u128 {
+        let ev = |event, detail| event_of(n, lifecycle_kind(event, detail));
+        m.live(ev(Lifecycle::Defined, 0), xml.clone());
+        m.live(ev(Lifecycle::Started, 0), xml.clone());
+        // A transient domain's stop: no `undefined` event follows.
+        m.live(ev(Lifecycle::Stopped, 1), None);
+    }
+    assert_eq!(m.sizes(), (0, 0));
+    // A running domain whose XML was given is known; a catch-up skips it
+    // unless it is paused by its watchdog.
+    m.live(event_of(1, lifecycle_kind(Lifecycle::Started, 0)), xml);
+    let mut info = listed(DomainState::Running, 1);
+    info.domain.uuid = Uuid::from_u128(1);
+    assert!(!m.wants_xml(&info));
+    info.state = Enum::Known(DomainState::Paused);
+    info.reason = crate::kinds::PAUSED_REASON_WATCHDOG;
+    assert!(m.wants_xml(&info));
+    info.domain.uuid = Uuid::from_u128(2);
+    info.state = Enum::Known(DomainState::Running);
+    assert!(m.wants_xml(&info), "unknown");
+    info.id = None;
+    info.state = Enum::Known(DomainState::Shutoff);
+    assert!(!m.wants_xml(&info), "shut off");
+    assert_eq!(m.sizes(), (0, 1));
 }
