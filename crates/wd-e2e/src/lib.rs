@@ -12,3 +12,4 @@ pub mod bench;
 pub mod guest;
 pub mod hostile;
 pub mod receiver;
+pub mod scratch;

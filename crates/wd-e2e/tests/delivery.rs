@@ -14,6 +14,7 @@ use uuid::Uuid;
 use wd_compute::{InstanceDirectory, Owner, Runtime, RuntimeConfig};
 use wd_e2e::hostile::{Behaviour, Hostile};
 use wd_e2e::receiver::{Received, Receiver};
+use wd_e2e::scratch::Scratch;
 use wd_events::{DomainId, Enum, Item, Origin, WatchdogAction, WatchdogEvent};
 use wd_notify::{
     Destination, DestinationKind, DestinationStatus, Notifier, RetryConfig, Route, SpoolConfig,
@@ -113,23 +114,6 @@ impl Agent {
         tokio::time::timeout(Duration::from_millis(600), self.runtime.failed())
             .await
             .is_err()
-    }
-}
-
-/// A scratch directory, removed when dropped.
-struct Scratch(std::path::PathBuf);
-
-impl Scratch {
-    fn new(prefix: &str) -> Scratch {
-        let dir = std::env::temp_dir().join(wd_testkit::unique_name(prefix));
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 

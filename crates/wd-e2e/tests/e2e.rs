@@ -13,6 +13,7 @@ use serde_json::Value;
 use wd_e2e::agent::Agent;
 use wd_e2e::guest::{EventWatch, Guest};
 use wd_e2e::receiver::{Received, Receiver};
+use wd_e2e::scratch::{RestartLibvirtd, Scratch};
 use wd_testkit::Libvirtd;
 use wd_testkit::guest::{GuestAssets, GuestSpec, NovaOwner};
 
@@ -32,36 +33,6 @@ const HOST: &str = "e2e-compute-1";
 /// (nextest runs each in its own process, one at a time, in the `libvirtd`
 /// group, so there the lock is never contended.)
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// A scratch directory, removed when dropped.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(prefix: &str) -> Scratch {
-        let dir = std::env::temp_dir().join(wd_testkit::unique_name(prefix));
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Starts libvirtd again when dropped, should a test fail while it is down.
-struct RestartLibvirtd;
-
-impl Drop for RestartLibvirtd {
-    fn drop(&mut self) {
-        if !Libvirtd::is_up()
-            && let Err(e) = Libvirtd::start()
-        {
-            eprintln!("could not start libvirtd again: {e}");
-        }
-    }
-}
 
 /// One test's world: a receiver with an operator endpoint and two project
 /// endpoints (each with its own secret), and the agent's config file.

@@ -5,7 +5,7 @@
 //! `cargo xtask test`).
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -13,6 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use wd_e2e::agent::Agent;
 use wd_e2e::guest::Guest;
 use wd_e2e::receiver::{Received, Receiver};
+use wd_e2e::scratch::{RestartLibvirtd, Scratch};
 use wd_testkit::Libvirtd;
 use wd_testkit::guest::{GuestSpec, NovaOwner};
 
@@ -24,35 +25,6 @@ const PROJECT_A: &str = "/project-a";
 /// Serializes this file's tests under plain `cargo test` (nextest runs the
 /// `libvirtd_*` group one at a time anyway).
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(prefix: &str) -> Scratch {
-        let dir = std::env::temp_dir().join(wd_testkit::unique_name(prefix));
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Starts libvirtd again when dropped, should a test fail while it is down.
-struct RestartLibvirtd;
-
-impl Drop for RestartLibvirtd {
-    fn drop(&mut self) {
-        if !Libvirtd::is_up()
-            && let Err(e) = Libvirtd::start()
-        {
-            eprintln!("could not start libvirtd again: {e}");
-        }
-    }
-}
 
 /// The agent's config: an operator endpoint, project A's endpoint, a spool,
 /// metrics on an ephemeral port.

@@ -21,6 +21,7 @@ use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 use serde_json::Value;
 use wd_e2e::agent::Agent;
 use wd_e2e::guest::Guest;
+use wd_e2e::scratch::Scratch;
 use wd_testkit::guest::{GuestAssets, GuestSpec, NovaOwner};
 use wd_testkit::openstack::OwnerAlarm;
 use wd_testkit::{Node, RabbitMq2, Vhost};
@@ -33,25 +34,6 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 /// them (priority `info`).
 const LEGACY_QUEUE: &str = "notifications.info";
 const VERSIONED_QUEUE: &str = "versioned_notifications.info";
-
-/// A scratch directory, removed when dropped unless the test failed.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(prefix: &str) -> Scratch {
-        let dir = wd_testkit::target_dir().join(wd_testkit::unique_name(prefix));
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        if !std::thread::panicking() {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-}
 
 /// A realistic nova.conf for a compute host: the sections and comments Nova
 /// has, with wd reading only the bus settings and `[DEFAULT] host`.

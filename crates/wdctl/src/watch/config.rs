@@ -106,8 +106,8 @@ pub struct ProjectEndpoint {
     pub client_key: Option<PathBuf>,
 }
 
-/// `[amqp]`.
-#[derive(Debug, Default, Deserialize)]
+/// `[amqp]`. Its `Debug` hides the password and the URL's credentials.
+#[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AmqpSection {
     /// The broker URL (may also be given in `notify`).
@@ -138,6 +138,16 @@ pub struct AmqpSection {
     pub service: Option<String>,
     /// The service half of the legacy `publisher_id` [default `compute`].
     pub legacy_service: Option<String>,
+}
+
+impl std::fmt::Debug for AmqpSection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AmqpSection")
+            .field("url", &self.url.as_deref().map(wd_notify::redact_url))
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("exchange", &self.exchange)
+            .finish_non_exhaustive()
+    }
 }
 
 /// `[coalesce]`.

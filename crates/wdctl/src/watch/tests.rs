@@ -373,3 +373,13 @@ fn each_destination_is_metered_under_its_kind() {
         );
     });
 }
+
+#[test]
+fn amqp_section_debug_hides_the_password_and_url_credentials() {
+    let section: config::AmqpSection =
+        toml::from_str("url = \"amqp://nova:s3cret@127.0.0.1:5672/%2f\"\npassword = \"s3cret\"\n")
+            .unwrap();
+    let text = format!("{section:?}");
+    assert!(!text.contains("s3cret"), "{text}");
+    assert!(text.contains("127.0.0.1"), "{text}");
+}
