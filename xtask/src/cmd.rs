@@ -21,6 +21,41 @@ impl Drop for ServicesGuard {
     }
 }
 
+/// Each transport of `wd-compute` builds alone, and pulls in nothing of the
+/// other: a bus-only driver compiles no HTTP client, a webhook-only one no
+/// AMQP client.
+fn transport_features() -> Result<()> {
+    for (feature, absent) in [("amqp", "reqwest"), ("webhook", "lapin"), ("", "reqwest")] {
+        let shown = if feature.is_empty() {
+            "no transport"
+        } else {
+            feature
+        };
+        eprintln!("xtask: wd-compute with {shown} alone");
+        let only = [
+            "-p",
+            "wd-compute",
+            "--no-default-features",
+            "--features",
+            feature,
+        ];
+        cmd_ok(cargo().args(["check", "--lib"]).args(only))?;
+        let tree = cargo()
+            .args(["tree", "-e", "normal", "--prefix", "none"])
+            .args(only)
+            .output()
+            .context("run cargo tree")?;
+        let text = String::from_utf8_lossy(&tree.stdout);
+        if !tree.status.success() || text.is_empty() {
+            bail!("cargo tree for wd-compute with {shown} failed");
+        }
+        if text.lines().any(|l| l.starts_with(&format!("{absent} "))) {
+            bail!("wd-compute with {shown} alone depends on {absent}");
+        }
+    }
+    Ok(())
+}
+
 /// `cargo xtask test [nextest filters…]`.
 pub fn test(filters: &[&str]) -> Result<()> {
     eprintln!("xtask: tidy");
@@ -43,6 +78,7 @@ pub fn test(filters: &[&str]) -> Result<()> {
         "-D",
         "warnings",
     ]))?;
+    transport_features()?;
     eprintln!("xtask: cargo doc");
     cmd_ok(
         cargo()
@@ -69,7 +105,7 @@ pub fn test(filters: &[&str]) -> Result<()> {
     }
     // The operator test (wd-e2e, `libvirtd_package_*`) installs this .deb;
     // the dev profile reuses the wdctl the tests use, so no release build.
-    crate::package::build("dev")?;
+    crate::package::build("dev", true)?;
     let _services = ServicesGuard(setup::services_up()?);
 
     eprintln!("xtask: running the tests");

@@ -98,8 +98,15 @@ pub fn target_dir() -> PathBuf {
 }
 
 /// The cargo that runs xtask (`$CARGO`), in the workspace root.
+///
+/// Incremental compilation is off unless `CARGO_INCREMENTAL` says
+/// otherwise: a clean CI build gains nothing from it, and its caches more
+/// than double the size of `target/`.
 pub fn cargo() -> Command {
     let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     c.current_dir(root());
+    if std::env::var_os("CARGO_INCREMENTAL").is_none() {
+        c.env("CARGO_INCREMENTAL", "0");
+    }
     c
 }

@@ -59,14 +59,24 @@ pub fn run(args: &[&str]) -> Result<PathBuf> {
         ["--profile", p] => p,
         _ => bail!("usage: cargo xtask package [--profile NAME]"),
     };
-    build(profile)
+    build(profile, false)
 }
 
-/// Builds the package with `profile`.
-pub fn build(profile: &str) -> Result<PathBuf> {
+/// Builds the package with `profile`. With `unified`, wdctl is built with
+/// the whole workspace's features, as the test build has it, so that the
+/// test run reuses those artifacts instead of compiling a second copy of
+/// every dependency.
+pub fn build(profile: &str, unified: bool) -> Result<PathBuf> {
     ensure_cargo_deb()?;
     eprintln!("xtask: building wdctl ({profile})");
-    cmd_ok(cargo().args(["build", "--package", "wdctl", "--profile", profile]))?;
+    let mut build = cargo();
+    build.args(["build", "--profile", profile]);
+    if unified {
+        build.args(["--workspace", "--all-features", "--bins"]);
+    } else {
+        build.args(["--package", "wdctl"]);
+    }
+    cmd_ok(&mut build)?;
     let bin_dir = crate::target_dir().join(profile_dir(profile));
     let assets = bin_dir.join("wd-package");
     if assets.exists() {

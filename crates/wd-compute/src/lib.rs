@@ -8,7 +8,17 @@
 //!   domain to its owner and a [`Ledger`] that keeps one notification per
 //!   pause episode (per run of the domain) across reconnects and restarts.
 //!
-//! # Embedding it in a driver
+//! # The whole agent, from its configuration file
+//!
+//! [`AgentConfig`] is the configuration file `wdctl watch --config` reads;
+//! [`Agent`] builds, starts, supervises and reloads everything from it (see
+//! `examples/embed.rs` for a driver that runs it in about 20 lines). Each
+//! transport is a cargo feature, `webhook` and `amqp` (both default): a
+//! driver that publishes only on the bus builds with
+//! `default-features = false, features = ["amqp"]` and compiles no HTTP
+//! client.
+//!
+//! # Embedding the pieces in a driver
 //!
 //! ```no_run
 //! use std::sync::Arc;
@@ -46,6 +56,7 @@
 //! anything bigger than glue belongs in one of them.
 #![forbid(unsafe_code)]
 
+mod agent;
 pub mod directory;
 mod error;
 pub mod ledger;
@@ -55,6 +66,10 @@ pub mod pulse;
 mod runtime;
 pub mod spawn;
 
+pub use agent::{
+    Agent, AgentConfig, AgentError, FAULT_ENV, LogFormat, Reloaded, RunningAgent,
+    target_has_password,
+};
 pub use directory::{DirectoryConfig, DirectoryStats, InstanceDirectory, NovaDirectory, Owner};
 pub use error::{Error, Result};
 pub use ledger::Ledger;

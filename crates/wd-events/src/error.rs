@@ -67,6 +67,10 @@ pub enum Error {
         source: virt::error::Error,
     },
 
+    /// The local libvirt library would not say its version.
+    #[error("cannot ask the local libvirt library for its version")]
+    Version(#[source] virt::error::Error),
+
     /// The listener's supervisor thread could not be started.
     #[error("cannot start the listener thread `{name}`")]
     Spawn {

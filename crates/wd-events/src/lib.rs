@@ -120,6 +120,7 @@ mod kinds;
 mod listener;
 mod machine;
 mod model;
+mod probe;
 
 pub use config::ListenerConfig;
 pub use error::{Error, Result};
@@ -137,4 +138,5 @@ pub use machine::{RawEvent, RawKind};
 pub use model::{
     DisconnectReason, DomainId, DomainInfo, Item, LifecycleEvent, Origin, WatchdogEvent,
 };
+pub use probe::{library_version, probe, quiet_default_errors};
 pub use wd_backoff::Backoff;

@@ -46,6 +46,7 @@ mod error;
 mod message;
 mod notifier;
 pub mod nova_conf;
+pub mod settings;
 mod transport;
 
 pub use config::{AmqpConfig, Form, Format, Route};
@@ -56,4 +57,5 @@ pub use message::{
 };
 pub use notifier::AmqpNotifier;
 pub use nova_conf::NovaConf;
+pub use settings::{AmqpSettings, PASSWORD_ENV};
 pub use transport::{AmqpUrl, Node};

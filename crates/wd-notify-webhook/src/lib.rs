@@ -34,6 +34,7 @@ mod config;
 mod error;
 mod event;
 mod notifier;
+pub mod settings;
 mod signing;
 mod tls;
 
@@ -41,6 +42,7 @@ pub use config::{Endpoint, WebhookConfig};
 pub use error::{Error, Result};
 pub use event::{CONTENT_TYPE, EVENT_TYPE, SPEC_VERSION, body, source};
 pub use notifier::{WebhookEndpoint, WebhookNotifier};
+pub use settings::{ProjectSettings, SECRET_ENV, WebhookSettings};
 pub use signing::{
     DEFAULT_TOLERANCE, HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP, Secret, Verified, sign,
     verify, verify_at,

@@ -199,6 +199,7 @@ mod notifier;
 mod redact;
 mod retry;
 mod router;
+pub mod settings;
 mod spool;
 #[cfg(test)]
 mod test_support;

@@ -62,7 +62,15 @@ impl GuestArgs {
     pub fn libvirt_version(&self) -> Result<LibvirtVersion> {
         match self.libvirt_version {
             Some(v) => Ok(v),
-            None => crate::libvirt::local_version(),
+            None => {
+                // libvirt prints its errors to stderr by default; we report
+                // them ourselves.
+                wd_events::quiet_default_errors();
+                let v = wd_events::library_version().context(
+                    "cannot ask the local libvirt library for its version; pass --libvirt-version",
+                )?;
+                Ok(LibvirtVersion::from(v))
+            }
         }
     }
 }

@@ -2,7 +2,7 @@
 //! object a line, for log shippers; its level filter can be replaced while
 //! running (SIGHUP, `log_level`).
 
-use serde::Deserialize;
+use anyhow::{Context as _, Result};
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::{EnvFilter, Layer as _, Registry, reload};
@@ -11,8 +11,7 @@ use tracing_subscriber::{EnvFilter, Layer as _, Registry, reload};
 pub const DEFAULT_LOG_LEVEL: &str = "info";
 
 /// The log format (`--log-format`, `log_format` in the config file).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
     /// One line of text per event (`RUST_LOG` sets the level).
     #[default]
@@ -20,6 +19,22 @@ pub enum LogFormat {
     /// One JSON object per line: `timestamp`, `level`, `fields` (with
     /// `message`), and `span`/`spans` when inside spans.
     Json,
+}
+
+impl From<wd_compute::LogFormat> for LogFormat {
+    fn from(f: wd_compute::LogFormat) -> Self {
+        match f {
+            wd_compute::LogFormat::Text => LogFormat::Text,
+            wd_compute::LogFormat::Json => LogFormat::Json,
+        }
+    }
+}
+
+/// Parses a log filter as `log_level` would be, for checking a config.
+pub fn check_log_level(level: &str) -> Result<()> {
+    EnvFilter::try_new(level)
+        .map(drop)
+        .with_context(|| format!("config key `log_level` is `{level}`, which is not a valid log filter (e.g. `info`, `warn,wd_notify=debug`)"))
 }
 
 /// The installed log filter, replaceable while running.

@@ -6,9 +6,9 @@
 //! (`resolve`, `patch`, `watch`), with the flags they share in `guest`; a new one
 //! (such as `watch`) is a new module and a new [`Command`] variant.
 //!
-//! Like `wd-compute`, this binary may depend on every `wd` crate. It stays
-//! free of `unsafe`: libvirt is reached only through the `virt` crate's safe
-//! API.
+//! Like `wd-compute`, this binary may depend on every `wd` crate, but not
+//! on libvirt: it reaches libvirt only through `wd-events` and
+//! `wd-compute`'s agent, and stays free of `unsafe`.
 //!
 //! Every error exits with status 2 and one line on stderr
 //! (`wdctl: <message>`), and leaves stdout empty.
@@ -17,11 +17,8 @@
 mod assets;
 mod filemode;
 mod guest;
-mod libvirt;
 mod logging;
-mod nova;
 mod patch;
-mod reload;
 mod resolve;
 mod serve;
 mod status;

@@ -68,6 +68,7 @@ pub async fn start(
         .await
         .with_context(|| format!("cannot listen for metrics on `{addr}`"))?;
     let local = listener.local_addr().context("metrics listener address")?;
+    tracing::info!(addr = %local, "serving /metrics, /healthz and /status");
     let app = router(metrics);
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let task = tokio::spawn(async move {

@@ -68,16 +68,17 @@ fn read_write_and_log_format_come_from_flag_or_file() {
     );
     let cfg = watch::load_config(&p).unwrap();
     assert_eq!(cfg.read_only, Some(false));
-    assert_eq!(cfg.log_format, Some(crate::logging::LogFormat::Json));
+    assert_eq!(cfg.log_format, Some(wd_compute::LogFormat::Json));
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     let read_only = |argv: &[&str]| {
         let a = args(argv);
-        rt.block_on(async { watch::plan(&a, &|_| None) })
+        let cfg = watch::config(&a).unwrap();
+        rt.block_on(async { wd_compute::Agent::new(&cfg, &|_| None) })
             .unwrap()
-            .runtime
+            .runtime_config()
             .listener
             .read_only
     };

@@ -1,8 +1,8 @@
-//! Reloading `wdctl watch` on SIGHUP.
+//! Reloading a running agent: every destination's notifier is replaceable
+//! while its queue keeps running.
 //!
-//! A reload reads the config file (and the environment) again and checks it
-//! exactly as at startup, building every destination first. Only a
-//! configuration that passes is applied:
+//! A reload builds the whole new configuration first (every destination,
+//! every check); only one that passes is applied:
 //!
 //! - each running destination (same kind, project and URL) takes its new
 //!   notifier: secrets, TLS files and timeouts change at once, and its
@@ -11,27 +11,21 @@
 //!   worker at once;
 //! - a removed destination takes nothing new; its queue keeps delivering
 //!   until it has drained, then closes (both logged). What is still queued
-//!   at shutdown stays on disk, and is delivered if it comes back;
-//! - the log filter (`log_level`) changes at once.
+//!   at shutdown stays on disk, and is delivered if it comes back.
 //!
-//! A configuration that fails is refused with the error logged, and the
-//! running one keeps running. Settings that need a restart (the libvirt
-//! URI, the host name, the spool directory, the metrics address, spool,
-//! retry and coalescing limits) are logged as such when they change.
+//! Settings that need a restart (the libvirt URI, the host name, the spool
+//! directory, the metrics address, spool, retry and coalescing limits) are
+//! logged as such when they change.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
-use anyhow::{Context as _, Result};
-use tracing_subscriber::EnvFilter;
-use wd_compute::Metrics;
 use wd_notify::{Destination, Notification, Notifier, NotifyError, Router};
 
-use crate::logging::LogControl;
-use crate::watch::{Args, Plan, plan_with};
+use crate::RuntimeConfig;
 
 /// A destination's notifier, replaceable while its queue keeps running.
-pub struct Swappable(RwLock<Arc<dyn Notifier>>);
+pub(crate) struct Swappable(RwLock<Arc<dyn Notifier>>);
 
 impl Swappable {
     fn current(&self) -> Arc<dyn Notifier> {
@@ -45,7 +39,7 @@ impl Swappable {
 
 #[async_trait::async_trait]
 impl Notifier for Swappable {
-    async fn notify(&self, n: &Notification) -> std::result::Result<(), NotifyError> {
+    async fn notify(&self, n: &Notification) -> Result<(), NotifyError> {
         // A delivery in flight at a swap finishes with the old notifier.
         let current = self.current();
         current.notify(n).await
@@ -54,7 +48,7 @@ impl Notifier for Swappable {
 
 /// Every destination's notifier seen since start, by its directory name
 /// ([`Destination::dir_name`]).
-pub type Live = BTreeMap<String, Arc<Swappable>>;
+pub(crate) type Live = BTreeMap<String, Arc<Swappable>>;
 
 /// Makes `d`'s notifier replaceable: the one `live` has for it, given
 /// `d`'s notifier, or a new one.
@@ -67,7 +61,7 @@ fn attach(live: &mut Live, d: &mut Destination) {
 }
 
 /// Makes every destination's notifier replaceable, and returns them.
-pub fn swappable(destinations: &mut [Destination]) -> Live {
+pub(crate) fn swappable(destinations: &mut [Destination]) -> Live {
     let mut live = Live::new();
     for d in destinations {
         attach(&mut live, d);
@@ -77,7 +71,7 @@ pub fn swappable(destinations: &mut [Destination]) -> Live {
 
 /// What a reload compares against: the settings only a restart changes.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Fixed {
+pub(crate) struct Fixed {
     uri: String,
     host: String,
     spool: Option<std::path::PathBuf>,
@@ -86,19 +80,19 @@ pub struct Fixed {
 }
 
 impl Fixed {
-    /// The restart-only settings of `plan`.
-    pub fn of(plan: &Plan) -> Fixed {
-        let r = &plan.runtime;
+    /// The restart-only settings of a runtime and its metrics address.
+    pub(crate) fn of(r: &RuntimeConfig, metrics: Option<&str>) -> Fixed {
         Fixed {
             uri: r.listener.uri.clone(),
             host: r.host.clone(),
             spool: r.spool_dir.clone(),
-            metrics: plan.metrics_addr.clone(),
+            metrics: metrics.map(str::to_owned),
             limits: format!("{:?} {:?} {:?}", r.spool, r.retry, r.coalesce),
         }
     }
 
-    fn changes(&self, next: &Fixed) -> Vec<&'static str> {
+    /// The keys whose change `next` would need a restart for.
+    pub(crate) fn changes(&self, next: &Fixed) -> Vec<&'static str> {
         let mut out = Vec::new();
         if self.uri != next.uri {
             out.push("connect");
@@ -119,65 +113,45 @@ impl Fixed {
     }
 }
 
-/// Parses a log filter as `log_level` would be, for checking a config.
-pub fn check_log_level(level: &str) -> Result<()> {
-    EnvFilter::try_new(level)
-        .map(drop)
-        .with_context(|| format!("config key `log_level` is `{level}`, which is not a valid log filter (e.g. `info`, `warn,wd_notify=debug`)"))
+/// What a reload did, by destination name.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Reloaded {
+    /// Running destinations that took their new notifier.
+    pub updated: Vec<String>,
+    /// New destinations, started.
+    pub added: Vec<String>,
+    /// New destinations whose queue could not be started (each logged).
+    pub failed: Vec<String>,
+    /// Destinations retired: they drain, then close.
+    pub removed: usize,
+    /// Changed settings that take effect only at the next restart.
+    pub needs_restart: Vec<&'static str>,
 }
 
-/// Handles one SIGHUP: re-reads and checks the configuration, and applies
-/// it, or refuses it and keeps the running one.
-pub fn reload(
-    args: &Args,
-    env: &dyn Fn(&str) -> Option<String>,
-    live: &mut Live,
-    router: &Arc<Router>,
-    metrics: &Metrics,
-    log: &LogControl,
-    fixed: &Fixed,
-) {
-    tracing::info!("SIGHUP: reloading the configuration");
-    let next = match plan_with(args, env, metrics.clone()) {
-        Ok(p) => p,
-        Err(e) => {
-            tracing::error!(error = %crate::one_line(e.chain()),
-                "reload refused: the new configuration is invalid; the running one stays in effect");
-            return;
-        }
-    };
-    let needs_restart = fixed.changes(&Fixed::of(&next));
-    if !needs_restart.is_empty() {
-        tracing::warn!(settings = ?needs_restart,
-            "these settings changed but take effect only at the next restart");
-    }
-    log.set_level(next.log_level.as_deref());
+/// Applies `next` to the running `router`.
+pub(crate) fn apply(live: &mut Live, router: &Arc<Router>, next: Vec<Destination>) -> Reloaded {
+    let mut done = Reloaded::default();
     let active = router.active();
-    let wanted: Vec<String> = next
-        .destinations
-        .iter()
-        .map(Destination::dir_name)
-        .collect();
-    let mut updated = Vec::new();
-    let mut added = Vec::new();
-    for mut d in next.destinations {
+    let wanted: Vec<String> = next.iter().map(Destination::dir_name).collect();
+    for mut d in next {
         let dir = d.dir_name();
         let name = d.name.clone();
         attach(live, &mut d);
         if active.contains(&dir) {
-            updated.push(name);
+            done.updated.push(name);
         } else if let Err(e) = router.add(d) {
-            tracing::error!(destination = %name, error = %crate::one_line(anyhow::Error::new(e).chain()),
+            tracing::error!(destination = %name, error = %crate::agent::chain(&e),
                 "cannot start the new destination's queue");
+            done.failed.push(name);
         } else {
-            added.push(name);
+            done.added.push(name);
         }
     }
-    let mut removed = 0usize;
     for dir in active.iter().filter(|d| !wanted.contains(d)) {
         if router.retire(dir) {
-            removed = removed.saturating_add(1);
+            done.removed = done.removed.saturating_add(1);
         }
     }
-    tracing::info!(updated = ?updated, added = ?added, removed, "configuration reloaded");
+    done
 }

@@ -1,0 +1,634 @@
+//! The whole agent as a library: [`AgentConfig`] (the configuration file
+//! that `wdctl watch` reads) in, a supervised [`Runtime`] out.
+//!
+//! [`Agent::new`] checks everything and builds every destination before
+//! anything starts; each section is checked by the crate that owns it.
+//! [`Agent::start`] probes libvirt (unless `wait`), opens the queues and
+//! starts listening; the [`RunningAgent`] reloads a new configuration
+//! without losing a queued entry, reports the death of a core task, and
+//! shuts down cleanly. [`Agent::run`] does all of that until a stop signal.
+//!
+//! ```no_run
+//! # async fn driver() -> Result<(), Box<dyn std::error::Error>> {
+//! let text = std::fs::read_to_string("/etc/wd/wd.toml")?;
+//! let config: wd_compute::AgentConfig = toml::from_str(&text)?;
+//! let agent = wd_compute::Agent::new(&config, &|k| std::env::var(k).ok())?;
+//! let report = agent.run(async { let _ = tokio::signal::ctrl_c().await; }).await?;
+//! println!("{} firings", report.pipeline.firings);
+//! # Ok(()) }
+//! ```
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use wd_events::ListenerConfig;
+use wd_notify::settings::{MAX_SECS, SettingsError, seconds};
+use wd_notify::{Destination, DestinationKind, LogNotifier, Route};
+
+use crate::{Metrics, NovaDirectory, PulseHook, Runtime, RuntimeConfig, RuntimeReport};
+
+mod config;
+mod reload;
+
+pub use config::{AgentConfig, LogFormat, target_has_password};
+pub use reload::Reloaded;
+
+/// The environment variable of the test-only fault hook, read only by debug
+/// builds: `pipeline-panic-after-ms=N` makes the pipeline task panic after
+/// N ms, to show that a core task's death ends the agent.
+pub const FAULT_ENV: &str = "WD_TEST_FAULT";
+
+/// Why the agent could not be built, started or kept running. Messages
+/// name the key or value that is wrong and never hold a secret.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AgentError {
+    /// The configuration is invalid.
+    #[error("{0}")]
+    Config(String),
+    /// libvirt could not be reached at startup (and `wait` is off).
+    #[error(
+        "cannot connect to libvirt at {uri}: {reason} (use --wait or `wait = true` to keep retrying)"
+    )]
+    Unreachable {
+        /// The libvirt URI.
+        uri: String,
+        /// libvirt's reason.
+        reason: String,
+    },
+    /// The runtime could not start (a queue, the ledger, the listener).
+    #[error("{}", chain(.0))]
+    Start(crate::Error),
+    /// A core task died; a service manager should restart the agent.
+    #[error("core task died: {0}")]
+    Died(String),
+}
+
+impl From<SettingsError> for AgentError {
+    fn from(e: SettingsError) -> Self {
+        AgentError::Config(e.0)
+    }
+}
+
+/// An error and its causes on one line.
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        let text = cause.to_string();
+        if !msg.ends_with(&text) {
+            msg.push_str(": ");
+            msg.push_str(&text);
+        }
+        next = cause.source();
+    }
+    msg
+}
+
+fn config_err(msg: impl Into<String>) -> AgentError {
+    AgentError::Config(msg.into())
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// A checked agent, every destination built, nothing started.
+pub struct Agent {
+    runtime: RuntimeConfig,
+    destinations: Vec<Destination>,
+    wait: bool,
+    metrics: Metrics,
+    metrics_addr: Option<String>,
+    name: String,
+}
+
+impl std::fmt::Debug for Agent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.destinations.iter().map(|d| d.name.as_str()).collect();
+        f.debug_struct("Agent")
+            .field("runtime", &self.runtime)
+            .field("destinations", &names)
+            .field("wait", &self.wait)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Agent {
+    /// Checks `config` and builds every destination, reading secrets that
+    /// are not in the file through `env` (`WD_WEBHOOK_SECRET`,
+    /// `WD_AMQP_PASSWORD`). Must be called inside a Tokio runtime (the HTTP
+    /// and AMQP clients are created here).
+    ///
+    /// # Errors
+    ///
+    /// [`AgentError::Config`], naming the key or target that is wrong.
+    pub fn new(
+        config: &AgentConfig,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Agent, AgentError> {
+        Self::with_metrics(config, env, Metrics::new())
+    }
+
+    /// [`Agent::new`], reporting to existing `metrics`.
+    ///
+    /// # Errors
+    ///
+    /// As [`Agent::new`].
+    pub fn with_metrics(
+        cfg: &AgentConfig,
+        env: &dyn Fn(&str) -> Option<String>,
+        metrics: Metrics,
+    ) -> Result<Agent, AgentError> {
+        let uri = cfg
+            .connect
+            .clone()
+            .unwrap_or_else(|| "qemu:///system".into());
+        let mut destinations: Vec<Destination> = Vec::new();
+        let mut targets: Vec<String> = cfg.notify.clone();
+        let mut nova_host = None;
+        if let Some(path) = &cfg.nova_config {
+            let nova = transports::nova(path)?;
+            nova_host = nova.host;
+            if nova.log {
+                targets.push("log".into());
+            }
+            match nova.bus {
+                Some(d) => destinations.push(d),
+                None if targets.is_empty() && !transports::has_projects(cfg) => {
+                    return Err(config_err(format!(
+                        "nowhere to notify: `{}` [oslo_messaging_notifications] driver is unset or noop, so Nova sends no notifications; set it to messagingv2, or give --notify",
+                        path.display()
+                    )));
+                }
+                None => {}
+            }
+        }
+        if let Some(url) = transports::amqp_url(cfg)? {
+            targets.push(url);
+        }
+        let host = cfg.host.clone().or(nova_host).unwrap_or_else(hostname);
+        // The same target from two places is one destination, not two (two
+        // would deliver every notification twice).
+        let mut seen = std::collections::HashSet::new();
+        targets.retain(|t| seen.insert(t.clone()));
+        if targets.is_empty() && !transports::has_projects(cfg) && destinations.is_empty() {
+            return Err(config_err(
+                "nowhere to notify: give --notify log|URL, --nova-config, or `notify`/`[[webhook.projects]]` in the config file",
+            ));
+        }
+
+        let mut runtime = RuntimeConfig::new(host).listener(ListenerConfig {
+            uri,
+            read_only: cfg.read_only.unwrap_or(true),
+            ..ListenerConfig::default()
+        });
+        runtime.spool_dir = cfg.spool.clone();
+        runtime.spool = cfg.spool_limits.config()?;
+        runtime.coalesce = cfg.coalesce.config()?;
+        runtime.retry = cfg.retry.config()?;
+        if let Some(v) = cfg.health_interval_secs {
+            runtime.health_interval =
+                seconds("health_interval_secs", v, MAX_SECS)?.max(Duration::from_secs(1));
+        }
+
+        let mut webhooks = Vec::new();
+        let mut bus_seen = !destinations.is_empty();
+        for t in &targets {
+            let shown = wd_notify::redact_url(t);
+            if t == "log" {
+                destinations.push(
+                    Destination::new(
+                        "log",
+                        DestinationKind::Log,
+                        Route::All,
+                        Arc::new(LogNotifier::new()),
+                    )
+                    .key("log"),
+                );
+            } else if t.starts_with("http://") || t.starts_with("https://") {
+                webhooks.push(t.clone());
+            } else if ["amqp://", "amqps://", "rabbit://"]
+                .iter()
+                .any(|s| t.get(..s.len()).is_some_and(|p| p.eq_ignore_ascii_case(s)))
+            {
+                if bus_seen {
+                    return Err(config_err(format!(
+                        "only one AMQP broker may be given; got a second one, `{shown}`"
+                    )));
+                }
+                bus_seen = true;
+                destinations.push(transports::bus(cfg, t, env)?);
+            } else {
+                return Err(config_err(format!(
+                    "unknown notify target `{shown}`; allowed: log, http://…, https://…, amqp://…, amqps://…, rabbit://…"
+                )));
+            }
+        }
+        destinations.extend(transports::webhooks(cfg, &webhooks, env, &runtime.spool)?);
+
+        if cfg!(debug_assertions)
+            && let Some(fault) = env(FAULT_ENV)
+        {
+            let ms = fault
+                .strip_prefix("pipeline-panic-after-ms=")
+                .and_then(|v| v.parse::<u64>().ok())
+                .ok_or_else(|| {
+                    config_err(format!(
+                        "{FAULT_ENV} `{fault}`; allowed: pipeline-panic-after-ms=N"
+                    ))
+                })?;
+            runtime.fault_pipeline_panic_after = Some(Duration::from_millis(ms));
+        }
+        // Every destination's outcomes and durations are counted under its
+        // kind.
+        for d in &mut destinations {
+            let metered = metrics.meter(d.name.clone(), d.kind.into(), d.notifier.clone());
+            d.notifier = Arc::new(metered);
+        }
+        runtime.metrics = Some(metrics.clone());
+        Ok(Agent {
+            runtime,
+            destinations,
+            wait: cfg.wait.unwrap_or(false),
+            metrics,
+            metrics_addr: cfg.metrics.clone(),
+            name: "watchdog agent".into(),
+        })
+    }
+
+    /// Names the agent in its `… started` and `… stopped` log lines
+    /// [default `watchdog agent`].
+    #[must_use]
+    pub fn named(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// Reports readiness and liveness to `hook` (systemd's notify protocol,
+    /// for one).
+    #[must_use]
+    pub fn pulse(mut self, hook: Option<PulseHook>) -> Self {
+        self.runtime.pulse = hook;
+        self
+    }
+
+    /// Retries rather than fails when libvirt is unreachable at startup.
+    #[must_use]
+    pub fn wait(mut self, wait: bool) -> Self {
+        self.wait = wait;
+        self
+    }
+
+    /// The runtime configuration the agent will start with.
+    pub fn runtime_config(&self) -> &RuntimeConfig {
+        &self.runtime
+    }
+
+    /// The destinations, each with its own queue.
+    pub fn destinations(&self) -> &[Destination] {
+        &self.destinations
+    }
+
+    /// Whether the agent waits for libvirt at startup.
+    pub fn waits(&self) -> bool {
+        self.wait
+    }
+
+    /// The metrics every destination and the pipeline report to.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Starts the agent: probes libvirt (unless it waits), opens every
+    /// queue, delivers what earlier runs left, and starts listening. Must
+    /// be called inside a Tokio runtime.
+    ///
+    /// # Errors
+    ///
+    /// [`AgentError::Unreachable`] or [`AgentError::Start`].
+    pub async fn start(mut self) -> Result<RunningAgent, AgentError> {
+        wd_events::quiet_default_errors();
+        // libvirt's event loop must be registered before any connection.
+        wd_events::init_event_loop().map_err(|e| AgentError::Start(crate::Error::Listen(e)))?;
+        let uri = self.runtime.listener.uri.clone();
+        let read_only = self.runtime.listener.read_only;
+        if !self.wait {
+            let probe = uri.clone();
+            let outcome = tokio::task::spawn_blocking(move || wd_events::probe(&probe, read_only))
+                .await
+                .map_err(|e| AgentError::Died(format!("the libvirt probe: {e}")))?;
+            if let Err(e) = outcome {
+                let reason = match std::error::Error::source(&e) {
+                    Some(s) => s.to_string(),
+                    None => e.to_string(),
+                };
+                return Err(AgentError::Unreachable { uri, reason });
+            }
+        }
+        let fixed = reload::Fixed::of(&self.runtime, self.metrics_addr.as_deref());
+        let live = reload::swappable(&mut self.destinations);
+        let names: Vec<String> = self.destinations.iter().map(|d| d.name.clone()).collect();
+        let spool = self.runtime.spool_dir.clone();
+        let host = self.runtime.host.clone();
+        let runtime = Runtime::start(
+            self.runtime,
+            Arc::new(NovaDirectory::new()),
+            self.destinations,
+        )
+        .map_err(AgentError::Start)?;
+        tracing::info!(uri = %uri, read_only, host = %host, backends = ?names,
+            spool = %spool.as_ref().map_or("none".into(), |p| p.display().to_string()),
+            "{} started", self.name);
+        Ok(RunningAgent {
+            runtime,
+            live,
+            fixed,
+            metrics: self.metrics,
+            name: self.name,
+        })
+    }
+
+    /// Starts the agent and runs it until `stop` completes (then shuts down
+    /// cleanly, leaving what is undelivered in the queues) or a core task
+    /// dies.
+    ///
+    /// # Errors
+    ///
+    /// As [`Agent::start`], and [`AgentError::Died`] after a clean
+    /// shutdown when a core task died.
+    pub async fn run(self, stop: impl Future<Output = ()>) -> Result<RuntimeReport, AgentError> {
+        let mut running = self.start().await?;
+        let died = tokio::select! {
+            () = stop => None,
+            why = running.failed() => Some(why),
+        };
+        let report = running.shutdown().await;
+        match died {
+            Some(why) => Err(AgentError::Died(why)),
+            None => Ok(report),
+        }
+    }
+}
+
+/// A started agent.
+pub struct RunningAgent {
+    runtime: Runtime,
+    live: reload::Live,
+    fixed: reload::Fixed,
+    metrics: Metrics,
+    name: String,
+}
+
+impl std::fmt::Debug for RunningAgent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunningAgent")
+            .field("runtime", &self.runtime)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RunningAgent {
+    /// The metrics the agent reports to.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The running runtime (its router, its destinations' status).
+    pub fn runtime(&self) -> &Runtime {
+        &self.runtime
+    }
+
+    /// Applies a new configuration, or refuses it whole: see the `reload`
+    /// rules in the module docs of [`Reloaded`]'s fields. The outcome is
+    /// logged (`configuration reloaded`).
+    ///
+    /// # Errors
+    ///
+    /// [`AgentError::Config`] when `config` is invalid; nothing changes then.
+    pub fn reload(
+        &mut self,
+        config: &AgentConfig,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Reloaded, AgentError> {
+        let next = Agent::with_metrics(config, env, self.metrics.clone())?;
+        let fixed = reload::Fixed::of(&next.runtime, next.metrics_addr.as_deref());
+        let needs_restart = self.fixed.changes(&fixed);
+        if !needs_restart.is_empty() {
+            tracing::warn!(settings = ?needs_restart,
+                "these settings changed but take effect only at the next restart");
+        }
+        let mut done = reload::apply(&mut self.live, self.runtime.router(), next.destinations);
+        done.needs_restart = needs_restart;
+        tracing::info!(updated = ?done.updated, added = ?done.added, removed = done.removed,
+            "configuration reloaded");
+        Ok(done)
+    }
+
+    /// Completes when a core task (the pipeline, a queue writer) has died,
+    /// with why. Log it and exit non-zero, so that the service manager
+    /// restarts the agent and the queues replay.
+    pub async fn failed(&mut self) -> String {
+        let why = self.runtime.failed().await;
+        tracing::error!(
+            "core task died: {why}; exiting non-zero so that the service manager restarts the agent and the queues replay"
+        );
+        why
+    }
+
+    /// Stops listening, delivers for up to the shutdown grace, leaves the
+    /// rest in the queues, and logs `… stopped` with the figures.
+    pub async fn shutdown(self) -> RuntimeReport {
+        let report = self.runtime.shutdown().await;
+        tracing::info!(
+            firings = report.pipeline.firings,
+            accepted = report.pipeline.accepted,
+            already_notified = report.pipeline.already_notified,
+            unknown_owner = report.pipeline.unknown_owner,
+            queued = report.pending(),
+            "{} stopped",
+            self.name
+        );
+        report
+    }
+}
+
+/// The transports, each behind its cargo feature.
+mod transports {
+    use std::path::Path;
+    #[allow(unused_imports)]
+    use std::sync::Arc;
+
+    #[allow(unused_imports)]
+    use wd_notify::{Destination, DestinationKind, Route, SpoolConfig};
+
+    use super::{AgentConfig, AgentError, config_err};
+
+    /// What `nova.conf` adds.
+    pub(super) struct FromNova {
+        pub(super) host: Option<String>,
+        pub(super) bus: Option<Destination>,
+        pub(super) log: bool,
+    }
+
+    #[cfg_attr(all(feature = "webhook", feature = "amqp"), allow(dead_code))]
+    fn missing(feature: &str, what: &str) -> AgentError {
+        config_err(format!(
+            "{what} needs wd-compute's `{feature}` feature, which this build lacks"
+        ))
+    }
+
+    #[cfg(feature = "amqp")]
+    pub(super) fn nova(path: &Path) -> Result<FromNova, AgentError> {
+        use wd_notify_amqp::{AmqpNotifier, NovaConf};
+        let conf = NovaConf::load(path).map_err(|e| config_err(e.to_string()))?;
+        let log = conf.logs();
+        let bus = match conf.bus {
+            Some(config) => {
+                // oslo's notifier declares the queue of each topic so that
+                // notifications wait for their listeners; so do we.
+                let config = config.with_declare_queue(true);
+                let name = format!("amqp {} (from {})", config.url, path.display());
+                let notifier = AmqpNotifier::new(config)
+                    .map_err(|e| config_err(format!("nova config `{}`: {e}", path.display())))?;
+                Some(
+                    Destination::new(name, DestinationKind::Bus, Route::All, Arc::new(notifier))
+                        .key("bus"),
+                )
+            }
+            None => None,
+        };
+        Ok(FromNova {
+            host: conf.host,
+            bus,
+            log,
+        })
+    }
+
+    #[cfg(not(feature = "amqp"))]
+    pub(super) fn nova(_path: &Path) -> Result<FromNova, AgentError> {
+        Err(missing("amqp", "config key `nova_config`"))
+    }
+
+    #[cfg(feature = "amqp")]
+    pub(super) fn amqp_url(cfg: &AgentConfig) -> Result<Option<String>, AgentError> {
+        Ok(cfg.amqp.url.clone())
+    }
+
+    #[cfg(not(feature = "amqp"))]
+    pub(super) fn amqp_url(cfg: &AgentConfig) -> Result<Option<String>, AgentError> {
+        match cfg.amqp {
+            Some(_) => Err(missing("amqp", "the `[amqp]` section")),
+            None => Ok(None),
+        }
+    }
+
+    #[cfg(feature = "amqp")]
+    pub(super) fn bus(
+        cfg: &AgentConfig,
+        target: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Destination, AgentError> {
+        let shown = wd_notify::redact_url(target);
+        let c = cfg.amqp.config(target, env)?;
+        let n = wd_notify_amqp::AmqpNotifier::new(c)
+            .map_err(|e| config_err(format!("AMQP target `{shown}`: {e}")))?;
+        // One broker: its queue keeps its name (and backlog) when the URL
+        // changes.
+        Ok(Destination::new(
+            format!("amqp {shown}"),
+            DestinationKind::Bus,
+            Route::All,
+            Arc::new(n),
+        )
+        .key("bus"))
+    }
+
+    #[cfg(not(feature = "amqp"))]
+    pub(super) fn bus(
+        cfg: &AgentConfig,
+        target: &str,
+        _env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Destination, AgentError> {
+        let _ = cfg;
+        Err(missing(
+            "amqp",
+            &format!("notify target `{}`", wd_notify::redact_url(target)),
+        ))
+    }
+
+    #[cfg(feature = "webhook")]
+    pub(super) fn has_projects(cfg: &AgentConfig) -> bool {
+        !cfg.webhook.projects.is_empty()
+    }
+
+    #[cfg(not(feature = "webhook"))]
+    pub(super) fn has_projects(_cfg: &AgentConfig) -> bool {
+        false
+    }
+
+    /// One destination per webhook endpoint, each with its own queue.
+    #[cfg(feature = "webhook")]
+    pub(super) fn webhooks(
+        cfg: &AgentConfig,
+        operator_urls: &[String],
+        env: &dyn Fn(&str) -> Option<String>,
+        base: &SpoolConfig,
+    ) -> Result<Vec<Destination>, AgentError> {
+        use wd_notify_webhook::WebhookNotifier;
+        let Some(webhook) = cfg.webhook.config(operator_urls, env)? else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        for e in WebhookNotifier::split(webhook).map_err(|e| config_err(format!("webhook: {e}")))? {
+            let (name, kind, route) = match &e.project {
+                None => (
+                    format!("webhook operator {}", e.shown),
+                    DestinationKind::Operator,
+                    Route::All,
+                ),
+                Some(p) => (
+                    format!("webhook project {p} {}", e.shown),
+                    DestinationKind::Project,
+                    Route::Project(p.clone()),
+                ),
+            };
+            let mut d =
+                Destination::new(name, kind, route, Arc::new(e.notifier)).key(e.fingerprint);
+            if let Some(p) = &e.project
+                && let Some(q) = cfg.webhook.project_queue(p, base)?
+            {
+                d = d.queue(q);
+            }
+            out.push(d);
+        }
+        Ok(out)
+    }
+
+    #[cfg(not(feature = "webhook"))]
+    pub(super) fn webhooks(
+        cfg: &AgentConfig,
+        operator_urls: &[String],
+        _env: &dyn Fn(&str) -> Option<String>,
+        _base: &SpoolConfig,
+    ) -> Result<Vec<Destination>, AgentError> {
+        if let Some(url) = operator_urls.first() {
+            return Err(missing(
+                "webhook",
+                &format!("notify target `{}`", wd_notify::redact_url(url)),
+            ));
+        }
+        if cfg.webhook.is_some() {
+            return Err(missing("webhook", "the `[webhook]` section"));
+        }
+        Ok(Vec::new())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,150 @@
+//! [`AgentConfig`]: the agent's configuration file, as `wdctl watch
+//! --config` and an embedding driver read it. Each transport's section
+//! belongs to (and is checked by) its crate; this file only gathers them.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+use wd_notify::settings::{CoalesceSettings, QueueSettings, RetrySettings};
+
+/// The log format on stderr, for the program that hosts the agent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One line of text per event.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The agent's configuration (TOML, as in the packaged `/etc/wd/wd.toml`).
+/// Every key is optional; unknown keys are errors.
+///
+/// Sections:
+/// - `[webhook]` and `[[webhook.projects]]`:
+///   `wd_notify_webhook::WebhookSettings` (feature `webhook`);
+/// - `[amqp]`: `wd_notify_amqp::AmqpSettings` (feature `amqp`);
+/// - `[spool-limits]`, `[retry]`, `[coalesce]`: [`QueueSettings`],
+///   [`RetrySettings`], [`CoalesceSettings`] from `wd-notify`.
+///
+/// A build without a transport's feature refuses that transport's section
+/// and targets with an error naming the feature.
+///
+/// `log_format`, `log_level` and `metrics` are for the program hosting the
+/// agent (it owns the log and the HTTP server); the agent itself does not
+/// read them. The `Debug` output hides every credential.
+#[derive(Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// The libvirt URI [default `qemu:///system`].
+    pub connect: Option<String>,
+    /// This compute host's name [default: Nova's `[DEFAULT] host`, else the
+    /// machine's hostname].
+    pub host: Option<String>,
+    /// Where to notify: `log`, http(s) webhook URLs (operator endpoints),
+    /// a broker URL (`amqp://`, `amqps://`, `rabbit://`).
+    #[serde(default)]
+    pub notify: Vec<String>,
+    /// The spool root: each destination's durable queue, and the episode
+    /// ledger. Without one, queues are in memory.
+    pub spool: Option<PathBuf>,
+    /// Nova's configuration file: publish to the bus Nova publishes to.
+    pub nova_config: Option<PathBuf>,
+    /// Keep retrying when libvirt is unreachable at startup, instead of
+    /// failing [default false].
+    pub wait: Option<bool>,
+    /// Open libvirt read-only [default true].
+    pub read_only: Option<bool>,
+    /// The log format, for the hosting program [default text].
+    pub log_format: Option<LogFormat>,
+    /// The address serving metrics, health and status, for the hosting
+    /// program.
+    pub metrics: Option<String>,
+    /// The log filter, for the hosting program.
+    pub log_level: Option<String>,
+    /// Webhook settings.
+    #[cfg(feature = "webhook")]
+    #[serde(default)]
+    pub webhook: wd_notify_webhook::WebhookSettings,
+    /// Webhook settings: refused, this build has no webhook transport.
+    #[cfg(not(feature = "webhook"))]
+    pub webhook: Option<serde::de::IgnoredAny>,
+    /// Message-bus settings.
+    #[cfg(feature = "amqp")]
+    #[serde(default)]
+    pub amqp: wd_notify_amqp::AmqpSettings,
+    /// Message-bus settings: refused, this build has no AMQP transport.
+    #[cfg(not(feature = "amqp"))]
+    pub amqp: Option<serde::de::IgnoredAny>,
+    /// Storm control.
+    #[serde(default)]
+    pub coalesce: CoalesceSettings,
+    /// Each destination's queue bounds and redelivery delays.
+    #[serde(default, rename = "spool-limits")]
+    pub spool_limits: QueueSettings,
+    /// Retries around each delivery attempt.
+    #[serde(default)]
+    pub retry: RetrySettings,
+    /// How often the delivery health line is logged, in seconds [default
+    /// 300].
+    pub health_interval_secs: Option<f64>,
+}
+
+impl std::fmt::Debug for AgentConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let notify: Vec<String> = self
+            .notify
+            .iter()
+            .map(|t| wd_notify::redact_url(t))
+            .collect();
+        f.debug_struct("AgentConfig")
+            .field("connect", &self.connect)
+            .field("host", &self.host)
+            .field("notify", &notify)
+            .field("spool", &self.spool)
+            .field("nova_config", &self.nova_config)
+            .field("wait", &self.wait)
+            .field("read_only", &self.read_only)
+            .field("webhook", &self.webhook)
+            .field("amqp", &self.amqp)
+            .field("coalesce", &self.coalesce)
+            .field("spool_limits", &self.spool_limits)
+            .field("retry", &self.retry)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Whether a notify target carries a password (a broker URL's
+/// `user:password@`).
+pub fn target_has_password(target: &str) -> bool {
+    #[cfg(feature = "amqp")]
+    {
+        wd_notify_amqp::settings::is_broker(target)
+            && wd_notify_amqp::settings::has_password(target)
+    }
+    #[cfg(not(feature = "amqp"))]
+    {
+        match (target.find("://"), target.rfind('@')) {
+            (Some(s), Some(at)) if at > s => target[s + 3..at].contains(':'),
+            _ => false,
+        }
+    }
+}
+
+impl AgentConfig {
+    /// Whether the configuration holds a secret: a webhook or project
+    /// secret, or a broker password (in `[amqp]` or in a notify target).
+    /// A file holding one must not be readable by others.
+    pub fn holds_secrets(&self) -> bool {
+        #[cfg(feature = "webhook")]
+        let webhook = self.webhook.holds_secrets();
+        #[cfg(not(feature = "webhook"))]
+        let webhook = false;
+        #[cfg(feature = "amqp")]
+        let amqp = self.amqp.holds_secrets();
+        #[cfg(not(feature = "amqp"))]
+        let amqp = false;
+        webhook || amqp || self.notify.iter().any(|t| target_has_password(t))
+    }
+}
