@@ -89,6 +89,8 @@ pub struct Ledger {
     path: Option<PathBuf>,
     boot_id: Option<String>,
     entries: BTreeMap<Uuid, Entry>,
+    /// Entries staged ([`Ledger::stage`]) since the file was last written.
+    dirty: bool,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -167,6 +169,7 @@ impl Ledger {
             path: Some(path),
             boot_id,
             entries,
+            dirty: false,
         })
     }
 
@@ -193,7 +196,27 @@ impl Ledger {
     ///
     /// The file could not be written; the in-memory state is updated anyway.
     pub fn put(&mut self, domain: Uuid, entry: Entry) -> Result<()> {
-        if self.entries.insert(domain, entry) == Some(entry) {
+        self.stage(domain, entry);
+        self.flush()
+    }
+
+    /// Records `entry` for `domain` in memory only; the next
+    /// [`Ledger::flush`] (or any other write) persists it. Many entries
+    /// staged then flushed cost one write of the file, not one each.
+    pub fn stage(&mut self, domain: Uuid, entry: Entry) {
+        if self.entries.insert(domain, entry) != Some(entry) {
+            self.dirty = true;
+        }
+    }
+
+    /// Persists what was staged, if anything.
+    ///
+    /// # Errors
+    ///
+    /// The file could not be written; the entries stay staged, so the next
+    /// flush tries again.
+    pub fn flush(&mut self) -> Result<()> {
+        if !self.dirty {
             return Ok(());
         }
         self.persist()
@@ -208,6 +231,7 @@ impl Ledger {
         if self.entries.remove(domain).is_none() {
             return Ok(false);
         }
+        self.dirty = true;
         self.persist().map(|()| true)
     }
 
@@ -222,11 +246,13 @@ impl Ledger {
         if self.entries.len() == before {
             return Ok(());
         }
+        self.dirty = true;
         self.persist()
     }
 
-    fn persist(&self) -> Result<()> {
+    fn persist(&mut self) -> Result<()> {
         let Some(path) = &self.path else {
+            self.dirty = false;
             return Ok(());
         };
         write_atomically(
@@ -241,7 +267,9 @@ impl Ledger {
         .map_err(|source| Error::Ledger {
             path: path.clone(),
             source,
-        })
+        })?;
+        self.dirty = false;
+        Ok(())
     }
 }
 

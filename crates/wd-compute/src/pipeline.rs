@@ -5,12 +5,16 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::{Stream, StreamExt};
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt as _, Stream, StreamExt};
 use time::OffsetDateTime;
 use tokio::time::MissedTickBehavior;
 use uuid::Uuid;
 use wd_events::{DomainId, Item, Lifecycle, LifecycleEvent, Origin, WatchdogEvent};
-use wd_notify::{Domain, Instance, Notification, Notifier, Occurrences, SCHEMA_VERSION};
+use wd_notify::{
+    Domain, Instance, Notification, Notifier, NotifyError, Occurrences, SCHEMA_VERSION,
+};
 
 use crate::directory::InstanceDirectory;
 use crate::ledger::{Entry, Ledger};
@@ -126,8 +130,15 @@ impl Pipeline {
     }
 
     /// Handles items until `items` ends or `shutdown` completes, and returns
-    /// the final statistics. An item being handled when `shutdown` completes
-    /// is finished first.
+    /// the final statistics. Deliveries in flight when `shutdown` completes
+    /// are finished first.
+    ///
+    /// Firings of different domains are handed to the delivery layer
+    /// concurrently (at most [`MAX_IN_FLIGHT`] at once), so that a burst of
+    /// firings costs a few disk syncs, not one or more each: the firings
+    /// ready together have their ledger entries written in one go, then go
+    /// out together, and each queue's group commit takes them in one sync.
+    /// A domain's own firings are handed over one after the other, in order.
     pub async fn run<S, F>(mut self, items: S, shutdown: F) -> PipelineStats
     where
         S: Stream<Item = Item>,
@@ -140,6 +151,7 @@ impl Pipeline {
         let period = self.pulse.as_ref().map(|h| h.interval);
         let mut ticks = tokio::time::interval(period.unwrap_or(Duration::from_secs(3600)));
         ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut flight = Flight::default();
         loop {
             tokio::select! {
                 biased;
@@ -149,13 +161,82 @@ impl Pipeline {
                     stats: self.stats,
                     connected: self.connected,
                 }),
-                item = items.next() => match item {
-                    Some(item) => self.handle(item).await,
-                    None => break,
-                },
+                Some(done) = flight.next(), if !flight.is_empty() => {
+                    self.finish(done);
+                    // Whatever else is done by now shares one ledger write.
+                    while let Some(Some(done)) = flight.next().now_or_never() {
+                        self.finish(done);
+                    }
+                    self.flush_ledger();
+                }
+                item = items.next(), if flight.len() < MAX_IN_FLIGHT => {
+                    let Some(item) = item else { break };
+                    let mut batch = Vec::new();
+                    self.take(item, &mut batch, &mut flight).await;
+                    // The items ready now join the batch: one ledger write.
+                    let mut ended = false;
+                    while flight.len() + batch.len() < MAX_IN_FLIGHT {
+                        match items.next().now_or_never() {
+                            Some(Some(item)) => self.take(item, &mut batch, &mut flight).await,
+                            Some(None) => {
+                                ended = true;
+                                break;
+                            }
+                            None => break,
+                        }
+                    }
+                    self.launch(batch, &mut flight);
+                    if ended {
+                        break;
+                    }
+                }
             }
         }
+        while let Some(done) = flight.next().await {
+            self.finish(done);
+        }
+        self.flush_ledger();
         self.stats
+    }
+
+    /// Handles `item` as part of a batch: a firing is prepared into `batch`
+    /// (its ledger entry staged); anything else is handled at once. A second
+    /// firing of a domain that is already in the batch or in flight first
+    /// waits for the earlier one.
+    async fn take(&mut self, item: Item, batch: &mut Vec<Prepared>, flight: &mut Flight) {
+        let Item::Watchdog(ev) = item else {
+            return self.handle(item).await;
+        };
+        let uuid = ev.domain.uuid;
+        if batch.iter().any(|p| p.n.instance.uuid == uuid) {
+            self.launch(std::mem::take(batch), flight);
+        }
+        while flight.busy.contains(&uuid) {
+            match flight.next().await {
+                Some(done) => self.finish(done),
+                None => break,
+            }
+        }
+        if let Some(p) = self.prepare(ev) {
+            batch.push(p);
+        }
+    }
+
+    /// Writes the staged ledger entries of `batch` once, then hands its
+    /// notifications to the delivery layer.
+    fn launch(&mut self, batch: Vec<Prepared>, flight: &mut Flight) {
+        self.flush_ledger();
+        for p in batch {
+            flight.busy.insert(p.n.instance.uuid);
+            let notifier = self.notifier.clone();
+            flight.tasks.push(
+                async move {
+                    let result = notifier.notify(&p.n).await;
+                    (p, result)
+                }
+                .boxed(),
+            );
+        }
     }
 
     /// Handles one listener item.
@@ -266,7 +347,21 @@ impl Pipeline {
         }
     }
 
+    /// One firing handled alone: prepared, its ledger entry written, handed
+    /// over, finished.
     async fn watchdog(&mut self, ev: WatchdogEvent) {
+        let prepared = self.prepare(ev);
+        self.flush_ledger();
+        let Some(p) = prepared else { return };
+        let result = self.notifier.notify(&p.n).await;
+        self.finish((p, result));
+        self.flush_ledger();
+    }
+
+    /// Counts a firing, decides its event id (staging a pause's ledger
+    /// entry) and builds its notification; `None` when it was already
+    /// notified.
+    fn prepare(&mut self, ev: WatchdogEvent) -> Option<Prepared> {
         self.stats.firings += 1;
         let is_pause = ev.action.is(wd_events::WatchdogAction::Pause);
         let run = ev.run_id;
@@ -291,15 +386,15 @@ impl Pipeline {
                     if entry.run_id.is_none() && run.is_some() {
                         // An entry from a ledger that did not record runs
                         // learns the run it belongs to.
-                        self.put_entry(
-                            &ev.domain,
+                        self.ledger.stage(
+                            ev.domain.uuid,
                             Entry {
                                 run_id: run,
                                 ..entry
                             },
                         );
                     }
-                    return;
+                    return None;
                 }
                 Some(Entry { event_id, .. }) => event_id,
                 None => {
@@ -308,7 +403,7 @@ impl Pipeline {
                         accepted: false,
                         run_id: run,
                     };
-                    self.put_entry(&ev.domain, entry);
+                    self.ledger.stage(ev.domain.uuid, entry);
                     ev.episode
                 }
             }
@@ -344,19 +439,32 @@ impl Pipeline {
         };
         tracing::info!(domain = %ev.domain, action = %n.action, %event_id, origin = %ev.origin,
             project = n.instance.project_id.as_deref().unwrap_or("-"), "watchdog fired");
-        match self.notifier.notify(&n).await {
+        Some(Prepared { n, run, is_pause })
+    }
+
+    /// Records what the delivery layer said of a prepared firing. A pause it
+    /// accepted is marked accepted in the ledger (staged), unless its
+    /// episode ended meanwhile.
+    fn finish(&mut self, (p, result): (Prepared, Result<(), NotifyError>)) {
+        let uuid = p.n.instance.uuid;
+        let event_id = p.n.event_id;
+        match result {
             Ok(()) => {
                 self.stats.accepted += 1;
-                if is_pause {
+                let open = self
+                    .ledger
+                    .get(&uuid)
+                    .is_some_and(|e| e.event_id == event_id);
+                if p.is_pause && open {
                     // The delivery layer accepted this very notification
                     // (with a spool: its event id is on disk); it never
                     // folds a pause into another one.
                     let entry = Entry {
                         event_id,
                         accepted: true,
-                        run_id: run,
+                        run_id: p.run,
                     };
-                    self.put_entry(&ev.domain, entry);
+                    self.ledger.stage(uuid, entry);
                 }
             }
             Err(e) => {
@@ -368,10 +476,46 @@ impl Pipeline {
 }
 
 impl Pipeline {
-    fn put_entry(&mut self, domain: &DomainId, entry: Entry) {
-        if let Err(e) = self.ledger.put(domain.uuid, entry) {
+    fn flush_ledger(&mut self) {
+        if let Err(e) = self.ledger.flush() {
             tracing::error!(error = %e, "cannot update the episode ledger");
         }
+    }
+}
+
+/// The most firings handed to the delivery layer and not yet accepted.
+pub const MAX_IN_FLIGHT: usize = 256;
+
+/// A firing ready to be handed over.
+struct Prepared {
+    n: Notification,
+    run: Option<u32>,
+    is_pause: bool,
+}
+
+type Delivery = BoxFuture<'static, (Prepared, Result<(), NotifyError>)>;
+
+/// The deliveries in flight, and their domains.
+#[derive(Default)]
+struct Flight {
+    tasks: FuturesUnordered<Delivery>,
+    busy: HashSet<Uuid>,
+}
+
+impl Flight {
+    fn len(&self) -> usize {
+        self.tasks.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.tasks.is_empty()
+    }
+
+    /// The next delivery done, its domain no longer busy.
+    async fn next(&mut self) -> Option<(Prepared, Result<(), NotifyError>)> {
+        let done = self.tasks.next().await?;
+        self.busy.remove(&done.0.n.instance.uuid);
+        Some(done)
     }
 }
 
@@ -383,5 +527,7 @@ fn domain(d: &DomainId, run: Option<u32>) -> Domain {
     }
 }
 
+#[cfg(test)]
+mod concurrency_tests;
 #[cfg(test)]
 mod tests;

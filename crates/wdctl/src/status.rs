@@ -114,7 +114,14 @@ fn read_spool(dir: &std::path::Path) -> Result<Value> {
             "last_error": null,
         })
     };
-    let mut destinations = vec![queue("spool".into(), "shared", read_queue(dir)?)];
+    // Entries in the spool root are an old single-queue layout, which the
+    // agent drains into the per-destination queues at its next start; the
+    // row is shown only while there are some.
+    let legacy = read_queue(dir)?;
+    let mut destinations = Vec::new();
+    if legacy.0 > 0 {
+        destinations.push(queue("spool (old layout)".into(), "shared", legacy));
+    }
     let per = dir.join("dest");
     if let Ok(listing) = std::fs::read_dir(&per) {
         let mut names: Vec<String> = listing
@@ -307,19 +314,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("dest/project-00ff")).unwrap();
         let v = read_spool(dir.path()).unwrap();
-        assert_eq!(v["destinations"][1]["name"], "project-00ff");
-        assert_eq!(v["destinations"][1]["destination"], "project");
-        assert_eq!(v["destinations"][1]["queue"]["entries"], 0);
+        // No old-layout row: the spool root holds nothing.
+        assert_eq!(v["destinations"].as_array().unwrap().len(), 1, "{v}");
+        assert_eq!(v["destinations"][0]["name"], "project-00ff");
+        assert_eq!(v["destinations"][0]["destination"], "project");
+        assert_eq!(v["destinations"][0]["queue"]["entries"], 0);
     }
 
     #[test]
     fn an_empty_or_missing_spool_is_an_empty_backlog() {
         let dir = tempfile::tempdir().unwrap();
         let v = read_spool(&dir.path().join("none")).unwrap();
-        assert_eq!(v["destinations"][0]["queue"]["entries"], 0);
-        assert_eq!(
-            v["destinations"][0]["queue"]["oldest_age_secs"],
-            Value::Null
-        );
+        assert_eq!(v["destinations"], json!([]));
     }
 }
