@@ -816,11 +816,12 @@ not return a heap page while any block on it lives): \
 `churn_rss_anon_growth_second_wave` shows whether a further wave of 10,000 \
 grows it again (a leak) or reuses it. With the test driver, its domains live \
 in the measured process too.
-- **Part 6, fan-out**: all 1,000 firings arrive at once. The pipeline hands one \
-notification at a time to the spool, which accepts it once it is fsynced, so \
-the queue drains at about the spool's rate (`pipeline_spool_per_entry` in \
-part 2) and the p99 is the wait of the last firings in that queue, not the \
-delivery to the endpoints.
+- **Part 6, fan-out**: all 1,000 firings arrive at once. The pipeline's run \
+loop hands the firings of different domains to the queues concurrently (up \
+to 256 in flight), writing the ledger entries of the firings ready together \
+in one file write, so the fsyncs of the 1,000 project queues overlap instead \
+of queueing behind each other. (Part 2 measures the other case: one pipeline \
+that awaits each notification before the next event.)
 - **Part 7**: the baseline (`crates/wd-e2e/fixtures/baseline_agent.py`) is the \
 floor of what such an agent does: no spool (nothing survives a crash or an \
 endpoint outage), no signature, no retry, no catch-up (a pause while it is \

@@ -1,6 +1,6 @@
 //! The runtime pipeline: listener items in, owner notifications out.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -156,26 +156,32 @@ impl Pipeline {
             tokio::select! {
                 biased;
                 () = &mut shutdown => break,
-                // Before items, so that a flood of them cannot starve it.
-                _ = ticks.tick(), if period.is_some() => self.pulse(Pulse::Tick {
-                    stats: self.stats,
-                    connected: self.connected,
-                }),
+                // Before items, so that a flood of them cannot starve it. A
+                // delivery stuck for longer than a tick is a stuck loop:
+                // no tick then, as when the loop itself is stuck.
+                _ = ticks.tick(), if period.is_some() => {
+                    if !flight.stalled(period.unwrap_or_default()) {
+                        self.pulse(Pulse::Tick {
+                            stats: self.stats,
+                            connected: self.connected,
+                        });
+                    }
+                }
                 Some(done) = flight.next(), if !flight.is_empty() => {
-                    self.finish(done);
+                    self.complete(done, &mut flight);
                     // Whatever else is done by now shares one ledger write.
                     while let Some(Some(done)) = flight.next().now_or_never() {
-                        self.finish(done);
+                        self.complete(done, &mut flight);
                     }
                     self.flush_ledger();
                 }
-                item = items.next(), if flight.len() < MAX_IN_FLIGHT => {
+                item = items.next(), if flight.load() < MAX_IN_FLIGHT => {
                     let Some(item) = item else { break };
                     let mut batch = Vec::new();
                     self.take(item, &mut batch, &mut flight).await;
                     // The items ready now join the batch: one ledger write.
                     let mut ended = false;
-                    while flight.len() + batch.len() < MAX_IN_FLIGHT {
+                    while flight.load() + batch.len() < MAX_IN_FLIGHT {
                         match items.next().now_or_never() {
                             Some(Some(item)) => self.take(item, &mut batch, &mut flight).await,
                             Some(None) => {
@@ -192,42 +198,58 @@ impl Pipeline {
                 }
             }
         }
+        // Finish what is in flight, and the firings waiting behind it.
         while let Some(done) = flight.next().await {
-            self.finish(done);
+            self.complete(done, &mut flight);
         }
         self.flush_ledger();
         self.stats
     }
 
     /// Handles `item` as part of a batch: a firing is prepared into `batch`
-    /// (its ledger entry staged); anything else is handled at once. A second
-    /// firing of a domain that is already in the batch or in flight first
-    /// waits for the earlier one.
+    /// (its ledger entry staged); anything else is handled at once. A
+    /// firing of a domain that already has one in the batch, in flight or
+    /// waiting waits behind it, unprepared, so that a domain's firings are
+    /// decided and handed over in order without holding up other domains.
     async fn take(&mut self, item: Item, batch: &mut Vec<Prepared>, flight: &mut Flight) {
         let Item::Watchdog(ev) = item else {
             return self.handle(item).await;
         };
         let uuid = ev.domain.uuid;
-        if batch.iter().any(|p| p.n.instance.uuid == uuid) {
-            self.launch(std::mem::take(batch), flight);
-        }
-        while flight.busy.contains(&uuid) {
-            match flight.next().await {
-                Some(done) => self.finish(done),
-                None => break,
-            }
+        if flight.busy.contains_key(&uuid)
+            || flight.waiting.contains_key(&uuid)
+            || batch.iter().any(|p| p.n.instance.uuid == uuid)
+        {
+            flight.waiting.entry(uuid).or_default().push_back(ev);
+            flight.waiting_len += 1;
+            return;
         }
         if let Some(p) = self.prepare(ev) {
             batch.push(p);
         }
     }
 
-    /// Writes the staged ledger entries of `batch` once, then hands its
-    /// notifications to the delivery layer.
+    /// Records a finished delivery, and starts the next firing waiting for
+    /// its domain, if any.
+    fn complete(&mut self, done: (Prepared, Result<(), NotifyError>), flight: &mut Flight) {
+        let uuid = done.0.n.instance.uuid;
+        self.finish(done);
+        while let Some(ev) = flight.pop_waiting(&uuid) {
+            if let Some(p) = self.prepare(ev) {
+                self.launch(vec![p], flight);
+                break;
+            }
+        }
+    }
+
+    /// Writes the staged ledger entries once, then hands the notifications
+    /// of `batch` to the delivery layer.
     fn launch(&mut self, batch: Vec<Prepared>, flight: &mut Flight) {
         self.flush_ledger();
         for p in batch {
-            flight.busy.insert(p.n.instance.uuid);
+            flight
+                .busy
+                .insert(p.n.instance.uuid, tokio::time::Instant::now());
             let notifier = self.notifier.clone();
             flight.tasks.push(
                 async move {
@@ -483,7 +505,8 @@ impl Pipeline {
     }
 }
 
-/// The most firings handed to the delivery layer and not yet accepted.
+/// The most firings handed to the delivery layer and not yet accepted, plus
+/// those waiting behind an earlier firing of their domain.
 pub const MAX_IN_FLIGHT: usize = 256;
 
 /// A firing ready to be handed over.
@@ -495,20 +518,43 @@ struct Prepared {
 
 type Delivery = BoxFuture<'static, (Prepared, Result<(), NotifyError>)>;
 
-/// The deliveries in flight, and their domains.
+/// The deliveries in flight, their domains, and the firings waiting for a
+/// domain's delivery to finish.
 #[derive(Default)]
 struct Flight {
     tasks: FuturesUnordered<Delivery>,
-    busy: HashSet<Uuid>,
+    /// Each domain with a delivery in flight, and when it started (on
+    /// Tokio's clock, like the ticks).
+    busy: HashMap<Uuid, tokio::time::Instant>,
+    waiting: HashMap<Uuid, VecDeque<WatchdogEvent>>,
+    waiting_len: usize,
 }
 
 impl Flight {
-    fn len(&self) -> usize {
-        self.tasks.len()
-    }
-
     fn is_empty(&self) -> bool {
         self.tasks.is_empty()
+    }
+
+    /// Deliveries in flight plus firings waiting: what the loop holds.
+    fn load(&self) -> usize {
+        self.tasks.len().saturating_add(self.waiting_len)
+    }
+
+    /// Whether a delivery has been in flight for longer than `limit`.
+    fn stalled(&self, limit: Duration) -> bool {
+        self.busy.values().any(|t| t.elapsed() > limit)
+    }
+
+    fn pop_waiting(&mut self, uuid: &Uuid) -> Option<WatchdogEvent> {
+        let queue = self.waiting.get_mut(uuid)?;
+        let ev = queue.pop_front();
+        if queue.is_empty() {
+            self.waiting.remove(uuid);
+        }
+        if ev.is_some() {
+            self.waiting_len = self.waiting_len.saturating_sub(1);
+        }
+        ev
     }
 
     /// The next delivery done, its domain no longer busy.

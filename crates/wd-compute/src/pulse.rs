@@ -3,11 +3,12 @@
 //! into `READY=1`, `WATCHDOG=1` and `STATUS=` lines).
 //!
 //! A [`Pulse::Tick`] is produced by the pipeline's own loop, between two
-//! items, never by a timer task beside it: when the loop is stuck (a
-//! delivery layer that never accepts, a ledger write that never returns),
+//! items, never by a timer task beside it: when the loop is stuck (a ledger
+//! write that never returns), or a firing it handed over has not been
+//! accepted within one tick interval (a delivery layer that never accepts),
 //! the ticks stop, and a supervisor that forwards them as watchdog pings
 //! stops pinging and restarts the process. A live timer thread proves
-//! nothing; a tick proves the loop went round.
+//! nothing; a tick proves the loop went round and its deliveries move.
 
 use std::fmt;
 use std::sync::Arc;
@@ -33,7 +34,9 @@ pub enum Pulse {
         generation: u64,
     },
     /// The loop went round: sent every [`PulseHook::interval`] while the
-    /// loop is free to take items, and never while it is stuck on one.
+    /// loop is free to take items and no firing it handed over has waited
+    /// longer than an interval for the delivery layer; never while it is
+    /// stuck.
     Tick {
         /// The pipeline's counters so far.
         stats: PipelineStats,

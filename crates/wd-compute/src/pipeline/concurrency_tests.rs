@@ -40,10 +40,7 @@ impl Notifier for Slow {
             *mine += 1;
             let mine = *mine;
             s.max_per_instance = s.max_per_instance.max(mine);
-            s.order
-                .entry(n.instance.uuid)
-                .or_default()
-                .push(n.event_id);
+            s.order.entry(n.instance.uuid).or_default().push(n.event_id);
         }
         tokio::time::sleep(self.hold).await;
         let mut s = self.state.lock().unwrap();
@@ -71,7 +68,12 @@ fn firing(domain: u128, action: WatchdogAction, episode: u128) -> Item {
 }
 
 fn pipeline(notifier: Arc<dyn Notifier>, ledger: Ledger) -> Pipeline {
-    Pipeline::new("compute-1", Arc::new(NovaDirectory::new()), notifier, ledger)
+    Pipeline::new(
+        "compute-1",
+        Arc::new(NovaDirectory::new()),
+        notifier,
+        ledger,
+    )
 }
 
 #[tokio::test]
@@ -89,7 +91,9 @@ async fn other_domains_go_out_together_and_a_domains_own_in_order() {
         }
     }
     let p = pipeline(slow.clone(), Ledger::in_memory());
-    let stats = p.run(futures::stream::iter(items), std::future::pending()).await;
+    let stats = p
+        .run(futures::stream::iter(items), std::future::pending())
+        .await;
     assert_eq!((stats.firings, stats.accepted), (25, 25));
     let s = slow.state.lock().unwrap();
     assert_eq!(s.done, 25, "everything in flight was finished");
@@ -132,12 +136,19 @@ async fn a_pause_whose_episode_ends_while_in_flight_is_not_marked_accepted() {
         resumed,
     ];
     let p = pipeline(slow.clone(), Ledger::open(&path).unwrap());
-    let stats = p.run(futures::stream::iter(items), std::future::pending()).await;
+    let stats = p
+        .run(futures::stream::iter(items), std::future::pending())
+        .await;
     assert_eq!(stats.accepted, 2);
     let ledger = Ledger::open(&path).unwrap();
     assert_eq!(ledger.get(&d), None, "an ended episode came back");
-    let open = ledger.get(&Uuid::from_u128(8)).expect("8's episode is open");
-    assert!(open.accepted && open.event_id == Uuid::from_u128(2), "{open:?}");
+    let open = ledger
+        .get(&Uuid::from_u128(8))
+        .expect("8's episode is open");
+    assert!(
+        open.accepted && open.event_id == Uuid::from_u128(2),
+        "{open:?}"
+    );
 }
 
 #[tokio::test]
@@ -148,7 +159,9 @@ async fn shutdown_finishes_the_deliveries_in_flight() {
     });
     let (tx, rx) = tokio::sync::mpsc::channel(8);
     for i in 0..3u128 {
-        tx.send(firing(i, WatchdogAction::Reset, 10 + i)).await.unwrap();
+        tx.send(firing(i, WatchdogAction::Reset, 10 + i))
+            .await
+            .unwrap();
     }
     let items = tokio_stream_from(rx);
     let p = pipeline(slow.clone(), Ledger::in_memory());

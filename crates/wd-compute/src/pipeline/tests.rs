@@ -559,11 +559,12 @@ async fn pulses_say_caught_up_and_tick_only_while_the_loop_goes_round() {
         }
     )));
 
-    // The delivery layer hangs: the loop is stuck inside this item, and
-    // however long we wait, no tick comes.
+    // The delivery layer hangs: once this firing's delivery has been in
+    // flight for longer than a tick interval (1 s), however long we wait,
+    // no tick comes.
     tx.unbounded_send(fire(&d, Reset, Origin::Live, 50))
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(10)).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     let stuck_at = ticks(&pulses.lock().unwrap());
     tokio::time::sleep(Duration::from_secs(60)).await;
     assert_eq!(
