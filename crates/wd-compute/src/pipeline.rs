@@ -134,7 +134,7 @@ impl Pipeline {
     /// are finished first.
     ///
     /// Firings of different domains are handed to the delivery layer
-    /// concurrently (at most [`MAX_IN_FLIGHT`] at once), so that a burst of
+    /// concurrently (at most 256 at once), so that a burst of
     /// firings costs a few disk syncs, not one or more each: the firings
     /// ready together have their ledger entries written in one go, then go
     /// out together, and each queue's group commit takes them in one sync.
@@ -507,7 +507,7 @@ impl Pipeline {
 
 /// The most firings handed to the delivery layer and not yet accepted, plus
 /// those waiting behind an earlier firing of their domain.
-pub const MAX_IN_FLIGHT: usize = 256;
+const MAX_IN_FLIGHT: usize = 256;
 
 /// A firing ready to be handed over.
 struct Prepared {
