@@ -5,10 +5,11 @@
 //! sample ends when every notification has reached the receiver. Beside
 //! them, this machine's raw fsync rate.
 //!
-//! One agent runs one pipeline, which awaits each notification before the
-//! next item, so with the spool it is bound by one fsync per firing whatever
-//! the sync mode. The `8_pipelines` cases show what group commit buys when
-//! several producers share one spool.
+//! One agent runs one pipeline, whose run loop hands the firings of
+//! different domains (all of them here) over concurrently, up to 256 in
+//! flight, so group commit takes many of them per fsync; one fsync per
+//! entry still costs one fsync each. The `8_pipelines` cases show several
+//! producers sharing one spool.
 
 use std::fs::OpenOptions;
 use std::io::Write;
