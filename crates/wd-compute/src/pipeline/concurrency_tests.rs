@@ -3,11 +3,11 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::SystemTime;
 
 use async_trait::async_trait;
-use wd_events::{Enum, LifecycleDetail, ResumedDetail, WatchdogAction};
+use wd_events::WatchdogAction;
 
+use super::tests::{dom, fire, resumed};
 use super::*;
 use crate::directory::NovaDirectory;
 
@@ -52,19 +52,7 @@ impl Notifier for Slow {
 }
 
 fn firing(domain: u128, action: WatchdogAction, episode: u128) -> Item {
-    Item::Watchdog(WatchdogEvent {
-        domain: DomainId {
-            uuid: Uuid::from_u128(domain),
-            name: format!("instance-{domain}"),
-        },
-        run_id: Some(1),
-        action: Enum::Known(action),
-        received_at: SystemTime::now(),
-        seq: 1,
-        generation: 1,
-        origin: Origin::Live,
-        episode: Uuid::from_u128(episode),
-    })
+    fire(&dom(domain), action, Origin::Live, episode)
 }
 
 fn pipeline(notifier: Arc<dyn Notifier>, ledger: Ledger) -> Pipeline {
@@ -115,19 +103,7 @@ async fn a_pause_whose_episode_ends_while_in_flight_is_not_marked_accepted() {
         ..Slow::default()
     });
     let d = Uuid::from_u128(7);
-    let resumed = Item::Lifecycle(LifecycleEvent {
-        domain: DomainId {
-            uuid: d,
-            name: "instance-7".into(),
-        },
-        event: Enum::Known(Lifecycle::Resumed),
-        detail: LifecycleDetail::Resumed(Enum::Known(ResumedDetail::Unpaused)),
-        received_at: SystemTime::now(),
-        seq: 2,
-        generation: 1,
-        episode: None,
-        xml: None,
-    });
+    let resumed = resumed(&dom(7));
     // Pauses of domains 7 and 8 go out; 7 is resumed before its pause is
     // accepted, 8 stays paused.
     let items = vec![

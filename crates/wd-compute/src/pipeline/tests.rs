@@ -30,7 +30,7 @@ impl Notifier for Recorder {
     }
 }
 
-fn dom(n: u128) -> DomainId {
+pub(super) fn dom(n: u128) -> DomainId {
     DomainId {
         uuid: Uuid::from_u128(n),
         name: format!("instance-{n:08x}"),
@@ -48,7 +48,12 @@ fn nova_xml(d: &DomainId) -> String {
     )
 }
 
-fn fire(d: &DomainId, action: wd_events::WatchdogAction, origin: Origin, episode: u128) -> Item {
+pub(super) fn fire(
+    d: &DomainId,
+    action: wd_events::WatchdogAction,
+    origin: Origin,
+    episode: u128,
+) -> Item {
     fire_run(d, 1, action, origin, episode)
 }
 
@@ -105,7 +110,7 @@ fn listing_runs(domains: &[(DomainId, u32, bool)]) -> Vec<Item> {
     items
 }
 
-fn resumed(d: &DomainId) -> Item {
+pub(super) fn resumed(d: &DomainId) -> Item {
     Item::Lifecycle(LifecycleEvent {
         domain: d.clone(),
         event: Enum::Known(Lifecycle::Resumed),
