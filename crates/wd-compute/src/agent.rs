@@ -101,6 +101,7 @@ fn hostname() -> String {
 /// A checked agent, every destination built, nothing started.
 pub struct Agent {
     runtime: RuntimeConfig,
+    directory: crate::DirectoryConfig,
     destinations: Vec<Destination>,
     wait: bool,
     metrics: Metrics,
@@ -192,6 +193,7 @@ impl Agent {
         runtime.spool = cfg.spool_limits.config()?;
         runtime.coalesce = cfg.coalesce.config()?;
         runtime.retry = cfg.retry.config()?;
+        let directory = cfg.directory.config()?;
         if let Some(v) = cfg.health_interval_secs {
             runtime.health_interval =
                 seconds("health_interval_secs", v, MAX_SECS)?.max(Duration::from_secs(1));
@@ -254,6 +256,7 @@ impl Agent {
         runtime.metrics = Some(metrics.clone());
         Ok(Agent {
             runtime,
+            directory,
             destinations,
             wait: cfg.wait.unwrap_or(false),
             metrics,
@@ -288,6 +291,11 @@ impl Agent {
     /// The runtime configuration the agent will start with.
     pub fn runtime_config(&self) -> &RuntimeConfig {
         &self.runtime
+    }
+
+    /// The owner cache's bounds the agent will start with.
+    pub fn directory_config(&self) -> crate::DirectoryConfig {
+        self.directory
     }
 
     /// The destinations, each with its own queue.
@@ -331,14 +339,14 @@ impl Agent {
                 return Err(AgentError::Unreachable { uri, reason });
             }
         }
-        let fixed = reload::Fixed::of(&self.runtime, self.metrics_addr.as_deref());
+        let fixed = reload::Fixed::of(&self.runtime, self.directory, self.metrics_addr.as_deref());
         let live = reload::swappable(&mut self.destinations);
         let names: Vec<String> = self.destinations.iter().map(|d| d.name.clone()).collect();
         let spool = self.runtime.spool_dir.clone();
         let host = self.runtime.host.clone();
         let runtime = Runtime::start(
             self.runtime,
-            Arc::new(NovaDirectory::new()),
+            Arc::new(NovaDirectory::with_config(self.directory)),
             self.destinations,
         )
         .map_err(AgentError::Start)?;
@@ -417,7 +425,7 @@ impl RunningAgent {
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Reloaded, AgentError> {
         let next = Agent::with_metrics(config, env, self.metrics.clone())?;
-        let fixed = reload::Fixed::of(&next.runtime, next.metrics_addr.as_deref());
+        let fixed = reload::Fixed::of(&next.runtime, next.directory, next.metrics_addr.as_deref());
         let needs_restart = self.fixed.changes(&fixed);
         if !needs_restart.is_empty() {
             tracing::warn!(settings = ?needs_restart,

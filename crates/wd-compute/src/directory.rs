@@ -101,6 +101,45 @@ impl DirectoryConfig {
     }
 }
 
+/// `[directory]` in the agent's configuration file: the bounds of the
+/// owner cache. Every key is optional; unknown keys are errors.
+#[derive(Debug, Clone, Default, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirectorySettings {
+    /// How long a stopped, undefined or vanished domain's owner is kept, in
+    /// seconds [default 60].
+    pub retire_after_secs: Option<f64>,
+    /// The most domains cached [default 16384].
+    pub max_entries: Option<usize>,
+}
+
+impl DirectorySettings {
+    /// The checked bounds.
+    ///
+    /// # Errors
+    ///
+    /// A [`SettingsError`](wd_notify::settings::SettingsError) naming the
+    /// key out of range.
+    pub fn config(&self) -> Result<DirectoryConfig, wd_notify::settings::SettingsError> {
+        use wd_notify::settings::{MAX_SECS, SettingsError, seconds};
+        let mut c = DirectoryConfig::default();
+        if let Some(v) = self.retire_after_secs {
+            c = c.retire_after(seconds("directory.retire_after_secs", v, MAX_SECS)?);
+        }
+        match self.max_entries {
+            Some(0) => {
+                return Err(SettingsError::key(
+                    "directory.max_entries",
+                    "must be at least 1, not 0",
+                ));
+            }
+            Some(n) => c = c.max_entries(n),
+            None => {}
+        }
+        Ok(c)
+    }
+}
+
 /// What a [`NovaDirectory`] holds and has done, for logs and metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct DirectoryStats {

@@ -70,7 +70,9 @@ pub use agent::{
     Agent, AgentConfig, AgentError, FAULT_ENV, LogFormat, Reloaded, RunningAgent,
     target_has_password,
 };
-pub use directory::{DirectoryConfig, DirectoryStats, InstanceDirectory, NovaDirectory, Owner};
+pub use directory::{
+    DirectoryConfig, DirectorySettings, DirectoryStats, InstanceDirectory, NovaDirectory, Owner,
+};
 pub use error::{Error, Result};
 pub use ledger::Ledger;
 pub use metrics::{Metered, Metrics};

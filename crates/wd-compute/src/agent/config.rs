@@ -26,7 +26,8 @@ pub enum LogFormat {
 ///   `wd_notify_webhook::WebhookSettings` (feature `webhook`);
 /// - `[amqp]`: `wd_notify_amqp::AmqpSettings` (feature `amqp`);
 /// - `[spool-limits]`, `[retry]`, `[coalesce]`: [`QueueSettings`],
-///   [`RetrySettings`], [`CoalesceSettings`] from `wd-notify`.
+///   [`RetrySettings`], [`CoalesceSettings`] from `wd-notify`;
+/// - `[directory]`: [`DirectorySettings`](crate::directory::DirectorySettings).
 ///
 /// A build without a transport's feature refuses that transport's section
 /// and targets with an error naming the feature.
@@ -86,6 +87,9 @@ pub struct AgentConfig {
     /// Retries around each delivery attempt.
     #[serde(default)]
     pub retry: RetrySettings,
+    /// The bounds of the owner cache.
+    #[serde(default)]
+    pub directory: crate::directory::DirectorySettings,
     /// How often the delivery health line is logged, in seconds [default
     /// 300].
     pub health_interval_secs: Option<f64>,
@@ -111,6 +115,7 @@ impl std::fmt::Debug for AgentConfig {
             .field("coalesce", &self.coalesce)
             .field("spool_limits", &self.spool_limits)
             .field("retry", &self.retry)
+            .field("directory", &self.directory)
             .finish_non_exhaustive()
     }
 }

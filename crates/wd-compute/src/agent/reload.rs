@@ -14,7 +14,8 @@
 //!   at shutdown stays on disk, and is delivered if it comes back.
 //!
 //! Settings that need a restart (the libvirt URI, the host name, the spool
-//! directory, the metrics address, spool, retry and coalescing limits) are
+//! directory, the metrics address, spool, retry, coalescing and owner-cache
+//! limits) are
 //! logged as such when they change.
 
 use std::collections::BTreeMap;
@@ -80,14 +81,19 @@ pub(crate) struct Fixed {
 }
 
 impl Fixed {
-    /// The restart-only settings of a runtime and its metrics address.
-    pub(crate) fn of(r: &RuntimeConfig, metrics: Option<&str>) -> Fixed {
+    /// The restart-only settings of a runtime, its owner cache and its
+    /// metrics address.
+    pub(crate) fn of(
+        r: &RuntimeConfig,
+        directory: crate::DirectoryConfig,
+        metrics: Option<&str>,
+    ) -> Fixed {
         Fixed {
             uri: r.listener.uri.clone(),
             host: r.host.clone(),
             spool: r.spool_dir.clone(),
             metrics: metrics.map(str::to_owned),
-            limits: format!("{:?} {:?} {:?}", r.spool, r.retry, r.coalesce),
+            limits: format!("{:?} {:?} {:?} {directory:?}", r.spool, r.retry, r.coalesce),
         }
     }
 
@@ -107,7 +113,7 @@ impl Fixed {
             out.push("metrics");
         }
         if self.limits != next.limits {
-            out.push("spool-limits/retry/coalesce");
+            out.push("spool-limits/retry/coalesce/directory");
         }
         out
     }

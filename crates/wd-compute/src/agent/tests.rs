@@ -66,6 +66,9 @@ window_secs = 30
 max_entries = 1000
 [retry]
 deadline_secs = 9
+[directory]
+retire_after_secs = 120
+max_entries = 500
 "#
         ),
         &[
@@ -115,6 +118,11 @@ deadline_secs = 9
     assert_eq!(r.retry.deadline, Duration::from_secs(9));
     assert!(r.spool_dir.is_none());
     assert!(!agent.waits());
+    let d = agent.directory_config();
+    assert_eq!(
+        (d.retire_after, d.max_entries),
+        (Duration::from_secs(120), 500)
+    );
     // Every destination is metered under its kind from the start.
     let text = agent.metrics().encode();
     assert!(text.contains("destination=\"project\""), "{text}");
@@ -151,6 +159,16 @@ fn bad_configurations_name_what_is_wrong() {
         "notify = [\"log\"]\n[coalesce]\nwindow_secs = -1\n",
         &[],
         "`coalesce.window_secs` must be a positive",
+    );
+    check(
+        "notify = [\"log\"]\n[directory]\nmax_entries = 0\n",
+        &[],
+        "config key `directory.max_entries` must be at least 1, not 0",
+    );
+    check(
+        "notify = [\"log\"]\n[directory]\nretire_after_secs = -5\n",
+        &[],
+        "`directory.retire_after_secs` must be a positive number of seconds",
     );
     check(
         "notify = [\"log\"]\nhealth_interval_secs = nan\n",
@@ -246,6 +264,11 @@ fn it_starts_reloads_and_stops_on_the_test_driver() {
         let done = running.reload(&moved, &|_| None).unwrap();
         assert_eq!(done.needs_restart, ["host"]);
         assert_eq!(done.removed, 1, "the project endpoint retires");
+        let bounded = parse(&format!(
+            "{base}host = \"elsewhere\"\nnotify = [\"log\"]\n[directory]\nmax_entries = 10\n"
+        ));
+        let done = running.reload(&bounded, &|_| None).unwrap();
+        assert_eq!(done.needs_restart, ["host", "spool-limits/retry/coalesce/directory"]);
 
         let report = running.shutdown().await;
         assert_eq!(report.pipeline.firings, 0);
