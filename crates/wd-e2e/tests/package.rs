@@ -400,7 +400,23 @@ async fn libvirtd_package_installs_runs_as_wd_read_only_and_purges_cleanly() {
 
     // /metrics shows both firings and their deliveries to the operator
     // endpoint; /healthz is 200 (connected, every worker alive).
-    let (code, text) = http_get(&metrics, "/metrics");
+    // The receiver records a request before the agent has read its
+    // answer and counted the delivery: scrape until the second delivery is
+    // counted (or 10 s have passed).
+    let delivered = "wd_notifications_total{destination=\"operator\",outcome=\"delivered\"}";
+    let scraped_at = Instant::now();
+    let (code, text) = loop {
+        let (code, text) = http_get(&metrics, "/metrics");
+        let counted = text.lines().any(|l| {
+            l.strip_prefix(delivered)
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .is_some_and(|v| v >= 2.0)
+        });
+        if code != 200 || counted || scraped_at.elapsed() > Duration::from_secs(10) {
+            break (code, text);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert_eq!(code, 200, "{text}");
     // At least: other guests on this shared libvirtd may count too.
     let sample = |series: &str| -> f64 {
@@ -413,10 +429,7 @@ async fn libvirtd_package_installs_runs_as_wd_read_only_and_purges_cleanly() {
         "{text}"
     );
     assert!(sample("wd_catchup_firings_total") >= 1.0, "{text}");
-    assert!(
-        sample("wd_notifications_total{destination=\"operator\",outcome=\"delivered\"}") >= 2.0,
-        "{text}"
-    );
+    assert!(sample(delivered) >= 2.0, "{text}");
     assert_eq!(sample("wd_libvirt_connected"), 1.0, "{text}");
     assert_eq!(http_get(&metrics, "/healthz"), (200, "ok\n".to_owned()));
 
