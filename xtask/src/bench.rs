@@ -15,8 +15,8 @@
 //! 6. and 7. Fleet scale, the `bench-scale` binary of `wd-e2e`: churn of
 //!    10,000 domains on the test driver and fan-out to 1,000 project
 //!    endpoints always; with live parts also the catch-up of 100, 1,000 and
-//!    5,000 domains on the system libvirtd and `wdctl watch` side by side
-//!    with a Python baseline agent (`crates/wd-e2e/fixtures/baseline_agent.py`).
+//!    5,000 domains on the system libvirtd and `wdguard watch` side by side
+//!    with a Python baseline agent (`tests/fixtures/baseline_agent.py`).
 //!
 //! Steps on the system libvirtd run under `flock $WD_BENCH_LOCK` when that
 //! variable is set (a machine shared by several developers).
@@ -403,7 +403,7 @@ fn live_parts(figures: &mut Vec<Figure>) -> Result<()> {
     eprintln!("xtask: parts 3 and 4, live on real guests");
     setup::ensure_packages()?;
     setup::guest()?;
-    setup::cmd_ok(cargo().args(["build", "--release", "-p", "wdctl"]))?;
+    setup::cmd_ok(cargo().args(["build", "--release", "-p", "wdguard"]))?;
     setup::cmd_ok(cargo().args(["build", "--release", "-p", "wd-e2e", "--bin", "bench-live"]))?;
     let _services = ServicesGuard(setup::services_up()?);
     let exe = target_dir().join("release").join("bench-live");
@@ -417,7 +417,7 @@ fn live_parts(figures: &mut Vec<Figure>) -> Result<()> {
 /// only with `live`, since they need the system libvirtd and real guests.
 fn scale_parts(figures: &mut Vec<Figure>, live: bool) -> Result<()> {
     eprintln!("xtask: parts 6 and 7, fleet scale and the baseline agent");
-    setup::cmd_ok(cargo().args(["build", "--release", "-p", "wdctl"]))?;
+    setup::cmd_ok(cargo().args(["build", "--release", "-p", "wdguard"]))?;
     setup::cmd_ok(cargo().args(["build", "--release", "-p", "wd-e2e", "--bin", "bench-scale"]))?;
     let exe = target_dir().join("release").join("bench-scale");
     let part_of = |name: &str| if name.contains("baseline") { 7 } else { 6 };
@@ -824,10 +824,10 @@ to 256 in flight), writing the ledger entries of the firings ready together \
 in one file write, so the fsyncs of the 1,000 project queues overlap instead \
 of queueing behind each other. (Part 2 measures the other case: one pipeline \
 that awaits each notification before the next event.)
-- **Part 7**: the baseline (`crates/wd-e2e/fixtures/baseline_agent.py`) is the \
+- **Part 7**: the baseline (`tests/fixtures/baseline_agent.py`) is the \
 floor of what such an agent does: no spool (nothing survives a crash or an \
 endpoint outage), no signature, no retry, no catch-up (a pause while it is \
-disconnected or restarting is lost), no per-project routing. `wdctl watch` \
+disconnected or restarting is lost), no per-project routing. `wdguard watch` \
 fsyncs each notification before delivering it (compare `raw_fsync_rate` in \
 part 2) and signs it; a ratio above 1 there is the price of those \
 guarantees. Memory: VmRSS is mostly shared libraries for both (libvirt's \

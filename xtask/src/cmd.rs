@@ -104,7 +104,7 @@ pub fn test(filters: &[&str]) -> Result<()> {
         ]))?;
     }
     // The operator test (wd-e2e, `libvirtd_package_*`) installs this .deb;
-    // the dev profile reuses the wdctl the tests use, so no release build.
+    // the dev profile reuses the wdguard the tests use, so no release build.
     crate::package::build("dev", true)?;
     let _services = ServicesGuard(setup::services_up()?);
 

@@ -1,18 +1,18 @@
-//! `cargo xtask package`: the `wd` Debian package, built with cargo-deb.
+//! `cargo xtask package`: the `wdguard` Debian package, built with cargo-deb.
 //!
-//! 1. Builds `wdctl` (release, or the profile given).
-//! 2. Runs `wdctl generate-assets --name wd` to write the man pages
-//!    (gzipped) and the bash, zsh and fish completions from the clap
-//!    definitions into `target/<profile>/wd-package`. The package installs
-//!    the program as `/usr/bin/wd`: util-linux owns `/usr/bin/wdctl` (its
-//!    hardware watchdog tool), and overwriting it would break that package.
-//! 3. Runs `cargo deb -p wdctl --no-build`, which packs them with the unit,
+//! 1. Builds `wdguard` (release, or the profile given).
+//! 2. Runs `wdguard generate-assets` to write the man pages (gzipped) and
+//!    the bash, zsh and fish completions from the clap definitions into
+//!    `target/<profile>/wdguard-package`. The package installs the program
+//!    as `/usr/bin/wdguard`, a name no Debian 12 package uses (util-linux
+//!    owns `/usr/bin/wdctl`, node-wikibase-cli `/usr/bin/wd`).
+//! 3. Runs `cargo deb -p wdguard --no-build`, which packs them with the unit,
 //!    the commented `/etc/wd/wd.toml` and the maintainer scripts from
-//!    `crates/wdctl/debian/` (see `[package.metadata.deb]` there).
+//!    `crates/wdguard/debian/` (see `[package.metadata.deb]` there).
 //! 4. Runs lintian on the result, when it is installed, and fails on any
 //!    error or warning that the overrides file does not explain.
 //!
-//! `cargo xtask test` packages with the `dev` profile, whose `wdctl` the
+//! `cargo xtask test` packages with the `dev` profile, whose `wdguard` the
 //! tests build anyway, so the operator test finds the .deb without a
 //! release build.
 
@@ -62,30 +62,29 @@ pub fn run(args: &[&str]) -> Result<PathBuf> {
     build(profile, false)
 }
 
-/// Builds the package with `profile`. With `unified`, wdctl is built with
+/// Builds the package with `profile`. With `unified`, wdguard is built with
 /// the whole workspace's features, as the test build has it, so that the
 /// test run reuses those artifacts instead of compiling a second copy of
 /// every dependency.
 pub fn build(profile: &str, unified: bool) -> Result<PathBuf> {
     ensure_cargo_deb()?;
-    eprintln!("xtask: building wdctl ({profile})");
+    eprintln!("xtask: building wdguard ({profile})");
     let mut build = cargo();
     build.args(["build", "--profile", profile]);
     if unified {
         build.args(["--workspace", "--all-features", "--bins"]);
     } else {
-        build.args(["--package", "wdctl"]);
+        build.args(["--package", "wdguard"]);
     }
     cmd_ok(&mut build)?;
     let bin_dir = crate::target_dir().join(profile_dir(profile));
-    let assets = bin_dir.join("wd-package");
+    let assets = bin_dir.join("wdguard-package");
     if assets.exists() {
         std::fs::remove_dir_all(&assets).with_context(|| format!("clear {}", assets.display()))?;
     }
     cmd_ok(
-        Command::new(bin_dir.join("wdctl"))
+        Command::new(bin_dir.join("wdguard"))
             .arg("generate-assets")
-            .args(["--name", "wd"])
             .arg(&assets),
     )?;
     // Debian wants man pages gzipped at maximum compression, without a
@@ -104,7 +103,7 @@ pub fn build(profile: &str, unified: bool) -> Result<PathBuf> {
             .args([
                 "deb",
                 "--package",
-                "wdctl",
+                "wdguard",
                 "--no-build",
                 "--profile",
                 profile,
@@ -151,7 +150,7 @@ fn lintian(deb: &Path) -> Result<()> {
         .context("run lintian")?;
     if !status.success() {
         bail!(
-            "lintian found problems in {}; fix them or explain each in crates/wdctl/debian/lintian-overrides",
+            "lintian found problems in {}; fix them or explain each in crates/wdguard/debian/lintian-overrides",
             deb.display()
         );
     }

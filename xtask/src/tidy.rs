@@ -108,7 +108,7 @@ pub struct Manifest {
     pub dev_deps: BTreeSet<String>,
 }
 
-/// The workspace crates: `crates/*/Cargo.toml` and `xtask/Cargo.toml`, by
+/// The workspace crates: `crates/*/Cargo.toml`, `tests/Cargo.toml` and `xtask/Cargo.toml`, by
 /// package name.
 fn crates(root: &Path, out: &mut Vec<Violation>) -> BTreeMap<String, Manifest> {
     let mut paths: Vec<PathBuf> = std::fs::read_dir(root.join("crates"))
@@ -119,9 +119,11 @@ fn crates(root: &Path, out: &mut Vec<Violation>) -> BTreeMap<String, Manifest> {
                 .collect()
         })
         .unwrap_or_default();
-    let xtask = root.join("xtask/Cargo.toml");
-    if xtask.is_file() {
-        paths.push(xtask);
+    for top in ["tests", "xtask"] {
+        let manifest = root.join(top).join("Cargo.toml");
+        if manifest.is_file() {
+            paths.push(manifest);
+        }
     }
     paths.sort();
     let mut crates = BTreeMap::new();
@@ -440,7 +442,7 @@ fn check_readme(root: &Path, crates: &BTreeMap<String, Manifest>, out: &mut Vec<
     }
 }
 
-/// Every `.rs` file under `crates/`, `xtask/` and `fuzz/`, outside
+/// Every `.rs` file under `crates/`, `tests/`, `xtask/` and `fuzz/`, outside
 /// `target/` and hidden directories, sorted.
 fn rust_files(root: &Path) -> Vec<PathBuf> {
     fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
@@ -461,7 +463,7 @@ fn rust_files(root: &Path) -> Vec<PathBuf> {
         }
     }
     let mut files = Vec::new();
-    for top in ["crates", "xtask", "fuzz"] {
+    for top in ["crates", "tests", "xtask", "fuzz"] {
         walk(&root.join(top), &mut files);
     }
     files.sort();

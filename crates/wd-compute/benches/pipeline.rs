@@ -249,7 +249,7 @@ fn pipeline(c: &mut Criterion) {
             8,
         ),
         // Three destinations, each its own durable queue (group commit),
-        // written in parallel: what `wdctl watch --spool` runs.
+        // written in parallel: what `wdguard watch --spool` runs.
         ("router_3_queues_8_pipelines", Shape::Router, 8),
     ];
     for (name, shape, pipelines) in cases {

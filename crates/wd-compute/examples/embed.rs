@@ -1,5 +1,5 @@
 //! A compute driver embedding the whole watchdog agent, configured by the
-//! same file format `wdctl watch --config` reads (`/etc/wd/wd.toml`):
+//! same file format `wdguard watch --config` reads (`/etc/wd/wd.toml`):
 //!
 //! ```text
 //! cargo run -p wd-compute --example embed -- /etc/wd/wd.toml

@@ -1,5 +1,5 @@
 //! The whole agent as a library: [`AgentConfig`] (the configuration file
-//! that `wdctl watch` reads) in, a supervised [`Runtime`] out.
+//! that `wdguard watch` reads) in, a supervised [`Runtime`] out.
 //!
 //! [`Agent::new`] checks everything and builds every destination before
 //! anything starts; each section is checked by the crate that owns it.

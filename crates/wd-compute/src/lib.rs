@@ -10,7 +10,7 @@
 //!
 //! # The whole agent, from its configuration file
 //!
-//! [`AgentConfig`] is the configuration file `wdctl watch --config` reads;
+//! [`AgentConfig`] is the configuration file `wdguard watch --config` reads;
 //! [`Agent`] builds, starts, supervises and reloads everything from it (see
 //! `examples/embed.rs` for a driver that runs it in about 20 lines). Each
 //! transport is a cargo feature, `webhook` and `amqp` (both default): a

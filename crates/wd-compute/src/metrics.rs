@@ -86,7 +86,7 @@ impl fmt::Display for Destination {
 /// One delivery queue as seen at one moment.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct QueueSnapshot {
-    /// The queue's name (e.g. `webhook operator`); shown by `wdctl status`,
+    /// The queue's name (e.g. `webhook operator`); shown by `wdguard status`,
     /// never used as a metric label.
     pub name: String,
     /// Its destination kind: the metric label.
@@ -546,7 +546,7 @@ impl Metrics {
         Ok(())
     }
 
-    /// Everything `wdctl status` shows, at this moment.
+    /// Everything `wdguard status` shows, at this moment.
     pub fn status(&self) -> Status {
         let (connected, for_secs) = {
             let l = lock(&self.inner.state.libvirt);
@@ -720,7 +720,7 @@ pub struct DestinationStatus {
     pub record: DeliveryRecord,
 }
 
-/// The agent's state for `wdctl status` (`GET /status`, JSON).
+/// The agent's state for `wdguard status` (`GET /status`, JSON).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Status {
     /// The agent's version.

@@ -1,5 +1,5 @@
 //! The pipeline's pulse: what its loop reports to a supervisor, such as
-//! systemd's readiness and watchdog protocol (`wdctl watch` turns pulses
+//! systemd's readiness and watchdog protocol (`wdguard watch` turns pulses
 //! into `READY=1`, `WATCHDOG=1` and `STATUS=` lines).
 //!
 //! A [`Pulse::Tick`] is produced by the pipeline's own loop, between two

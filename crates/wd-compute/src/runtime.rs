@@ -230,7 +230,7 @@ impl Runtime {
     }
 
     /// Every destination's state now: backlog, drops, deliveries, failures
-    /// and last error (for metrics and `wdctl status`).
+    /// and last error (for metrics and `wdguard status`).
     pub fn status(&self) -> Vec<DestinationStatus> {
         self.router.status()
     }

@@ -26,7 +26,7 @@ pub struct ListenerConfig {
     /// may open one where the socket's policy allows it, so it needs no
     /// membership of the `libvirt` group. Off by default here, because
     /// [`EventStream::connection`](crate::EventStream::connection) hands the
-    /// connection to callers who may want to act on it; `wdctl watch` turns
+    /// connection to callers who may want to act on it; `wdguard watch` turns
     /// it on.
     pub read_only: bool,
     /// How often keepalive messages are sent on an idle connection (remote

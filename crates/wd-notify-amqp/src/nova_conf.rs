@@ -1,6 +1,6 @@
 //! The bus settings Nova already has, read from its `nova.conf`.
 //!
-//! `wdctl watch --nova-config /etc/nova/nova.conf` publishes where and how
+//! `wdguard watch --nova-config /etc/nova/nova.conf` publishes where and how
 //! Nova publishes, with no configuration of its own:
 //!
 //! | section / key                                    | used as (default)                                   |

@@ -93,7 +93,11 @@ mod tests {
     fn sources() {
         let cases = [
             ("compute-1", "wd", "urn:wd:compute-1:wd"),
-            ("cn1.example.org", "wdctl", "urn:wd:cn1.example.org:wdctl"),
+            (
+                "cn1.example.org",
+                "wdguard",
+                "urn:wd:cn1.example.org:wdguard",
+            ),
             ("odd host:1/é", "wd", "urn:wd:odd%20host%3A1%2F%C3%A9:wd"),
         ];
         for (host, service, expected) in cases {

@@ -10,7 +10,7 @@
 //! endpoint's settings that is set wins over the global one.
 //!
 //! A failed certificate check is reported as a
-//! [`wd_notify::CertificateError`] cause, so logs, metrics and `wdctl
+//! [`wd_notify::CertificateError`] cause, so logs, metrics and `wdguard
 //! status` show `certificate`, not a generic failure.
 
 use std::path::{Path, PathBuf};

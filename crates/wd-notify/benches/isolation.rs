@@ -1,7 +1,7 @@
 //! A healthy destination's delivery latency while other destinations hang:
 //! none, 1, and 10 hung destinations, each holding 100 pending entries.
 //! Every destination has its own durable queue (group commit) under one
-//! router, as `wdctl watch` runs them. One sample is one notification from
+//! router, as `wdguard watch` runs them. One sample is one notification from
 //! `Router::notify` until the healthy destination's receiver has it.
 //!
 //! Criterion reports the median; this bench also measures p50 and p99 over

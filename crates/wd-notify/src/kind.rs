@@ -51,7 +51,7 @@ impl std::error::Error for CertificateError {
     }
 }
 
-/// The kind of a delivery failure, as metrics and `wdctl status` show it.
+/// The kind of a delivery failure, as metrics and `wdguard status` show it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum FailureKind {

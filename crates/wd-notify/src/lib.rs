@@ -126,7 +126,7 @@
 //!
 //! # The spool format
 //!
-//! A spool root (what `wdctl watch --spool` names) holds `LOCK`, the episode
+//! A spool root (what `wdguard watch --spool` names) holds `LOCK`, the episode
 //! ledger, and `dest/<kind>-<16 hex>/`, one spool directory per destination
 //! ([`Destination::dir_name`]). Segment files directly in the root are the
 //! old single-queue layout: [`Router::open`] drains them into the

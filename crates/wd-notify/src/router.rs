@@ -229,7 +229,7 @@ impl Notifier for Attempts {
     }
 }
 
-/// One destination's state, for metrics, `wdctl status` and the health line.
+/// One destination's state, for metrics, `wdguard status` and the health line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct DestinationStatus {

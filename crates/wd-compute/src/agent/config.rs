@@ -1,4 +1,4 @@
-//! [`AgentConfig`]: the agent's configuration file, as `wdctl watch
+//! [`AgentConfig`]: the agent's configuration file, as `wdguard watch
 //! --config` and an embedding driver read it. Each transport's section
 //! belongs to (and is checked by) its crate; this file only gathers them.
 

@@ -1,0 +1,149 @@
+//! `wdguard watch`: the standalone agent beside an unmodified compute service
+//! (such as Nova). This is flag parsing, reading the config file, and
+//! [`wd_compute::Agent`]: the agent, its checks and its reload live there.
+//!
+//! Secrets never come from the command line, where `ps` would show them.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use wd_compute::{Agent, AgentConfig, Metrics, RunningAgent};
+
+mod config;
+
+pub use config::load_config;
+
+/// The rest of `wdguard watch --help` (and of its man page).
+pub const LONG_HELP: &str = include_str!("watch/help.txt").trim_ascii_end();
+
+/// Flags of `wdguard watch`. Each wins over its key in the config file.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The libvirt URI to listen on [default: qemu:///system].
+    #[arg(long, value_name = "URI")]
+    connect: Option<String>,
+    /// Where to notify: `log`, an http(s) webhook URL (the operator
+    /// endpoint), or a broker URL (amqp://, amqps://, or an oslo transport
+    /// URL rabbit://host1:5672,host2:5672/vhost). Repeatable.
+    #[arg(long = "notify", value_name = "TARGET")]
+    notify: Vec<String>,
+    /// Nova's configuration file: publish to the bus Nova publishes to, as
+    /// its `[oslo_messaging_notifications]` and `[notifications]` say.
+    #[arg(long, value_name = "FILE")]
+    nova_config: Option<PathBuf>,
+    /// The durable spool directory: what is accepted survives a crash.
+    #[arg(long, value_name = "DIR")]
+    spool: Option<PathBuf>,
+    /// A TOML configuration file (see the README).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Keep retrying when libvirt is unreachable at startup, instead of
+    /// exiting.
+    #[arg(long)]
+    wait: bool,
+    /// Open libvirt read-write. By default the agent, which only listens,
+    /// opens it read-only (`virConnectOpenReadOnly`).
+    #[arg(long)]
+    read_write: bool,
+    /// The log format on stderr [default: text].
+    #[arg(long, value_name = "FORMAT")]
+    pub(crate) log_format: Option<crate::logging::LogFormat>,
+    /// Serve Prometheus metrics (`/metrics`), health (`/healthz`) and status
+    /// (`/status`) on this address, e.g. `127.0.0.1:9187`.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<String>,
+}
+
+/// The config file (if any) with the flags applied on top.
+pub fn config(args: &Args) -> Result<AgentConfig> {
+    let mut cfg = match &args.config {
+        Some(path) => load_config(path)?,
+        None => AgentConfig::default(),
+    };
+    if let Some(level) = &cfg.log_level {
+        crate::logging::check_log_level(level)?;
+    }
+    if let Some(t) = args
+        .notify
+        .iter()
+        .find(|t| wd_compute::target_has_password(t))
+    {
+        bail!(
+            "--notify `{}` carries a password, which `ps` would show; put it in the config file (`[amqp] password`) or WD_AMQP_PASSWORD",
+            wd_notify::redact_url(t)
+        );
+    }
+    cfg.notify.extend(args.notify.iter().cloned());
+    cfg.connect = args.connect.clone().or(cfg.connect);
+    cfg.nova_config = args.nova_config.clone().or(cfg.nova_config);
+    cfg.spool = args.spool.clone().or(cfg.spool);
+    cfg.metrics = args.metrics.clone().or(cfg.metrics);
+    cfg.wait = Some(args.wait || cfg.wait.unwrap_or(false));
+    cfg.read_only = Some(!args.read_write && cfg.read_only.unwrap_or(true));
+    Ok(cfg)
+}
+
+fn env(key: &str) -> Option<String> {
+    std::env::var(key).ok()
+}
+
+/// Runs the agent until SIGTERM or SIGINT (SIGHUP reloads the config), or
+/// until a core task dies (then it exits non-zero, so that systemd restarts
+/// it and the queues replay).
+pub fn run(args: Args) -> Result<()> {
+    // The log comes first, so that every later line has its format; a
+    // config file that cannot be read is reported (one line) right here.
+    let cfg = config(&args)?;
+    let format = args.log_format.or(cfg.log_format.map(Into::into));
+    let log = crate::logging::init(format.unwrap_or_default(), cfg.log_level.as_deref());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("start the async runtime")?;
+    rt.block_on(async move {
+        let agent = Agent::with_metrics(&cfg, &env, Metrics::new())?
+            .named("wdguard watch")
+            .pulse(crate::systemd::hook());
+        crate::systemd::starting(&agent.runtime_config().listener.uri);
+        let mut running = agent.start().await?;
+        let served = match &cfg.metrics {
+            Some(addr) => Some(crate::serve::start(addr, running.metrics().clone()).await?),
+            None => None,
+        };
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).context("install the SIGTERM handler")?;
+        let mut hup = signal(SignalKind::hangup()).context("install the SIGHUP handler")?;
+        let died = loop {
+            tokio::select! {
+                _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break None }
+                _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT: shutting down"); break None }
+                _ = hup.recv() => reload(&args, &mut running, &log),
+                why = running.failed() => break Some(why),
+            }
+        };
+        crate::systemd::stopping();
+        running.shutdown().await;
+        if let Some((_, task)) = served {
+            task.abort();
+        }
+        match died {
+            Some(why) => bail!("core task died: {why}"),
+            None => Ok(()),
+        }
+    })
+}
+
+/// One SIGHUP: reads the file again and applies it, or refuses it whole.
+fn reload(args: &Args, running: &mut RunningAgent, log: &crate::logging::LogControl) {
+    tracing::info!("SIGHUP: reloading the configuration");
+    let next = config(args).and_then(|cfg| Ok(running.reload(&cfg, &env).map(|_| cfg)?));
+    match next {
+        Ok(cfg) => log.set_level(cfg.log_level.as_deref()),
+        Err(e) => tracing::error!(error = %crate::one_line(e.chain()),
+            "reload refused: the new configuration is invalid; the running one stays in effect"),
+    }
+}
+
+#[cfg(test)]
+mod tests;

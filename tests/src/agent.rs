@@ -1,0 +1,172 @@
+//! The `wdguard watch` agent as a real process.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+
+/// The `wdguard` binary built in this workspace.
+pub fn wdguard_path() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("current exe")?;
+    // Test binaries live in target/<profile>/deps; wdguard in target/<profile>.
+    let candidates = exe
+        .ancestors()
+        .skip(1)
+        .take(3)
+        .map(|d| d.join("wdguard"))
+        .collect::<Vec<_>>();
+    candidates.into_iter().find(|p| p.is_file()).ok_or_else(|| {
+        anyhow::anyhow!(
+            "wdguard is not built next to {}; run `cargo build -p wdguard`",
+            exe.display()
+        )
+    })
+}
+
+/// A running agent; killed (SIGKILL) when dropped if still running.
+pub struct Agent {
+    child: Child,
+    /// Where its stderr (the structured log) goes.
+    pub log: PathBuf,
+}
+
+impl Agent {
+    /// Starts `wdguard watch --config CONFIG` with the webhook secret in the
+    /// environment, logging to `log`.
+    pub fn start(config: &Path, secret: &str, log: &Path) -> anyhow::Result<Agent> {
+        let config = config.as_os_str();
+        Agent::start_with(
+            &["--config".as_ref(), config],
+            &[("WD_WEBHOOK_SECRET", secret)],
+            log,
+        )
+    }
+
+    /// Starts `wdguard watch ARGS` with `envs` added to its environment,
+    /// logging to `log` (e.g. `--nova-config FILE --spool DIR`).
+    pub fn start_with(
+        args: &[&std::ffi::OsStr],
+        envs: &[(&str, &str)],
+        log: &Path,
+    ) -> anyhow::Result<Agent> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)?;
+        let child = Command::new(wdguard_path()?)
+            .arg("watch")
+            .args(args)
+            .envs(envs.iter().copied())
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .spawn()
+            .context("start wdguard watch")?;
+        Ok(Agent {
+            child,
+            log: log.to_owned(),
+        })
+    }
+
+    /// The agent's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Kills the agent with SIGKILL: no chance to flush anything.
+    pub fn kill9(mut self) -> anyhow::Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
+
+    /// Sends SIGTERM and waits up to `grace` for a clean exit; returns the
+    /// exit code.
+    pub fn terminate(mut self, grace: Duration) -> anyhow::Result<i32> {
+        wd_testkit::run_quiet("kill", &["-TERM", &self.child.id().to_string()]);
+        let deadline = std::time::Instant::now() + grace;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status.code().unwrap_or(-1));
+            }
+            if std::time::Instant::now() >= deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                bail!(
+                    "wdguard watch did not exit within {grace:?} of SIGTERM; log:\n{}",
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits up to `timeout` for the agent to exit on its own; returns its
+    /// exit code (-1 for a signal), or `None` if it is still running.
+    pub fn wait_exit(&mut self, timeout: Duration) -> anyhow::Result<Option<i32>> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(Some(status.code().unwrap_or(-1)));
+            }
+            if std::time::Instant::now() >= deadline {
+                return Ok(None);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The agent's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// How many lines of the log so far contain every one of `needles`.
+    pub fn log_count(&self, needles: &[&str]) -> usize {
+        self.log_text()
+            .lines()
+            .filter(|l| needles.iter().all(|n| l.contains(n)))
+            .count()
+    }
+
+    /// Waits until a log line contains every one of `needles`; fails after
+    /// `timeout`, or at once if the agent exits.
+    pub async fn wait_log(&mut self, needles: &[&str], timeout: Duration) -> anyhow::Result<()> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if self.log_count(needles) > 0 {
+                return Ok(());
+            }
+            if let Some(status) = self.child.try_wait()? {
+                bail!(
+                    "wdguard watch exited ({status}) before logging {needles:?}; log:\n{}",
+                    self.log_text()
+                );
+            }
+            if std::time::Instant::now() >= deadline {
+                bail!(
+                    "wdguard watch did not log {needles:?} within {timeout:?}; log:\n{}",
+                    self.log_text()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until the agent has connected to libvirt and finished its
+    /// catch-up listing (so that it sees every later event), or `timeout`.
+    pub async fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        self.wait_log(&["catch-up listing done"], timeout).await
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}

@@ -1,0 +1,448 @@
+//! Delivery under hostile endpoints, a broker outage and injected faults, at
+//! the runtime level: the real `wd_compute::Runtime` with its per-destination
+//! queues on disk, real HTTP servers on 127.0.0.1 (a signature-checking
+//! receiver and hostile endpoints), the real RabbitMQ, and a synthetic stream
+//! of listener items in place of libvirt (the real-guest version is in
+//! `e2e.rs`; these cover the combinations at a fraction of the time).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::mpsc;
+use uuid::Uuid;
+use wd_compute::{InstanceDirectory, Owner, Runtime, RuntimeConfig};
+use wd_e2e::hostile::{Behaviour, Hostile};
+use wd_e2e::receiver::{Received, Receiver};
+use wd_e2e::scratch::Scratch;
+use wd_events::{DomainId, Enum, Item, Origin, WatchdogAction, WatchdogEvent};
+use wd_notify::{
+    Destination, DestinationKind, DestinationStatus, Notifier, RetryConfig, Route, SpoolConfig,
+};
+use wd_notify_webhook::{Endpoint, Secret, WebhookConfig, WebhookNotifier};
+
+const OPS_SECRET: &str = "whsec_d2QtZTJlIG9wZXJhdG9yIHNlY3JldCAzMiBieXRlcyE=";
+const SECRET_A: &str = "whsec_d2QtZTJlIHByb2plY3QgQSBzZWNyZXQgMzIgYnl0ZXM=";
+const SECRET_B: &str = "whsec_d2QtZTJlIHByb2plY3QgQiBzZWNyZXQgMzIgYnl0ZXM=";
+const A: &str = "hostile-project-a";
+const B: &str = "healthy-project-b";
+
+/// Owners by domain UUID: what Nova's metadata would say.
+#[derive(Default)]
+struct Owners(std::sync::Mutex<HashMap<Uuid, String>>);
+
+impl InstanceDirectory for Owners {
+    fn observe(&self, _: &DomainId, _: &str) {}
+    fn lookup(&self, domain: &DomainId) -> Option<Owner> {
+        let project = self.0.lock().unwrap().get(&domain.uuid).cloned()?;
+        Some(Owner {
+            display_name: None,
+            project_id: project,
+            user_id: None,
+        })
+    }
+}
+
+/// A running runtime fed by `fire`.
+struct Agent {
+    runtime: Runtime,
+    items: mpsc::UnboundedSender<Item>,
+    owners: Arc<Owners>,
+    _spool: Scratch,
+}
+
+impl Agent {
+    fn start(destinations: Vec<Destination>, config: impl FnOnce(&mut RuntimeConfig)) -> Agent {
+        let spool = Scratch::new("wd-delivery-spool");
+        let mut cfg = RuntimeConfig::new("delivery-test").spool_dir(&spool.0);
+        cfg.spool = SpoolConfig::default()
+            .retry_delays(Duration::from_millis(200), Duration::from_secs(2))
+            .max_entries(1000)
+            .max_bytes(8 << 20);
+        cfg.retry = RetryConfig::default().deadline(Duration::from_secs(30));
+        cfg.shutdown_grace = Duration::ZERO;
+        config(&mut cfg);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let items =
+            futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|i| (i, rx)) });
+        let owners = Arc::new(Owners::default());
+        let runtime = Runtime::start_with(cfg, owners.clone(), destinations, items).unwrap();
+        Agent {
+            runtime,
+            items: tx,
+            owners,
+            _spool: spool,
+        }
+    }
+
+    /// A watchdog `reset` firing of a new domain owned by `project`.
+    fn fire(&self, project: &str) -> Uuid {
+        let uuid = Uuid::new_v4();
+        self.owners
+            .0
+            .lock()
+            .unwrap()
+            .insert(uuid, project.to_owned());
+        self.items
+            .send(Item::Watchdog(WatchdogEvent {
+                domain: DomainId {
+                    uuid,
+                    name: format!("instance-{}", &uuid.to_string()[..8]),
+                },
+                action: Enum::Known(WatchdogAction::Reset),
+                received_at: SystemTime::now(),
+                seq: 1,
+                generation: 1,
+                origin: Origin::Live,
+                episode: Uuid::new_v4(),
+                run_id: Some(1),
+            }))
+            .unwrap();
+        uuid
+    }
+
+    fn status(&self, name: &str) -> DestinationStatus {
+        self.runtime
+            .status()
+            .into_iter()
+            .find(|s| s.name == name)
+            .unwrap_or_else(|| panic!("no destination {name}"))
+    }
+
+    /// Whether the runtime still runs every core task.
+    async fn alive(&mut self) -> bool {
+        tokio::time::timeout(Duration::from_millis(600), self.runtime.failed())
+            .await
+            .is_err()
+    }
+}
+
+fn secret(s: &str) -> Secret {
+    Secret::parse(s).unwrap()
+}
+
+/// One destination per webhook endpoint, as `wdguard watch` builds them.
+fn webhook_destinations(config: WebhookConfig) -> Vec<Destination> {
+    WebhookNotifier::split(config)
+        .unwrap()
+        .into_iter()
+        .map(|e| {
+            let (name, kind, route) = match &e.project {
+                None => ("ops".to_owned(), DestinationKind::Operator, Route::All),
+                Some(p) => (
+                    format!("{p} {}", e.shown),
+                    DestinationKind::Project,
+                    Route::Project(p.clone()),
+                ),
+            };
+            let n: Arc<dyn Notifier> = Arc::new(e.notifier);
+            Destination::new(name, kind, route, n).key(e.fingerprint)
+        })
+        .collect()
+}
+
+fn has(got: &[Received], path: &str, uuid: Uuid) -> bool {
+    let uuid = uuid.to_string();
+    got.iter()
+        .any(|r| r.path == path && r.instance_uuid() == uuid)
+}
+
+/// Fires B's guest and returns how long until its own endpoint has it.
+async fn b_latency(agent: &Agent, receiver: &Receiver) -> Duration {
+    let t0 = Instant::now();
+    let b = agent.fire(B);
+    let got = receiver
+        .wait_for(Duration::from_secs(10), |got| has(got, "/b", b))
+        .await;
+    assert!(has(&got, "/b", b), "project B's notification never arrived");
+    t0.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_endpoints_of_one_project_delay_no_other_project() {
+    let receiver = Receiver::start_with(OPS_SECRET, &[("/b", SECRET_B)])
+        .await
+        .unwrap();
+    let mut hostiles = Vec::new();
+    for b in Behaviour::ALL {
+        hostiles.push(Hostile::start(b).await.unwrap());
+    }
+    let mut config = WebhookConfig::default()
+        .with_operator(Endpoint::new(receiver.url("/ops"), [secret(OPS_SECRET)]))
+        .with_project(B, Endpoint::new(receiver.url("/b"), [secret(SECRET_B)]));
+    for h in &hostiles {
+        config = config.with_project(A, Endpoint::new(h.url(), [secret(SECRET_A)]));
+    }
+    let mut agent = Agent::start(webhook_destinations(config), |_| {});
+
+    // Project A's guests fire 20 times: every hostile endpoint gets work.
+    let fired: Vec<Uuid> = (0..20).map(|_| agent.fire(A)).collect();
+    let got = receiver
+        .wait_for(Duration::from_secs(10), |got| {
+            fired.iter().all(|u| has(got, "/ops", *u))
+        })
+        .await;
+    assert!(
+        fired.iter().all(|u| has(&got, "/ops", *u)),
+        "the operator has every firing"
+    );
+    // Let the hostile endpoints do their worst (hang, 503, reset, TLS...).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    for _ in 0..3 {
+        let took = b_latency(&agent, &receiver).await;
+        eprintln!("project B notified in {took:?}");
+        assert!(took < Duration::from_secs(1), "project B waited {took:?}");
+    }
+    assert!(
+        !receiver
+            .accepted()
+            .iter()
+            .any(|r| r.path != "/b" && r.path != "/ops")
+    );
+
+    let by = |b: Behaviour| {
+        let url = hostiles.iter().find(|h| h.behaviour == b).unwrap().url();
+        agent.status(&format!("{A} {url}"))
+    };
+    let hang = by(Behaviour::Hang);
+    assert!(hang.backlog > 0 && hang.delivered == 0, "{hang:?}");
+    let huge = by(Behaviour::HugeRetryAfter);
+    assert!(huge.failed > 0 && huge.backlog > 0, "{huge:?}");
+    assert!(
+        huge.last_error.as_deref().unwrap().contains("503"),
+        "{huge:?}"
+    );
+    let down = by(Behaviour::Unavailable);
+    assert!(down.failed > 0 && down.backlog > 0, "{down:?}");
+    let reset = by(Behaviour::Reset);
+    assert!(reset.failed > 0 && reset.backlog > 0, "{reset:?}");
+    let tls = by(Behaviour::BadTls);
+    assert!(tls.failed > 0 && tls.backlog > 0, "{tls:?}");
+    // The cause chain reaches the certificate problem.
+    let tls_error = tls.last_error.unwrap().to_lowercase();
+    assert!(tls_error.contains("certificate"), "{tls_error}");
+    let gone = by(Behaviour::Gone);
+    assert!(
+        gone.dropped_permanent > 0 && gone.delivered == 0,
+        "{gone:?}"
+    );
+    let slow = by(Behaviour::SlowBody);
+    assert_eq!(
+        slow.delivered, 20,
+        "a 200 is delivered, body or not: {slow:?}"
+    );
+
+    assert!(agent.alive().await, "every core task still runs");
+    let took = b_latency(&agent, &receiver).await;
+    assert!(took < Duration::from_secs(1), "project B waited {took:?}");
+    agent.runtime.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_in_one_worker_is_survived_and_the_others_keep_delivering() {
+    let receiver = Receiver::start_with(OPS_SECRET, &[("/b", SECRET_B)])
+        .await
+        .unwrap();
+    let config = WebhookConfig::default()
+        .with_operator(Endpoint::new(receiver.url("/ops"), [secret(OPS_SECRET)]))
+        .with_project(B, Endpoint::new(receiver.url("/b"), [secret(SECRET_B)]));
+    let mut agent = Agent::start(webhook_destinations(config), |_| {});
+    assert!(agent.runtime.router().inject_worker_panic("ops"));
+    let took = b_latency(&agent, &receiver).await;
+    assert!(took < Duration::from_secs(1), "project B waited {took:?}");
+    let b = agent.fire(B);
+    let got = receiver
+        .wait_for(Duration::from_secs(10), |got| has(got, "/ops", b))
+        .await;
+    assert!(has(&got, "/ops", b), "the restarted worker delivers");
+    let ops = agent.status("ops");
+    assert_eq!(ops.worker_restarts, 1, "{ops:?}");
+    assert!(agent.alive().await);
+    agent.runtime.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_pipeline_task_is_reported_as_a_core_failure() {
+    let receiver = Receiver::start(OPS_SECRET).await.unwrap();
+    let config = WebhookConfig::default()
+        .with_operator(Endpoint::new(receiver.url("/ops"), [secret(OPS_SECRET)]));
+    let mut agent = Agent::start(webhook_destinations(config), |c| {
+        c.fault_pipeline_panic_after = Some(Duration::from_millis(300));
+    });
+    let why = tokio::time::timeout(Duration::from_secs(10), agent.runtime.failed())
+        .await
+        .expect("the death is reported");
+    assert!(why.contains("pipeline task panicked"), "{why}");
+    agent.runtime.shutdown().await;
+}
+
+/// Starts RabbitMQ again when dropped, should a test fail while it is down.
+struct RestartBroker;
+
+impl Drop for RestartBroker {
+    fn drop(&mut self) {
+        if !wd_testkit::RabbitMq::is_up()
+            && let Err(e) = wd_testkit::RabbitMq::start()
+        {
+            eprintln!("could not start RabbitMQ again: {e}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_a_broker_outage_does_not_delay_webhooks() {
+    let Some(rabbit) = wd_testkit::rabbitmq() else {
+        return;
+    };
+    let _restart = RestartBroker;
+    let receiver = Receiver::start(OPS_SECRET).await.unwrap();
+    let exchange = wd_testkit::unique_name("wd-outage");
+    let topic = wd_testkit::unique_name("wd-outage-topic");
+    let amqp = wd_notify_amqp::AmqpConfig::new(wd_notify_amqp::AmqpUrl::new(rabbit.url()).unwrap())
+        .with_exchange(exchange.clone())
+        .with_topic(topic.clone())
+        .with_format(wd_notify_amqp::Format::Versioned)
+        // A bound queue takes what is published, as `wdguard watch` sets it.
+        .with_declare_queue(true)
+        .with_reconnect(Duration::from_millis(200), Duration::from_secs(1));
+    let amqp = wd_notify_amqp::AmqpNotifier::new(amqp).unwrap();
+    let queues: Vec<String> = amqp.routing_keys().into_iter().map(str::to_owned).collect();
+    let bus: Arc<dyn Notifier> = Arc::new(amqp);
+    let mut destinations = webhook_destinations(
+        WebhookConfig::default()
+            .with_operator(Endpoint::new(receiver.url("/ops"), [secret(OPS_SECRET)])),
+    );
+    destinations.push(Destination::new("bus", DestinationKind::Bus, Route::All, bus).key("bus"));
+    let mut agent = Agent::start(destinations, |c| {
+        c.retry = RetryConfig::default().deadline(Duration::from_secs(5));
+    });
+
+    let first = agent.fire(B);
+    receiver
+        .wait_for(Duration::from_secs(10), |got| has(got, "/ops", first))
+        .await;
+    let t0 = Instant::now();
+    while agent.status("bus").delivered < 1 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "the bus never got the first: {:?}",
+            agent.status("bus")
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    tokio::task::spawn_blocking(move || rabbit.stop())
+        .await
+        .unwrap();
+    assert!(!wd_testkit::RabbitMq::is_up(), "the broker is down");
+    for _ in 0..5 {
+        let t0 = Instant::now();
+        let u = agent.fire(B);
+        let got = receiver
+            .wait_for(Duration::from_secs(10), |got| has(got, "/ops", u))
+            .await;
+        assert!(has(&got, "/ops", u));
+        let took = t0.elapsed();
+        eprintln!("webhook during the broker outage: {took:?}");
+        assert!(took < Duration::from_secs(1), "the webhook waited {took:?}");
+    }
+    // All five wait in the bus's own queue. Each queue takes a notification
+    // on its own, so the webhook's may have delivered the fifth before the
+    // bus's queue has written it down: wait for that, briefly.
+    let t0 = Instant::now();
+    loop {
+        let bus = agent.status("bus");
+        if bus.backlog == 5 {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "{bus:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(agent.alive().await);
+
+    let started = tokio::task::spawn_blocking(wd_testkit::RabbitMq::start)
+        .await
+        .unwrap();
+    assert!(started.is_ok(), "broker restart failed: {started:?}");
+    let t0 = Instant::now();
+    while agent.status("bus").delivered < 6 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "the bus did not catch up: {:?}",
+            agent.status("bus")
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!(
+        "the bus caught up {:?} after the broker returned",
+        t0.elapsed()
+    );
+    agent.runtime.shutdown().await;
+
+    // Leave the shared broker as we found it.
+    if let Ok(conn) = lapin::Connection::connect(
+        wd_testkit::RabbitMq::URL,
+        lapin::ConnectionProperties::default(),
+    )
+    .await
+        && let Ok(ch) = conn.create_channel().await
+    {
+        for queue in &queues {
+            let _ = ch
+                .queue_delete(
+                    queue.as_str().into(),
+                    lapin::options::QueueDeleteOptions::default(),
+                )
+                .await;
+        }
+        let _ = ch
+            .exchange_delete(
+                exchange.as_str().into(),
+                lapin::options::ExchangeDeleteOptions::default(),
+            )
+            .await;
+    }
+}
+
+/// The real `wdguard watch` process (on libvirt's in-process `test:///default`
+/// driver, so no shared daemon is touched) exits non-zero with one clear line
+/// when a core task dies, here by the debug builds' fault hook.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wdguard_watch_exits_non_zero_when_a_core_task_dies() {
+    let dir = Scratch::new("wd-core-death");
+    let config = dir.0.join("wd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "connect = \"test:///default\"\nnotify = [\"log\"]\nspool = \"{}\"\n",
+            dir.0.join("spool").display()
+        ),
+    )
+    .unwrap();
+    let log = dir.0.join("agent.log");
+    let mut agent = wd_e2e::agent::Agent::start_with(
+        &["--config".as_ref(), config.as_os_str()],
+        &[
+            ("WD_WEBHOOK_SECRET", OPS_SECRET),
+            ("WD_TEST_FAULT", "pipeline-panic-after-ms=1500"),
+        ],
+        &log,
+    )
+    .unwrap();
+    agent
+        .wait_log(&["wdguard watch started"], Duration::from_secs(20))
+        .await
+        .unwrap();
+    let code = agent.wait_exit(Duration::from_secs(20)).unwrap();
+    let text = agent.log_text();
+    assert!(
+        matches!(code, Some(c) if c != 0),
+        "exit {code:?}; log:\n{text}"
+    );
+    assert_eq!(
+        agent.log_count(&["ERROR", "core task died", "pipeline task panicked"]),
+        1,
+        "one clear line; log:\n{text}"
+    );
+}
