@@ -11,8 +11,8 @@ use crate::notifier::{Notifier, NotifyError};
 /// fields `event_id`, `instance`, `project`, `action`, `recovered` and
 /// `count`. It never fails.
 ///
-/// Useful as an operator channel beside the real backends in a
-/// [`Fanout`](crate::Fanout), and as the backend of last resort.
+/// Useful as an operator destination beside the real ones in a
+/// [`Router`](crate::Router), and as the destination of last resort.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct LogNotifier;
 
@@ -76,7 +76,7 @@ impl Notifier for ChannelNotifier {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_support::firing;
+    use crate::testing::firing;
 
     #[tokio::test]
     async fn channel_delivers_and_reports_a_closed_receiver() {

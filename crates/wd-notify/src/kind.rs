@@ -6,11 +6,10 @@
 //! by configuration, not by waiting, and must not hide among "request
 //! failed". A transport marks such a failure by putting a
 //! [`CertificateError`] in the error's cause chain; [`FailureKind::of`] finds
-//! it, through combinators that wrap causes (such as a fanout's report).
+//! it anywhere in the chain.
 
 use std::fmt;
 
-use crate::fanout::FanoutFailure;
 use crate::notifier::{BoxError, NotifyError};
 
 /// The cause a transport attaches to a [`NotifyError`] when TLS certificate
@@ -65,8 +64,7 @@ pub enum FailureKind {
 
 impl FailureKind {
     /// Classifies `err`, looking through its cause chain for a
-    /// [`CertificateError`] (also inside a [`FanoutFailure`]'s per-backend
-    /// errors).
+    /// [`CertificateError`].
     pub fn of(err: &NotifyError) -> FailureKind {
         if has_certificate_cause(err) {
             FailureKind::Certificate
@@ -104,9 +102,6 @@ fn has_certificate_cause(err: &NotifyError) -> bool {
         let Some(c) = cause else { return false };
         if c.is::<CertificateError>() {
             return true;
-        }
-        if let Some(FanoutFailure(report)) = c.downcast_ref::<FanoutFailure>() {
-            return report.failures().any(|(_, e)| has_certificate_cause(e));
         }
         cause = c.source();
     }

@@ -1,8 +1,7 @@
 //! The watchdog notification model, the [`Notifier`] interface, and the
 //! pieces that make delivery dependable: [`Router`] (one queue per
 //! destination), [`Retry`], [`Coalesce`] (storm control), [`Spool`] (a
-//! durable write-ahead log, one per destination) and [`Fanout`],
-//! plus two transport-free backends, [`LogNotifier`] and
+//! durable write-ahead log, one per destination), plus two transport-free backends, [`LogNotifier`] and
 //! [`ChannelNotifier`].
 //!
 //! Architecture invariant: this crate knows nothing of libvirt or of any
@@ -40,9 +39,6 @@
 //! the background, bounded and counted, while the process runs.
 //! [`Router::status`] gives each destination's backlog, drops, deliveries,
 //! failures and last error.
-//!
-//! A [`Fanout`] (every backend at once, no queue, no memory of who took
-//! what) remains for embedders that need no durability.
 //!
 //! On shutdown call [`Coalesce::shutdown`] first (it flushes folded firings
 //! into the queues), then [`Router::shutdown`] (or [`Spool::shutdown`] on a
@@ -192,7 +188,6 @@
 mod backends;
 mod coalesce;
 mod error;
-mod fanout;
 mod kind;
 mod model;
 mod notifier;
@@ -201,15 +196,12 @@ mod retry;
 mod router;
 pub mod settings;
 mod spool;
-#[cfg(test)]
-mod test_support;
 #[cfg(any(test, feature = "mock"))]
 pub mod testing;
 
 pub use backends::{ChannelNotifier, LogNotifier};
 pub use coalesce::{Coalesce, CoalesceConfig, CoalesceStats};
 pub use error::{Error, Result};
-pub use fanout::{BackendOutcome, Fanout, FanoutConfig, FanoutFailure, FanoutReport, Outcome};
 pub use kind::{CertificateError, FailureKind};
 pub use model::{Domain, Instance, Notification, Occurrences, SCHEMA_VERSION};
 #[cfg(feature = "mock")]

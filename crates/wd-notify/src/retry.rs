@@ -109,8 +109,8 @@ impl RetryConfig {
 /// - Giving up returns the last error, still retryable, so that a spool
 ///   around it can try again much later.
 ///
-/// Wrap each backend on its own, inside a [`Fanout`](crate::Fanout), so that
-/// one backend's retries never resend to the others.
+/// Each destination of a [`Router`](crate::Router) has its own, so that one
+/// destination's retries never resend to the others.
 #[derive(Debug)]
 pub struct Retry<N> {
     inner: N,
@@ -171,7 +171,7 @@ impl<N: Notifier> Notifier for Retry<N> {
 mod tests {
     use super::*;
     use crate::notifier::MockNotifier;
-    use crate::test_support::firing;
+    use crate::testing::firing;
     use std::sync::{Arc, Mutex};
 
     /// A mock that answers from `script` in order and records when it was called.

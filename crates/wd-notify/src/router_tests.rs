@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use super::*;
 use crate::backends::ChannelNotifier;
-use crate::test_support::firing;
+use crate::testing::firing;
 
 /// Answers every notification after `delay` with `answer`, counting calls.
 struct Scripted {

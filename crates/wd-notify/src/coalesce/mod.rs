@@ -342,7 +342,7 @@ impl<N: Notifier + 'static> Notifier for Coalesce<N> {
 mod tests {
     use super::*;
     use crate::notifier::MockNotifier;
-    use crate::test_support::{firing, firing_at};
+    use crate::testing::{firing, firing_at};
 
     type Seen = Arc<Mutex<Vec<(Duration, Notification)>>>;
 

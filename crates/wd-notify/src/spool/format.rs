@@ -256,7 +256,7 @@ pub fn recover(bytes: &[u8]) -> (Vec<Record>, RecoveryReport) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_support::firing;
+    use crate::testing::firing;
 
     fn segment(entries: &[Notification], acks: &[u64]) -> Vec<u8> {
         let mut out = SEGMENT_MAGIC.to_vec();

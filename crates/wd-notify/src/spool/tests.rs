@@ -3,7 +3,7 @@
 use super::delivery::retry_delay;
 use super::*;
 use crate::notifier::MockNotifier;
-use crate::test_support::firing;
+use crate::testing::firing;
 use std::collections::HashSet;
 use uuid::Uuid;
 

@@ -1,7 +1,7 @@
 //! The machine's rules, input by input, without a runtime.
 
 use super::*;
-use crate::test_support::firing_at;
+use crate::testing::firing_at;
 
 const A: u128 = 0xa;
 const B: u128 = 0xb;
