@@ -105,7 +105,6 @@ pub struct Agent {
     destinations: Vec<Destination>,
     wait: bool,
     metrics: Metrics,
-    metrics_addr: Option<String>,
     name: String,
 }
 
@@ -247,12 +246,6 @@ impl Agent {
                 })?;
             runtime.fault_pipeline_panic_after = Some(Duration::from_millis(ms));
         }
-        // Every destination's outcomes and durations are counted under its
-        // kind.
-        for d in &mut destinations {
-            let metered = metrics.meter(d.name.clone(), d.kind.into(), d.notifier.clone());
-            d.notifier = Arc::new(metered);
-        }
         runtime.metrics = Some(metrics.clone());
         Ok(Agent {
             runtime,
@@ -260,7 +253,6 @@ impl Agent {
             destinations,
             wait: cfg.wait.unwrap_or(false),
             metrics,
-            metrics_addr: cfg.metrics.clone(),
             name: "watchdog agent".into(),
         })
     }
@@ -320,7 +312,7 @@ impl Agent {
     /// # Errors
     ///
     /// [`AgentError::Unreachable`] or [`AgentError::Start`].
-    pub async fn start(mut self) -> Result<RunningAgent, AgentError> {
+    pub async fn start(self) -> Result<RunningAgent, AgentError> {
         wd_events::quiet_default_errors();
         // libvirt's event loop must be registered before any connection.
         wd_events::init_event_loop().map_err(|e| AgentError::Start(crate::Error::Listen(e)))?;
@@ -339,8 +331,7 @@ impl Agent {
                 return Err(AgentError::Unreachable { uri, reason });
             }
         }
-        let fixed = reload::Fixed::of(&self.runtime, self.directory, self.metrics_addr.as_deref());
-        let live = reload::swappable(&mut self.destinations);
+        let fixed = reload::Fixed::of(&self.runtime, self.directory);
         let names: Vec<String> = self.destinations.iter().map(|d| d.name.clone()).collect();
         let spool = self.runtime.spool_dir.clone();
         let host = self.runtime.host.clone();
@@ -355,7 +346,6 @@ impl Agent {
             "{} started", self.name);
         Ok(RunningAgent {
             runtime,
-            live,
             fixed,
             metrics: self.metrics,
             name: self.name,
@@ -387,7 +377,6 @@ impl Agent {
 /// A started agent.
 pub struct RunningAgent {
     runtime: Runtime,
-    live: reload::Live,
     fixed: reload::Fixed,
     metrics: Metrics,
     name: String,
@@ -412,30 +401,76 @@ impl RunningAgent {
         &self.runtime
     }
 
-    /// Applies a new configuration, or refuses it whole: see the `reload`
-    /// rules in the module docs of [`Reloaded`]'s fields. The outcome is
-    /// logged (`configuration reloaded`).
+    /// Applies a new configuration, checked exactly as a start checks it,
+    /// or refuses it whole (see the module docs of [`Reloaded`]'s fields).
+    /// The outcome is logged (`configuration reloaded`). Must be called
+    /// inside a Tokio runtime.
     ///
     /// # Errors
     ///
-    /// [`AgentError::Config`] when `config` is invalid; nothing changes then.
+    /// [`AgentError::Config`] when `config` is invalid, [`AgentError::Start`]
+    /// when a new destination's queue cannot be opened: the errors a start
+    /// would give. Nothing changes then.
     pub fn reload(
         &mut self,
         config: &AgentConfig,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Reloaded, AgentError> {
         let next = Agent::with_metrics(config, env, self.metrics.clone())?;
-        let fixed = reload::Fixed::of(&next.runtime, next.directory, next.metrics_addr.as_deref());
-        let needs_restart = self.fixed.changes(&fixed);
+        let fixed = reload::Fixed::of(&next.runtime, next.directory);
+        let defaults = wd_notify::RouterDefaults {
+            queue: next.runtime.spool.clone(),
+            retry: next.runtime.retry.clone(),
+        };
+        let done = self
+            .runtime
+            .router()
+            .reconfigure(next.destinations, &defaults)
+            .map_err(|e| AgentError::Start(crate::Error::Spool(e)))?;
+        let mut needs_restart = self.fixed.changes(&fixed);
+        needs_restart.extend(done.needs_restart);
         if !needs_restart.is_empty() {
             tracing::warn!(settings = ?needs_restart,
                 "these settings changed but take effect only at the next restart");
         }
-        let mut done = reload::apply(&mut self.live, self.runtime.router(), next.destinations);
-        done.needs_restart = needs_restart;
-        tracing::info!(updated = ?done.updated, added = ?done.added, removed = done.removed,
+        let done = Reloaded {
+            updated: done.updated,
+            added: done.added,
+            removed: done.removed,
+            needs_restart,
+        };
+        tracing::info!(updated = ?done.updated, added = ?done.added, removed = ?done.removed,
             "configuration reloaded");
         Ok(done)
+    }
+
+    /// Delivers the backlog of removed destination `name` with the settings
+    /// it had; its queue closes once empty.
+    ///
+    /// # Errors
+    ///
+    /// No removed destination of that name, or one whose settings are
+    /// unknown (an orphaned queue found at start).
+    pub fn drain(&self, name: &str) -> Result<(), AgentError> {
+        self.runtime
+            .router()
+            .drain(name)
+            .map_err(|e| AgentError::Config(chain(&e)))
+    }
+
+    /// Drops the backlog of removed destination `name` (its queue directory
+    /// is deleted); returns how many entries were dropped.
+    ///
+    /// # Errors
+    ///
+    /// No removed destination of that name, or its directory cannot be
+    /// deleted.
+    pub async fn drop_backlog(&self, name: &str) -> Result<u64, AgentError> {
+        self.runtime
+            .router()
+            .drop_backlog(name)
+            .await
+            .map_err(|e| AgentError::Config(chain(&e)))
     }
 
     /// Completes when a core task (the pipeline, a queue writer) has died,

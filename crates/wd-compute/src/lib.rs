@@ -75,7 +75,7 @@ pub use directory::{
 };
 pub use error::{Error, Result};
 pub use ledger::Ledger;
-pub use metrics::{Metered, Metrics};
+pub use metrics::Metrics;
 pub use pipeline::{Pipeline, PipelineStats};
 pub use pulse::{Pulse, PulseHook};
 pub use runtime::{Runtime, RuntimeConfig, RuntimeReport};

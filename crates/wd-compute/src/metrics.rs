@@ -5,24 +5,23 @@
 //!
 //! - the [`Pipeline`](crate::Pipeline) feeds the listener's view: firings by
 //!   action, catch-up firings, libvirt connected or not, reconnects;
-//! - each destination's notifier is wrapped in a [`Metered`] notifier, which
-//!   counts outcomes (`delivered`, `failed`, `rejected`, `certificate`),
-//!   times each delivery attempt and keeps the destination's last error;
-//! - queue gauges are sampled at scrape time from [`QueueSource`]s (status
-//!   snapshots of the delivery queues), through a custom collector;
+//! - the delivery figures are the router's: [`Metrics::watch`] reads
+//!   [`Router::status`] at each scrape and status request (queue gauges,
+//!   each destination's deliveries, failures and last error), and counts
+//!   each attempt's outcome and duration as the router reports it
+//!   ([`DeliveryObserver`]);
 //! - long-running tasks hold a [`WorkerGuard`]; a task that ends or panics
 //!   drops its guard and the agent becomes unhealthy.
 //!
-//! Labels never carry instance or project ids: `destination` is the kind of
-//! destination ([`Destination`]), so the series count stays fixed however
-//! many projects a host serves.
+//! Labels never carry instance or project ids: `destination` is the
+//! destination's kind ([`DestinationKind`]), so the series count stays
+//! fixed however many projects a host serves.
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
@@ -31,79 +30,10 @@ use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use serde::Serialize;
-use wd_notify::{FailureKind, Notification, Notifier, NotifyError};
+use wd_notify::{DeliveryObserver, DestinationKind, DestinationStatus, FailureKind, Router};
 
 /// The `Content-Type` of [`Metrics::encode`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-
-/// The kind of a delivery destination: the `destination` label.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "lowercase")]
-#[non_exhaustive]
-pub enum Destination {
-    /// An operator webhook: receives every notification.
-    Operator,
-    /// A project's own webhook endpoint.
-    Project,
-    /// The OpenStack message bus (AMQP).
-    Bus,
-    /// The agent's own log.
-    Log,
-}
-
-impl Destination {
-    /// The label value: `operator`, `project`, `bus` or `log`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Destination::Operator => "operator",
-            Destination::Project => "project",
-            Destination::Bus => "bus",
-            Destination::Log => "log",
-        }
-    }
-}
-
-impl From<wd_notify::DestinationKind> for Destination {
-    fn from(kind: wd_notify::DestinationKind) -> Self {
-        match kind {
-            wd_notify::DestinationKind::Operator => Destination::Operator,
-            wd_notify::DestinationKind::Project => Destination::Project,
-            wd_notify::DestinationKind::Bus => Destination::Bus,
-            wd_notify::DestinationKind::Log => Destination::Log,
-            // A kind added later: counted with the operator's channels
-            // until it gets its own label.
-            _ => Destination::Operator,
-        }
-    }
-}
-
-impl fmt::Display for Destination {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// One delivery queue as seen at one moment.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct QueueSnapshot {
-    /// The queue's name (e.g. `webhook operator`); shown by `wdguard status`,
-    /// never used as a metric label.
-    pub name: String,
-    /// Its destination kind: the metric label.
-    pub destination: Destination,
-    /// Entries waiting.
-    pub entries: u64,
-    /// Bytes waiting, if known.
-    pub bytes: Option<u64>,
-    /// How long the oldest waiting entry has waited, if known.
-    #[serde(with = "opt_secs")]
-    pub oldest_age: Option<Duration>,
-    /// Entries dropped since start (queue full, or refused for good).
-    pub dropped: u64,
-}
-
-/// Something that can report its queues' state at scrape time.
-pub type QueueSource = Box<dyn Fn() -> Vec<QueueSnapshot> + Send + Sync>;
 
 /// A health check: `Some(reason)` when something is wrong.
 pub type HealthSource = Box<dyn Fn() -> Option<String> + Send + Sync>;
@@ -129,29 +59,6 @@ struct VersionLabels {
     version: String,
 }
 
-/// The last failure at one destination.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct LastError {
-    /// When it happened.
-    #[serde(with = "time::serde::rfc3339")]
-    pub at: time::OffsetDateTime,
-    /// Its kind: `failed`, `rejected` or `certificate`.
-    pub kind: String,
-    /// What failed, on one line; URLs redacted, never a secret.
-    pub message: String,
-}
-
-/// One destination's delivery record.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct DeliveryRecord {
-    /// Deliveries that succeeded.
-    pub delivered: u64,
-    /// Attempts that failed, whatever the kind.
-    pub failed: u64,
-    /// The last failure, if any.
-    pub last_error: Option<LastError>,
-}
-
 #[derive(Debug)]
 struct Libvirt {
     connected: bool,
@@ -162,8 +69,8 @@ struct Libvirt {
 struct State {
     libvirt: Mutex<Libvirt>,
     workers: Mutex<BTreeMap<String, bool>>,
-    deliveries: Mutex<BTreeMap<String, (Destination, DeliveryRecord)>>,
-    sources: Mutex<Vec<QueueSource>>,
+    /// The routers whose destinations are reported (one, in an agent).
+    routers: Mutex<Vec<Weak<Router>>>,
     health_sources: Mutex<Vec<HealthSource>>,
 }
 
@@ -178,8 +85,13 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl State {
-    fn snapshots(&self) -> Vec<QueueSnapshot> {
-        lock(&self.sources).iter().flat_map(|s| s()).collect()
+    /// Every watched router's destinations now.
+    fn destinations(&self) -> Vec<DestinationStatus> {
+        lock(&self.routers)
+            .iter()
+            .filter_map(Weak::upgrade)
+            .flat_map(|r| r.status())
+            .collect()
     }
 }
 
@@ -197,17 +109,20 @@ struct Totals {
 
 impl Collector for QueueCollector {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), fmt::Error> {
-        let mut per: BTreeMap<Destination, Totals> = BTreeMap::new();
-        for s in self.0.snapshots() {
-            let t = per.entry(s.destination).or_default();
+        let mut per: BTreeMap<&'static str, Totals> = BTreeMap::new();
+        for s in self.0.destinations() {
+            let t = per.entry(s.kind.as_str()).or_default();
             t.entries = t
                 .entries
-                .saturating_add(i64::try_from(s.entries).unwrap_or(i64::MAX));
-            t.oldest = t.oldest.max(s.oldest_age.map_or(0.0, |d| d.as_secs_f64()));
-            t.dropped = t.dropped.saturating_add(s.dropped);
+                .saturating_add(i64::try_from(s.backlog).unwrap_or(i64::MAX));
+            t.oldest = t.oldest.max(s.oldest.map_or(0.0, |d| d.as_secs_f64()));
+            t.dropped = t
+                .dropped
+                .saturating_add(s.dropped_full)
+                .saturating_add(s.dropped_permanent);
         }
-        let labels = |d: Destination| DestinationLabels {
-            destination: d.as_str().to_owned(),
+        let labels = |d: &str| DestinationLabels {
+            destination: d.to_owned(),
         };
         let gauge = ConstGauge::new(0i64);
         let mut family = encoder.encode_descriptor(
@@ -217,7 +132,7 @@ impl Collector for QueueCollector {
             gauge.metric_type(),
         )?;
         for (d, t) in &per {
-            ConstGauge::new(t.entries).encode(family.encode_family(&labels(*d))?)?;
+            ConstGauge::new(t.entries).encode(family.encode_family(&labels(d))?)?;
         }
         let mut family = encoder.encode_descriptor(
             "wd_queue_oldest_age_seconds",
@@ -226,7 +141,7 @@ impl Collector for QueueCollector {
             ConstGauge::new(0f64).metric_type(),
         )?;
         for (d, t) in &per {
-            ConstGauge::new(t.oldest).encode(family.encode_family(&labels(*d))?)?;
+            ConstGauge::new(t.oldest).encode(family.encode_family(&labels(d))?)?;
         }
         let mut family = encoder.encode_descriptor(
             "wd_queue_dropped",
@@ -235,7 +150,7 @@ impl Collector for QueueCollector {
             ConstCounter::new(0u64).metric_type(),
         )?;
         for (d, t) in &per {
-            ConstCounter::new(t.dropped).encode(family.encode_family(&labels(*d))?)?;
+            ConstCounter::new(t.dropped).encode(family.encode_family(&labels(d))?)?;
         }
         Ok(())
     }
@@ -286,8 +201,7 @@ impl Metrics {
                 ever_connected: false,
             }),
             workers: Mutex::new(BTreeMap::new()),
-            deliveries: Mutex::new(BTreeMap::new()),
-            sources: Mutex::new(Vec::new()),
+            routers: Mutex::new(Vec::new()),
             health_sources: Mutex::new(Vec::new()),
         });
         let mut registry = Registry::default();
@@ -416,21 +330,25 @@ impl Metrics {
         self.inner.connected.set(0);
     }
 
-    /// Registers a source of queue snapshots, sampled at every scrape and
-    /// status request. Sources are kept for the life of the metrics.
-    pub fn add_queue_source(&self, source: QueueSource) {
-        lock(&self.inner.state.sources).push(source);
+    /// Reports `router`'s destinations from now on: their queues and
+    /// records at each scrape and status request, each delivery attempt's
+    /// outcome and duration as it happens, and a dead queue writer as
+    /// unhealthy. The router is not kept alive by this.
+    pub fn watch(&self, router: &Arc<Router>) {
+        lock(&self.inner.state.routers).push(Arc::downgrade(router));
+        router.observe(Arc::new(self.clone()));
+        let weak = Arc::downgrade(router);
+        self.add_health_source(Box::new(move || {
+            weak.upgrade()
+                .and_then(|r| r.dead_writer())
+                .map(|name| format!("the queue writer of destination {name} died"))
+        }));
     }
 
     /// Registers a health check, asked at every `/healthz`: `Some(reason)`
-    /// makes the agent unhealthy (e.g. a queue writer thread died).
+    /// makes the agent unhealthy.
     pub fn add_health_source(&self, source: HealthSource) {
         lock(&self.inner.state.health_sources).push(source);
-    }
-
-    /// Replaces every queue source (after the delivery stack is rebuilt).
-    pub fn set_queue_sources(&self, sources: Vec<QueueSource>) {
-        *lock(&self.inner.state.sources) = sources;
     }
 
     /// Marks worker `name` alive until the returned guard is dropped (when
@@ -441,79 +359,6 @@ impl Metrics {
         WorkerGuard {
             state: self.inner.state.clone(),
             name,
-        }
-    }
-
-    /// Wraps `inner`, the notifier of destination `name` of kind
-    /// `destination`, so that its outcomes and durations are counted.
-    pub fn meter<N: Notifier>(
-        &self,
-        name: impl Into<String>,
-        destination: Destination,
-        inner: N,
-    ) -> Metered<N> {
-        let name = name.into();
-        // Series exist from the start, so that rate() sees the first delivery.
-        let d = destination.as_str().to_owned();
-        drop(self.inner.duration.get_or_create(&DestinationLabels {
-            destination: d.clone(),
-        }));
-        for outcome in ["delivered", "failed"] {
-            drop(self.inner.notifications.get_or_create(&OutcomeLabels {
-                destination: d.clone(),
-                outcome: outcome.to_owned(),
-            }));
-        }
-        lock(&self.inner.state.deliveries)
-            .entry(name.clone())
-            .or_insert_with(|| (destination, DeliveryRecord::default()));
-        Metered {
-            inner,
-            metrics: self.clone(),
-            name,
-            destination,
-        }
-    }
-
-    fn record(
-        &self,
-        name: &str,
-        destination: Destination,
-        elapsed: Duration,
-        result: &Result<(), NotifyError>,
-    ) {
-        let d = destination.as_str().to_owned();
-        self.inner
-            .duration
-            .get_or_create(&DestinationLabels {
-                destination: d.clone(),
-            })
-            .observe(elapsed.as_secs_f64());
-        let outcome = match result {
-            Ok(()) => "delivered",
-            Err(e) => FailureKind::of(e).as_str(),
-        };
-        self.inner
-            .notifications
-            .get_or_create(&OutcomeLabels {
-                destination: d,
-                outcome: outcome.to_owned(),
-            })
-            .inc();
-        let mut deliveries = lock(&self.inner.state.deliveries);
-        let (_, rec) = deliveries
-            .entry(name.to_owned())
-            .or_insert_with(|| (destination, DeliveryRecord::default()));
-        match result {
-            Ok(()) => rec.delivered = rec.delivered.saturating_add(1),
-            Err(e) => {
-                rec.failed = rec.failed.saturating_add(1);
-                rec.last_error = Some(LastError {
-                    at: time::OffsetDateTime::now_utc(),
-                    kind: outcome.to_owned(),
-                    message: one_line(e),
-                });
-            }
         }
     }
 
@@ -552,34 +397,8 @@ impl Metrics {
             let l = lock(&self.inner.state.libvirt);
             (l.connected, l.since.elapsed().as_secs())
         };
-        let mut destinations: BTreeMap<String, DestinationStatus> = BTreeMap::new();
-        for q in self.inner.state.snapshots() {
-            destinations.insert(
-                q.name.clone(),
-                DestinationStatus {
-                    name: q.name,
-                    destination: q.destination,
-                    queue: Some(QueueStatus {
-                        entries: q.entries,
-                        bytes: q.bytes,
-                        oldest_age_secs: q.oldest_age.map(|d| d.as_secs_f64()),
-                        dropped: q.dropped,
-                    }),
-                    record: DeliveryRecord::default(),
-                },
-            );
-        }
-        for (name, (destination, rec)) in lock(&self.inner.state.deliveries).iter() {
-            destinations
-                .entry(name.clone())
-                .or_insert_with(|| DestinationStatus {
-                    name: name.clone(),
-                    destination: *destination,
-                    queue: None,
-                    record: DeliveryRecord::default(),
-                })
-                .record = rec.clone();
-        }
+        let mut destinations = self.inner.state.destinations();
+        destinations.sort_by(|a, b| a.name.cmp(&b.name));
         Status {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             health: match self.health() {
@@ -588,8 +407,45 @@ impl Metrics {
             },
             libvirt_connected: connected,
             libvirt_state_secs: for_secs,
-            destinations: destinations.into_values().collect(),
+            destinations,
         }
+    }
+}
+
+impl DeliveryObserver for Metrics {
+    fn opened(&self, kind: DestinationKind) {
+        // Series exist from the start, so that rate() sees the first delivery.
+        let d = kind.as_str().to_owned();
+        drop(self.inner.duration.get_or_create(&DestinationLabels {
+            destination: d.clone(),
+        }));
+        for outcome in ["delivered", "failed"] {
+            drop(self.inner.notifications.get_or_create(&OutcomeLabels {
+                destination: d.clone(),
+                outcome: outcome.to_owned(),
+            }));
+        }
+    }
+
+    fn attempt(&self, kind: DestinationKind, elapsed: Duration, outcome: Result<(), FailureKind>) {
+        let d = kind.as_str().to_owned();
+        self.inner
+            .duration
+            .get_or_create(&DestinationLabels {
+                destination: d.clone(),
+            })
+            .observe(elapsed.as_secs_f64());
+        let outcome = match outcome {
+            Ok(()) => "delivered",
+            Err(kind) => kind.as_str(),
+        };
+        self.inner
+            .notifications
+            .get_or_create(&OutcomeLabels {
+                destination: d,
+                outcome: outcome.to_owned(),
+            })
+            .inc();
     }
 }
 
@@ -607,119 +463,6 @@ impl Drop for WorkerGuard {
     }
 }
 
-/// A notifier whose outcomes and delivery durations are counted under one
-/// destination. Made by [`Metrics::meter`].
-pub struct Metered<N> {
-    inner: N,
-    metrics: Metrics,
-    name: String,
-    destination: Destination,
-}
-
-impl<N> fmt::Debug for Metered<N> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Metered")
-            .field("name", &self.name)
-            .field("destination", &self.destination)
-            .finish_non_exhaustive()
-    }
-}
-
-#[async_trait]
-impl<N: Notifier> Notifier for Metered<N> {
-    async fn notify(&self, n: &Notification) -> Result<(), NotifyError> {
-        // An attempt abandoned by a caller's deadline (its future dropped)
-        // still counts, as a failure.
-        struct Abandoned<'a, N> {
-            m: &'a Metered<N>,
-            start: Instant,
-            armed: bool,
-        }
-        impl<N> Drop for Abandoned<'_, N> {
-            fn drop(&mut self) {
-                if self.armed {
-                    let err = NotifyError::retryable(format!(
-                        "{}: attempt abandoned after {:?} (deadline)",
-                        self.m.name,
-                        self.start.elapsed()
-                    ));
-                    self.m.metrics.record(
-                        &self.m.name,
-                        self.m.destination,
-                        self.start.elapsed(),
-                        &Err(err),
-                    );
-                }
-            }
-        }
-        let mut guard = Abandoned {
-            m: self,
-            start: Instant::now(),
-            armed: true,
-        };
-        let result = self.inner.notify(n).await;
-        guard.armed = false;
-        let start = guard.start;
-        self.metrics
-            .record(&self.name, self.destination, start.elapsed(), &result);
-        if let Err(e) = &result
-            && FailureKind::of(e) == FailureKind::Certificate
-        {
-            tracing::error!(destination = %self.name, event_id = %n.event_id, error = %one_line(e),
-                "tls certificate error: check the destination's ca_file and client certificate");
-        }
-        result
-    }
-}
-
-/// An error and its causes on one line, at most a few causes deep.
-fn one_line(e: &NotifyError) -> String {
-    let mut msg = e.to_string();
-    let mut cause = std::error::Error::source(e);
-    for _ in 0..6 {
-        let Some(c) = cause else { break };
-        let text = c.to_string();
-        if !msg.ends_with(&text) {
-            msg.push_str(": ");
-            msg.push_str(&text);
-        }
-        cause = c.source();
-    }
-    let msg = msg.split_whitespace().collect::<Vec<_>>().join(" ");
-    // Bounded: an endpoint's error text ends up in status output.
-    match msg.char_indices().nth(500) {
-        Some((i, _)) => format!("{}…", &msg[..i]),
-        None => msg,
-    }
-}
-
-/// One queue's figures in a [`Status`].
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct QueueStatus {
-    /// Entries waiting.
-    pub entries: u64,
-    /// Bytes waiting, if known.
-    pub bytes: Option<u64>,
-    /// The oldest waiting entry's age in seconds, if known.
-    pub oldest_age_secs: Option<f64>,
-    /// Entries dropped since start.
-    pub dropped: u64,
-}
-
-/// One destination in a [`Status`].
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct DestinationStatus {
-    /// The destination's name (e.g. `webhook operator`, `amqp amqp://***@h/`).
-    pub name: String,
-    /// Its kind.
-    pub destination: Destination,
-    /// Its queue, if it has one of its own.
-    pub queue: Option<QueueStatus>,
-    /// Its deliveries.
-    #[serde(flatten)]
-    pub record: DeliveryRecord,
-}
-
 /// The agent's state for `wdguard status` (`GET /status`, JSON).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Status {
@@ -731,19 +474,46 @@ pub struct Status {
     pub libvirt_connected: bool,
     /// How long libvirt has been in that state, in seconds.
     pub libvirt_state_secs: u64,
-    /// Every destination and queue.
+    /// Every destination, removed ones with a backlog included.
+    #[serde(serialize_with = "rows")]
     pub destinations: Vec<DestinationStatus>,
 }
 
-mod opt_secs {
-    use std::time::Duration;
-
-    pub fn serialize<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
-        match d {
-            Some(d) => s.serialize_some(&d.as_secs_f64()),
-            None => s.serialize_none(),
-        }
+/// The destinations as `/status` gives them: one object each, with `name`,
+/// `destination` (its kind), `state`, `queue` (`entries`, `bytes`,
+/// `oldest_age_secs`, `dropped`), `delivered`, `failed` and `last_error`
+/// (`at`, `kind`, `message`, or null).
+fn rows<S: serde::Serializer>(all: &[DestinationStatus], s: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeSeq;
+    let mut seq = s.serialize_seq(Some(all.len()))?;
+    for d in all {
+        let last_error = match (&d.last_error, d.last_failure) {
+            (Some(message), Some((at, kind))) => serde_json::json!({
+                "at": at.format(&time::format_description::well_known::Rfc3339).ok(),
+                "kind": kind.as_str(),
+                "message": message,
+            }),
+            (Some(message), None) => serde_json::json!({
+                "at": null, "kind": "failed", "message": message,
+            }),
+            (None, _) => serde_json::Value::Null,
+        };
+        seq.serialize_element(&serde_json::json!({
+            "name": d.name,
+            "destination": d.kind.as_str(),
+            "state": d.state.as_str(),
+            "queue": {
+                "entries": d.backlog,
+                "bytes": d.bytes,
+                "oldest_age_secs": d.oldest.map(|o| o.as_secs_f64()),
+                "dropped": d.dropped_full.saturating_add(d.dropped_permanent),
+            },
+            "delivered": d.delivered,
+            "failed": d.failed,
+            "last_error": last_error,
+        }))?;
     }
+    seq.end()
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ use wd_notify::{
 use crate::directory::InstanceDirectory;
 use crate::error::{Error, Result};
 use crate::ledger::Ledger;
-use crate::metrics::{Metrics, QueueSnapshot};
+use crate::metrics::Metrics;
 use crate::pipeline::{Pipeline, PipelineStats};
 use crate::pulse::PulseHook;
 
@@ -128,8 +128,8 @@ impl std::fmt::Debug for Runtime {
 }
 
 impl Runtime {
-    /// Opens one queue per destination (delivering what earlier runs left,
-    /// and draining a spool in the old shared layout), and starts listening.
+    /// Opens one queue per destination (delivering what earlier runs left),
+    /// and starts listening.
     /// Must be called inside a Tokio runtime.
     ///
     /// # Errors
@@ -184,18 +184,7 @@ impl Runtime {
         if let Some(m) = &config.metrics {
             pipeline = pipeline.with_metrics(m.clone());
             alive = Some(m.worker("pipeline"));
-            let weak = Arc::downgrade(&router);
-            m.add_queue_source(Box::new(move || {
-                weak.upgrade()
-                    .map(|r| r.status().into_iter().map(queue_snapshot).collect())
-                    .unwrap_or_default()
-            }));
-            let weak = Arc::downgrade(&router);
-            m.add_health_source(Box::new(move || {
-                weak.upgrade()
-                    .and_then(|r| r.dead_writer())
-                    .map(|name| format!("the queue writer of destination {name} died"))
-            }));
+            m.watch(&router);
         }
         let (stop, stopped) = oneshot::channel::<()>();
         let run = pipeline.run(items, async move {
@@ -318,17 +307,5 @@ async fn health(router: Arc<Router>, every: Duration) {
     loop {
         tick.tick().await;
         tracing::info!(destinations = %router.health_line(), "delivery health");
-    }
-}
-
-/// One destination's queue as the metrics see it.
-fn queue_snapshot(d: DestinationStatus) -> QueueSnapshot {
-    QueueSnapshot {
-        destination: crate::metrics::Destination::from(d.kind),
-        name: d.name,
-        entries: d.backlog,
-        bytes: Some(d.bytes),
-        oldest_age: d.oldest,
-        dropped: d.dropped_full.saturating_add(d.dropped_permanent),
     }
 }

@@ -186,6 +186,9 @@ impl WebhookSettings {
                 custom = true;
             }
         }
+        if custom {
+            wd_notify::settings::check_queue("webhook.projects", &queue)?;
+        }
         Ok(custom.then_some(queue))
     }
 }

@@ -71,6 +71,19 @@ pub enum Error {
         /// What is allowed.
         allowed: &'static str,
     },
+
+    /// A queue named for [`Router::drain`](crate::Router::drain) or
+    /// [`Router::drop_backlog`](crate::Router::drop_backlog) that is not
+    /// there, or not in a state that allows it.
+    #[error("destination `{name}`: {problem}; allowed: {allowed}")]
+    Destination {
+        /// The name given.
+        name: String,
+        /// What is wrong with it.
+        problem: &'static str,
+        /// What may be named.
+        allowed: String,
+    },
 }
 
 /// `Result` with this crate's [`Error`].

@@ -124,9 +124,10 @@
 //!
 //! A spool root (what `wdguard watch --spool` names) holds `LOCK`, the episode
 //! ledger, and `dest/<kind>-<16 hex>/`, one spool directory per destination
-//! ([`Destination::dir_name`]). Segment files directly in the root are the
-//! old single-queue layout: [`Router::open`] drains them into the
-//! per-destination queues (same event ids), durably, before removing them.
+//! ([`Destination::dir_name`]). A queue directory that no configured
+//! destination owns is opened, paused, and reported by [`Router::status`]
+//! as orphaned until its destination is configured again or it is dropped
+//! ([`Router::drop_backlog`]).
 //!
 //! A spool directory holds segment files named `seg-XXXXXXXXXXXXXXXX.wal`
 //! (16 lowercase hex digits, the segment id, increasing). Nothing else in
@@ -209,7 +210,10 @@ pub use notifier::MockNotifier;
 pub use notifier::{BoxError, Notifier, NotifyError};
 pub use redact::redact_url;
 pub use retry::{Retry, RetryConfig};
-pub use router::{Destination, DestinationKind, DestinationStatus, Route, Router, RouterDefaults};
+pub use router::{
+    DeliveryObserver, Destination, DestinationKind, DestinationState, DestinationStatus,
+    Reconfigured, Route, Router, RouterDefaults,
+};
 /// Fault injection for the spool's file-system calls (feature
 /// `fault-injection`): a model of what a power cut keeps, for crash tests
 /// that a `SIGKILL` cannot make (it keeps the page cache).

@@ -118,7 +118,31 @@ impl QueueSettings {
             }
             c = c.retry_delays(min, max);
         }
+        check_queue("spool-limits", &c)?;
         Ok(c)
+    }
+}
+
+/// Checks the queue configuration `c` that section `section` of the config
+/// file gives, as opening the queue would, naming the key that is out of
+/// range: so that a bad value is refused when the file is read, at start
+/// and at a reload alike.
+///
+/// # Errors
+///
+/// A [`SettingsError`] naming `section.key`, the value and what is allowed.
+pub fn check_queue(section: &str, c: &SpoolConfig) -> Result<(), SettingsError> {
+    match c.validate() {
+        Ok(()) => Ok(()),
+        Err(crate::Error::SpoolConfig {
+            name,
+            value,
+            allowed,
+        }) => Err(SettingsError::key(
+            &format!("{section}.{name}"),
+            format!("is {value}; allowed: {allowed}"),
+        )),
+        Err(e) => Err(SettingsError(format!("[{section}]: {e}"))),
     }
 }
 

@@ -102,9 +102,8 @@ fn read_queue(dir: &std::path::Path) -> Result<(usize, Option<f64>)> {
         .with_context(|| format!("cannot read the queue `{}`", dir.display()))
 }
 
-/// What the spool directory holds: its own segments (one queue shared by
-/// every destination), and one queue per destination under `dest/<kind>-<id>/`
-/// where the agent keeps them apart.
+/// What the spool directory holds: one queue per destination under
+/// `dest/<kind>-<id>/`.
 fn read_spool(dir: &std::path::Path) -> Result<Value> {
     let queue = |name: String, kind: &str, (entries, oldest): (usize, Option<f64>)| {
         json!({
@@ -114,14 +113,7 @@ fn read_spool(dir: &std::path::Path) -> Result<Value> {
             "last_error": null,
         })
     };
-    // Entries in the spool root are an old single-queue layout, which the
-    // agent drains into the per-destination queues at its next start; the
-    // row is shown only while there are some.
-    let legacy = read_queue(dir)?;
     let mut destinations = Vec::new();
-    if legacy.0 > 0 {
-        destinations.push(queue("spool (old layout)".into(), "shared", legacy));
-    }
     let per = dir.join("dest");
     if let Ok(listing) = std::fs::read_dir(&per) {
         let mut names: Vec<String> = listing
@@ -171,10 +163,17 @@ fn render_text(v: &Value) -> String {
             ),
             _ => "-".into(),
         };
+        // A removed destination's backlog is shown with its state.
+        let kind = match d["state"].as_str() {
+            Some(state) if state != "active" => {
+                format!("{} ({state})", d["destination"].as_str().unwrap_or("?"))
+            }
+            _ => d["destination"].as_str().unwrap_or("?").to_owned(),
+        };
         out.push_str(&format!(
             "{:<28} {:<9} {:>8} {:>7} {:>9} {:>7}  {}\n",
             d["name"].as_str().unwrap_or("?"),
-            d["destination"].as_str().unwrap_or("?"),
+            kind,
             num(&d["queue"]["entries"]),
             age(d["queue"]["oldest_age_secs"].as_f64()),
             num(&d["delivered"]),
@@ -250,7 +249,7 @@ mod tests {
                  "delivered": 3, "failed": 1,
                  "last_error": {"at": "2026-12-02T15:00:00Z", "kind": "certificate",
                                 "message": "tls certificate error: invalid peer certificate: UnknownIssuer"}},
-                {"name": "spool", "destination": "shared",
+                {"name": "webhook project p1", "destination": "project", "state": "retired",
                  "queue": {"entries": 4, "oldest_age_secs": 300.0, "dropped": 0},
                  "delivered": 0, "failed": 0, "last_error": null}
             ]
@@ -264,6 +263,7 @@ mod tests {
             "{text}"
         );
         assert!(lines[3].contains("       4      5m"), "{text}");
+        assert!(lines[3].contains("project (retired)"), "{text}");
     }
 
     #[test]
@@ -284,8 +284,9 @@ mod tests {
             .build()
             .unwrap();
         rt.block_on(async {
-            let spool = wd_notify::Spool::open(dir.path(), wd_notify::SpoolConfig::default(), Down)
-                .unwrap();
+            let queue = dir.path().join("dest/project-00ff");
+            let spool =
+                wd_notify::Spool::open(&queue, wd_notify::SpoolConfig::default(), Down).unwrap();
             let fired = time::OffsetDateTime::now_utc() - time::Duration::seconds(90);
             for _ in 0..2 {
                 let n = wd_notify::Notification::new(
@@ -304,7 +305,10 @@ mod tests {
             let age = q["oldest_age_secs"].as_f64().unwrap();
             assert!((89.0..200.0).contains(&age), "{age}");
             let row = render_text(&v).lines().nth(2).unwrap().to_owned();
-            assert!(row.starts_with("spool") && row.contains(" 2 "), "{row}");
+            assert!(
+                row.starts_with("project-00ff") && row.contains(" 2 "),
+                "{row}"
+            );
             spool.shutdown(Duration::from_millis(10)).await;
         });
     }
@@ -314,7 +318,6 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("dest/project-00ff")).unwrap();
         let v = read_spool(dir.path()).unwrap();
-        // No old-layout row: the spool root holds nothing.
         assert_eq!(v["destinations"].as_array().unwrap().len(), 1, "{v}");
         assert_eq!(v["destinations"][0]["name"], "project-00ff");
         assert_eq!(v["destinations"][0]["destination"], "project");

@@ -118,7 +118,7 @@ pub fn run(args: Args) -> Result<()> {
             tokio::select! {
                 _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break None }
                 _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT: shutting down"); break None }
-                _ = hup.recv() => reload(&args, &mut running, &log),
+                _ = hup.recv() => reload(&args, &mut running, &log, cfg.metrics.as_deref()),
                 why = running.failed() => break Some(why),
             }
         };
@@ -135,13 +135,27 @@ pub fn run(args: Args) -> Result<()> {
 }
 
 /// One SIGHUP: reads the file again and applies it, or refuses it whole.
-fn reload(args: &Args, running: &mut RunningAgent, log: &crate::logging::LogControl) {
+/// `metrics` is the address being served: the server is this command's, so
+/// it says itself when its address changed (it needs a restart); the log
+/// level is applied at once.
+fn reload(
+    args: &Args,
+    running: &mut RunningAgent,
+    log: &crate::logging::LogControl,
+    metrics: Option<&str>,
+) {
     tracing::info!("SIGHUP: reloading the configuration");
     let next = config(args).and_then(|cfg| Ok(running.reload(&cfg, &env).map(|_| cfg)?));
     match next {
-        Ok(cfg) => log.set_level(cfg.log_level.as_deref()),
+        Ok(cfg) => {
+            log.set_level(cfg.log_level.as_deref());
+            if cfg.metrics.as_deref() != metrics {
+                tracing::warn!(settings = ?["metrics"],
+                    "these settings changed but take effect only at the next restart");
+            }
+        }
         Err(e) => tracing::error!(error = %crate::one_line(e.chain()),
-            "reload refused: the new configuration is invalid; the running one stays in effect"),
+            "reload refused: the running configuration stays in effect"),
     }
 }
 

@@ -123,9 +123,6 @@ max_entries = 500
         (d.retire_after, d.max_entries),
         (Duration::from_secs(120), 500)
     );
-    // Every destination is metered under its kind from the start.
-    let text = agent.metrics().encode();
-    assert!(text.contains("destination=\"project\""), "{text}");
 }
 
 #[test]
@@ -179,6 +176,16 @@ fn bad_configurations_name_what_is_wrong() {
         "notify = [\"log\"]\n[spool-limits]\nsync = \"sometimes\"\n",
         &[],
         "allowed: group-commit, per-entry",
+    );
+    check(
+        "notify = [\"log\"]\n[spool-limits]\nmax_bytes = 4096\n",
+        &[],
+        "config key `spool-limits.max_bytes` is 4096; allowed: at least 1048576",
+    );
+    check(
+        "notify = [\"log\"]\n[spool-limits]\nmax_entries = 0\n",
+        &[],
+        "config key `spool-limits.max_entries` is 0; allowed: at least 1",
     );
     check(
         "notify = [\"http://127.0.0.1:9/x\"]\n[webhook]\nca_file = \"/nonexistent/ca.pem\"\n",
@@ -244,33 +251,75 @@ fn it_starts_reloads_and_stops_on_the_test_driver() {
         let agent = Agent::new(&cfg, &|_| None).unwrap().named("test agent");
         let mut running = agent.start().await.unwrap();
         assert_eq!(running.runtime().status().len(), 1);
+        // Every destination is metered under its kind from the start.
+        let text = running.metrics().encode();
+        assert!(text.contains("destination=\"log\""), "{text}");
 
         // A new destination starts; the running one is kept.
-        let next = parse(&format!(
-            "{base}notify = [\"log\"]\n[[webhook.projects]]\nproject = \"p1\"\nurl = \"http://127.0.0.1:9/p1\"\nsecrets = [\"{SECRET}\"]\n"
-        ));
+        let project = format!(
+            "[[webhook.projects]]\nproject = \"p1\"\nurl = \"http://127.0.0.1:9/p1\"\nsecrets = [\"{SECRET}\"]\n"
+        );
+        let next = parse(&format!("{base}notify = [\"log\"]\n{project}"));
         let done = running.reload(&next, &|_| None).unwrap();
         assert_eq!(done.updated, ["log"]);
         assert_eq!(done.added, ["webhook project p1 http://127.0.0.1:9/p1"]);
         assert_eq!(running.runtime().status().len(), 2);
+        let text = running.metrics().encode();
+        assert!(text.contains("destination=\"project\""), "{text}");
 
-        // An invalid one changes nothing.
-        let bad = parse(&format!("{base}notify = [\"smtp://x\"]\n"));
-        assert!(running.reload(&bad, &|_| None).is_err());
+        // A configuration a start would refuse is refused with the error a
+        // start gives, and changes nothing.
+        let refused = |running: &mut RunningAgent, text: String| {
+            let start = Agent::new(&parse(&text), &|_| None).unwrap_err().to_string();
+            let reload = running.reload(&parse(&text), &|_| None).unwrap_err().to_string();
+            assert_eq!(reload, start);
+            assert_eq!(running.runtime().status().len(), 2);
+            reload
+        };
+        refused(&mut running, format!("{base}notify = [\"smtp://x\"]\n"));
+        let e = refused(
+            &mut running,
+            format!("{base}notify = [\"log\"]\n[spool-limits]\nmax_bytes = 4096\n"),
+        );
+        assert!(e.contains("spool-limits.max_bytes"), "{e}");
+        let e = refused(
+            &mut running,
+            format!("{base}notify = [\"log\"]\n{project}max_entries = 0\n"),
+        );
+        assert!(e.contains("webhook.projects.max_entries"), "{e}");
+        // The same project block twice: refused at start and at reload alike.
+        let twice = format!("{base}notify = [\"log\"]\n{project}{project}");
+        let start = rt_start_error(&twice).await;
+        let reload = running.reload(&parse(&twice), &|_| None).unwrap_err().to_string();
+        assert_eq!(reload, start);
+        assert!(reload.contains("each destination once"), "{reload}");
         assert_eq!(running.runtime().status().len(), 2);
 
-        // A restart-only change is reported as such.
+        // A restart-only change is reported as such; a removed destination
+        // stays in the status, retired, with its backlog.
         let moved = parse(&format!("{base}host = \"elsewhere\"\nnotify = [\"log\"]\n"));
         let done = running.reload(&moved, &|_| None).unwrap();
         assert_eq!(done.needs_restart, ["host"]);
-        assert_eq!(done.removed, 1, "the project endpoint retires");
+        assert_eq!(done.removed, ["webhook project p1 http://127.0.0.1:9/p1"]);
+        let states: Vec<_> = running.runtime().status().iter().map(|s| s.state).collect();
+        assert_eq!(states, [wd_notify::DestinationState::Active, wd_notify::DestinationState::Retired]);
         let bounded = parse(&format!(
-            "{base}host = \"elsewhere\"\nnotify = [\"log\"]\n[directory]\nmax_entries = 10\n"
+            "{base}host = \"elsewhere\"\nnotify = [\"log\"]\n[directory]\nmax_entries = 10\n[coalesce]\nwindow_secs = 7\n[spool-limits]\nmax_entries = 50\n[retry]\ndeadline_secs = 5\n"
         ));
         let done = running.reload(&bounded, &|_| None).unwrap();
-        assert_eq!(done.needs_restart, ["host", "spool-limits/retry/coalesce/directory"]);
+        assert_eq!(
+            done.needs_restart,
+            ["host", "coalesce", "directory", "queue settings of destination log"]
+        );
 
         let report = running.shutdown().await;
         assert_eq!(report.pipeline.firings, 0);
     });
+}
+
+/// The error starting an agent from `text` gives (on the test driver, with
+/// no libvirt probe in the way).
+async fn rt_start_error(text: &str) -> String {
+    let agent = Agent::new(&parse(text), &|_| None).unwrap().wait(true);
+    agent.start().await.unwrap_err().to_string()
 }

@@ -1,6 +1,9 @@
 //! Tests of the metrics, health and status: exact series values from the text
 //! the registry encodes.
 
+use async_trait::async_trait;
+use wd_notify::{Destination, Notification, Notifier, NotifyError, Route};
+
 use super::*;
 
 fn firing() -> Notification {
@@ -30,31 +33,62 @@ fn sample(text: &str, series: &str) -> Option<f64> {
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
 }
 
+/// A router in memory over `destinations`, watched by `m`; quick retries.
+fn router(m: &Metrics, destinations: Vec<Destination>) -> Arc<Router> {
+    let defaults = wd_notify::RouterDefaults {
+        queue: wd_notify::SpoolConfig::default()
+            .retry_delays(Duration::from_millis(1), Duration::from_millis(2)),
+        retry: wd_notify::RetryConfig::default().max_attempts(1),
+    };
+    let r = Arc::new(Router::open(None, destinations, &defaults).unwrap());
+    m.watch(&r);
+    r
+}
+
+fn dest(name: &str, kind: DestinationKind, n: impl Notifier + 'static) -> Destination {
+    Destination::new(name, kind, Route::All, Arc::new(n))
+}
+
+async fn until(what: &str, mut done: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !done() {
+        assert!(t0.elapsed() < Duration::from_secs(10), "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
 #[tokio::test]
-async fn metered_outcomes_durations_and_last_errors_are_counted() {
+async fn outcomes_durations_and_last_errors_are_the_routers() {
     let m = Metrics::new();
     let cert = NotifyError::retryable("webhook https://h/x: certificate error").with_source(
         wd_notify::CertificateError::new("invalid peer certificate: UnknownIssuer", None),
     );
-    // Popped from the end: ok, 503, certificate.
-    let n = m.meter(
-        "webhook operator",
-        Destination::Operator,
-        Scripted(Mutex::new(vec![
-            Err(cert),
-            Err(NotifyError::retryable("503")),
-            Ok(()),
-        ])),
+    // Popped from the end: 503, certificate, then ok.
+    let r = router(
+        &m,
+        vec![
+            dest(
+                "webhook operator",
+                DestinationKind::Operator,
+                Scripted(Mutex::new(vec![
+                    Ok(()),
+                    Err(cert),
+                    Err(NotifyError::retryable("503")),
+                ])),
+            ),
+            dest(
+                "log",
+                DestinationKind::Log,
+                Scripted(Mutex::new(vec![Err(NotifyError::permanent("no"))])),
+            ),
+        ],
     );
-    for _ in 0..3 {
-        let _ = n.notify(&firing()).await;
-    }
-    let log = m.meter(
-        "log",
-        Destination::Log,
-        Scripted(Mutex::new(vec![Err(NotifyError::permanent("no"))])),
-    );
-    let _ = log.notify(&firing()).await;
+    r.notify(&firing()).await.unwrap();
+    until("delivered and refused", || {
+        let s = r.status();
+        s[0].delivered == 1 && s[1].dropped_permanent == 1
+    })
+    .await;
 
     let text = m.encode();
     let check =
@@ -79,19 +113,26 @@ async fn metered_outcomes_durations_and_last_errors_are_counted() {
         r#"wd_delivery_duration_seconds_count{destination="operator"}"#,
         3.0,
     );
+    check(r#"wd_queue_dropped_total{destination="log"}"#, 1.0);
     check(r#"wd_build_info{version="0.1.0"}"#, 1.0);
     assert!(text.ends_with("# EOF\n"), "{text}");
 
-    let status = m.status();
-    let op = status
-        .destinations
-        .iter()
-        .find(|d| d.name == "webhook operator")
-        .unwrap();
-    assert_eq!((op.record.delivered, op.record.failed), (1, 2));
-    let last = op.record.last_error.as_ref().unwrap();
-    assert_eq!(last.kind, "certificate");
-    assert!(last.message.contains("UnknownIssuer"), "{}", last.message);
+    // `/status` is the router's status, in its JSON form.
+    let status = serde_json::to_value(m.status()).unwrap();
+    let op = &status["destinations"][1];
+    assert_eq!(op["name"], "webhook operator", "{status}");
+    assert_eq!(
+        (op["delivered"].as_u64(), op["failed"].as_u64()),
+        (Some(1), Some(2))
+    );
+    assert_eq!(op["state"], "active");
+    assert_eq!(op["destination"], "operator");
+    assert_eq!(op["queue"]["entries"], 0);
+    // The certificate failure was the last one.
+    assert_eq!(op["last_error"]["kind"], "certificate", "{status}");
+    let message = op["last_error"]["message"].as_str().unwrap();
+    assert!(message.contains("UnknownIssuer"), "{message}");
+    r.shutdown(Duration::ZERO).await;
 }
 
 #[test]
@@ -114,38 +155,49 @@ fn firings_are_bounded_by_action_and_catch_up_counted_apart() {
     assert!(!text.contains("script"), "{text}");
 }
 
-#[test]
-fn queue_gauges_are_sampled_and_summed_per_destination_kind() {
+#[tokio::test]
+async fn queue_gauges_are_summed_per_destination_kind() {
+    struct Down;
+    #[async_trait]
+    impl Notifier for Down {
+        async fn notify(&self, _: &Notification) -> Result<(), NotifyError> {
+            Err(NotifyError::retryable("503"))
+        }
+    }
     let m = Metrics::new();
-    m.add_queue_source(Box::new(|| {
-        let q = |name: &str, d, entries, age: u64, dropped| QueueSnapshot {
-            name: name.into(),
-            destination: d,
-            entries,
-            bytes: None,
-            oldest_age: Some(Duration::from_secs(age)),
-            dropped,
-        };
+    let project = |p: &str| {
+        Destination::new(
+            format!("webhook project {p}"),
+            DestinationKind::Project,
+            Route::Project(p.into()),
+            Arc::new(Down),
+        )
+    };
+    let r = router(
+        &m,
         vec![
-            q("webhook project p1", Destination::Project, 2, 10, 1),
-            q("webhook project p2", Destination::Project, 3, 40, 0),
-            q("amqp", Destination::Bus, 0, 0, 5),
-        ]
-    }));
+            project("p1"),
+            project("p2"),
+            dest("amqp", DestinationKind::Bus, Down),
+        ],
+    );
+    let mut n = firing();
+    for p in ["p1", "p2", "p2"] {
+        n.instance.project_id = Some(p.into());
+        n.event_id = uuid::Uuid::new_v4();
+        r.notify(&n).await.unwrap();
+    }
     let text = m.encode();
     let check =
         |series: &str, v: f64| assert_eq!(sample(&text, series), Some(v), "{series} in\n{text}");
-    check(r#"wd_queue_entries{destination="project"}"#, 5.0);
-    check(
-        r#"wd_queue_oldest_age_seconds{destination="project"}"#,
-        40.0,
-    );
-    check(r#"wd_queue_dropped_total{destination="project"}"#, 1.0);
-    check(r#"wd_queue_dropped_total{destination="bus"}"#, 5.0);
+    check(r#"wd_queue_entries{destination="project"}"#, 3.0);
+    check(r#"wd_queue_entries{destination="bus"}"#, 3.0);
+    check(r#"wd_queue_dropped_total{destination="project"}"#, 0.0);
     // Project ids never become labels.
     assert!(!text.contains("p1"), "{text}");
     // Status shows each queue by name.
     assert_eq!(m.status().destinations.len(), 3);
+    r.shutdown(Duration::ZERO).await;
 }
 
 #[test]
@@ -172,7 +224,7 @@ fn health_needs_libvirt_and_every_worker() {
     assert_eq!(m.health(), Err("worker stopped: pipeline".to_owned()));
 }
 
-#[tokio::test(start_paused = true)]
+#[tokio::test]
 async fn an_attempt_cut_off_by_a_deadline_counts_as_failed() {
     struct Hang;
     #[async_trait]
@@ -182,19 +234,28 @@ async fn an_attempt_cut_off_by_a_deadline_counts_as_failed() {
         }
     }
     let m = Metrics::new();
-    let n = m.meter("amqp", Destination::Bus, Hang);
-    let cut = tokio::time::timeout(Duration::from_secs(5), n.notify(&firing())).await;
-    assert!(cut.is_err());
+    let r = router(
+        &m,
+        vec![
+            dest("amqp", DestinationKind::Bus, Hang).retry(
+                wd_notify::RetryConfig::default()
+                    .max_attempts(1)
+                    .deadline(Duration::from_millis(20)),
+            ),
+        ],
+    );
+    r.notify(&firing()).await.unwrap();
+    until("an abandoned attempt", || r.status()[0].failed > 0).await;
     let text = m.encode();
-    assert_eq!(
+    assert!(
         sample(
             &text,
             r#"wd_notifications_total{destination="bus",outcome="failed"}"#
-        ),
-        Some(1.0),
+        )
+        .is_some_and(|v| v >= 1.0),
         "{text}"
     );
-    let st = m.status();
-    let last = st.destinations[0].record.last_error.as_ref().unwrap();
-    assert!(last.message.contains("abandoned"), "{}", last.message);
+    let last = r.status()[0].last_error.clone().unwrap();
+    assert!(last.contains("abandoned"), "{last}");
+    r.shutdown(Duration::ZERO).await;
 }

@@ -103,7 +103,12 @@ impl SpoolConfig {
         self
     }
 
-    pub(crate) fn validate(&self) -> Result<()> {
+    /// Checks every value is in range, as opening a queue does.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::SpoolConfig`] naming the first value out of range.
+    pub fn validate(&self) -> Result<()> {
         let check = |ok: bool, name, value: String, allowed| {
             if ok {
                 Ok(())

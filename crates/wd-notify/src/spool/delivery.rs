@@ -131,7 +131,8 @@ async fn deliver(shared: Arc<Shared>, inner: Arc<dyn Notifier>, acks: AckSink) {
         let mut next_due = None;
         {
             let mut pending = shared.pending();
-            while in_flight.len() < shared.config.concurrency {
+            let paused = shared.paused.load(Ordering::SeqCst);
+            while !paused && in_flight.len() < shared.config.concurrency {
                 let Some(&(due, seq)) = pending.ready.first() else {
                     break;
                 };

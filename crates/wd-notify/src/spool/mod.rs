@@ -133,13 +133,12 @@ impl Spool {
         inner: impl Notifier + 'static,
     ) -> Result<Spool> {
         let name = dir.as_ref().display().to_string();
-        Self::open_importing(
+        Self::open_dyn(
             Arc::new(RealFs),
             dir.as_ref(),
             name,
             config,
             Arc::new(inner),
-            Vec::new(),
         )
     }
 
@@ -158,20 +157,16 @@ impl Spool {
         inner: impl Notifier + 'static,
     ) -> Result<Spool> {
         let name = dir.as_ref().display().to_string();
-        Self::open_importing(fs, dir.as_ref(), name, config, Arc::new(inner), Vec::new())
+        Self::open_dyn(fs, dir.as_ref(), name, config, Arc::new(inner))
     }
 
-    /// [`Spool::open`], naming the spool `name` in logs, and adding
-    /// `imports` (notifications taken over from elsewhere, such as a spool
-    /// in the old shared layout) to the recovered entries, in the same
-    /// durable segment, before anything is removed anywhere.
-    pub(crate) fn open_importing(
+    /// [`Spool::open`], naming the spool `name` in logs.
+    pub(crate) fn open_dyn(
         sfs: Arc<dyn SpoolFs>,
         dir: &Path,
         name: String,
         config: SpoolConfig,
         inner: Arc<dyn Notifier>,
-        imports: Vec<Notification>,
     ) -> Result<Spool> {
         config.validate()?;
         if tokio::runtime::Handle::try_current().is_err() {
@@ -197,16 +192,11 @@ impl Spool {
             .store(found.skipped.len() as u64, Ordering::Relaxed);
 
         let now = Instant::now();
-        let mut next_seq = found.max_seq.map_or(0, |s| s.saturating_add(1));
-        let mut recovered = Vec::with_capacity(found.pending.len() + imports.len());
+        let next_seq = found.max_seq.map_or(0, |s| s.saturating_add(1));
+        let mut recovered = Vec::with_capacity(found.pending.len());
         {
             let mut pending = shared.pending();
-            let imported = imports.into_iter().map(|n| {
-                let seq = next_seq;
-                next_seq = next_seq.saturating_add(1);
-                (seq, n)
-            });
-            for (seq, n) in found.pending.into_iter().chain(imported) {
+            for (seq, n) in found.pending {
                 let payload = n.to_json().into_bytes();
                 pending.insert(seq, Arc::new(n), payload.len() as u64, now);
                 recovered.push((seq, payload));
@@ -320,6 +310,13 @@ impl Spool {
             !self.shared.closed.load(Ordering::SeqCst)
                 && lock(&d.writer).as_ref().is_none_or(|w| w.is_finished())
         })
+    }
+
+    /// Starts no new delivery while `paused` (what is in flight finishes);
+    /// entries keep waiting, and `notify` still accepts.
+    pub(crate) fn set_paused(&self, paused: bool) {
+        self.shared.paused.store(paused, Ordering::SeqCst);
+        self.shared.wake.notify_one();
     }
 
     /// Test hook: makes the delivery worker panic at its next turn, to show

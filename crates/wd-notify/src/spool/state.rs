@@ -122,6 +122,9 @@ pub(crate) struct Shared {
     /// Tells the delivery task to stop.
     pub(crate) stop: AtomicBool,
     pub(crate) closed: AtomicBool,
+    /// Starts no new delivery while set (a destination removed from the
+    /// configuration keeps its backlog, undelivered, until told otherwise).
+    pub(crate) paused: AtomicBool,
     /// Test hook: the delivery worker panics at its next turn.
     pub(crate) panic_next: AtomicBool,
 }
@@ -137,6 +140,7 @@ impl Shared {
             wake: Notify::new(),
             stop: AtomicBool::new(false),
             closed: AtomicBool::new(false),
+            paused: AtomicBool::new(false),
             panic_next: AtomicBool::new(false),
         }
     }

@@ -6,7 +6,6 @@ use std::time::Duration;
 use super::*;
 use clap::Parser;
 use wd_compute::AgentError;
-use wd_notify::DestinationKind;
 use wd_notify_amqp::PASSWORD_ENV as AMQP_PASSWORD_ENV;
 use wd_notify_webhook::SECRET_ENV;
 
@@ -325,49 +324,4 @@ window_secs = 30
         ("compute-7", Duration::from_secs(30))
     );
     assert!(!plan.waits());
-}
-
-#[test]
-fn each_destination_is_metered_under_its_kind() {
-    let dir = tempfile::tempdir().unwrap();
-    let p = dir.path().join("wd.toml");
-    write_private(
-        &p,
-        &format!(
-            "[[webhook.projects]]\nproject = \"p1\"\nurl = \"http://127.0.0.1:9/p1\"\nsecrets = [\"{SECRET}\"]\n"
-        ),
-    );
-    let a = args(&["--config", &p.display().to_string()]);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let plan = plan(&a, &|_| None).unwrap();
-        let project = plan
-            .destinations()
-            .iter()
-            .find(|d| d.kind == DestinationKind::Project)
-            .unwrap();
-        let text = plan.metrics().encode();
-        assert!(
-            text.contains("wd_notifications_total{destination=\"project\",outcome=\"failed\"} 0\n"),
-            "{text}"
-        );
-        let mut n = wd_notify::Notification::new(
-            wd_notify::Instance::new(uuid::Uuid::from_u128(1)),
-            "compute-1",
-            wd_notify::Domain::new(uuid::Uuid::from_u128(1), "instance-1"),
-            "pause",
-            time::OffsetDateTime::now_utc(),
-        );
-        n.instance.project_id = Some("p1".into());
-        // The endpoint refuses connections: an attempt, counted as failed.
-        assert!(project.notifier.notify(&n).await.is_err());
-        let text = plan.metrics().encode();
-        assert!(
-            text.contains("wd_notifications_total{destination=\"project\",outcome=\"failed\"} 1\n"),
-            "{text}"
-        );
-    });
 }

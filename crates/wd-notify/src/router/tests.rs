@@ -1,11 +1,11 @@
 //! The router's tests: isolation between destinations, routing, progress
-//! per destination across restarts, the old layout's migration, panics.
+//! per destination across restarts, reconfiguration and removed
+//! destinations' backlogs, panics.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::sync::mpsc;
-use uuid::Uuid;
 
 use super::*;
 use crate::backends::ChannelNotifier;
@@ -206,47 +206,6 @@ async fn progress_is_per_destination_across_a_restart() {
     router.shutdown(Duration::ZERO).await;
 }
 
-#[tokio::test]
-async fn the_old_shared_layout_is_drained_into_the_new_queues() {
-    let dir = tempfile::tempdir().unwrap();
-    let ns: Vec<Notification> = (1..=4).map(firing).collect();
-    {
-        // An old agent: one spool in the root, its backend down.
-        let old = Spool::open(
-            dir.path(),
-            quick(),
-            Scripted::new(Duration::ZERO, || Err(NotifyError::retryable("down"))),
-        )
-        .unwrap();
-        for n in &ns {
-            old.notify(n).await.unwrap();
-        }
-        assert_eq!(old.shutdown(Duration::ZERO).await.pending, 4);
-    }
-    let (ops, mut ops_rx) = channel("ops", Route::All);
-    let (p2, mut p2_rx) = channel("p2", Route::Project("project-2".into()));
-    let router = Router::open(Some(dir.path()), vec![ops, p2], &RouterDefaults::default()).unwrap();
-    let mut got: Vec<Uuid> = Vec::new();
-    for _ in 0..4 {
-        got.push(recv(&mut ops_rx, Duration::from_secs(5)).await.event_id);
-    }
-    got.sort();
-    let mut want: Vec<Uuid> = ns.iter().map(|n| n.event_id).collect();
-    want.sort();
-    assert_eq!(got, want);
-    assert_eq!(recv(&mut p2_rx, Duration::from_secs(5)).await, ns[1]);
-    // The old segments are gone; only the new queues remain.
-    assert!(scan(dir.path()).unwrap().segments.is_empty());
-    router.shutdown(Duration::from_secs(1)).await;
-    drop(router);
-    // A second start finds nothing to migrate and delivers nothing again.
-    let (ops, mut ops_rx) = channel("ops", Route::All);
-    let router = Router::open(Some(dir.path()), vec![ops], &RouterDefaults::default()).unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(ops_rx.try_recv().is_err());
-    router.shutdown(Duration::ZERO).await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panicking_worker_restarts_and_the_others_keep_delivering() {
     let (a, mut a_rx) = channel("a", Route::All);
@@ -326,50 +285,225 @@ async fn a_destination_given_twice_is_refused() {
     assert!(err.to_string().contains("destination=a"), "{err}");
 }
 
+fn status(router: &Router, name: &str) -> DestinationStatus {
+    router
+        .status()
+        .into_iter()
+        .find(|s| s.name == name)
+        .unwrap_or_else(|| panic!("no destination {name}"))
+}
+
 #[tokio::test]
-async fn destinations_are_added_and_retired_while_running() {
+async fn a_reconfigure_adds_updates_and_removes_and_a_removed_one_sends_nothing_more() {
     let dir = tempfile::tempdir().unwrap();
     let (ops, mut ops_rx) = channel("ops", Route::All);
-    let router =
-        Arc::new(Router::open(Some(dir.path()), vec![ops], &RouterDefaults::default()).unwrap());
+    let defaults = RouterDefaults::default();
+    let router = Arc::new(Router::open(Some(dir.path()), vec![ops], &defaults).unwrap());
     // A new project's endpoint: its queue starts and takes its project's
     // notifications at once.
+    let (ops, mut ops_rx2) = channel("ops", Route::All);
     let (p1, mut p1_rx) = channel("p1", Route::Project("project-1".into()));
-    let p1_dir = p1.dir_name();
-    router.add(p1).unwrap();
-    assert_eq!(router.names(), ["ops", "p1"]);
+    let done = router.reconfigure(vec![ops, p1], &defaults).unwrap();
+    assert_eq!(
+        (done.updated, done.added),
+        (vec!["ops".to_owned()], vec!["p1".to_owned()])
+    );
     let mut n = firing(11);
     n.instance.project_id = Some("project-1".into());
     router.notify(&n).await.unwrap();
     assert_eq!(recv(&mut p1_rx, Duration::from_secs(5)).await, n);
-    assert_eq!(recv(&mut ops_rx, Duration::from_secs(5)).await, n);
-    // A removed destination with a backlog: it takes nothing new and stays
-    // until its backlog has drained.
+    // The running destination took its new transport: the old one gets
+    // nothing more.
+    assert_eq!(recv(&mut ops_rx2, Duration::from_secs(5)).await, n);
+    assert!(ops_rx.try_recv().is_err());
+
+    // A destination that is down, with a backlog, then removed: not one
+    // more attempt at it, and its backlog stays, shown as retired.
     let down = Scripted::new(Duration::ZERO, || Err(NotifyError::retryable("down")));
-    let slow = dest("slow", DestinationKind::Bus, Route::All, down.clone());
-    let slow_dir = slow.dir_name();
-    router.add(slow).unwrap();
-    router.notify(&firing(12)).await.unwrap();
-    assert!(router.retire(&slow_dir));
-    assert!(router.retire(&p1_dir));
-    assert!(!router.active().contains(&slow_dir));
+    let slow = || dest("slow", DestinationKind::Bus, Route::All, down.clone());
+    let (ops, _ops_rx3) = channel("ops", Route::All);
+    let done = router.reconfigure(vec![ops, slow()], &defaults).unwrap();
+    assert_eq!(done.removed, ["p1"]);
+    let backlog = firing(12);
+    router.notify(&backlog).await.unwrap();
+    until("a failed attempt", || down.calls.load(Ordering::SeqCst) > 0).await;
+    let (ops, _ops_rx4) = channel("ops", Route::All);
+    let done = router.reconfigure(vec![ops], &defaults).unwrap();
+    assert_eq!(done.removed, ["slow"]);
+    let calls = down.calls.load(Ordering::SeqCst);
     router.notify(&n).await.unwrap();
-    assert!(
-        tokio::time::timeout(Duration::from_millis(300), p1_rx.recv())
-            .await
-            .is_err(),
-        "a retired destination took a new notification"
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        down.calls.load(Ordering::SeqCst),
+        calls,
+        "a removed destination was sent to"
     );
-    until("the drained destination closed", || {
-        !router.names().contains(&"p1".to_owned())
-    })
-    .await;
-    // Still holding its undelivered entry: kept.
-    let slow = router
-        .status()
-        .into_iter()
-        .find(|s| s.name == "slow")
+    assert!(
+        p1_rx.try_recv().is_err(),
+        "a removed destination took a new notification"
+    );
+    let s = status(&router, "slow");
+    assert_eq!((s.state, s.backlog), (DestinationState::Retired, 1));
+    // Configured again: it delivers its backlog.
+    let (ops, _ops_rx5) = channel("ops", Route::All);
+    let (back, mut back_rx) = ChannelNotifier::channel(4);
+    let done = router
+        .reconfigure(
+            vec![
+                ops,
+                dest("slow", DestinationKind::Bus, Route::All, Arc::new(back)),
+            ],
+            &defaults,
+        )
         .unwrap();
-    assert_eq!(slow.backlog, 1);
+    assert_eq!(done.added, ["slow"]);
+    assert_eq!(recv(&mut back_rx, Duration::from_secs(5)).await, backlog);
+    router.shutdown(Duration::ZERO).await;
+}
+
+#[tokio::test]
+async fn a_reconfigure_checks_what_open_checks_and_changes_nothing_when_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ops, mut ops_rx) = channel("ops", Route::All);
+    let defaults = RouterDefaults::default();
+    let router = Router::open(Some(dir.path()), vec![ops], &defaults).unwrap();
+    let refused = |next: Vec<Destination>, defaults: &RouterDefaults| {
+        let err = router.reconfigure(next, defaults).unwrap_err().to_string();
+        assert_eq!(router.names(), ["ops"], "{err}");
+        err
+    };
+    // The same destination twice.
+    let (a, _) = channel("a", Route::All);
+    let (b, _) = channel("a", Route::All);
+    assert!(refused(vec![a, b], &defaults).contains("destination=a"));
+    // Queue bounds out of range, by default or on one destination.
+    let (a, _) = channel("a", Route::All);
+    let bad = RouterDefaults {
+        queue: SpoolConfig::default().max_bytes(4096),
+        ..RouterDefaults::default()
+    };
+    assert!(refused(vec![a], &bad).contains("max_bytes=4096"));
+    let (a, _) = channel("a", Route::All);
+    let a = a.queue(SpoolConfig::default().max_entries(0));
+    assert!(refused(vec![a], &defaults).contains("max_entries=0"));
+    // A new queue that cannot be opened (its directory is a file).
+    let (ok, _) = channel("ok", Route::All);
+    let (p, _) = channel("p", Route::Project("x".into()));
+    std::fs::write(dir.path().join("dest").join(p.dir_name()), b"not a dir").unwrap();
+    let err = refused(vec![ok, p], &defaults);
+    assert!(err.contains("cannot open spool directory"), "{err}");
+    assert!(!router.names().contains(&"ok".to_owned()));
+    // The running destination still delivers.
+    let n = firing(3);
+    router.notify(&n).await.unwrap();
+    assert_eq!(recv(&mut ops_rx, Duration::from_secs(5)).await, n);
+    router.shutdown(Duration::ZERO).await;
+}
+
+#[tokio::test]
+async fn a_queue_no_destination_owns_is_reported_after_a_restart_and_can_be_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let down = Scripted::new(Duration::ZERO, || Err(NotifyError::retryable("down")));
+    let gone = dest("gone", DestinationKind::Project, Route::All, down.clone());
+    let gone_dir = gone.dir_name();
+    {
+        let router =
+            Router::open(Some(dir.path()), vec![gone], &RouterDefaults::default()).unwrap();
+        router.notify(&firing(1)).await.unwrap();
+        router.notify(&firing(2)).await.unwrap();
+        router.shutdown(Duration::ZERO).await;
+    }
+    // Restarted without it: its queue is still there, and said to be.
+    let (ops, _rx) = channel("ops", Route::All);
+    let router =
+        Arc::new(Router::open(Some(dir.path()), vec![ops], &RouterDefaults::default()).unwrap());
+    let name = format!("orphaned queue {gone_dir}");
+    let s = status(&router, &name);
+    assert_eq!(
+        (s.state, s.kind, s.backlog, s.dir.as_str()),
+        (
+            DestinationState::Orphaned,
+            DestinationKind::Project,
+            2,
+            gone_dir.as_str()
+        )
+    );
+    assert!(
+        router.health_line().contains("orphaned"),
+        "{}",
+        router.health_line()
+    );
+    // Nothing knows where to deliver it, so it cannot be drained; it is
+    // not taking new notifications.
+    let calls = down.calls.load(Ordering::SeqCst);
+    assert!(
+        router
+            .drain(&name)
+            .unwrap_err()
+            .to_string()
+            .contains("orphaned")
+    );
+    assert!(
+        router
+            .drain("ops")
+            .unwrap_err()
+            .to_string()
+            .contains("is configured")
+    );
+    assert!(
+        router
+            .drain("nope")
+            .unwrap_err()
+            .to_string()
+            .contains(&name)
+    );
+    router.notify(&firing(3)).await.unwrap();
+    assert_eq!(status(&router, &name).backlog, 2);
+    assert_eq!(router.drop_backlog(&name).await.unwrap(), 2);
+    assert_eq!(router.names(), ["ops"]);
+    assert!(!dir.path().join("dest").join(&gone_dir).exists());
+    assert_eq!(down.calls.load(Ordering::SeqCst), calls);
+    router.shutdown(Duration::ZERO).await;
+}
+
+#[tokio::test]
+async fn a_removed_destinations_backlog_is_drained_on_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let defaults = RouterDefaults::default();
+    let (old, mut old_rx) = ChannelNotifier::channel(4);
+    let (gate, gate_rx) = tokio::sync::watch::channel(false);
+    // Down until the gate opens.
+    struct Gated(tokio::sync::watch::Receiver<bool>, ChannelNotifier);
+    #[async_trait]
+    impl Notifier for Gated {
+        async fn notify(&self, n: &Notification) -> Result<(), NotifyError> {
+            if *self.0.borrow() {
+                self.1.notify(n).await
+            } else {
+                Err(NotifyError::retryable("down"))
+            }
+        }
+    }
+    let p = || {
+        dest(
+            "p",
+            DestinationKind::Project,
+            Route::All,
+            Arc::new(Gated(gate_rx.clone(), old.clone())),
+        )
+    };
+    let router = Arc::new(Router::open(Some(dir.path()), vec![p()], &defaults).unwrap());
+    let n = firing(5);
+    router.notify(&n).await.unwrap();
+    router.reconfigure(Vec::new(), &defaults).unwrap();
+    gate.send(true).unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        old_rx.try_recv().is_err(),
+        "a removed destination delivered before it was told to"
+    );
+    router.drain("p").unwrap();
+    assert_eq!(recv(&mut old_rx, Duration::from_secs(5)).await, n);
+    until("the drained queue closed", || router.names().is_empty()).await;
     router.shutdown(Duration::ZERO).await;
 }
