@@ -1,14 +1,10 @@
-//! Configuration and the owner routing table.
+//! Configuration, and each endpoint checked into a [`Target`].
 //!
-//! Routing is the security boundary of this crate: a project's notifications
-//! name its instances, so they must reach only that project's endpoints.
-//! [`Routes`] is built once from a validated [`WebhookConfig`] and answers
-//! exactly one question, "where may a notification for project P go?", by
-//! exact, case-sensitive lookup. There is no default, wildcard or fallback
-//! project entry: an unknown or missing owner gets the operator endpoints
-//! only.
+//! Routing by owner is the router's (`wd_notify::Route`): each endpoint is
+//! its own destination. A project id is matched exactly, case-sensitively;
+//! there is no default, wildcard or fallback project entry.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -167,74 +163,9 @@ pub(crate) struct Target {
 }
 
 impl Target {
-    pub(crate) fn is_gone(&self) -> bool {
-        self.gone.load(Ordering::Relaxed)
-    }
-
-    pub(crate) fn mark_gone(&self) {
-        self.gone.store(true, Ordering::Relaxed);
-    }
-}
-
-impl fmt::Debug for Target {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Target({} {})", self.owner, self.shown)
-    }
-}
-
-/// The validated routing table.
-#[derive(Debug)]
-pub(crate) struct Routes {
-    /// All targets; indices are stable and identify a target in the ledger.
-    targets: Vec<Target>,
-    operator: Vec<usize>,
-    projects: HashMap<String, Vec<usize>>,
-}
-
-impl Routes {
-    pub(crate) fn new(config: &WebhookConfig) -> Result<Self> {
-        let mut routes = Routes {
-            targets: Vec::new(),
-            operator: Vec::new(),
-            projects: HashMap::new(),
-        };
-        // One client per distinct TLS setting: clients share connections,
-        // and loading the system trust store is not free.
-        let mut clients: HashMap<TlsConfig, reqwest::Client> = HashMap::new();
-        let mut client_for = |endpoint: &Endpoint| -> Result<reqwest::Client> {
-            let tls = config.tls.overridden_by(&endpoint.tls);
-            if let Some(c) = clients.get(&tls) {
-                return Ok(c.clone());
-            }
-            let c = crate::tls::client(&tls, config.timeout)?;
-            clients.insert(tls, c.clone());
-            Ok(c)
-        };
-        for endpoint in &config.operator {
-            let i = routes.push(Owner::Operator, endpoint, client_for(endpoint)?)?;
-            routes.operator.push(i);
-        }
-        for (project, endpoints) in &config.projects {
-            if project.is_empty() || project.trim() != project {
-                return Err(Error::InvalidProject {
-                    project: project.clone(),
-                });
-            }
-            for endpoint in endpoints {
-                let client = client_for(endpoint)?;
-                let i = routes.push(Owner::Project(project.clone()), endpoint, client)?;
-                routes.projects.entry(project.clone()).or_default().push(i);
-            }
-        }
-        Ok(routes)
-    }
-
-    fn push(
-        &mut self,
-        owner: Owner,
-        endpoint: &Endpoint,
-        client: reqwest::Client,
-    ) -> Result<usize> {
+    /// Checks `endpoint` of `owner` and builds its HTTP client, with
+    /// `config`'s TLS settings under the endpoint's own.
+    pub(crate) fn new(owner: Owner, endpoint: &Endpoint, config: &WebhookConfig) -> Result<Target> {
         let shown = redact_raw_url(&endpoint.url);
         let invalid = |reason: String| Error::InvalidUrl {
             url: shown.clone(),
@@ -262,30 +193,29 @@ impl Routes {
                 owner: owner.to_string(),
             });
         }
-        self.targets.push(Target {
+        let client = crate::tls::client(&config.tls.overridden_by(&endpoint.tls), config.timeout)?;
+        Ok(Target {
             shown: redact_url(&url),
             owner,
             url,
             secrets: endpoint.secrets.clone(),
             client,
             gone: AtomicBool::new(false),
-        });
-        Ok(self.targets.len() - 1)
+        })
     }
 
-    /// The targets a notification owned by `project` may go to: the operator
-    /// endpoints, plus that project's own endpoints when the project is known.
-    /// Returned as `(index, target)`.
-    pub(crate) fn targets_for(&self, project: Option<&str>) -> Vec<(usize, &Target)> {
-        let own = project
-            .and_then(|p| self.projects.get(p))
-            .map(Vec::as_slice)
-            .unwrap_or_default();
-        self.operator
-            .iter()
-            .chain(own)
-            .map(|&i| (i, &self.targets[i]))
-            .collect()
+    pub(crate) fn is_gone(&self) -> bool {
+        self.gone.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn mark_gone(&self) {
+        self.gone.store(true, Ordering::Relaxed);
+    }
+}
+
+impl fmt::Debug for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Target({} {})", self.owner, self.shown)
     }
 }
 
@@ -334,56 +264,6 @@ mod tests {
         Secret::from_bytes(&[1u8; 24]).unwrap()
     }
 
-    fn config() -> WebhookConfig {
-        WebhookConfig::default()
-            .with_operator(Endpoint::new("https://ops.example/hook", [secret()]))
-            .with_project("p-a", Endpoint::new("https://a.example/1", [secret()]))
-            .with_project("p-a", Endpoint::new("https://a.example/2", [secret()]))
-            .with_project("p-b", Endpoint::new("https://b.example/", [secret()]))
-    }
-
-    fn check_route(routes: &Routes, project: Option<&str>, expected: &[&str]) {
-        let got: Vec<String> = routes
-            .targets_for(project)
-            .into_iter()
-            .map(|(_, t)| t.url.to_string())
-            .collect();
-        assert_eq!(got, expected, "project {project:?}");
-    }
-
-    #[test]
-    fn routing_never_crosses_projects() {
-        let routes = Routes::new(&config()).unwrap();
-        let ops = "https://ops.example/hook";
-        check_route(
-            &routes,
-            Some("p-a"),
-            &[ops, "https://a.example/1", "https://a.example/2"],
-        );
-        check_route(&routes, Some("p-b"), &[ops, "https://b.example/"]);
-        // Unknown, missing, empty, and near-miss owners get the operator only.
-        for project in [
-            None,
-            Some("p-c"),
-            Some(""),
-            Some("P-A"),
-            Some(" p-a"),
-            Some("p-a "),
-        ] {
-            check_route(&routes, project, &[ops]);
-        }
-    }
-
-    #[test]
-    fn without_operator_an_unknown_owner_goes_nowhere() {
-        let mut config = config();
-        config.operator.clear();
-        let routes = Routes::new(&config).unwrap();
-        check_route(&routes, Some("p-c"), &[]);
-        check_route(&routes, None, &[]);
-        check_route(&routes, Some("p-b"), &["https://b.example/"]);
-    }
-
     #[test]
     fn invalid_configurations_are_rejected_naming_the_owner_not_the_secret() {
         let cases: Vec<(WebhookConfig, &str)> = vec![
@@ -413,7 +293,9 @@ mod tests {
             ),
         ];
         for (config, expected) in cases {
-            let err = Routes::new(&config).unwrap_err().to_string();
+            let err = crate::WebhookNotifier::split(config)
+                .unwrap_err()
+                .to_string();
             assert_eq!(err, expected);
             assert!(
                 !err.contains("hunter2") && !err.contains("token=abc"),
@@ -458,7 +340,10 @@ mod tests {
             "p-a",
             Endpoint::new("https://u:hunter2@h.example/?k=v", [s]),
         );
-        let debug = format!("{config:?} {:?}", Routes::new(&config).unwrap());
+        let debug = format!(
+            "{config:?} {:?}",
+            crate::WebhookNotifier::split(config.clone()).unwrap()
+        );
         for leak in ["MfKQ9r8G", "hunter2", "k=v"] {
             assert!(!debug.contains(leak), "{leak} in {debug}");
         }

@@ -56,6 +56,16 @@ pub enum Error {
         service: String,
     },
 
+    /// [`WebhookNotifier::new`](crate::WebhookNotifier::new) given a
+    /// configuration without exactly one endpoint.
+    #[error(
+        "a webhook notifier delivers to exactly one endpoint, not {count}; allowed: one endpoint, or WebhookNotifier::split for several"
+    )]
+    EndpointCount {
+        /// How many endpoints the configuration had.
+        count: usize,
+    },
+
     /// A request timeout of zero.
     #[error("webhook timeout must be more than zero; the specification recommends 15 to 30 s")]
     InvalidTimeout,

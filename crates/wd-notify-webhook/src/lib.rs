@@ -20,9 +20,12 @@
 //! let config = WebhookConfig::default()
 //!     .with_operator(Endpoint::new("https://ops.example/watchdog", [key.clone()]))
 //!     .with_project("6f70656e737461636b", Endpoint::new("https://tenant.example/hook", [key]));
-//! let notifier = WebhookNotifier::new(config)?;
+//! // One notifier per endpoint: each is its own destination, with its own
+//! // queue, in a `wd_notify::Router` that routes by owner.
+//! let endpoints = WebhookNotifier::split(config)?;
+//! assert_eq!(endpoints[1].project.as_deref(), Some("6f70656e737461636b"));
 //! // The secret never shows in Debug output.
-//! assert!(!format!("{notifier:?}").contains("MfKQ9r8G"));
+//! assert!(!format!("{endpoints:?}").contains("MfKQ9r8G"));
 //! # Ok::<(), wd_notify_webhook::Error>(())
 //! ```
 //!

@@ -1,117 +1,101 @@
-//! The webhook [`Notifier`]: delivery, outcomes, and per-endpoint bookkeeping.
+//! The webhook [`Notifier`]: one endpoint, its delivery and its outcomes.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use reqwest::StatusCode;
 use reqwest::header::{CONTENT_TYPE, HeaderMap, RETRY_AFTER, USER_AGENT};
 use time::OffsetDateTime;
-use uuid::Uuid;
 use wd_notify::{BoxError, Notification, Notifier, NotifyError};
 
-use crate::config::{Endpoint, Routes, Target, WebhookConfig, redact_raw_url};
+use crate::config::{Endpoint, Owner, Target, WebhookConfig, redact_raw_url};
 use crate::error::{Error, Result};
 use crate::event;
 use crate::signing::{self, HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP};
 
-/// How many (event, endpoint) outcomes are remembered, so that a retried
-/// notification is not sent again to endpoints that already took it.
-const LEDGER_CAPACITY: usize = 16_384;
-
-/// Delivers notifications as signed CloudEvents to the owner's endpoints and
-/// the operator's.
+/// Delivers notifications as signed CloudEvents to one endpoint: the
+/// operator's, or one project's.
 ///
-/// One `notify` sends to every endpoint the owner is routed to, concurrently.
-/// It succeeds when all of them accepted the event. When some fail, the error
-/// is retryable if any failure was, and a retried `notify` of the same event
-/// sends only to the endpoints that have not yet answered for good (accepted
-/// or permanently refused), so receivers see few duplicates; they must still
-/// deduplicate on the event id, because delivery is at least once.
-///
-/// A notification whose owner has no endpoint and that has no operator
-/// endpoint to go to is not an error: the webhook channel simply has no
-/// subscriber for it (it is logged at debug level).
+/// Each endpoint is its own destination, with its own queue and retry in a
+/// [`wd_notify::Router`], which routes each notification by its owner:
+/// [`WebhookNotifier::split`] makes one notifier per endpoint of a
+/// configuration. As a second guard, a project's notifier sends nothing for
+/// an instance of another owner (it answers `Ok` without a request).
 pub struct WebhookNotifier {
-    routes: Routes,
+    target: Target,
     service: String,
-    ledger: Mutex<Ledger>,
 }
 
 impl fmt::Debug for WebhookNotifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("WebhookNotifier")
-            .field("routes", &self.routes)
+            .field("target", &self.target)
             .field("service", &self.service)
             .finish_non_exhaustive()
     }
 }
 
 impl WebhookNotifier {
-    /// Validates `config` and builds the notifier.
+    /// The notifier of `config`'s one endpoint.
+    ///
+    /// # Errors
+    ///
+    /// As [`WebhookNotifier::split`], and [`Error::EndpointCount`] when
+    /// `config` has not exactly one endpoint (split it).
     pub fn new(config: WebhookConfig) -> Result<Self> {
-        event::check_service(&config.service)?;
-        if config.timeout.is_zero() {
-            return Err(Error::InvalidTimeout);
+        let mut all = Self::split(config)?;
+        if all.len() != 1 {
+            return Err(Error::EndpointCount { count: all.len() });
         }
-        let routes = Routes::new(&config)?;
-        Ok(WebhookNotifier {
-            routes,
-            service: config.service,
-            ledger: Mutex::new(Ledger::default()),
-        })
+        Ok(all.remove(0).notifier)
     }
 
     /// Splits `config` into one notifier per endpoint, each with its own
     /// HTTP client (and connection pool), so that each endpoint can have
     /// its own queue and worker and a hostile endpoint delays no other.
-    /// Routing is unchanged: each notifier still sends only to its own
-    /// endpoint, and only for its owner's notifications.
     ///
     /// # Errors
     ///
-    /// As [`WebhookNotifier::new`], for the whole configuration.
+    /// The first bad setting: the service name, the timeout, a project id,
+    /// an endpoint's URL, secrets or TLS files.
     pub fn split(config: WebhookConfig) -> Result<Vec<WebhookEndpoint>> {
-        // Validates every endpoint first, so that an error names the first bad one.
-        WebhookNotifier::new(config.clone())?;
-        let single = |operator: Vec<Endpoint>, projects: BTreeMap<String, Vec<Endpoint>>| {
-            WebhookNotifier::new(WebhookConfig {
-                operator,
-                projects,
-                ..config.clone()
+        event::check_service(&config.service)?;
+        if config.timeout.is_zero() {
+            return Err(Error::InvalidTimeout);
+        }
+        let mut out = Vec::new();
+        let one = |owner: Owner, e: &Endpoint| -> Result<WebhookEndpoint> {
+            let project = match &owner {
+                Owner::Operator => None,
+                Owner::Project(p) => Some(p.clone()),
+            };
+            Ok(WebhookEndpoint {
+                shown: redact_raw_url(&e.url),
+                fingerprint: fingerprint(project.as_deref(), &e.url),
+                project,
+                notifier: WebhookNotifier {
+                    target: Target::new(owner, e, &config)?,
+                    service: config.service.clone(),
+                },
             })
         };
-        let mut out = Vec::new();
         for e in &config.operator {
-            out.push(WebhookEndpoint {
-                project: None,
-                shown: redact_raw_url(&e.url),
-                fingerprint: fingerprint(None, &e.url),
-                notifier: single(vec![e.clone()], BTreeMap::new())?,
-            });
+            out.push(one(Owner::Operator, e)?);
         }
-        for (project, endpoints) in &config.projects {
-            for e in endpoints {
-                let mut map = BTreeMap::new();
-                map.insert(project.clone(), vec![e.clone()]);
-                out.push(WebhookEndpoint {
-                    project: Some(project.clone()),
-                    shown: redact_raw_url(&e.url),
-                    fingerprint: fingerprint(Some(project), &e.url),
-                    notifier: single(Vec::new(), map)?,
+        let projects: &BTreeMap<String, Vec<Endpoint>> = &config.projects;
+        for (project, endpoints) in projects {
+            if project.is_empty() || project.trim() != project {
+                return Err(Error::InvalidProject {
+                    project: project.clone(),
                 });
+            }
+            for e in endpoints {
+                out.push(one(Owner::Project(project.clone()), e)?);
             }
         }
         Ok(out)
-    }
-
-    /// Whether a notification owned by `project` has any endpoint to go to
-    /// here (the operator's, or that project's own). When it has none,
-    /// `notify` succeeds without sending anything.
-    pub fn routes(&self, project: Option<&str>) -> bool {
-        !self.routes.targets_for(project).is_empty()
     }
 
     /// The request body `notify` sends for `n`.
@@ -234,93 +218,34 @@ fn fingerprint(project: Option<&str>, url: &str) -> String {
 #[async_trait]
 impl Notifier for WebhookNotifier {
     async fn notify(&self, n: &Notification) -> Result<(), NotifyError> {
-        let project = n.instance.project_id.as_deref();
-        let targets = self.routes.targets_for(project);
-        if targets.is_empty() {
-            tracing::debug!(
-                event_id = %n.event_id,
-                project = project.unwrap_or("<none>"),
-                "no webhook endpoint for this owner and no operator endpoint"
-            );
+        if let Owner::Project(p) = &self.target.owner
+            && n.instance.project_id.as_deref() != Some(p.as_str())
+        {
+            tracing::debug!(event_id = %n.event_id, "not this endpoint's owner; nothing sent");
             return Ok(());
         }
         let id = n.event_id.to_string();
         let body = self.body(n);
-
-        let mut pending = Vec::new();
-        let mut rejected = Vec::new();
-        {
-            let ledger = self.ledger.lock().unwrap_or_else(|p| p.into_inner());
-            for &(index, target) in &targets {
-                match ledger.get(n.event_id, index) {
-                    Some(Final::Delivered) => {}
-                    Some(Final::Rejected(why)) => rejected.push(why.clone()),
-                    None => pending.push((index, target)),
-                }
+        match self.deliver(&self.target, &id, &body).await {
+            Outcome::Delivered => {
+                tracing::debug!(event_id = %n.event_id, owner = %self.target.owner,
+                    url = %self.target.shown, "webhook delivered");
+                Ok(())
             }
-        }
-
-        let outcomes = futures::future::join_all(
-            pending
-                .iter()
-                .map(|&(_, target)| self.deliver(target, &id, &body)),
-        )
-        .await;
-
-        let mut retry = Vec::new();
-        let mut retry_after: Option<Duration> = None;
-        let mut first_source: Option<BoxError> = None;
-        {
-            let mut ledger = self.ledger.lock().unwrap_or_else(|p| p.into_inner());
-            for (&(index, target), outcome) in pending.iter().zip(outcomes) {
-                match outcome {
-                    Outcome::Delivered => {
-                        tracing::debug!(event_id = %n.event_id, owner = %target.owner, url = %target.shown, "webhook delivered");
-                        ledger.put(n.event_id, index, Final::Delivered);
-                    }
-                    Outcome::Rejected(why) => {
-                        ledger.put(n.event_id, index, Final::Rejected(why.clone()));
-                        rejected.push(why);
-                    }
-                    Outcome::Retry {
-                        message,
-                        retry_after: after,
-                        source,
-                    } => {
-                        retry.push(message);
-                        retry_after = retry_after.max(after);
-                        if first_source.is_none() {
-                            first_source = source;
-                        }
-                    }
-                }
-            }
-        }
-
-        if !retry.is_empty() {
-            let mut failures = retry;
-            failures.extend(rejected.iter().map(|r| format!("{r} (not retried)")));
-            return Err(NotifyError::Retryable {
-                message: format!(
-                    "webhook delivery of event {} failed: {}",
-                    n.event_id,
-                    failures.join("; ")
-                ),
-                retry_after,
-                source: first_source,
-            });
-        }
-        if !rejected.is_empty() {
-            return Err(NotifyError::Permanent {
-                message: format!(
-                    "webhook delivery of event {} refused: {}",
-                    n.event_id,
-                    rejected.join("; ")
-                ),
+            Outcome::Rejected(why) => Err(NotifyError::Permanent {
+                message: format!("webhook delivery of event {} refused: {why}", n.event_id),
                 source: None,
-            });
+            }),
+            Outcome::Retry {
+                message,
+                retry_after,
+                source,
+            } => Err(NotifyError::Retryable {
+                message: format!("webhook delivery of event {} failed: {message}", n.event_id),
+                retry_after,
+                source,
+            }),
         }
-        Ok(())
     }
 }
 
@@ -332,36 +257,6 @@ enum Outcome {
         source: Option<BoxError>,
     },
     Rejected(String),
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Final {
-    Delivered,
-    Rejected(String),
-}
-
-/// A bounded memory of final per-endpoint outcomes, oldest forgotten first.
-#[derive(Default)]
-struct Ledger {
-    outcomes: HashMap<(Uuid, usize), Final>,
-    order: VecDeque<(Uuid, usize)>,
-}
-
-impl Ledger {
-    fn get(&self, event: Uuid, target: usize) -> Option<&Final> {
-        self.outcomes.get(&(event, target))
-    }
-
-    fn put(&mut self, event: Uuid, target: usize, outcome: Final) {
-        if self.outcomes.insert((event, target), outcome).is_none() {
-            self.order.push_back((event, target));
-            while self.order.len() > LEDGER_CAPACITY {
-                if let Some(old) = self.order.pop_front() {
-                    self.outcomes.remove(&old);
-                }
-            }
-        }
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -484,7 +379,17 @@ mod tests {
                 expected
             );
         }
-        assert!(WebhookNotifier::new(WebhookConfig::default()).is_ok());
+        let key = crate::Secret::from_bytes(&[7u8; 24]).unwrap();
+        let one =
+            WebhookConfig::default().with_operator(Endpoint::new("https://h/", [key.clone()]));
+        assert!(WebhookNotifier::new(one.clone()).is_ok());
+        for config in [
+            WebhookConfig::default(),
+            one.with_project("p", Endpoint::new("https://h/p", [key])),
+        ] {
+            let e = WebhookNotifier::new(config).unwrap_err().to_string();
+            assert!(e.contains("exactly one endpoint"), "{e}");
+        }
     }
 
     #[test]
@@ -520,16 +425,34 @@ mod tests {
         );
     }
 
-    #[test]
-    fn ledger_forgets_oldest_first() {
-        let mut ledger = Ledger::default();
-        let first = Uuid::from_u128(0);
-        ledger.put(first, 0, Final::Delivered);
-        for i in 1..=LEDGER_CAPACITY as u128 {
-            ledger.put(Uuid::from_u128(i), 0, Final::Delivered);
+    #[tokio::test]
+    async fn a_project_endpoint_sends_nothing_for_another_owner() {
+        let key = crate::Secret::from_bytes(&[7u8; 24]).unwrap();
+        // Nothing listens on the discard port: a request would fail.
+        let config = WebhookConfig::default()
+            .with_project("p-a", Endpoint::new("http://127.0.0.1:9/a", [key]));
+        let notifier = WebhookNotifier::new(config).unwrap();
+        let mut n = Notification::new(
+            wd_notify::Instance::new(uuid::Uuid::from_u128(1)),
+            "compute-1",
+            wd_notify::Domain::new(uuid::Uuid::from_u128(2), "instance-1"),
+            "pause",
+            OffsetDateTime::now_utc(),
+        );
+        // Unknown, missing, empty, and near-miss owners: no request.
+        for project in [
+            None,
+            Some("p-c"),
+            Some(""),
+            Some("P-A"),
+            Some(" p-a"),
+            Some("p-a "),
+        ] {
+            n.instance.project_id = project.map(str::to_owned);
+            assert!(notifier.notify(&n).await.is_ok(), "{project:?}");
         }
-        assert_eq!(ledger.get(first, 0), None);
-        assert_eq!(ledger.get(Uuid::from_u128(1), 0), Some(&Final::Delivered));
-        assert_eq!(ledger.outcomes.len(), LEDGER_CAPACITY);
+        // Its own owner: a request, which fails here.
+        n.instance.project_id = Some("p-a".into());
+        assert!(notifier.notify(&n).await.unwrap_err().is_retryable());
     }
 }

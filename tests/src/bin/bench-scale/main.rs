@@ -372,8 +372,21 @@ async fn fanout() -> anyhow::Result<()> {
             Endpoint::new(format!("{base}/p/{i}"), [secret.clone()]),
         );
     }
-    let backends: Vec<(String, Arc<dyn wd_notify::Notifier>)> =
-        vec![("webhook".into(), Arc::new(WebhookNotifier::new(webhook)?))];
+    // Each endpoint its own destination, routed by owner, as the agent
+    // composes them.
+    let backends: Vec<wd_notify::Destination> = WebhookNotifier::split(webhook)?
+        .into_iter()
+        .map(|e| {
+            let project = e.project.clone().unwrap_or_default();
+            wd_notify::Destination::new(
+                format!("webhook project {project}"),
+                wd_notify::DestinationKind::Project,
+                wd_notify::Route::Project(project),
+                Arc::new(e.notifier),
+            )
+            .key(e.fingerprint)
+        })
+        .collect();
     let (tx, rx) = futures::channel::mpsc::unbounded::<Item>();
     let config = RuntimeConfig::new("bench-host").spool_dir(dir.join("spool"));
     let runtime = Runtime::start_with(config, Arc::new(NovaDirectory::new()), backends, rx)?;
