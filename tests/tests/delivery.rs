@@ -16,9 +16,7 @@ use wd_e2e::hostile::{Behaviour, Hostile};
 use wd_e2e::receiver::{Received, Receiver};
 use wd_e2e::scratch::Scratch;
 use wd_events::{DomainId, Enum, Item, Origin, WatchdogAction, WatchdogEvent};
-use wd_notify::{
-    Destination, DestinationKind, DestinationStatus, Notifier, RetryConfig, Route, SpoolConfig,
-};
+use wd_notify::{Destination, DestinationKind, DestinationStatus, Notifier, Route, SpoolConfig};
 use wd_notify_webhook::{Endpoint, Secret, WebhookConfig, WebhookNotifier};
 
 const OPS_SECRET: &str = "whsec_d2QtZTJlIG9wZXJhdG9yIHNlY3JldCAzMiBieXRlcyE=";
@@ -55,11 +53,11 @@ impl Agent {
     fn start(destinations: Vec<Destination>, config: impl FnOnce(&mut RuntimeConfig)) -> Agent {
         let spool = Scratch::new("wd-delivery-spool");
         let mut cfg = RuntimeConfig::new("delivery-test").spool_dir(&spool.0);
-        cfg.spool = SpoolConfig::default()
+        cfg.queue = SpoolConfig::default()
             .retry_delays(Duration::from_millis(200), Duration::from_secs(2))
             .max_entries(1000)
-            .max_bytes(8 << 20);
-        cfg.retry = RetryConfig::default().deadline(Duration::from_secs(30));
+            .max_bytes(8 << 20)
+            .attempt_timeout(Duration::from_secs(30));
         cfg.shutdown_grace = Duration::ZERO;
         config(&mut cfg);
         let (tx, rx) = mpsc::unbounded_channel();
@@ -315,7 +313,7 @@ async fn rabbitmq_a_broker_outage_does_not_delay_webhooks() {
     );
     destinations.push(Destination::new("bus", DestinationKind::Bus, Route::All, bus).key("bus"));
     let mut agent = Agent::start(destinations, |c| {
-        c.retry = RetryConfig::default().deadline(Duration::from_secs(5));
+        c.queue = c.queue.clone().attempt_timeout(Duration::from_secs(5));
     });
 
     let first = agent.fire(B);

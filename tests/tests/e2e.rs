@@ -79,10 +79,10 @@ secrets = ["{SECRET_B}"]
 [coalesce]
 window_secs = {window_secs}
 
-[retry]
-min_delay_secs = 0.2
-max_delay_secs = 1
-deadline_secs = 2
+[queue]
+retry_min_delay_secs = 0.2
+retry_max_delay_secs = 1
+attempt_timeout_secs = 2
 "#,
             ops = receiver.url(OPS),
             spool = dir.0.join("spool").display(),

@@ -44,10 +44,10 @@ project = "{project_a}"
 url = "{url_a}"
 secrets = ["{SECRET_A}"]
 
-[retry]
-min_delay_secs = 0.2
-max_delay_secs = 1
-deadline_secs = 2
+[queue]
+retry_min_delay_secs = 0.2
+retry_max_delay_secs = 1
+attempt_timeout_secs = 2
 "#,
         ops = receiver.url(OPS),
         spool = dir.join("spool").display(),
@@ -331,7 +331,7 @@ async fn libvirtd_sighup_adds_a_project_and_refuses_a_broken_config() {
     let full = config(&receiver, &dir.0, &project);
     // At start: the operator endpoint only (the project section cut out).
     let (head, rest) = full.split_once("[[webhook.projects]]").unwrap();
-    let tail = &rest[rest.find("[retry]").unwrap()..];
+    let tail = &rest[rest.find("[queue]").unwrap()..];
     write_private(&cfg, format!("{head}{tail}"));
     let mut agent = Agent::start(&cfg, OPERATOR_SECRET, &dir.0.join("agent.log")).unwrap();
     agent.wait_ready(Duration::from_secs(60)).await.unwrap();

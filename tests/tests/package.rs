@@ -330,7 +330,7 @@ async fn libvirtd_package_installs_runs_as_wd_read_only_and_purges_cleanly() {
         format!(
             "metrics = \"{metrics}\"\nnotify = [\"{url}\"]\nspool = \"/var/lib/wd/spool\"\nwait = true\nlog_format = \"json\"\n\
              host = \"package-compute-1\"\n\n[webhook]\nsecrets = [\"{SECRET}\"]\ntimeout_secs = 5\n\n\
-             [retry]\nmin_delay_secs = 0.2\nmax_delay_secs = 1\ndeadline_secs = 2\n",
+             [queue]\nretry_min_delay_secs = 0.2\nretry_max_delay_secs = 1\nattempt_timeout_secs = 2\n",
             url = receiver.url("/ops")
         ),
     )

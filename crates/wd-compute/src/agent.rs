@@ -189,9 +189,8 @@ impl Agent {
             ..ListenerConfig::default()
         });
         runtime.spool_dir = cfg.spool.clone();
-        runtime.spool = cfg.spool_limits.config()?;
+        runtime.queue = cfg.queue.config()?;
         runtime.coalesce = cfg.coalesce.config()?;
-        runtime.retry = cfg.retry.config()?;
         let directory = cfg.directory.config()?;
         if let Some(v) = cfg.health_interval_secs {
             runtime.health_interval =
@@ -231,7 +230,7 @@ impl Agent {
                 )));
             }
         }
-        destinations.extend(transports::webhooks(cfg, &webhooks, env, &runtime.spool)?);
+        destinations.extend(transports::webhooks(cfg, &webhooks, env, &runtime.queue)?);
 
         if cfg!(debug_assertions)
             && let Some(fault) = env(FAULT_ENV)
@@ -419,8 +418,7 @@ impl RunningAgent {
         let next = Agent::with_metrics(config, env, self.metrics.clone())?;
         let fixed = reload::Fixed::of(&next.runtime, next.directory);
         let defaults = wd_notify::RouterDefaults {
-            queue: next.runtime.spool.clone(),
-            retry: next.runtime.retry.clone(),
+            queue: next.runtime.queue.clone(),
         };
         let done = self
             .runtime

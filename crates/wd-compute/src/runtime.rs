@@ -1,6 +1,6 @@
 //! The whole runtime in one value: listener → pipeline → coalesce → router
-//! → one queue per destination → retry → destination, started, watched and
-//! stopped cleanly.
+//! → one queue per destination (its retry loop) → destination, started,
+//! watched and stopped cleanly.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -10,8 +10,8 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use wd_events::ListenerConfig;
 use wd_notify::{
-    Coalesce, CoalesceConfig, CoalesceStats, Destination, DestinationStatus, Notifier, RetryConfig,
-    Router, RouterDefaults, SpoolConfig, SpoolStats,
+    Coalesce, CoalesceConfig, CoalesceStats, Destination, DestinationStatus, Notifier, Router,
+    RouterDefaults, SpoolConfig, SpoolStats,
 };
 
 use crate::directory::InstanceDirectory;
@@ -33,13 +33,11 @@ pub struct RuntimeConfig {
     /// keeps the queues in memory: refused notifications are still retried
     /// while the process runs, but nothing survives a crash.
     pub spool_dir: Option<PathBuf>,
-    /// Each destination's queue settings (bounds, retry delays), unless the
-    /// destination sets its own.
-    pub spool: SpoolConfig,
+    /// Each destination's queue settings (bounds, retry delays, attempt
+    /// timeout), unless the destination sets its own.
+    pub queue: SpoolConfig,
     /// Storm control.
     pub coalesce: CoalesceConfig,
-    /// Retry around each destination, unless the destination sets its own.
-    pub retry: RetryConfig,
     /// How long a graceful shutdown keeps delivering before it leaves the
     /// rest in the queues.
     pub shutdown_grace: Duration,
@@ -63,9 +61,8 @@ impl RuntimeConfig {
             host: host.into(),
             listener: ListenerConfig::default(),
             spool_dir: None,
-            spool: SpoolConfig::default(),
+            queue: SpoolConfig::default(),
             coalesce: CoalesceConfig::default(),
-            retry: RetryConfig::default(),
             shutdown_grace: Duration::from_secs(5),
             pulse: None,
             health_interval: Duration::from_secs(300),
@@ -163,8 +160,7 @@ impl Runtime {
     {
         let destinations: Vec<Destination> = destinations.into_iter().map(Into::into).collect();
         let defaults = RouterDefaults {
-            queue: config.spool.clone(),
-            retry: config.retry.clone(),
+            queue: config.queue.clone(),
         };
         let router = Arc::new(
             Router::open(config.spool_dir.as_deref(), destinations, &defaults)

@@ -55,14 +55,14 @@ pub struct ProjectSettings {
     /// Its signing secrets.
     pub secrets: Vec<Secret>,
     /// The most entries waiting in this endpoint's own queue [default:
-    /// `spool-limits.max_entries`].
+    /// `queue.max_entries`].
     pub max_entries: Option<usize>,
     /// The most bytes waiting in this endpoint's own queue [default:
-    /// `spool-limits.max_bytes`].
+    /// `queue.max_bytes`].
     pub max_bytes: Option<u64>,
     /// The longest wait between retries for this endpoint, and the most its
     /// `Retry-After` is honoured, in seconds [default:
-    /// `spool-limits.retry_max_delay_secs`].
+    /// `queue.retry_max_delay_secs`].
     pub max_delay_secs: Option<f64>,
     /// Extra CAs for this endpoint only (overrides `[webhook] ca_file`).
     pub ca_file: Option<PathBuf>,

@@ -494,7 +494,6 @@ fn router(config: WebhookConfig) -> wd_notify::Router {
     let defaults = wd_notify::RouterDefaults {
         queue: wd_notify::SpoolConfig::default()
             .retry_delays(Duration::from_millis(10), Duration::from_millis(50)),
-        retry: wd_notify::RetryConfig::default().max_attempts(1),
     };
     wd_notify::Router::open(None, destinations, &defaults).unwrap()
 }

@@ -1,7 +1,8 @@
 //! The watchdog notification model, the [`Notifier`] interface, and the
 //! pieces that make delivery dependable: [`Router`] (one queue per
 //! destination), [`Retry`], [`Coalesce`] (storm control), [`Spool`] (a
-//! durable write-ahead log, one per destination), plus two transport-free backends, [`LogNotifier`] and
+//! durable write-ahead log, one per destination, whose worker is the
+//! destination's retry loop), plus two transport-free backends, [`LogNotifier`] and
 //! [`ChannelNotifier`].
 //!
 //! Architecture invariant: this crate knows nothing of libvirt or of any
@@ -11,25 +12,25 @@
 //!
 //! # Recommended composition: one queue per destination
 //!
-//! Fan out first, then give every destination its own durable queue, then
-//! the destination with its retry (Vector's model: one disk buffer per
-//! sink). A [`Router`] does exactly that:
+//! Fan out first, then give every destination its own durable queue, whose
+//! worker is the destination's one retry loop (Vector's model: one disk
+//! buffer per sink). A [`Router`] does exactly that:
 //!
 //! ```text
 //! event listener
 //!   -> Coalesce                      one notification per window for a looping guest
 //!                                    (a pause or poweroff always goes out at once)
 //!   -> Router                        routes by owner; Ok once every matching queue has it on disk
-//!        [ Spool(root/dest/operator-…) -> Retry(operator webhook),
-//!          Spool(root/dest/project-…)  -> Retry(project A's endpoint),   only A's notifications
-//!          Spool(root/dest/project-…)  -> Retry(project B's endpoint),   only B's notifications
-//!          Spool(root/dest/bus-…)      -> Retry(amqp),
-//!          Spool(root/dest/log-…)      -> Retry(log) ]
+//!        [ Spool(root/dest/operator-…) -> operator webhook,
+//!          Spool(root/dest/project-…)  -> project A's endpoint,   only A's notifications
+//!          Spool(root/dest/project-…)  -> project B's endpoint,   only B's notifications
+//!          Spool(root/dest/bus-…)      -> amqp,
+//!          Spool(root/dest/log-…)      -> log ]
 //! ```
 //!
 //! Each queue has its own bounds, its own supervised worker and its own
-//! retry delays (a `Retry-After` is clamped to the queue's
-//! [`SpoolConfig::retry_max_delay`]), and keeps its own acks on disk: a
+//! retry delays and attempt timeout, all in its [`SpoolConfig`] (a
+//! `Retry-After` is clamped to [`SpoolConfig::retry_max_delay`]), and keeps its own acks on disk: a
 //! destination that hangs, fails, throttles or resets fills only its own
 //! queue and delays no other, and after a restart a destination is offered
 //! only what it has not taken. Directory names are a hash of the
@@ -62,8 +63,7 @@
 //!         Destination::new("log", DestinationKind::Log, Route::All, Arc::new(LogNotifier::new())),
 //!     ],
 //!     &RouterDefaults {
-//!         queue: SpoolConfig::default(),
-//!         retry: RetryConfig::default().deadline(Duration::from_secs(10)),
+//!         queue: SpoolConfig::default().attempt_timeout(Duration::from_secs(10)),
 //!     },
 //! )?);
 //! let storm = Coalesce::new(router.clone(), CoalesceConfig::default());

@@ -109,8 +109,10 @@ impl RetryConfig {
 /// - Giving up returns the last error, still retryable, so that a spool
 ///   around it can try again much later.
 ///
-/// Each destination of a [`Router`](crate::Router) has its own, so that one
-/// destination's retries never resend to the others.
+/// For a transport used on its own, without a queue (a one-shot tool, a
+/// test). A [`Router`](crate::Router) does not use it: each destination's
+/// queue worker is its one retry loop, configured in its
+/// [`SpoolConfig`](crate::SpoolConfig).
 #[derive(Debug)]
 pub struct Retry<N> {
     inner: N,

@@ -1,7 +1,6 @@
 //! The configuration-file sections this crate owns, as an agent's config
-//! file spells them (`[spool-limits]`, `[retry]`, `[coalesce]`), and the
-//! checks that turn them into [`SpoolConfig`], [`RetryConfig`] and
-//! [`CoalesceConfig`].
+//! file spells them (`[queue]`, `[coalesce]`), and the checks that turn
+//! them into [`SpoolConfig`] and [`CoalesceConfig`].
 //!
 //! Every key is optional and defaults to the config type's default; unknown
 //! keys are errors. A [`SettingsError`] names the key (with its section)
@@ -14,7 +13,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::{CoalesceConfig, RetryConfig, SpoolConfig, SyncMode};
+use crate::{CoalesceConfig, SpoolConfig, SyncMode};
 
 /// A configuration value that is out of range or not allowed. Its message
 /// names the key and what is allowed, and never a secret.
@@ -58,8 +57,8 @@ pub fn seconds(key: &str, v: f64, max: f64) -> Result<Duration, SettingsError> {
         .ok_or_else(bad)
 }
 
-/// `[spool-limits]`: the bounds of each destination's own queue (a
-/// destination may override them).
+/// `[queue]`: each destination's own queue: its bounds and its one retry
+/// loop (a project's endpoint may override some of them).
 #[derive(Debug, Default, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct QueueSettings {
@@ -75,6 +74,9 @@ pub struct QueueSettings {
     /// The longest wait between offers of one entry, in seconds [default
     /// 300]: after a long outage, delivery resumes within this.
     pub retry_max_delay_secs: Option<f64>,
+    /// The longest one delivery attempt may run, in seconds [default 60];
+    /// it is then abandoned and retried later.
+    pub attempt_timeout_secs: Option<f64>,
 }
 
 impl QueueSettings {
@@ -96,29 +98,32 @@ impl QueueSettings {
             Some("per-entry") => c = c.sync(SyncMode::PerEntry),
             Some(other) => {
                 return Err(SettingsError::key(
-                    "spool-limits.sync",
+                    "queue.sync",
                     format!("is `{other}`; allowed: group-commit, per-entry"),
                 ));
             }
         }
         if self.retry_min_delay_secs.is_some() || self.retry_max_delay_secs.is_some() {
             let min = match self.retry_min_delay_secs {
-                Some(v) => seconds("spool-limits.retry_min_delay_secs", v, MAX_SECS)?,
+                Some(v) => seconds("queue.retry_min_delay_secs", v, MAX_SECS)?,
                 None => c.retry_min_delay,
             };
             let max = match self.retry_max_delay_secs {
-                Some(v) => seconds("spool-limits.retry_max_delay_secs", v, MAX_SECS)?,
+                Some(v) => seconds("queue.retry_max_delay_secs", v, MAX_SECS)?,
                 None => c.retry_max_delay.max(min),
             };
             if max < min {
                 return Err(SettingsError::key(
-                    "spool-limits.retry_max_delay_secs",
+                    "queue.retry_max_delay_secs",
                     format!("({max:?}) is below `retry_min_delay_secs` ({min:?})"),
                 ));
             }
             c = c.retry_delays(min, max);
         }
-        check_queue("spool-limits", &c)?;
+        if let Some(v) = self.attempt_timeout_secs {
+            c = c.attempt_timeout(seconds("queue.attempt_timeout_secs", v, MAX_SECS)?);
+        }
+        check_queue("queue", &c)?;
         Ok(c)
     }
 }
@@ -143,40 +148,6 @@ pub fn check_queue(section: &str, c: &SpoolConfig) -> Result<(), SettingsError> 
             format!("is {value}; allowed: {allowed}"),
         )),
         Err(e) => Err(SettingsError(format!("[{section}]: {e}"))),
-    }
-}
-
-/// `[retry]`: the retries around each delivery attempt.
-#[derive(Debug, Default, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RetrySettings {
-    /// The first wait in seconds [default 0.5].
-    pub min_delay_secs: Option<f64>,
-    /// The longest wait in seconds [default 30].
-    pub max_delay_secs: Option<f64>,
-    /// Give up on one attempt series after this many seconds [default 60];
-    /// the queue tries again later.
-    pub deadline_secs: Option<f64>,
-}
-
-impl RetrySettings {
-    /// The checked retry configuration.
-    ///
-    /// # Errors
-    ///
-    /// A [`SettingsError`] naming the first key out of range.
-    pub fn config(&self) -> Result<RetryConfig, SettingsError> {
-        let mut c = RetryConfig::default();
-        if let Some(v) = self.min_delay_secs {
-            c = c.min_delay(seconds("retry.min_delay_secs", v, MAX_SECS)?);
-        }
-        if let Some(v) = self.max_delay_secs {
-            c = c.max_delay(seconds("retry.max_delay_secs", v, MAX_SECS)?);
-        }
-        if let Some(v) = self.deadline_secs {
-            c = c.deadline(seconds("retry.deadline_secs", v, MAX_SECS)?);
-        }
-        Ok(c)
     }
 }
 
@@ -219,10 +190,6 @@ mod tests {
             format!("{:?}", SpoolConfig::default())
         );
         assert_eq!(
-            format!("{:?}", RetrySettings::default().config().unwrap()),
-            format!("{:?}", RetryConfig::default())
-        );
-        assert_eq!(
             format!("{:?}", CoalesceSettings::default().config().unwrap()),
             format!("{:?}", CoalesceConfig::default())
         );
@@ -232,14 +199,16 @@ mod tests {
     fn values_are_applied_and_bad_ones_named() {
         let q = QueueSettings {
             max_entries: Some(7),
-            max_bytes: Some(4096),
+            max_bytes: Some(1 << 20),
             sync: Some("per-entry".into()),
             retry_min_delay_secs: Some(2.0),
             retry_max_delay_secs: None,
+            attempt_timeout_secs: Some(5.0),
         }
         .config()
         .unwrap();
-        assert_eq!((q.max_entries, q.max_bytes), (7, 4096));
+        assert_eq!((q.max_entries, q.max_bytes), (7, 1 << 20));
+        assert_eq!(q.attempt_timeout, Duration::from_secs(5));
         assert_eq!(q.sync, SyncMode::PerEntry);
         assert_eq!(q.retry_min_delay, Duration::from_secs(2));
         assert!(q.retry_max_delay >= q.retry_min_delay);
@@ -251,7 +220,7 @@ mod tests {
         }
         .config());
         assert!(
-            s.contains("`spool-limits.sync` is `sometimes`; allowed: group-commit, per-entry"),
+            s.contains("`queue.sync` is `sometimes`; allowed: group-commit, per-entry"),
             "{s}"
         );
         let s = err(QueueSettings {
@@ -261,17 +230,28 @@ mod tests {
         }
         .config());
         assert!(
-            s.contains("`spool-limits.retry_max_delay_secs` (2s) is below"),
+            s.contains("`queue.retry_max_delay_secs` (2s) is below"),
             "{s}"
         );
 
-        let r = RetrySettings {
-            deadline_secs: Some(1e30),
-            ..RetrySettings::default()
-        };
-        let s = r.config().unwrap_err().to_string();
+        let s = err(QueueSettings {
+            attempt_timeout_secs: Some(1e30),
+            ..QueueSettings::default()
+        }
+        .config());
         assert!(
-            s.contains("`retry.deadline_secs` must be a positive number of seconds, at most 86400"),
+            s.contains(
+                "`queue.attempt_timeout_secs` must be a positive number of seconds, at most 86400"
+            ),
+            "{s}"
+        );
+        let s = err(QueueSettings {
+            max_bytes: Some(4096),
+            ..QueueSettings::default()
+        }
+        .config());
+        assert!(
+            s.contains("`queue.max_bytes` is 4096; allowed: at least 1048576"),
             "{s}"
         );
         let c = CoalesceSettings {

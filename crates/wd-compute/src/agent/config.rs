@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use serde::Deserialize;
-use wd_notify::settings::{CoalesceSettings, QueueSettings, RetrySettings};
+use wd_notify::settings::{CoalesceSettings, QueueSettings};
 
 /// The log format on stderr, for the program that hosts the agent.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -25,8 +25,8 @@ pub enum LogFormat {
 /// - `[webhook]` and `[[webhook.projects]]`:
 ///   `wd_notify_webhook::WebhookSettings` (feature `webhook`);
 /// - `[amqp]`: `wd_notify_amqp::AmqpSettings` (feature `amqp`);
-/// - `[spool-limits]`, `[retry]`, `[coalesce]`: [`QueueSettings`],
-///   [`RetrySettings`], [`CoalesceSettings`] from `wd-notify`;
+/// - `[queue]`, `[coalesce]`: [`QueueSettings`], [`CoalesceSettings`] from
+///   `wd-notify`;
 /// - `[directory]`: [`DirectorySettings`](crate::directory::DirectorySettings).
 ///
 /// A build without a transport's feature refuses that transport's section
@@ -81,12 +81,10 @@ pub struct AgentConfig {
     /// Storm control.
     #[serde(default)]
     pub coalesce: CoalesceSettings,
-    /// Each destination's queue bounds and redelivery delays.
-    #[serde(default, rename = "spool-limits")]
-    pub spool_limits: QueueSettings,
-    /// Retries around each delivery attempt.
+    /// Each destination's queue: its bounds, redelivery delays and attempt
+    /// timeout (its one retry loop).
     #[serde(default)]
-    pub retry: RetrySettings,
+    pub queue: QueueSettings,
     /// The bounds of the owner cache.
     #[serde(default)]
     pub directory: crate::directory::DirectorySettings,
@@ -113,8 +111,7 @@ impl std::fmt::Debug for AgentConfig {
             .field("webhook", &self.webhook)
             .field("amqp", &self.amqp)
             .field("coalesce", &self.coalesce)
-            .field("spool_limits", &self.spool_limits)
-            .field("retry", &self.retry)
+            .field("queue", &self.queue)
             .field("directory", &self.directory)
             .finish_non_exhaustive()
     }

@@ -10,7 +10,7 @@
 //! nothing changes. One that passes is applied:
 //!
 //! - each running destination (same kind, project and URL) takes its new
-//!   transport (secrets, TLS files, timeouts) and retry settings at once;
+//!   transport (secrets, TLS files, timeouts) at once;
 //!   its queue, with everything waiting in it, is kept;
 //! - a new destination (a new project's endpoint) gets its queue and worker
 //!   at once;
@@ -22,7 +22,8 @@
 //! Every other setting that changed is named in
 //! [`Reloaded::needs_restart`]: the libvirt URI and `read_only`, the host
 //! name, the spool directory, coalescing, the owner cache, the health
-//! interval, and a destination's queue bounds.
+//! interval, and a destination's queue settings (`[queue]`: bounds, retry
+//! delays, attempt timeout).
 
 use crate::RuntimeConfig;
 
@@ -64,8 +65,7 @@ impl Fixed {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Reloaded {
-    /// Running destinations that took their new transport and retry
-    /// settings.
+    /// Running destinations that took their new transport.
     pub updated: Vec<String>,
     /// New destinations, started (or removed ones configured again).
     pub added: Vec<String>,

@@ -62,10 +62,9 @@ url = "amqp://guest@127.0.0.1:5672/%2f"
 priority = "warn"
 [coalesce]
 window_secs = 30
-[spool-limits]
+[queue]
 max_entries = 1000
-[retry]
-deadline_secs = 9
+attempt_timeout_secs = 9
 [directory]
 retire_after_secs = 120
 max_entries = 500
@@ -114,8 +113,8 @@ max_entries = 500
     assert_eq!(r.listener.uri, "qemu:///system");
     assert!(r.listener.read_only, "read-only by default");
     assert_eq!(r.coalesce.window, Duration::from_secs(30));
-    assert_eq!(r.spool.max_entries, 1000);
-    assert_eq!(r.retry.deadline, Duration::from_secs(9));
+    assert_eq!(r.queue.max_entries, 1000);
+    assert_eq!(r.queue.attempt_timeout, Duration::from_secs(9));
     assert!(r.spool_dir.is_none());
     assert!(!agent.waits());
     let d = agent.directory_config();
@@ -173,19 +172,19 @@ fn bad_configurations_name_what_is_wrong() {
         "`health_interval_secs`",
     );
     check(
-        "notify = [\"log\"]\n[spool-limits]\nsync = \"sometimes\"\n",
+        "notify = [\"log\"]\n[queue]\nsync = \"sometimes\"\n",
         &[],
         "allowed: group-commit, per-entry",
     );
     check(
-        "notify = [\"log\"]\n[spool-limits]\nmax_bytes = 4096\n",
+        "notify = [\"log\"]\n[queue]\nmax_bytes = 4096\n",
         &[],
-        "config key `spool-limits.max_bytes` is 4096; allowed: at least 1048576",
+        "config key `queue.max_bytes` is 4096; allowed: at least 1048576",
     );
     check(
-        "notify = [\"log\"]\n[spool-limits]\nmax_entries = 0\n",
+        "notify = [\"log\"]\n[queue]\nmax_entries = 0\n",
         &[],
-        "config key `spool-limits.max_entries` is 0; allowed: at least 1",
+        "config key `queue.max_entries` is 0; allowed: at least 1",
     );
     check(
         "notify = [\"http://127.0.0.1:9/x\"]\n[webhook]\nca_file = \"/nonexistent/ca.pem\"\n",
@@ -279,9 +278,9 @@ fn it_starts_reloads_and_stops_on_the_test_driver() {
         refused(&mut running, format!("{base}notify = [\"smtp://x\"]\n"));
         let e = refused(
             &mut running,
-            format!("{base}notify = [\"log\"]\n[spool-limits]\nmax_bytes = 4096\n"),
+            format!("{base}notify = [\"log\"]\n[queue]\nmax_bytes = 4096\n"),
         );
-        assert!(e.contains("spool-limits.max_bytes"), "{e}");
+        assert!(e.contains("queue.max_bytes"), "{e}");
         let e = refused(
             &mut running,
             format!("{base}notify = [\"log\"]\n{project}max_entries = 0\n"),
@@ -304,7 +303,7 @@ fn it_starts_reloads_and_stops_on_the_test_driver() {
         let states: Vec<_> = running.runtime().status().iter().map(|s| s.state).collect();
         assert_eq!(states, [wd_notify::DestinationState::Active, wd_notify::DestinationState::Retired]);
         let bounded = parse(&format!(
-            "{base}host = \"elsewhere\"\nnotify = [\"log\"]\n[directory]\nmax_entries = 10\n[coalesce]\nwindow_secs = 7\n[spool-limits]\nmax_entries = 50\n[retry]\ndeadline_secs = 5\n"
+            "{base}host = \"elsewhere\"\nnotify = [\"log\"]\n[directory]\nmax_entries = 10\n[coalesce]\nwindow_secs = 7\n[queue]\nmax_entries = 50\n"
         ));
         let done = running.reload(&bounded, &|_| None).unwrap();
         assert_eq!(

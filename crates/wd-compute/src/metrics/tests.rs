@@ -38,7 +38,6 @@ fn router(m: &Metrics, destinations: Vec<Destination>) -> Arc<Router> {
     let defaults = wd_notify::RouterDefaults {
         queue: wd_notify::SpoolConfig::default()
             .retry_delays(Duration::from_millis(1), Duration::from_millis(2)),
-        retry: wd_notify::RetryConfig::default().max_attempts(1),
     };
     let r = Arc::new(Router::open(None, destinations, &defaults).unwrap());
     m.watch(&r);
@@ -234,16 +233,13 @@ async fn an_attempt_cut_off_by_a_deadline_counts_as_failed() {
         }
     }
     let m = Metrics::new();
-    let r = router(
-        &m,
-        vec![
-            dest("amqp", DestinationKind::Bus, Hang).retry(
-                wd_notify::RetryConfig::default()
-                    .max_attempts(1)
-                    .deadline(Duration::from_millis(20)),
-            ),
-        ],
-    );
+    let r =
+        router(
+            &m,
+            vec![dest("amqp", DestinationKind::Bus, Hang).queue(
+                wd_notify::SpoolConfig::default().attempt_timeout(Duration::from_millis(20)),
+            )],
+        );
     r.notify(&firing()).await.unwrap();
     until("an abandoned attempt", || r.status()[0].failed > 0).await;
     let text = m.encode();

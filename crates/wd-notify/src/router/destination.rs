@@ -8,7 +8,6 @@ use std::time::Duration;
 use crate::kind::FailureKind;
 use crate::model::Notification;
 use crate::notifier::Notifier;
-use crate::retry::RetryConfig;
 use crate::spool::SpoolConfig;
 
 /// What kind of destination a queue feeds.
@@ -96,9 +95,6 @@ pub struct Destination {
     /// most its `Retry-After` is honoured); `None` takes the router's
     /// default.
     pub queue: Option<SpoolConfig>,
-    /// The retry around the backend, inside the queue; `None` takes the
-    /// router's default.
-    pub retry: Option<RetryConfig>,
 }
 
 impl From<(String, Arc<dyn Notifier>)> for Destination {
@@ -134,7 +130,6 @@ impl Destination {
             route,
             notifier,
             queue: None,
-            retry: None,
         }
     }
 
@@ -149,13 +144,6 @@ impl Destination {
     #[must_use]
     pub fn queue(mut self, config: SpoolConfig) -> Self {
         self.queue = Some(config);
-        self
-    }
-
-    /// Sets [`Destination::retry`].
-    #[must_use]
-    pub fn retry(mut self, config: RetryConfig) -> Self {
-        self.retry = Some(config);
         self
     }
 

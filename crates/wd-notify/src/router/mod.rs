@@ -1,6 +1,6 @@
 //! Per-destination queues: fan out first, then one queue (a [`Spool`], on
-//! disk or in memory) per destination, then the destination with its
-//! [`Retry`]. This is Vector's model (one disk buffer per sink): a
+//! disk or in memory) per destination, whose worker is the destination's one
+//! retry loop, then the destination. This is Vector's model (one disk buffer per sink): a
 //! destination that hangs, fails or throttles fills only its own queue and
 //! delays no other.
 //!
@@ -19,7 +19,6 @@ use async_trait::async_trait;
 use crate::error::{Error, Result};
 use crate::model::Notification;
 use crate::notifier::{Notifier, NotifyError};
-use crate::retry::{Retry, RetryConfig};
 use crate::spool::{Spool, SpoolConfig, SpoolStats, error_chain, lock_dir};
 
 mod destination;
@@ -31,22 +30,18 @@ pub use reconfigure::Reconfigured;
 pub use tally::DeliveryObserver;
 use tally::{Counted, Nowhere, ObserverCell, Swap, Tally};
 
-/// The queue and retry settings of destinations that do not set their own.
+/// The queue settings of destinations that do not set their own.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RouterDefaults {
-    /// Each queue's bounds and redelivery delays.
+    /// Each queue's bounds, redelivery delays and attempt timeout: the one
+    /// place a destination's retries are configured.
     pub queue: SpoolConfig,
-    /// The retry around each destination's transport.
-    pub retry: RetryConfig,
 }
 
 impl RouterDefaults {
-    /// `d`'s queue settings, and its retry settings.
-    fn resolve(&self, d: &Destination) -> (SpoolConfig, RetryConfig) {
-        (
-            d.queue.clone().unwrap_or_else(|| self.queue.clone()),
-            d.retry.clone().unwrap_or_else(|| self.retry.clone()),
-        )
+    /// `d`'s queue settings.
+    fn resolve(&self, d: &Destination) -> SpoolConfig {
+        d.queue.clone().unwrap_or_else(|| self.queue.clone())
     }
 }
 
@@ -65,7 +60,7 @@ struct Queue {
     state: AtomicU8,
     /// Its counters, last failure and removal switch.
     tally: Arc<Tally>,
-    /// What its worker calls: its retry around its counted transport.
+    /// What its worker calls: its counted transport.
     stack: Arc<Swap>,
     /// The queue settings it was opened with (they need a reopen to change).
     config: SpoolConfig,
@@ -172,10 +167,10 @@ impl Router {
     /// Opens `d`'s queue (with any backlog a previous run left there) and
     /// starts its worker.
     fn open_queue(&self, d: Destination, defaults: &RouterDefaults) -> Result<Queue> {
-        let (config, retry) = defaults.resolve(&d);
+        let config = defaults.resolve(&d);
         let dir = d.dir_name();
         let tally = Arc::new(Tally::new(d.name.clone(), d.kind, self.observer.clone()));
-        let stack = Arc::new(Swap::new(stack(&tally, d.notifier, retry)));
+        let stack = Arc::new(Swap::new(stack(&tally, d.notifier)));
         let spool = self.open_spool(&dir, d.name, config.clone(), stack.clone())?;
         Ok(Queue {
             dir,
@@ -385,17 +380,13 @@ impl Router {
     }
 }
 
-/// A destination's delivery stack: its retry around its counted transport.
-fn stack(
-    tally: &Arc<Tally>,
-    transport: Arc<dyn Notifier>,
-    retry: RetryConfig,
-) -> Arc<dyn Notifier> {
-    let counted = Counted {
+/// What a destination's queue worker calls: its transport, counted. The
+/// queue's worker is the one retry loop.
+fn stack(tally: &Arc<Tally>, transport: Arc<dyn Notifier>) -> Arc<dyn Notifier> {
+    Arc::new(Counted {
         tally: tally.clone(),
         inner: transport,
-    };
-    Arc::new(Retry::new(counted, retry))
+    })
 }
 
 #[async_trait]

@@ -17,8 +17,8 @@ use crate::error::{Error, Result};
 #[non_exhaustive]
 pub struct Reconfigured {
     /// Destinations that were running and took their new transport (new
-    /// secrets, TLS files, timeouts) and retry settings at once; their
-    /// queues, with everything waiting in them, are kept.
+    /// secrets, TLS files, timeouts) at once; their queues, with everything
+    /// waiting in them, are kept.
     pub updated: Vec<String>,
     /// New destinations, their queues opened (with any backlog a removed
     /// destination of the same identity left) and started.
@@ -40,8 +40,8 @@ impl Router {
     ///   first; if any of that fails, the error is returned and nothing
     ///   has changed (the queues just opened are closed again);
     /// - a destination already running (same [`Destination::dir_name`])
-    ///   takes its new transport and retry settings at once, keeping its
-    ///   queue; a change of its queue's bounds is reported in
+    ///   takes its new transport at once, keeping its queue; a change of
+    ///   its queue settings is reported in
     ///   [`Reconfigured::needs_restart`];
     /// - a new destination gets its queue and worker, taking over a removed
     ///   or orphaned queue of the same identity (and its backlog);
@@ -65,7 +65,7 @@ impl Router {
         check_unique(&next)?;
         defaults.queue.validate()?;
         for d in &next {
-            defaults.resolve(d).0.validate()?;
+            defaults.resolve(d).validate()?;
         }
         let current = self.queues();
         let wanted: Vec<String> = next.iter().map(Destination::dir_name).collect();
@@ -87,13 +87,13 @@ impl Router {
 
         let mut done = Reconfigured::default();
         for (q, d) in kept {
-            let (config, retry) = defaults.resolve(&d);
+            let config = defaults.resolve(&d);
             if config != q.config {
                 done.needs_restart
                     .push(format!("queue settings of destination {}", d.name));
             }
             *q.tally.name.write().unwrap_or_else(|p| p.into_inner()) = d.name.clone();
-            q.stack.set(stack(&q.tally, d.notifier, retry));
+            q.stack.set(stack(&q.tally, d.notifier));
             let was = q.state.swap(ACTIVE, Ordering::SeqCst);
             q.tally.removed.store(false, Ordering::SeqCst);
             q.spool.set_paused(false);

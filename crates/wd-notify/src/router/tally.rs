@@ -174,12 +174,11 @@ impl Notifier for Counted {
             }
         }
         if self.tally.removed.load(Ordering::SeqCst) {
-            // Retryable, so that the entry stays queued; the long wait makes
-            // a running retry loop give up at once instead of trying again.
+            // Retryable, so that the entry stays queued (its queue is
+            // paused: it is not offered again until drained or taken back).
             return Err(NotifyError::retryable(
                 "destination removed from the configuration; its backlog is kept",
-            )
-            .with_retry_after(Duration::from_secs(24 * 3600)));
+            ));
         }
         let mut guard = Abandoned {
             tally: &self.tally,
@@ -194,8 +193,7 @@ impl Notifier for Counted {
     }
 }
 
-/// A destination's delivery stack (its retry around its counted
-/// transport), replaced in place by [`Router::reconfigure`] while its queue
+/// A destination's counted transport, replaced in place by [`Router::reconfigure`] while its queue
 /// keeps running. A delivery in flight at a swap finishes with the old one.
 ///
 /// [`Router::reconfigure`]: crate::Router::reconfigure

@@ -43,8 +43,7 @@ fn quick() -> SpoolConfig {
 
 fn dest(name: &str, kind: DestinationKind, route: Route, n: Arc<dyn Notifier>) -> Destination {
     Destination::new(name, kind, route, n)
-        .queue(quick())
-        .retry(RetryConfig::default().deadline(Duration::from_millis(200)))
+        .queue(quick().attempt_timeout(Duration::from_millis(200)))
 }
 
 fn channel(name: &str, route: Route) -> (Destination, mpsc::Receiver<Notification>) {
@@ -242,8 +241,7 @@ async fn without_a_spool_a_refused_notification_is_retried_from_memory() {
             Ok(())
         }
     });
-    let d = dest("flaky", DestinationKind::Bus, Route::All, flaky.clone())
-        .retry(RetryConfig::default().max_attempts(1));
+    let d = dest("flaky", DestinationKind::Bus, Route::All, flaky.clone());
     let router = Router::open(None, vec![d], &RouterDefaults::default()).unwrap();
     router.notify(&firing(1)).await.unwrap();
     until("delivery after retries", || {

@@ -42,6 +42,10 @@ pub struct SpoolConfig {
     /// The longest wait between retries of one entry, and the most a
     /// destination's `Retry-After` is honoured. Default 5 min; at most 1 day.
     pub retry_max_delay: Duration,
+    /// The longest one delivery attempt may run; one still running then is
+    /// abandoned and counts as a retryable failure. Default 60 s; at most 1
+    /// day.
+    pub attempt_timeout: Duration,
 }
 
 impl Default for SpoolConfig {
@@ -54,6 +58,7 @@ impl Default for SpoolConfig {
             concurrency: 8,
             retry_min_delay: Duration::from_secs(1),
             retry_max_delay: Duration::from_secs(300),
+            attempt_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -100,6 +105,13 @@ impl SpoolConfig {
     pub fn retry_delays(mut self, min: Duration, max: Duration) -> Self {
         self.retry_min_delay = min;
         self.retry_max_delay = max;
+        self
+    }
+
+    /// Sets [`SpoolConfig::attempt_timeout`].
+    #[must_use]
+    pub fn attempt_timeout(mut self, d: Duration) -> Self {
+        self.attempt_timeout = d;
         self
     }
 
@@ -155,6 +167,12 @@ impl SpoolConfig {
             "retry_max_delay",
             format!("{:?}", self.retry_max_delay),
             "at most 1 day",
+        )?;
+        check(
+            !self.attempt_timeout.is_zero() && self.attempt_timeout <= MAX_DELAY,
+            "attempt_timeout",
+            format!("{:?}", self.attempt_timeout),
+            "more than 0 and at most 1 day",
         )?;
         check(
             self.retry_min_delay <= self.retry_max_delay,

@@ -147,8 +147,17 @@ async fn deliver(shared: Arc<Shared>, inner: Arc<dyn Notifier>, acks: AckSink) {
                 e.due = None;
                 let n = e.n.clone();
                 let inner = inner.clone();
+                let timeout = shared.config.attempt_timeout;
                 in_flight.push(async move {
-                    let result = notify_catching(&*inner, &n).await;
+                    // The one bound on an attempt: a destination that hangs
+                    // holds one of this queue's slots for at most this long.
+                    let result = tokio::time::timeout(timeout, notify_catching(&*inner, &n))
+                        .await
+                        .unwrap_or_else(|_| {
+                            Err(NotifyError::retryable(format!(
+                                "attempt abandoned after {timeout:?} (attempt_timeout)"
+                            )))
+                        });
                     (seq, n, result)
                 });
             }

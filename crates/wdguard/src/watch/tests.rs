@@ -167,9 +167,9 @@ fn bad_configurations_name_what_is_wrong() {
     );
     check_err(
         &["--notify", "log"],
-        Some("[retry]\ndeadline_secs = 1e30\n"),
+        Some("[queue]\nattempt_timeout_secs = 1e30\n"),
         &[],
-        "`retry.deadline_secs` must be a positive number of seconds, at most 86400",
+        "`queue.attempt_timeout_secs` must be a positive number of seconds, at most 86400",
     );
     check_err(
         &["--notify", "log"],
@@ -185,15 +185,15 @@ fn bad_configurations_name_what_is_wrong() {
     );
     check_err(
         &["--notify", "log"],
-        Some("[spool-limits]\nsync = \"sometimes\"\n"),
+        Some("[queue]\nsync = \"sometimes\"\n"),
         &[],
         "allowed: group-commit, per-entry",
     );
     check_err(
         &["--notify", "log"],
-        Some("[spool-limits]\nretry_min_delay_secs = 10\nretry_max_delay_secs = 2\n"),
+        Some("[queue]\nretry_min_delay_secs = 10\nretry_max_delay_secs = 2\n"),
         &[],
-        "`spool-limits.retry_max_delay_secs` (2s) is below",
+        "`queue.retry_max_delay_secs` (2s) is below",
     );
     check_err(
         &["--notify", "log"],
