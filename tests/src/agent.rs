@@ -25,18 +25,18 @@ pub fn wdguard_path() -> anyhow::Result<PathBuf> {
 }
 
 /// A running agent; killed (SIGKILL) when dropped if still running.
-pub struct Agent {
+pub struct AgentProcess {
     child: Child,
     /// Where its stderr (the structured log) goes.
     pub log: PathBuf,
 }
 
-impl Agent {
+impl AgentProcess {
     /// Starts `wdguard watch --config CONFIG` with the webhook secret in the
     /// environment, logging to `log`.
-    pub fn start(config: &Path, secret: &str, log: &Path) -> anyhow::Result<Agent> {
+    pub fn start(config: &Path, secret: &str, log: &Path) -> anyhow::Result<AgentProcess> {
         let config = config.as_os_str();
-        Agent::start_with(
+        AgentProcess::start_with(
             &["--config".as_ref(), config],
             &[("WD_WEBHOOK_SECRET", secret)],
             log,
@@ -49,7 +49,7 @@ impl Agent {
         args: &[&std::ffi::OsStr],
         envs: &[(&str, &str)],
         log: &Path,
-    ) -> anyhow::Result<Agent> {
+    ) -> anyhow::Result<AgentProcess> {
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -64,7 +64,7 @@ impl Agent {
             .stderr(file)
             .spawn()
             .context("start wdguard watch")?;
-        Ok(Agent {
+        Ok(AgentProcess {
             child,
             log: log.to_owned(),
         })
@@ -162,7 +162,7 @@ impl Agent {
     }
 }
 
-impl Drop for Agent {
+impl Drop for AgentProcess {
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
             let _ = self.child.kill();

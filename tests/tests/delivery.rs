@@ -42,15 +42,15 @@ impl InstanceDirectory for Owners {
 }
 
 /// A running runtime fed by `fire`.
-struct Agent {
+struct Harness {
     runtime: Runtime,
     items: mpsc::UnboundedSender<Item>,
     owners: Arc<Owners>,
     _spool: Scratch,
 }
 
-impl Agent {
-    fn start(destinations: Vec<Destination>, config: impl FnOnce(&mut RuntimeConfig)) -> Agent {
+impl Harness {
+    fn start(destinations: Vec<Destination>, config: impl FnOnce(&mut RuntimeConfig)) -> Harness {
         let spool = Scratch::new("wd-delivery-spool");
         let mut cfg = RuntimeConfig::new("delivery-test").spool_dir(&spool.0);
         cfg.queue = SpoolConfig::default()
@@ -65,7 +65,7 @@ impl Agent {
             futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|i| (i, rx)) });
         let owners = Arc::new(Owners::default());
         let runtime = Runtime::start_with(cfg, owners.clone(), destinations, items).unwrap();
-        Agent {
+        Harness {
             runtime,
             items: tx,
             owners,
@@ -146,7 +146,7 @@ fn has(got: &[Received], path: &str, uuid: Uuid) -> bool {
 }
 
 /// Fires B's guest and returns how long until its own endpoint has it.
-async fn b_latency(agent: &Agent, receiver: &Receiver) -> Duration {
+async fn b_latency(agent: &Harness, receiver: &Receiver) -> Duration {
     let t0 = Instant::now();
     let b = agent.fire(B);
     let got = receiver
@@ -171,7 +171,7 @@ async fn hostile_endpoints_of_one_project_delay_no_other_project() {
     for h in &hostiles {
         config = config.with_project(A, Endpoint::new(h.url(), [secret(SECRET_A)]));
     }
-    let mut agent = Agent::start(webhook_destinations(config), |_| {});
+    let mut agent = Harness::start(webhook_destinations(config), |_| {});
 
     // Project A's guests fire 20 times: every hostile endpoint gets work.
     let fired: Vec<Uuid> = (0..20).map(|_| agent.fire(A)).collect();
@@ -245,7 +245,7 @@ async fn a_panic_in_one_worker_is_survived_and_the_others_keep_delivering() {
     let config = WebhookConfig::default()
         .with_operator(Endpoint::new(receiver.url("/ops"), [secret(OPS_SECRET)]))
         .with_project(B, Endpoint::new(receiver.url("/b"), [secret(SECRET_B)]));
-    let mut agent = Agent::start(webhook_destinations(config), |_| {});
+    let mut agent = Harness::start(webhook_destinations(config), |_| {});
     assert!(agent.runtime.router().inject_worker_panic("ops"));
     let took = b_latency(&agent, &receiver).await;
     assert!(took < Duration::from_secs(1), "project B waited {took:?}");
@@ -265,7 +265,7 @@ async fn a_dead_pipeline_task_is_reported_as_a_core_failure() {
     let receiver = Receiver::start(OPS_SECRET).await.unwrap();
     let config = WebhookConfig::default()
         .with_operator(Endpoint::new(receiver.url("/ops"), [secret(OPS_SECRET)]));
-    let mut agent = Agent::start(webhook_destinations(config), |c| {
+    let mut agent = Harness::start(webhook_destinations(config), |c| {
         c.fault_pipeline_panic_after = Some(Duration::from_millis(300));
     });
     let why = tokio::time::timeout(Duration::from_secs(10), agent.runtime.failed())
@@ -312,7 +312,7 @@ async fn rabbitmq_a_broker_outage_does_not_delay_webhooks() {
             .with_operator(Endpoint::new(receiver.url("/ops"), [secret(OPS_SECRET)])),
     );
     destinations.push(Destination::new("bus", DestinationKind::Bus, Route::All, bus).key("bus"));
-    let mut agent = Agent::start(destinations, |c| {
+    let mut agent = Harness::start(destinations, |c| {
         c.queue = c.queue.clone().attempt_timeout(Duration::from_secs(5));
     });
 
@@ -419,7 +419,7 @@ async fn wdguard_watch_exits_non_zero_when_a_core_task_dies() {
     )
     .unwrap();
     let log = dir.0.join("agent.log");
-    let mut agent = wd_e2e::agent::Agent::start_with(
+    let mut agent = wd_e2e::agent::AgentProcess::start_with(
         &["--config".as_ref(), config.as_os_str()],
         &[
             ("WD_WEBHOOK_SECRET", OPS_SECRET),

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use wd_e2e::agent::Agent;
+use wd_e2e::agent::AgentProcess;
 use wd_e2e::guest::{EventWatch, Guest};
 use wd_e2e::receiver::{Received, Receiver};
 use wd_e2e::scratch::{RestartLibvirtd, Scratch};
@@ -103,8 +103,9 @@ attempt_timeout_secs = 2
 
     /// Starts the agent, logging to `log` (a name in the scratch dir), and
     /// waits until it has done its catch-up listing.
-    async fn agent(&self, log: &str) -> Agent {
-        let mut agent = Agent::start(&self.config, OPERATOR_SECRET, &self.dir.0.join(log)).unwrap();
+    async fn agent(&self, log: &str) -> AgentProcess {
+        let mut agent =
+            AgentProcess::start(&self.config, OPERATOR_SECRET, &self.dir.0.join(log)).unwrap();
         agent.wait_ready(Duration::from_secs(60)).await.unwrap();
         agent
     }
@@ -752,7 +753,8 @@ async fn libvirtd_hostile_endpoints_of_one_project_delay_no_other_project() {
     std::fs::write(&config, text).unwrap();
     // It holds secrets: the agent refuses it readable by others.
     std::fs::set_permissions(&config, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-    let mut agent = Agent::start(&config, OPERATOR_SECRET, &dir.0.join("agent.log")).unwrap();
+    let mut agent =
+        AgentProcess::start(&config, OPERATOR_SECRET, &dir.0.join("agent.log")).unwrap();
     agent.wait_ready(Duration::from_secs(60)).await.unwrap();
 
     let spec = |project: &str, tag: &str| {

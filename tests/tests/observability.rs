@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use wd_e2e::agent::Agent;
+use wd_e2e::agent::AgentProcess;
 use wd_e2e::guest::Guest;
 use wd_e2e::receiver::{Received, Receiver};
 use wd_e2e::scratch::{RestartLibvirtd, Scratch};
@@ -62,7 +62,7 @@ fn write_private(path: &Path, text: impl AsRef<[u8]>) {
 }
 
 /// The metrics address the agent logged (it binds port 0).
-async fn metrics_addr(agent: &mut Agent) -> String {
+async fn metrics_addr(agent: &mut AgentProcess) -> String {
     agent
         .wait_log(&["serving /metrics"], Duration::from_secs(30))
         .await
@@ -187,7 +187,7 @@ async fn libvirtd_metrics_count_a_real_firing_and_its_deliveries() {
     let project = uuid::Uuid::new_v4().simple().to_string();
     let cfg = dir.0.join("wd.toml");
     write_private(&cfg, config(&receiver, &dir.0, &project));
-    let mut agent = Agent::start(&cfg, OPERATOR_SECRET, &dir.0.join("agent.log")).unwrap();
+    let mut agent = AgentProcess::start(&cfg, OPERATOR_SECRET, &dir.0.join("agent.log")).unwrap();
     let addr = metrics_addr(&mut agent).await;
     agent.wait_ready(Duration::from_secs(60)).await.unwrap();
 
@@ -264,7 +264,7 @@ async fn libvirtd_healthz_is_503_while_libvirtd_is_down_and_200_after() {
     let dir = Scratch::new("wd-obs-health");
     let cfg = dir.0.join("wd.toml");
     write_private(&cfg, config(&receiver, &dir.0, "p-health"));
-    let mut agent = Agent::start(&cfg, OPERATOR_SECRET, &dir.0.join("agent.log")).unwrap();
+    let mut agent = AgentProcess::start(&cfg, OPERATOR_SECRET, &dir.0.join("agent.log")).unwrap();
     let addr = metrics_addr(&mut agent).await;
     agent.wait_ready(Duration::from_secs(60)).await.unwrap();
     assert_eq!(get(&addr, "/healthz").await, (200, "ok\n".to_owned()));
@@ -333,9 +333,10 @@ async fn libvirtd_sighup_adds_a_project_and_refuses_a_broken_config() {
     let (head, rest) = full.split_once("[[webhook.projects]]").unwrap();
     let tail = &rest[rest.find("[queue]").unwrap()..];
     write_private(&cfg, format!("{head}{tail}"));
-    let mut agent = Agent::start(&cfg, OPERATOR_SECRET, &dir.0.join("agent.log")).unwrap();
+    let mut agent = AgentProcess::start(&cfg, OPERATOR_SECRET, &dir.0.join("agent.log")).unwrap();
     agent.wait_ready(Duration::from_secs(60)).await.unwrap();
-    let hup = |agent: &Agent| wd_testkit::run_quiet("kill", &["-HUP", &agent.pid().to_string()]);
+    let hup =
+        |agent: &AgentProcess| wd_testkit::run_quiet("kill", &["-HUP", &agent.pid().to_string()]);
 
     // Add project A's endpoint and reload.
     write_private(&cfg, &full);

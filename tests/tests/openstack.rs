@@ -19,7 +19,7 @@ use lapin::options::{
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 use serde_json::Value;
-use wd_e2e::agent::Agent;
+use wd_e2e::agent::AgentProcess;
 use wd_e2e::guest::Guest;
 use wd_e2e::scratch::Scratch;
 use wd_testkit::guest::{GuestAssets, GuestSpec, NovaOwner};
@@ -80,9 +80,9 @@ rabbit_ha_queues = false
 
 /// Starts `wdguard watch --nova-config NOVA_CONF --spool DIR/spool` and waits
 /// for its catch-up listing.
-async fn agent(dir: &Path, nova_conf: &Path) -> Agent {
+async fn agent(dir: &Path, nova_conf: &Path) -> AgentProcess {
     let spool = dir.join("spool");
-    let mut agent = Agent::start_with(
+    let mut agent = AgentProcess::start_with(
         &[
             "--nova-config".as_ref(),
             nova_conf.as_os_str(),

@@ -28,7 +28,7 @@ use lapin::options::{
 use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties, ExchangeKind};
 use serde_json::Value;
-use wd_e2e::agent::Agent;
+use wd_e2e::agent::AgentProcess;
 use wd_e2e::bench::{clock_ticks, cpu_ticks, figure, latencies_ms, median, now, status_kib};
 use wd_e2e::guest::{EventWatch, Guest, virsh};
 use wd_e2e::receiver::Receiver;
@@ -272,8 +272,8 @@ async fn latency(assets: &GuestAssets) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn start_agent(cfg: &Path, dir: &Path) -> anyhow::Result<Agent> {
-    Agent::start(cfg, SECRET, &dir.join("agent.log"))
+fn start_agent(cfg: &Path, dir: &Path) -> anyhow::Result<AgentProcess> {
+    AgentProcess::start(cfg, SECRET, &dir.join("agent.log"))
 }
 
 /// Defines `n` inactive domains (no watchdog, never started).

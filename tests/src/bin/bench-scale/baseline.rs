@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use wd_e2e::agent::Agent;
+use wd_e2e::agent::AgentProcess;
 use wd_e2e::bench::{clock_ticks, cpu_ms, figure, latencies_ms, median, status_kib};
 use wd_e2e::guest::{EventWatch, Guest};
 use wd_testkit::Libvirtd;
@@ -72,7 +72,7 @@ pub(crate) async fn baseline(assets: &GuestAssets) -> anyhow::Result<()> {
     let base = receiver(receipts.clone()).await?;
     let virsh_events = EventWatch::start("watchdog")?;
     let cfg = agent_config(&dir, Libvirtd::URI, &format!("{base}/wd"))?;
-    let mut agent = Agent::start(&cfg, SECRET, &dir.join("agent.log"))?;
+    let mut agent = AgentProcess::start(&cfg, SECRET, &dir.join("agent.log"))?;
     let python = Baseline::start(&format!("{base}/baseline"), &dir)?;
     agent.wait_ready(Duration::from_secs(60)).await?;
     python.wait_ready().await?;

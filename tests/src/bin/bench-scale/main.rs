@@ -28,7 +28,7 @@ use axum::extract::Path as UrlPath;
 use axum::http::StatusCode;
 use axum::routing::post;
 use serde_json::Value;
-use wd_e2e::agent::Agent;
+use wd_e2e::agent::AgentProcess;
 use wd_e2e::bench::{figure, median, now, status_kib};
 use wd_e2e::guest::{Guest, virsh};
 use wd_testkit::Libvirtd;
@@ -223,7 +223,7 @@ async fn catchup(assets: &GuestAssets) -> anyhow::Result<()> {
             let run_dir = dir.join(format!("{n}-{run}"));
             std::fs::create_dir_all(&run_dir)?;
             let cfg = agent_config(&run_dir, Libvirtd::URI, &url)?;
-            let mut agent = Agent::start(&cfg, SECRET, &run_dir.join("agent.log"))?;
+            let mut agent = AgentProcess::start(&cfg, SECRET, &run_dir.join("agent.log"))?;
             agent
                 .wait_log(&["catch-up listing done"], Duration::from_secs(120))
                 .await?;
