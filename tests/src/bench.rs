@@ -7,7 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 
-use crate::guest::SeenEvent;
+use crate::virsh::SeenEvent;
 
 /// Now, as seconds since the Unix epoch.
 pub fn now() -> f64 {
@@ -106,7 +106,7 @@ mod tests {
 
     #[test]
     fn latencies_pair_each_firing_with_its_own_receipt() {
-        let fired = |line: &str| crate::guest::parse_event_line(line).unwrap();
+        let fired = |line: &str| crate::virsh::parse_event_line(line).unwrap();
         let firings = [
             fired("1970-01-01 00:00:10.000+0000: event 'watchdog' for domain 'a': reset"),
             fired("1970-01-01 00:00:20.000+0000: event 'watchdog' for domain 'a': reset"),

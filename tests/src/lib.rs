@@ -9,7 +9,7 @@
 
 pub mod agent;
 pub mod bench;
-pub mod guest;
 pub mod hostile;
 pub mod receiver;
 pub mod scratch;
+pub mod virsh;

@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use wd_e2e::agent::AgentProcess;
-use wd_e2e::guest::{EventWatch, Guest};
 use wd_e2e::receiver::{Received, Receiver};
 use wd_e2e::scratch::{RestartLibvirtd, Scratch};
+use wd_e2e::virsh::{EventWatch, Guest};
 use wd_testkit::Libvirtd;
 use wd_testkit::guest::{GuestAssets, GuestSpec, NovaOwner};
 

@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use wd_e2e::agent::AgentProcess;
-use wd_e2e::guest::Guest;
 use wd_e2e::receiver::{Received, Receiver};
 use wd_e2e::scratch::{RestartLibvirtd, Scratch};
+use wd_e2e::virsh::Guest;
 use wd_testkit::Libvirtd;
 use wd_testkit::guest::{GuestSpec, NovaOwner};
 

@@ -17,8 +17,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use wd_e2e::guest::Guest;
 use wd_e2e::receiver::{Received, Receiver};
+use wd_e2e::virsh::Guest;
 use wd_testkit::Libvirtd;
 use wd_testkit::guest::{GuestSpec, NovaOwner};
 

@@ -58,7 +58,7 @@ pub enum AgentError {
         reason: String,
     },
     /// The runtime could not start (a queue, the ledger, the listener).
-    #[error("{}", chain(.0))]
+    #[error("{}", wd_notify::error_chain(.0))]
     Start(crate::Error),
     /// A core task died; a service manager should restart the agent.
     #[error("core task died: {0}")]
@@ -69,21 +69,6 @@ impl From<SettingsError> for AgentError {
     fn from(e: SettingsError) -> Self {
         AgentError::Config(e.0)
     }
-}
-
-/// An error and its causes on one line.
-pub(crate) fn chain(e: &dyn std::error::Error) -> String {
-    let mut msg = e.to_string();
-    let mut next = e.source();
-    while let Some(cause) = next {
-        let text = cause.to_string();
-        if !msg.ends_with(&text) {
-            msg.push_str(": ");
-            msg.push_str(&text);
-        }
-        next = cause.source();
-    }
-    msg
 }
 
 fn config_err(msg: impl Into<String>) -> AgentError {
@@ -453,7 +438,7 @@ impl RunningAgent {
         self.runtime
             .router()
             .drain(name)
-            .map_err(|e| AgentError::Config(chain(&e)))
+            .map_err(|e| AgentError::Config(wd_notify::error_chain(&e)))
     }
 
     /// Drops the backlog of removed destination `name` (its queue directory
@@ -468,7 +453,7 @@ impl RunningAgent {
             .router()
             .drop_backlog(name)
             .await
-            .map_err(|e| AgentError::Config(chain(&e)))
+            .map_err(|e| AgentError::Config(wd_notify::error_chain(&e)))
     }
 
     /// Completes when a core task (the pipeline, a queue writer) has died,

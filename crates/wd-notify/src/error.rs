@@ -86,5 +86,30 @@ pub enum Error {
     },
 }
 
+/// An error and its causes on one line: the workspace's one way to flatten
+/// an error chain (for logs, status and a command's last line). Causes are
+/// `: `-separated; a cause whose text is already in the line (some libraries
+/// repeat their source in their own message) is left out, and runs of
+/// whitespace, newlines included, become one space.
+///
+/// ```
+/// let io = std::io::Error::other("no such file");
+/// let e = wd_notify::Error::OpenSpool { path: "/x".into(), source: io };
+/// assert_eq!(wd_notify::error_chain(&e), "cannot open spool directory /x: no such file");
+/// ```
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let c = cause.to_string();
+        if !c.is_empty() && !text.contains(&c) {
+            text.push_str(": ");
+            text.push_str(&c);
+        }
+        source = cause.source();
+    }
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
 /// `Result` with this crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;

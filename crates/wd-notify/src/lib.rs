@@ -202,7 +202,7 @@ pub mod testing;
 
 pub use backends::{ChannelNotifier, LogNotifier};
 pub use coalesce::{Coalesce, CoalesceConfig, CoalesceStats};
-pub use error::{Error, Result};
+pub use error::{Error, Result, error_chain};
 pub use kind::{CertificateError, FailureKind};
 pub use model::{Domain, Instance, Notification, Occurrences, SCHEMA_VERSION};
 #[cfg(feature = "mock")]
@@ -225,5 +225,5 @@ pub mod fault {
 pub use spool::{
     MAX_PAYLOAD, RECORD_HEADER_LEN, RECORD_MAGIC, Record, RecordBody, RecoveryReport,
     SEGMENT_MAGIC, ScanReport, SkipReason, Skipped, Spool, SpoolConfig, SpoolStats, SyncMode,
-    error_chain, recover, scan,
+    recover, scan,
 };

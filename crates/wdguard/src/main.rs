@@ -16,7 +16,7 @@
 
 mod assets;
 mod filemode;
-mod guest;
+mod guest_args;
 mod logging;
 mod patch;
 mod resolve;
@@ -59,21 +59,9 @@ enum Command {
     Status(status::Args),
 }
 
-/// Joins an error chain into one line, skipping causes whose message the
-/// previous one already ends with (some libraries repeat their source).
-fn one_line<'a>(chain: impl Iterator<Item = &'a (dyn std::error::Error + 'static)>) -> String {
-    let mut msg = String::new();
-    for cause in chain {
-        let text = cause.to_string();
-        if msg.ends_with(&text) {
-            continue;
-        }
-        if !msg.is_empty() {
-            msg.push_str(": ");
-        }
-        msg.push_str(&text);
-    }
-    msg.split_whitespace().collect::<Vec<_>>().join(" ")
+/// `err` and its causes on one line ([`wd_notify::error_chain`]).
+fn one_line(err: &anyhow::Error) -> String {
+    wd_notify::error_chain(&**err)
 }
 
 /// clap's own error, without its usage and hints, on one line.
@@ -119,7 +107,7 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(err) => fail(&one_line(err.chain())),
+        Err(err) => fail(&one_line(&err)),
     }
 }
 
@@ -130,7 +118,7 @@ mod tests {
     #[test]
     fn error_chains_become_one_line_without_repeats() {
         let check = |err: anyhow::Error, expected: &str| {
-            assert_eq!(one_line(err.chain()), expected);
+            assert_eq!(one_line(&err), expected);
         };
         check(anyhow::anyhow!("plain"), "plain");
         let io = std::io::Error::new(std::io::ErrorKind::NotFound, "gone");

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, Result};
 use wd_xml::{Target, patch};
 
-use crate::guest::GuestArgs;
+use crate::guest_args::GuestArgs;
 
 /// `wdguard patch` flags.
 #[derive(Debug, clap::Args)]

@@ -9,7 +9,7 @@ use serde::Serialize;
 use wd_policy::{Resolved, Source, WatchdogAction};
 use wd_xml::{LibvirtVersion, Target, WatchdogDevice, devices};
 
-use crate::guest::GuestArgs;
+use crate::guest_args::GuestArgs;
 
 /// Output formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -209,17 +209,14 @@ pub fn run(args: Args) -> Result<()> {
             let mut v = read_spool(dir)?;
             v["source"] = json!(format!("spool {}", dir.display()));
             if let Some(e) = &agent_error {
-                v["health"] = json!(format!(
-                    "agent not answering ({})",
-                    crate::one_line(e.chain())
-                ));
+                v["health"] = json!(format!("agent not answering ({})", crate::one_line(&e)));
             }
             v
         }
         (None, None) => match agent_error {
             Some(e) => bail!(
                 "{}; and no spool directory to read instead (--spool, or `spool` in --config)",
-                crate::one_line(e.chain())
+                crate::one_line(&e)
             ),
             None => bail!(
                 "nothing to read: give --metrics ADDR, --spool DIR, or --config with `metrics` or `spool`"

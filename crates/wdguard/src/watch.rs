@@ -154,7 +154,7 @@ fn reload(
                     "these settings changed but take effect only at the next restart");
             }
         }
-        Err(e) => tracing::error!(error = %crate::one_line(e.chain()),
+        Err(e) => tracing::error!(error = %crate::one_line(&e),
             "reload refused: the running configuration stays in effect"),
     }
 }

@@ -30,8 +30,8 @@ use lapin::{Connection, ConnectionProperties, ExchangeKind};
 use serde_json::Value;
 use wd_e2e::agent::AgentProcess;
 use wd_e2e::bench::{clock_ticks, cpu_ticks, figure, latencies_ms, median, now, status_kib};
-use wd_e2e::guest::{EventWatch, Guest, virsh};
 use wd_e2e::receiver::Receiver;
+use wd_e2e::virsh::{EventWatch, Guest, virsh};
 use wd_testkit::guest::{GuestAssets, GuestSpec, NovaOwner};
 use wd_testkit::{Libvirtd, RabbitMq};
 

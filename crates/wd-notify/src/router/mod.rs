@@ -16,10 +16,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, error_chain};
 use crate::model::Notification;
 use crate::notifier::{Notifier, NotifyError};
-use crate::spool::{Spool, SpoolConfig, SpoolStats, error_chain, lock_dir};
+use crate::spool::{Spool, SpoolConfig, SpoolStats, lock_dir};
 
 mod destination;
 mod reconfigure;

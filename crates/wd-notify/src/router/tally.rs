@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
+use crate::error::error_chain;
 use crate::kind::FailureKind;
 use crate::model::Notification;
 use crate::notifier::{Notifier, NotifyError};
-use crate::spool::error_chain;
 
 use super::DestinationKind;
 
@@ -114,7 +114,7 @@ impl Tally {
         };
         self.failed.fetch_add(1, Ordering::Relaxed);
         let kind = FailureKind::of(e);
-        let chain = one_line(&error_chain(e));
+        let chain = bounded(error_chain(e));
         let name = self.name();
         let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
         if kind == FailureKind::Certificate {
@@ -135,9 +135,8 @@ impl Tally {
     }
 }
 
-/// `text` on one line, at most [`MAX_ERROR_CHARS`] characters.
-fn one_line(text: &str) -> String {
-    let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+/// `text`, cut to at most [`MAX_ERROR_CHARS`] characters.
+fn bounded(text: String) -> String {
     match text.char_indices().nth(MAX_ERROR_CHARS) {
         Some((i, _)) => format!("{}…", &text[..i]),
         None => text,

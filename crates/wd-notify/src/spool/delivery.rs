@@ -13,6 +13,7 @@ use tokio::time::Instant;
 use super::config::SpoolConfig;
 use super::state::Shared;
 use super::writer::Msg;
+use crate::error::error_chain;
 use crate::model::Notification;
 use crate::notifier::{Notifier, NotifyError, notify_catching};
 
@@ -46,21 +47,6 @@ fn due_after(now: Instant, wait: Duration) -> Instant {
     now.checked_add(wait.min(FAR))
         .or_else(|| now.checked_add(Duration::from_secs(3600)))
         .unwrap_or(now)
-}
-
-/// The text of an error and all its causes, `: `-separated, each cause once.
-pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let c = cause.to_string();
-        if !c.is_empty() && !text.contains(&c) {
-            text.push_str(": ");
-            text.push_str(&c);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 /// Runs the delivery worker, and restarts it (after a short pause, with its

@@ -30,7 +30,6 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 pub use config::{SpoolConfig, SyncMode};
-pub use delivery::error_chain;
 pub use format::{
     MAX_PAYLOAD, RECORD_HEADER_LEN, RECORD_MAGIC, Record, RecordBody, RecoveryReport,
     SEGMENT_MAGIC, SkipReason, Skipped, recover,

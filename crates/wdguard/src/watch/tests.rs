@@ -60,7 +60,7 @@ fn check_err(argv: &[&str], config: Option<&str>, env: &[(&str, &str)], expected
             .err()
         })
         .expect("an error");
-    let text = crate::one_line(err.chain());
+    let text = crate::one_line(&err);
     assert!(
         text.contains(expected),
         "{text:?} does not contain {expected:?}"

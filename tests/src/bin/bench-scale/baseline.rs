@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use wd_e2e::agent::AgentProcess;
 use wd_e2e::bench::{clock_ticks, cpu_ms, figure, latencies_ms, median, status_kib};
-use wd_e2e::guest::{EventWatch, Guest};
+use wd_e2e::virsh::{EventWatch, Guest};
 use wd_testkit::Libvirtd;
 use wd_testkit::guest::{GuestAssets, GuestSpec};
 

@@ -30,7 +30,7 @@ use axum::routing::post;
 use serde_json::Value;
 use wd_e2e::agent::AgentProcess;
 use wd_e2e::bench::{figure, median, now, status_kib};
-use wd_e2e::guest::{Guest, virsh};
+use wd_e2e::virsh::{Guest, virsh};
 use wd_testkit::Libvirtd;
 use wd_testkit::guest::{GuestAssets, GuestSpec, NovaOwner};
 
