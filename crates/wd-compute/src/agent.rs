@@ -1,4 +1,4 @@
-//! The whole agent as a library: [`AgentConfig`] (the configuration file
+//! The whole agent as a library: [`AgentSettings`] (the configuration file
 //! that `wdguard watch` reads) in, a supervised [`Runtime`] out.
 //!
 //! [`Agent::new`] checks everything and builds every destination before
@@ -11,7 +11,7 @@
 //! ```no_run
 //! # async fn driver() -> Result<(), Box<dyn std::error::Error>> {
 //! let text = std::fs::read_to_string("/etc/wd/wd.toml")?;
-//! let config: wd_compute::AgentConfig = toml::from_str(&text)?;
+//! let config: wd_compute::AgentSettings = toml::from_str(&text)?;
 //! let agent = wd_compute::Agent::new(&config, &|k| std::env::var(k).ok())?;
 //! let report = agent.run(async { let _ = tokio::signal::ctrl_c().await; }).await?;
 //! println!("{} firings", report.pipeline.firings);
@@ -28,11 +28,11 @@ use wd_notify::{Destination, DestinationKind, LogNotifier, Route};
 
 use crate::{Metrics, NovaDirectory, PulseHook, Runtime, RuntimeConfig, RuntimeReport};
 
-mod config;
 mod reload;
+mod settings;
 
-pub use config::{AgentConfig, LogFormat, target_has_password};
 pub use reload::Reloaded;
+pub use settings::{AgentSettings, LogFormat, target_has_password};
 
 /// The environment variable of the test-only fault hook, read only by debug
 /// builds: `pipeline-panic-after-ms=N` makes the pipeline task panic after
@@ -114,7 +114,7 @@ impl Agent {
     ///
     /// [`AgentError::Config`], naming the key or target that is wrong.
     pub fn new(
-        config: &AgentConfig,
+        config: &AgentSettings,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Agent, AgentError> {
         Self::with_metrics(config, env, Metrics::new())
@@ -126,7 +126,7 @@ impl Agent {
     ///
     /// As [`Agent::new`].
     pub fn with_metrics(
-        cfg: &AgentConfig,
+        cfg: &AgentSettings,
         env: &dyn Fn(&str) -> Option<String>,
         metrics: Metrics,
     ) -> Result<Agent, AgentError> {
@@ -397,7 +397,7 @@ impl RunningAgent {
     /// would give. Nothing changes then.
     pub fn reload(
         &mut self,
-        config: &AgentConfig,
+        config: &AgentSettings,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Reloaded, AgentError> {
         let next = Agent::with_metrics(config, env, self.metrics.clone())?;
@@ -493,7 +493,7 @@ mod transports {
     #[allow(unused_imports)]
     use wd_notify::{Destination, DestinationKind, Route, SpoolConfig};
 
-    use super::{AgentConfig, AgentError, config_err};
+    use super::{AgentError, AgentSettings, config_err};
 
     /// What `nova.conf` adds.
     pub(super) struct FromNova {
@@ -542,12 +542,12 @@ mod transports {
     }
 
     #[cfg(feature = "amqp")]
-    pub(super) fn amqp_url(cfg: &AgentConfig) -> Result<Option<String>, AgentError> {
+    pub(super) fn amqp_url(cfg: &AgentSettings) -> Result<Option<String>, AgentError> {
         Ok(cfg.amqp.url.clone())
     }
 
     #[cfg(not(feature = "amqp"))]
-    pub(super) fn amqp_url(cfg: &AgentConfig) -> Result<Option<String>, AgentError> {
+    pub(super) fn amqp_url(cfg: &AgentSettings) -> Result<Option<String>, AgentError> {
         match cfg.amqp {
             Some(_) => Err(missing("amqp", "the `[amqp]` section")),
             None => Ok(None),
@@ -556,7 +556,7 @@ mod transports {
 
     #[cfg(feature = "amqp")]
     pub(super) fn bus(
-        cfg: &AgentConfig,
+        cfg: &AgentSettings,
         target: &str,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Destination, AgentError> {
@@ -577,7 +577,7 @@ mod transports {
 
     #[cfg(not(feature = "amqp"))]
     pub(super) fn bus(
-        cfg: &AgentConfig,
+        cfg: &AgentSettings,
         target: &str,
         _env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Destination, AgentError> {
@@ -589,19 +589,19 @@ mod transports {
     }
 
     #[cfg(feature = "webhook")]
-    pub(super) fn has_projects(cfg: &AgentConfig) -> bool {
+    pub(super) fn has_projects(cfg: &AgentSettings) -> bool {
         !cfg.webhook.projects.is_empty()
     }
 
     #[cfg(not(feature = "webhook"))]
-    pub(super) fn has_projects(_cfg: &AgentConfig) -> bool {
+    pub(super) fn has_projects(_cfg: &AgentSettings) -> bool {
         false
     }
 
     /// One destination per webhook endpoint, each with its own queue.
     #[cfg(feature = "webhook")]
     pub(super) fn webhooks(
-        cfg: &AgentConfig,
+        cfg: &AgentSettings,
         operator_urls: &[String],
         env: &dyn Fn(&str) -> Option<String>,
         base: &SpoolConfig,
@@ -638,7 +638,7 @@ mod transports {
 
     #[cfg(not(feature = "webhook"))]
     pub(super) fn webhooks(
-        cfg: &AgentConfig,
+        cfg: &AgentSettings,
         operator_urls: &[String],
         _env: &dyn Fn(&str) -> Option<String>,
         _base: &SpoolConfig,

@@ -10,7 +10,7 @@
 //!
 //! # The whole agent, from its configuration file
 //!
-//! [`AgentConfig`] is the configuration file `wdguard watch --config` reads;
+//! [`AgentSettings`] is the configuration file `wdguard watch --config` reads;
 //! [`Agent`] builds, starts, supervises and reloads everything from it (see
 //! `examples/embed.rs` for a driver that runs it in about 20 lines). Each
 //! transport is a cargo feature, `webhook` and `amqp` (both default): a
@@ -67,7 +67,7 @@ mod runtime;
 pub mod spawn;
 
 pub use agent::{
-    Agent, AgentConfig, AgentError, FAULT_ENV, LogFormat, Reloaded, RunningAgent,
+    Agent, AgentError, AgentSettings, FAULT_ENV, LogFormat, Reloaded, RunningAgent,
     target_has_password,
 };
 pub use directory::{

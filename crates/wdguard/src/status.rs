@@ -188,7 +188,7 @@ fn render_text(v: &Value) -> String {
 pub fn run(args: Args) -> Result<()> {
     let cfg = match &args.config {
         Some(path) => crate::watch::load_config(path)?,
-        None => wd_compute::AgentConfig::default(),
+        None => wd_compute::AgentSettings::default(),
     };
     let addr = args.metrics.clone().or(cfg.metrics.clone());
     let spool = args.spool.clone().or(cfg.spool.clone());

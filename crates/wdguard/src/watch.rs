@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
-use wd_compute::{Agent, AgentConfig, Metrics, RunningAgent};
+use wd_compute::{Agent, AgentSettings, Metrics, RunningAgent};
 
 mod config;
 
@@ -55,10 +55,10 @@ pub struct Args {
 }
 
 /// The config file (if any) with the flags applied on top.
-pub fn config(args: &Args) -> Result<AgentConfig> {
+pub fn config(args: &Args) -> Result<AgentSettings> {
     let mut cfg = match &args.config {
         Some(path) => load_config(path)?,
-        None => AgentConfig::default(),
+        None => AgentSettings::default(),
     };
     if let Some(level) = &cfg.log_level {
         crate::logging::check_log_level(level)?;

@@ -10,7 +10,7 @@ use super::*;
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
-fn parse(text: &str) -> AgentConfig {
+fn parse(text: &str) -> AgentSettings {
     toml::from_str(text).unwrap_or_else(|e| panic!("{e}"))
 }
 
@@ -198,7 +198,7 @@ fn bad_configurations_name_what_is_wrong() {
             "allowed: pipeline-panic-after-ms=N",
         );
     }
-    let e = toml::from_str::<AgentConfig>("conect = \"x\"").unwrap_err();
+    let e = toml::from_str::<AgentSettings>("conect = \"x\"").unwrap_err();
     assert!(e.to_string().contains("unknown field `conect`"), "{e}");
 }
 

@@ -1,4 +1,4 @@
-//! [`AgentConfig`]: the agent's configuration file, as `wdguard watch
+//! [`AgentSettings`]: the agent's configuration file, as `wdguard watch
 //! --config` and an embedding driver read it. Each transport's section
 //! belongs to (and is checked by) its crate; this file only gathers them.
 
@@ -37,7 +37,7 @@ pub enum LogFormat {
 /// read them. The `Debug` output hides every credential.
 #[derive(Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct AgentConfig {
+pub struct AgentSettings {
     /// The libvirt URI [default `qemu:///system`].
     pub connect: Option<String>,
     /// This compute host's name [default: Nova's `[DEFAULT] host`, else the
@@ -93,14 +93,14 @@ pub struct AgentConfig {
     pub health_interval_secs: Option<f64>,
 }
 
-impl std::fmt::Debug for AgentConfig {
+impl std::fmt::Debug for AgentSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let notify: Vec<String> = self
             .notify
             .iter()
             .map(|t| wd_notify::redact_url(t))
             .collect();
-        f.debug_struct("AgentConfig")
+        f.debug_struct("AgentSettings")
             .field("connect", &self.connect)
             .field("host", &self.host)
             .field("notify", &notify)
@@ -134,7 +134,7 @@ pub fn target_has_password(target: &str) -> bool {
     }
 }
 
-impl AgentConfig {
+impl AgentSettings {
     /// Whether the configuration holds a secret: a webhook or project
     /// secret, or a broker password (in `[amqp]` or in a notify target).
     /// A file holding one must not be readable by others.
