@@ -133,7 +133,6 @@ fn stack(rt: &Runtime, shape: Shape) -> Stack {
             ];
             let defaults = RouterDefaults {
                 queue: SpoolConfig::default().max_entries(1 << 20),
-                ..RouterDefaults::default()
             };
             let router = Arc::new(
                 rt.block_on(async { Router::open(Some(dir.path()), dests, &defaults) })

@@ -209,7 +209,7 @@ pub fn run(args: Args) -> Result<()> {
             let mut v = read_spool(dir)?;
             v["source"] = json!(format!("spool {}", dir.display()));
             if let Some(e) = &agent_error {
-                v["health"] = json!(format!("agent not answering ({})", crate::one_line(&e)));
+                v["health"] = json!(format!("agent not answering ({})", crate::one_line(e)));
             }
             v
         }

@@ -378,7 +378,6 @@ async fn a_reconfigure_checks_what_open_checks_and_changes_nothing_when_refused(
     let (a, _) = channel("a", Route::All);
     let bad = RouterDefaults {
         queue: SpoolConfig::default().max_bytes(4096),
-        ..RouterDefaults::default()
     };
     assert!(refused(vec![a], &bad).contains("max_bytes=4096"));
     let (a, _) = channel("a", Route::All);
