@@ -31,7 +31,6 @@ use crate::{Metrics, NovaDirectory, PulseHook, Runtime, RuntimeConfig, RuntimeRe
 mod reload;
 mod settings;
 
-pub use reload::Reloaded;
 pub use settings::{AgentSettings, LogFormat, target_has_password};
 
 /// The environment variable of the test-only fault hook, read only by debug
@@ -386,7 +385,8 @@ impl RunningAgent {
     }
 
     /// Applies a new configuration, checked exactly as a start checks it,
-    /// or refuses it whole (see the module docs of [`Reloaded`]'s fields).
+    /// or refuses it whole. What it did comes back by destination name, with
+    /// every changed setting that needs a restart named by its config key.
     /// The outcome is logged (`configuration reloaded`). Must be called
     /// inside a Tokio runtime.
     ///
@@ -399,29 +399,24 @@ impl RunningAgent {
         &mut self,
         config: &AgentSettings,
         env: &dyn Fn(&str) -> Option<String>,
-    ) -> Result<Reloaded, AgentError> {
+    ) -> Result<wd_notify::Reconfigured, AgentError> {
         let next = Agent::with_metrics(config, env, self.metrics.clone())?;
         let fixed = reload::Fixed::of(&next.runtime, next.directory);
         let defaults = wd_notify::RouterDefaults {
             queue: next.runtime.queue.clone(),
         };
-        let done = self
+        let mut done = self
             .runtime
             .router()
             .reconfigure(next.destinations, &defaults)
             .map_err(|e| AgentError::Start(crate::Error::Spool(e)))?;
         let mut needs_restart = self.fixed.changes(&fixed);
-        needs_restart.extend(done.needs_restart);
+        needs_restart.append(&mut done.needs_restart);
         if !needs_restart.is_empty() {
             tracing::warn!(settings = ?needs_restart,
                 "these settings changed but take effect only at the next restart");
         }
-        let done = Reloaded {
-            updated: done.updated,
-            added: done.added,
-            removed: done.removed,
-            needs_restart,
-        };
+        done.needs_restart = needs_restart;
         tracing::info!(updated = ?done.updated, added = ?done.added, removed = ?done.removed,
             "configuration reloaded");
         Ok(done)

@@ -355,7 +355,7 @@ async fn one_projects_events_never_reach_another_projects_endpoint() {
     for n in &events {
         router.notify(n).await.unwrap();
     }
-    until(|| rx.log.lock().unwrap().len() == 9).await;
+    wd_notify::testing::until("nine requests", || rx.log.lock().unwrap().len() == 9).await;
     router.shutdown(Duration::ZERO).await;
     let seen = |path: &str| -> Vec<String> {
         requests(&rx)
@@ -460,7 +460,7 @@ async fn a_failing_endpoint_is_retried_without_resending_to_the_others() {
             .with_project("p-a", Endpoint::new(format!("{tenant_base}/a"), [key(1)])),
     );
     router.notify(&notification(Some("p-a"))).await.unwrap();
-    until(|| ops.log.lock().unwrap().len() == 2).await;
+    wd_notify::testing::until("a retried request", || ops.log.lock().unwrap().len() == 2).await;
     let status = router.status();
     assert_eq!(status.iter().map(|s| s.delivered).sum::<u64>(), 2);
     let last = status[0].last_error.clone().unwrap();
@@ -496,15 +496,6 @@ fn router(config: WebhookConfig) -> wd_notify::Router {
             .retry_delays(Duration::from_millis(10), Duration::from_millis(50)),
     };
     wd_notify::Router::open(None, destinations, &defaults).unwrap()
-}
-
-/// Waits (up to 10 s) until `done`.
-async fn until(done: impl Fn() -> bool) {
-    let t0 = Instant::now();
-    while !done() {
-        assert!(t0.elapsed() < Duration::from_secs(10), "timed out");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
 }
 
 #[tokio::test]

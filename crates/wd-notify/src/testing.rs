@@ -7,6 +7,7 @@
 //! - [`fresh_firing`]: a live firing with fresh random ids, for tests that
 //!   send several and tell them apart.
 //! - [`firing`], [`firing_at`]: deterministic firings of instance `k`.
+//! - [`until`]: waits for a condition a background worker makes true.
 //!
 //! ```
 //! let n = wd_notify::testing::documented();
@@ -86,4 +87,17 @@ pub fn firing_at(k: u128, secs: i64) -> Notification {
 /// [`firing_at`] with `secs` 0.
 pub fn firing(k: u128) -> Notification {
     firing_at(k, 0)
+}
+
+/// Waits until `done` holds, checking every 2 ms; panics naming `what`
+/// after 10 s (a worker that never gets there is a failure, not a hang).
+pub async fn until(what: &str, mut done: impl FnMut() -> bool) {
+    let t0 = std::time::Instant::now();
+    while !done() {
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(10),
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
 }

@@ -20,7 +20,8 @@
 //!   [`RunningAgent::drop_backlog`](crate::RunningAgent::drop_backlog)).
 //!
 //! Every other setting that changed is named in
-//! [`Reloaded::needs_restart`]: the libvirt URI and `read_only`, the host
+//! [`Reconfigured::needs_restart`](wd_notify::Reconfigured::needs_restart):
+//! the libvirt URI and `read_only`, the host
 //! name, the spool directory, coalescing, the owner cache, the health
 //! interval, and a destination's queue settings (`[queue]`: bounds, retry
 //! delays, attempt timeout).
@@ -59,20 +60,4 @@ impl Fixed {
             .map(|(a, _)| a.0.to_owned())
             .collect()
     }
-}
-
-/// What a reload did, by destination name.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct Reloaded {
-    /// Running destinations that took their new transport.
-    pub updated: Vec<String>,
-    /// New destinations, started (or removed ones configured again).
-    pub added: Vec<String>,
-    /// Destinations removed: they send nothing more; their backlogs wait.
-    pub removed: Vec<String>,
-    /// Changed settings that take effect only at the next restart, by
-    /// config key (`connect`, `coalesce`, …, or `queue settings of
-    /// destination NAME`).
-    pub needs_restart: Vec<String>,
 }

@@ -5,6 +5,7 @@ use async_trait::async_trait;
 use wd_notify::{Destination, Notification, Notifier, NotifyError, Route};
 
 use super::*;
+use wd_notify::testing::until;
 
 fn firing() -> Notification {
     Notification::new(
@@ -46,14 +47,6 @@ fn router(m: &Metrics, destinations: Vec<Destination>) -> Arc<Router> {
 
 fn dest(name: &str, kind: DestinationKind, n: impl Notifier + 'static) -> Destination {
     Destination::new(name, kind, Route::All, Arc::new(n))
-}
-
-async fn until(what: &str, mut done: impl FnMut() -> bool) {
-    let t0 = Instant::now();
-    while !done() {
-        assert!(t0.elapsed() < Duration::from_secs(10), "timed out: {what}");
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
 }
 
 #[tokio::test]

@@ -10,6 +10,7 @@ use tokio::sync::mpsc;
 use super::*;
 use crate::backends::ChannelNotifier;
 use crate::testing::firing;
+use crate::testing::until;
 
 /// Answers every notification after `delay` with `answer`, counting calls.
 struct Scripted {
@@ -60,17 +61,6 @@ async fn recv(rx: &mut mpsc::Receiver<Notification>, within: Duration) -> Notifi
         .await
         .expect("delivered in time")
         .expect("channel open")
-}
-
-async fn until(what: &str, mut done: impl FnMut() -> bool) {
-    let t0 = std::time::Instant::now();
-    while !done() {
-        assert!(
-            t0.elapsed() < Duration::from_secs(10),
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
 }
 
 fn hostile() -> Vec<(&'static str, Arc<Scripted>)> {

@@ -4,6 +4,7 @@ use super::delivery::retry_delay;
 use super::*;
 use crate::notifier::MockNotifier;
 use crate::testing::firing;
+use crate::testing::until;
 use std::collections::HashSet;
 use uuid::Uuid;
 
@@ -29,17 +30,6 @@ fn backend(
 
 fn quick() -> SpoolConfig {
     SpoolConfig::default().retry_delays(Duration::from_millis(5), Duration::from_millis(20))
-}
-
-async fn until(what: &str, mut done: impl FnMut() -> bool) {
-    let t0 = std::time::Instant::now();
-    while !done() {
-        assert!(
-            t0.elapsed() < Duration::from_secs(10),
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
 }
 
 fn ids(ns: &[Notification]) -> Vec<Uuid> {
