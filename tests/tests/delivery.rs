@@ -16,7 +16,7 @@ use wd_e2e::hostile::{Behaviour, Hostile};
 use wd_e2e::receiver::{Received, Receiver};
 use wd_e2e::scratch::Scratch;
 use wd_events::{DomainId, Enum, Item, Origin, WatchdogAction, WatchdogEvent};
-use wd_notify::{Destination, DestinationKind, DestinationStatus, Notifier, Route, SpoolConfig};
+use wd_notify::{Destination, DestinationKind, DestinationStatus, Notifier, Scope, SpoolConfig};
 use wd_notify_webhook::{Endpoint, Secret, WebhookConfig, WebhookNotifier};
 
 const OPS_SECRET: &str = "whsec_d2QtZTJlIG9wZXJhdG9yIHNlY3JldCAzMiBieXRlcyE=";
@@ -125,16 +125,16 @@ fn webhook_destinations(config: WebhookConfig) -> Vec<Destination> {
         .unwrap()
         .into_iter()
         .map(|e| {
-            let (name, kind, route) = match &e.project {
-                None => ("ops".to_owned(), DestinationKind::Operator, Route::All),
+            let (name, kind, scope) = match &e.project {
+                None => ("ops".to_owned(), DestinationKind::Operator, Scope::All),
                 Some(p) => (
                     format!("{p} {}", e.shown),
                     DestinationKind::Project,
-                    Route::Project(p.clone()),
+                    Scope::Project(p.clone()),
                 ),
             };
             let n: Arc<dyn Notifier> = Arc::new(e.notifier);
-            Destination::new(name, kind, route, n).key(e.fingerprint)
+            Destination::new(name, kind, scope, n).key(e.fingerprint)
         })
         .collect()
 }
@@ -311,7 +311,7 @@ async fn rabbitmq_a_broker_outage_does_not_delay_webhooks() {
         WebhookConfig::default()
             .with_operator(Endpoint::new(receiver.url("/ops"), [secret(OPS_SECRET)])),
     );
-    destinations.push(Destination::new("bus", DestinationKind::Bus, Route::All, bus).key("bus"));
+    destinations.push(Destination::new("bus", DestinationKind::Bus, Scope::All, bus).key("bus"));
     let mut agent = Harness::start(destinations, |c| {
         c.queue = c.queue.clone().attempt_timeout(Duration::from_secs(5));
     });

@@ -114,7 +114,7 @@ fn stack(rt: &Runtime, shape: Shape) -> Stack {
             _dir: None,
         },
         Shape::Router => {
-            use wd_notify::{Destination, DestinationKind, Route, Router, RouterDefaults};
+            use wd_notify::{Destination, DestinationKind, Router, RouterDefaults, Scope};
             let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
             let drained = |rt: &Runtime| {
                 let (n, mut rx) = ChannelNotifier::channel(4096);
@@ -125,11 +125,11 @@ fn stack(rt: &Runtime, shape: Shape) -> Stack {
                 Destination::new(
                     "operator",
                     DestinationKind::Operator,
-                    Route::All,
+                    Scope::All,
                     Arc::new(channel),
                 ),
-                Destination::new("bus", DestinationKind::Bus, Route::All, drained(rt)),
-                Destination::new("log", DestinationKind::Log, Route::All, drained(rt)),
+                Destination::new("bus", DestinationKind::Bus, Scope::All, drained(rt)),
+                Destination::new("log", DestinationKind::Log, Scope::All, drained(rt)),
             ];
             let defaults = RouterDefaults {
                 queue: SpoolConfig::default().max_entries(1 << 20),

@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use wd_events::ListenerConfig;
 use wd_notify::settings::{MAX_SECS, SettingsError, seconds};
-use wd_notify::{Destination, DestinationKind, LogNotifier, Route};
+use wd_notify::{Destination, DestinationKind, LogNotifier, Scope};
 
 use crate::{Metrics, NovaDirectory, PulseHook, Runtime, RuntimeConfig, RuntimeReport};
 
@@ -190,7 +190,7 @@ impl Agent {
                     Destination::new(
                         "log",
                         DestinationKind::Log,
-                        Route::All,
+                        Scope::All,
                         Arc::new(LogNotifier::new()),
                     )
                     .key("log"),
@@ -486,7 +486,7 @@ mod transports {
     use std::sync::Arc;
 
     #[allow(unused_imports)]
-    use wd_notify::{Destination, DestinationKind, Route, SpoolConfig};
+    use wd_notify::{Destination, DestinationKind, Scope, SpoolConfig};
 
     use super::{AgentError, AgentSettings, config_err};
 
@@ -518,7 +518,7 @@ mod transports {
                 let notifier = AmqpNotifier::new(config)
                     .map_err(|e| config_err(format!("nova config `{}`: {e}", path.display())))?;
                 Some(
-                    Destination::new(name, DestinationKind::Bus, Route::All, Arc::new(notifier))
+                    Destination::new(name, DestinationKind::Bus, Scope::All, Arc::new(notifier))
                         .key("bus"),
                 )
             }
@@ -564,7 +564,7 @@ mod transports {
         Ok(Destination::new(
             format!("amqp {shown}"),
             DestinationKind::Bus,
-            Route::All,
+            Scope::All,
             Arc::new(n),
         )
         .key("bus"))
@@ -607,20 +607,20 @@ mod transports {
         };
         let mut out = Vec::new();
         for e in WebhookNotifier::split(webhook).map_err(|e| config_err(format!("webhook: {e}")))? {
-            let (name, kind, route) = match &e.project {
+            let (name, kind, scope) = match &e.project {
                 None => (
                     format!("webhook operator {}", e.shown),
                     DestinationKind::Operator,
-                    Route::All,
+                    Scope::All,
                 ),
                 Some(p) => (
                     format!("webhook project {p} {}", e.shown),
                     DestinationKind::Project,
-                    Route::Project(p.clone()),
+                    Scope::Project(p.clone()),
                 ),
             };
             let mut d =
-                Destination::new(name, kind, route, Arc::new(e.notifier)).key(e.fingerprint);
+                Destination::new(name, kind, scope, Arc::new(e.notifier)).key(e.fingerprint);
             if let Some(p) = &e.project
                 && let Some(q) = cfg.webhook.project_queue(p, base)?
             {

@@ -1,6 +1,6 @@
 //! Configuration, and each endpoint checked into a [`Target`].
 //!
-//! Routing by owner is the router's (`wd_notify::Route`): each endpoint is
+//! Routing by owner is the router's (each destination's `wd_notify::Scope`): each endpoint is
 //! its own destination. A project id is matched exactly, case-sensitively;
 //! there is no default, wildcard or fallback project entry.
 

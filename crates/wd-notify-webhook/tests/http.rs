@@ -479,14 +479,14 @@ async fn a_failing_endpoint_is_retried_without_resending_to_the_others() {
 /// A router in memory over every endpoint of `config`, each its own
 /// destination (as the agent composes them), with quick redelivery.
 fn router(config: WebhookConfig) -> wd_notify::Router {
-    use wd_notify::{Destination, DestinationKind, Route};
+    use wd_notify::{Destination, DestinationKind, Scope};
     let destinations = WebhookNotifier::split(config)
         .unwrap()
         .into_iter()
         .map(|e| {
             let (kind, route) = match &e.project {
-                None => (DestinationKind::Operator, Route::All),
-                Some(p) => (DestinationKind::Project, Route::Project(p.clone())),
+                None => (DestinationKind::Operator, Scope::All),
+                Some(p) => (DestinationKind::Project, Scope::Project(p.clone())),
             };
             Destination::new(e.shown.clone(), kind, route, Arc::new(e.notifier)).key(e.fingerprint)
         })

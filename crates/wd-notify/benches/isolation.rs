@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 use uuid::Uuid;
 use wd_notify::{
     ChannelNotifier, Destination, DestinationKind, Domain, Instance, Notification, Notifier,
-    NotifyError, Route, Router, RouterDefaults, SpoolConfig,
+    NotifyError, Router, RouterDefaults, Scope, SpoolConfig,
 };
 
 /// Never answers.
@@ -57,14 +57,14 @@ fn setup(rt: &Runtime, hung: usize) -> Setup {
         let mut dests = vec![Destination::new(
             "healthy",
             DestinationKind::Project,
-            Route::Project("healthy".into()),
+            Scope::Project("healthy".into()),
             Arc::new(healthy),
         )];
         for i in 0..hung {
             dests.push(Destination::new(
                 format!("hung-{i}"),
                 DestinationKind::Project,
-                Route::Project("hostile".into()),
+                Scope::Project("hostile".into()),
                 Arc::new(Hang),
             ));
         }

@@ -59,8 +59,8 @@
 //!     Some(root.path()),
 //!     vec![
 //!         Destination::new("project p1", DestinationKind::Project,
-//!                          Route::Project("p1".into()), Arc::new(inbox)),
-//!         Destination::new("log", DestinationKind::Log, Route::All, Arc::new(LogNotifier::new())),
+//!                          Scope::Project("p1".into()), Arc::new(inbox)),
+//!         Destination::new("log", DestinationKind::Log, Scope::All, Arc::new(LogNotifier::new())),
 //!     ],
 //!     &RouterDefaults {
 //!         queue: SpoolConfig::default().attempt_timeout(Duration::from_secs(10)),
@@ -212,7 +212,7 @@ pub use redact::redact_url;
 pub use retry::{Retry, RetryConfig};
 pub use router::{
     DeliveryObserver, Destination, DestinationKind, DestinationState, DestinationStatus,
-    Reconfigured, Route, Router, RouterDefaults,
+    Reconfigured, Router, RouterDefaults, Scope,
 };
 /// Fault injection for the spool's file-system calls (feature
 /// `fault-injection`): a model of what a power cut keeps, for crash tests

@@ -13,7 +13,7 @@ use crate::guest_args::GuestArgs;
 
 /// Output formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Format {
+pub enum ResolveFormat {
     /// The provenance line, then one line per device.
     Text,
     /// One JSON object.
@@ -28,8 +28,8 @@ pub struct Args {
     #[command(flatten)]
     guest: GuestArgs,
     /// Output format.
-    #[arg(long, value_enum, default_value_t = Format::Text)]
-    format: Format,
+    #[arg(long, value_enum, default_value_t = ResolveFormat::Text)]
+    format: ResolveFormat,
 }
 
 /// The JSON output.
@@ -48,11 +48,11 @@ struct Report<'a> {
 }
 
 /// Renders the output for a resolved setting on a target.
-fn render(resolved: &Resolved, target: &Target, format: Format) -> Result<String> {
+fn render(resolved: &Resolved, target: &Target, format: ResolveFormat) -> Result<String> {
     let devices = devices(resolved.setting, target)?;
     let mut out = String::new();
     match format {
-        Format::Text => {
+        ResolveFormat::Text => {
             out.push_str(&format!("{resolved}\n"));
             if devices.is_empty() {
                 out.push_str("device: none\n");
@@ -61,7 +61,7 @@ fn render(resolved: &Resolved, target: &Target, format: Format) -> Result<String
                 out.push_str(&format!("device: {} action={}\n", d.model, d.action));
             }
         }
-        Format::Json => {
+        ResolveFormat::Json => {
             let report = Report {
                 action: resolved.setting.action(),
                 setting: resolved.setting.to_string(),
@@ -75,7 +75,7 @@ fn render(resolved: &Resolved, target: &Target, format: Format) -> Result<String
             out = serde_json::to_string(&report)?;
             out.push('\n');
         }
-        Format::Xml => {
+        ResolveFormat::Xml => {
             for d in &devices {
                 out.push_str(&format!("{d}\n"));
             }
@@ -107,7 +107,7 @@ mod tests {
     use super::*;
     use wd_policy::{OperatorPolicy, resolve};
 
-    fn check(image: &str, machine: &str, libvirt: &str, format: Format, expected: &str) {
+    fn check(image: &str, machine: &str, libvirt: &str, format: ResolveFormat, expected: &str) {
         let resolved = resolve(
             [("hw:watchdog_action", "reset")],
             [("hw_watchdog_action", image)],
@@ -124,30 +124,30 @@ mod tests {
             "pause",
             "pc",
             "9.0.0",
-            Format::Text,
+            ResolveFormat::Text,
             "watchdog=pause (image property hw_watchdog_action)\ndevice: i6300esb action=pause\n",
         );
         check(
             "disabled",
             "pc",
             "9.0.0",
-            Format::Text,
+            ResolveFormat::Text,
             "watchdog=disabled (image property hw_watchdog_action)\ndevice: none\n",
         );
         check(
             "disabled",
             "q35",
             "9.1.0",
-            Format::Json,
+            ResolveFormat::Json,
             "{\"action\":null,\"setting\":\"disabled\",\"source\":\"image\",\"key\":\"hw_watchdog_action\",\"arch\":\"x86_64\",\"machine\":\"q35\",\"libvirt_version\":\"9.1.0\",\"devices\":[{\"model\":\"itco\",\"action\":\"none\"}]}\n",
         );
         check(
             "poweroff",
             "q35",
             "9.1.0",
-            Format::Xml,
+            ResolveFormat::Xml,
             "<watchdog model='i6300esb' action='poweroff'/>\n<watchdog model='itco' action='poweroff'/>\n",
         );
-        check("disabled", "pc", "9.1.0", Format::Xml, "");
+        check("disabled", "pc", "9.1.0", ResolveFormat::Xml, "");
     }
 }

@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 
 /// Output formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Format {
+pub enum StatusFormat {
     /// A table, one destination per line.
     Text,
     /// One JSON object (the agent's `/status`, plus `source`).
@@ -39,8 +39,8 @@ pub struct Args {
     #[arg(long, value_name = "DIR")]
     spool: Option<PathBuf>,
     /// Output format.
-    #[arg(long, value_enum, default_value_t = Format::Text)]
-    format: Format,
+    #[arg(long, value_enum, default_value_t = StatusFormat::Text)]
+    format: StatusFormat,
 }
 
 /// The most bytes read from the agent's `/status`.
@@ -224,8 +224,8 @@ pub fn run(args: Args) -> Result<()> {
         },
     };
     let out = match args.format {
-        Format::Json => format!("{status}\n"),
-        Format::Text => render_text(&status),
+        StatusFormat::Json => format!("{status}\n"),
+        StatusFormat::Text => render_text(&status),
     };
     std::io::stdout()
         .write_all(out.as_bytes())

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use wd_notify::{DestinationKind, Route};
+use wd_notify::{DestinationKind, Scope};
 
 use super::*;
 
@@ -101,7 +101,7 @@ max_entries = 500
         ]
     );
     let p1 = &agent.destinations()[3];
-    assert_eq!(p1.route, Route::Project("p1".into()));
+    assert_eq!(p1.scope, Scope::Project("p1".into()));
     let queue = p1.queue.as_ref().expect("p1 has its own limits");
     assert_eq!(
         (queue.max_entries, queue.retry_max_delay),

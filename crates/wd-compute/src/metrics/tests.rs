@@ -2,7 +2,7 @@
 //! the registry encodes.
 
 use async_trait::async_trait;
-use wd_notify::{Destination, Notification, Notifier, NotifyError, Route};
+use wd_notify::{Destination, Notification, Notifier, NotifyError, Scope};
 
 use super::*;
 use wd_notify::testing::until;
@@ -46,7 +46,7 @@ fn router(m: &Metrics, destinations: Vec<Destination>) -> Arc<Router> {
 }
 
 fn dest(name: &str, kind: DestinationKind, n: impl Notifier + 'static) -> Destination {
-    Destination::new(name, kind, Route::All, Arc::new(n))
+    Destination::new(name, kind, Scope::All, Arc::new(n))
 }
 
 #[tokio::test]
@@ -161,7 +161,7 @@ async fn queue_gauges_are_summed_per_destination_kind() {
         Destination::new(
             format!("webhook project {p}"),
             DestinationKind::Project,
-            Route::Project(p.into()),
+            Scope::Project(p.into()),
             Arc::new(Down),
         )
     };

@@ -1,4 +1,5 @@
-//! What a destination is ([`Destination`], [`DestinationKind`], [`Route`])
+//! What a destination is ([`Destination`], [`DestinationKind`], its
+//! [`Scope`])
 //! and what the router reports about it ([`DestinationStatus`]).
 
 use std::fmt;
@@ -57,7 +58,7 @@ impl fmt::Display for DestinationKind {
 /// Which notifications a destination receives.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum Route {
+pub enum Scope {
     /// Every notification (operator channels, the bus, the log).
     All,
     /// Only notifications whose instance belongs to exactly this project
@@ -65,12 +66,12 @@ pub enum Route {
     Project(String),
 }
 
-impl Route {
-    /// Whether `n` goes to a destination with this route.
+impl Scope {
+    /// Whether `n` goes to a destination with this scope.
     pub fn matches(&self, n: &Notification) -> bool {
         match self {
-            Route::All => true,
-            Route::Project(p) => n.instance.project_id.as_deref() == Some(p.as_str()),
+            Scope::All => true,
+            Scope::Project(p) => n.instance.project_id.as_deref() == Some(p.as_str()),
         }
     }
 }
@@ -83,7 +84,7 @@ pub struct Destination {
     /// What kind it is.
     pub kind: DestinationKind,
     /// Which notifications it receives.
-    pub route: Route,
+    pub scope: Scope,
     /// The backend.
     pub notifier: Arc<dyn Notifier>,
     /// A stable identity, from which the queue's directory name is derived
@@ -100,7 +101,7 @@ pub struct Destination {
 impl From<(String, Arc<dyn Notifier>)> for Destination {
     /// An operator destination that receives every notification.
     fn from((name, notifier): (String, Arc<dyn Notifier>)) -> Self {
-        Destination::new(name, DestinationKind::Operator, Route::All, notifier)
+        Destination::new(name, DestinationKind::Operator, Scope::All, notifier)
     }
 }
 
@@ -109,7 +110,7 @@ impl fmt::Debug for Destination {
         f.debug_struct("Destination")
             .field("name", &self.name)
             .field("kind", &self.kind)
-            .field("route", &self.route)
+            .field("scope", &self.scope)
             .finish_non_exhaustive()
     }
 }
@@ -119,7 +120,7 @@ impl Destination {
     pub fn new(
         name: impl Into<String>,
         kind: DestinationKind,
-        route: Route,
+        scope: Scope,
         notifier: Arc<dyn Notifier>,
     ) -> Self {
         let name = name.into();
@@ -127,7 +128,7 @@ impl Destination {
             key: name.clone(),
             name,
             kind,
-            route,
+            scope,
             notifier,
             queue: None,
         }

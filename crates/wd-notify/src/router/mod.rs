@@ -25,7 +25,7 @@ mod destination;
 mod reconfigure;
 mod tally;
 
-pub use destination::{Destination, DestinationKind, DestinationState, DestinationStatus, Route};
+pub use destination::{Destination, DestinationKind, DestinationState, DestinationStatus, Scope};
 pub use reconfigure::Reconfigured;
 pub use tally::DeliveryObserver;
 use tally::{Counted, Nowhere, ObserverCell, Swap, Tally};
@@ -55,7 +55,7 @@ struct Queue {
     /// The destination's directory name (its identity, see
     /// [`Destination::dir_name`]).
     dir: String,
-    route: Route,
+    scope: Scope,
     /// [`ACTIVE`], [`RETIRED`], [`DRAINING`] or [`ORPHANED`].
     state: AtomicU8,
     /// Its counters, last failure and removal switch.
@@ -174,7 +174,7 @@ impl Router {
         let spool = self.open_spool(&dir, d.name, config.clone(), stack.clone())?;
         Ok(Queue {
             dir,
-            route: d.route,
+            scope: d.scope,
             state: AtomicU8::new(ACTIVE),
             tally,
             stack,
@@ -244,7 +244,7 @@ impl Router {
                 "a queue on disk that no configured destination owns; it delivers nothing until its destination is configured again or it is dropped (`wdguard queue drop`)");
             out.push(Arc::new(Queue {
                 dir,
-                route: Route::All,
+                scope: Scope::All,
                 state: AtomicU8::new(ORPHANED),
                 tally,
                 stack,
@@ -395,7 +395,7 @@ impl Notifier for Router {
         let queues = self.queues();
         let targets: Vec<&Arc<Queue>> = queues
             .iter()
-            .filter(|q| q.is_active() && q.route.matches(n))
+            .filter(|q| q.is_active() && q.scope.matches(n))
             .collect();
         if targets.is_empty() {
             tracing::debug!(event_id = %n.event_id, "no destination for this notification");

@@ -42,15 +42,15 @@ fn quick() -> SpoolConfig {
     SpoolConfig::default().retry_delays(Duration::from_millis(5), Duration::from_millis(50))
 }
 
-fn dest(name: &str, kind: DestinationKind, route: Route, n: Arc<dyn Notifier>) -> Destination {
+fn dest(name: &str, kind: DestinationKind, route: Scope, n: Arc<dyn Notifier>) -> Destination {
     Destination::new(name, kind, route, n)
         .queue(quick().attempt_timeout(Duration::from_millis(200)))
 }
 
-fn channel(name: &str, route: Route) -> (Destination, mpsc::Receiver<Notification>) {
+fn channel(name: &str, route: Scope) -> (Destination, mpsc::Receiver<Notification>) {
     let (n, rx) = ChannelNotifier::channel(1024);
     let kind = match route {
-        Route::All => DestinationKind::Operator,
+        Scope::All => DestinationKind::Operator,
         _ => DestinationKind::Project,
     };
     (dest(name, kind, route, Arc::new(n)), rx)
@@ -87,15 +87,15 @@ fn hostile() -> Vec<(&'static str, Arc<Scripted>)> {
 async fn a_hostile_destination_delays_no_other_and_routing_is_by_owner() {
     for on_disk in [false, true] {
         let dir = tempfile::tempdir().unwrap();
-        let (ops, mut ops_rx) = channel("ops", Route::All);
-        let (b, mut b_rx) = channel("project-2", Route::Project("project-2".into()));
+        let (ops, mut ops_rx) = channel("ops", Scope::All);
+        let (b, mut b_rx) = channel("project-2", Scope::Project("project-2".into()));
         let mut dests = vec![ops, b];
         let bad = hostile();
         for (name, n) in &bad {
             dests.push(dest(
                 name,
                 DestinationKind::Project,
-                Route::Project("project-1".into()),
+                Scope::Project("project-1".into()),
                 n.clone(),
             ));
         }
@@ -156,12 +156,12 @@ async fn progress_is_per_destination_across_a_restart() {
     let n = firing(7);
     let down = Scripted::new(Duration::ZERO, || Err(NotifyError::retryable("down")));
     {
-        let (ok, mut rx) = channel("ok", Route::All);
+        let (ok, mut rx) = channel("ok", Scope::All);
         let router = Router::open(
             Some(dir.path()),
             vec![
                 ok,
-                dest("down", DestinationKind::Bus, Route::All, down.clone()),
+                dest("down", DestinationKind::Bus, Scope::All, down.clone()),
             ],
             &RouterDefaults::default(),
         )
@@ -173,13 +173,13 @@ async fn progress_is_per_destination_across_a_restart() {
         assert_eq!(stats[0].1.delivered, 1);
         assert_eq!(stats[1].1.pending, 1);
     }
-    let (ok, mut ok_rx) = channel("ok", Route::All);
+    let (ok, mut ok_rx) = channel("ok", Scope::All);
     let (up, mut up_rx) = ChannelNotifier::channel(4);
     let router = Router::open(
         Some(dir.path()),
         vec![
             ok,
-            dest("down", DestinationKind::Bus, Route::All, Arc::new(up)),
+            dest("down", DestinationKind::Bus, Scope::All, Arc::new(up)),
         ],
         &RouterDefaults::default(),
     )
@@ -197,8 +197,8 @@ async fn progress_is_per_destination_across_a_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panicking_worker_restarts_and_the_others_keep_delivering() {
-    let (a, mut a_rx) = channel("a", Route::All);
-    let (b, mut b_rx) = channel("b", Route::All);
+    let (a, mut a_rx) = channel("a", Scope::All);
+    let (b, mut b_rx) = channel("b", Scope::All);
     let router = Router::open(None, vec![a, b], &RouterDefaults::default()).unwrap();
     assert!(router.inject_worker_panic("a"));
     assert!(!router.inject_worker_panic("nobody"));
@@ -231,7 +231,7 @@ async fn without_a_spool_a_refused_notification_is_retried_from_memory() {
             Ok(())
         }
     });
-    let d = dest("flaky", DestinationKind::Bus, Route::All, flaky.clone());
+    let d = dest("flaky", DestinationKind::Bus, Scope::All, flaky.clone());
     let router = Router::open(None, vec![d], &RouterDefaults::default()).unwrap();
     router.notify(&firing(1)).await.unwrap();
     until("delivery after retries", || {
@@ -246,7 +246,7 @@ async fn without_a_spool_a_refused_notification_is_retried_from_memory() {
 #[test]
 fn directory_names_are_stable_and_safe() {
     let d = |kind, key: &str| {
-        Destination::new("x", kind, Route::All, Arc::new(crate::LogNotifier)).key(key)
+        Destination::new("x", kind, Scope::All, Arc::new(crate::LogNotifier)).key(key)
     };
     let name = d(DestinationKind::Project, "../../etc/passwd").dir_name();
     assert!(name.starts_with("project-") && name.len() == "project-".len() + 16);
@@ -267,8 +267,8 @@ fn directory_names_are_stable_and_safe() {
 
 #[tokio::test]
 async fn a_destination_given_twice_is_refused() {
-    let (a, _) = channel("a", Route::All);
-    let (b, _) = channel("a", Route::All);
+    let (a, _) = channel("a", Scope::All);
+    let (b, _) = channel("a", Scope::All);
     let err = Router::open(None, vec![a, b], &RouterDefaults::default()).unwrap_err();
     assert!(err.to_string().contains("destination=a"), "{err}");
 }
@@ -284,13 +284,13 @@ fn status(router: &Router, name: &str) -> DestinationStatus {
 #[tokio::test]
 async fn a_reconfigure_adds_updates_and_removes_and_a_removed_one_sends_nothing_more() {
     let dir = tempfile::tempdir().unwrap();
-    let (ops, mut ops_rx) = channel("ops", Route::All);
+    let (ops, mut ops_rx) = channel("ops", Scope::All);
     let defaults = RouterDefaults::default();
     let router = Arc::new(Router::open(Some(dir.path()), vec![ops], &defaults).unwrap());
     // A new project's endpoint: its queue starts and takes its project's
     // notifications at once.
-    let (ops, mut ops_rx2) = channel("ops", Route::All);
-    let (p1, mut p1_rx) = channel("p1", Route::Project("project-1".into()));
+    let (ops, mut ops_rx2) = channel("ops", Scope::All);
+    let (p1, mut p1_rx) = channel("p1", Scope::Project("project-1".into()));
     let done = router.reconfigure(vec![ops, p1], &defaults).unwrap();
     assert_eq!(
         (done.updated, done.added),
@@ -308,14 +308,14 @@ async fn a_reconfigure_adds_updates_and_removes_and_a_removed_one_sends_nothing_
     // A destination that is down, with a backlog, then removed: not one
     // more attempt at it, and its backlog stays, shown as retired.
     let down = Scripted::new(Duration::ZERO, || Err(NotifyError::retryable("down")));
-    let slow = || dest("slow", DestinationKind::Bus, Route::All, down.clone());
-    let (ops, _ops_rx3) = channel("ops", Route::All);
+    let slow = || dest("slow", DestinationKind::Bus, Scope::All, down.clone());
+    let (ops, _ops_rx3) = channel("ops", Scope::All);
     let done = router.reconfigure(vec![ops, slow()], &defaults).unwrap();
     assert_eq!(done.removed, ["p1"]);
     let backlog = firing(12);
     router.notify(&backlog).await.unwrap();
     until("a failed attempt", || down.calls.load(Ordering::SeqCst) > 0).await;
-    let (ops, _ops_rx4) = channel("ops", Route::All);
+    let (ops, _ops_rx4) = channel("ops", Scope::All);
     let done = router.reconfigure(vec![ops], &defaults).unwrap();
     assert_eq!(done.removed, ["slow"]);
     let calls = down.calls.load(Ordering::SeqCst);
@@ -333,13 +333,13 @@ async fn a_reconfigure_adds_updates_and_removes_and_a_removed_one_sends_nothing_
     let s = status(&router, "slow");
     assert_eq!((s.state, s.backlog), (DestinationState::Retired, 1));
     // Configured again: it delivers its backlog.
-    let (ops, _ops_rx5) = channel("ops", Route::All);
+    let (ops, _ops_rx5) = channel("ops", Scope::All);
     let (back, mut back_rx) = ChannelNotifier::channel(4);
     let done = router
         .reconfigure(
             vec![
                 ops,
-                dest("slow", DestinationKind::Bus, Route::All, Arc::new(back)),
+                dest("slow", DestinationKind::Bus, Scope::All, Arc::new(back)),
             ],
             &defaults,
         )
@@ -352,7 +352,7 @@ async fn a_reconfigure_adds_updates_and_removes_and_a_removed_one_sends_nothing_
 #[tokio::test]
 async fn a_reconfigure_checks_what_open_checks_and_changes_nothing_when_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let (ops, mut ops_rx) = channel("ops", Route::All);
+    let (ops, mut ops_rx) = channel("ops", Scope::All);
     let defaults = RouterDefaults::default();
     let router = Router::open(Some(dir.path()), vec![ops], &defaults).unwrap();
     let refused = |next: Vec<Destination>, defaults: &RouterDefaults| {
@@ -361,21 +361,21 @@ async fn a_reconfigure_checks_what_open_checks_and_changes_nothing_when_refused(
         err
     };
     // The same destination twice.
-    let (a, _) = channel("a", Route::All);
-    let (b, _) = channel("a", Route::All);
+    let (a, _) = channel("a", Scope::All);
+    let (b, _) = channel("a", Scope::All);
     assert!(refused(vec![a, b], &defaults).contains("destination=a"));
     // Queue bounds out of range, by default or on one destination.
-    let (a, _) = channel("a", Route::All);
+    let (a, _) = channel("a", Scope::All);
     let bad = RouterDefaults {
         queue: SpoolConfig::default().max_bytes(4096),
     };
     assert!(refused(vec![a], &bad).contains("max_bytes=4096"));
-    let (a, _) = channel("a", Route::All);
+    let (a, _) = channel("a", Scope::All);
     let a = a.queue(SpoolConfig::default().max_entries(0));
     assert!(refused(vec![a], &defaults).contains("max_entries=0"));
     // A new queue that cannot be opened (its directory is a file).
-    let (ok, _) = channel("ok", Route::All);
-    let (p, _) = channel("p", Route::Project("x".into()));
+    let (ok, _) = channel("ok", Scope::All);
+    let (p, _) = channel("p", Scope::Project("x".into()));
     std::fs::write(dir.path().join("dest").join(p.dir_name()), b"not a dir").unwrap();
     let err = refused(vec![ok, p], &defaults);
     assert!(err.contains("cannot open spool directory"), "{err}");
@@ -391,7 +391,7 @@ async fn a_reconfigure_checks_what_open_checks_and_changes_nothing_when_refused(
 async fn a_queue_no_destination_owns_is_reported_after_a_restart_and_can_be_dropped() {
     let dir = tempfile::tempdir().unwrap();
     let down = Scripted::new(Duration::ZERO, || Err(NotifyError::retryable("down")));
-    let gone = dest("gone", DestinationKind::Project, Route::All, down.clone());
+    let gone = dest("gone", DestinationKind::Project, Scope::All, down.clone());
     let gone_dir = gone.dir_name();
     {
         let router =
@@ -401,7 +401,7 @@ async fn a_queue_no_destination_owns_is_reported_after_a_restart_and_can_be_drop
         router.shutdown(Duration::ZERO).await;
     }
     // Restarted without it: its queue is still there, and said to be.
-    let (ops, _rx) = channel("ops", Route::All);
+    let (ops, _rx) = channel("ops", Scope::All);
     let router =
         Arc::new(Router::open(Some(dir.path()), vec![ops], &RouterDefaults::default()).unwrap());
     let name = format!("orphaned queue {gone_dir}");
@@ -475,7 +475,7 @@ async fn a_removed_destinations_backlog_is_drained_on_request() {
         dest(
             "p",
             DestinationKind::Project,
-            Route::All,
+            Scope::All,
             Arc::new(Gated(gate_rx.clone(), old.clone())),
         )
     };

@@ -381,7 +381,7 @@ async fn fanout() -> anyhow::Result<()> {
             wd_notify::Destination::new(
                 format!("webhook project {project}"),
                 wd_notify::DestinationKind::Project,
-                wd_notify::Route::Project(project),
+                wd_notify::Scope::Project(project),
                 Arc::new(e.notifier),
             )
             .key(e.fingerprint)
