@@ -3,22 +3,13 @@
 use anyhow::{Context, Result, bail};
 
 use crate::cargo;
-use crate::setup::{self, cmd_ok};
+use crate::setup::{self, ServicesGuard, cmd_ok};
 
 fn has_nextest() -> bool {
     cargo()
         .args(["nextest", "--version"])
         .output()
         .is_ok_and(|o| o.status.success())
-}
-
-/// Stops what this run started, even when a step fails.
-struct ServicesGuard(setup::Started);
-
-impl Drop for ServicesGuard {
-    fn drop(&mut self) {
-        setup::stop_started(&self.0);
-    }
 }
 
 /// Each transport of `wd-compute` builds alone, and pulls in nothing of the

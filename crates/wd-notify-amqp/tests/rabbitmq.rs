@@ -511,62 +511,6 @@ async fn rabbitmq_a_broker_restart_mid_stream_loses_nothing() {
     );
 }
 
-/// The body line and the indented inner message documented after `heading`.
-fn documented(doc: &str, heading: &str) -> (String, Value) {
-    let section = doc
-        .split(heading)
-        .nth(1)
-        .unwrap_or_else(|| panic!("no `{heading}` in docs/notifications.md"));
-    let body = section
-        .lines()
-        .find(|l| l.starts_with(r#"{"oslo.version":"2.0""#))
-        .expect("a full envelope example")
-        .to_owned();
-    let indented = section
-        .split("decoded and indented:\n\n```json\n")
-        .nth(1)
-        .and_then(|rest| rest.split("\n```").next())
-        .expect("an indented inner message");
-    (body, serde_json::from_str(indented).unwrap())
-}
-
-#[test]
-fn documented_amqp_examples_match() {
-    let doc = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../docs/notifications.md"
-    ))
-    .unwrap();
-    let n = wd_notify::testing::documented();
-    if std::env::var_os("WD_PRINT_EXAMPLES").is_some() {
-        for body in [
-            wd_notify_amqp::envelope(&n, "wd", wd_notify_amqp::Priority::Info),
-            wd_notify_amqp::legacy_envelope(&n, "compute", wd_notify_amqp::Priority::Info),
-        ] {
-            println!("{}", String::from_utf8(body.clone()).unwrap());
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&unwrap_envelope(&body)).unwrap()
-            );
-        }
-    }
-    let cases = [
-        (
-            "#### The versioned form",
-            wd_notify_amqp::envelope(&n, "wd", wd_notify_amqp::Priority::Info),
-        ),
-        (
-            "#### The legacy form",
-            wd_notify_amqp::legacy_envelope(&n, "compute", wd_notify_amqp::Priority::Info),
-        ),
-    ];
-    for (heading, ours) in cases {
-        let (body, indented) = documented(&doc, heading);
-        assert_eq!(body.as_bytes(), ours.as_slice(), "{heading}");
-        assert_eq!(indented, unwrap_envelope(&ours), "{heading}");
-    }
-}
-
 #[path = "openstack/ceilometer.rs"]
 mod ceilometer;
 
