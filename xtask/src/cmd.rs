@@ -70,6 +70,10 @@ pub fn test(filters: &[&str]) -> Result<()> {
         "warnings",
     ]))?;
     transport_features()?;
+    // The libraries as another repository gets them: packaged, and built
+    // from their tarballs with the example driver (about 10 s once the
+    // third-party crates are built; see xtask/src/packaged.rs).
+    crate::packaged::check()?;
     eprintln!("xtask: cargo doc");
     cmd_ok(
         cargo()

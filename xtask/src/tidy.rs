@@ -31,7 +31,7 @@
 //! hidden directories and cargo-fuzz's generated ones.
 
 mod layout;
-mod metadata;
+pub mod metadata;
 mod names;
 mod source;
 mod tables;

@@ -15,6 +15,8 @@ use serde_json::Value;
 pub struct Package {
     /// `name`.
     pub name: String,
+    /// `version`.
+    pub version: String,
     /// The package's directory, relative to the root (`crates/wd-xml`;
     /// empty for a package at the root).
     pub dir: String,
@@ -82,6 +84,7 @@ pub fn parse(root: &Path, json: &Value) -> Result<BTreeMap<String, Package>, Str
             .unwrap_or_default();
         let mut pkg = Package {
             name: name.clone(),
+            version: str_of(p, "version").unwrap_or_default(),
             dir,
             path: rel.to_string_lossy().into_owned(),
             // `null` is "anywhere", `[]` is `publish = false`.
