@@ -11,5 +11,6 @@ pub mod agent;
 pub mod bench;
 pub mod guest;
 pub mod hostile;
+pub mod openstack;
 pub mod receiver;
 pub mod scratch;
