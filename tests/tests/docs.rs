@@ -4,28 +4,20 @@
 //! documented notification. They live here, beside the docs they read,
 //! because a packaged transport crate cannot reach the workspace's docs.
 
+// wd-notify-amqp's RabbitMQ test support, for `unwrap_envelope`.
+#[path = "../../crates/wd-notify-amqp/tests/support/mod.rs"]
+mod support;
+
 use std::time::Duration;
 
 use axum::http::HeaderMap;
 use serde_json::Value;
 use wd_notify_webhook::{DEFAULT_TOLERANCE, Secret};
 
+use support::unwrap_envelope;
+
 /// The document whose examples these tests hold to the code.
 const DOC: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/notifications.md");
-
-/// The inner message of an oslo 2.0 envelope, checking the envelope itself.
-fn unwrap_envelope(body: &[u8]) -> Value {
-    let outer: Value = serde_json::from_slice(body).unwrap();
-    let outer = outer.as_object().unwrap();
-    assert_eq!(outer.len(), 2, "{outer:?}");
-    assert_eq!(outer["oslo.version"], "2.0");
-    serde_json::from_str(
-        outer["oslo.message"]
-            .as_str()
-            .expect("oslo.message is a string"),
-    )
-    .unwrap()
-}
 
 /// The body line and the indented inner message documented after `heading`.
 fn documented(doc: &str, heading: &str) -> (String, Value) {

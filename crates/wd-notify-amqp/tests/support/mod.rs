@@ -2,9 +2,9 @@
 //! unless `WD_REQUIRE_REAL=1`), a test-side channel to declare and read what
 //! a deployment or an oslo listener would, and a notification to publish.
 //!
-//! Used by this crate's `rabbitmq` tests and by the OpenStack bus tests of
-//! the end-to-end crate (`tests/tests/openstack_bus.rs`), which include this
-//! file; each uses only part of it.
+//! Used by this crate's `rabbitmq` tests and, included by path, by the
+//! end-to-end crate's `tests/tests/openstack_bus.rs` (and `docs.rs`, for
+//! `unwrap_envelope`); each uses only part of it.
 #![allow(dead_code)]
 
 use std::net::{TcpStream, ToSocketAddrs};
