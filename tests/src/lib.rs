@@ -10,6 +10,7 @@
 pub mod agent;
 pub mod bench;
 pub mod hostile;
+pub mod openstack;
 pub mod receiver;
 pub mod scratch;
 pub mod virsh;

@@ -20,10 +20,10 @@ use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 use serde_json::Value;
 use wd_e2e::agent::AgentProcess;
+use wd_e2e::openstack::OwnerAlarm;
 use wd_e2e::scratch::Scratch;
 use wd_e2e::virsh::Guest;
 use wd_testkit::guest::{GuestAssets, GuestSpec, NovaOwner};
-use wd_testkit::openstack::OwnerAlarm;
 use wd_testkit::{Node, RabbitMq2, Vhost};
 
 /// Serializes this file's tests under `cargo test` (nextest runs them one at

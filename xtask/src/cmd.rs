@@ -3,22 +3,13 @@
 use anyhow::{Context, Result, bail};
 
 use crate::cargo;
-use crate::setup::{self, cmd_ok};
+use crate::setup::{self, ServicesGuard, cmd_ok};
 
 fn has_nextest() -> bool {
     cargo()
         .args(["nextest", "--version"])
         .output()
         .is_ok_and(|o| o.status.success())
-}
-
-/// Stops what this run started, even when a step fails.
-struct ServicesGuard(setup::Started);
-
-impl Drop for ServicesGuard {
-    fn drop(&mut self) {
-        setup::stop_started(&self.0);
-    }
 }
 
 /// Each transport of `wd-compute` builds alone, and pulls in nothing of the
@@ -79,6 +70,10 @@ pub fn test(filters: &[&str]) -> Result<()> {
         "warnings",
     ]))?;
     transport_features()?;
+    // The libraries as another repository gets them: packaged, and built
+    // from their tarballs with the example driver (about 10 s once the
+    // third-party crates are built; see xtask/src/packaged.rs).
+    crate::packaged::check()?;
     eprintln!("xtask: cargo doc");
     cmd_ok(
         cargo()

@@ -5,11 +5,14 @@
 //! `wd-testkit` (which uses the standard library alone).
 //!
 //! - `cargo xtask test`: installs what the tests need, starts the services,
-//!   runs fmt, clippy, rustdoc and the whole test suite, and stops what it
+//!   runs fmt, clippy, the packaged crates, rustdoc and the whole test suite, and stops what it
 //!   started.
 //! - `cargo xtask demo`: the main job, on a real guest.
 //! - `cargo xtask tidy`: the architecture's rules, checked (also the first
 //!   step of `cargo xtask test`).
+//! - `cargo xtask packaged`: the library crates packaged, and built with
+//!   the example driver from their tarballs (also a step of `cargo xtask
+//!   test`).
 //! - `cargo xtask services up|down|status`, `cargo xtask guest`: the pieces,
 //!   for a developer's machine.
 
@@ -19,6 +22,7 @@ mod bench;
 mod cmd;
 mod fuzz;
 mod package;
+mod packaged;
 mod setup;
 mod tidy;
 
@@ -30,7 +34,7 @@ use anyhow::{Result, bail};
 const USAGE: &str = "usage: cargo xtask <command>
 
 commands:
-  test              tidy, install what is needed, then fmt, clippy, rustdoc and every test
+  test              tidy, install what is needed, then fmt, clippy, packaged, rustdoc and every test
   tidy [dir]        check the architecture's rules (allowed edges, unsafe, docs, file sizes)
   demo              the main job: a real guest's watchdog fires and its owner is notified
   services up       start libvirtd (with virtlogd) and RabbitMQ on 127.0.0.1
@@ -41,7 +45,9 @@ commands:
   venv              create target/wd-venv with Ceilometer and Aodh from PyPI
   bench             measure, write target/bench-report.json and docs/performance.md
   fuzz [target] [s] run the cargo-fuzz targets (default: all, 60 s each)
-  package [--profile P]  build the wd Debian package (cargo-deb; default profile release)";
+  package [--profile P]  build the wdguard Debian package (cargo-deb; default profile release)
+  packaged          cargo package the library crates, then build them and the example
+                    driver (tests/driver) from the tarballs";
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -73,6 +79,7 @@ fn run(args: &[&str]) -> Result<()> {
         ["bench", rest @ ..] => bench::run(rest),
         ["fuzz", rest @ ..] => fuzz::run(rest),
         ["package", rest @ ..] => package::run(rest).map(|_| ()),
+        ["packaged", rest @ ..] => packaged::run(rest),
         ["help" | "--help" | "-h"] | [] => {
             println!("{USAGE}");
             Ok(())

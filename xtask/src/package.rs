@@ -4,8 +4,8 @@
 //! 2. Runs `wdguard generate-assets` to write the man pages (gzipped) and
 //!    the bash, zsh and fish completions from the clap definitions into
 //!    `target/<profile>/wdguard-package`. The package installs the program
-//!    as `/usr/bin/wdguard`, a name no Debian 12 package uses (util-linux
-//!    owns `/usr/bin/wdctl`, node-wikibase-cli `/usr/bin/wd`).
+//!    as `/usr/bin/wdguard`, a name no Debian 12 package uses
+//!    (`/usr/bin/wdctl` is util-linux's, `/usr/bin/wd` node-wikibase-cli's).
 //! 3. Runs `cargo deb -p wdguard --no-build`, which packs them with the unit,
 //!    the commented `/etc/wd/wd.toml` and the maintainer scripts from
 //!    `crates/wdguard/debian/` (see `[package.metadata.deb]` there).

@@ -212,6 +212,15 @@ pub fn services_down() {
     services_status();
 }
 
+/// Stops what a command started, even when a step fails.
+pub struct ServicesGuard(pub Started);
+
+impl Drop for ServicesGuard {
+    fn drop(&mut self) {
+        stop_started(&self.0);
+    }
+}
+
 /// Stops what `started` says this run started.
 pub fn stop_started(started: &Started) {
     if started.libvirtd {

@@ -4,172 +4,20 @@
 //! The broker comes from `WD_TEST_AMQP_URL` (default the local `guest`
 //! account). When it is unreachable the tests are skipped, unless
 //! `WD_REQUIRE_REAL=1`. The restart test needs the local broker that
-//! `wd-testkit` manages.
+//! `wd-testkit` manages. The OpenStack consumers' view of the same bus (and
+//! failover between two nodes) is tested end to end in
+//! `tests/tests/openstack_bus.rs`.
+
+mod support;
 
 use std::collections::HashSet;
-use std::net::{TcpStream, ToSocketAddrs};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use lapin::options::{
-    BasicGetOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
-    QueueDeclareOptions, QueueDeleteOptions,
-};
-use lapin::types::FieldTable;
-use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
-use serde_json::Value;
 use time::OffsetDateTime;
 use wd_notify::{Notification, Notifier, NotifyError};
-use wd_notify_amqp::{AmqpConfig, AmqpNotifier, AmqpUrl, Format};
+use wd_notify_amqp::AmqpNotifier;
 
-/// Serializes the tests of this binary under `cargo test`: they share one
-/// broker, and one of them restarts it. (nextest runs them one at a time.)
-static BROKER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-const DEFAULT_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
-
-fn broker_url() -> Option<String> {
-    let url = std::env::var("WD_TEST_AMQP_URL").unwrap_or_else(|_| DEFAULT_URL.to_owned());
-    let shown = AmqpUrl::new(url.clone())
-        .map(|u| u.redacted())
-        .unwrap_or_default();
-    let authority = url
-        .split_once("://")
-        .map_or(url.as_str(), |(_, rest)| rest)
-        .split(['/', '?'])
-        .next()
-        .unwrap_or("");
-    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    let host_port = if host_port.contains(':') {
-        host_port.to_owned()
-    } else {
-        format!("{host_port}:5672")
-    };
-    let reachable = host_port
-        .to_socket_addrs()
-        .ok()
-        .and_then(|mut a| a.next())
-        .is_some_and(|addr| TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok());
-    if reachable {
-        Some(url)
-    } else {
-        wd_testkit::unavailable(
-            &format!("RabbitMQ at {shown}"),
-            "start it with `cargo xtask services up` or set WD_TEST_AMQP_URL",
-        )
-    }
-}
-
-/// A test-side channel, for declaring what a deployment or a listener would.
-async fn admin(url: &str) -> (Connection, Channel) {
-    let conn = Connection::connect(url, ConnectionProperties::default())
-        .await
-        .unwrap();
-    let channel = conn.create_channel().await.unwrap();
-    (conn, channel)
-}
-
-async fn declare_exchange(ch: &Channel, name: &str, durable: bool) {
-    ch.exchange_declare(
-        name.into(),
-        ExchangeKind::Topic,
-        ExchangeDeclareOptions {
-            durable,
-            ..ExchangeDeclareOptions::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
-}
-
-/// Declares a queue bound to `exchange` with `key`, as an oslo listener does.
-async fn listen(ch: &Channel, queue: &str, exchange: &str, key: &str, durable: bool) {
-    ch.queue_declare(
-        queue.into(),
-        QueueDeclareOptions {
-            durable,
-            ..QueueDeclareOptions::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
-    ch.queue_bind(
-        queue.into(),
-        exchange.into(),
-        key.into(),
-        QueueBindOptions::default(),
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
-}
-
-async fn cleanup(ch: &Channel, queues: &[&str], exchanges: &[&str]) {
-    for q in queues {
-        let _ = ch
-            .queue_delete((*q).into(), QueueDeleteOptions::default())
-            .await;
-    }
-    for e in exchanges {
-        let _ = ch
-            .exchange_delete((*e).into(), ExchangeDeleteOptions::default())
-            .await;
-    }
-}
-
-/// Takes every message waiting in `queue` (waiting up to 5 s for the first).
-async fn drain(ch: &Channel, queue: &str) -> Vec<lapin::message::BasicGetMessage> {
-    let mut out = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        match ch
-            .basic_get(queue.into(), BasicGetOptions { no_ack: true })
-            .await
-            .unwrap()
-        {
-            Some(m) => out.push(m),
-            None if out.is_empty() && Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            None => return out,
-        }
-    }
-}
-
-fn name(prefix: &str) -> String {
-    wd_testkit::unique_name(prefix)
-}
-
-/// The versioned form only: most tests here are about the publisher, and
-/// one form keeps their queues simple. `rabbitmq_both_forms_*` covers both.
-fn config(url: &str) -> AmqpConfig {
-    AmqpConfig::new(AmqpUrl::new(url).unwrap())
-        .with_format(Format::Versioned)
-        .with_reconnect(Duration::from_millis(200), Duration::from_secs(1))
-}
-
-fn notification(project: Option<&str>) -> Notification {
-    let mut n = wd_notify::testing::fresh_firing("pause", project);
-    n.instance.name = Some("some-server".into());
-    n.instance.user_id = Some("fake-user".into());
-    n.recovered = true;
-    n
-}
-
-/// The inner message of an oslo 2.0 envelope, checking the envelope itself.
-fn unwrap_envelope(body: &[u8]) -> Value {
-    let outer: Value = serde_json::from_slice(body).unwrap();
-    let outer = outer.as_object().unwrap();
-    assert_eq!(outer.len(), 2, "{outer:?}");
-    assert_eq!(outer["oslo.version"], "2.0");
-    serde_json::from_str(
-        outer["oslo.message"]
-            .as_str()
-            .expect("oslo.message is a string"),
-    )
-    .unwrap()
-}
+use support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rabbitmq_oslo_listener_receives_the_envelope_with_every_field() {
@@ -510,68 +358,3 @@ async fn rabbitmq_a_broker_restart_mid_stream_loses_nothing() {
         got.len()
     );
 }
-
-/// The body line and the indented inner message documented after `heading`.
-fn documented(doc: &str, heading: &str) -> (String, Value) {
-    let section = doc
-        .split(heading)
-        .nth(1)
-        .unwrap_or_else(|| panic!("no `{heading}` in docs/notifications.md"));
-    let body = section
-        .lines()
-        .find(|l| l.starts_with(r#"{"oslo.version":"2.0""#))
-        .expect("a full envelope example")
-        .to_owned();
-    let indented = section
-        .split("decoded and indented:\n\n```json\n")
-        .nth(1)
-        .and_then(|rest| rest.split("\n```").next())
-        .expect("an indented inner message");
-    (body, serde_json::from_str(indented).unwrap())
-}
-
-#[test]
-fn documented_amqp_examples_match() {
-    let doc = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../docs/notifications.md"
-    ))
-    .unwrap();
-    let n = wd_notify::testing::documented();
-    if std::env::var_os("WD_PRINT_EXAMPLES").is_some() {
-        for body in [
-            wd_notify_amqp::envelope(&n, "wd", wd_notify_amqp::Priority::Info),
-            wd_notify_amqp::legacy_envelope(&n, "compute", wd_notify_amqp::Priority::Info),
-        ] {
-            println!("{}", String::from_utf8(body.clone()).unwrap());
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&unwrap_envelope(&body)).unwrap()
-            );
-        }
-    }
-    let cases = [
-        (
-            "#### The versioned form",
-            wd_notify_amqp::envelope(&n, "wd", wd_notify_amqp::Priority::Info),
-        ),
-        (
-            "#### The legacy form",
-            wd_notify_amqp::legacy_envelope(&n, "compute", wd_notify_amqp::Priority::Info),
-        ),
-    ];
-    for (heading, ours) in cases {
-        let (body, indented) = documented(&doc, heading);
-        assert_eq!(body.as_bytes(), ours.as_slice(), "{heading}");
-        assert_eq!(indented, unwrap_envelope(&ours), "{heading}");
-    }
-}
-
-#[path = "openstack/ceilometer.rs"]
-mod ceilometer;
-
-#[path = "openstack/failover.rs"]
-mod failover;
-
-#[path = "openstack/owner_alarm.rs"]
-mod owner_alarm;

@@ -157,14 +157,27 @@ fn bench(c: &mut Criterion) {
         );
     }
     json.push(']');
-    let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../target/criterion/isolation-quantiles.json");
+    let out = target_dir().join("criterion/isolation-quantiles.json");
     if let Some(parent) = out.parent() {
         let _ = std::fs::create_dir_all(parent);
     }
     if let Err(e) = std::fs::write(&out, json) {
         eprintln!("cannot write {}: {e}", out.display());
     }
+}
+
+/// Cargo's target directory, where criterion writes too: `CARGO_TARGET_DIR`,
+/// else the one this bench was built into (`<target>/<profile>/deps/`), so
+/// that the crate reaches nothing outside itself when it is unpacked
+/// elsewhere.
+fn target_dir() -> std::path::PathBuf {
+    if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
+        return dir.into();
+    }
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.ancestors().nth(3).map(std::path::Path::to_path_buf))
+        .unwrap_or_else(|| "target".into())
 }
 
 fn benches() {

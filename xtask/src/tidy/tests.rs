@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use super::source::{code_only, has_word};
 use super::*;
 
 /// A throwaway workspace tree under the system temp dir, removed on drop.
@@ -12,8 +13,10 @@ struct Fixture {
 }
 
 impl Fixture {
-    /// A small tidy workspace: `wd-low` (no deps), `wd-high` (on `wd-low`,
-    /// tests also on `wd-kit`), `wd-kit`, and `xtask` (on `wd-kit`).
+    /// A small tidy workspace in the specified layout: `wd-low` (no deps;
+    /// the one `DestinationStatus`), `wd-high` (on `wd-low`, tests also on
+    /// `wd-kit`), `wd-kit`, `wd-events`, the command `wdguard`, `wd-e2e` at
+    /// `tests/` and `xtask` (on `wd-kit`).
     fn clean() -> Fixture {
         static N: AtomicU32 = AtomicU32::new(0);
         let root = std::env::temp_dir().join(format!(
@@ -24,35 +27,65 @@ impl Fixture {
         let _ = std::fs::remove_dir_all(&root);
         let f = Fixture { root };
         f.write(
+            "Cargo.toml",
+            "[workspace]\nmembers = [\"crates/*\", \"tests\", \"xtask\"]\n\n\
+             [workspace.dependencies]\n\
+             wd-low = { path = \"crates/wd-low\", version = \"0.1.0\" }\n\
+             wd-kit = { path = \"crates/wd-kit\", version = \"0.1.0\" }\n\
+             wd-high = { path = \"crates/wd-high\", version = \"0.1.0\" }\n\
+             serde = \"1\"\n",
+        );
+        f.write(
             "crates/wd-low/Cargo.toml",
-            "[package]\nname = \"wd-low\"\n\n[dependencies]\nserde = { workspace = true, features = [\n  \"derive\",\n] }\n",
+            "[package]\nname = \"wd-low\"\nversion = \"0.1.0\"\n\n[dependencies]\nserde = { workspace = true, features = [\n  \"derive\",\n] }\n",
         );
         f.write(
             "crates/wd-low/src/lib.rs",
-            "//! The bottom.\n#![forbid(unsafe_code)]\n\n/// Says `unsafe` in a doc comment.\npub fn f() -> &'static str {\n    // unsafe in a comment\n    let _c = '\\'';\n    \"unsafe { in a string }\"\n}\n",
+            "//! The bottom.\n#![forbid(unsafe_code)]\n\n/// Says `unsafe` in a doc comment.\npub fn f() -> &'static str {\n    // unsafe in a comment\n    let _c = '\\'';\n    \"unsafe { in a string }\"\n}\n\n/// The one status type.\npub struct DestinationStatus;\n",
         );
         f.write(
             "crates/wd-high/Cargo.toml",
-            "[package]\nname = \"wd-high\" # the top\n\n[dependencies]\nwd-low.workspace = true\ntokio = \"1\"\n\n[dev-dependencies]\nwd-kit = { workspace = true }\n",
+            "[package]\nname = \"wd-high\" # the top\nversion = \"0.1.0\"\n\n[dependencies]\nwd-low.workspace = true\ntokio = \"1\"\n\n[dev-dependencies]\nwd-kit = { workspace = true }\n",
         );
         f.write(
             "crates/wd-high/src/lib.rs",
             "//! The top.\n\n/* a block /* nested */ comment: unsafe */\npub fn g<'a>(s: &'a str) -> &'a str {\n    let _raw = r#\"unsafe \"quoted\" \"#;\n    s\n}\n",
         );
         f.write("crates/wd-high/tests/it.rs", "//! An integration test.\n");
-        f.write("crates/wd-kit/Cargo.toml", "[package]\nname = \"wd-kit\"\n");
+        f.write(
+            "crates/wd-kit/Cargo.toml",
+            "[package]\nname = \"wd-kit\"\nversion = \"0.1.0\"\n",
+        );
         f.write("crates/wd-kit/src/lib.rs", "//! Test support.\n");
         f.write(
             "crates/wd-events/Cargo.toml",
-            "[package]\nname = \"wd-events\"\n",
+            "[package]\nname = \"wd-events\"\nversion = \"0.1.0\"\n\n[lib]\npath = \"src/ffi.rs\"\n",
         );
         f.write(
             "crates/wd-events/src/ffi.rs",
             "//! The one unsafe module.\n\n// SAFETY: fixture.\npub unsafe fn raw() {}\n",
         );
         f.write(
+            "crates/wdguard/Cargo.toml",
+            "[package]\nname = \"wdguard\"\nversion = \"0.1.0\"\npublish = false\n\n\
+             [dependencies]\nwd-high.workspace = true\n\n\
+             [package.metadata.deb]\nname = \"wdguard\"\n\
+             systemd-units = { unit-name = \"wdguard\", enable = false }\n",
+        );
+        f.write(
+            "crates/wdguard/src/main.rs",
+            "//! The command.\nfn main() {}\n",
+        );
+        f.write("crates/wdguard/debian/wdguard.service", "[Service]\n");
+        f.write(
+            "tests/Cargo.toml",
+            "[package]\nname = \"wd-e2e\"\nversion = \"0.1.0\"\npublish = false\n\n\
+             [dependencies]\nwd-high.workspace = true\n",
+        );
+        f.write("tests/src/lib.rs", "//! End-to-end support.\n");
+        f.write(
             "xtask/Cargo.toml",
-            "[package]\nname = \"xtask\"\n\n[dependencies.wd-kit]\nworkspace = true\n",
+            "[package]\nname = \"xtask\"\nversion = \"0.1.0\"\npublish = false\n\n[dependencies.wd-kit]\nworkspace = true\n",
         );
         f.write("xtask/src/main.rs", "//! Automation.\nfn main() {}\n");
         f.write(
@@ -64,6 +97,8 @@ impl Fixture {
              | `wd-high` | `wd-low` | `wd-kit` |\n\
              | `wd-kit` | — | — |\n\
              | `wd-events` | — | — |\n\
+             | `wdguard` | `wd-high` | — |\n\
+             | `wd-e2e` | `wd-high` | — |\n\
              | `xtask` | `wd-kit` | — |\n\n\
              ## Next\n",
         );
@@ -76,8 +111,10 @@ impl Fixture {
              | `wd-high` | top | `wd-low`, tokio |\n\
              | `wd-kit` | support | std only |\n\
              | `wd-events` | ffi | nothing of ours |\n\
+             | `wdguard` | the command | `wd-high` |\n\
+             | `wd-e2e` | the end-to-end tests | `wd-high` |\n\
              | `xtask` | automation | wd-kit |\n\n\
-             More text.\n",
+             More text; util-linux's `wdctl` is another tool.\n",
         );
         f
     }
@@ -315,15 +352,28 @@ fn catches_a_crate_missing_from_the_map_or_extra() {
 }
 
 #[test]
-fn catches_a_long_file_under_src_only() {
+fn catches_a_long_file_anywhere() {
     let f = Fixture::clean();
     let long = format!("//! Long.\n{}", "// line\n".repeat(MAX_LINES));
-    f.write("crates/wd-kit/tests/long.rs", &long);
-    assert_eq!(f.check(), Vec::<String>::new(), "tests/ may be long");
-    f.write("crates/wd-kit/src/long.rs", &long);
-    expect_one(&f, "crates/wd-kit/src/long.rs", "801 lines, more than 800");
+    for path in [
+        "crates/wd-kit/src/long.rs",
+        "crates/wd-kit/tests/long.rs",
+        "tests/tests/long.rs",
+        "xtask/src/long.rs",
+    ] {
+        f.write(path, &long);
+        expect_one(&f, path, "801 lines, more than 800");
+        std::fs::remove_file(f.path().join(path)).unwrap();
+    }
+    f.write("docs/long.md", &"text\n".repeat(MAX_LINES + 1));
+    expect_one(&f, "docs/long.md", "801 lines");
+    std::fs::remove_file(f.path().join("docs/long.md")).unwrap();
+    // A lock file is generated, and build output is not the tree's.
+    f.write("Cargo.lock", &"x\n".repeat(MAX_LINES + 1));
+    f.write("target/debug/big.rs", &long);
+    assert_eq!(f.check(), Vec::<String>::new());
     let just = format!("//! Long.\n{}", "// line\n".repeat(MAX_LINES - 1));
-    f.write("crates/wd-kit/src/long.rs", &just);
+    f.write("xtask/src/long.rs", &just);
     assert_eq!(f.check(), Vec::<String>::new(), "800 lines is fine");
 }
 
@@ -334,6 +384,18 @@ fn missing_docs_are_violations_not_panics() {
     expect_one(&f, "README.md", "missing");
     f.write("README.md", "# no map\n");
     expect_one(&f, "README.md", "no table under `## Crate map`");
+}
+
+#[test]
+fn a_manifest_cargo_cannot_read_is_a_violation() {
+    let f = Fixture::clean();
+    f.edit("Cargo.toml", "[workspace]", "[workspace");
+    let got = f.check();
+    assert!(
+        got.iter()
+            .any(|v| v.starts_with("Cargo.toml: cargo metadata failed")),
+        "{got:#?}"
+    );
 }
 
 #[test]
@@ -352,13 +414,5 @@ fn code_only_blanks_comments_and_literals() {
     assert!(!has_word("not_unsafe", "unsafe"));
 }
 
-#[test]
-fn reads_manifests_in_the_forms_we_use() {
-    let m = parse_manifest(
-        "[package]\nname = \"p\"\n\n[dependencies]\na.workspace = true\nb = { workspace = true, features = [\n \"x = y\",\n] }\n\"c\" = \"1\"\n\n[dependencies.d]\nworkspace = true\n\n[dev-dependencies]\ne = \"1\" # [f]\n\n[build-dependencies]\ng = \"1\"\n\n[features]\nh = [\"a\"]\n",
-    );
-    assert_eq!(m.name, "p");
-    let names = |s: &BTreeSet<String>| s.iter().cloned().collect::<Vec<_>>().join(",");
-    assert_eq!(names(&m.deps), "a,b,c,d,g");
-    assert_eq!(names(&m.dev_deps), "e");
-}
+mod layout;
+mod names;

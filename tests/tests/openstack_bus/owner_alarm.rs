@@ -2,17 +2,17 @@
 //! wd's notification → ceilometer-agent-notification (stock event
 //! definitions, event pipeline publishing to `notifier://?topic=alarm.all`)
 //! → aodh-listener (SQLite) → aodh-notifier → the alarm's HTTP action.
-//! `wd_testkit::openstack::OwnerAlarm` runs those services.
+//! `wd_e2e::openstack::OwnerAlarm` runs those services.
 
 use std::time::Duration;
 
 use serde_json::Value;
+use wd_e2e::openstack::OwnerAlarm;
 use wd_notify::Notifier;
 use wd_notify_amqp::{AmqpConfig, AmqpNotifier, AmqpUrl, Format};
-use wd_testkit::openstack::OwnerAlarm;
 use wd_testkit::{Node, Vhost};
 
-use super::{BROKER, broker_url, name, notification};
+use super::support::{BROKER, broker_url, name, notification};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rabbitmq_aodh_owner_alarm_fires_for_the_owner_only() {

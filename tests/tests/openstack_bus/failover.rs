@@ -8,7 +8,7 @@ use wd_notify::Notifier;
 use wd_notify_amqp::{AmqpConfig, AmqpNotifier, AmqpUrl, Form};
 use wd_testkit::RabbitMq2;
 
-use super::{
+use super::support::{
     BROKER, admin, broker_url, cleanup, declare_exchange, drain, listen, name, notification,
     unwrap_envelope,
 };

@@ -15,7 +15,9 @@ use wd_notify::Notifier;
 use wd_notify_amqp::{AmqpConfig, AmqpNotifier, AmqpUrl, Format};
 use wd_testkit::{Node, Vhost};
 
-use super::{BROKER, admin, broker_url, cleanup, declare_exchange, drain, name, notification};
+use super::support::{
+    BROKER, admin, broker_url, cleanup, declare_exchange, drain, name, notification,
+};
 
 /// The listener script beside this file, run by the venv's Python.
 struct Listener {
@@ -30,7 +32,7 @@ impl Listener {
     fn start(python: &std::path::Path, url: &str, exchange: &str, topic: &str, pool: &str) -> Self {
         let script = concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/tests/openstack/ceilometer_events.py"
+            "/fixtures/openstack/ceilometer_events.py"
         );
         // oslo's transport URL for the same broker.
         let transport = url.replacen("amqp://", "rabbit://", 1).replace("/%2f", "/");
