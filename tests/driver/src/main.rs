@@ -12,14 +12,14 @@
 
 #![forbid(unsafe_code)]
 
-use wd_compute::{Agent, AgentConfig};
+use wd_compute::{Agent, AgentSettings};
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let path = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "/etc/wd/wd.toml".into());
-    let config: AgentConfig = toml::from_str(&std::fs::read_to_string(&path)?)?;
+    let config: AgentSettings = toml::from_str(&std::fs::read_to_string(&path)?)?;
     // Secrets not in the file come from WD_WEBHOOK_SECRET / WD_AMQP_PASSWORD.
     let agent =
         Agent::new(&config, &|key| std::env::var(key).ok())?.named("example driver's agent");
