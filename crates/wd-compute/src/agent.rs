@@ -31,7 +31,7 @@ use crate::{Metrics, NovaDirectory, PulseHook, Runtime, RuntimeConfig, RuntimeRe
 mod config;
 mod reload;
 
-pub use config::{AgentConfig, LogFormat, target_has_password};
+pub use config::{AgentConfig, LogFormat, target_holds_secret};
 pub use reload::Reloaded;
 
 /// The environment variable of the test-only fault hook, read only by debug

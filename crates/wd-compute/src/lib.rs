@@ -68,7 +68,7 @@ pub mod spawn;
 
 pub use agent::{
     Agent, AgentConfig, AgentError, FAULT_ENV, LogFormat, Reloaded, RunningAgent,
-    target_has_password,
+    target_holds_secret,
 };
 pub use directory::{
     DirectoryConfig, DirectorySettings, DirectoryStats, InstanceDirectory, NovaDirectory, Owner,

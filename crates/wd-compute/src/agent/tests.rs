@@ -87,8 +87,14 @@ max_entries = 500
         [
             "log",
             "amqp amqp://***@127.0.0.1:5672/%2f",
-            "webhook operator http://127.0.0.1:9/ops",
-            "webhook project p1 http://127.0.0.1:9/p1"
+            &*format!(
+                "webhook operator {}",
+                wd_notify_webhook::display_url("http://127.0.0.1:9/ops")
+            ),
+            &*format!(
+                "webhook project p1 {}",
+                wd_notify_webhook::display_url("http://127.0.0.1:9/p1")
+            ),
         ]
     );
     let kinds: Vec<_> = agent.destinations().iter().map(|d| d.kind).collect();
@@ -210,7 +216,13 @@ fn debug_output_and_secrets() {
     assert!(parse("notify = [\"amqp://u:s3cret@h/%2f\"]").holds_secrets());
     assert!(parse("[amqp]\nurl = \"rabbit://u@a,u:s3cret@b/\"").holds_secrets());
     assert!(!parse("notify = [\"log\", \"amqp://u@h/\"]").holds_secrets());
-    assert!(target_has_password("rabbit://a@h1,b:c@h2/"));
+    assert!(target_holds_secret("rabbit://a@h1,b:c@h2/"));
+    // A webhook URL with a token in its path is a secret too, named by key.
+    let cfg = parse(
+        "notify = [\"log\", \"https://hooks.slack.com/services/T0/B0/XXXXXXXXXXXXXXXXXXXXXXXX\"]",
+    );
+    assert_eq!(cfg.secret_keys(), ["notify[1]"]);
+    assert!(!target_holds_secret("https://ops.example/watchdog"));
 }
 
 #[test]
@@ -251,7 +263,9 @@ fn it_starts_reloads_and_stops_on_the_test_driver() {
         ));
         let done = running.reload(&next, &|_| None).unwrap();
         assert_eq!(done.updated, ["log"]);
-        assert_eq!(done.added, ["webhook project p1 http://127.0.0.1:9/p1"]);
+        let p1 = wd_notify_webhook::display_url("http://127.0.0.1:9/p1");
+        assert_eq!(done.added, [format!("webhook project p1 {p1}")]);
+        assert!(p1.starts_with("http://127.0.0.1:9 #"), "{p1}");
         assert_eq!(running.runtime().status().len(), 2);
 
         // An invalid one changes nothing.
