@@ -17,7 +17,7 @@ use reqwest::Url;
 
 use crate::error::{Error, Result};
 use crate::signing::Secret;
-use crate::tls::TlsConfig;
+use crate::tls::{TlsCache, TlsConfig};
 
 /// One receiver: a URL and the secrets its requests are signed with.
 ///
@@ -192,23 +192,16 @@ pub(crate) struct Routes {
 }
 
 impl Routes {
-    pub(crate) fn new(config: &WebhookConfig) -> Result<Self> {
+    pub(crate) fn new(config: &WebhookConfig, tls: &mut TlsCache) -> Result<Self> {
         let mut routes = Routes {
             targets: Vec::new(),
             operator: Vec::new(),
             projects: HashMap::new(),
         };
-        // One client per distinct TLS setting: clients share connections,
-        // and loading the system trust store is not free.
-        let mut clients: HashMap<TlsConfig, reqwest::Client> = HashMap::new();
+        // One TLS configuration per distinct setting, shared through
+        // `tls`; one HTTP client (connection pool) per endpoint.
         let mut client_for = |endpoint: &Endpoint| -> Result<reqwest::Client> {
-            let tls = config.tls.overridden_by(&endpoint.tls);
-            if let Some(c) = clients.get(&tls) {
-                return Ok(c.clone());
-            }
-            let c = crate::tls::client(&tls, config.timeout)?;
-            clients.insert(tls, c.clone());
-            Ok(c)
+            tls.client(&config.tls.overridden_by(&endpoint.tls), config.timeout)
         };
         for endpoint in &config.operator {
             let i = routes.push(Owner::Operator, endpoint, client_for(endpoint)?)?;
@@ -408,7 +401,7 @@ mod tests {
 
     #[test]
     fn routing_never_crosses_projects() {
-        let routes = Routes::new(&config()).unwrap();
+        let routes = Routes::new(&config(), &mut TlsCache::default()).unwrap();
         let ops = "https://ops.example/hook";
         check_route(
             &routes,
@@ -433,7 +426,7 @@ mod tests {
     fn without_operator_an_unknown_owner_goes_nowhere() {
         let mut config = config();
         config.operator.clear();
-        let routes = Routes::new(&config).unwrap();
+        let routes = Routes::new(&config, &mut TlsCache::default()).unwrap();
         check_route(&routes, Some("p-c"), &[]);
         check_route(&routes, None, &[]);
         check_route(&routes, Some("p-b"), &["https://b.example/"]);
@@ -474,7 +467,7 @@ mod tests {
             ),
         ];
         for (config, expected) in cases {
-            let err = Routes::new(&config).unwrap_err().to_string();
+            let err = Routes::new(&config, &mut TlsCache::default()).unwrap_err().to_string();
             assert_eq!(err, expected);
             assert!(
                 !err.contains("hunter2") && !err.contains("token=abc"),
@@ -540,7 +533,7 @@ mod tests {
             "p-a",
             Endpoint::new("https://u:hunter2@h.example/?k=v", [s]),
         );
-        let debug = format!("{config:?} {:?}", Routes::new(&config).unwrap());
+        let debug = format!("{config:?} {:?}", Routes::new(&config, &mut TlsCache::default()).unwrap());
         for leak in ["MfKQ9r8G", "hunter2", "k=v"] {
             assert!(!debug.contains(leak), "{leak} in {debug}");
         }

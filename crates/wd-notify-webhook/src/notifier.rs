@@ -16,6 +16,7 @@ use crate::config::{Endpoint, Routes, Target, WebhookConfig, display_url};
 use crate::error::{Error, Result};
 use crate::event;
 use crate::signing::{self, HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP};
+use crate::tls::TlsCache;
 
 /// How many (event, endpoint) outcomes are remembered, so that a retried
 /// notification is not sent again to endpoints that already took it.
@@ -52,11 +53,15 @@ impl fmt::Debug for WebhookNotifier {
 impl WebhookNotifier {
     /// Validates `config` and builds the notifier.
     pub fn new(config: WebhookConfig) -> Result<Self> {
+        Self::with_tls(config, &mut TlsCache::default())
+    }
+
+    fn with_tls(config: WebhookConfig, tls: &mut TlsCache) -> Result<Self> {
         event::check_service(&config.service)?;
         if config.timeout.is_zero() {
             return Err(Error::InvalidTimeout);
         }
-        let routes = Routes::new(&config)?;
+        let routes = Routes::new(&config, tls)?;
         Ok(WebhookNotifier {
             routes,
             service: config.service,
@@ -74,14 +79,20 @@ impl WebhookNotifier {
     ///
     /// As [`WebhookNotifier::new`], for the whole configuration.
     pub fn split(config: WebhookConfig) -> Result<Vec<WebhookEndpoint>> {
+        // One TLS configuration per distinct setting for all of them: the
+        // system trust store is held once, however many endpoints.
+        let mut tls = TlsCache::default();
         // Validates every endpoint first, so that an error names the first bad one.
-        WebhookNotifier::new(config.clone())?;
-        let single = |operator: Vec<Endpoint>, projects: BTreeMap<String, Vec<Endpoint>>| {
-            WebhookNotifier::new(WebhookConfig {
-                operator,
-                projects,
-                ..config.clone()
-            })
+        WebhookNotifier::with_tls(config.clone(), &mut tls)?;
+        let mut single = |operator: Vec<Endpoint>, projects: BTreeMap<String, Vec<Endpoint>>| {
+            WebhookNotifier::with_tls(
+                WebhookConfig {
+                    operator,
+                    projects,
+                    ..config.clone()
+                },
+                &mut tls,
+            )
         };
         let mut out = Vec::new();
         for e in &config.operator {
