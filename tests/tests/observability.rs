@@ -382,3 +382,134 @@ async fn libvirtd_sighup_adds_a_project_and_refuses_a_broken_config() {
     assert_eq!(receiver.rejected_signatures(), 0);
     assert_eq!(agent.terminate(Duration::from_secs(10)).unwrap(), 0);
 }
+
+/// A dummy interface holding one address outside 127.0.0.0/8, so that a
+/// client on this host connects from a non-loopback address. Removed on
+/// drop.
+struct OffLoopback {
+    name: String,
+    ip: String,
+}
+
+impl OffLoopback {
+    fn create() -> Option<OffLoopback> {
+        let pid = std::process::id();
+        let name = format!("wdobs{}", pid % 100_000);
+        // 10.254.0.0/16, a /32 per test process.
+        let ip = format!("10.254.{}.{}", (pid >> 8) % 250 + 1, pid % 250 + 1);
+        let _ = wd_testkit::run_quiet("ip", &["link", "del", &name]);
+        let made = wd_testkit::run_quiet("ip", &["link", "add", &name, "type", "dummy"]);
+        if !made {
+            return wd_testkit::unavailable(
+                "a dummy network interface",
+                "needs root and the dummy link type (`ip link add NAME type dummy`)",
+            );
+        }
+        let me = OffLoopback { name, ip };
+        assert!(wd_testkit::run_quiet(
+            "ip",
+            &["addr", "add", &format!("{}/32", me.ip), "dev", &me.name]
+        ));
+        assert!(wd_testkit::run_quiet(
+            "ip",
+            &["link", "set", &me.name, "up"]
+        ));
+        Some(me)
+    }
+}
+
+impl Drop for OffLoopback {
+    fn drop(&mut self) {
+        let _ = wd_testkit::run_quiet("ip", &["link", "del", &self.name]);
+    }
+}
+
+/// `GET path` from `from` (a local, non-loopback address) to `addr`.
+async fn get_from(from: &str, addr: &str, path: &str) -> (u16, String) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket
+        .bind(format!("{from}:0").parse().unwrap())
+        .unwrap();
+    let mut s = socket.connect(addr.parse().unwrap()).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut raw))
+        .await
+        .unwrap()
+        .unwrap();
+    let raw = String::from_utf8(raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+    (head.split_whitespace().nth(1).unwrap().parse().unwrap(), body.to_owned())
+}
+
+/// With the metrics address bound off loopback, a client from another
+/// address sees no project id and no URL path of any tenant endpoint: not
+/// in `/metrics`, `/healthz` or `/status` (403); the local socket still
+/// gives the operator every detail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_off_host_scrape_shows_no_tenant_details() {
+    let _serial = SERIAL.lock().await;
+    let Some(net) = OffLoopback::create() else {
+        return;
+    };
+    let receiver = Receiver::start_with(OPERATOR_SECRET, &[(PROJECT_A, SECRET_A)])
+        .await
+        .unwrap();
+    let dir = Scratch::new("wd-obs-offhost");
+    let project = uuid::Uuid::new_v4().simple().to_string();
+    // A second tenant endpoint whose path is a token (it never answers:
+    // its last error shows in /status).
+    let token_path = "/services/T0AAAAAAA/B0BBBBBBB/tokenPart0123456789abcd";
+    let text = config(&receiver, &dir.0, &project)
+        .replace("127.0.0.1:0", &format!("{}:0", net.ip))
+        .replace("host = ", "connect = \"test:///default\"\nhost = ")
+        + &format!(
+            "\n[[webhook.projects]]\nproject = \"{project}-b\"\nurl = \"http://127.0.0.1:9{token_path}\"\nsecrets = [\"{SECRET_A}\"]\n"
+        );
+    let cfg = dir.0.join("wd.toml");
+    write_private(&cfg, text);
+    let socket = dir.0.join("status.sock");
+    let mut agent = Agent::start_with(
+        &[
+            "--config".as_ref(),
+            cfg.as_os_str(),
+            "--status-socket".as_ref(),
+            socket.as_os_str(),
+        ],
+        &[("WD_WEBHOOK_SECRET", OPERATOR_SECRET)],
+        &dir.0.join("agent.log"),
+    )
+    .unwrap();
+    let addr = metrics_addr(&mut agent).await;
+    assert!(addr.starts_with(&net.ip), "{addr}");
+    agent.wait_ready(Duration::from_secs(60)).await.unwrap();
+
+    let tenant = [project.as_str(), PROJECT_A, token_path, "tokenPart"];
+    for path in ["/metrics", "/healthz", "/status"] {
+        let (code, body) = get_from(&net.ip, &addr, path).await;
+        for secret in tenant {
+            assert!(!body.contains(secret), "{path} ({code}) shows {secret}:\n{body}");
+        }
+        if path == "/status" {
+            assert_eq!(code, 403, "{body}");
+        } else {
+            assert!(code == 200 || code == 503, "{path}: {code}");
+        }
+    }
+    // The operator's own view, on the local socket, has the details (so
+    // the checks above could fail): destination names with the project
+    // and the endpoint's host and short hash, never its path.
+    let out = std::process::Command::new(wd_e2e::agent::wdguard_path().unwrap())
+        .args(["status", "--format", "json", "--socket"])
+        .arg(&socket)
+        .output()
+        .unwrap();
+    let status = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{status} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(status.contains(&format!("webhook project {project}")), "{status}");
+    assert!(!status.contains(token_path) && !status.contains(PROJECT_A), "{status}");
+    assert!(!agent.log_text().contains("tokenPart"), "{}", agent.log_text());
+    assert_eq!(agent.terminate(Duration::from_secs(10)).unwrap(), 0);
+}
