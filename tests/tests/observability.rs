@@ -427,9 +427,7 @@ impl Drop for OffLoopback {
 /// `GET path` from `from` (a local, non-loopback address) to `addr`.
 async fn get_from(from: &str, addr: &str, path: &str) -> (u16, String) {
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket
-        .bind(format!("{from}:0").parse().unwrap())
-        .unwrap();
+    socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
     let mut s = socket.connect(addr.parse().unwrap()).await.unwrap();
     s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
         .await
@@ -441,7 +439,10 @@ async fn get_from(from: &str, addr: &str, path: &str) -> (u16, String) {
         .unwrap();
     let raw = String::from_utf8(raw).unwrap();
     let (head, body) = raw.split_once("\r\n\r\n").unwrap();
-    (head.split_whitespace().nth(1).unwrap().parse().unwrap(), body.to_owned())
+    (
+        head.split_whitespace().nth(1).unwrap().parse().unwrap(),
+        body.to_owned(),
+    )
 }
 
 /// With the metrics address bound off loopback, a client from another
@@ -490,7 +491,10 @@ async fn an_off_host_scrape_shows_no_tenant_details() {
     for path in ["/metrics", "/healthz", "/status"] {
         let (code, body) = get_from(&net.ip, &addr, path).await;
         for secret in tenant {
-            assert!(!body.contains(secret), "{path} ({code}) shows {secret}:\n{body}");
+            assert!(
+                !body.contains(secret),
+                "{path} ({code}) shows {secret}:\n{body}"
+            );
         }
         if path == "/status" {
             assert_eq!(code, 403, "{body}");
@@ -507,9 +511,23 @@ async fn an_off_host_scrape_shows_no_tenant_details() {
         .output()
         .unwrap();
     let status = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{status} {}", String::from_utf8_lossy(&out.stderr));
-    assert!(status.contains(&format!("webhook project {project}")), "{status}");
-    assert!(!status.contains(token_path) && !status.contains(PROJECT_A), "{status}");
-    assert!(!agent.log_text().contains("tokenPart"), "{}", agent.log_text());
+    assert!(
+        out.status.success(),
+        "{status} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        status.contains(&format!("webhook project {project}")),
+        "{status}"
+    );
+    assert!(
+        !status.contains(token_path) && !status.contains(PROJECT_A),
+        "{status}"
+    );
+    assert!(
+        !agent.log_text().contains("tokenPart"),
+        "{}",
+        agent.log_text()
+    );
     assert_eq!(agent.terminate(Duration::from_secs(10)).unwrap(), 0);
 }

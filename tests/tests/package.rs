@@ -495,8 +495,14 @@ async fn libvirtd_package_installs_runs_as_wd_read_only_and_purges_cleanly() {
         (wd_uid, wd_gid, 0o660)
     );
     let shown = must("/usr/bin/wdguard", &["status", "--format", "json"]);
-    assert!(shown.contains("\"source\":\"agent /run/wd/status.sock\""), "{shown}");
-    assert!(shown.contains("webhook operator http://127.0.0.1:"), "{shown}");
+    assert!(
+        shown.contains("\"source\":\"agent /run/wd/status.sock\""),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("webhook operator http://127.0.0.1:"),
+        "{shown}"
+    );
     assert!(!shown.contains("/ops"), "an endpoint path shows: {shown}");
     // Another user cannot reach the socket (/run/wd is wd:wd 0750).
     let reach = |user: &str| {

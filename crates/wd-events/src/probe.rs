@@ -36,20 +36,18 @@ pub(crate) fn open(uri: &str, read_only: bool) -> Result<Connect> {
             source,
         });
     }
-    Connect::open(Some(uri)).map_err(|source| {
-        match Connect::open_read_only(Some(uri)) {
-            Ok(ro) => {
-                drop(ro);
-                Error::ReadWriteRefused {
-                    uri: uri.to_owned(),
-                    source,
-                }
-            }
-            Err(_) => Error::Connect {
+    Connect::open(Some(uri)).map_err(|source| match Connect::open_read_only(Some(uri)) {
+        Ok(ro) => {
+            drop(ro);
+            Error::ReadWriteRefused {
                 uri: uri.to_owned(),
                 source,
-            },
+            }
         }
+        Err(_) => Error::Connect {
+            uri: uri.to_owned(),
+            source,
+        },
     })
 }
 

@@ -319,7 +319,11 @@ pub fn display_url(raw: &str) -> String {
                 url.scheme(),
                 url.host_str().unwrap_or("")
             ),
-            None => format!("{}://{} #{hash}", url.scheme(), url.host_str().unwrap_or("")),
+            None => format!(
+                "{}://{} #{hash}",
+                url.scheme(),
+                url.host_str().unwrap_or("")
+            ),
         },
         None => format!("(unparsable url) #{hash}"),
     }
@@ -435,11 +439,17 @@ mod tests {
     #[test]
     fn invalid_configurations_are_rejected_naming_the_owner_not_the_secret() {
         let bad = display_url("https://user:hunter2@[bad/x?token=abc");
-        let bad = format!("webhook url `{bad}` for project p-a is not valid: invalid IPv6 address; expected an absolute http:// or https:// URL");
+        let bad = format!(
+            "webhook url `{bad}` for project p-a is not valid: invalid IPv6 address; expected an absolute http:// or https:// URL"
+        );
         let x = display_url("https://x/");
-        let no_secret = format!("webhook endpoint `{x}` for project p-a has no signing secret; give at least one `whsec_` secret");
+        let no_secret = format!(
+            "webhook endpoint `{x}` for project p-a has no signing secret; give at least one `whsec_` secret"
+        );
         let ftp = display_url("ftp://x/");
-        let ftp = format!("webhook url `{ftp}` for the operator is not valid: scheme `ftp` is not http or https; expected an absolute http:// or https:// URL");
+        let ftp = format!(
+            "webhook url `{ftp}` for the operator is not valid: scheme `ftp` is not http or https; expected an absolute http:// or https:// URL"
+        );
         let cases: Vec<(WebhookConfig, &str)> = vec![
             (
                 WebhookConfig::default().with_project("", Endpoint::new("https://x/", [secret()])),
@@ -467,7 +477,9 @@ mod tests {
             ),
         ];
         for (config, expected) in cases {
-            let err = Routes::new(&config, &mut TlsCache::default()).unwrap_err().to_string();
+            let err = Routes::new(&config, &mut TlsCache::default())
+                .unwrap_err()
+                .to_string();
             assert_eq!(err, expected);
             assert!(
                 !err.contains("hunter2") && !err.contains("token=abc"),
@@ -495,13 +507,19 @@ mod tests {
             let shown = display_url(input);
             assert!(shown.starts_with(prefix), "{input}: {shown}");
             let hash = shown.rsplit_once(" #").unwrap().1;
-            assert!(hash.len() == 8 && hash.chars().all(|c| c.is_ascii_hexdigit()), "{shown}");
+            assert!(
+                hash.len() == 8 && hash.chars().all(|c| c.is_ascii_hexdigit()),
+                "{shown}"
+            );
             for leak in ["pw", "token", "frag", "/p", "path", "secret"] {
                 assert!(!shown.contains(leak), "{leak} in {shown}");
             }
         };
         check("https://h.example/p", "https://h.example #");
-        check("https://u:pw@h.example:8443/p?token=t#frag", "https://h.example:8443 #");
+        check(
+            "https://u:pw@h.example:8443/p?token=t#frag",
+            "https://h.example:8443 #",
+        );
         check("http://u@h.example/secret", "http://h.example #");
         check("not a url with pw@host/path?q", "(unparsable url) #");
         // Two endpoints on one host are told apart; a spelling of the same
@@ -512,11 +530,21 @@ mod tests {
 
     #[test]
     fn urls_that_are_secrets() {
-        let check = |url: &str, expected: bool| assert_eq!(url_holds_secret(url), expected, "{url}");
-        check("https://hooks.slack.com/services/T00000000/B00000000/XXXXXXXXXXXXXXXXXXXXXXXX", true);
+        let check =
+            |url: &str, expected: bool| assert_eq!(url_holds_secret(url), expected, "{url}");
+        check(
+            "https://hooks.slack.com/services/T00000000/B00000000/XXXXXXXXXXXXXXXXXXXXXXXX",
+            true,
+        );
         check("https://discord.com/api/webhooks/1234/abcd", true);
-        check("https://contoso.webhook.office.com/webhookb2/x/IncomingWebhook/y/z", true);
-        check("https://h.example/hooks/0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0", true);
+        check(
+            "https://contoso.webhook.office.com/webhookb2/x/IncomingWebhook/y/z",
+            true,
+        );
+        check(
+            "https://h.example/hooks/0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0",
+            true,
+        );
         check("https://h.example/hook?code=abc", true);
         check("https://user:pw@h.example/hook", true);
         check("https://user@h.example/hook", true);
@@ -533,7 +561,10 @@ mod tests {
             "p-a",
             Endpoint::new("https://u:hunter2@h.example/?k=v", [s]),
         );
-        let debug = format!("{config:?} {:?}", Routes::new(&config, &mut TlsCache::default()).unwrap());
+        let debug = format!(
+            "{config:?} {:?}",
+            Routes::new(&config, &mut TlsCache::default()).unwrap()
+        );
         for leak in ["MfKQ9r8G", "hunter2", "k=v"] {
             assert!(!debug.contains(leak), "{leak} in {debug}");
         }

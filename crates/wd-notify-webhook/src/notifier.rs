@@ -513,7 +513,11 @@ mod tests {
         let parts = WebhookNotifier::split(config.clone()).unwrap();
         let owners: Vec<_> = parts.iter().map(|p| p.project.as_deref()).collect();
         assert_eq!(owners, [None, Some("p1"), Some("p1"), Some("p2")]);
-        assert!(parts[0].shown.starts_with("https://ops.example #"), "{}", parts[0].shown);
+        assert!(
+            parts[0].shown.starts_with("https://ops.example #"),
+            "{}",
+            parts[0].shown
+        );
         let prints: std::collections::HashSet<_> =
             parts.iter().map(|p| p.fingerprint.clone()).collect();
         assert_eq!(

@@ -189,7 +189,11 @@ fn rustls_config(tls: &TlsConfig) -> Result<rustls::ClientConfig> {
                 .collect::<Result<_, _>>()
                 .map_err(|e| invalid("ca_file", path, e.to_string()))?;
             if certs.is_empty() {
-                return Err(invalid("ca_file", path, "it holds no PEM certificate".into()));
+                return Err(invalid(
+                    "ca_file",
+                    path,
+                    "it holds no PEM certificate".into(),
+                ));
             }
             let mut roots = rustls::RootCertStore::clone(system_roots());
             for c in certs {
@@ -218,7 +222,11 @@ fn rustls_config(tls: &TlsConfig) -> Result<rustls::ClientConfig> {
                     .collect::<Result<_, _>>()
                     .map_err(|e| invalid(what, cert, e.to_string()))?;
             if chain.is_empty() {
-                return Err(invalid(what, cert, "client_cert holds no PEM certificate".into()));
+                return Err(invalid(
+                    what,
+                    cert,
+                    "client_cert holds no PEM certificate".into(),
+                ));
             }
             // The key's own error text names no key material.
             let key_der = PrivateKeyDer::from_pem_slice(&read_pem("client_key", key)?)

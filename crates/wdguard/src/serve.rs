@@ -187,7 +187,10 @@ where
                 .get(header::CONTENT_LENGTH)
                 .is_some_and(|v| v.as_bytes() != b"0");
             if chunked || length {
-                return Ok((StatusCode::PAYLOAD_TOO_LARGE, "no request body is accepted\n")
+                return Ok((
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "no request body is accepted\n",
+                )
                     .into_response());
             }
             hyper::service::Service::call(&inner, req).await

@@ -70,7 +70,11 @@ fn status_socket(args: &Args) -> Option<PathBuf> {
         std::env::var_os("RUNTIME_DIRECTORY")
             .filter(|d| !d.is_empty())
             // systemd may list several directories, separated by colons.
-            .and_then(|d| d.to_str().and_then(|d| d.split(':').next()).map(PathBuf::from))
+            .and_then(|d| {
+                d.to_str()
+                    .and_then(|d| d.split(':').next())
+                    .map(PathBuf::from)
+            })
             .map(|d| d.join("status.sock"))
     })
 }

@@ -25,14 +25,13 @@ fn get(stream: &mut (impl std::io::Read + std::io::Write), request: &str) -> Str
 #[test]
 fn sixty_four_slow_clients_do_not_starve_a_scrape() {
     let rt = runtime();
-    let (addr, task) = rt
-        .block_on(start("127.0.0.1:0", Metrics::new()))
-        .unwrap();
+    let (addr, task) = rt.block_on(start("127.0.0.1:0", Metrics::new())).unwrap();
     // 64 connections that each send half a request head and then nothing.
     let mut slow = Vec::new();
     for _ in 0..64 {
         let mut s = TcpStream::connect(addr).unwrap();
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n").unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+            .unwrap();
         slow.push(s);
     }
     let started = Instant::now();
@@ -46,7 +45,8 @@ fn sixty_four_slow_clients_do_not_starve_a_scrape() {
     // MAX_PER_CLIENT of them are still open.
     let mut open = 0;
     for mut s in slow {
-        s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
         let mut buf = [0u8; 1];
         match s.read(&mut buf) {
             Ok(0) => {}
@@ -62,9 +62,7 @@ fn sixty_four_slow_clients_do_not_starve_a_scrape() {
 #[test]
 fn a_request_body_is_refused() {
     let rt = runtime();
-    let (addr, task) = rt
-        .block_on(start("127.0.0.1:0", Metrics::new()))
-        .unwrap();
+    let (addr, task) = rt.block_on(start("127.0.0.1:0", Metrics::new())).unwrap();
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let answer = get(

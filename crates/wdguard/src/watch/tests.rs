@@ -119,7 +119,8 @@ fn nova_config_gives_the_bus_and_host() {
 }
 
 /// A Slack-style URL: the token is the last path segment.
-const TOKEN_URL: &str = "https://hooks.slack.com/services/T0AAAAAAA/B0BBBBBBB/s3cretTokenPart0123456789";
+const TOKEN_URL: &str =
+    "https://hooks.slack.com/services/T0AAAAAAA/B0BBBBBBB/s3cretTokenPart0123456789";
 
 #[test]
 fn a_webhook_url_with_a_token_is_refused_on_the_command_line() {
@@ -150,10 +151,15 @@ fn a_world_readable_config_with_a_token_url_is_refused_naming_the_key() {
     std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
     let err = crate::one_line(load_config(&p).unwrap_err().chain());
     assert!(
-        err.contains("holds secrets (webhook.projects[1].url) but is readable by others (mode 0644)"),
+        err.contains(
+            "holds secrets (webhook.projects[1].url) but is readable by others (mode 0644)"
+        ),
         "{err}"
     );
-    assert!(!err.contains("s3cret") && !err.contains("services"), "{err}");
+    assert!(
+        !err.contains("s3cret") && !err.contains("services"),
+        "{err}"
+    );
     // The same file closed to others is accepted.
     std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
     load_config(&p).unwrap();
