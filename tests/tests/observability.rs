@@ -383,76 +383,93 @@ async fn libvirtd_sighup_adds_a_project_and_refuses_a_broken_config() {
     assert_eq!(agent.terminate(Duration::from_secs(10)).unwrap(), 0);
 }
 
-/// A dummy interface holding one address outside 127.0.0.0/8, so that a
-/// client on this host connects from a non-loopback address. Removed on
-/// drop.
-struct OffLoopback {
-    name: String,
-    ip: String,
+/// Another host: a network namespace joined to this one by a veth pair,
+/// this side `host_ip`, the namespace's side another address, both outside
+/// 127.0.0.0/8. Removed on drop.
+struct OtherHost {
+    ns: String,
+    link: String,
+    host_ip: String,
 }
 
-impl OffLoopback {
-    fn create() -> Option<OffLoopback> {
+impl OtherHost {
+    fn create() -> Option<OtherHost> {
         let pid = std::process::id();
-        let name = format!("wdobs{}", pid % 100_000);
-        // 10.254.0.0/16, a /32 per test process.
-        let ip = format!("10.254.{}.{}", (pid >> 8) % 250 + 1, pid % 250 + 1);
-        let _ = wd_testkit::run_quiet("ip", &["link", "del", &name]);
-        let made = wd_testkit::run_quiet("ip", &["link", "add", &name, "type", "dummy"]);
-        if !made {
-            return wd_testkit::unavailable(
-                "a dummy network interface",
-                "needs root and the dummy link type (`ip link add NAME type dummy`)",
-            );
+        let ns = format!("wdobs{}", pid % 100_000);
+        let link = format!("wdobs{}h", pid % 100_000);
+        let peer = format!("wdobs{}p", pid % 100_000);
+        // 10.254.0.0/16, a /30 per test process.
+        let net = format!("10.254.{}.{}", (pid >> 6) % 250, (pid % 60) * 4);
+        let base: Vec<u32> = net.split('.').map(|p| p.parse().unwrap()).collect();
+        let ip = |n: u32| format!("{}.{}.{}.{}", base[0], base[1], base[2], base[3] + n);
+        let _ = wd_testkit::run_quiet("ip", &["netns", "del", &ns]);
+        let _ = wd_testkit::run_quiet("ip", &["link", "del", &link]);
+        if !wd_testkit::run_quiet("ip", &["netns", "add", &ns]) {
+            return wd_testkit::unavailable("a network namespace", "needs root and `ip netns add`");
         }
-        let me = OffLoopback { name, ip };
-        assert!(wd_testkit::run_quiet(
-            "ip",
-            &["addr", "add", &format!("{}/32", me.ip), "dev", &me.name]
-        ));
-        assert!(wd_testkit::run_quiet(
-            "ip",
-            &["link", "set", &me.name, "up"]
-        ));
+        let me = OtherHost {
+            ns,
+            link,
+            host_ip: ip(1),
+        };
+        let ok = |args: &[&str]| assert!(wd_testkit::run_quiet("ip", args), "ip {args:?}");
+        ok(&[
+            "link", "add", &me.link, "type", "veth", "peer", "name", &peer,
+        ]);
+        ok(&["link", "set", &peer, "netns", &me.ns]);
+        ok(&[
+            "addr",
+            "add",
+            &format!("{}/30", me.host_ip),
+            "dev",
+            &me.link,
+        ]);
+        ok(&["link", "set", &me.link, "up"]);
+        let inside = |args: &[&str]| {
+            let mut all = vec!["netns", "exec", &me.ns, "ip"];
+            all.extend_from_slice(args);
+            ok(&all);
+        };
+        inside(&["addr", "add", &format!("{}/30", ip(2)), "dev", &peer]);
+        inside(&["link", "set", &peer, "up"]);
+        inside(&["link", "set", "lo", "up"]);
         Some(me)
     }
-}
 
-impl Drop for OffLoopback {
-    fn drop(&mut self) {
-        let _ = wd_testkit::run_quiet("ip", &["link", "del", &self.name]);
+    /// `GET url` from inside the namespace: the status code and the body.
+    fn get(&self, url: &str) -> (u16, String) {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", &self.ns, "curl", "-sS", "--max-time", "10"])
+            .args(["-w", "\n%{http_code}", url])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "curl {url}: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let (body, code) = text.rsplit_once('\n').unwrap();
+        (code.trim().parse().unwrap(), body.to_owned())
     }
 }
 
-/// `GET path` from `from` (a local, non-loopback address) to `addr`.
-async fn get_from(from: &str, addr: &str, path: &str) -> (u16, String) {
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
-    let mut s = socket.connect(addr.parse().unwrap()).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut raw = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut raw))
-        .await
-        .unwrap()
-        .unwrap();
-    let raw = String::from_utf8(raw).unwrap();
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
-    (
-        head.split_whitespace().nth(1).unwrap().parse().unwrap(),
-        body.to_owned(),
-    )
+impl Drop for OtherHost {
+    fn drop(&mut self) {
+        // Deleting the namespace deletes its end of the pair, and so both.
+        let _ = wd_testkit::run_quiet("ip", &["netns", "del", &self.ns]);
+        let _ = wd_testkit::run_quiet("ip", &["link", "del", &self.link]);
+    }
 }
 
-/// With the metrics address bound off loopback, a client from another
-/// address sees no project id and no URL path of any tenant endpoint: not
+/// With the metrics address bound off loopback, a client on another host
+/// (a network namespace behind a veth pair) sees no project id and no URL path of any tenant endpoint: not
 /// in `/metrics`, `/healthz` or `/status` (403); the local socket still
 /// gives the operator every detail.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_off_host_scrape_shows_no_tenant_details() {
     let _serial = SERIAL.lock().await;
-    let Some(net) = OffLoopback::create() else {
+    let Some(net) = OtherHost::create() else {
         return;
     };
     let receiver = Receiver::start_with(OPERATOR_SECRET, &[(PROJECT_A, SECRET_A)])
@@ -464,7 +481,7 @@ async fn an_off_host_scrape_shows_no_tenant_details() {
     // its last error shows in /status).
     let token_path = "/services/T0AAAAAAA/B0BBBBBBB/tokenPart0123456789abcd";
     let text = config(&receiver, &dir.0, &project)
-        .replace("127.0.0.1:0", &format!("{}:0", net.ip))
+        .replace("127.0.0.1:0", &format!("{}:0", net.host_ip))
         .replace("host = ", "connect = \"test:///default\"\nhost = ")
         + &format!(
             "\n[[webhook.projects]]\nproject = \"{project}-b\"\nurl = \"http://127.0.0.1:9{token_path}\"\nsecrets = [\"{SECRET_A}\"]\n"
@@ -484,12 +501,12 @@ async fn an_off_host_scrape_shows_no_tenant_details() {
     )
     .unwrap();
     let addr = metrics_addr(&mut agent).await;
-    assert!(addr.starts_with(&net.ip), "{addr}");
+    assert!(addr.starts_with(&net.host_ip), "{addr}");
     agent.wait_ready(Duration::from_secs(60)).await.unwrap();
 
     let tenant = [project.as_str(), PROJECT_A, token_path, "tokenPart"];
     for path in ["/metrics", "/healthz", "/status"] {
-        let (code, body) = get_from(&net.ip, &addr, path).await;
+        let (code, body) = net.get(&format!("http://{addr}{path}"));
         for secret in tenant {
             assert!(
                 !body.contains(secret),
