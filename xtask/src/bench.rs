@@ -89,6 +89,10 @@ pub fn run(args: &[&str]) -> Result<()> {
     setup::cmd_ok(cargo().args(["bench", "-p", "wd-notify", "--bench", "isolation"]))?;
     part5(&mut figures, since)?;
 
+    eprintln!("xtask: part 8, the shared trust store (wd-notify-webhook)");
+    setup::cmd_ok(cargo().args(["bench", "-p", "wd-notify-webhook", "--bench", "trust_store"]))?;
+    part8(&mut figures, since)?;
+
     // Write what was measured even when a live part fails, then report it.
     let live_result = if live {
         live_parts(&mut figures)
@@ -164,6 +168,41 @@ fn part5(figures: &mut Vec<Figure>, since: SystemTime) -> Result<()> {
                 unit,
                 &format!("2,000 notifications after criterion; {method}"),
             );
+        }
+    }
+    Ok(())
+}
+
+/// Part 8: 1,000 webhook endpoints, each loading the system trust store
+/// (before) and sharing one (after), each variant in a fresh process of
+/// the same run; read from `target/criterion/trust-store.json`.
+fn part8(figures: &mut Vec<Figure>, since: SystemTime) -> Result<()> {
+    let path = target_dir().join("criterion").join("trust-store.json");
+    let fresh = std::fs::metadata(&path)
+        .and_then(|m| m.modified())
+        .is_ok_and(|t| t >= since);
+    if !fresh {
+        bail!("{} was not written by this run", path.display());
+    }
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
+    let rows: Value =
+        serde_json::from_str(&text).with_context(|| format!("parse {}", path.display()))?;
+    let method = "wd-notify-webhook bench `trust_store`: before = one reqwest client per endpoint (+1) loading the system store itself; after = WebhookNotifier::split of the same 1,000 endpoints; reload = build a second set, then drop the first; RSS = VmRSS growth over the process's start";
+    for row in rows.as_array().context("trust store: not an array")? {
+        let variant = row["variant"].as_str().context("variant")?;
+        for (key, unit) in [
+            ("start_ms", "ms"),
+            ("reload_ms", "ms"),
+            ("rss_start_kib", "KiB"),
+            ("rss_reload_kib", "KiB"),
+        ] {
+            let v = row[key].as_f64().with_context(|| key.to_owned())?;
+            let name = format!(
+                "trust_store_{variant}_{}",
+                key.trim_end_matches("_kib").trim_end_matches("_ms")
+            );
+            push(figures, 8, &name, v, unit, method);
         }
     }
     Ok(())
@@ -731,6 +770,7 @@ fn markdown(figures: &[Figure], env: &[(&str, String)], live: bool) -> String {
         (5, "5. Isolation between destinations"),
         (6, "6. Fleet scale: catch-up, churn, fan-out"),
         (7, "7. Side by side with a baseline agent"),
+        (8, "8. Trust store: 1,000 webhook endpoints"),
     ];
     for (part, title) in parts {
         let _ = writeln!(s, "\n## {title}\n");
@@ -832,6 +872,13 @@ fsyncs each notification before delivering it (compare `raw_fsync_rate` in \
 part 2) and signs it; a ratio above 1 there is the price of those \
 guarantees. Memory: VmRSS is mostly shared libraries for both (libvirt's \
 client library in both; the Python interpreter for the baseline).
+- **Part 8**: before, each of the 1,000 endpoints had its own HTTP client \
+that read and parsed the whole system trust store (`/etc/ssl/certs`) and \
+kept its own copy, at start and again at every SIGHUP; after, the store is \
+read once per process and every endpoint with the same TLS settings shares \
+one rustls configuration (each keeps its own connection pool). The after \
+figures include everything `WebhookNotifier::split` does (the check of the \
+whole configuration, routes, secrets), the before figures only the clients.
 ";
 
 #[cfg(test)]

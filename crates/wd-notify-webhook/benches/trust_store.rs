@@ -115,7 +115,10 @@ fn main() {
         println!("trust store, {ENDPOINTS} endpoints: {line}");
         rows.push(line);
     }
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/criterion");
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"));
+    let dir = target.join("criterion");
     std::fs::create_dir_all(&dir).expect("create target/criterion");
     std::fs::write(
         dir.join("trust-store.json"),
