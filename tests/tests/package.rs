@@ -82,7 +82,7 @@ fn find_deb() -> Option<PathBuf> {
         .filter(|p| {
             p.extension().is_some_and(|e| e == "deb")
                 && p.file_name()
-                    .is_some_and(|n| n.to_string_lossy().starts_with("wd_"))
+                    .is_some_and(|n| n.to_string_lossy().starts_with("wdguard_"))
         })
         .filter_map(|p| Some((p.metadata().ok()?.modified().ok()?, p)))
         .collect();
@@ -307,7 +307,10 @@ async fn libvirtd_package_installs_runs_as_wd_read_only_and_purges_cleanly() {
         "the package must not create group libvirt"
     );
     let unit = std::fs::read_to_string(UNIT).unwrap();
-    assert!(!unit.contains("SupplementaryGroups"), "{unit}");
+    assert!(
+        !unit.lines().any(|l| l.starts_with("SupplementaryGroups=")),
+        "{unit}"
+    );
     assert!(unit.contains("RuntimeDirectory=wd"), "{unit}");
     let wd_uid: u32 = must("id", &["-u", "wd"]).trim().parse().unwrap();
     let wd_gid: u32 = must("id", &["-g", "wd"]).trim().parse().unwrap();
