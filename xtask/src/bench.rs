@@ -127,19 +127,7 @@ pub fn run(args: &[&str]) -> Result<()> {
 /// `target/criterion/isolation-quantiles.json`.
 fn part5(figures: &mut Vec<Figure>, since: SystemTime) -> Result<()> {
     let method = "Router with one durable queue per destination (group commit) in a temp dir; the healthy destination is a channel; each hung destination never answers and holds 100 pending entries; one sample = Router::notify until the healthy receiver has the notification";
-    let path = target_dir()
-        .join("criterion")
-        .join("isolation-quantiles.json");
-    let fresh = std::fs::metadata(&path)
-        .and_then(|m| m.modified())
-        .is_ok_and(|t| t >= since);
-    if !fresh {
-        bail!("{} was not written by this run", path.display());
-    }
-    let text =
-        std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
-    let rows: Value =
-        serde_json::from_str(&text).with_context(|| format!("parse {}", path.display()))?;
+    let rows = fresh_json("isolation-quantiles.json", since)?;
     for row in rows
         .as_array()
         .context("isolation quantiles: not an array")?
@@ -173,21 +161,29 @@ fn part5(figures: &mut Vec<Figure>, since: SystemTime) -> Result<()> {
     Ok(())
 }
 
-/// Part 8: 1,000 webhook endpoints, each loading the system trust store
-/// (before) and sharing one (after), each variant in a fresh process of
-/// the same run; read from `target/criterion/trust-store.json`.
-fn part8(figures: &mut Vec<Figure>, since: SystemTime) -> Result<()> {
-    let path = target_dir().join("criterion").join("trust-store.json");
-    let fresh = std::fs::metadata(&path)
+/// `target/criterion/NAME`, parsed; it must have been written by this run.
+fn fresh_json(name: &str, since: SystemTime) -> Result<Value> {
+    let path = target_dir().join("criterion").join(name);
+    let text = fresh_text(&path, since)?;
+    serde_json::from_str(&text).with_context(|| format!("parse {}", path.display()))
+}
+
+/// The text of `path`, which must have been written by this run.
+fn fresh_text(path: &std::path::Path, since: SystemTime) -> Result<String> {
+    let fresh = std::fs::metadata(path)
         .and_then(|m| m.modified())
         .is_ok_and(|t| t >= since);
     if !fresh {
         bail!("{} was not written by this run", path.display());
     }
-    let text =
-        std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
-    let rows: Value =
-        serde_json::from_str(&text).with_context(|| format!("parse {}", path.display()))?;
+    std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))
+}
+
+/// Part 8: 1,000 webhook endpoints, each loading the system trust store
+/// (before) and sharing one (after), each variant in a fresh process of
+/// the same run; read from `target/criterion/trust-store.json`.
+fn part8(figures: &mut Vec<Figure>, since: SystemTime) -> Result<()> {
+    let rows = fresh_json("trust-store.json", since)?;
     let method = "wd-notify-webhook bench `trust_store`: before = one reqwest client per endpoint (+1) loading the system store itself; after = WebhookNotifier::split of the same 1,000 endpoints; reload = build a second set, then drop the first; RSS = VmRSS growth over the process's start";
     for row in rows.as_array().context("trust store: not an array")? {
         let variant = row["variant"].as_str().context("variant")?;
@@ -216,14 +212,7 @@ fn median_ns(id: &str, since: SystemTime) -> Result<f64> {
         .join(id)
         .join("new")
         .join("estimates.json");
-    let fresh = std::fs::metadata(&path)
-        .and_then(|m| m.modified())
-        .is_ok_and(|t| t >= since);
-    if !fresh {
-        bail!("{} was not written by this run", path.display());
-    }
-    let text =
-        std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
+    let text = fresh_text(&path, since)?;
     median_point_estimate(&text)
         .with_context(|| format!("no median point estimate in {}", path.display()))
 }
