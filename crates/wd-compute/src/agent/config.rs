@@ -166,8 +166,18 @@ impl AgentConfig {
         #[cfg(feature = "webhook")]
         keys.extend(self.webhook.secret_keys());
         #[cfg(feature = "amqp")]
-        if self.amqp.holds_secrets() {
-            keys.push("amqp".to_owned());
+        {
+            if self.amqp.password.is_some() {
+                keys.push("amqp.password".to_owned());
+            }
+            if self
+                .amqp
+                .url
+                .as_deref()
+                .is_some_and(wd_notify_amqp::settings::has_password)
+            {
+                keys.push("amqp.url".to_owned());
+            }
         }
         keys
     }

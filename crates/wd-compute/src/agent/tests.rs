@@ -222,6 +222,11 @@ fn debug_output_and_secrets() {
         "notify = [\"log\", \"https://hooks.slack.com/services/T0/B0/XXXXXXXXXXXXXXXXXXXXXXXX\"]",
     );
     assert_eq!(cfg.secret_keys(), ["notify[1]"]);
+    let both = "notify = [\"amqp://u:s3cret@h/%2f\"]\n[amqp]\npassword = \"s3cret\"\nurl = \"amqp://u:p@h/\"";
+    assert_eq!(
+        parse(both).secret_keys(),
+        ["notify[0]", "amqp.password", "amqp.url"]
+    );
     assert!(!target_holds_secret("https://ops.example/watchdog"));
 }
 
