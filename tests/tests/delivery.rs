@@ -201,7 +201,7 @@ async fn hostile_endpoints_of_one_project_delay_no_other_project() {
 
     let by = |b: Behaviour| {
         let url = hostiles.iter().find(|h| h.behaviour == b).unwrap().url();
-        agent.status(&format!("{A} {url}"))
+        agent.status(&format!("{A} {}", wd_notify_webhook::display_url(url)))
     };
     let hang = by(Behaviour::Hang);
     assert!(hang.backlog > 0 && hang.delivered == 0, "{hang:?}");

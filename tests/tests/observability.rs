@@ -383,3 +383,169 @@ async fn libvirtd_sighup_adds_a_project_and_refuses_a_broken_config() {
     assert_eq!(receiver.rejected_signatures(), 0);
     assert_eq!(agent.terminate(Duration::from_secs(10)).unwrap(), 0);
 }
+
+/// Another host: a network namespace joined to this one by a veth pair,
+/// this side `host_ip`, the namespace's side another address, both outside
+/// 127.0.0.0/8. Removed on drop.
+struct OtherHost {
+    ns: String,
+    link: String,
+    host_ip: String,
+}
+
+impl OtherHost {
+    fn create() -> Option<OtherHost> {
+        let pid = std::process::id();
+        let ns = format!("wdobs{}", pid % 100_000);
+        let link = format!("wdobs{}h", pid % 100_000);
+        let peer = format!("wdobs{}p", pid % 100_000);
+        // 10.254.0.0/16, a /30 per test process.
+        let net = format!("10.254.{}.{}", (pid >> 6) % 250, (pid % 60) * 4);
+        let base: Vec<u32> = net.split('.').map(|p| p.parse().unwrap()).collect();
+        let ip = |n: u32| format!("{}.{}.{}.{}", base[0], base[1], base[2], base[3] + n);
+        let _ = wd_testkit::run_quiet("ip", &["netns", "del", &ns]);
+        let _ = wd_testkit::run_quiet("ip", &["link", "del", &link]);
+        if !wd_testkit::run_quiet("ip", &["netns", "add", &ns]) {
+            return wd_testkit::unavailable("a network namespace", "needs root and `ip netns add`");
+        }
+        let me = OtherHost {
+            ns,
+            link,
+            host_ip: ip(1),
+        };
+        let ok = |args: &[&str]| assert!(wd_testkit::run_quiet("ip", args), "ip {args:?}");
+        ok(&[
+            "link", "add", &me.link, "type", "veth", "peer", "name", &peer,
+        ]);
+        ok(&["link", "set", &peer, "netns", &me.ns]);
+        ok(&[
+            "addr",
+            "add",
+            &format!("{}/30", me.host_ip),
+            "dev",
+            &me.link,
+        ]);
+        ok(&["link", "set", &me.link, "up"]);
+        let inside = |args: &[&str]| {
+            let mut all = vec!["netns", "exec", &me.ns, "ip"];
+            all.extend_from_slice(args);
+            ok(&all);
+        };
+        inside(&["addr", "add", &format!("{}/30", ip(2)), "dev", &peer]);
+        inside(&["link", "set", &peer, "up"]);
+        inside(&["link", "set", "lo", "up"]);
+        Some(me)
+    }
+
+    /// `GET url` from inside the namespace: the status code and the body.
+    fn get(&self, url: &str) -> (u16, String) {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", &self.ns, "curl", "-sS", "--max-time", "10"])
+            .args(["-w", "\n%{http_code}", url])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "curl {url}: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let (body, code) = text.rsplit_once('\n').unwrap();
+        (code.trim().parse().unwrap(), body.to_owned())
+    }
+}
+
+impl Drop for OtherHost {
+    fn drop(&mut self) {
+        // Deleting the namespace deletes its end of the pair, and so both.
+        let _ = wd_testkit::run_quiet("ip", &["netns", "del", &self.ns]);
+        let _ = wd_testkit::run_quiet("ip", &["link", "del", &self.link]);
+    }
+}
+
+/// With the metrics address bound off loopback, a client on another host
+/// (a network namespace behind a veth pair) sees no project id and no URL path of any tenant endpoint: not
+/// in `/metrics`, `/healthz` or `/status` (403); the local socket still
+/// gives the operator every detail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_off_host_scrape_shows_no_tenant_details() {
+    let _serial = SERIAL.lock().await;
+    let Some(net) = OtherHost::create() else {
+        return;
+    };
+    let receiver = Receiver::start_with(OPERATOR_SECRET, &[(PROJECT_A, SECRET_A)])
+        .await
+        .unwrap();
+    let dir = Scratch::new("wd-obs-offhost");
+    let project = uuid::Uuid::new_v4().simple().to_string();
+    // A second tenant endpoint whose path is a token (it never answers:
+    // its last error shows in /status).
+    let token_path = "/services/T0AAAAAAA/B0BBBBBBB/tokenPart0123456789abcd";
+    let text = config(&receiver, &dir.0, &project)
+        .replace("127.0.0.1:0", &format!("{}:0", net.host_ip))
+        .replace("host = ", "connect = \"test:///default\"\nhost = ")
+        + &format!(
+            "\n[[webhook.projects]]\nproject = \"{project}-b\"\nurl = \"http://127.0.0.1:9{token_path}\"\nsecrets = [\"{SECRET_A}\"]\n"
+        );
+    let cfg = dir.0.join("wd.toml");
+    write_private(&cfg, text);
+    let socket = dir.0.join("status.sock");
+    let mut agent = AgentProcess::start_with(
+        &[
+            "--config".as_ref(),
+            cfg.as_os_str(),
+            "--status-socket".as_ref(),
+            socket.as_os_str(),
+        ],
+        &[("WD_WEBHOOK_SECRET", OPERATOR_SECRET)],
+        &dir.0.join("agent.log"),
+    )
+    .unwrap();
+    let addr = metrics_addr(&mut agent).await;
+    assert!(addr.starts_with(&net.host_ip), "{addr}");
+    agent.wait_ready(Duration::from_secs(60)).await.unwrap();
+
+    let tenant = [project.as_str(), PROJECT_A, token_path, "tokenPart"];
+    for path in ["/metrics", "/healthz", "/status"] {
+        let (code, body) = net.get(&format!("http://{addr}{path}"));
+        for secret in tenant {
+            assert!(
+                !body.contains(secret),
+                "{path} ({code}) shows {secret}:\n{body}"
+            );
+        }
+        if path == "/status" {
+            assert_eq!(code, 403, "{body}");
+        } else {
+            assert!(code == 200 || code == 503, "{path}: {code}");
+        }
+    }
+    // The operator's own view, on the local socket, has the details (so
+    // the checks above could fail): destination names with the project
+    // and the endpoint's host and short hash, never its path.
+    let out = std::process::Command::new(wd_e2e::agent::wdguard_path().unwrap())
+        .args(["status", "--format", "json", "--socket"])
+        .arg(&socket)
+        .output()
+        .unwrap();
+    let status = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{status} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        status.contains(&format!("webhook project {project}")),
+        "{status}"
+    );
+    assert!(
+        !status.contains(token_path) && !status.contains(PROJECT_A),
+        "{status}"
+    );
+    assert!(
+        !agent.log_text().contains("tokenPart"),
+        "{}",
+        agent.log_text()
+    );
+    assert_eq!(agent.terminate(Duration::from_secs(10)).unwrap(), 0);
+}

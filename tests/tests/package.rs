@@ -25,6 +25,7 @@ use wd_testkit::guest::{GuestSpec, NovaOwner};
 const SECRET: &str = "whsec_d2QtZTJlIHBhY2thZ2UgdGVzdCBzZWNyZXQgMzIgYnl0ZXM=";
 const UNIT: &str = "/usr/lib/systemd/system/wdguard.service";
 const CONFIG: &str = "/etc/wd/wd.toml";
+const RUNTIME_DIR: &str = "/run/wd";
 
 /// Runs a command, returning (success, stdout, stderr).
 fn run(program: &str, args: &[&str]) -> (bool, String, String) {
@@ -81,7 +82,7 @@ fn find_deb() -> Option<PathBuf> {
         .filter(|p| {
             p.extension().is_some_and(|e| e == "deb")
                 && p.file_name()
-                    .is_some_and(|n| n.to_string_lossy().starts_with("wd_"))
+                    .is_some_and(|n| n.to_string_lossy().starts_with("wdguard_"))
         })
         .filter_map(|p| Some((p.metadata().ok()?.modified().ok()?, p)))
         .collect();
@@ -104,6 +105,8 @@ impl Drop for Restore {
         if !self.libvirt_group_existed && exists("group", "libvirt") {
             let _ = run("groupdel", &["libvirt"]);
         }
+        // systemd removes the runtime directory when the unit stops.
+        let _ = std::fs::remove_dir_all(RUNTIME_DIR);
     }
 }
 
@@ -188,12 +191,25 @@ fn exec_start() -> Vec<String> {
 }
 
 /// Starts the agent as the unit does: user and group wd with the
-/// supplementary groups of user wd (the unit's `SupplementaryGroups=libvirt`),
-/// `NoNewPrivileges=yes`, an empty `CapabilityBoundingSet=`, `UMask=0077`,
-/// `/` as working directory, systemd's environment, and `WATCHDOG_PID` set
-/// to the agent's own pid.
+/// supplementary groups of user wd (none but its own: the unit sets no
+/// `SupplementaryGroups=`), `NoNewPrivileges=yes`, an empty
+/// `CapabilityBoundingSet=`, `UMask=0077`, `/` as working directory,
+/// systemd's environment (`RUNTIME_DIRECTORY` for `RuntimeDirectory=wd`),
+/// and `WATCHDOG_PID` set to the agent's own pid.
 fn start_agent(notify: &Path, log: &Path) -> Child {
-    let argv = exec_start();
+    start_as_wd(&exec_start(), notify, log)
+}
+
+/// What systemd does for `RuntimeDirectory=wd` and
+/// `RuntimeDirectoryMode=0750`.
+fn make_runtime_directory() {
+    must(
+        "install",
+        &["-d", "-o", "wd", "-g", "wd", "-m", "0750", RUNTIME_DIR],
+    );
+}
+
+fn start_as_wd(argv: &[String], notify: &Path, log: &Path) -> Child {
     let log_file = std::fs::File::create(log).unwrap();
     Command::new("sh")
         .arg("-c")
@@ -202,8 +218,9 @@ fn start_agent(notify: &Path, log: &Path) -> Child {
              --no-new-privs --bounding-set=-all --inh-caps=-all -- \"$@\"",
         )
         .arg("sh")
-        .args(&argv)
+        .args(argv)
         .env_clear()
+        .env("RUNTIME_DIRECTORY", RUNTIME_DIR)
         .env("PATH", "/usr/local/bin:/usr/bin:/bin")
         .env("HOME", "/var/lib/wd")
         .env("USER", "wd")
@@ -279,11 +296,22 @@ async fn libvirtd_package_installs_runs_as_wd_read_only_and_purges_cleanly() {
     // 1. dpkg -i, and what it leaves behind.
     must("dpkg", &["-i", deb.to_str().unwrap()]);
     assert!(installed());
-    let groups = must("id", &["-nG", "wd"]);
-    assert!(
-        groups.split_whitespace().any(|g| g == "libvirt"),
-        "wd is in {groups}"
+    // User wd belongs to no group but its own: it reads libvirt-sock-ro,
+    // and `libvirt` (the read-write socket) would make it root-equivalent.
+    let id = must("id", &["wd"]);
+    assert!(!id.contains("libvirt"), "{id}");
+    assert_eq!(must("id", &["-nG", "wd"]).trim(), "wd", "{id}");
+    assert_eq!(
+        exists("group", "libvirt"),
+        _restore.libvirt_group_existed,
+        "the package must not create group libvirt"
     );
+    let unit = std::fs::read_to_string(UNIT).unwrap();
+    assert!(
+        !unit.lines().any(|l| l.starts_with("SupplementaryGroups=")),
+        "{unit}"
+    );
+    assert!(unit.contains("RuntimeDirectory=wd"), "{unit}");
     let wd_uid: u32 = must("id", &["-u", "wd"]).trim().parse().unwrap();
     let wd_gid: u32 = must("id", &["-g", "wd"]).trim().parse().unwrap();
     let conf = std::fs::metadata(CONFIG).unwrap();
@@ -299,8 +327,8 @@ async fn libvirtd_package_installs_runs_as_wd_read_only_and_purges_cleanly() {
         "/usr/bin/wdguard",
         "/usr/share/man/man1/wdguard.1.gz",
         "/usr/share/man/man1/wdguard-watch.1.gz",
-        "/usr/share/bash-completion/completions/wd",
-        "/usr/share/zsh/vendor-completions/_wd",
+        "/usr/share/bash-completion/completions/wdguard",
+        "/usr/share/zsh/vendor-completions/_wdguard",
         "/usr/share/fish/vendor_completions.d/wdguard.fish",
         UNIT,
     ] {
@@ -354,6 +382,35 @@ async fn libvirtd_package_installs_runs_as_wd_read_only_and_purges_cleanly() {
 
     let mut notify = NotifySocket::bind();
     let scratch = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(scratch.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+
+    // An operator who turns read_only off is told what to grant: wd may
+    // open the read-only socket, not the read-write one.
+    let refused_log = scratch.path().join("read-write.log");
+    let mut refused = KillOnDrop(start_as_wd(
+        &[
+            "/usr/bin/wdguard".into(),
+            "watch".into(),
+            "--read-write".into(),
+            "--notify".into(),
+            "log".into(),
+            "--connect".into(),
+            "qemu:///system".into(),
+        ],
+        &notify.path,
+        &refused_log,
+    ));
+    let code = refused.0.wait().unwrap();
+    let said = std::fs::read_to_string(&refused_log).unwrap();
+    assert!(!code.success(), "{said}");
+    assert!(
+        said.contains("refuses this user a read-write connection")
+            && said.contains("SupplementaryGroups=libvirt")
+            && said.contains("keep read_only = true"),
+        "{said}"
+    );
+
+    make_runtime_directory();
     let log = scratch.path().join("agent.log");
     let mut agent = KillOnDrop(start_agent(&notify.path, &log));
     let pid = agent.0.id();
@@ -432,6 +489,33 @@ async fn libvirtd_package_installs_runs_as_wd_read_only_and_purges_cleanly() {
     assert!(sample(delivered) >= 2.0, "{text}");
     assert_eq!(sample("wd_libvirt_connected"), 1.0, "{text}");
     assert_eq!(http_get(&metrics, "/healthz"), (200, "ok\n".to_owned()));
+
+    // The local status socket: root and group wd only; `wdguard status`
+    // reads it by default.
+    let sock = std::fs::metadata(format!("{RUNTIME_DIR}/status.sock")).unwrap();
+    assert_eq!(
+        (sock.uid(), sock.gid(), sock.mode() & 0o777),
+        (wd_uid, wd_gid, 0o660)
+    );
+    let shown = must("/usr/bin/wdguard", &["status", "--format", "json"]);
+    assert!(
+        shown.contains("\"source\":\"agent /run/wd/status.sock\""),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("webhook operator http://127.0.0.1:"),
+        "{shown}"
+    );
+    assert!(!shown.contains("/ops"), "an endpoint path shows: {shown}");
+    // Another user cannot reach the socket (/run/wd is wd:wd 0750).
+    let reach = |user: &str| {
+        run(
+            "runuser",
+            &["-u", user, "--", "sh", "-c", "test -S /run/wd/status.sock"],
+        )
+        .0
+    };
+    assert!(reach("wd") && !reach("nobody"));
 
     // The log is JSON (log_format in the file) and says read-only.
     let lines: Vec<Value> = log_text

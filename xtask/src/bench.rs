@@ -6,7 +6,7 @@
 //!
 //! One module per part, listed in [`PARTS`]: `xml` (1), `pipeline` (2),
 //! `isolation` (5), `live` (3 and 4, on real guests; not with `--no-live`)
-//! and `scale` (6 and 7). A new part is a module with a `PART` constant (its
+//! `scale` (6 and 7) and `trust_store` (8). A new part is a module with a `PART` constant (its
 //! sections of the doc and its runner) and a line in [`PARTS`].
 //!
 //! Steps on the system libvirtd run under `flock $WD_BENCH_LOCK` when that
@@ -20,6 +20,7 @@ mod live;
 mod pipeline;
 mod report;
 mod scale;
+mod trust_store;
 mod xml;
 
 use std::time::{Instant, SystemTime};
@@ -55,6 +56,7 @@ const PARTS: &[Part] = &[
     isolation::PART,
     live::PART,
     scale::PART,
+    trust_store::PART,
 ];
 
 /// One run of the bench.

@@ -31,7 +31,7 @@ use crate::{Metrics, NovaDirectory, PulseHook, Runtime, RuntimeConfig, RuntimeRe
 mod reload;
 mod settings;
 
-pub use settings::{AgentSettings, LogFormat, target_has_password};
+pub use settings::{AgentSettings, LogFormat, target_holds_secret};
 
 /// The environment variable of the test-only fault hook, read only by debug
 /// builds: `pipeline-panic-after-ms=N` makes the pipeline task panic after
@@ -307,9 +307,11 @@ impl Agent {
                 .await
                 .map_err(|e| AgentError::Died(format!("the libvirt probe: {e}")))?;
             if let Err(e) = outcome {
-                let reason = match std::error::Error::source(&e) {
-                    Some(s) => s.to_string(),
-                    None => e.to_string(),
+                let reason = match (&e, std::error::Error::source(&e)) {
+                    // What to grant is the message; libvirt's reason follows.
+                    (wd_events::Error::ReadWriteRefused { .. }, Some(s)) => format!("{e}: {s}"),
+                    (_, Some(s)) => s.to_string(),
+                    (_, None) => e.to_string(),
                 };
                 return Err(AgentError::Unreachable { uri, reason });
             }

@@ -67,7 +67,7 @@ mod runtime;
 pub mod spawn;
 
 pub use agent::{
-    Agent, AgentError, AgentSettings, FAULT_ENV, LogFormat, RunningAgent, target_has_password,
+    Agent, AgentError, AgentSettings, FAULT_ENV, LogFormat, RunningAgent, target_holds_secret,
 };
 pub use directory::{
     DirectoryConfig, DirectorySettings, DirectoryStats, InstanceDirectory, NovaDirectory, Owner,

@@ -68,15 +68,7 @@ impl Backend for Libvirt {
     ) -> Result<Box<dyn Session>> {
         ffi::init_event_loop()?;
         let uri = config.uri.clone();
-        let conn = if config.read_only {
-            Connect::open_read_only(Some(&uri))
-        } else {
-            Connect::open(Some(&uri))
-        };
-        let conn = conn.map_err(|source| Error::Connect {
-            uri: uri.clone(),
-            source,
-        })?;
+        let conn = crate::probe::open(&uri, config.read_only)?;
         if !config.keepalive_interval.is_zero() {
             let secs = keepalive_secs(config.keepalive_interval);
             // Local drivers (test, embedded qemu) have no keepalive; that

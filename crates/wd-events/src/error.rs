@@ -32,6 +32,19 @@ pub enum Error {
         source: virt::error::Error,
     },
 
+    /// A read-write connection (`read_only = false`) failed where a
+    /// read-only one succeeds: this user lacks read-write access.
+    #[error(
+        "libvirt at `{uri}` refuses this user a read-write connection (read_only = false), though it allows a read-only one; the agent only listens, so keep read_only = true (the default), or grant read-write access, which is root-equivalent: membership of group `libvirt` (`systemctl edit wdguard`: [Service] SupplementaryGroups=libvirt) or a polkit rule allowing org.libvirt.unix.manage"
+    )]
+    ReadWriteRefused {
+        /// The connection URI.
+        uri: String,
+        /// libvirt's error for the read-write open.
+        #[source]
+        source: virt::error::Error,
+    },
+
     /// Registering for a domain event or the close callback failed.
     #[error("cannot register for libvirt {what} on `{uri}`")]
     Register {

@@ -19,17 +19,35 @@ pub fn quiet_default_errors() {
 ///
 /// # Errors
 ///
-/// [`Error::Connect`] with libvirt's reason.
+/// [`Error::Connect`] with libvirt's reason, or [`Error::ReadWriteRefused`]
+/// when only the read-only connection is allowed.
 pub fn probe(uri: &str, read_only: bool) -> Result<()> {
-    let conn = if read_only {
-        Connect::open_read_only(Some(uri))
-    } else {
-        Connect::open(Some(uri))
-    };
     // Dropping the connection closes it.
-    conn.map(drop).map_err(|source| Error::Connect {
-        uri: uri.to_owned(),
-        source,
+    open(uri, read_only).map(drop)
+}
+
+/// Opens `uri`, read-only with `read_only`. When a read-write open fails,
+/// a read-only one is tried: if that works, the failure was this user's
+/// access, and the error says what to grant.
+pub(crate) fn open(uri: &str, read_only: bool) -> Result<Connect> {
+    if read_only {
+        return Connect::open_read_only(Some(uri)).map_err(|source| Error::Connect {
+            uri: uri.to_owned(),
+            source,
+        });
+    }
+    Connect::open(Some(uri)).map_err(|source| match Connect::open_read_only(Some(uri)) {
+        Ok(ro) => {
+            drop(ro);
+            Error::ReadWriteRefused {
+                uri: uri.to_owned(),
+                source,
+            }
+        }
+        Err(_) => Error::Connect {
+            uri: uri.to_owned(),
+            source,
+        },
     })
 }
 
@@ -76,5 +94,8 @@ mod tests {
             ),
             "{err}"
         );
+        // Neither open works: not a matter of access.
+        let err = probe("qemu+unix:///system?socket=/nonexistent/sock", false).unwrap_err();
+        assert!(matches!(err, Error::Connect { .. }), "{err}");
     }
 }

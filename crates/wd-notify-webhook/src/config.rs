@@ -13,7 +13,7 @@ use reqwest::Url;
 
 use crate::error::{Error, Result};
 use crate::signing::Secret;
-use crate::tls::TlsConfig;
+use crate::tls::{TlsCache, TlsConfig};
 
 /// One receiver: a URL and the secrets its requests are signed with.
 ///
@@ -54,7 +54,7 @@ impl Endpoint {
 impl fmt::Debug for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Endpoint")
-            .field("url", &redact_raw_url(&self.url))
+            .field("url", &display_url(&self.url))
             .field(
                 "secrets",
                 &format_args!("<{} redacted>", self.secrets.len()),
@@ -153,7 +153,7 @@ impl fmt::Display for Owner {
 pub(crate) struct Target {
     pub(crate) owner: Owner,
     pub(crate) url: Url,
-    /// The URL without credentials or query, for logs and errors.
+    /// The URL for logs and errors ([`display_url`]).
     pub(crate) shown: String,
     pub(crate) secrets: Vec<Secret>,
     /// The HTTP client with this endpoint's TLS settings.
@@ -164,9 +164,16 @@ pub(crate) struct Target {
 
 impl Target {
     /// Checks `endpoint` of `owner` and builds its HTTP client, with
-    /// `config`'s TLS settings under the endpoint's own.
-    pub(crate) fn new(owner: Owner, endpoint: &Endpoint, config: &WebhookConfig) -> Result<Target> {
-        let shown = redact_raw_url(&endpoint.url);
+    /// `config`'s TLS settings under the endpoint's own; the TLS
+    /// configuration comes from `tls`, shared by every endpoint with the
+    /// same settings (one connection pool per endpoint).
+    pub(crate) fn new(
+        owner: Owner,
+        endpoint: &Endpoint,
+        config: &WebhookConfig,
+        tls: &mut TlsCache,
+    ) -> Result<Target> {
+        let shown = display_url(&endpoint.url);
         let invalid = |reason: String| Error::InvalidUrl {
             url: shown.clone(),
             owner: owner.to_string(),
@@ -193,9 +200,9 @@ impl Target {
                 owner: owner.to_string(),
             });
         }
-        let client = crate::tls::client(&config.tls.overridden_by(&endpoint.tls), config.timeout)?;
+        let client = tls.client(&config.tls.overridden_by(&endpoint.tls), config.timeout)?;
         Ok(Target {
-            shown: redact_url(&url),
+            shown: display_url(url.as_str()),
             owner,
             url,
             secrets: endpoint.secrets.clone(),
@@ -229,31 +236,90 @@ fn is_loopback(url: &Url) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
-/// A parsed URL for display: scheme, host, port and path only. Credentials,
-/// query and fragment are dropped, because tokens often hide there.
-pub(crate) fn redact_url(url: &Url) -> String {
-    let mut shown = format!("{}://", url.scheme());
-    if !url.username().is_empty() || url.password().is_some() {
-        shown.push_str("***@");
+/// How an endpoint is named in logs, errors and `/status`: its scheme,
+/// host and port, and `#` with the first 8 hex digits of the SHA-256 of the
+/// whole URL, which tells apart two endpoints on one host (compare with
+/// `printf %s URL | sha256sum`). The user info, path, query and fragment
+/// never show: Slack, Discord and Teams put the credential in the path.
+///
+/// ```
+/// use wd_notify_webhook::display_url;
+/// let shown = display_url("https://hooks.slack.com/services/T0/B0/XXXXXXXXXXXXXXXXXXXXXXXX");
+/// assert!(shown.starts_with("https://hooks.slack.com #"), "{shown}");
+/// assert!(!shown.contains("services"));
+/// ```
+pub fn display_url(raw: &str) -> String {
+    use sha2::Digest as _;
+    let parsed = Url::parse(raw).ok().filter(|u| u.host_str().is_some());
+    // The parsed form, so that `display_url` of a URL and of its
+    // normalised spelling agree.
+    let hashed = parsed.as_ref().map_or(raw, Url::as_str);
+    let digest = sha2::Sha256::digest(hashed.as_bytes());
+    let hash: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
+    match parsed {
+        Some(url) => match url.port() {
+            Some(port) => format!(
+                "{}://{}:{port} #{hash}",
+                url.scheme(),
+                url.host_str().unwrap_or("")
+            ),
+            None => format!(
+                "{}://{} #{hash}",
+                url.scheme(),
+                url.host_str().unwrap_or("")
+            ),
+        },
+        None => format!("(unparsable url) #{hash}"),
     }
-    shown.push_str(url.host_str().unwrap_or(""));
-    if let Some(port) = url.port() {
-        shown.push_str(&format!(":{port}"));
-    }
-    shown.push_str(url.path());
-    if url.query().is_some() {
-        shown.push_str("?***");
-    }
-    shown
 }
 
-/// A URL string that may not parse, for display: whatever precedes the last
-/// `@` of the authority is replaced, and query and fragment are dropped.
-pub(crate) fn redact_raw_url(raw: &str) -> String {
-    if let Ok(url) = Url::parse(raw) {
-        return redact_url(&url);
-    }
-    wd_notify::redact_url(raw)
+/// Hosts whose webhook URLs carry their credential in the path: anyone who
+/// knows the URL may post to the channel.
+const TOKEN_PATH_HOSTS: [&str; 5] = [
+    "hooks.slack.com",
+    "discord.com",
+    "discordapp.com",
+    "webhook.office.com",
+    "outlook.office.com",
+];
+
+/// Whether a webhook URL is itself a secret: it has user info
+/// (`user:password@`), a query (`?token=`, `?code=`, `?sig=`), a host that
+/// puts the credential in the path (Slack, Discord, Teams), or a path
+/// segment that looks like a token: 16 characters or more, only letters,
+/// digits, `-`, `_` and `.`, with both letters and digits. Such a URL may
+/// not be given on the command line, and a config file holding one must
+/// not be readable by others.
+///
+/// ```
+/// use wd_notify_webhook::url_holds_secret;
+/// assert!(url_holds_secret("https://hooks.slack.com/services/T0/B0/XXXX"));
+/// assert!(url_holds_secret("https://h.example/hook/9f8e7d6c5b4a39281706"));
+/// assert!(url_holds_secret("https://u:pw@h.example/hook"));
+/// assert!(!url_holds_secret("https://h.example/watchdog/events"));
+/// ```
+pub fn url_holds_secret(raw: &str) -> bool {
+    let Ok(url) = Url::parse(raw) else {
+        // Unparsable: judged on the text, safe rather than sorry.
+        return raw.contains('@') || raw.contains('?') || raw.split('/').any(token_like);
+    };
+    let host = url.host_str().unwrap_or("").to_ascii_lowercase();
+    !url.username().is_empty()
+        || url.password().is_some()
+        || url.query().is_some()
+        || TOKEN_PATH_HOSTS
+            .iter()
+            .any(|h| host == *h || host.ends_with(&format!(".{h}")))
+        || url.path_segments().is_some_and(|mut s| s.any(token_like))
+}
+
+fn token_like(segment: &str) -> bool {
+    segment.len() >= 16
+        && segment
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '%'))
+        && segment.chars().any(|c| c.is_ascii_digit())
+        && segment.chars().any(|c| c.is_ascii_alphabetic())
 }
 
 #[cfg(test)]
@@ -266,6 +332,18 @@ mod tests {
 
     #[test]
     fn invalid_configurations_are_rejected_naming_the_owner_not_the_secret() {
+        let bad = display_url("https://user:hunter2@[bad/x?token=abc");
+        let bad = format!(
+            "webhook url `{bad}` for project p-a is not valid: invalid IPv6 address; expected an absolute http:// or https:// URL"
+        );
+        let x = display_url("https://x/");
+        let no_secret = format!(
+            "webhook endpoint `{x}` for project p-a has no signing secret; give at least one `whsec_` secret"
+        );
+        let ftp = display_url("ftp://x/");
+        let ftp = format!(
+            "webhook url `{ftp}` for the operator is not valid: scheme `ftp` is not http or https; expected an absolute http:// or https:// URL"
+        );
         let cases: Vec<(WebhookConfig, &str)> = vec![
             (
                 WebhookConfig::default().with_project("", Endpoint::new("https://x/", [secret()])),
@@ -278,18 +356,18 @@ mod tests {
             ),
             (
                 WebhookConfig::default().with_project("p-a", Endpoint::new("https://x/", [])),
-                "webhook endpoint `https://x/` for project p-a has no signing secret; give at least one `whsec_` secret",
+                &no_secret,
             ),
             (
                 WebhookConfig::default().with_operator(Endpoint::new("ftp://x/", [secret()])),
-                "webhook url `ftp://x/` for the operator is not valid: scheme `ftp` is not http or https; expected an absolute http:// or https:// URL",
+                &ftp,
             ),
             (
                 WebhookConfig::default().with_project(
                     "p-a",
                     Endpoint::new("https://user:hunter2@[bad/x?token=abc", [secret()]),
                 ),
-                "webhook url `https://***@[bad/x?***` for project p-a is not valid: invalid IPv6 address; expected an absolute http:// or https:// URL",
+                &bad,
             ),
         ];
         for (config, expected) in cases {
@@ -318,19 +396,56 @@ mod tests {
     }
 
     #[test]
-    fn urls_are_redacted_for_display() {
-        let cases = [
-            ("https://h.example/p", "https://h.example/p"),
-            (
-                "https://u:pw@h.example:8443/p?token=t#frag",
-                "https://***@h.example:8443/p?***",
-            ),
-            ("http://u@h.example/", "http://***@h.example/"),
-            ("not a url with pw@host/path?q", "***@host/path?***"),
-        ];
-        for (input, expected) in cases {
-            assert_eq!(redact_raw_url(input), expected, "{input}");
-        }
+    fn urls_show_only_scheme_host_port_and_a_short_hash() {
+        let check = |input: &str, prefix: &str| {
+            let shown = display_url(input);
+            assert!(shown.starts_with(prefix), "{input}: {shown}");
+            let hash = shown.rsplit_once(" #").unwrap().1;
+            assert!(
+                hash.len() == 8 && hash.chars().all(|c| c.is_ascii_hexdigit()),
+                "{shown}"
+            );
+            for leak in ["pw", "token", "frag", "/p", "path", "secret"] {
+                assert!(!shown.contains(leak), "{leak} in {shown}");
+            }
+        };
+        check("https://h.example/p", "https://h.example #");
+        check(
+            "https://u:pw@h.example:8443/p?token=t#frag",
+            "https://h.example:8443 #",
+        );
+        check("http://u@h.example/secret", "http://h.example #");
+        check("not a url with pw@host/path?q", "(unparsable url) #");
+        // Two endpoints on one host are told apart; a spelling of the same
+        // URL is not.
+        assert_ne!(display_url("https://h/a"), display_url("https://h/b"));
+        assert_eq!(display_url("https://H/a"), display_url("https://h/a"));
+    }
+
+    #[test]
+    fn urls_that_are_secrets() {
+        let check =
+            |url: &str, expected: bool| assert_eq!(url_holds_secret(url), expected, "{url}");
+        check(
+            "https://hooks.slack.com/services/T00000000/B00000000/XXXXXXXXXXXXXXXXXXXXXXXX",
+            true,
+        );
+        check("https://discord.com/api/webhooks/1234/abcd", true);
+        check(
+            "https://contoso.webhook.office.com/webhookb2/x/IncomingWebhook/y/z",
+            true,
+        );
+        check(
+            "https://h.example/hooks/0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0",
+            true,
+        );
+        check("https://h.example/hook?code=abc", true);
+        check("https://user:pw@h.example/hook", true);
+        check("https://user@h.example/hook", true);
+        check("not a url/abcdefgh12345678", true);
+        check("https://h.example/watchdog/events", false);
+        check("https://h.example/api/v1/notifications", false);
+        check("http://127.0.0.1:8080/p1", false);
     }
 
     #[test]

@@ -97,6 +97,11 @@ pub enum Error {
     #[error("tls client_cert and client_key go together; give both or neither")]
     IncompleteClientIdentity,
 
+    /// The TLS configuration could not be built (for example, no usable
+    /// trust anchor at all).
+    #[error("cannot set up tls: {0}")]
+    InvalidTls(String),
+
     /// The HTTP client could not be built (for example, no TLS roots).
     #[error("cannot build the webhook http client")]
     BuildClient(#[source] reqwest::Error),

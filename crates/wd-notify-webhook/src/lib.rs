@@ -41,7 +41,7 @@ pub mod settings;
 mod signing;
 mod tls;
 
-pub use config::{Endpoint, WebhookConfig};
+pub use config::{Endpoint, WebhookConfig, display_url, url_holds_secret};
 pub use error::{Error, Result};
 pub use event::{CONTENT_TYPE, EVENT_TYPE, SPEC_VERSION, body, source};
 pub use notifier::{WebhookEndpoint, WebhookNotifier};

@@ -8,7 +8,7 @@ use serde::Deserialize;
 use wd_notify::SpoolConfig;
 use wd_notify::settings::{MAX_SECS, SettingsError, seconds};
 
-use crate::{Endpoint, Secret, TlsConfig, WebhookConfig};
+use crate::{Endpoint, Secret, TlsConfig, WebhookConfig, url_holds_secret};
 
 /// The environment variable holding the operator webhook secret(s),
 /// `whsec_…`, space- or comma-separated for key rotation. It wins over
@@ -85,9 +85,29 @@ pub fn parse_secret_list(raw: &str) -> Result<Vec<Secret>, SettingsError> {
 }
 
 impl WebhookSettings {
-    /// Whether the section holds a secret (an operator or project secret).
+    /// Whether the section holds a secret (an operator or project secret,
+    /// or a project URL that is one, see [`url_holds_secret`]).
     pub fn holds_secrets(&self) -> bool {
-        !self.secrets.is_empty() || self.projects.iter().any(|p| !p.secrets.is_empty())
+        !self.secret_keys().is_empty()
+    }
+
+    /// The keys that hold a secret, e.g. `webhook.secrets` and
+    /// `webhook.projects[2].url`, for a message that names them (never
+    /// their values).
+    pub fn secret_keys(&self) -> Vec<String> {
+        let mut keys = Vec::new();
+        if !self.secrets.is_empty() {
+            keys.push("webhook.secrets".to_owned());
+        }
+        for (i, p) in self.projects.iter().enumerate() {
+            if !p.secrets.is_empty() {
+                keys.push(format!("webhook.projects[{i}].secrets"));
+            }
+            if url_holds_secret(&p.url) {
+                keys.push(format!("webhook.projects[{i}].url"));
+            }
+        }
+        keys
     }
 
     /// The checked webhook configuration: `operator_urls` (the http(s)
@@ -268,6 +288,29 @@ mod tests {
         assert_eq!(s.project_queue("p2", &base).unwrap(), None);
         s.projects[0].max_delay_secs = Some(f64::NAN);
         assert!(s.project_queue("p1", &base).is_err());
+    }
+
+    #[test]
+    fn a_project_url_with_a_token_counts_as_a_secret_by_its_key() {
+        let mut s = WebhookSettings {
+            projects: vec![project("p1", vec![]), project("p2", vec![])],
+            ..WebhookSettings::default()
+        };
+        assert!(s.secret_keys().is_empty());
+        s.projects[1].url =
+            "https://hooks.slack.com/services/T00000000/B00000000/XXXXXXXXXXXXXXXXXXXXXXXX".into();
+        assert_eq!(s.secret_keys(), ["webhook.projects[1].url"]);
+        assert!(s.holds_secrets());
+        s.projects[0].url = "https://u:pw@p1.example/hook".into();
+        s.projects[0].secrets = vec![Secret::parse(SECRET).unwrap()];
+        assert_eq!(
+            s.secret_keys(),
+            [
+                "webhook.projects[0].secrets",
+                "webhook.projects[0].url",
+                "webhook.projects[1].url"
+            ]
+        );
     }
 
     #[test]

@@ -2,7 +2,11 @@
 //!
 //! Every endpoint trusts the system trust store (on Debian,
 //! `/etc/ssl/certs` from `ca-certificates`, or whatever `SSL_CERT_FILE` /
-//! `SSL_CERT_DIR` name). A `ca_file` adds a private CA on top, the usual
+//! `SSL_CERT_DIR` name). The store is read once per process and shared by
+//! every endpoint, at start and at every reload: [`TlsCache`] gives each
+//! distinct TLS setting one rustls configuration, whose certificate
+//! verifier every endpoint with that setting shares (a restart picks up a
+//! changed `ca-certificates`). A `ca_file` adds a private CA on top, the usual
 //! case for OpenStack clouds that sign their own endpoints. A client
 //! certificate and key give mutual TLS. Settings are global
 //! ([`WebhookConfig::tls`](crate::WebhookConfig)) and may be overridden per
@@ -13,7 +17,9 @@
 //! [`wd_notify::CertificateError`] cause, so logs, metrics and `wdguard
 //! status` show `certificate`, not a generic failure.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use crate::error::{Error, Result};
@@ -100,57 +106,140 @@ fn read_pem(what: &'static str, path: &Path) -> Result<Vec<u8>> {
     Ok(buf)
 }
 
-/// Builds the HTTP client for one set of TLS settings.
-pub(crate) fn client(tls: &TlsConfig, timeout: Duration) -> Result<reqwest::Client> {
-    let mut builder = reqwest::Client::builder()
-        .use_rustls_tls()
-        .tls_built_in_native_certs(true)
-        .timeout(timeout)
-        .connect_timeout(timeout.min(Duration::from_secs(10)))
-        // Each read is bounded too: a server that stalls mid-answer.
-        .read_timeout(timeout)
-        // The specification advises against following redirects: a moved
-        // endpoint should be reconfigured, not chased.
-        .redirect(reqwest::redirect::Policy::none());
-    if let Some(path) = &tls.ca_file {
-        let pem = read_pem("ca_file", path)?;
-        let certs =
-            reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| Error::InvalidTlsFile {
-                what: "ca_file",
-                path: path.clone(),
-                reason: e.to_string(),
-            })?;
-        if certs.is_empty() {
-            return Err(Error::InvalidTlsFile {
-                what: "ca_file",
-                path: path.clone(),
-                reason: "it holds no PEM certificate".into(),
-            });
+/// The system trust store, read on first use and kept for the life of the
+/// process. Certificates that do not parse are skipped, as every TLS
+/// client does; an empty store leaves only `ca_file` CAs to trust.
+fn system_roots() -> &'static Arc<rustls::RootCertStore> {
+    static ROOTS: OnceLock<Arc<rustls::RootCertStore>> = OnceLock::new();
+    ROOTS.get_or_init(|| {
+        let loaded = rustls_native_certs::load_native_certs();
+        for e in &loaded.errors {
+            tracing::warn!(error = %e, "system trust store: a certificate source could not be read");
         }
-        for c in certs {
-            builder = builder.add_root_certificate(c);
+        let mut roots = rustls::RootCertStore::empty();
+        let (_, skipped) = roots.add_parsable_certificates(loaded.certs);
+        if skipped > 0 {
+            tracing::debug!(skipped, "system trust store: certificates that do not parse");
         }
+        Arc::new(roots)
+    })
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// One rustls configuration per distinct [`TlsConfig`]: clones share the
+/// certificate verifier (and its roots) and the client identity, so a
+/// thousand endpoints with the same settings hold one copy of the trust
+/// store, not a thousand.
+#[derive(Default)]
+pub(crate) struct TlsCache {
+    configs: HashMap<TlsConfig, rustls::ClientConfig>,
+}
+
+impl TlsCache {
+    /// The HTTP client for one endpoint with settings `tls`: its own
+    /// connection pool, the shared TLS configuration.
+    pub(crate) fn client(&mut self, tls: &TlsConfig, timeout: Duration) -> Result<reqwest::Client> {
+        let config = match self.configs.get(tls) {
+            Some(c) => c.clone(),
+            None => {
+                let c = rustls_config(tls)?;
+                self.configs.insert(tls.clone(), c.clone());
+                c
+            }
+        };
+        reqwest::Client::builder()
+            .use_preconfigured_tls(config)
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(10)))
+            // Each read is bounded too: a server that stalls mid-answer.
+            .read_timeout(timeout)
+            // The specification advises against following redirects: a
+            // moved endpoint should be reconfigured, not chased.
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| Error::BuildClient(e.without_url()))
     }
-    match (&tls.client_cert, &tls.client_key) {
-        (None, None) => {}
+}
+
+/// Builds the HTTP client for one set of TLS settings, alone (no sharing
+/// with other endpoints but the system trust store).
+#[cfg(test)]
+pub(crate) fn client(tls: &TlsConfig, timeout: Duration) -> Result<reqwest::Client> {
+    TlsCache::default().client(tls, timeout)
+}
+
+/// The rustls configuration for `tls`: the shared system roots (plus the
+/// `ca_file` CAs) and the client identity, if any.
+fn rustls_config(tls: &TlsConfig) -> Result<rustls::ClientConfig> {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let invalid = |what: &'static str, path: &Path, reason: String| Error::InvalidTlsFile {
+        what,
+        path: path.to_owned(),
+        reason,
+    };
+    let roots = match &tls.ca_file {
+        None => system_roots().clone(),
+        Some(path) => {
+            let pem = read_pem("ca_file", path)?;
+            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
+                .collect::<Result<_, _>>()
+                .map_err(|e| invalid("ca_file", path, e.to_string()))?;
+            if certs.is_empty() {
+                return Err(invalid(
+                    "ca_file",
+                    path,
+                    "it holds no PEM certificate".into(),
+                ));
+            }
+            let mut roots = rustls::RootCertStore::clone(system_roots());
+            for c in certs {
+                roots
+                    .add(c)
+                    .map_err(|e| invalid("ca_file", path, e.to_string()))?;
+            }
+            Arc::new(roots)
+        }
+    };
+    let provider = provider();
+    let verifier =
+        rustls::client::WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
+            .build()
+            .map_err(|e| Error::InvalidTls(e.to_string()))?;
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::InvalidTls(e.to_string()))?
+        .with_webpki_verifier(verifier);
+    let mut config = match (&tls.client_cert, &tls.client_key) {
+        (None, None) => builder.with_no_client_auth(),
         (Some(cert), Some(key)) => {
-            let mut pem = read_pem("client_cert", cert)?;
-            pem.push(b'\n');
-            pem.extend(read_pem("client_key", key)?);
-            let identity =
-                reqwest::Identity::from_pem(&pem).map_err(|e| Error::InvalidTlsFile {
-                    what: "client_cert/client_key",
-                    path: cert.clone(),
-                    // reqwest's message names no key material.
-                    reason: e.to_string(),
-                })?;
-            builder = builder.identity(identity);
+            let what = "client_cert/client_key";
+            let chain: Vec<CertificateDer<'static>> =
+                CertificateDer::pem_slice_iter(&read_pem("client_cert", cert)?)
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| invalid(what, cert, e.to_string()))?;
+            if chain.is_empty() {
+                return Err(invalid(
+                    what,
+                    cert,
+                    "client_cert holds no PEM certificate".into(),
+                ));
+            }
+            // The key's own error text names no key material.
+            let key_der = PrivateKeyDer::from_pem_slice(&read_pem("client_key", key)?)
+                .map_err(|e| invalid(what, cert, format!("client_key: {e}")))?;
+            builder
+                .with_client_auth_cert(chain, key_der)
+                .map_err(|e| invalid(what, cert, e.to_string()))?
         }
         _ => return Err(Error::IncompleteClientIdentity),
-    }
-    builder
-        .build()
-        .map_err(|e| Error::BuildClient(e.without_url()))
+    };
+    // reqwest is built for HTTP/1 only here.
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
 }
 
 /// If `err` (a request error) failed on a TLS certificate, on either side,

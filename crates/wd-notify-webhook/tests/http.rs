@@ -325,7 +325,7 @@ async fn an_unreachable_endpoint_is_retryable_and_its_credentials_stay_hidden() 
         source = s.source();
     }
     assert!(
-        chain.contains(&format!("http://***@127.0.0.1:{port}/hook?***")),
+        chain.contains(&format!("http://127.0.0.1:{port} #")) && !chain.contains("/hook"),
         "{chain}"
     );
     for leak in ["hunter2", "s3cr3t", "admin"] {

@@ -1,8 +1,9 @@
 //! Who may read the configuration file.
 //!
 //! The rule, for a config file that holds a secret (a webhook signing
-//! secret, a project endpoint's secret, or a broker password, in
-//! `[amqp] password` or in an AMQP URL):
+//! secret, a project endpoint's secret, a webhook URL that is itself a
+//! secret because of its user info, query or token-like path, or a broker
+//! password, in `[amqp] password` or in an AMQP URL):
 //!
 //! * **others** (`o`) have no access at all (`mode & 0o007 == 0`);
 //! * **group read** is allowed only when the file's group is the agent's own
@@ -70,10 +71,13 @@ impl FileMode {
     }
 }
 
-/// Checks `file` against the rule in the module docs. `secret` says whether
-/// the file holds a secret; `path` is for the message.
-pub fn check(path: &Path, file: FileMode, secret: bool, me: Identity) -> Result<()> {
+/// Checks `file` against the rule in the module docs. `secrets` names the
+/// keys that hold a secret (empty when none does); `path` and `secrets` are
+/// for the message, which never shows a value.
+pub fn check(path: &Path, file: FileMode, secrets: &[String], me: Identity) -> Result<()> {
     let mode = file.mode;
+    let secret = !secrets.is_empty();
+    let keys = secrets.join(", ");
     if mode & 0o002 != 0 {
         bail!(
             "config file `{}` is writable by others (mode {mode:04o}); allowed: no write access for others (chmod o-w)",
@@ -85,13 +89,13 @@ pub fn check(path: &Path, file: FileMode, secret: bool, me: Identity) -> Result<
     }
     if mode & 0o007 != 0 {
         bail!(
-            "config file `{}` holds secrets but is readable by others (mode {mode:04o}); allowed: no access for others (chmod o-rwx), e.g. root:wd 0640",
+            "config file `{}` holds secrets ({keys}) but is readable by others (mode {mode:04o}); allowed: no access for others (chmod o-rwx), e.g. root:wd 0640",
             path.display()
         );
     }
     if mode & 0o070 != 0 && file.gid != me.gid {
         bail!(
-            "config file `{}` holds secrets but is open to group {} (mode {mode:04o}), which is not the agent's group {}; allowed: group access only for the agent's own group (e.g. root:wd 0640), or none (chmod g-rwx)",
+            "config file `{}` holds secrets ({keys}) but is open to group {} (mode {mode:04o}), which is not the agent's group {}; allowed: group access only for the agent's own group (e.g. root:wd 0640), or none (chmod g-rwx)",
             path.display(),
             file.gid,
             me.gid
@@ -99,7 +103,7 @@ pub fn check(path: &Path, file: FileMode, secret: bool, me: Identity) -> Result<
     }
     if file.uid != 0 && file.uid != me.uid {
         bail!(
-            "config file `{}` holds secrets but is owned by user {}, who could open it to anyone; allowed: owned by root or by the agent's user {}",
+            "config file `{}` holds secrets ({keys}) but is owned by user {}, who could open it to anyone; allowed: owned by root or by the agent's user {}",
             path.display(),
             file.uid,
             me.uid
@@ -116,10 +120,15 @@ mod tests {
     const ROOT: Identity = Identity { uid: 0, gid: 0 };
 
     fn check_mode(uid: u32, gid: u32, mode: u32, secret: bool, me: Identity) -> Result<(), String> {
+        let keys = if secret {
+            vec!["webhook.secrets".to_owned()]
+        } else {
+            Vec::new()
+        };
         check(
             Path::new("/etc/wd/wd.toml"),
             FileMode { uid, gid, mode },
-            secret,
+            &keys,
             me,
         )
         .map_err(|e| e.to_string())
@@ -142,7 +151,10 @@ mod tests {
     #[test]
     fn refusals_name_the_mode_and_what_is_allowed() {
         let err = check_mode(0, 0, 0o644, true, WD).unwrap_err();
-        assert!(err.contains("readable by others (mode 0644)"), "{err}");
+        assert!(
+            err.contains("holds secrets (webhook.secrets) but is readable by others (mode 0644)"),
+            "{err}"
+        );
         assert!(err.contains("root:wd 0640"), "{err}");
         let err = check_mode(0, 0, 0o604, true, ROOT).unwrap_err();
         assert!(err.contains("(mode 0604)"), "{err}");
@@ -171,9 +183,10 @@ mod tests {
         let m = FileMode::of(&p).unwrap();
         assert_eq!(m.mode, 0o640);
         assert_eq!(m.uid, me.uid);
-        check(&p, m, true, me).unwrap();
+        let keys = ["notify[0]".to_owned()];
+        check(&p, m, &keys, me).unwrap();
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
-        let err = check(&p, FileMode::of(&p).unwrap(), true, me).unwrap_err();
+        let err = check(&p, FileMode::of(&p).unwrap(), &keys, me).unwrap_err();
         assert!(err.to_string().contains("mode 0644"), "{err}");
     }
 }

@@ -1,8 +1,10 @@
 //! `wdguard status`: each delivery destination's backlog, oldest entry and
 //! last error.
 //!
-//! It asks the running agent first (`GET /status` on its metrics address,
-//! from `--metrics` or the config file's `metrics`). When no agent answers,
+//! It asks the running agent first: on its local socket (`--socket`,
+//! default /run/wd/status.sock, which the packaged unit serves), else with
+//! `GET /status` on its metrics address (from `--metrics` or the config
+//! file's `metrics`; the agent answers `/status` to loopback peers only). When no agent answers,
 //! it reads the spool directory instead: read-only, taking no lock, so it is
 //! safe beside a running agent (a segment removed while it reads is read
 //! again). Only the agent knows the last error of each destination; the
@@ -10,7 +12,8 @@
 
 use std::io::{Read as _, Write as _};
 use std::net::{TcpStream, ToSocketAddrs};
-use std::path::PathBuf;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, anyhow, bail};
@@ -32,6 +35,9 @@ pub struct Args {
     /// The agent's metrics address (as given to `wdguard watch --metrics`).
     #[arg(long, value_name = "ADDR")]
     metrics: Option<String>,
+    /// The agent's local status socket (`wdguard watch --status-socket`).
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_SOCKET)]
+    socket: PathBuf,
     /// The agent's config file, for its `metrics` address and `spool`.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -46,6 +52,9 @@ pub struct Args {
 /// The most bytes read from the agent's `/status`.
 const MAX_STATUS_BYTES: u64 = 4 * 1024 * 1024;
 
+/// Where the packaged agent serves its local status socket.
+const DEFAULT_SOCKET: &str = "/run/wd/status.sock";
+
 /// `GET /status` from the agent at `addr`.
 fn ask_agent(addr: &str) -> Result<Value> {
     let sock = addr
@@ -54,13 +63,27 @@ fn ask_agent(addr: &str) -> Result<Value> {
         .next()
         .ok_or_else(|| anyhow!("metrics address `{addr}` resolves to nothing"))?;
     let timeout = Duration::from_secs(5);
-    let mut s = TcpStream::connect_timeout(&sock, timeout)
+    let s = TcpStream::connect_timeout(&sock, timeout)
         .with_context(|| format!("no agent answers on {addr}"))?;
     s.set_read_timeout(Some(timeout))?;
     s.set_write_timeout(Some(timeout))?;
+    exchange(s, addr)
+}
+
+/// `GET /status` from the agent's local socket at `path`.
+fn ask_socket(path: &Path) -> Result<Value> {
+    let timeout = Duration::from_secs(5);
+    let s = UnixStream::connect(path)
+        .with_context(|| format!("no agent answers on `{}`", path.display()))?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
+    exchange(s, &path.display().to_string())
+}
+
+fn exchange(mut s: impl std::io::Read + std::io::Write, addr: &str) -> Result<Value> {
     write!(
         s,
-        "GET /status HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        "GET /status HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
     )?;
     let mut raw = Vec::new();
     s.take(MAX_STATUS_BYTES)
@@ -72,7 +95,7 @@ fn ask_agent(addr: &str) -> Result<Value> {
         .ok_or_else(|| anyhow!("{addr} sent no HTTP response"))?;
     let status = head.split_whitespace().nth(1).unwrap_or("");
     if status != "200" {
-        bail!("{addr} answered /status with {status}");
+        bail!("{addr} answered /status with {status}: {}", body.trim());
     }
     serde_json::from_str(body).with_context(|| format!("{addr} sent a /status that is not JSON"))
 }
@@ -194,7 +217,16 @@ pub fn run(args: Args) -> Result<()> {
     let spool = args.spool.clone().or(cfg.spool.clone());
     let mut agent_error = None;
     let mut status = None;
-    if let Some(addr) = &addr {
+    if args.socket.exists() {
+        match ask_socket(&args.socket) {
+            Ok(mut v) => {
+                v["source"] = json!(format!("agent {}", args.socket.display()));
+                status = Some(v);
+            }
+            Err(e) => agent_error = Some(e),
+        }
+    }
+    if let Some(addr) = addr.as_ref().filter(|_| status.is_none()) {
         match ask_agent(addr) {
             Ok(mut v) => {
                 v["source"] = json!(format!("agent {addr}"));

@@ -49,9 +49,34 @@ pub struct Args {
     #[arg(long, value_name = "FORMAT")]
     pub(crate) log_format: Option<crate::logging::LogFormat>,
     /// Serve Prometheus metrics (`/metrics`), health (`/healthz`) and status
-    /// (`/status`) on this address, e.g. `127.0.0.1:9187`.
+    /// (`/status`) on this address, e.g. `127.0.0.1:9187` (a bare port is
+    /// on loopback). An address off loopback is an explicit choice: it
+    /// serves `/metrics` and a bare `/healthz` to anyone who reaches it;
+    /// `/status` answers loopback peers only.
     #[arg(long, value_name = "ADDR")]
     metrics: Option<String>,
+    /// Serve the same endpoints, `/status` included, on this Unix socket
+    /// (mode 0660: root and the agent's group) [default:
+    /// `$RUNTIME_DIRECTORY/status.sock` when systemd sets
+    /// `RUNTIME_DIRECTORY`, as the packaged unit does: /run/wd/status.sock].
+    #[arg(long, value_name = "PATH")]
+    status_socket: Option<PathBuf>,
+}
+
+/// The status socket: `--status-socket`, else in systemd's runtime
+/// directory.
+fn status_socket(args: &Args) -> Option<PathBuf> {
+    args.status_socket.clone().or_else(|| {
+        std::env::var_os("RUNTIME_DIRECTORY")
+            .filter(|d| !d.is_empty())
+            // systemd may list several directories, separated by colons.
+            .and_then(|d| {
+                d.to_str()
+                    .and_then(|d| d.split(':').next())
+                    .map(PathBuf::from)
+            })
+            .map(|d| d.join("status.sock"))
+    })
 }
 
 /// The config file (if any) with the flags applied on top.
@@ -66,11 +91,15 @@ pub fn config(args: &Args) -> Result<AgentSettings> {
     if let Some(t) = args
         .notify
         .iter()
-        .find(|t| wd_compute::target_has_password(t))
+        .find(|t| wd_compute::target_holds_secret(t))
     {
-        bail!(
-            "--notify `{}` carries a password, which `ps` would show; put it in the config file (`[amqp] password`) or WD_AMQP_PASSWORD",
+        let shown = if t.starts_with("http://") || t.starts_with("https://") {
+            wd_notify_webhook::display_url(t)
+        } else {
             wd_notify::redact_url(t)
+        };
+        bail!(
+            "--notify `{shown}` holds a secret (a password, or a webhook URL with user info, a query or a token in its path), which `ps` would show; put it in the config file's `notify` (readable by root and the agent's group only), and a broker password in `[amqp] password` or WD_AMQP_PASSWORD"
         );
     }
     cfg.notify.extend(args.notify.iter().cloned());
@@ -111,6 +140,10 @@ pub fn run(args: Args) -> Result<()> {
             Some(addr) => Some(crate::serve::start(addr, running.metrics().clone()).await?),
             None => None,
         };
+        let socket = match status_socket(&args) {
+            Some(path) => Some(crate::serve::start_unix(&path, running.metrics().clone()).await?),
+            None => None,
+        };
         use tokio::signal::unix::{SignalKind, signal};
         let mut term = signal(SignalKind::terminate()).context("install the SIGTERM handler")?;
         let mut hup = signal(SignalKind::hangup()).context("install the SIGHUP handler")?;
@@ -125,6 +158,9 @@ pub fn run(args: Args) -> Result<()> {
         crate::systemd::stopping();
         running.shutdown().await;
         if let Some((_, task)) = served {
+            task.abort();
+        }
+        if let Some(task) = socket {
             task.abort();
         }
         match died {

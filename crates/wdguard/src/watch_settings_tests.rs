@@ -41,7 +41,7 @@ fn a_config_file_with_secrets_open_to_others_is_refused() {
     let secret = format!("notify = [\"log\"]\n[webhook]\nsecrets = [\"{SECRET}\"]\n");
     let err = check(&secret, 0o644).unwrap_err();
     assert!(
-        err.contains("holds secrets but is readable by others (mode 0644)"),
+        err.contains("holds secrets (webhook.secrets) but is readable by others (mode 0644)"),
         "{err}"
     );
     assert!(!err.contains("MfKQ9r8"), "secret leaked: {err}");

@@ -279,12 +279,18 @@ fn the_unit_verifies_cleanly_and_is_hardened() {
         "Type=notify",
         "WatchdogSec=30s",
         "User=wd",
-        "SupplementaryGroups=libvirt",
         "StateDirectory=wd",
+        "RuntimeDirectory=wd",
+        "RuntimeDirectoryMode=0750",
         "CapabilityBoundingSet=",
         "NoNewPrivileges=yes",
         "ExecStart=/usr/bin/wdguard watch --config /etc/wd/wd.toml",
     ] {
         assert!(unit.lines().any(|l| l == line), "{line} missing");
     }
+    // No group beyond wd's own: `libvirt` opens the read-write socket.
+    assert!(
+        !unit.lines().any(|l| l.starts_with("SupplementaryGroups=")),
+        "{unit}"
+    );
 }

@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use serde_json::Value;
 use wd_e2e::agent::AgentProcess;
-use wd_e2e::virsh::Guest;
 use wd_e2e::receiver::{Received, Receiver};
 use wd_e2e::scratch::Scratch;
+use wd_e2e::virsh::Guest;
 use wd_testkit::guest::{GuestAssets, GuestSpec, NovaOwner};
 
 /// The operator endpoint's secret, given to the agent in `WD_WEBHOOK_SECRET`.

@@ -117,9 +117,16 @@ impl std::fmt::Debug for AgentSettings {
     }
 }
 
-/// Whether a notify target carries a password (a broker URL's
-/// `user:password@`).
-pub fn target_has_password(target: &str) -> bool {
+/// Whether a notify target is a secret: a broker URL with a password
+/// (`user:password@`), or a webhook URL that is one by
+/// `wd_notify_webhook::url_holds_secret` (user info, a query, or a token in
+/// its path). Such a target may not be given on the command line, and a
+/// config file holding one must not be readable by others.
+pub fn target_holds_secret(target: &str) -> bool {
+    #[cfg(feature = "webhook")]
+    if target.starts_with("http://") || target.starts_with("https://") {
+        return wd_notify_webhook::url_holds_secret(target);
+    }
     #[cfg(feature = "amqp")]
     {
         wd_notify_amqp::settings::is_broker(target)
@@ -136,17 +143,39 @@ pub fn target_has_password(target: &str) -> bool {
 
 impl AgentSettings {
     /// Whether the configuration holds a secret: a webhook or project
-    /// secret, or a broker password (in `[amqp]` or in a notify target).
-    /// A file holding one must not be readable by others.
+    /// secret, a webhook URL that is one, or a broker password (in `[amqp]`
+    /// or in a notify target). A file holding one must not be readable by
+    /// others.
     pub fn holds_secrets(&self) -> bool {
+        !self.secret_keys().is_empty()
+    }
+
+    /// The keys that hold a secret (`notify[1]`, `webhook.projects[0].url`,
+    /// `amqp.password`, …), for messages that name them, never their values.
+    pub fn secret_keys(&self) -> Vec<String> {
+        let mut keys: Vec<String> = self
+            .notify
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| target_holds_secret(t))
+            .map(|(i, _)| format!("notify[{i}]"))
+            .collect();
         #[cfg(feature = "webhook")]
-        let webhook = self.webhook.holds_secrets();
-        #[cfg(not(feature = "webhook"))]
-        let webhook = false;
+        keys.extend(self.webhook.secret_keys());
         #[cfg(feature = "amqp")]
-        let amqp = self.amqp.holds_secrets();
-        #[cfg(not(feature = "amqp"))]
-        let amqp = false;
-        webhook || amqp || self.notify.iter().any(|t| target_has_password(t))
+        {
+            if self.amqp.password.is_some() {
+                keys.push("amqp.password".to_owned());
+            }
+            if self
+                .amqp
+                .url
+                .as_deref()
+                .is_some_and(wd_notify_amqp::settings::has_password)
+            {
+                keys.push("amqp.url".to_owned());
+            }
+        }
+        keys
     }
 }

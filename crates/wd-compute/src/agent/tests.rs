@@ -86,8 +86,14 @@ max_entries = 500
         [
             "log",
             "amqp amqp://***@127.0.0.1:5672/%2f",
-            "webhook operator http://127.0.0.1:9/ops",
-            "webhook project p1 http://127.0.0.1:9/p1"
+            &*format!(
+                "webhook operator {}",
+                wd_notify_webhook::display_url("http://127.0.0.1:9/ops")
+            ),
+            &*format!(
+                "webhook project p1 {}",
+                wd_notify_webhook::display_url("http://127.0.0.1:9/p1")
+            ),
         ]
     );
     let kinds: Vec<_> = agent.destinations().iter().map(|d| d.kind).collect();
@@ -216,7 +222,18 @@ fn debug_output_and_secrets() {
     assert!(parse("notify = [\"amqp://u:s3cret@h/%2f\"]").holds_secrets());
     assert!(parse("[amqp]\nurl = \"rabbit://u@a,u:s3cret@b/\"").holds_secrets());
     assert!(!parse("notify = [\"log\", \"amqp://u@h/\"]").holds_secrets());
-    assert!(target_has_password("rabbit://a@h1,b:c@h2/"));
+    assert!(target_holds_secret("rabbit://a@h1,b:c@h2/"));
+    // A webhook URL with a token in its path is a secret too, named by key.
+    let cfg = parse(
+        "notify = [\"log\", \"https://hooks.slack.com/services/T0/B0/XXXXXXXXXXXXXXXXXXXXXXXX\"]",
+    );
+    assert_eq!(cfg.secret_keys(), ["notify[1]"]);
+    let both = "notify = [\"amqp://u:s3cret@h/%2f\"]\n[amqp]\npassword = \"s3cret\"\nurl = \"amqp://u:p@h/\"";
+    assert_eq!(
+        parse(both).secret_keys(),
+        ["notify[0]", "amqp.password", "amqp.url"]
+    );
+    assert!(!target_holds_secret("https://ops.example/watchdog"));
 }
 
 #[test]
@@ -261,7 +278,9 @@ fn it_starts_reloads_and_stops_on_the_test_driver() {
         let next = parse(&format!("{base}notify = [\"log\"]\n{project}"));
         let done = running.reload(&next, &|_| None).unwrap();
         assert_eq!(done.updated, ["log"]);
-        assert_eq!(done.added, ["webhook project p1 http://127.0.0.1:9/p1"]);
+        let p1 = wd_notify_webhook::display_url("http://127.0.0.1:9/p1");
+        assert_eq!(done.added, [format!("webhook project p1 {p1}")]);
+        assert!(p1.starts_with("http://127.0.0.1:9 #"), "{p1}");
         assert_eq!(running.runtime().status().len(), 2);
         let text = running.metrics().encode();
         assert!(text.contains("destination=\"project\""), "{text}");

@@ -14,7 +14,7 @@ pub fn load_config(path: &Path) -> Result<AgentSettings> {
     crate::filemode::check(
         path,
         crate::filemode::FileMode::of(path)?,
-        cfg.holds_secrets(),
+        &cfg.secret_keys(),
         crate::filemode::Identity::current()?,
     )?;
     Ok(cfg)

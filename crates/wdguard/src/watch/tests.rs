@@ -117,6 +117,53 @@ fn nova_config_gives_the_bus_and_host() {
     );
 }
 
+/// A Slack-style URL: the token is the last path segment.
+const TOKEN_URL: &str =
+    "https://hooks.slack.com/services/T0AAAAAAA/B0BBBBBBB/s3cretTokenPart0123456789";
+
+#[test]
+fn a_webhook_url_with_a_token_is_refused_on_the_command_line() {
+    for url in [
+        TOKEN_URL,
+        "https://ops:s3cret@ops.example/hook",
+        "https://ops.example/hook?token=s3cret",
+    ] {
+        check_err(
+            &["--notify", url],
+            None,
+            &[],
+            "holds a secret (a password, or a webhook URL with user info, a query or a token in its path), which `ps` would show",
+        );
+    }
+}
+
+#[test]
+fn a_world_readable_config_with_a_token_url_is_refused_naming_the_key() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("wd.toml");
+    let text = format!(
+        "[[webhook.projects]]\nproject = \"p1\"\nurl = \"https://p1.example/hook\"\nsecrets = []\n\
+         [[webhook.projects]]\nproject = \"p2\"\nurl = \"{TOKEN_URL}\"\nsecrets = []\n"
+    );
+    std::fs::write(&p, text).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let err = crate::one_line(&load_config(&p).unwrap_err());
+    assert!(
+        err.contains(
+            "holds secrets (webhook.projects[1].url) but is readable by others (mode 0644)"
+        ),
+        "{err}"
+    );
+    assert!(
+        !err.contains("s3cret") && !err.contains("services"),
+        "{err}"
+    );
+    // The same file closed to others is accepted.
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+    load_config(&p).unwrap();
+}
+
 #[test]
 fn bad_configurations_name_what_is_wrong() {
     check_err(&[], None, &[], "nowhere to notify");
@@ -127,7 +174,7 @@ fn bad_configurations_name_what_is_wrong() {
         ],
         None,
         &[],
-        "carries a password, which `ps` would show",
+        "holds a secret (a password, or a webhook URL with user info, a query or a token in its path), which `ps` would show",
     );
     check_err(
         &["--notify", "rabbit://guest@127.0.0.1/"],
@@ -151,7 +198,7 @@ fn bad_configurations_name_what_is_wrong() {
         &["--notify", "amqp://guest:s3cret@127.0.0.1/%2f"],
         None,
         &[],
-        "carries a password, which `ps` would show",
+        "holds a secret (a password, or a webhook URL with user info, a query or a token in its path), which `ps` would show",
     );
     check_err(
         &["--notify", "log"],
@@ -305,7 +352,10 @@ window_secs = 30
         "{names:?}"
     );
     assert!(
-        names.contains(&"webhook operator http://127.0.0.1:9/ops"),
+        names.contains(&&*format!(
+            "webhook operator {}",
+            wd_notify_webhook::display_url("http://127.0.0.1:9/ops")
+        )),
         "{names:?}"
     );
     assert_eq!(
