@@ -125,6 +125,11 @@ struct DestinationLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TargetLabels {
+    target: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VersionLabels {
     version: String,
 }
@@ -165,6 +170,8 @@ struct State {
     deliveries: Mutex<BTreeMap<String, (Destination, DeliveryRecord)>>,
     sources: Mutex<Vec<QueueSource>>,
     health_sources: Mutex<Vec<HealthSource>>,
+    /// The last failed write of a queue or the ledger, until writes succeed.
+    write_error: Mutex<Option<String>>,
 }
 
 impl fmt::Debug for State {
@@ -249,6 +256,8 @@ struct Inner {
     duration: Family<DestinationLabels, Histogram>,
     connected: Gauge,
     reconnects: Counter,
+    write_failures: Family<TargetLabels, Counter>,
+    held: Gauge,
     state: Arc<State>,
 }
 
@@ -289,6 +298,7 @@ impl Metrics {
             deliveries: Mutex::new(BTreeMap::new()),
             sources: Mutex::new(Vec::new()),
             health_sources: Mutex::new(Vec::new()),
+            write_error: Mutex::new(None),
         });
         let mut registry = Registry::default();
         let firings = Family::<ActionLabels, Counter>::default();
@@ -330,6 +340,23 @@ impl Metrics {
             "Connections to libvirt made after the first one",
             reconnects.clone(),
         );
+        let write_failures = Family::<TargetLabels, Counter>::default();
+        for target in ["queue", "ledger"] {
+            drop(write_failures.get_or_create(&TargetLabels {
+                target: target.to_owned(),
+            }));
+        }
+        registry.register(
+            "wd_write_failures",
+            "Writes of a queue or of the episode ledger that failed (disk full, I/O error, read-only), by target",
+            write_failures.clone(),
+        );
+        let held = Gauge::default();
+        registry.register(
+            "wd_firings_held",
+            "Firings held in memory because a queue write failed; retried until written",
+            held.clone(),
+        );
         let build = Family::<VersionLabels, Gauge>::default();
         build
             .get_or_create(&VersionLabels {
@@ -348,6 +375,8 @@ impl Metrics {
                 duration,
                 connected,
                 reconnects,
+                write_failures,
+                held,
                 state,
             }),
         }
@@ -517,6 +546,29 @@ impl Metrics {
         }
     }
 
+    /// Counts a failed write of `target` (`queue` or `ledger`) and makes
+    /// the agent unhealthy with `reason` (which names the path and the
+    /// error) until [`Metrics::writes_recovered`].
+    pub fn write_failed(&self, target: &str, reason: &str) {
+        self.inner
+            .write_failures
+            .get_or_create(&TargetLabels {
+                target: target.to_owned(),
+            })
+            .inc();
+        *lock(&self.inner.state.write_error) = Some(reason.to_owned());
+    }
+
+    /// Every held firing is written, and so is the ledger.
+    pub fn writes_recovered(&self) {
+        lock(&self.inner.state.write_error).take();
+    }
+
+    /// How many firings are held after a failed write.
+    pub fn set_held(&self, n: usize) {
+        self.inner.held.set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
     /// `Ok` when libvirt is connected and every worker is alive; otherwise
     /// one line saying why not, e.g. `libvirt disconnected for 42 s`.
     pub fn health(&self) -> Result<(), String> {
@@ -527,6 +579,9 @@ impl Metrics {
             .collect();
         if !dead.is_empty() {
             return Err(format!("worker stopped: {}", dead.join(", ")));
+        }
+        if let Some(reason) = lock(&self.inner.state.write_error).clone() {
+            return Err(reason);
         }
         if let Some(reason) = lock(&self.inner.state.health_sources)
             .iter()

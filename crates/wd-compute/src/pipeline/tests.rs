@@ -12,7 +12,7 @@ use crate::directory::NovaDirectory;
 
 const PROJECT: &str = "6f70656e737461636b20697320636f6f6c";
 
-/// Records what it is given; fails while `fail` is set.
+/// Records what it is given; refuses for good while `fail` is set.
 #[derive(Default)]
 struct Recorder {
     got: Mutex<Vec<Notification>>,
@@ -23,7 +23,7 @@ struct Recorder {
 impl Notifier for Recorder {
     async fn notify(&self, n: &Notification) -> Result<(), NotifyError> {
         if *self.fail.lock().unwrap() {
-            return Err(NotifyError::retryable("disk full"));
+            return Err(NotifyError::permanent("refused"));
         }
         self.got.lock().unwrap().push(n.clone());
         Ok(())
@@ -135,7 +135,8 @@ fn pipeline(ledger: Ledger) -> (Pipeline, Arc<Recorder>, Arc<NovaDirectory>) {
 
 async fn feed(p: &mut Pipeline, items: Vec<Item>) {
     for i in items {
-        p.handle(i).await;
+        p.drive(futures::stream::iter([i]), std::future::pending())
+            .await;
     }
 }
 
@@ -461,7 +462,7 @@ async fn the_ledger_accepts_a_pause_only_once_its_own_event_id_is_on_disk() {
             fire_run(&d, 2, Pause, Origin::Live, 2),
         ];
         for step in steps {
-            p.handle(step).await;
+            feed(&mut p, vec![step]).await;
             let ledger = Ledger::open(&ledger_path).unwrap();
             if let Some(e) = ledger.get(&d.uuid).filter(|e| e.accepted) {
                 assert!(
@@ -639,10 +640,10 @@ async fn a_flood_of_100k_lifecycle_events_leaves_the_directory_bounded() {
             let d = dom(n);
             let xml = Some(nova_xml(&d));
             // (The XML is parsed once per instance, to keep the test quick.)
-            p.handle(life_xml(&d, Lifecycle::Defined, None)).await;
-            p.handle(life_xml(&d, Lifecycle::Started, xml)).await;
-            p.handle(life_xml(&d, Lifecycle::Stopped, None)).await;
-            p.handle(life_xml(&d, Lifecycle::Undefined, None)).await;
+            feed(&mut p, vec![life_xml(&d, Lifecycle::Defined, None)]).await;
+            feed(&mut p, vec![life_xml(&d, Lifecycle::Started, xml)]).await;
+            feed(&mut p, vec![life_xml(&d, Lifecycle::Stopped, None)]).await;
+            feed(&mut p, vec![life_xml(&d, Lifecycle::Undefined, None)]).await;
             assert!(dir.len() <= 1_000);
         }
         let stats = dir.stats();
