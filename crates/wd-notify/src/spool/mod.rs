@@ -100,6 +100,37 @@ pub struct Spool {
     /// The next seq of a spool in memory.
     next_seq: AtomicU64,
     delivery: Mutex<Option<JoinHandle<()>>>,
+    /// The event ids accepted lately: a notification offered again (the
+    /// pipeline retries a firing that another queue failed to write) is
+    /// accepted once.
+    recent: Mutex<RecentIds>,
+}
+
+/// The most event ids a spool remembers as accepted.
+const RECENT_IDS: usize = 4096;
+
+/// A bounded set of event ids, oldest forgotten first.
+#[derive(Debug, Default)]
+struct RecentIds {
+    set: std::collections::HashSet<uuid::Uuid>,
+    order: std::collections::VecDeque<uuid::Uuid>,
+}
+
+impl RecentIds {
+    fn contains(&self, id: &uuid::Uuid) -> bool {
+        self.set.contains(id)
+    }
+
+    fn insert(&mut self, id: uuid::Uuid) {
+        if self.set.insert(id) {
+            self.order.push_back(id);
+            if self.order.len() > RECENT_IDS
+                && let Some(old) = self.order.pop_front()
+            {
+                self.set.remove(&old);
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Spool {
@@ -259,6 +290,7 @@ impl Spool {
                 _lock: lock,
             }),
             next_seq: AtomicU64::new(0),
+            recent: Mutex::new(RecentIds::default()),
             delivery: Mutex::new(Some(delivery)),
         })
     }
@@ -293,6 +325,7 @@ impl Spool {
             shared,
             disk: None,
             next_seq: AtomicU64::new(0),
+            recent: Mutex::new(RecentIds::default()),
             delivery: Mutex::new(Some(delivery)),
         })
     }
@@ -414,8 +447,14 @@ impl Notifier for Spool {
                 payload.len()
             )));
         }
+        if lock(&self.recent).contains(&n.event_id) {
+            tracing::debug!(destination = %self.shared.name, event_id = %n.event_id,
+                "spool: already accepted; not queued again");
+            return Ok(());
+        }
         let Some(disk) = &self.disk else {
             self.accept_in_memory(n, payload.len() as u64);
+            lock(&self.recent).insert(n.event_id);
             return Ok(());
         };
         let (reply, accepted) = oneshot::channel();
@@ -431,7 +470,10 @@ impl Notifier for Spool {
             ));
         }
         match accepted.await {
-            Ok(Ok(())) => Ok(()),
+            Ok(Ok(())) => {
+                lock(&self.recent).insert(n.event_id);
+                Ok(())
+            }
             Ok(Err(e)) => Err(NotifyError::retryable(format!(
                 "spool: cannot write to {}",
                 disk.dir.display()

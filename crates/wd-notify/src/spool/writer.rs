@@ -356,8 +356,18 @@ fn create_segment(
     let mut file = fs.create_new(&path)?;
     let mut bytes = SEGMENT_MAGIC.to_vec();
     bytes.extend_from_slice(body);
-    file.write_all(&bytes)?;
-    file.sync_all()?;
-    fs.sync_dir(dir)?;
+    let written = file
+        .write_all(&bytes)
+        .and_then(|()| file.sync_all())
+        .and_then(|()| fs.sync_dir(dir));
+    if let Err(e) = written {
+        // No partial segment is left behind (a full disk would otherwise
+        // keep it, and the next attempt would find the name taken).
+        drop(file);
+        if let Err(rm) = fs.remove_file(&path) {
+            tracing::warn!(file = %path.display(), error = %rm, "spool: cannot remove a partial segment");
+        }
+        return Err(e);
+    }
     Ok((file, bytes.len() as u64))
 }
