@@ -220,10 +220,13 @@ pub use retry::{Retry, RetryConfig};
 pub use router::{Destination, DestinationKind, DestinationStatus, Route, Router, RouterDefaults};
 /// Fault injection for the spool's file-system calls (feature
 /// `fault-injection`): a model of what a power cut keeps, for crash tests
-/// that a `SIGKILL` cannot make (it keeps the page cache).
+/// that a `SIGKILL` cannot make (it keeps the page cache), and a file
+/// system that fails on demand (`ENOSPC`, `EIO`, `EROFS` on write, sync or
+/// creation) or syncs slowly.
 #[cfg(feature = "fault-injection")]
 pub mod fault {
     pub use crate::spool::disk::{FsOp, PowerCut, RealFs, SimFs, SpoolFile, SpoolFs};
+    pub use crate::spool::faulty::{Faults, FaultyFs};
 }
 
 pub use spool::{

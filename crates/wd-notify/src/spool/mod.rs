@@ -10,6 +10,8 @@
 mod config;
 mod delivery;
 pub(crate) mod disk;
+#[cfg(any(test, feature = "fault-injection"))]
+pub(crate) mod faulty;
 mod format;
 mod scan;
 mod state;

@@ -360,3 +360,91 @@ fn config_is_validated() {
     );
     assert!(SpoolConfig::default().validate().is_ok());
 }
+
+/// A write that fails (ENOSPC, EIO, EROFS; on write, on fsync, or on
+/// creating the next segment: that only delays the roll-over) is refused as retryable, naming the spool's
+/// directory and the error; nothing half-written is ever delivered or left
+/// as a segment file; once the fault clears the same notification is
+/// accepted, and offering it again does not queue it twice.
+#[tokio::test]
+async fn a_failed_write_is_refused_for_now_and_accepted_once_when_it_clears() {
+    use super::faulty::FaultyFs;
+    for errno in [28, 5, 30] {
+        for (what, set) in [
+            ("write", (true, false, false)),
+            ("fsync", (false, true, false)),
+            ("create", (false, false, true)),
+        ] {
+            let tmp = tempfile::tempdir().unwrap();
+            let dir = tmp.path().join("q");
+            let fs = FaultyFs::new();
+            let faults = fs.faults();
+            let (m, log) = backend(|_, _| Ok(()));
+            let spool = Spool::open_importing(
+                Arc::new(fs),
+                &dir,
+                "q".into(),
+                quick().segment_bytes(4096),
+                Arc::new(m),
+                Vec::new(),
+            )
+            .unwrap();
+            let first = firing(1);
+            spool.notify(&first).await.unwrap();
+            faults.fail_writes(set.0.then_some(errno));
+            faults.fail_syncs(set.1.then_some(errno));
+            faults.fail_creates(set.2.then_some(errno));
+            let mut held = Vec::new();
+            // Enough to need a new segment (for the `create` fault).
+            for i in 0..40u128 {
+                let n = firing(100 + i);
+                if let Err(e) = spool.notify(&n).await {
+                    assert!(e.is_retryable(), "{what} {errno}: {e}");
+                    let chain = error_chain(&e);
+                    assert!(
+                        chain.contains(&dir.display().to_string())
+                            && chain
+                                .contains(&std::io::Error::from_raw_os_error(errno).to_string()),
+                        "{what} {errno}: {chain}"
+                    );
+                    held.push(n);
+                }
+            }
+            // A segment that cannot be created only delays the roll-over:
+            // the current one takes the entries meanwhile.
+            assert!(
+                what == "create" || !held.is_empty(),
+                "{what} {errno}: no write failed"
+            );
+            assert!(faults.failed() > 0);
+            faults.fail_all(None);
+            for n in &held {
+                spool.notify(n).await.unwrap();
+                // Offered again (as a retry after another queue failed).
+                spool.notify(n).await.unwrap();
+            }
+            until("everything delivered", || spool.stats().pending == 0).await;
+            let mut got = log.lock().unwrap().clone();
+            let len = got.len();
+            got.sort();
+            got.dedup();
+            assert_eq!(len, got.len(), "{what} {errno}: a duplicate was delivered");
+            assert_eq!(
+                got.len(),
+                41,
+                "{what} {errno}: not everything was delivered"
+            );
+            // No partial segment is left: each file left is a valid one.
+            drop(spool);
+            let found = scan(&dir).unwrap();
+            assert!(
+                found
+                    .skipped
+                    .iter()
+                    .all(|(_, s)| s.reason != SkipReason::BadHeader),
+                "{what} {errno}: {:?}",
+                found.skipped
+            );
+        }
+    }
+}
