@@ -684,4 +684,6 @@ fn domain(d: &DomainId, run: Option<u32>) -> Domain {
 #[cfg(test)]
 mod concurrency_tests;
 #[cfg(test)]
+mod disk_tests;
+#[cfg(test)]
 mod tests;
