@@ -19,7 +19,6 @@ mod state;
 mod tests;
 mod writer;
 
-use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -153,9 +152,11 @@ impl Spool {
     /// Opens (or creates) the spool in `dir`, recovers what earlier runs
     /// left, and starts delivering to `inner`.
     ///
-    /// Recovery rewrites every undelivered entry, with its seq and event id,
-    /// into one new segment, `fsync`s it and the directory, and only then
-    /// removes the old segments, so a crash during recovery loses nothing.
+    /// Recovery reads every segment and leaves the undelivered entries where
+    /// they are: a start writes nothing (no free space needed, no partial
+    /// file, however often it fails). The first write after it starts a new
+    /// segment; a segment is removed once every entry in it is delivered
+    /// (and every older one removed), as during the run.
     ///
     /// The directory is created with mode 0700 (an existing one is brought
     /// to 0700), and its files with mode 0600: notifications name tenants
@@ -231,48 +232,47 @@ impl Spool {
 
         let now = Instant::now();
         let mut next_seq = found.max_seq.map_or(0, |s| s.saturating_add(1));
-        let mut recovered = Vec::with_capacity(found.pending.len() + imports.len());
-        {
+        // Recovered entries stay where they are (recovery in place: a start
+        // writes nothing, so it needs no free space and leaves no partial
+        // file however often it fails); imported ones are written anew.
+        let mut imported = Vec::with_capacity(imports.len());
+        let count = found.pending.len() + imports.len();
+        let dropped: Vec<u64> = {
             let mut pending = shared.pending();
-            let imported = imports.into_iter().map(|n| {
+            for (seq, n) in found.pending {
+                let size = n.to_json().len() as u64;
+                pending.insert(seq, Arc::new(n), size, now);
+            }
+            for n in imports {
                 let seq = next_seq;
                 next_seq = next_seq.saturating_add(1);
-                (seq, n)
-            });
-            for (seq, n) in found.pending.into_iter().chain(imported) {
                 let payload = n.to_json().into_bytes();
                 pending.insert(seq, Arc::new(n), payload.len() as u64, now);
-                recovered.push((seq, payload));
+                imported.push((seq, payload));
             }
-            let dropped: BTreeSet<u64> = shared.enforce_bounds(&mut pending).into_iter().collect();
-            recovered.retain(|(seq, _)| !dropped.contains(seq));
+            shared.enforce_bounds(&mut pending)
+        };
+        imported.retain(|(seq, _)| !dropped.contains(seq));
+        if count > 0 {
+            tracing::info!(destination = %shared.name, entries = count, "spool: recovered undelivered notifications");
         }
-        if !recovered.is_empty() {
-            tracing::info!(destination = %shared.name, entries = recovered.len(), "spool: recovered undelivered notifications");
-        }
-
-        let next_id = found
+        let existing: Vec<u64> = found
             .segments
-            .last()
-            .and_then(|p| p.file_name()?.to_str().and_then(segment_id))
-            .map_or(0, |id| id + 1);
+            .iter()
+            .filter_map(|p| p.file_name()?.to_str().and_then(segment_id))
+            .collect();
         let writer = Writer::create(
             sfs.clone(),
             dir.clone(),
-            next_id,
-            next_seq,
+            writer::Start {
+                existing,
+                located: found.located,
+                dropped,
+                imported,
+                next_seq,
+            },
             shared.clone(),
-            &recovered,
         )?;
-        for old in &found.segments {
-            sfs.remove_file(old).map_err(|source| Error::SpoolIo {
-                path: old.clone(),
-                source,
-            })?;
-        }
-        if !found.segments.is_empty() {
-            scan::sync_dir(&*sfs, &dir)?;
-        }
 
         let (tx, rx) = mpsc::channel();
         let handle = std::thread::Builder::new()

@@ -448,3 +448,75 @@ async fn a_failed_write_is_refused_for_now_and_accepted_once_when_it_clears() {
         }
     }
 }
+
+/// Recovery in place: a spool with a backlog restarts on a disk where no
+/// write succeeds (full, or failing) again and again, and each start
+/// writes nothing: no segment file is added, none is changed. Writes are
+/// refused until the disk recovers; then the backlog and the new entries
+/// are delivered, and the old segments go.
+#[tokio::test]
+async fn a_restart_with_a_backlog_writes_nothing_even_on_a_full_disk() {
+    use super::faulty::FaultyFs;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("q");
+    let files = |dir: &Path| -> Vec<(String, Vec<u8>)> {
+        let mut v: Vec<_> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (
+                    e.file_name().to_string_lossy().into_owned(),
+                    fs::read(e.path()).unwrap(),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let config = quick().segment_bytes(4096);
+    {
+        let (m, _) = backend(|_, _| Err(NotifyError::retryable("down")));
+        let spool = Spool::open(&dir, config.clone(), m).unwrap();
+        for i in 0..60u128 {
+            spool.notify(&firing(i)).await.unwrap();
+        }
+        spool.shutdown(Duration::from_millis(100)).await;
+    }
+    let before = files(&dir);
+    let segments = before.iter().filter(|(n, _)| n.starts_with("seg-")).count();
+    assert!(segments > 2, "{before:?}");
+    for _ in 0..5 {
+        let fs = FaultyFs::new();
+        fs.faults().fail_all(Some(28));
+        let (m, _) = backend(|_, _| Err(NotifyError::retryable("down")));
+        let spool = Spool::open_importing(
+            Arc::new(fs),
+            &dir,
+            "q".into(),
+            config.clone(),
+            Arc::new(m),
+            Vec::new(),
+        )
+        .expect("a start on a full disk succeeds");
+        assert_eq!(spool.stats().pending, 60);
+        let e = spool.notify(&firing(1000)).await.unwrap_err();
+        assert!(
+            e.is_retryable() && error_chain(&e).contains("No space left"),
+            "{e}"
+        );
+        drop(spool);
+        assert_eq!(files(&dir), before, "a failed start changed the directory");
+    }
+    let (m, log) = backend(|_, _| Ok(()));
+    let spool = Spool::open(&dir, config, m).unwrap();
+    spool.notify(&firing(1000)).await.unwrap();
+    until("everything delivered", || log.lock().unwrap().len() == 61).await;
+    until("the old segments removed", || {
+        files(&dir)
+            .iter()
+            .filter(|(n, _)| n.starts_with("seg-"))
+            .count()
+            == 1
+    })
+    .await;
+}
