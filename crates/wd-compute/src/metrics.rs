@@ -170,8 +170,9 @@ struct State {
     deliveries: Mutex<BTreeMap<String, (Destination, DeliveryRecord)>>,
     sources: Mutex<Vec<QueueSource>>,
     health_sources: Mutex<Vec<HealthSource>>,
-    /// The last failed write of a queue or the ledger, until writes succeed.
-    write_error: Mutex<Option<String>>,
+    /// The last failed write per target (`queue`, `ledger`, `spool`), until
+    /// writes there succeed again.
+    write_error: Mutex<BTreeMap<String, String>>,
 }
 
 impl fmt::Debug for State {
@@ -298,7 +299,7 @@ impl Metrics {
             deliveries: Mutex::new(BTreeMap::new()),
             sources: Mutex::new(Vec::new()),
             health_sources: Mutex::new(Vec::new()),
-            write_error: Mutex::new(None),
+            write_error: Mutex::new(BTreeMap::new()),
         });
         let mut registry = Registry::default();
         let firings = Family::<ActionLabels, Counter>::default();
@@ -548,7 +549,7 @@ impl Metrics {
 
     /// Counts a failed write of `target` (`queue` or `ledger`) and makes
     /// the agent unhealthy with `reason` (which names the path and the
-    /// error) until [`Metrics::writes_recovered`].
+    /// error) until [`Metrics::writes_recovered`] for that target.
     pub fn write_failed(&self, target: &str, reason: &str) {
         self.inner
             .write_failures
@@ -556,12 +557,22 @@ impl Metrics {
                 target: target.to_owned(),
             })
             .inc();
-        *lock(&self.inner.state.write_error) = Some(reason.to_owned());
+        self.set_write_error(target, Some(reason.to_owned()));
     }
 
-    /// Every held firing is written, and so is the ledger.
-    pub fn writes_recovered(&self) {
-        lock(&self.inner.state.write_error).take();
+    /// Writes to `target` succeed again.
+    pub fn writes_recovered(&self, target: &str) {
+        self.set_write_error(target, None);
+    }
+
+    /// Makes the agent unhealthy with `reason` for `target` (`None`: healthy
+    /// again there), without counting a failed write (the spool probe).
+    pub fn set_write_error(&self, target: &str, reason: Option<String>) {
+        let mut errors = lock(&self.inner.state.write_error);
+        match reason {
+            Some(r) => errors.insert(target.to_owned(), r),
+            None => errors.remove(target),
+        };
     }
 
     /// How many firings are held after a failed write.
@@ -580,8 +591,8 @@ impl Metrics {
         if !dead.is_empty() {
             return Err(format!("worker stopped: {}", dead.join(", ")));
         }
-        if let Some(reason) = lock(&self.inner.state.write_error).clone() {
-            return Err(reason);
+        if let Some(reason) = lock(&self.inner.state.write_error).values().next() {
+            return Err(reason.clone());
         }
         if let Some(reason) = lock(&self.inner.state.health_sources)
             .iter()

@@ -347,13 +347,13 @@ impl Pipeline {
         );
     }
 
-    /// Tells the metrics how many firings are held, and clears the write
-    /// failure once none is (and the ledger is written).
+    /// Tells the metrics how many firings are held, and clears the queue
+    /// write failure once none is.
     fn report_held(&self) {
         if let Some(m) = &self.metrics {
             m.set_held(self.held.len());
-            if self.held.is_empty() && !self.ledger_failing {
-                m.writes_recovered();
+            if self.held.is_empty() {
+                m.writes_recovered("queue");
             }
         }
     }
@@ -597,7 +597,9 @@ impl Pipeline {
             Ok(()) => {
                 if std::mem::take(&mut self.ledger_failing) {
                     tracing::info!("the episode ledger is written again");
-                    self.report_held();
+                    if let Some(m) = &self.metrics {
+                        m.writes_recovered("ledger");
+                    }
                 }
             }
             Err(e) => {
