@@ -11,5 +11,6 @@ pub mod agent;
 pub mod bench;
 pub mod guest;
 pub mod hostile;
+pub mod ops;
 pub mod receiver;
 pub mod scratch;

@@ -9,9 +9,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use wd_e2e::agent::Agent;
 use wd_e2e::guest::Guest;
+use wd_e2e::ops::{get, metrics_addr, write_private};
 use wd_e2e::receiver::{Received, Receiver};
 use wd_e2e::scratch::{RestartLibvirtd, Scratch};
 use wd_testkit::Libvirtd;
@@ -53,49 +53,6 @@ deadline_secs = 2
         spool = dir.join("spool").display(),
         url_a = receiver.url(PROJECT_A),
     )
-}
-
-/// Writes a config file holding secrets as the agent requires: 0600.
-fn write_private(path: &Path, text: impl AsRef<[u8]>) {
-    std::fs::write(path, text).unwrap();
-    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-}
-
-/// The metrics address the agent logged (it binds port 0).
-async fn metrics_addr(agent: &mut Agent) -> String {
-    agent
-        .wait_log(&["serving /metrics"], Duration::from_secs(30))
-        .await
-        .unwrap();
-    let log = agent.log_text();
-    let line = log
-        .lines()
-        .find(|l| l.contains("serving /metrics"))
-        .unwrap();
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix("addr="))
-        .unwrap()
-        .to_owned()
-}
-
-/// `GET path` over plain HTTP/1.1 (the server closes each connection);
-/// returns the status code and the body.
-async fn get(addr: &str, path: &str) -> (u16, String) {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await
-    .unwrap();
-    let mut raw = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut raw))
-        .await
-        .unwrap()
-        .unwrap();
-    let raw = String::from_utf8(raw).unwrap();
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
-    let code = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    (code, body.to_owned())
 }
 
 /// The samples of an OpenMetrics text, as parsed by Prometheus' Python
