@@ -520,3 +520,61 @@ async fn a_restart_with_a_backlog_writes_nothing_even_on_a_full_disk() {
     })
     .await;
 }
+
+/// Fair shares in a shared queue: one project fires ten times the queue's
+/// bound while the destination is down; every other project's
+/// notifications stay, and are delivered when it comes back. Only the
+/// flooding project's own (oldest) entries are dropped.
+#[tokio::test]
+async fn a_flooding_project_evicts_only_its_own_notifications() {
+    let tmp = tempfile::tempdir().unwrap();
+    let up = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = up.clone();
+    let (m, log) = backend(move |_, _| {
+        if flag.load(std::sync::atomic::Ordering::SeqCst) {
+            Ok(())
+        } else {
+            Err(NotifyError::retryable("bus down"))
+        }
+    });
+    let spool = Spool::open(tmp.path().join("bus"), quick().max_entries(20), m).unwrap();
+    let of = |k: u128, project: &str| {
+        let mut n = firing(k);
+        n.instance.project_id = Some(project.to_owned());
+        n
+    };
+    let mut quiet = Vec::new();
+    for i in 0..5u128 {
+        let n = of(i, &format!("quiet-{i}"));
+        quiet.push(n.event_id);
+        spool.notify(&n).await.unwrap();
+    }
+    let mut flood = Vec::new();
+    for i in 0..200u128 {
+        let n = of(1000 + i, "noisy");
+        flood.push(n.event_id);
+        spool.notify(&n).await.unwrap();
+        if i == 100 {
+            // A quiet project fires in the middle of the flood.
+            let n = of(99, "quiet-late");
+            quiet.push(n.event_id);
+            spool.notify(&n).await.unwrap();
+        }
+    }
+    assert_eq!(spool.stats().pending, 20);
+    assert_eq!(spool.stats().dropped_full, 186);
+    up.store(true, std::sync::atomic::Ordering::SeqCst);
+    until("the queue drained", || spool.stats().pending == 0).await;
+    let got: HashSet<Uuid> = log.lock().unwrap().iter().copied().collect();
+    for id in &quiet {
+        assert!(
+            got.contains(id),
+            "a quiet project's notification was evicted"
+        );
+    }
+    // The flood kept its newest entries.
+    let kept: Vec<usize> = (0..flood.len())
+        .filter(|i| got.contains(&flood[*i]))
+        .collect();
+    assert_eq!(kept, (186..200).collect::<Vec<_>>());
+}
