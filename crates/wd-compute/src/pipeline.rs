@@ -537,6 +537,11 @@ impl Pipeline {
             domain: domain(&ev.domain, run),
             action: ev.action.to_string(),
             fired_at,
+            // A firing found by a catch-up happened while nobody listened:
+            // `fired_at` (when the catch-up found it) is only a bound.
+            fired_at_bound: ev
+                .is_recovered()
+                .then_some(wd_notify::FiredAtBound::AtOrBefore),
             recovered: ev.is_recovered(),
             occurrences: Occurrences::single(fired_at),
         };

@@ -689,3 +689,32 @@ async fn a_catch_up_retires_vanished_and_shut_off_domains_and_is_timed() {
     assert_eq!(p.stats().catch_ups, 2);
     assert!(p.stats().last_catch_up.is_some());
 }
+
+/// A firing found by a catch-up says when it was observed, as a bound: the
+/// guest fired at or before then. A live firing's time is exact.
+#[tokio::test]
+async fn a_recovered_firing_gives_its_time_as_a_bound() {
+    let (live, found) = (dom(21), dom(22));
+    let (mut p, rec, _) = pipeline(Ledger::in_memory());
+    feed(
+        &mut p,
+        listing(&[(live.clone(), false), (found.clone(), true)]),
+    )
+    .await;
+    feed(
+        &mut p,
+        vec![
+            fire(&found, Pause, Origin::Recovered, 1),
+            fire(&live, Reset, Origin::Live, 2),
+        ],
+    )
+    .await;
+    let got = rec.got.lock().unwrap().clone();
+    let json: Vec<serde_json::Value> = got
+        .iter()
+        .map(|n| serde_json::from_str(&n.to_json()).unwrap())
+        .collect();
+    assert_eq!(json[0]["fired_at_bound"], "at_or_before");
+    assert_eq!(json[0]["recovered"], true);
+    assert!(json[1].get("fired_at_bound").is_none(), "{}", json[1]);
+}
