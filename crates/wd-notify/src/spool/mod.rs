@@ -212,10 +212,23 @@ impl Spool {
             return Err(Error::NoRuntime);
         }
         let dir = dir.to_owned();
+        // The directories this creates must survive a power cut too: their
+        // entries in their parents are synced (up to the first that existed).
+        let existing = dir.ancestors().find(|a| a.is_dir()).map(Path::to_owned);
         create_private_dir(&dir).map_err(|source| Error::OpenSpool {
             path: dir.clone(),
             source,
         })?;
+        if let Some(existing) = existing
+            && existing != dir
+        {
+            for parent in dir.ancestors().skip(1) {
+                scan::sync_dir(&*sfs, parent)?;
+                if parent == existing {
+                    break;
+                }
+            }
+        }
         let lock = lock_dir(&dir)?;
         let found = scan(&dir)?;
         let shared = Arc::new(Shared::new(name, config));

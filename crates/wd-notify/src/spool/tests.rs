@@ -578,3 +578,54 @@ async fn a_flooding_project_evicts_only_its_own_notifications() {
         .collect();
     assert_eq!(kept, (186..200).collect::<Vec<_>>());
 }
+
+/// A queue directory the spool creates is made durable in its parents
+/// (up to the first directory that existed), through the filesystem seam,
+/// so a power cut cannot take the directory with the entries in it.
+#[tokio::test]
+async fn creating_a_queue_directory_syncs_its_parents() {
+    use super::disk::{FsOp, SimFs};
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("spool").join("dest").join("webhook-1");
+    let fs = SimFs::default();
+    let (m, _) = backend(|_, _| Ok(()));
+    let spool = Spool::open_importing(
+        Arc::new(fs.clone()),
+        &dir,
+        "q".into(),
+        quick(),
+        Arc::new(m),
+        Vec::new(),
+    )
+    .unwrap();
+    let synced: Vec<std::path::PathBuf> = fs
+        .ops()
+        .into_iter()
+        .filter_map(|o| match o {
+            FsOp::SyncDir(d) => Some(d),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        synced,
+        [
+            tmp.path().join("spool").join("dest"),
+            tmp.path().join("spool"),
+            tmp.path().to_owned()
+        ]
+    );
+    drop(spool);
+    // Opening it again creates nothing, and syncs nothing at start.
+    let fs = SimFs::default();
+    let (m, _) = backend(|_, _| Ok(()));
+    let _spool = Spool::open_importing(
+        Arc::new(fs.clone()),
+        &dir,
+        "q".into(),
+        quick(),
+        Arc::new(m),
+        Vec::new(),
+    )
+    .unwrap();
+    assert!(fs.ops().is_empty(), "{:?}", fs.ops());
+}
