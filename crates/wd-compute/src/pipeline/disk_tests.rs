@@ -108,7 +108,10 @@ async fn a_failing_disk_holds_firings_and_each_goes_out_once_when_it_recovers() 
             sorted(&good_sink.0) == ids
         })
         .await;
-        until("the failing queue refused", || faults.failed() > 0).await;
+        // The writer fails the call before the pipeline hears of it: wait
+        // for the pipeline to report it.
+        until("the failure reported", || metrics.health().is_err()).await;
+        assert!(faults.failed() > 0);
         let reason = metrics.health().unwrap_err();
         let os = std::io::Error::from_raw_os_error(errno).to_string();
         assert!(
