@@ -10,6 +10,46 @@ use anyhow::{Context, bail};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::agent::Agent;
+use crate::receiver::Receiver;
+
+/// The operator endpoint's signing secret in the operations tests.
+pub const OPERATOR_SECRET: &str = "whsec_d2QtZTJlIG9wZXJhdG9yIHNlY3JldCAzMiBieXRlcyE=";
+/// Project A's signing secret.
+pub const SECRET_A: &str = "whsec_d2QtZTJlIHByb2plY3QgQSBzZWNyZXQgMzIgYnl0ZXM=";
+/// The operator endpoint's path on the receiver.
+pub const OPS: &str = "/ops";
+/// Project A's endpoint's path on the receiver.
+pub const PROJECT_A: &str = "/project-a";
+
+/// An agent config for compute host `host`: the operator endpoint,
+/// project `project_a`'s endpoint, the spool at `spool`, metrics on an
+/// ephemeral port, quick retries.
+pub fn agent_config(receiver: &Receiver, host: &str, spool: &Path, project_a: &str) -> String {
+    format!(
+        r#"host = "{host}"
+notify = ["{ops}"]
+spool = "{spool}"
+wait = true
+metrics = "127.0.0.1:0"
+
+[webhook]
+timeout_secs = 5
+
+[[webhook.projects]]
+project = "{project_a}"
+url = "{url_a}"
+secrets = ["{SECRET_A}"]
+
+[retry]
+min_delay_secs = 0.2
+max_delay_secs = 1
+deadline_secs = 2
+"#,
+        ops = receiver.url(OPS),
+        spool = spool.display(),
+        url_a = receiver.url(PROJECT_A),
+    )
+}
 
 /// Writes a config file holding secrets as the agent requires: 0600.
 pub fn write_private(path: &Path, text: impl AsRef<[u8]>) {

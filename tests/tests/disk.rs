@@ -7,50 +7,20 @@
 //! the spool's filesystem seam in `wd-compute`'s `pipeline::disk_tests`.
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use wd_e2e::agent::Agent;
 use wd_e2e::guest::Guest;
-use wd_e2e::ops::{Tmpfs, get, metrics_addr, segment_files, write_private};
+use wd_e2e::ops::{
+    OPERATOR_SECRET, OPS, PROJECT_A, SECRET_A, Tmpfs, agent_config, get, metrics_addr,
+    segment_files, write_private,
+};
 use wd_e2e::receiver::{Received, Receiver};
 use wd_e2e::scratch::Scratch;
 use wd_testkit::guest::{GuestSpec, NovaOwner};
 
-const OPERATOR_SECRET: &str = "whsec_d2QtZTJlIG9wZXJhdG9yIHNlY3JldCAzMiBieXRlcyE=";
-const SECRET_A: &str = "whsec_d2QtZTJlIHByb2plY3QgQSBzZWNyZXQgMzIgYnl0ZXM=";
-const OPS: &str = "/ops";
-const PROJECT_A: &str = "/project-a";
-
 /// Serializes this file's tests under plain `cargo test`.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-fn config(receiver: &Receiver, spool: &Path, project_a: &str) -> String {
-    format!(
-        r#"host = "disk-compute-1"
-notify = ["{ops}"]
-spool = "{spool}"
-wait = true
-metrics = "127.0.0.1:0"
-
-[webhook]
-timeout_secs = 5
-
-[[webhook.projects]]
-project = "{project_a}"
-url = "{url_a}"
-secrets = ["{SECRET_A}"]
-
-[retry]
-min_delay_secs = 0.2
-max_delay_secs = 1
-deadline_secs = 2
-"#,
-        ops = receiver.url(OPS),
-        spool = spool.display(),
-        url_a = receiver.url(PROJECT_A),
-    )
-}
 
 fn spec(project: &str, action: &str) -> GuestSpec {
     let name = wd_testkit::unique_name(&format!("wd-disk-{action}"));
@@ -127,7 +97,10 @@ async fn libvirtd_a_full_disk_holds_firings_and_each_arrives_once_when_space_is_
         .unwrap();
     let project = uuid::Uuid::new_v4().simple().to_string();
     let cfg = dir.0.join("wd.toml");
-    write_private(&cfg, config(&receiver, &spool, &project));
+    write_private(
+        &cfg,
+        agent_config(&receiver, "disk-compute-1", &spool, &project),
+    );
     let mut agent = Agent::start(&cfg, OPERATOR_SECRET, &dir.0.join("agent.log")).unwrap();
     let addr = metrics_addr(&mut agent).await;
     agent.wait_ready(Duration::from_secs(60)).await.unwrap();
@@ -232,7 +205,10 @@ async fn libvirtd_a_full_disk_at_start_starts_says_503_and_delivers_once_space_i
     receiver.set_status(503);
     let project = uuid::Uuid::new_v4().simple().to_string();
     let cfg = dir.0.join("wd.toml");
-    write_private(&cfg, config(&receiver, &spool, &project));
+    write_private(
+        &cfg,
+        agent_config(&receiver, "disk-compute-1", &spool, &project),
+    );
     let mut agent = Agent::start(&cfg, OPERATOR_SECRET, &dir.0.join("agent-1.log")).unwrap();
     agent.wait_ready(Duration::from_secs(60)).await.unwrap();
     let guest = Guest::define_and_start(spec(&project, "pause"), &assets, None).unwrap();

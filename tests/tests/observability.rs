@@ -5,55 +5,24 @@
 //! `cargo xtask test`).
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use wd_e2e::agent::Agent;
 use wd_e2e::guest::Guest;
-use wd_e2e::ops::{get, metrics_addr, write_private};
+use wd_e2e::ops::{
+    OPERATOR_SECRET, OPS, PROJECT_A, SECRET_A, agent_config, get, metrics_addr, write_private,
+};
+
+const HOST: &str = "obs-compute-1";
 use wd_e2e::receiver::{Received, Receiver};
 use wd_e2e::scratch::{RestartLibvirtd, Scratch};
 use wd_testkit::Libvirtd;
 use wd_testkit::guest::{GuestSpec, NovaOwner};
 
-const OPERATOR_SECRET: &str = "whsec_d2QtZTJlIG9wZXJhdG9yIHNlY3JldCAzMiBieXRlcyE=";
-const SECRET_A: &str = "whsec_d2QtZTJlIHByb2plY3QgQSBzZWNyZXQgMzIgYnl0ZXM=";
-const OPS: &str = "/ops";
-const PROJECT_A: &str = "/project-a";
-
 /// Serializes this file's tests under plain `cargo test` (nextest runs the
 /// `libvirtd_*` group one at a time anyway).
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// The agent's config: an operator endpoint, project A's endpoint, a spool,
-/// metrics on an ephemeral port.
-fn config(receiver: &Receiver, dir: &Path, project_a: &str) -> String {
-    format!(
-        r#"host = "obs-compute-1"
-notify = ["{ops}"]
-spool = "{spool}"
-wait = true
-metrics = "127.0.0.1:0"
-
-[webhook]
-timeout_secs = 5
-
-[[webhook.projects]]
-project = "{project_a}"
-url = "{url_a}"
-secrets = ["{SECRET_A}"]
-
-[retry]
-min_delay_secs = 0.2
-max_delay_secs = 1
-deadline_secs = 2
-"#,
-        ops = receiver.url(OPS),
-        spool = dir.join("spool").display(),
-        url_a = receiver.url(PROJECT_A),
-    )
-}
 
 /// The samples of an OpenMetrics text, as parsed by Prometheus' Python
 /// client: `name{label="v",...}` (labels sorted) to value. Fails the test
@@ -143,7 +112,10 @@ async fn libvirtd_metrics_count_a_real_firing_and_its_deliveries() {
     let dir = Scratch::new("wd-obs-metrics");
     let project = uuid::Uuid::new_v4().simple().to_string();
     let cfg = dir.0.join("wd.toml");
-    write_private(&cfg, config(&receiver, &dir.0, &project));
+    write_private(
+        &cfg,
+        agent_config(&receiver, HOST, &dir.0.join("spool"), &project),
+    );
     let mut agent = Agent::start(&cfg, OPERATOR_SECRET, &dir.0.join("agent.log")).unwrap();
     let addr = metrics_addr(&mut agent).await;
     agent.wait_ready(Duration::from_secs(60)).await.unwrap();
@@ -220,7 +192,10 @@ async fn libvirtd_healthz_is_503_while_libvirtd_is_down_and_200_after() {
     let receiver = Receiver::start(OPERATOR_SECRET).await.unwrap();
     let dir = Scratch::new("wd-obs-health");
     let cfg = dir.0.join("wd.toml");
-    write_private(&cfg, config(&receiver, &dir.0, "p-health"));
+    write_private(
+        &cfg,
+        agent_config(&receiver, HOST, &dir.0.join("spool"), "p-health"),
+    );
     let mut agent = Agent::start(&cfg, OPERATOR_SECRET, &dir.0.join("agent.log")).unwrap();
     let addr = metrics_addr(&mut agent).await;
     agent.wait_ready(Duration::from_secs(60)).await.unwrap();
@@ -285,7 +260,7 @@ async fn libvirtd_sighup_adds_a_project_and_refuses_a_broken_config() {
     let dir = Scratch::new("wd-obs-reload");
     let project = uuid::Uuid::new_v4().simple().to_string();
     let cfg = dir.0.join("wd.toml");
-    let full = config(&receiver, &dir.0, &project);
+    let full = agent_config(&receiver, HOST, &dir.0.join("spool"), &project);
     // At start: the operator endpoint only (the project section cut out).
     let (head, rest) = full.split_once("[[webhook.projects]]").unwrap();
     let tail = &rest[rest.find("[retry]").unwrap()..];

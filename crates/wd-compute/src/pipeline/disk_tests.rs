@@ -134,6 +134,18 @@ async fn a_failing_disk_holds_firings_and_each_goes_out_once_when_it_recovers() 
     }
 }
 
+/// Runs a pipeline over `items` into `spool`, with the ledger at `ledger`.
+async fn run_on(spool: &Arc<Spool>, ledger: &std::path::Path, items: Vec<Item>) -> PipelineStats {
+    Pipeline::new(
+        "compute-1",
+        Arc::new(NovaDirectory::new()),
+        spool.clone(),
+        Ledger::open(ledger).unwrap(),
+    )
+    .run(futures::stream::iter(items), std::future::pending())
+    .await
+}
+
 /// The race of issue 20 on a real spool whose fsync is slowed (through the
 /// seam): pause, resume, pause, resume of each guest all arrive while its
 /// first pause is still being written. Each pause episode is notified
@@ -164,15 +176,7 @@ async fn a_pause_resume_storm_on_a_slow_disk_notifies_each_episode_once() {
             ids.push(id);
         }
     }
-    let p = Pipeline::new(
-        "compute-1",
-        Arc::new(NovaDirectory::new()),
-        spool.clone(),
-        Ledger::open(&ledger).unwrap(),
-    );
-    let stats = p
-        .run(futures::stream::iter(items), std::future::pending())
-        .await;
+    let stats = run_on(&spool, &ledger, items).await;
     assert_eq!((stats.accepted, stats.already_notified), (30, 0));
     // Each guest is paused again, as a catch-up finds it after a restart.
     let later: Vec<Item> = (0..10u128)
@@ -180,15 +184,7 @@ async fn a_pause_resume_storm_on_a_slow_disk_notifies_each_episode_once() {
         .collect();
     ids.extend(9000..9010u128);
     ids.sort_unstable();
-    let p = Pipeline::new(
-        "compute-1",
-        Arc::new(NovaDirectory::new()),
-        spool.clone(),
-        Ledger::open(&ledger).unwrap(),
-    );
-    let stats = p
-        .run(futures::stream::iter(later), std::future::pending())
-        .await;
+    let stats = run_on(&spool, &ledger, later).await;
     assert_eq!((stats.accepted, stats.already_notified), (10, 0));
     until("every episode delivered", || {
         sorted(&sink.0).len() >= ids.len()
