@@ -192,3 +192,54 @@ async fn a_pause_resume_storm_on_a_slow_disk_notifies_each_episode_once() {
     .await;
     assert_eq!(sorted(&sink.0), ids);
 }
+
+/// A crash while a pause is held (its queue's disk failing) loses only the
+/// held notification itself: the restarted agent's catch-up finds the guest
+/// still paused, and the ledger (not accepted) makes it announce the pause
+/// again, with the same event id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pause_held_at_a_crash_is_announced_again_by_the_catch_up() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ledger = tmp.path().join("episodes.json");
+    let fs = FaultyFs::new();
+    fs.faults().fail_all(Some(28));
+    let sink = Arc::new(Sink::default());
+    let spool = Spool::open_with_fs(
+        Arc::new(fs.clone()),
+        tmp.path().join("q"),
+        SpoolConfig::default(),
+        sink.clone(),
+    )
+    .map(Arc::new)
+    .unwrap();
+    let metrics = Metrics::new();
+    let p = Pipeline::new(
+        "compute-1",
+        Arc::new(NovaDirectory::new()),
+        spool.clone(),
+        Ledger::open(&ledger).unwrap(),
+    )
+    .with_metrics(metrics.clone());
+    let (tx, mut rx) = tokio::sync::mpsc::channel(4);
+    let items = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
+    let task = tokio::spawn(p.run(items, std::future::pending()));
+    tx.send(fire(&dom(1), WatchdogAction::Pause, Origin::Live, 77))
+        .await
+        .unwrap();
+    until("the pause held", || metrics.health().is_err()).await;
+    // The crash.
+    task.abort();
+    let _ = task.await;
+    drop(spool);
+    // The disk is back; the restarted agent's catch-up finds the guest
+    // paused.
+    fs.faults().fail_all(None);
+    let spool = Spool::open(tmp.path().join("q2"), SpoolConfig::default(), sink.clone())
+        .map(Arc::new)
+        .unwrap();
+    let later = vec![fire(&dom(1), WatchdogAction::Pause, Origin::Recovered, 78)];
+    let stats = run_on(&spool, &ledger, later).await;
+    assert_eq!((stats.accepted, stats.already_notified), (1, 0));
+    until("delivered", || !sink.0.lock().unwrap().is_empty()).await;
+    assert_eq!(sorted(&sink.0), [77]);
+}

@@ -223,7 +223,12 @@ impl Spool {
             && existing != dir
         {
             for parent in dir.ancestors().skip(1) {
-                scan::sync_dir(&*sfs, parent)?;
+                // Not fatal: a start must succeed on a failing disk (its
+                // writes fail later, and are held and reported then).
+                if let Err(e) = sfs.sync_dir(parent) {
+                    tracing::warn!(dir = %parent.display(), error = %e,
+                        "spool: cannot sync a new queue directory into its parent");
+                }
                 if parent == existing {
                     break;
                 }
