@@ -161,7 +161,10 @@ fn spool_survives_sigkill() {
     let spool_dir = tmp.path().join("spool");
     let log = tmp.path().join("delivered.log");
     let exe = std::env::current_exe().unwrap();
-    let budget = Instant::now() + Duration::from_secs(20);
+    // Rounds go on until the children accepted enough to prove something
+    // (a condition, not a time budget: a slow machine runs more rounds);
+    // the cap only stops a machine that accepts nothing at all.
+    let cap = Instant::now() + Duration::from_secs(180);
     // Kill points and damage are random; the seed reproduces them.
     let seed = std::env::var("WD_NOTIFY_CRASH_SEED")
         .ok()
@@ -175,7 +178,7 @@ fn spool_survives_sigkill() {
     let mut destroyed: HashSet<Uuid> = HashSet::new();
     let mut rounds = 0;
     let mut damaged_rounds = 0;
-    while rounds < 30 && Instant::now() < budget {
+    while (rounds < 30 || accepted.len() <= 100) && rounds < 400 && Instant::now() < cap {
         let mode = if rounds % 2 == 0 {
             "group"
         } else {
@@ -269,7 +272,7 @@ fn spool_survives_sigkill() {
         );
         rounds += 1;
     }
-    assert!(rounds >= 10, "only {rounds} rounds in the time budget");
+    assert!(rounds >= 10, "only {rounds} rounds before the cap");
 
     // Finally deliver everything left, in process.
     let rt = tokio::runtime::Builder::new_current_thread()
