@@ -11,6 +11,7 @@ pub mod agent;
 pub mod bench;
 pub mod hostile;
 pub mod openstack;
+pub mod ops;
 pub mod receiver;
 pub mod scratch;
 pub mod virsh;

@@ -403,6 +403,137 @@ async fn rabbitmq_a_broker_outage_does_not_delay_webhooks() {
     }
 }
 
+/// Records the event ids its inner notifier (the bus) accepted.
+struct Accepted<N> {
+    inner: N,
+    ids: std::sync::Mutex<std::collections::HashSet<Uuid>>,
+}
+
+#[async_trait::async_trait]
+impl<N: Notifier> Notifier for Accepted<N> {
+    async fn notify(&self, n: &wd_notify::Notification) -> Result<(), wd_notify::NotifyError> {
+        self.inner.notify(n).await?;
+        self.ids.lock().unwrap().insert(n.instance.uuid);
+        Ok(())
+    }
+}
+
+/// Noisy neighbour: during a broker outage, one project fires ten times
+/// the bus queue's bound; four other projects fire once each in the middle
+/// of the flood. The bus queue evicts only the flooding project's own
+/// notifications: when the broker returns, every other project's
+/// notification reaches the bus.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_a_flooding_project_evicts_only_its_own_from_the_bus_queue() {
+    let Some(rabbit) = wd_testkit::rabbitmq() else {
+        return;
+    };
+    let _restart = RestartBroker;
+    let receiver = Receiver::start(OPS_SECRET).await.unwrap();
+    let exchange = wd_testkit::unique_name("wd-noisy");
+    let topic = wd_testkit::unique_name("wd-noisy-topic");
+    let amqp = wd_notify_amqp::AmqpConfig::new(wd_notify_amqp::AmqpUrl::new(rabbit.url()).unwrap())
+        .with_exchange(exchange.clone())
+        .with_topic(topic.clone())
+        .with_format(wd_notify_amqp::Format::Versioned)
+        .with_declare_queue(true)
+        .with_reconnect(Duration::from_millis(200), Duration::from_secs(1));
+    let amqp = wd_notify_amqp::AmqpNotifier::new(amqp).unwrap();
+    let queues: Vec<String> = amqp.routing_keys().into_iter().map(str::to_owned).collect();
+    let bus = Arc::new(Accepted {
+        inner: amqp,
+        ids: Default::default(),
+    });
+    const BOUND: usize = 20;
+    let mut destinations = webhook_destinations(
+        WebhookConfig::default()
+            .with_operator(Endpoint::new(receiver.url("/ops"), [secret(OPS_SECRET)])),
+    );
+    destinations.push(
+        Destination::new(
+            "bus",
+            DestinationKind::Bus,
+            Scope::All,
+            bus.clone() as Arc<dyn Notifier>,
+        )
+        .key("bus")
+        .queue(
+            SpoolConfig::default()
+                .retry_delays(Duration::from_millis(200), Duration::from_secs(1))
+                .max_entries(BOUND),
+        ),
+    );
+    let mut agent = Harness::start(destinations, |c| {
+        c.queue = c.queue.clone().attempt_timeout(Duration::from_secs(2));
+    });
+    tokio::task::spawn_blocking(move || rabbit.stop())
+        .await
+        .unwrap();
+    assert!(!wd_testkit::RabbitMq::is_up(), "the broker is down");
+    let mut quiet = Vec::new();
+    for i in 0..BOUND * 10 {
+        agent.fire(A);
+        if i % 50 == 25 {
+            quiet.push(agent.fire(&format!("quiet-project-{i}")));
+        }
+    }
+    // Everything is written down (the bus queue is at its bound).
+    let t0 = Instant::now();
+    while agent.status("bus").dropped_full < (BOUND * 10 + quiet.len() - BOUND) as u64 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "{:?}",
+            agent.status("bus")
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let started = tokio::task::spawn_blocking(wd_testkit::RabbitMq::start)
+        .await
+        .unwrap();
+    assert!(started.is_ok(), "broker restart failed: {started:?}");
+    let t0 = Instant::now();
+    while agent.status("bus").backlog > 0 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "the bus did not catch up: {:?}",
+            agent.status("bus")
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let got = bus.ids.lock().unwrap().clone();
+    for u in &quiet {
+        assert!(
+            got.contains(u),
+            "a quiet project's notification was evicted"
+        );
+    }
+    assert_eq!(got.len(), BOUND, "the flood kept the rest of the bound");
+    assert!(agent.alive().await);
+    agent.runtime.shutdown().await;
+    if let Ok(conn) = lapin::Connection::connect(
+        wd_testkit::RabbitMq::URL,
+        lapin::ConnectionProperties::default(),
+    )
+    .await
+        && let Ok(ch) = conn.create_channel().await
+    {
+        for queue in &queues {
+            let _ = ch
+                .queue_delete(
+                    queue.as_str().into(),
+                    lapin::options::QueueDeleteOptions::default(),
+                )
+                .await;
+        }
+        let _ = ch
+            .exchange_delete(
+                exchange.as_str().into(),
+                lapin::options::ExchangeDeleteOptions::default(),
+            )
+            .await;
+    }
+}
+
 /// The real `wdguard watch` process (on libvirt's in-process `test:///default`
 /// driver, so no shared daemon is touched) exits non-zero with one clear line
 /// when a core task dies, here by the debug builds' fault hook.

@@ -5,98 +5,25 @@
 //! `cargo xtask test`).
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use wd_e2e::agent::AgentProcess;
+use wd_e2e::ops::{
+    OPERATOR_SECRET, OPS, PROJECT_A, SECRET_A, agent_config, get, metrics_addr, write_private,
+};
+
 use wd_e2e::receiver::{Received, Receiver};
 use wd_e2e::scratch::{RestartLibvirtd, Scratch};
 use wd_e2e::virsh::Guest;
 use wd_testkit::Libvirtd;
 use wd_testkit::guest::{GuestSpec, NovaOwner};
 
-const OPERATOR_SECRET: &str = "whsec_d2QtZTJlIG9wZXJhdG9yIHNlY3JldCAzMiBieXRlcyE=";
-const SECRET_A: &str = "whsec_d2QtZTJlIHByb2plY3QgQSBzZWNyZXQgMzIgYnl0ZXM=";
-const OPS: &str = "/ops";
-const PROJECT_A: &str = "/project-a";
+const HOST: &str = "obs-compute-1";
 
 /// Serializes this file's tests under plain `cargo test` (nextest runs the
 /// `libvirtd_*` group one at a time anyway).
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// The agent's config: an operator endpoint, project A's endpoint, a spool,
-/// metrics on an ephemeral port.
-fn config(receiver: &Receiver, dir: &Path, project_a: &str) -> String {
-    format!(
-        r#"host = "obs-compute-1"
-notify = ["{ops}"]
-spool = "{spool}"
-wait = true
-metrics = "127.0.0.1:0"
-
-[webhook]
-timeout_secs = 5
-
-[[webhook.projects]]
-project = "{project_a}"
-url = "{url_a}"
-secrets = ["{SECRET_A}"]
-
-[queue]
-retry_min_delay_secs = 0.2
-retry_max_delay_secs = 1
-attempt_timeout_secs = 2
-"#,
-        ops = receiver.url(OPS),
-        spool = dir.join("spool").display(),
-        url_a = receiver.url(PROJECT_A),
-    )
-}
-
-/// Writes a config file holding secrets as the agent requires: 0600.
-fn write_private(path: &Path, text: impl AsRef<[u8]>) {
-    std::fs::write(path, text).unwrap();
-    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-}
-
-/// The metrics address the agent logged (it binds port 0).
-async fn metrics_addr(agent: &mut AgentProcess) -> String {
-    agent
-        .wait_log(&["serving /metrics"], Duration::from_secs(30))
-        .await
-        .unwrap();
-    let log = agent.log_text();
-    let line = log
-        .lines()
-        .find(|l| l.contains("serving /metrics"))
-        .unwrap();
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix("addr="))
-        .unwrap()
-        .to_owned()
-}
-
-/// `GET path` over plain HTTP/1.1 (the server closes each connection);
-/// returns the status code and the body.
-async fn get(addr: &str, path: &str) -> (u16, String) {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await
-    .unwrap();
-    let mut raw = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut raw))
-        .await
-        .unwrap()
-        .unwrap();
-    let raw = String::from_utf8(raw).unwrap();
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
-    let code = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    (code, body.to_owned())
-}
 
 /// The samples of an OpenMetrics text, as parsed by Prometheus' Python
 /// client: `name{label="v",...}` (labels sorted) to value. Fails the test
@@ -186,7 +113,10 @@ async fn libvirtd_metrics_count_a_real_firing_and_its_deliveries() {
     let dir = Scratch::new("wd-obs-metrics");
     let project = uuid::Uuid::new_v4().simple().to_string();
     let cfg = dir.0.join("wd.toml");
-    write_private(&cfg, config(&receiver, &dir.0, &project));
+    write_private(
+        &cfg,
+        agent_config(&receiver, HOST, &dir.0.join("spool"), &project),
+    );
     let mut agent = AgentProcess::start(&cfg, OPERATOR_SECRET, &dir.0.join("agent.log")).unwrap();
     let addr = metrics_addr(&mut agent).await;
     agent.wait_ready(Duration::from_secs(60)).await.unwrap();
@@ -263,7 +193,10 @@ async fn libvirtd_healthz_is_503_while_libvirtd_is_down_and_200_after() {
     let receiver = Receiver::start(OPERATOR_SECRET).await.unwrap();
     let dir = Scratch::new("wd-obs-health");
     let cfg = dir.0.join("wd.toml");
-    write_private(&cfg, config(&receiver, &dir.0, "p-health"));
+    write_private(
+        &cfg,
+        agent_config(&receiver, HOST, &dir.0.join("spool"), "p-health"),
+    );
     let mut agent = AgentProcess::start(&cfg, OPERATOR_SECRET, &dir.0.join("agent.log")).unwrap();
     let addr = metrics_addr(&mut agent).await;
     agent.wait_ready(Duration::from_secs(60)).await.unwrap();
@@ -328,7 +261,7 @@ async fn libvirtd_sighup_adds_a_project_and_refuses_a_broken_config() {
     let dir = Scratch::new("wd-obs-reload");
     let project = uuid::Uuid::new_v4().simple().to_string();
     let cfg = dir.0.join("wd.toml");
-    let full = config(&receiver, &dir.0, &project);
+    let full = agent_config(&receiver, HOST, &dir.0.join("spool"), &project);
     // At start: the operator endpoint only (the project section cut out).
     let (head, rest) = full.split_once("[[webhook.projects]]").unwrap();
     let tail = &rest[rest.find("[queue]").unwrap()..];
@@ -481,7 +414,7 @@ async fn an_off_host_scrape_shows_no_tenant_details() {
     // A second tenant endpoint whose path is a token (it never answers:
     // its last error shows in /status).
     let token_path = "/services/T0AAAAAAA/B0BBBBBBB/tokenPart0123456789abcd";
-    let text = config(&receiver, &dir.0, &project)
+    let text = agent_config(&receiver, HOST, &dir.0.join("spool"), &project)
         .replace("127.0.0.1:0", &format!("{}:0", net.host_ip))
         .replace("host = ", "connect = \"test:///default\"\nhost = ")
         + &format!(

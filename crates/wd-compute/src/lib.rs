@@ -62,6 +62,7 @@ mod error;
 pub mod ledger;
 pub mod metrics;
 mod pipeline;
+mod probe;
 pub mod pulse;
 mod runtime;
 pub mod spawn;

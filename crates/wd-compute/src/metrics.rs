@@ -55,6 +55,11 @@ struct DestinationLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TargetLabels {
+    target: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VersionLabels {
     version: String,
 }
@@ -72,6 +77,9 @@ struct State {
     /// The routers whose destinations are reported (one, in an agent).
     routers: Mutex<Vec<Weak<Router>>>,
     health_sources: Mutex<Vec<HealthSource>>,
+    /// The last failed write per target (`queue`, `ledger`, `spool`), until
+    /// writes there succeed again.
+    write_error: Mutex<BTreeMap<String, String>>,
 }
 
 impl fmt::Debug for State {
@@ -164,6 +172,8 @@ struct Inner {
     duration: Family<DestinationLabels, Histogram>,
     connected: Gauge,
     reconnects: Counter,
+    write_failures: Family<TargetLabels, Counter>,
+    held: Gauge,
     state: Arc<State>,
 }
 
@@ -203,6 +213,7 @@ impl Metrics {
             workers: Mutex::new(BTreeMap::new()),
             routers: Mutex::new(Vec::new()),
             health_sources: Mutex::new(Vec::new()),
+            write_error: Mutex::new(BTreeMap::new()),
         });
         let mut registry = Registry::default();
         let firings = Family::<ActionLabels, Counter>::default();
@@ -244,6 +255,23 @@ impl Metrics {
             "Connections to libvirt made after the first one",
             reconnects.clone(),
         );
+        let write_failures = Family::<TargetLabels, Counter>::default();
+        for target in ["queue", "ledger"] {
+            drop(write_failures.get_or_create(&TargetLabels {
+                target: target.to_owned(),
+            }));
+        }
+        registry.register(
+            "wd_write_failures",
+            "Writes of a queue or of the episode ledger that failed (disk full, I/O error, read-only), by target",
+            write_failures.clone(),
+        );
+        let held = Gauge::default();
+        registry.register(
+            "wd_firings_held",
+            "Firings held in memory because a queue write failed; retried until written",
+            held.clone(),
+        );
         let build = Family::<VersionLabels, Gauge>::default();
         build
             .get_or_create(&VersionLabels {
@@ -262,6 +290,8 @@ impl Metrics {
                 duration,
                 connected,
                 reconnects,
+                write_failures,
+                held,
                 state,
             }),
         }
@@ -372,6 +402,9 @@ impl Metrics {
             .collect();
         if !dead.is_empty() {
             return Err(format!("worker stopped: {}", dead.join(", ")));
+        }
+        if let Some(reason) = lock(&self.inner.state.write_error).values().next() {
+            return Err(reason.clone());
         }
         if let Some(reason) = lock(&self.inner.state.health_sources)
             .iter()
@@ -515,6 +548,8 @@ fn rows<S: serde::Serializer>(all: &[DestinationStatus], s: S) -> Result<S::Ok, 
     }
     seq.end()
 }
+
+mod writes;
 
 #[cfg(test)]
 mod tests;

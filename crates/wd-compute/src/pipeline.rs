@@ -1,6 +1,6 @@
 //! The runtime pipeline: listener items in, owner notifications out.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,6 +21,11 @@ use crate::ledger::{Entry, Ledger};
 use crate::metrics::Metrics;
 use crate::pulse::{Pulse, PulseHook};
 
+mod order;
+
+use order::{Order, Outcome};
+use wd_backoff::Backoff;
+
 /// What the pipeline has done so far.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PipelineStats {
@@ -36,6 +41,9 @@ pub struct PipelineStats {
     /// Notifications the delivery layer refused (logged; a pause is retried
     /// at the next catch-up).
     pub delivery_errors: u64,
+    /// Hand-overs and ledger writes that failed for now (a disk full, an
+    /// I/O error, a read-only filesystem): the firing was held and retried.
+    pub write_failures: u64,
     /// Catch-ups completed (one per libvirt connection).
     pub catch_ups: u64,
     /// How long the last catch-up took, from the `Connected` item to the
@@ -62,6 +70,15 @@ pub struct Pipeline {
     /// Connected and caught up (for [`Pulse::Tick`]).
     connected: bool,
     metrics: Option<Metrics>,
+    /// Which domain's items may go next, and when held firings are due.
+    order: Order<Work>,
+    /// The hand-overs in flight.
+    tasks: FuturesUnordered<Delivery>,
+    /// The firings held after a failed write, by domain (one each: a
+    /// domain's later firings wait in `order`).
+    held: HashMap<Uuid, Prepared>,
+    /// The last ledger write failed.
+    ledger_failing: bool,
 }
 
 /// What a catch-up listing has shown so far.
@@ -101,6 +118,10 @@ impl Pipeline {
             pulse: None,
             connected: false,
             metrics: None,
+            order: Order::new(HOLD_BACKOFF),
+            tasks: FuturesUnordered::new(),
+            held: HashMap::new(),
+            ledger_failing: false,
         }
     }
 
@@ -131,15 +152,30 @@ impl Pipeline {
 
     /// Handles items until `items` ends or `shutdown` completes, and returns
     /// the final statistics. Deliveries in flight when `shutdown` completes
-    /// are finished first.
+    /// are finished first; firings still held after a failed write are
+    /// given up then (each logged with its event id; see
+    /// docs/reliability.md for what a restart recovers).
     ///
     /// Firings of different domains are handed to the delivery layer
-    /// concurrently (at most 256 at once), so that a burst of
-    /// firings costs a few disk syncs, not one or more each: the firings
-    /// ready together have their ledger entries written in one go, then go
-    /// out together, and each queue's group commit takes them in one sync.
-    /// A domain's own firings are handed over one after the other, in order.
+    /// concurrently (at most 256 at once, held firings and items waiting
+    /// included), so that a burst of firings costs a few disk syncs, not
+    /// one or more each: the firings ready together have their ledger
+    /// entries written in one go, then go out together, and each queue's
+    /// group commit takes them in one sync. A domain's own items (firings
+    /// and lifecycle events) are applied one after the other, in order
+    /// (see `order.rs`).
     pub async fn run<S, F>(mut self, items: S, shutdown: F) -> PipelineStats
+    where
+        S: Stream<Item = Item>,
+        F: Future<Output = ()>,
+    {
+        self.drive(items, shutdown).await;
+        self.give_up_held();
+        self.stats
+    }
+
+    /// The loop of [`Pipeline::run`], keeping what is held for a later call.
+    async fn drive<S, F>(&mut self, items: S, shutdown: F)
     where
         S: Stream<Item = Item>,
         F: Future<Output = ()>,
@@ -151,39 +187,50 @@ impl Pipeline {
         let period = self.pulse.as_ref().map(|h| h.interval);
         let mut ticks = tokio::time::interval(period.unwrap_or(Duration::from_secs(3600)));
         ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut flight = Flight::default();
         loop {
+            let retry_at = self.order.next_due();
             tokio::select! {
                 biased;
                 () = &mut shutdown => break,
                 // Before items, so that a flood of them cannot starve it. A
                 // delivery stuck for longer than a tick is a stuck loop:
-                // no tick then, as when the loop itself is stuck.
+                // no tick then, as when the loop itself is stuck. Firings
+                // held for a retry do not stop the ticks.
                 _ = ticks.tick(), if period.is_some() => {
-                    if !flight.stalled(period.unwrap_or_default()) {
+                    let now = tokio::time::Instant::now();
+                    if !self.order.stalled(period.unwrap_or_default(), now) {
                         self.pulse(Pulse::Tick {
                             stats: self.stats,
                             connected: self.connected,
                         });
                     }
                 }
-                Some(done) = flight.next(), if !flight.is_empty() => {
-                    self.complete(done, &mut flight);
+                Some(done) = self.tasks.next(), if !self.tasks.is_empty() => {
+                    self.complete(done);
                     // Whatever else is done by now shares one ledger write.
-                    while let Some(Some(done)) = flight.next().now_or_never() {
-                        self.complete(done, &mut flight);
+                    while let Some(Some(done)) = self.tasks.next().now_or_never() {
+                        self.complete(done);
                     }
                     self.flush_ledger();
                 }
-                item = items.next(), if flight.load() < MAX_IN_FLIGHT => {
+                () = sleep_until(retry_at), if retry_at.is_some() => {
+                    self.flush_ledger();
+                    let now = tokio::time::Instant::now();
+                    for uuid in self.order.due(now) {
+                        if let Some(p) = self.held.remove(&uuid) {
+                            self.hand_over(p);
+                        }
+                    }
+                }
+                item = items.next(), if self.order.load() < MAX_IN_FLIGHT => {
                     let Some(item) = item else { break };
                     let mut batch = Vec::new();
-                    self.take(item, &mut batch, &mut flight).await;
+                    self.take(item, &mut batch);
                     // The items ready now join the batch: one ledger write.
                     let mut ended = false;
-                    while flight.load() + batch.len() < MAX_IN_FLIGHT {
+                    while self.order.load() < MAX_IN_FLIGHT {
                         match items.next().now_or_never() {
-                            Some(Some(item)) => self.take(item, &mut batch, &mut flight).await,
+                            Some(Some(item)) => self.take(item, &mut batch),
                             Some(None) => {
                                 ended = true;
                                 break;
@@ -191,78 +238,128 @@ impl Pipeline {
                             None => break,
                         }
                     }
-                    self.launch(batch, &mut flight);
+                    self.launch(batch);
                     if ended {
                         break;
                     }
                 }
             }
         }
-        // Finish what is in flight, and the firings waiting behind it.
-        while let Some(done) = flight.next().await {
-            self.complete(done, &mut flight);
+        // Finish what is in flight, and the items waiting behind it.
+        while let Some(done) = self.tasks.next().await {
+            self.complete(done);
         }
         self.flush_ledger();
-        self.stats
     }
 
-    /// Handles `item` as part of a batch: a firing is prepared into `batch`
-    /// (its ledger entry staged); anything else is handled at once. A
-    /// firing of a domain that already has one in the batch, in flight or
-    /// waiting waits behind it, unprepared, so that a domain's firings are
-    /// decided and handed over in order without holding up other domains.
-    async fn take(&mut self, item: Item, batch: &mut Vec<Prepared>, flight: &mut Flight) {
-        let Item::Watchdog(ev) = item else {
-            return self.handle(item).await;
+    /// Logs and forgets the firings still held (at shutdown).
+    fn give_up_held(&mut self) {
+        for (_, p) in self.held.drain() {
+            tracing::error!(event_id = %p.n.event_id, domain = %p.n.instance.uuid, action = %p.n.action,
+                "shutting down with a watchdog notification not yet written; it is lost unless a catch-up finds the guest still paused");
+        }
+        self.report_held();
+    }
+
+    /// Handles `item` in order: a domain's item waits while that domain has
+    /// a firing in flight or held; a firing that may go now is prepared
+    /// into `batch` (its ledger entry staged).
+    fn take(&mut self, item: Item, batch: &mut Vec<Prepared>) {
+        let work = match item {
+            Item::Watchdog(ev) => Work::Firing(ev),
+            Item::Lifecycle(ev) => Work::Lifecycle(ev),
+            other => return self.apply_other(other),
         };
-        let uuid = ev.domain.uuid;
-        if flight.busy.contains_key(&uuid)
-            || flight.waiting.contains_key(&uuid)
-            || batch.iter().any(|p| p.n.instance.uuid == uuid)
+        if let Some(work) = self.order.offer(work.domain(), work) {
+            self.apply(work, batch);
+        }
+    }
+
+    /// Applies one domain item: a lifecycle event at once, a firing
+    /// prepared into `batch`, its domain busy until it is handed over.
+    fn apply(&mut self, work: Work, batch: &mut Vec<Prepared>) {
+        match work {
+            Work::Lifecycle(ev) => self.lifecycle(ev),
+            Work::Firing(ev) => {
+                if let Some(p) = self.prepare(ev) {
+                    self.order
+                        .start(p.n.instance.uuid, tokio::time::Instant::now());
+                    batch.push(p);
+                }
+            }
+        }
+    }
+
+    /// Records a finished hand-over, and applies the items waiting for its
+    /// domain, in order, until one makes it busy again.
+    fn complete(&mut self, (p, result): (Prepared, Result<(), NotifyError>)) {
+        let uuid = p.n.instance.uuid;
+        let now = tokio::time::Instant::now();
+        if let Err(e) = &result
+            && e.is_retryable()
         {
-            flight.waiting.entry(uuid).or_default().push_back(ev);
-            flight.waiting_len += 1;
+            self.stats.write_failures += 1;
+            let reason = format!("cannot write a watchdog notification: {}", one_line(e));
+            tracing::error!(event_id = %p.n.event_id, domain = %uuid, error = %reason,
+                "holding the firing; retrying");
+            if let Some(m) = &self.metrics {
+                m.write_failed("queue", &reason);
+            }
+            self.order
+                .finish(uuid, Outcome::Retry, now, fastrand_unit());
+            self.held.insert(uuid, p);
+            self.report_held();
             return;
         }
-        if let Some(p) = self.prepare(ev) {
-            batch.push(p);
+        self.order.finish(uuid, Outcome::Done, now, 0.0);
+        let was_held = p.attempts > 0;
+        self.finish((p, result));
+        if was_held {
+            self.report_held();
         }
-    }
-
-    /// Records a finished delivery, and starts the next firing waiting for
-    /// its domain, if any.
-    fn complete(&mut self, done: (Prepared, Result<(), NotifyError>), flight: &mut Flight) {
-        let uuid = done.0.n.instance.uuid;
-        self.finish(done);
-        while let Some(ev) = flight.pop_waiting(&uuid) {
-            if let Some(p) = self.prepare(ev) {
-                self.launch(vec![p], flight);
-                break;
-            }
+        let mut batch = Vec::new();
+        while let Some(work) = self.order.next(uuid) {
+            self.apply(work, &mut batch);
+        }
+        if !batch.is_empty() {
+            self.launch(batch);
         }
     }
 
     /// Writes the staged ledger entries once, then hands the notifications
     /// of `batch` to the delivery layer.
-    fn launch(&mut self, batch: Vec<Prepared>, flight: &mut Flight) {
+    fn launch(&mut self, batch: Vec<Prepared>) {
         self.flush_ledger();
         for p in batch {
-            flight
-                .busy
-                .insert(p.n.instance.uuid, tokio::time::Instant::now());
-            let notifier = self.notifier.clone();
-            flight.tasks.push(
-                async move {
-                    let result = notifier.notify(&p.n).await;
-                    (p, result)
-                }
-                .boxed(),
-            );
+            self.hand_over(p);
         }
     }
 
-    /// Handles one listener item.
-    pub async fn handle(&mut self, item: Item) {
+    fn hand_over(&mut self, mut p: Prepared) {
+        p.attempts = p.attempts.saturating_add(1);
+        let notifier = self.notifier.clone();
+        self.tasks.push(
+            async move {
+                let result = notifier.notify(&p.n).await;
+                (p, result)
+            }
+            .boxed(),
+        );
+    }
+
+    /// Tells the metrics how many firings are held, and clears the queue
+    /// write failure once none is.
+    fn report_held(&self) {
+        if let Some(m) = &self.metrics {
+            m.set_held(self.held.len());
+            if self.held.is_empty() {
+                m.writes_recovered("queue");
+            }
+        }
+    }
+
+    /// Handles a listener item that belongs to no single domain.
+    fn apply_other(&mut self, item: Item) {
         match item {
             Item::Connected { generation, uri } => {
                 if let Some(m) = &self.metrics {
@@ -314,9 +411,8 @@ impl Pipeline {
                 if let Some(listing) = self.listing.take() {
                     // Episodes of domains no longer paused by their watchdog
                     // ended while we were not listening.
-                    if let Err(e) = self.ledger.retain(|d| listing.paused.contains(d)) {
-                        tracing::error!(error = %e, "cannot update the episode ledger");
-                    }
+                    let r = self.ledger.retain(|d| listing.paused.contains(d));
+                    self.ledger_written(r);
                     // Domains that vanished while we were not listening.
                     self.directory
                         .retire_unlisted(&|uuid: &Uuid| listing.all.contains(uuid));
@@ -336,8 +432,6 @@ impl Pipeline {
                     domains,
                 });
             }
-            Item::Lifecycle(ev) => self.lifecycle(ev),
-            Item::Watchdog(ev) => self.watchdog(ev).await,
             Item::Error(e) => tracing::warn!(error = %e, "libvirt listener error"),
             other => tracing::debug!(item = ?other, "ignored listener item"),
         }
@@ -359,25 +453,12 @@ impl Pipeline {
         .into_iter()
         .any(|l| ev.event.is(l));
         if ends_episode {
-            match self.ledger.remove(&ev.domain.uuid) {
-                Ok(true) => {
-                    tracing::debug!(domain = %ev.domain, event = %ev.event, "pause episode ended")
-                }
-                Ok(false) => {}
-                Err(e) => tracing::error!(error = %e, "cannot update the episode ledger"),
+            let r = self.ledger.remove(&ev.domain.uuid);
+            if matches!(r, Ok(true)) {
+                tracing::debug!(domain = %ev.domain, event = %ev.event, "pause episode ended");
             }
+            self.ledger_written(r.map(drop));
         }
-    }
-
-    /// One firing handled alone: prepared, its ledger entry written, handed
-    /// over, finished.
-    async fn watchdog(&mut self, ev: WatchdogEvent) {
-        let prepared = self.prepare(ev);
-        self.flush_ledger();
-        let Some(p) = prepared else { return };
-        let result = self.notifier.notify(&p.n).await;
-        self.finish((p, result));
-        self.flush_ledger();
     }
 
     /// Counts a firing, decides its event id (staging a pause's ledger
@@ -456,12 +537,22 @@ impl Pipeline {
             domain: domain(&ev.domain, run),
             action: ev.action.to_string(),
             fired_at,
+            // A firing found by a catch-up happened while nobody listened:
+            // `fired_at` (when the catch-up found it) is only a bound.
+            fired_at_bound: ev
+                .is_recovered()
+                .then_some(wd_notify::FiredAtBound::AtOrBefore),
             recovered: ev.is_recovered(),
             occurrences: Occurrences::single(fired_at),
         };
         tracing::info!(domain = %ev.domain, action = %n.action, %event_id, origin = %ev.origin,
             project = n.instance.project_id.as_deref().unwrap_or("-"), "watchdog fired");
-        Some(Prepared { n, run, is_pause })
+        Some(Prepared {
+            n,
+            run,
+            is_pause,
+            attempts: 0,
+        })
     }
 
     /// Records what the delivery layer said of a prepared firing. A pause it
@@ -499,71 +590,95 @@ impl Pipeline {
 
 impl Pipeline {
     fn flush_ledger(&mut self) {
-        if let Err(e) = self.ledger.flush() {
-            tracing::error!(error = %e, "cannot update the episode ledger");
+        let r = self.ledger.flush();
+        self.ledger_written(r);
+    }
+
+    /// Counts and reports a failed ledger write (the ledger keeps its
+    /// entries in memory and writes them all at the next flush, on the next
+    /// item or retry), and clears the report once a write succeeds.
+    fn ledger_written(&mut self, result: crate::error::Result<()>) {
+        match result {
+            Ok(()) => {
+                if std::mem::take(&mut self.ledger_failing) {
+                    tracing::info!("the episode ledger is written again");
+                    if let Some(m) = &self.metrics {
+                        m.writes_recovered("ledger");
+                    }
+                }
+            }
+            Err(e) => {
+                self.stats.write_failures += 1;
+                let reason = format!("cannot write the episode ledger: {}", one_line(&e));
+                if !self.ledger_failing {
+                    tracing::error!(error = %reason, "the episode ledger is not durable; retrying");
+                }
+                self.ledger_failing = true;
+                if let Some(m) = &self.metrics {
+                    m.write_failed("ledger", &reason);
+                }
+            }
         }
     }
 }
 
-/// The most firings handed to the delivery layer and not yet accepted, plus
-/// those waiting behind an earlier firing of their domain.
+/// `e` and its sources on one line.
+fn one_line(e: &(dyn std::error::Error + 'static)) -> String {
+    wd_notify::error_chain(e)
+}
+
+/// A uniform draw in `[0, 1]` for the backoff's jitter.
+fn fastrand_unit() -> f64 {
+    fastrand::f64()
+}
+
+/// Sleeps until `at` (never, when `None`: the branch is disabled then).
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The most firings handed to the delivery layer and not yet accepted,
+/// plus those held after a failed write and the items waiting behind a
+/// firing of their domain. At the bound the loop stops taking items: the
+/// listener's inbox keeps them (it never folds a firing).
 const MAX_IN_FLIGHT: usize = 256;
+
+/// How a held firing is retried: from 0.5 s, doubling up to 30 s.
+const HOLD_BACKOFF: Backoff = Backoff {
+    initial: Duration::from_millis(500),
+    max: Duration::from_secs(30),
+    factor: 2.0,
+    jitter: true,
+};
 
 /// A firing ready to be handed over.
 struct Prepared {
     n: Notification,
     run: Option<u32>,
     is_pause: bool,
+    /// Times it was handed over (more than once after failed writes).
+    attempts: u32,
+}
+
+/// One domain's item, applied in the order it came (see `order.rs`).
+enum Work {
+    Firing(WatchdogEvent),
+    Lifecycle(LifecycleEvent),
+}
+
+impl Work {
+    fn domain(&self) -> Uuid {
+        match self {
+            Work::Firing(ev) => ev.domain.uuid,
+            Work::Lifecycle(ev) => ev.domain.uuid,
+        }
+    }
 }
 
 type Delivery = BoxFuture<'static, (Prepared, Result<(), NotifyError>)>;
-
-/// The deliveries in flight, their domains, and the firings waiting for a
-/// domain's delivery to finish.
-#[derive(Default)]
-struct Flight {
-    tasks: FuturesUnordered<Delivery>,
-    /// Each domain with a delivery in flight, and when it started (on
-    /// Tokio's clock, like the ticks).
-    busy: HashMap<Uuid, tokio::time::Instant>,
-    waiting: HashMap<Uuid, VecDeque<WatchdogEvent>>,
-    waiting_len: usize,
-}
-
-impl Flight {
-    fn is_empty(&self) -> bool {
-        self.tasks.is_empty()
-    }
-
-    /// Deliveries in flight plus firings waiting: what the loop holds.
-    fn load(&self) -> usize {
-        self.tasks.len().saturating_add(self.waiting_len)
-    }
-
-    /// Whether a delivery has been in flight for longer than `limit`.
-    fn stalled(&self, limit: Duration) -> bool {
-        self.busy.values().any(|t| t.elapsed() > limit)
-    }
-
-    fn pop_waiting(&mut self, uuid: &Uuid) -> Option<WatchdogEvent> {
-        let queue = self.waiting.get_mut(uuid)?;
-        let ev = queue.pop_front();
-        if queue.is_empty() {
-            self.waiting.remove(uuid);
-        }
-        if ev.is_some() {
-            self.waiting_len = self.waiting_len.saturating_sub(1);
-        }
-        ev
-    }
-
-    /// The next delivery done, its domain no longer busy.
-    async fn next(&mut self) -> Option<(Prepared, Result<(), NotifyError>)> {
-        let done = self.tasks.next().await?;
-        self.busy.remove(&done.0.n.instance.uuid);
-        Some(done)
-    }
-}
 
 fn domain(d: &DomainId, run: Option<u32>) -> Domain {
     Domain {
@@ -575,5 +690,7 @@ fn domain(d: &DomainId, run: Option<u32>) -> Domain {
 
 #[cfg(test)]
 mod concurrency_tests;
+#[cfg(test)]
+mod disk_tests;
 #[cfg(test)]
 mod tests;

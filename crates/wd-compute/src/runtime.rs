@@ -113,6 +113,8 @@ pub struct Runtime {
     coalesce: Arc<Coalesce<Arc<dyn Notifier>>>,
     router: Arc<Router>,
     health: JoinHandle<()>,
+    /// The spool probe (with metrics and a spool only).
+    probe: Option<JoinHandle<()>>,
     grace: Duration,
 }
 
@@ -177,6 +179,14 @@ impl Runtime {
             pipeline = pipeline.with_pulse(hook);
         }
         let mut alive = None;
+        let mut probe = None;
+        if let (Some(m), Some(dir)) = (&config.metrics, &config.spool_dir) {
+            probe = Some(tokio::spawn(crate::probe::run(
+                dir.clone(),
+                m.clone(),
+                PROBE_EVERY,
+            )));
+        }
         if let Some(m) = &config.metrics {
             pipeline = pipeline.with_metrics(m.clone());
             alive = Some(m.worker("pipeline"));
@@ -210,6 +220,7 @@ impl Runtime {
             coalesce,
             router,
             health,
+            probe,
             grace: config.shutdown_grace,
         })
     }
@@ -285,6 +296,9 @@ impl Runtime {
         }
         let coalesce = self.coalesce.stats();
         self.health.abort();
+        if let Some(p) = &self.probe {
+            p.abort();
+        }
         let destinations = self.router.shutdown(self.grace).await;
         RuntimeReport {
             pipeline,
@@ -293,6 +307,9 @@ impl Runtime {
         }
     }
 }
+
+/// How often the spool's filesystem is probed for writes.
+const PROBE_EVERY: Duration = Duration::from_secs(5);
 
 /// Logs one line with every destination's backlog and last error, every
 /// `every` (the first after one interval).

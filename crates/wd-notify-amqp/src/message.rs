@@ -253,6 +253,8 @@ struct Data<'a> {
     domain_name: &'a str,
     action: &'a str,
     fired_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fired_at_bound: Option<&'static str>,
     recovered: bool,
     occurrences: u64,
     first_fired_at: String,
@@ -275,6 +277,8 @@ struct LegacyPayload<'a> {
     action: &'a str,
     event_id: Uuid,
     fired_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fired_at_bound: Option<&'static str>,
     recovered: bool,
     occurrences: u64,
     first_fired_at: String,
@@ -358,6 +362,7 @@ pub fn message(n: &Notification, form: Form, service: &str, priority: Priority) 
                     domain_name: &n.domain.name,
                     action: &n.action,
                     fired_at: format(n.fired_at, ISO_TIMESTAMP),
+                    fired_at_bound: n.fired_at_bound.map(wd_notify::FiredAtBound::as_str),
                     recovered: n.recovered,
                     occurrences: n.occurrences.count,
                     first_fired_at: format(n.occurrences.first_at, ISO_TIMESTAMP),
@@ -379,6 +384,7 @@ pub fn message(n: &Notification, form: Form, service: &str, priority: Priority) 
                 action: &n.action,
                 event_id: n.event_id,
                 fired_at: format(n.fired_at, ISO_TIMESTAMP),
+                fired_at_bound: n.fired_at_bound.map(wd_notify::FiredAtBound::as_str),
                 recovered: n.recovered,
                 occurrences: n.occurrences.count,
                 first_fired_at: format(n.occurrences.first_at, ISO_TIMESTAMP),
@@ -459,6 +465,7 @@ mod tests {
             },
             action: "pause".into(),
             fired_at: datetime!(2026-11-25 21:14:19.1234567 +02:00),
+            fired_at_bound: None,
             recovered: false,
             occurrences: Occurrences {
                 count: 3,

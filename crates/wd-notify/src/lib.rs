@@ -112,7 +112,8 @@
 //! | `host` | the compute host |
 //! | `domain` | the libvirt domain's `uuid` and `name`, and `id`, its runtime id when it fired (absent when unknown; it changes on every start of the domain) |
 //! | `action` | libvirt's spelling: `none`, `pause`, `reset`, `poweroff`, `shutdown`, `debug`, `inject-nmi`, or `unknown-N` |
-//! | `fired_at` | RFC 3339, UTC, up to nanoseconds |
+//! | `fired_at` | when the firing was observed: RFC 3339, UTC, up to nanoseconds; exact for a live firing |
+//! | `fired_at_bound` | `"at_or_before"` when `fired_at` is only a bound (a firing found by a catch-up); absent when exact |
 //! | `recovered` | `true` when found by catch-up after a reconnect or restart, not seen live |
 //! | `occurrences` | `count` firings between `first_at` and `last_at`; `count` is 1 for a single firing and larger for a [`Coalesce`] follow-up |
 //!
@@ -204,7 +205,7 @@ pub use backends::{ChannelNotifier, LogNotifier};
 pub use coalesce::{Coalesce, CoalesceConfig, CoalesceStats};
 pub use error::{Error, Result, error_chain};
 pub use kind::{CertificateError, FailureKind};
-pub use model::{Domain, Instance, Notification, Occurrences, SCHEMA_VERSION};
+pub use model::{Domain, FiredAtBound, Instance, Notification, Occurrences, SCHEMA_VERSION};
 #[cfg(feature = "mock")]
 pub use notifier::MockNotifier;
 pub use notifier::{BoxError, Notifier, NotifyError};
@@ -216,10 +217,13 @@ pub use router::{
 };
 /// Fault injection for the spool's file-system calls (feature
 /// `fault-injection`): a model of what a power cut keeps, for crash tests
-/// that a `SIGKILL` cannot make (it keeps the page cache).
+/// that a `SIGKILL` cannot make (it keeps the page cache), and a file
+/// system that fails on demand (`ENOSPC`, `EIO`, `EROFS` on write, sync or
+/// creation) or syncs slowly.
 #[cfg(feature = "fault-injection")]
 pub mod fault {
     pub use crate::spool::disk::{FsOp, PowerCut, RealFs, SimFs, SpoolFile, SpoolFs};
+    pub use crate::spool::faulty::{Faults, FaultyFs};
 }
 
 pub use spool::{

@@ -30,15 +30,41 @@ pub struct Notification {
     /// `reset`, `poweroff`, `shutdown`, `debug`, `inject-nmi`, or `unknown-N`
     /// for a value this version does not know.
     pub action: String,
-    /// When the firing was seen (UTC, RFC 3339 with sub-second precision).
+    /// When the firing was observed (UTC, RFC 3339 with sub-second
+    /// precision): the firing itself for a live one. For a firing found by
+    /// a catch-up, the moment the catch-up found it: the firing happened at
+    /// or before then, and [`Notification::fired_at_bound`] says so.
     #[serde(with = "time::serde::rfc3339")]
     pub fired_at: OffsetDateTime,
+    /// Present when `fired_at` is only a bound on when the guest fired
+    /// (a firing found by a catch-up: it happened while nobody listened).
+    /// Absent from the JSON form when `fired_at` is exact.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fired_at_bound: Option<FiredAtBound>,
     /// True when the firing was found by catch-up after a reconnect or
     /// restart rather than seen live.
     pub recovered: bool,
     /// How many firings this notification stands for, and the window they
     /// cover.
     pub occurrences: Occurrences,
+}
+
+/// How `fired_at` bounds the moment the guest fired, when it is not exact.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum FiredAtBound {
+    /// The guest fired at or before `fired_at` (JSON: `"at_or_before"`).
+    AtOrBefore,
+}
+
+impl FiredAtBound {
+    /// The JSON spelling: `at_or_before`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FiredAtBound::AtOrBefore => "at_or_before",
+        }
+    }
 }
 
 /// The instance a notification concerns, and its owner.
@@ -142,6 +168,7 @@ impl Notification {
             domain,
             action: action.into(),
             fired_at,
+            fired_at_bound: None,
             recovered: false,
             occurrences: Occurrences::single(fired_at),
         }
@@ -200,6 +227,7 @@ mod tests {
     fn json_round_trips() {
         let mut folded = sample();
         folded.recovered = true;
+        folded.fired_at_bound = Some(FiredAtBound::AtOrBefore);
         folded.occurrences = Occurrences {
             count: 7,
             first_at: time::macros::datetime!(2026-11-25 19:14:31 UTC),

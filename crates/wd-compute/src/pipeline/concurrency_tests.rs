@@ -155,3 +155,128 @@ async fn shutdown_finishes_the_deliveries_in_flight() {
 fn tokio_stream_from(mut rx: tokio::sync::mpsc::Receiver<Item>) -> impl Stream<Item = Item> {
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
+
+/// Issue 20's race: pause, resume, pause, resume all arrive while the first
+/// pause is still being handed over (a slow disk). Each lifecycle event
+/// applies in order behind the firing before it, so each pause is
+/// announced once and the guest, running at the end, has no open episode:
+/// a later pause found by a catch-up is announced, not suppressed.
+#[tokio::test]
+async fn the_pause_resume_race_announces_each_episode_exactly_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("episodes.json");
+    let slow = Arc::new(Slow {
+        hold: Duration::from_millis(100),
+        ..Slow::default()
+    });
+    let d = dom(7);
+    let items = vec![
+        firing(7, WatchdogAction::Pause, 1),
+        resumed(&d),
+        firing(7, WatchdogAction::Pause, 2),
+        resumed(&d),
+    ];
+    let p = pipeline(slow.clone(), Ledger::open(&path).unwrap());
+    let stats = p
+        .run(futures::stream::iter(items), std::future::pending())
+        .await;
+    assert_eq!((stats.accepted, stats.already_notified), (2, 0));
+    assert_eq!(Ledger::open(&path).unwrap().get(&d.uuid), None);
+    // Paused again, found by a catch-up after a restart: a new episode.
+    let items = vec![fire(&d, WatchdogAction::Pause, Origin::Recovered, 3)];
+    let p = pipeline(slow.clone(), Ledger::open(&path).unwrap());
+    let stats = p
+        .run(futures::stream::iter(items), std::future::pending())
+        .await;
+    assert_eq!((stats.accepted, stats.already_notified), (1, 0));
+    let order: Vec<u128> = slow.state.lock().unwrap().order[&d.uuid]
+        .iter()
+        .map(|u| u.as_u128())
+        .collect();
+    assert_eq!(order, [1, 2, 3]);
+}
+
+/// Fails every hand-over with a retryable error (a queue write failed)
+/// while `broken` is set; records what it accepts.
+#[derive(Default)]
+struct Disk {
+    broken: std::sync::atomic::AtomicBool,
+    tries: Mutex<Vec<Uuid>>,
+    accepted: Mutex<Vec<Uuid>>,
+}
+
+#[async_trait]
+impl Notifier for Disk {
+    async fn notify(&self, n: &Notification) -> Result<(), NotifyError> {
+        self.tries.lock().unwrap().push(n.event_id);
+        if self.broken.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(NotifyError::retryable(
+                "not accepted by every queue: webhook-1: spool: cannot write to /var/spool/wd/dest/webhook-1: No space left on device (os error 28)",
+            ));
+        }
+        self.accepted.lock().unwrap().push(n.event_id);
+        Ok(())
+    }
+}
+
+/// A write that fails is not a loss: the firing is held, retried with the
+/// backoff, `/healthz` names the error and the metric counts it; the
+/// domain's later items wait behind it; once the disk recovers the held
+/// firing goes out once, with its id, and health comes back.
+#[tokio::test(start_paused = true)]
+async fn a_failed_write_holds_the_firing_until_the_disk_recovers() {
+    let disk = Arc::new(Disk::default());
+    disk.broken.store(true, std::sync::atomic::Ordering::SeqCst);
+    let metrics = Metrics::new();
+    metrics.libvirt_connected(1);
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let p = pipeline(disk.clone(), Ledger::in_memory()).with_metrics(metrics.clone());
+    let task = tokio::spawn(p.run(tokio_stream_from(rx), std::future::pending()));
+    tx.send(firing(1, WatchdogAction::Reset, 10)).await.unwrap();
+    tx.send(firing(2, WatchdogAction::Poweroff, 20))
+        .await
+        .unwrap();
+    tx.send(firing(1, WatchdogAction::Reset, 11)).await.unwrap();
+    // A minute of failures: retried with growing waits, never given up.
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let tries = disk.tries.lock().unwrap().len();
+    assert!((6..=60).contains(&tries), "{tries} attempts in a minute");
+    assert!(
+        !disk.tries.lock().unwrap().contains(&Uuid::from_u128(11)),
+        "domain 1's second firing waits behind its first"
+    );
+    let reason = metrics.health().unwrap_err();
+    assert!(
+        reason.contains("/var/spool/wd/dest/webhook-1") && reason.contains("No space left"),
+        "{reason}"
+    );
+    let text = metrics.encode();
+    assert!(text.contains("wd_firings_held 2"), "{text}");
+    assert!(
+        text.lines().any(
+            |l| l.starts_with("wd_write_failures_total{target=\"queue\"}") && !l.ends_with(" 0")
+        ),
+        "{text}"
+    );
+    // The disk recovers: each firing goes out once, in order per domain.
+    disk.broken
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(61)).await;
+    let mut got: Vec<u128> = disk
+        .accepted
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|u| u.as_u128())
+        .collect();
+    let pos = |id| got.iter().position(|g| *g == id).unwrap();
+    assert!(pos(10) < pos(11));
+    got.sort_unstable();
+    assert_eq!(got, [10, 11, 20]);
+    assert_eq!(metrics.health(), Ok(()));
+    assert!(metrics.encode().contains("wd_firings_held 0"));
+    drop(tx);
+    let stats = task.await.unwrap();
+    assert_eq!(stats.accepted, 3);
+    assert!(stats.write_failures >= 6);
+}

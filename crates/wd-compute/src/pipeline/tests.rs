@@ -12,7 +12,7 @@ use crate::directory::NovaDirectory;
 
 const PROJECT: &str = "6f70656e737461636b20697320636f6f6c";
 
-/// Records what it is given; fails while `fail` is set.
+/// Records what it is given; refuses for good while `fail` is set.
 #[derive(Default)]
 struct Recorder {
     got: Mutex<Vec<Notification>>,
@@ -23,7 +23,7 @@ struct Recorder {
 impl Notifier for Recorder {
     async fn notify(&self, n: &Notification) -> Result<(), NotifyError> {
         if *self.fail.lock().unwrap() {
-            return Err(NotifyError::retryable("disk full"));
+            return Err(NotifyError::permanent("refused"));
         }
         self.got.lock().unwrap().push(n.clone());
         Ok(())
@@ -135,7 +135,8 @@ fn pipeline(ledger: Ledger) -> (Pipeline, Arc<Recorder>, Arc<NovaDirectory>) {
 
 async fn feed(p: &mut Pipeline, items: Vec<Item>) {
     for i in items {
-        p.handle(i).await;
+        p.drive(futures::stream::iter([i]), std::future::pending())
+            .await;
     }
 }
 
@@ -461,7 +462,7 @@ async fn the_ledger_accepts_a_pause_only_once_its_own_event_id_is_on_disk() {
             fire_run(&d, 2, Pause, Origin::Live, 2),
         ];
         for step in steps {
-            p.handle(step).await;
+            feed(&mut p, vec![step]).await;
             let ledger = Ledger::open(&ledger_path).unwrap();
             if let Some(e) = ledger.get(&d.uuid).filter(|e| e.accepted) {
                 assert!(
@@ -639,10 +640,10 @@ async fn a_flood_of_100k_lifecycle_events_leaves_the_directory_bounded() {
             let d = dom(n);
             let xml = Some(nova_xml(&d));
             // (The XML is parsed once per instance, to keep the test quick.)
-            p.handle(life_xml(&d, Lifecycle::Defined, None)).await;
-            p.handle(life_xml(&d, Lifecycle::Started, xml)).await;
-            p.handle(life_xml(&d, Lifecycle::Stopped, None)).await;
-            p.handle(life_xml(&d, Lifecycle::Undefined, None)).await;
+            feed(&mut p, vec![life_xml(&d, Lifecycle::Defined, None)]).await;
+            feed(&mut p, vec![life_xml(&d, Lifecycle::Started, xml)]).await;
+            feed(&mut p, vec![life_xml(&d, Lifecycle::Stopped, None)]).await;
+            feed(&mut p, vec![life_xml(&d, Lifecycle::Undefined, None)]).await;
             assert!(dir.len() <= 1_000);
         }
         let stats = dir.stats();
@@ -687,4 +688,33 @@ async fn a_catch_up_retires_vanished_and_shut_off_domains_and_is_timed() {
     assert_eq!((stats.entries, stats.retired), (3, 2), "{stats:?}");
     assert_eq!(p.stats().catch_ups, 2);
     assert!(p.stats().last_catch_up.is_some());
+}
+
+/// A firing found by a catch-up says when it was observed, as a bound: the
+/// guest fired at or before then. A live firing's time is exact.
+#[tokio::test]
+async fn a_recovered_firing_gives_its_time_as_a_bound() {
+    let (live, found) = (dom(21), dom(22));
+    let (mut p, rec, _) = pipeline(Ledger::in_memory());
+    feed(
+        &mut p,
+        listing(&[(live.clone(), false), (found.clone(), true)]),
+    )
+    .await;
+    feed(
+        &mut p,
+        vec![
+            fire(&found, Pause, Origin::Recovered, 1),
+            fire(&live, Reset, Origin::Live, 2),
+        ],
+    )
+    .await;
+    let got = rec.got.lock().unwrap().clone();
+    let json: Vec<serde_json::Value> = got
+        .iter()
+        .map(|n| serde_json::from_str(&n.to_json()).unwrap())
+        .collect();
+    assert_eq!(json[0]["fired_at_bound"], "at_or_before");
+    assert_eq!(json[0]["recovered"], true);
+    assert!(json[1].get("fired_at_bound").is_none(), "{}", json[1]);
 }

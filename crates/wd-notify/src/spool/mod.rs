@@ -10,6 +10,8 @@
 mod config;
 mod delivery;
 pub(crate) mod disk;
+#[cfg(any(test, feature = "fault-injection"))]
+pub(crate) mod faulty;
 mod format;
 mod scan;
 mod state;
@@ -17,7 +19,6 @@ mod state;
 mod tests;
 mod writer;
 
-use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -99,6 +100,37 @@ pub struct Spool {
     /// The next seq of a spool in memory.
     next_seq: AtomicU64,
     delivery: Mutex<Option<JoinHandle<()>>>,
+    /// The event ids accepted lately: a notification offered again (the
+    /// pipeline retries a firing that another queue failed to write) is
+    /// accepted once.
+    recent: Mutex<RecentIds>,
+}
+
+/// The most event ids a spool remembers as accepted.
+const RECENT_IDS: usize = 4096;
+
+/// A bounded set of event ids, oldest forgotten first.
+#[derive(Debug, Default)]
+struct RecentIds {
+    set: std::collections::HashSet<uuid::Uuid>,
+    order: std::collections::VecDeque<uuid::Uuid>,
+}
+
+impl RecentIds {
+    fn contains(&self, id: &uuid::Uuid) -> bool {
+        self.set.contains(id)
+    }
+
+    fn insert(&mut self, id: uuid::Uuid) {
+        if self.set.insert(id) {
+            self.order.push_back(id);
+            if self.order.len() > RECENT_IDS
+                && let Some(old) = self.order.pop_front()
+            {
+                self.set.remove(&old);
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Spool {
@@ -119,9 +151,11 @@ impl Spool {
     /// Opens (or creates) the spool in `dir`, recovers what earlier runs
     /// left, and starts delivering to `inner`.
     ///
-    /// Recovery rewrites every undelivered entry, with its seq and event id,
-    /// into one new segment, `fsync`s it and the directory, and only then
-    /// removes the old segments, so a crash during recovery loses nothing.
+    /// Recovery reads every segment and leaves the undelivered entries where
+    /// they are: a start writes nothing (no free space needed, no partial
+    /// file, however often it fails). The first write after it starts a new
+    /// segment; a segment is removed once every entry in it is delivered
+    /// (and every older one removed), as during the run.
     ///
     /// The directory is created with mode 0700 (an existing one is brought
     /// to 0700), and its files with mode 0600: notifications name tenants
@@ -172,10 +206,28 @@ impl Spool {
             return Err(Error::NoRuntime);
         }
         let dir = dir.to_owned();
+        // The directories this creates must survive a power cut too: their
+        // entries in their parents are synced (up to the first that existed).
+        let existing = dir.ancestors().find(|a| a.is_dir()).map(Path::to_owned);
         create_private_dir(&dir).map_err(|source| Error::OpenSpool {
             path: dir.clone(),
             source,
         })?;
+        if let Some(existing) = existing
+            && existing != dir
+        {
+            for parent in dir.ancestors().skip(1) {
+                // Not fatal: a start must succeed on a failing disk (its
+                // writes fail later, and are held and reported then).
+                if let Err(e) = sfs.sync_dir(parent) {
+                    tracing::warn!(dir = %parent.display(), error = %e,
+                        "spool: cannot sync a new queue directory into its parent");
+                }
+                if parent == existing {
+                    break;
+                }
+            }
+        }
         let lock = lock_dir(&dir)?;
         let found = scan(&dir)?;
         let shared = Arc::new(Shared::new(name, config));
@@ -192,43 +244,37 @@ impl Spool {
 
         let now = Instant::now();
         let next_seq = found.max_seq.map_or(0, |s| s.saturating_add(1));
-        let mut recovered = Vec::with_capacity(found.pending.len());
-        {
+        // Recovered entries stay where they are (recovery in place: a start
+        // writes nothing, so it needs no free space and leaves no partial
+        // file however often it fails).
+        let count = found.pending.len();
+        let dropped: Vec<u64> = {
             let mut pending = shared.pending();
             for (seq, n) in found.pending {
-                let payload = n.to_json().into_bytes();
-                pending.insert(seq, Arc::new(n), payload.len() as u64, now);
-                recovered.push((seq, payload));
+                let size = n.to_json().len() as u64;
+                pending.insert(seq, Arc::new(n), size, now);
             }
-            let dropped: BTreeSet<u64> = shared.enforce_bounds(&mut pending).into_iter().collect();
-            recovered.retain(|(seq, _)| !dropped.contains(seq));
+            shared.enforce_bounds(&mut pending)
+        };
+        if count > 0 {
+            tracing::info!(destination = %shared.name, entries = count, "spool: recovered undelivered notifications");
         }
-        if !recovered.is_empty() {
-            tracing::info!(destination = %shared.name, entries = recovered.len(), "spool: recovered undelivered notifications");
-        }
-
-        let next_id = found
+        let existing: Vec<u64> = found
             .segments
-            .last()
-            .and_then(|p| p.file_name()?.to_str().and_then(segment_id))
-            .map_or(0, |id| id + 1);
+            .iter()
+            .filter_map(|p| p.file_name()?.to_str().and_then(segment_id))
+            .collect();
         let writer = Writer::create(
             sfs.clone(),
             dir.clone(),
-            next_id,
-            next_seq,
+            writer::Start {
+                existing,
+                located: found.located,
+                dropped,
+                next_seq,
+            },
             shared.clone(),
-            &recovered,
         )?;
-        for old in &found.segments {
-            sfs.remove_file(old).map_err(|source| Error::SpoolIo {
-                path: old.clone(),
-                source,
-            })?;
-        }
-        if !found.segments.is_empty() {
-            scan::sync_dir(&*sfs, &dir)?;
-        }
 
         let (tx, rx) = mpsc::channel();
         let handle = std::thread::Builder::new()
@@ -248,6 +294,7 @@ impl Spool {
                 _lock: lock,
             }),
             next_seq: AtomicU64::new(0),
+            recent: Mutex::new(RecentIds::default()),
             delivery: Mutex::new(Some(delivery)),
         })
     }
@@ -282,6 +329,7 @@ impl Spool {
             shared,
             disk: None,
             next_seq: AtomicU64::new(0),
+            recent: Mutex::new(RecentIds::default()),
             delivery: Mutex::new(Some(delivery)),
         })
     }
@@ -410,8 +458,14 @@ impl Notifier for Spool {
                 payload.len()
             )));
         }
+        if lock(&self.recent).contains(&n.event_id) {
+            tracing::debug!(destination = %self.shared.name, event_id = %n.event_id,
+                "spool: already accepted; not queued again");
+            return Ok(());
+        }
         let Some(disk) = &self.disk else {
             self.accept_in_memory(n, payload.len() as u64);
+            lock(&self.recent).insert(n.event_id);
             return Ok(());
         };
         let (reply, accepted) = oneshot::channel();
@@ -427,7 +481,10 @@ impl Notifier for Spool {
             ));
         }
         match accepted.await {
-            Ok(Ok(())) => Ok(()),
+            Ok(Ok(())) => {
+                lock(&self.recent).insert(n.event_id);
+                Ok(())
+            }
             Ok(Err(e)) => Err(NotifyError::retryable(format!(
                 "spool: cannot write to {}",
                 disk.dir.display()

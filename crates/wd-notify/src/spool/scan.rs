@@ -43,6 +43,9 @@ pub struct ScanReport {
     pub segments: Vec<PathBuf>,
     /// The highest seq seen in any record.
     pub max_seq: Option<u64>,
+    /// For each seq, the id of the last segment holding its entry (the
+    /// spool recovers entries where they are, without copying them).
+    pub(crate) located: BTreeMap<u64, u64>,
 }
 
 /// Reads a spool directory without changing it: what a spool opened on it
@@ -89,6 +92,7 @@ pub fn scan(dir: impl AsRef<Path>) -> Result<ScanReport> {
                 // The same seq twice is a copy made by compaction: same content.
                 RecordBody::Entry(n) => {
                     entries.entry(r.seq).or_insert(*n);
+                    report.located.insert(r.seq, id);
                 }
                 RecordBody::Ack => {
                     acked.insert(r.seq);
@@ -101,6 +105,7 @@ pub fn scan(dir: impl AsRef<Path>) -> Result<ScanReport> {
         .into_iter()
         .filter(|(seq, _)| !acked.contains(seq))
         .collect();
+    report.located.retain(|seq, _| !acked.contains(seq));
     Ok(report)
 }
 

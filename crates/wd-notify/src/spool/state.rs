@@ -1,6 +1,6 @@
 //! What a spool shares between its writer thread and its delivery task.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -69,12 +69,18 @@ pub(crate) struct Pending {
     /// The entries not in flight, by when they may be tried.
     pub(crate) ready: BTreeSet<(Instant, u64)>,
     pub(crate) bytes: u64,
+    /// Entries per project (`None`: no known owner), for fair eviction.
+    per_project: HashMap<Option<String>, usize>,
 }
 
 impl Pending {
     pub(crate) fn insert(&mut self, seq: u64, n: Arc<Notification>, size: u64, due: Instant) {
         self.bytes = self.bytes.saturating_add(size);
         self.ready.insert((due, seq));
+        *self
+            .per_project
+            .entry(n.instance.project_id.clone())
+            .or_default() += 1;
         self.entries.insert(
             seq,
             Entry {
@@ -90,10 +96,32 @@ impl Pending {
     pub(crate) fn remove(&mut self, seq: u64) -> Option<Entry> {
         let e = self.entries.remove(&seq)?;
         self.bytes = self.bytes.saturating_sub(e.size);
+        let project = &e.n.instance.project_id;
+        if let Some(count) = self.per_project.get_mut(project) {
+            *count -= 1;
+            if *count == 0 {
+                self.per_project.remove(project);
+            }
+        }
         if let Some(due) = e.due {
             self.ready.remove(&(due, seq));
         }
         Some(e)
+    }
+
+    /// The oldest entry not in flight of the project with the most entries
+    /// (see [`Shared::enforce_bounds`]).
+    fn victim(&self) -> Option<u64> {
+        let most = self.per_project.values().copied().max()?;
+        // In seq order (oldest first): the first not in flight whose
+        // project holds `most` entries.
+        self.entries
+            .iter()
+            .find(|(_, e)| {
+                e.due.is_some() && self.per_project.get(&e.n.instance.project_id) == Some(&most)
+            })
+            .or_else(|| self.entries.iter().find(|(_, e)| e.due.is_some()))
+            .map(|(seq, _)| *seq)
     }
 
     /// Makes every in-flight entry ready again at `at`: after the delivery
@@ -189,30 +217,32 @@ impl Shared {
         }
     }
 
-    /// Drops the oldest entries not in flight while the spool is over its
-    /// bounds; returns their seqs, to be acked.
+    /// Drops entries not in flight while the spool is over its bounds;
+    /// returns their seqs, to be acked.
+    ///
+    /// Fair shares: the victim is the oldest entry of the project that
+    /// holds the most entries (ties: the project of the oldest such entry).
+    /// In a shared queue (the operator's, the bus), a project that floods
+    /// it evicts its own notifications, never another project's while it
+    /// holds more than they do. In a project's own queue this is simply
+    /// the oldest entry.
     pub(crate) fn enforce_bounds(&self, pending: &mut Pending) -> Vec<u64> {
         let mut dropped = Vec::new();
         let over = |p: &Pending| {
             p.entries.len() > self.config.max_entries || p.bytes > self.config.max_bytes
         };
         while over(pending) {
-            // The oldest entry not in flight; in-flight ones are few.
-            let Some(seq) = pending
-                .entries
-                .iter()
-                .find(|(_, e)| e.due.is_some())
-                .map(|(seq, _)| *seq)
-            else {
+            let Some(seq) = pending.victim() else {
                 break;
             };
             if let Some(e) = pending.remove(seq) {
                 let total = self.counters.dropped_full.fetch_add(1, Ordering::Relaxed) + 1;
                 tracing::warn!(
                     destination = %self.name, event_id = %e.n.event_id, instance = %e.n.instance.uuid,
+                    project = e.n.instance.project_id.as_deref().unwrap_or("-"),
                     dropped_full = total, max_entries = self.config.max_entries,
                     max_bytes = self.config.max_bytes,
-                    "queue full; dropped the oldest undelivered notification"
+                    "queue full; dropped the oldest undelivered notification of the project holding the most"
                 );
                 dropped.push(seq);
             }

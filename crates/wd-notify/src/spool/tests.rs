@@ -2,6 +2,7 @@
 
 use super::delivery::retry_delay;
 use super::*;
+use crate::error_chain;
 use crate::notifier::MockNotifier;
 use crate::testing::firing;
 use crate::testing::until;
@@ -349,4 +350,251 @@ fn config_is_validated() {
         "spool setting concurrency=0 is invalid; allowed: at least 1",
     );
     assert!(SpoolConfig::default().validate().is_ok());
+}
+
+/// A write that fails (ENOSPC, EIO, EROFS; on write, on fsync, or on
+/// creating the next segment: that only delays the roll-over) is refused as retryable, naming the spool's
+/// directory and the error; nothing half-written is ever delivered or left
+/// as a segment file; once the fault clears the same notification is
+/// accepted, and offering it again does not queue it twice.
+#[tokio::test]
+async fn a_failed_write_is_refused_for_now_and_accepted_once_when_it_clears() {
+    use super::faulty::FaultyFs;
+    for errno in [28, 5, 30] {
+        for (what, set) in [
+            ("write", (true, false, false)),
+            ("fsync", (false, true, false)),
+            ("create", (false, false, true)),
+        ] {
+            let tmp = tempfile::tempdir().unwrap();
+            let dir = tmp.path().join("q");
+            let fs = FaultyFs::new();
+            let faults = fs.faults();
+            let (m, log) = backend(|_, _| Ok(()));
+            let spool = Spool::open_dyn(
+                Arc::new(fs),
+                &dir,
+                "q".into(),
+                quick().segment_bytes(4096),
+                Arc::new(m),
+            )
+            .unwrap();
+            let first = firing(1);
+            spool.notify(&first).await.unwrap();
+            faults.fail_writes(set.0.then_some(errno));
+            faults.fail_syncs(set.1.then_some(errno));
+            faults.fail_creates(set.2.then_some(errno));
+            let mut held = Vec::new();
+            // Enough to need a new segment (for the `create` fault).
+            for i in 0..40u128 {
+                let n = firing(100 + i);
+                if let Err(e) = spool.notify(&n).await {
+                    assert!(e.is_retryable(), "{what} {errno}: {e}");
+                    let chain = error_chain(&e);
+                    assert!(
+                        chain.contains(&dir.display().to_string())
+                            && chain
+                                .contains(&std::io::Error::from_raw_os_error(errno).to_string()),
+                        "{what} {errno}: {chain}"
+                    );
+                    held.push(n);
+                }
+            }
+            // A segment that cannot be created only delays the roll-over:
+            // the current one takes the entries meanwhile.
+            assert!(
+                what == "create" || !held.is_empty(),
+                "{what} {errno}: no write failed"
+            );
+            assert!(faults.failed() > 0);
+            faults.fail_all(None);
+            for n in &held {
+                spool.notify(n).await.unwrap();
+                // Offered again (as a retry after another queue failed).
+                spool.notify(n).await.unwrap();
+            }
+            until("everything delivered", || spool.stats().pending == 0).await;
+            let mut got = log.lock().unwrap().clone();
+            let len = got.len();
+            got.sort();
+            got.dedup();
+            assert_eq!(len, got.len(), "{what} {errno}: a duplicate was delivered");
+            assert_eq!(
+                got.len(),
+                41,
+                "{what} {errno}: not everything was delivered"
+            );
+            // No partial segment is left: each file left is a valid one.
+            drop(spool);
+            let found = scan(&dir).unwrap();
+            assert!(
+                found
+                    .skipped
+                    .iter()
+                    .all(|(_, s)| s.reason != SkipReason::BadHeader),
+                "{what} {errno}: {:?}",
+                found.skipped
+            );
+        }
+    }
+}
+
+/// Recovery in place: a spool with a backlog restarts on a disk where no
+/// write succeeds (full, or failing) again and again, and each start
+/// writes nothing: no segment file is added, none is changed. Writes are
+/// refused until the disk recovers; then the backlog and the new entries
+/// are delivered, and the old segments go.
+#[tokio::test]
+async fn a_restart_with_a_backlog_writes_nothing_even_on_a_full_disk() {
+    use super::faulty::FaultyFs;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("q");
+    let files = |dir: &Path| -> Vec<(String, Vec<u8>)> {
+        let mut v: Vec<_> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (
+                    e.file_name().to_string_lossy().into_owned(),
+                    fs::read(e.path()).unwrap(),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let config = quick().segment_bytes(4096);
+    {
+        let (m, _) = backend(|_, _| Err(NotifyError::retryable("down")));
+        let spool = Spool::open(&dir, config.clone(), m).unwrap();
+        for i in 0..60u128 {
+            spool.notify(&firing(i)).await.unwrap();
+        }
+        spool.shutdown(Duration::from_millis(100)).await;
+    }
+    let before = files(&dir);
+    let segments = before.iter().filter(|(n, _)| n.starts_with("seg-")).count();
+    assert!(segments > 2, "{before:?}");
+    for _ in 0..5 {
+        let fs = FaultyFs::new();
+        fs.faults().fail_all(Some(28));
+        let (m, _) = backend(|_, _| Err(NotifyError::retryable("down")));
+        let spool = Spool::open_dyn(Arc::new(fs), &dir, "q".into(), config.clone(), Arc::new(m))
+            .expect("a start on a full disk succeeds");
+        assert_eq!(spool.stats().pending, 60);
+        let e = spool.notify(&firing(1000)).await.unwrap_err();
+        assert!(
+            e.is_retryable() && error_chain(&e).contains("No space left"),
+            "{e}"
+        );
+        drop(spool);
+        assert_eq!(files(&dir), before, "a failed start changed the directory");
+    }
+    let (m, log) = backend(|_, _| Ok(()));
+    let spool = Spool::open(&dir, config, m).unwrap();
+    spool.notify(&firing(1000)).await.unwrap();
+    until("everything delivered", || log.lock().unwrap().len() == 61).await;
+    until("the old segments removed", || {
+        files(&dir)
+            .iter()
+            .filter(|(n, _)| n.starts_with("seg-"))
+            .count()
+            == 1
+    })
+    .await;
+}
+
+/// Fair shares in a shared queue: one project fires ten times the queue's
+/// bound while the destination is down; every other project's
+/// notifications stay, and are delivered when it comes back. Only the
+/// flooding project's own (oldest) entries are dropped.
+#[tokio::test]
+async fn a_flooding_project_evicts_only_its_own_notifications() {
+    let tmp = tempfile::tempdir().unwrap();
+    let up = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = up.clone();
+    let (m, log) = backend(move |_, _| {
+        if flag.load(std::sync::atomic::Ordering::SeqCst) {
+            Ok(())
+        } else {
+            Err(NotifyError::retryable("bus down"))
+        }
+    });
+    let spool = Spool::open(tmp.path().join("bus"), quick().max_entries(20), m).unwrap();
+    let of = |k: u128, project: &str| {
+        let mut n = firing(k);
+        n.instance.project_id = Some(project.to_owned());
+        n
+    };
+    let mut quiet = Vec::new();
+    for i in 0..5u128 {
+        let n = of(i, &format!("quiet-{i}"));
+        quiet.push(n.event_id);
+        spool.notify(&n).await.unwrap();
+    }
+    let mut flood = Vec::new();
+    for i in 0..200u128 {
+        let n = of(1000 + i, "noisy");
+        flood.push(n.event_id);
+        spool.notify(&n).await.unwrap();
+        if i == 100 {
+            // A quiet project fires in the middle of the flood.
+            let n = of(99, "quiet-late");
+            quiet.push(n.event_id);
+            spool.notify(&n).await.unwrap();
+        }
+    }
+    assert_eq!(spool.stats().pending, 20);
+    assert_eq!(spool.stats().dropped_full, 186);
+    up.store(true, std::sync::atomic::Ordering::SeqCst);
+    until("the queue drained", || spool.stats().pending == 0).await;
+    let got: HashSet<Uuid> = log.lock().unwrap().iter().copied().collect();
+    for id in &quiet {
+        assert!(
+            got.contains(id),
+            "a quiet project's notification was evicted"
+        );
+    }
+    // The flood kept its newest entries.
+    let kept: Vec<usize> = (0..flood.len())
+        .filter(|i| got.contains(&flood[*i]))
+        .collect();
+    assert_eq!(kept, (186..200).collect::<Vec<_>>());
+}
+
+/// A queue directory the spool creates is made durable in its parents
+/// (up to the first directory that existed), through the filesystem seam,
+/// so a power cut cannot take the directory with the entries in it.
+#[tokio::test]
+async fn creating_a_queue_directory_syncs_its_parents() {
+    use super::disk::{FsOp, SimFs};
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("spool").join("dest").join("webhook-1");
+    let fs = SimFs::default();
+    let (m, _) = backend(|_, _| Ok(()));
+    let spool =
+        Spool::open_dyn(Arc::new(fs.clone()), &dir, "q".into(), quick(), Arc::new(m)).unwrap();
+    let synced: Vec<std::path::PathBuf> = fs
+        .ops()
+        .into_iter()
+        .filter_map(|o| match o {
+            FsOp::SyncDir(d) => Some(d),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        synced,
+        [
+            tmp.path().join("spool").join("dest"),
+            tmp.path().join("spool"),
+            tmp.path().to_owned()
+        ]
+    );
+    drop(spool);
+    // Opening it again creates nothing, and syncs nothing at start.
+    let fs = SimFs::default();
+    let (m, _) = backend(|_, _| Ok(()));
+    let _spool =
+        Spool::open_dyn(Arc::new(fs.clone()), &dir, "q".into(), quick(), Arc::new(m)).unwrap();
+    assert!(fs.ops().is_empty(), "{:?}", fs.ops());
 }

@@ -12,7 +12,7 @@ use tokio::time::Instant;
 use super::disk::{SpoolFile, SpoolFs};
 use super::format::{SEGMENT_MAGIC, encode_ack, encode_entry};
 use super::{Shared, SyncMode, segment_name};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::model::Notification;
 
 /// The most messages one group commit takes.
@@ -34,6 +34,18 @@ pub(crate) enum Msg {
     Stop { done: oneshot::Sender<()> },
 }
 
+/// What a writer starts from (see [`Writer::create`]).
+pub(crate) struct Start {
+    /// The segment ids found, oldest first.
+    pub(crate) existing: Vec<u64>,
+    /// Each undelivered seq and the segment holding it.
+    pub(crate) located: BTreeMap<u64, u64>,
+    /// Recovered seqs dropped by the bounds: acked with the first batch.
+    pub(crate) dropped: Vec<u64>,
+    /// The next seq to give.
+    pub(crate) next_seq: u64,
+}
+
 struct Segment {
     /// Entries in this segment not yet acked.
     live: HashSet<u64>,
@@ -47,7 +59,8 @@ pub(crate) struct Writer {
     /// Every file-system call goes through this seam (a power-cut model in
     /// tests).
     fs: Arc<dyn SpoolFs>,
-    file: Box<dyn SpoolFile>,
+    /// The active segment; `None` until the first batch creates it.
+    file: Option<Box<dyn SpoolFile>>,
     active: u64,
     active_bytes: u64,
     /// A failed write may have left a partial record: start a new segment.
@@ -56,13 +69,9 @@ pub(crate) struct Writer {
     segment_of: HashMap<u64, u64>,
     next_seq: u64,
     buf: Vec<u8>,
-}
-
-fn io_err(path: &std::path::Path) -> impl FnOnce(io::Error) -> Error + '_ {
-    move |source| Error::SpoolIo {
-        path: path.to_owned(),
-        source,
-    }
+    /// Encoded acks not yet written (entries dropped while recovering, or
+    /// acks whose write failed): written first by the next batch.
+    owed_acks: Vec<u8>,
 }
 
 fn copy_err(e: &io::Error) -> io::Error {
@@ -70,44 +79,64 @@ fn copy_err(e: &io::Error) -> io::Error {
 }
 
 impl Writer {
-    /// Starts segment `id` holding the `recovered` entries, durably.
+    /// A writer over the segments a scan found. Nothing is written: the
+    /// recovered entries stay in their segments, and the first batch starts a new active segment (so a
+    /// start on a full disk succeeds, and its writes fail until space is
+    /// freed). Segments with nothing live are removed at once.
     pub(crate) fn create(
         fs: Arc<dyn SpoolFs>,
         dir: PathBuf,
-        id: u64,
-        next_seq: u64,
+        start: Start,
         shared: Arc<Shared>,
-        recovered: &[(u64, Vec<u8>)],
     ) -> Result<Writer> {
-        let mut buf = Vec::new();
-        for (seq, payload) in recovered {
-            encode_entry(*seq, payload, &mut buf);
+        let mut segments: BTreeMap<u64, Segment> = start
+            .existing
+            .iter()
+            .map(|id| {
+                let seg = Segment {
+                    live: HashSet::new(),
+                    total: 0,
+                };
+                (*id, seg)
+            })
+            .collect();
+        let mut segment_of = HashMap::new();
+        for (seq, id) in &start.located {
+            if start.dropped.contains(seq) {
+                continue;
+            }
+            if let Some(s) = segments.get_mut(id) {
+                s.live.insert(*seq);
+                s.total += 1;
+                segment_of.insert(*seq, *id);
+            }
         }
-        let path = dir.join(segment_name(id));
-        let (file, bytes) = create_segment(&*fs, &dir, id, &buf).map_err(io_err(&path))?;
-        let live: HashSet<u64> = recovered.iter().map(|(seq, _)| *seq).collect();
-        let segment_of = live.iter().map(|seq| (*seq, id)).collect();
-        let mut segments = BTreeMap::new();
-        segments.insert(
-            id,
-            Segment {
-                total: live.len(),
-                live,
-            },
-        );
-        Ok(Writer {
+        // The last existing segment stands for the active one until the
+        // first batch rolls over to a new one.
+        let last = start.existing.last().copied();
+        let mut w = Writer {
             dir,
             shared,
             fs,
-            file,
-            active: id,
-            active_bytes: bytes,
-            broken: false,
+            file: None,
+            active: last.unwrap_or(0),
+            active_bytes: 0,
+            broken: true,
             segments,
             segment_of,
-            next_seq,
+            next_seq: start.next_seq,
             buf: Vec::new(),
-        })
+            owed_acks: Vec::new(),
+        };
+        for seq in &start.dropped {
+            encode_ack(*seq, &mut w.owed_acks);
+        }
+        if last.is_none() {
+            // No segment yet: the first roll-over creates segment 0.
+            w.active = u64::MAX;
+        }
+        w.delete_dead_prefix();
+        Ok(w)
     }
 
     pub(crate) fn run(mut self, rx: mpsc::Receiver<Msg>) {
@@ -116,7 +145,7 @@ impl Writer {
             let Ok(first) = rx.recv() else {
                 // Every sender is gone (the spool was dropped): make the acks
                 // durable too, and stop.
-                let _ = self.file.sync_data();
+                self.sync_active();
                 return;
             };
             let mut batch = vec![first];
@@ -129,7 +158,7 @@ impl Writer {
                 }
             }
             if let Some(done) = self.process(batch) {
-                let _ = self.file.sync_data();
+                self.sync_active();
                 let _ = done.send(());
                 return;
             }
@@ -138,7 +167,13 @@ impl Writer {
 
     /// Writes one batch; returns the stop request, if the batch had one.
     fn process(&mut self, batch: Vec<Msg>) -> Option<oneshot::Sender<()>> {
+        // Acks first (those a failed write left owed, then this batch's),
+        // then the entries: acks that cannot be written are owed to the
+        // next batch, so a delivered entry is not delivered again after a
+        // restart because its ack met a full disk.
         self.buf.clear();
+        self.buf.append(&mut self.owed_acks);
+        let mut entries = Vec::new();
         let mut appended = Vec::new();
         let mut stop = None;
         for m in batch {
@@ -146,31 +181,38 @@ impl Writer {
                 Msg::Append { payload, n, reply } => {
                     let seq = self.next_seq;
                     self.next_seq += 1;
-                    encode_entry(seq, &payload, &mut self.buf);
+                    encode_entry(seq, &payload, &mut entries);
                     appended.push((seq, n, payload.len() as u64, reply));
                 }
                 Msg::Ack { seq } => self.ack(seq),
                 Msg::Stop { done } => stop = Some(done),
             }
         }
+        let acks = self.buf.len();
+        self.buf.extend_from_slice(&entries);
         if self.broken
             && let Err(e) = self.roll_over()
         {
+            self.owed_acks = self.buf[..acks].to_vec();
             for (.., reply) in appended {
                 let _ = reply.send(Err(copy_err(&e)));
             }
             return stop;
         }
-        let result = self.file.write_all(&self.buf).and_then(|()| {
+        let Some(file) = self.file.as_mut() else {
+            return stop;
+        };
+        let result = file.write_all(&self.buf).and_then(|()| {
             if appended.is_empty() {
                 Ok(())
             } else {
-                self.file.sync_data()
+                file.sync_data()
             }
         });
         if let Err(e) = result {
             tracing::error!(dir = %self.dir.display(), error = %e, "spool: write failed; entries not accepted");
             self.broken = true;
+            self.owed_acks = self.buf[..acks].to_vec();
             for (.., reply) in appended {
                 let _ = reply.send(Err(copy_err(&e)));
             }
@@ -189,6 +231,12 @@ impl Writer {
             }
         }
         stop
+    }
+
+    fn sync_active(&mut self) {
+        if let Some(f) = self.file.as_mut() {
+            let _ = f.sync_data();
+        }
     }
 
     /// Hands durable entries to the delivery task and answers their callers.
@@ -225,7 +273,11 @@ impl Writer {
             for seq in dropped {
                 self.ack(seq);
             }
-            if let Err(e) = self.file.write_all(&self.buf) {
+            let written = match self.file.as_mut() {
+                Some(f) => f.write_all(&self.buf),
+                None => Err(io::Error::other("no active segment")),
+            };
+            if let Err(e) = written {
                 tracing::error!(dir = %self.dir.display(), error = %e, "spool: cannot record dropped entries");
                 self.broken = true;
             } else {
@@ -269,11 +321,11 @@ impl Writer {
 
     /// Starts a new active segment.
     fn roll_over(&mut self) -> io::Result<()> {
-        let id = self.active + 1;
+        let id = self.active.wrapping_add(1);
         let (file, bytes) = create_segment(&*self.fs, &self.dir, id, &[])?;
         // Make the acks in the old segment durable before leaving it.
-        let _ = self.file.sync_data();
-        self.file = file;
+        self.sync_active();
+        self.file = Some(file);
         self.active = id;
         self.active_bytes = bytes;
         self.broken = false;
@@ -317,11 +369,10 @@ impl Writer {
                 }
             }
         }
-        if let Err(e) = self
-            .file
-            .write_all(&self.buf)
-            .and_then(|()| self.file.sync_data())
-        {
+        let Some(file) = self.file.as_mut() else {
+            return;
+        };
+        if let Err(e) = file.write_all(&self.buf).and_then(|()| file.sync_data()) {
             tracing::error!(dir = %self.dir.display(), error = %e, "spool: compaction failed; keeping the old segment");
             self.broken = true;
             return;
@@ -356,8 +407,18 @@ fn create_segment(
     let mut file = fs.create_new(&path)?;
     let mut bytes = SEGMENT_MAGIC.to_vec();
     bytes.extend_from_slice(body);
-    file.write_all(&bytes)?;
-    file.sync_all()?;
-    fs.sync_dir(dir)?;
+    let written = file
+        .write_all(&bytes)
+        .and_then(|()| file.sync_all())
+        .and_then(|()| fs.sync_dir(dir));
+    if let Err(e) = written {
+        // No partial segment is left behind (a full disk would otherwise
+        // keep it, and the next attempt would find the name taken).
+        drop(file);
+        if let Err(rm) = fs.remove_file(&path) {
+            tracing::warn!(file = %path.display(), error = %rm, "spool: cannot remove a partial segment");
+        }
+        return Err(e);
+    }
     Ok((file, bytes.len() as u64))
 }
