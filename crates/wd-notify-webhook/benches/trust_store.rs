@@ -115,14 +115,24 @@ fn main() {
         println!("trust store, {ENDPOINTS} endpoints: {line}");
         rows.push(line);
     }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"));
-    let dir = target.join("criterion");
+    let dir = target_dir().join("criterion");
     std::fs::create_dir_all(&dir).expect("create target/criterion");
     std::fs::write(
         dir.join("trust-store.json"),
         format!("[{}]\n", rows.join(",")),
     )
     .expect("write trust-store.json");
+}
+
+/// Cargo's target directory: `CARGO_TARGET_DIR`, else the one this bench was
+/// built into (`<target>/<profile>/deps/`), so that the crate reaches nothing
+/// outside itself when it is unpacked elsewhere.
+fn target_dir() -> std::path::PathBuf {
+    if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
+        return dir.into();
+    }
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.ancestors().nth(3).map(std::path::Path::to_path_buf))
+        .unwrap_or_else(|| "target".into())
 }
