@@ -165,6 +165,9 @@ struct State {
     deliveries: Mutex<BTreeMap<String, (Destination, DeliveryRecord)>>,
     sources: Mutex<Vec<QueueSource>>,
     health_sources: Mutex<Vec<HealthSource>>,
+    /// Destinations whose last attempt failed in a way only the operator
+    /// ends (a refused configuration or certificate): name -> why.
+    blocked: Mutex<BTreeMap<String, String>>,
 }
 
 impl fmt::Debug for State {
@@ -289,6 +292,7 @@ impl Metrics {
             deliveries: Mutex::new(BTreeMap::new()),
             sources: Mutex::new(Vec::new()),
             health_sources: Mutex::new(Vec::new()),
+            blocked: Mutex::new(BTreeMap::new()),
         });
         let mut registry = Registry::default();
         let firings = Family::<ActionLabels, Counter>::default();
@@ -500,6 +504,17 @@ impl Metrics {
                 outcome: outcome.to_owned(),
             })
             .inc();
+        {
+            let mut blocked = lock(&self.inner.state.blocked);
+            match result {
+                Err(e) if FailureKind::of(e).needs_operator() => {
+                    blocked.insert(name.to_owned(), format!("{outcome}: {}", one_line(e)));
+                }
+                _ => {
+                    blocked.remove(name);
+                }
+            }
+        }
         let mut deliveries = lock(&self.inner.state.deliveries);
         let (_, rec) = deliveries
             .entry(name.to_owned())
@@ -533,6 +548,11 @@ impl Metrics {
             .find_map(|s| s())
         {
             return Err(reason);
+        }
+        // Notifications wait (nothing is dropped) until the operator fixes
+        // the configuration: say so, by destination and cause.
+        if let Some((name, why)) = lock(&self.inner.state.blocked).iter().next() {
+            return Err(format!("destination {name} refused: {why}"));
         }
         let l = lock(&self.inner.state.libvirt);
         if !l.connected {

@@ -210,7 +210,7 @@ pub use backends::{ChannelNotifier, LogNotifier};
 pub use coalesce::{Coalesce, CoalesceConfig, CoalesceStats};
 pub use error::{Error, Result};
 pub use fanout::{BackendOutcome, Fanout, FanoutConfig, FanoutFailure, FanoutReport, Outcome};
-pub use kind::{CertificateError, FailureKind};
+pub use kind::{CertificateError, ConfigurationError, FailureKind};
 pub use model::{Domain, Instance, Notification, Occurrences, SCHEMA_VERSION};
 #[cfg(feature = "mock")]
 pub use notifier::MockNotifier;

@@ -94,6 +94,51 @@ async fn metered_outcomes_durations_and_last_errors_are_counted() {
     assert!(last.message.contains("UnknownIssuer"), "{}", last.message);
 }
 
+/// A refused configuration (or certificate) makes `/healthz` name the
+/// destination and the cause until an attempt succeeds; an ordinary failure
+/// does not.
+#[tokio::test]
+async fn a_refused_configuration_is_unhealthy_until_delivered() {
+    let m = Metrics::new();
+    m.libvirt_connected(1);
+    let refused = NotifyError::retryable("amqp exchange `nova`: 406 PRECONDITION_FAILED")
+        .with_source(wd_notify::ConfigurationError::new(
+            "PRECONDITION_FAILED - inequivalent arg 'durable'",
+            None,
+        ));
+    // Popped from the end: 503, refused, ok.
+    let n = m.meter(
+        "amqp bus",
+        Destination::Bus,
+        Scripted(Mutex::new(vec![
+            Ok(()),
+            Err(refused),
+            Err(NotifyError::retryable("503")),
+        ])),
+    );
+    let _ = n.notify(&firing()).await;
+    assert_eq!(
+        m.health(),
+        Ok(()),
+        "an ordinary failure is not a health matter"
+    );
+    let _ = n.notify(&firing()).await;
+    let why = m.health().unwrap_err();
+    assert!(
+        why.starts_with("destination amqp bus refused: configuration: amqp exchange `nova`: 406")
+            && why.contains("inequivalent arg 'durable'"),
+        "{why}"
+    );
+    assert!(
+        sample(
+            &m.encode(),
+            r#"wd_notifications_total{destination="bus",outcome="configuration"}"#
+        ) == Some(1.0)
+    );
+    let _ = n.notify(&firing()).await;
+    assert_eq!(m.health(), Ok(()), "fixed: delivered again");
+}
+
 #[test]
 fn firings_are_bounded_by_action_and_catch_up_counted_apart() {
     let m = Metrics::new();
