@@ -581,3 +581,6 @@ mod failover;
 
 #[path = "openstack/owner_alarm.rs"]
 mod owner_alarm;
+
+#[path = "openstack/deployments.rs"]
+mod deployments;

@@ -18,7 +18,7 @@ use wd_testkit::{Node, Vhost};
 use super::{BROKER, admin, broker_url, cleanup, declare_exchange, drain, name, notification};
 
 /// The listener script beside this file, run by the venv's Python.
-struct Listener {
+pub(crate) struct Listener {
     child: Child,
     stdin: Option<ChildStdin>,
     lines: mpsc::Receiver<String>,
@@ -28,14 +28,27 @@ impl Listener {
     /// Starts the listener on `exchange`/`topic` with its own queue `pool`,
     /// and waits until it has bound the queue.
     fn start(python: &std::path::Path, url: &str, exchange: &str, topic: &str, pool: &str) -> Self {
+        let transport = url.replacen("amqp://", "rabbit://", 1).replace("/%2f", "/");
+        Self::start_with(python, &transport, exchange, topic, pool, None)
+    }
+
+    /// Starts the listener on oslo transport URL `transport`, configured by
+    /// `config` (read as Ceilometer reads its own file) if given.
+    pub(crate) fn start_with(
+        python: &std::path::Path,
+        transport: &str,
+        exchange: &str,
+        topic: &str,
+        pool: &str,
+        config: Option<&std::path::Path>,
+    ) -> Self {
         let script = concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/tests/openstack/ceilometer_events.py"
         );
-        // oslo's transport URL for the same broker.
-        let transport = url.replacen("amqp://", "rabbit://", 1).replace("/%2f", "/");
         let mut child = Command::new(python)
-            .args([script, &transport, exchange, topic, pool])
+            .args([script, transport, exchange, topic, pool])
+            .args(config)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -66,7 +79,7 @@ impl Listener {
 
     /// The converted notifications whose message_id is `id`, waiting up to
     /// `wait` for `count` of them.
-    fn events_for(&self, id: &str, count: usize, wait: Duration) -> Vec<Value> {
+    pub(crate) fn events_for(&self, id: &str, count: usize, wait: Duration) -> Vec<Value> {
         let mut got = Vec::new();
         let deadline = Instant::now() + wait;
         while got.len() < count {

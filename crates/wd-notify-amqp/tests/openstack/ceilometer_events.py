@@ -1,7 +1,10 @@
 """Receive notifications the way Ceilometer does, and convert them with
 Ceilometer's own event converter and stock event definitions.
 
-Usage: ceilometer_events.py TRANSPORT_URL EXCHANGE TOPIC POOL
+Usage: ceilometer_events.py TRANSPORT_URL EXCHANGE TOPIC POOL [CONFIG_FILE]
+
+CONFIG_FILE, if given, is read as Ceilometer reads its own configuration
+(for example `[oslo_messaging_rabbit] rabbit_quorum_queue = true`, or TLS).
 
 An oslo.messaging notification listener on EXCHANGE/TOPIC (queue POOL, so
 runs never share a queue) hands every `info` notification to Ceilometer's
@@ -20,7 +23,8 @@ from ceilometer.event import converter
 from stevedore import extension
 
 url, exchange, topic, pool = sys.argv[1:5]
-conf = service.prepare_service(argv=["ceilometer-events"], config_files=[])
+config_files = sys.argv[5:6]
+conf = service.prepare_service(argv=["ceilometer-events"], config_files=config_files)
 conv = converter.setup_events(
     conf, extension.ExtensionManager(namespace="ceilometer.event.trait_plugin")
 )
