@@ -584,3 +584,6 @@ mod owner_alarm;
 
 #[path = "openstack/deployments.rs"]
 mod deployments;
+
+#[path = "openstack/tls.rs"]
+mod tls;
