@@ -113,6 +113,30 @@ pub fn prometheus_venv() -> Result<()> {
     std::fs::write(&stamp, PIN).with_context(|| format!("write {}", stamp.display()))
 }
 
+/// The venv with Nova itself, whose `RequestContext.from_dict` the
+/// notification tests use as the oracle for the `_context_*` keys:
+/// `target/wd-venv-nova` (apart from Ceilometer's venv, whose pins differ).
+pub fn nova_venv() -> Result<()> {
+    const PIN: &str = wd_testkit::openstack::NOVA_PIN;
+    let dir = crate::target_dir().join("wd-venv-nova");
+    let python = dir.join("bin/python3");
+    let stamp = dir.join("wd-installed");
+    if std::fs::read_to_string(&stamp).is_ok_and(|s| s.trim() == PIN) {
+        return Ok(());
+    }
+    eprintln!("xtask: creating {} with {PIN}", dir.display());
+    cmd_ok(Command::new("python3").args(["-m", "venv"]).arg(&dir))?;
+    cmd_ok(Command::new(&python).args([
+        "-m",
+        "pip",
+        "install",
+        "-q",
+        "--disable-pip-version-check",
+        PIN,
+    ]))?;
+    std::fs::write(&stamp, PIN).with_context(|| format!("write {}", stamp.display()))
+}
+
 /// Builds (or finds) the guest kernel and initramfs.
 pub fn guest() -> Result<GuestAssets> {
     let dir = assets_dir();

@@ -46,6 +46,11 @@ const OSLO_TIMESTAMP: &[FormatItem<'static>] =
 /// oslo.versionedobjects' ISO 8601 form, with microseconds and `Z`.
 const ISO_TIMESTAMP: &[FormatItem<'static>] =
     format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z");
+/// Nova's `RequestContext.to_dict` form (`oslo_utils.timeutils.strtime`):
+/// ISO 8601 without a zone, which `RequestContext.from_dict` parses back
+/// (`parse_strtime` refuses a trailing `Z`).
+const CONTEXT_TIMESTAMP: &[FormatItem<'static>] =
+    format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]");
 
 /// An oslo.messaging notification priority.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -220,7 +225,7 @@ impl<'a> Context<'a> {
             user_id: user,
             read_deleted: "no",
             remote_address: None,
-            timestamp: format(n.fired_at, ISO_TIMESTAMP),
+            timestamp: format(n.fired_at, CONTEXT_TIMESTAMP),
             quota_class: None,
             user_name: None,
             service_catalog: [],
@@ -524,7 +529,7 @@ mod tests {
                 "_context_user_id": "fake",
                 "_context_read_deleted": "no",
                 "_context_remote_address": null,
-                "_context_timestamp": "2026-11-25T19:14:19.123456Z",
+                "_context_timestamp": "2026-11-25T19:14:19.123456",
                 "_context_quota_class": null,
                 "_context_user_name": null,
                 "_context_service_catalog": [],

@@ -587,3 +587,6 @@ mod deployments;
 
 #[path = "openstack/tls.rs"]
 mod tls;
+
+#[path = "openstack/nova_oracle.rs"]
+mod nova_oracle;

@@ -10,8 +10,8 @@ use wd_notify::{FailureKind, Notifier};
 use wd_notify_amqp::{AmqpNotifier, NovaConf};
 use wd_testkit::{Node, Vhost};
 
-use super::ceilometer::Listener;
 use super::{BROKER, admin, broker_url, name, notification};
+use wd_testkit::openstack::OsloListener as Listener;
 
 /// A compute node's nova.conf as kolla-ansible renders it: quorum queues
 /// (and the other options kolla sets with them), no `notification_format`,

@@ -12,8 +12,8 @@ use wd_notify::{FailureKind, Notifier, NotifyError};
 use wd_notify_amqp::{AmqpNotifier, NovaConf};
 use wd_testkit::RabbitMqTls;
 
-use super::ceilometer::Listener;
 use super::{BROKER, admin, broker_url, declare_exchange, name, notification};
+use wd_testkit::openstack::OsloListener as Listener;
 
 /// The bus of an OpenStack-Ansible style nova.conf: TLS in the URL's
 /// query, the vhost `/` written `//`, `extra` in `[oslo_messaging_rabbit]`.
