@@ -226,7 +226,7 @@ async fn libvirtd_a_real_guest_fires_its_owners_aodh_alarm_via_nova_conf() {
         ("display_name", owner.display_name.as_str()),
         ("host", host),
         ("service", "compute"),
-        ("state", "paused"),
+        ("state", "active"),
         ("request_id", request_id.as_str()),
     ] {
         assert_eq!(

@@ -93,7 +93,7 @@ async fn rabbitmq_ceilometer_turns_the_legacy_form_into_an_event_with_the_owner(
         ("display_name", "some-server"),
         ("host", "compute-1"),
         ("service", "compute"),
-        ("state", "paused"),
+        ("state", "active"),
         ("request_id", &format!("req-{id}")),
     ] {
         assert_eq!(traits[trait_name], expected, "trait {trait_name}: {traits}");
