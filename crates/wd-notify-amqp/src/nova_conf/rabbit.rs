@@ -200,11 +200,11 @@ impl Rabbit<'_, '_> {
     /// `config` with every honoured option applied, and the unhonoured ones.
     pub(super) fn apply(&self, config: AmqpConfig) -> Result<(AmqpConfig, Vec<Unhonoured>)> {
         let quorum = if self.bool("rabbit_quorum_queue", false)? {
-            let mut q = Quorum::default();
-            q.delivery_limit = self.uint("rabbit_quorum_delivery_limit", 0)?;
-            q.max_memory_length = self.uint("rabbit_quorum_max_memory_length", 0)?;
-            q.max_memory_bytes = self.uint("rabbit_quorum_max_memory_bytes", 0)?;
-            Some(q)
+            Some(Quorum {
+                delivery_limit: self.uint("rabbit_quorum_delivery_limit", 0)?,
+                max_memory_length: self.uint("rabbit_quorum_max_memory_length", 0)?,
+                max_memory_bytes: self.uint("rabbit_quorum_max_memory_bytes", 0)?,
+            })
         } else {
             None
         };
@@ -228,10 +228,12 @@ impl Rabbit<'_, '_> {
             config.url.without_tls()
         };
         if tls {
-            let mut settings = TlsSettings::default();
-            settings.ca_file = self.path("ssl_ca_file")?;
-            settings.cert_file = self.path("ssl_cert_file")?;
-            settings.key_file = self.path("ssl_key_file")?;
+            let mut settings = TlsSettings {
+                ca_file: self.path("ssl_ca_file")?,
+                cert_file: self.path("ssl_cert_file")?,
+                key_file: self.path("ssl_key_file")?,
+                ..TlsSettings::default()
+            };
             if let Some((origin, v)) = self.get("ssl_version")? {
                 settings.version =
                     TlsVersion::parse_oslo(&v).map_err(|reason| self.error(&origin, reason))?;
