@@ -71,14 +71,11 @@ const PERSISTENT: u8 = 2;
 /// twice, always with the same `message_id` and `_unique_id`.
 ///
 /// **Failover.** The URL may name several nodes (`rabbit://…@h1,…@h2/`).
-/// Like oslo.messaging, the notifier shuffles them once ([`node_order`]), so
-/// each compute host starts on its own node; it connects to the first that
-/// answers, and when the connection is lost it moves on to the next one,
-/// round-robin.
-///
-/// [`node_order`]: AmqpNotifier::node_order A
-/// publish whose confirm was lost with the connection is retried on the next
-/// node with the same id.
+/// Like oslo.messaging, the notifier shuffles them once
+/// ([`AmqpNotifier::node_order`]), so each compute host starts on its own
+/// node; it connects to the first that answers, and when the connection is
+/// lost it moves on to the next one, round-robin. A publish whose confirm was
+/// lost with the connection is retried on the next node with the same id.
 pub struct AmqpNotifier {
     config: AmqpConfig,
     /// The order nodes are tried in: indexes into the URL's nodes.
