@@ -507,7 +507,12 @@ impl Metrics {
         {
             let mut blocked = lock(&self.inner.state.blocked);
             match result {
-                Err(e) if FailureKind::of(e).needs_operator() => {
+                // A project's own endpoint is the tenant's to fix: a tenant
+                // must not be able to make the agent unhealthy.
+                Err(e)
+                    if FailureKind::of(e).needs_operator()
+                        && destination != Destination::Project =>
+                {
                     blocked.insert(name.to_owned(), format!("{outcome}: {}", one_line(e)));
                 }
                 _ => {

@@ -137,6 +137,18 @@ async fn a_refused_configuration_is_unhealthy_until_delivered() {
     );
     let _ = n.notify(&firing()).await;
     assert_eq!(m.health(), Ok(()), "fixed: delivered again");
+
+    // A tenant's endpoint with a bad certificate is the tenant's matter.
+    let cert = NotifyError::retryable("webhook https://tenant/x").with_source(
+        wd_notify::CertificateError::new("invalid peer certificate: UnknownIssuer", None),
+    );
+    let tenant = m.meter(
+        "webhook project p",
+        Destination::Project,
+        Scripted(Mutex::new(vec![Err(cert)])),
+    );
+    let _ = tenant.notify(&firing()).await;
+    assert_eq!(m.health(), Ok(()));
 }
 
 #[test]
