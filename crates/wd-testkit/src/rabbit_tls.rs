@@ -19,6 +19,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use crate::process::{daemon_command, pid_alive, run_quiet, stop_pid};
+use crate::rabbit2::LocalNode;
 use crate::services::{read_pid, services_dir, wait_until};
 
 /// A running TLS node; stopped, and its files removed, when dropped.
@@ -81,32 +82,19 @@ impl RabbitMqTls {
         TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_ok()
     }
 
-    fn env<'c>(dir: &Path, cmd: &'c mut Command) -> &'c mut Command {
-        cmd.env("RABBITMQ_NODENAME", Self::NODE)
-            .env("RABBITMQ_NODE_PORT", Self::PORT.to_string())
-            .env("RABBITMQ_DIST_PORT", Self::DIST_PORT.to_string())
-            .env("RABBITMQ_NODE_IP_ADDRESS", "127.0.0.1")
-            .env("ERL_EPMD_ADDRESS", "127.0.0.1")
-            .env(
-                "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS",
-                "-kernel inet_dist_use_interface {127,0,0,1}",
-            )
-            .env("RABBITMQ_CONFIG_FILE", dir.join("rabbitmq.conf"))
-            .env("RABBITMQ_MNESIA_BASE", dir.join("mnesia"))
-            .env("RABBITMQ_LOG_BASE", dir.join("log"))
-            .env("RABBITMQ_PID_FILE", dir.join("rabbit.pid"))
-            .env("RABBITMQ_ENABLED_PLUGINS_FILE", dir.join("enabled_plugins"))
+    fn local(dir: &Path) -> LocalNode {
+        LocalNode {
+            node: Self::NODE,
+            port: Self::PORT,
+            dist_port: Self::DIST_PORT,
+            dir: dir.to_owned(),
+            pid_file: dir.join("rabbit.pid"),
+            config: Some(dir.join("rabbitmq.conf")),
+        }
     }
 
     fn ctl(dir: &Path, args: &[&str]) -> bool {
-        Self::env(dir, &mut Command::new("rabbitmqctl"))
-            .args(["-n", Self::NODE])
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
+        Self::local(dir).ctl(args)
     }
 
     /// Makes the PKI and starts the node (stopping a leftover one first),
@@ -147,7 +135,8 @@ impl RabbitMqTls {
         ) {
             return Err(format!("chown -R rabbitmq {} failed", dir.display()));
         }
-        let status = Self::env(&dir, &mut daemon_command("rabbitmq-server"))
+        let status = Self::local(&dir)
+            .env(&mut daemon_command("rabbitmq-server"))
             .arg("-detached")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
