@@ -9,7 +9,7 @@ use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProper
 use tokio::sync::Mutex;
 use uuid::Uuid;
 use wd_backoff::Backoff;
-use wd_notify::{Notification, Notifier, NotifyError};
+use wd_notify::{FailureKind, Notification, Notifier, NotifyError};
 
 use crate::config::{AmqpConfig, Form, Route};
 use crate::error::Result;
@@ -140,6 +140,10 @@ struct State {
     /// The position in `order` of the node to try first on the next
     /// connection.
     pos: usize,
+    /// The last connection failure, when only the operator ends it (a
+    /// refused configuration or certificate): the fast failures until the
+    /// next attempt carry the same kind, so health and metrics keep naming it.
+    refused: Option<(FailureKind, String)>,
 }
 
 struct Link {
@@ -239,6 +243,16 @@ impl AmqpNotifier {
         }
         let now = Instant::now();
         if let Some(at) = state.next_attempt.filter(|&at| at > now) {
+            let source: Option<wd_notify::BoxError> = match &state.refused {
+                Some((FailureKind::Certificate, why)) => Some(Box::new(
+                    wd_notify::CertificateError::new(why.clone(), None),
+                )),
+                Some((_, why)) => Some(Box::new(wd_notify::ConfigurationError::new(
+                    why.clone(),
+                    None,
+                ))),
+                None => None,
+            };
             return Err(NotifyError::Retryable {
                 message: format!(
                     "amqp broker {} is unreachable; next connection attempt in {} ms",
@@ -246,7 +260,7 @@ impl AmqpNotifier {
                     (at - now).as_millis()
                 ),
                 retry_after: Some(at - now),
-                source: None,
+                source,
             });
         }
         // Each node in turn, from the one after the last that failed.
@@ -261,6 +275,7 @@ impl AmqpNotifier {
                     state.generation += 1;
                     state.failures = 0;
                     state.next_attempt = None;
+                    state.refused = None;
                     state.pos = pos;
                     tracing::info!(broker = %self.config.url.node_name(node), exchange = %self.config.exchange, "connected to the amqp broker");
                     let generation = state.generation;
@@ -292,6 +307,10 @@ impl AmqpNotifier {
             }
         }
         let error = error.unwrap_or_else(|| NotifyError::retryable("no broker node to connect to"));
+        let kind = FailureKind::of(&error);
+        state.refused = kind
+            .needs_operator()
+            .then(|| (kind, error_chain_line(&error)));
         let wait = self.backoff(state.failures);
         state.failures = state.failures.saturating_add(1);
         state.next_attempt = Some(Instant::now() + wait);
@@ -558,6 +577,19 @@ impl AmqpNotifier {
             }
         }
     }
+}
+
+/// `e` and its causes on one line (a few deep), for a remembered refusal.
+fn error_chain_line(e: &NotifyError) -> String {
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    for _ in 0..4 {
+        let Some(c) = cause else { break };
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
 }
 
 #[cfg(test)]
