@@ -526,3 +526,6 @@ async fn libvirtd_broker_failover_with_real_guests_delivers_each_id_once() {
 
 #[path = "openstack/kolla.rs"]
 mod kolla;
+
+#[path = "openstack/refused.rs"]
+mod refused;
