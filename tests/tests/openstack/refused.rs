@@ -214,7 +214,7 @@ async fn libvirtd_a_406_holds_the_notification_until_nova_conf_is_fixed_and_relo
     assert_eq!(
         bodies.len(),
         1,
-        "delivered once after the reload: {bodies:?}"
+        "delivered once after the reload: {bodies:?}\nagent log:\n{log}"
     );
     assert!(bodies[0].contains(&uuid), "{}", bodies[0]);
     assert_eq!(code_after, 200, "healthy again after the delivery");
