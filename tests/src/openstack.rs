@@ -150,3 +150,132 @@ impl Drop for OwnerAlarm {
         let _ = self.child.wait();
     }
 }
+
+mod listener {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Child, ChildStdin, Command, Stdio};
+    use std::sync::mpsc;
+    use std::time::{Duration, Instant};
+
+    use serde_json::Value;
+
+    /// An oslo.messaging notification listener handing what it receives to
+    /// Ceilometer's event converter with its stock definitions
+    /// (`fixtures/openstack/ceilometer_events.py` in this crate, run by the venv's
+    /// Python): one JSON line per notification (`event_type`, `publisher_id`,
+    /// `ctxt`, `metadata_message_id`, and the converted `event`). Stopped when
+    /// dropped.
+    pub struct OsloListener {
+        child: Child,
+        stdin: Option<ChildStdin>,
+        lines: mpsc::Receiver<String>,
+    }
+
+    impl OsloListener {
+        /// Starts the listener on `exchange`/`topic` with its own queue `pool`,
+        /// and waits until it has bound the queue.
+        pub fn start(
+            python: &std::path::Path,
+            url: &str,
+            exchange: &str,
+            topic: &str,
+            pool: &str,
+        ) -> Self {
+            let transport = url.replacen("amqp://", "rabbit://", 1).replace("/%2f", "/");
+            Self::start_with(python, &transport, exchange, topic, pool, None)
+        }
+
+        /// Starts the listener on oslo transport URL `transport`, configured by
+        /// `config` (read as Ceilometer reads its own file) if given.
+        pub fn start_with(
+            python: &std::path::Path,
+            transport: &str,
+            exchange: &str,
+            topic: &str,
+            pool: &str,
+            config: Option<&std::path::Path>,
+        ) -> Self {
+            let script = concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/fixtures/openstack/ceilometer_events.py"
+            );
+            let mut child = Command::new(python)
+                .args([script, transport, exchange, topic, pool])
+                .args(config)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .expect("start the Ceilometer listener");
+            let stdout = child.stdout.take().unwrap();
+            let stdin = child.stdin.take();
+            let (tx, lines) = mpsc::channel();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+            let listener = OsloListener {
+                child,
+                stdin,
+                lines,
+            };
+            let ready = listener
+                .lines
+                .recv_timeout(Duration::from_secs(120))
+                .expect("the listener starts within 120 s");
+            assert_eq!(ready, "READY");
+            listener
+        }
+
+        /// The converted notifications whose message_id is `id`, waiting up to
+        /// `wait` for `count` of them.
+        pub fn events_for(&self, id: &str, count: usize, wait: Duration) -> Vec<Value> {
+            self.wait_for(count, wait, |v| v["metadata_message_id"] == id)
+        }
+
+        /// The received notifications `pred` accepts, waiting up to `wait` for
+        /// `count` of them.
+        pub fn wait_for(
+            &self,
+            count: usize,
+            wait: Duration,
+            pred: impl Fn(&Value) -> bool,
+        ) -> Vec<Value> {
+            let mut got = Vec::new();
+            let deadline = Instant::now() + wait;
+            while got.len() < count {
+                let left = deadline.saturating_duration_since(Instant::now());
+                let Ok(line) = self.lines.recv_timeout(left) else {
+                    break;
+                };
+                let v: Value =
+                    serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+                if pred(&v) {
+                    got.push(v);
+                }
+            }
+            got
+        }
+    }
+
+    impl Drop for OsloListener {
+        fn drop(&mut self) {
+            // End of stdin stops it; then make sure.
+            drop(self.stdin.take());
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+pub use listener::OsloListener;

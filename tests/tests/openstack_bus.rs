@@ -20,3 +20,12 @@ mod failover;
 
 #[path = "openstack_bus/owner_alarm.rs"]
 mod owner_alarm;
+
+#[path = "openstack_bus/deployments.rs"]
+mod deployments;
+
+#[path = "openstack_bus/tls.rs"]
+mod tls;
+
+#[path = "openstack_bus/nova_oracle.rs"]
+mod nova_oracle;

@@ -55,6 +55,7 @@ pub fn test(filters: &[&str]) -> Result<()> {
     setup::guest()?;
     setup::venv()?;
     setup::prometheus_venv()?;
+    setup::nova_venv()?;
 
     eprintln!("xtask: cargo fmt --check");
     cmd_ok(cargo().args(["fmt", "--all", "--", "--check"]))

@@ -93,14 +93,25 @@ pub fn cmd_ok(cmd: &mut Command) -> Result<()> {
 /// metrics tests use: `target/wd-venv-prom` (apart from other venvs, so its
 /// pins move alone).
 pub fn prometheus_venv() -> Result<()> {
-    const PIN: &str = "prometheus-client==0.21.1";
-    let dir = crate::target_dir().join("wd-venv-prom");
+    pinned_venv("wd-venv-prom", "prometheus-client==0.21.1")
+}
+
+/// The venv with Nova itself, whose `RequestContext.from_dict` the
+/// notification tests use as the oracle for the `_context_*` keys:
+/// `target/wd-venv-nova` (apart from Ceilometer's venv, whose pins differ).
+pub fn nova_venv() -> Result<()> {
+    pinned_venv("wd-venv-nova", wd_testkit::openstack::NOVA_PIN)
+}
+
+/// Creates (once per `pin`) `target/NAME`, a venv with `pin` from PyPI.
+fn pinned_venv(name: &str, pin: &str) -> Result<()> {
+    let dir = crate::target_dir().join(name);
     let python = dir.join("bin/python3");
     let stamp = dir.join("wd-installed");
-    if std::fs::read_to_string(&stamp).is_ok_and(|s| s.trim() == PIN) {
+    if std::fs::read_to_string(&stamp).is_ok_and(|s| s.trim() == pin) {
         return Ok(());
     }
-    eprintln!("xtask: creating {} with {PIN}", dir.display());
+    eprintln!("xtask: creating {} with {pin}", dir.display());
     cmd_ok(Command::new("python3").args(["-m", "venv"]).arg(&dir))?;
     cmd_ok(Command::new(&python).args([
         "-m",
@@ -108,9 +119,9 @@ pub fn prometheus_venv() -> Result<()> {
         "install",
         "-q",
         "--disable-pip-version-check",
-        PIN,
+        pin,
     ]))?;
-    std::fs::write(&stamp, PIN).with_context(|| format!("write {}", stamp.display()))
+    std::fs::write(&stamp, pin).with_context(|| format!("write {}", stamp.display()))
 }
 
 /// Builds (or finds) the guest kernel and initramfs.

@@ -412,6 +412,20 @@ impl Metrics {
         {
             return Err(reason);
         }
+        // Notifications wait (nothing is dropped) until the operator fixes
+        // the configuration: say so, by destination and cause. A project's
+        // own endpoint is the tenant's to fix: a tenant must not be able to
+        // make the agent unhealthy.
+        if let Some(d) = self.inner.state.destinations().into_iter().find(|d| {
+            d.kind != DestinationKind::Project
+                && d.backlog > 0
+                && d.last_failure
+                    .is_some_and(|(_, kind)| kind.needs_operator())
+        }) {
+            let kind = d.last_failure.map(|(_, k)| k.as_str()).unwrap_or_default();
+            let why = d.last_error.as_deref().unwrap_or("");
+            return Err(format!("destination {} refused: {kind}: {why}", d.name));
+        }
         let l = lock(&self.inner.state.libvirt);
         if !l.connected {
             let secs = l.since.elapsed().as_secs();

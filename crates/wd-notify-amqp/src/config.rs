@@ -6,7 +6,21 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::message::Priority;
+use crate::tls::TlsSettings;
 use crate::transport::AmqpUrl;
+
+/// Quorum queues, as oslo's `rabbit_quorum_queue` declares them: queues with
+/// `x-queue-type: quorum` and the limits set (0 leaves a limit out).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Quorum {
+    /// `rabbit_quorum_delivery_limit`: `x-delivery-limit`.
+    pub delivery_limit: u64,
+    /// `rabbit_quorum_max_memory_length`: `x-max-in-memory-length`.
+    pub max_memory_length: u64,
+    /// `rabbit_quorum_max_memory_bytes`: `x-max-in-memory-bytes`.
+    pub max_memory_bytes: u64,
+}
 
 /// Which of Nova's notification forms are published, as Nova's
 /// `[notifications] notification_format`.
@@ -130,11 +144,30 @@ pub struct AmqpConfig {
     /// RabbitMQ refuses a declaration that differs with 406
     /// PRECONDITION_FAILED. Default false.
     pub durable: bool,
+    /// Whether the exchange and queues are declared auto-delete (oslo's
+    /// `amqp_auto_delete`). Default false.
+    pub auto_delete: bool,
+    /// Declare queues as quorum queues (oslo's `rabbit_quorum_queue`),
+    /// which are always durable. Default none: classic queues.
+    pub quorum: Option<Quorum>,
+    /// Declare queues with `x-ha-policy: all` (oslo's `rabbit_ha_queues`).
+    /// Default false.
+    pub ha_queues: bool,
+    /// TLS settings, used when the URL asks for TLS.
+    pub tls: TlsSettings,
+    /// Try the URL's nodes in a random order, chosen once per notifier, as
+    /// oslo.messaging shuffles its hosts, so that a fleet of compute hosts
+    /// spreads over the cluster. Default true.
+    pub shuffle: bool,
     /// Also declare a queue named like the routing key and bind it, as
     /// oslo.messaging's notifier does, so that notifications wait there until
     /// a listener comes. Off by default: without it, a notification no queue
     /// takes is reported as a failed delivery (and retried), not dropped.
     pub declare_queue: bool,
+    /// The AMQP heartbeat to ask for, in seconds (oslo's
+    /// `heartbeat_timeout_threshold`); `None` takes the broker's. Default
+    /// none.
+    pub heartbeat: Option<u16>,
     /// How long to wait for the TCP and AMQP handshake. Default 5 s.
     pub connect_timeout: Duration,
     /// How long to wait for the broker to confirm a publish. Default 10 s.
@@ -161,7 +194,13 @@ impl AmqpConfig {
             envelope: true,
             declare: true,
             durable: false,
+            auto_delete: false,
+            quorum: None,
+            ha_queues: false,
+            tls: TlsSettings::default(),
+            shuffle: true,
             declare_queue: false,
+            heartbeat: None,
             connect_timeout: Duration::from_secs(5),
             confirm_timeout: Duration::from_secs(10),
             reconnect_min: Duration::from_millis(500),
@@ -246,6 +285,45 @@ impl AmqpConfig {
         self
     }
 
+    /// Sets whether the exchange and queues are auto-delete.
+    #[must_use]
+    pub fn with_auto_delete(mut self, auto_delete: bool) -> Self {
+        self.auto_delete = auto_delete;
+        self
+    }
+
+    /// Declares queues as quorum queues (and everything durable), as oslo's
+    /// `rabbit_quorum_queue`; `None` for classic queues.
+    #[must_use]
+    pub fn with_quorum(mut self, quorum: Option<Quorum>) -> Self {
+        if quorum.is_some() {
+            self.durable = true;
+        }
+        self.quorum = quorum;
+        self
+    }
+
+    /// Sets `x-ha-policy: all` on declared queues.
+    #[must_use]
+    pub fn with_ha_queues(mut self, ha: bool) -> Self {
+        self.ha_queues = ha;
+        self
+    }
+
+    /// Sets the TLS settings.
+    #[must_use]
+    pub fn with_tls(mut self, tls: TlsSettings) -> Self {
+        self.tls = tls;
+        self
+    }
+
+    /// Sets whether the nodes are tried in a random order.
+    #[must_use]
+    pub fn with_shuffle(mut self, shuffle: bool) -> Self {
+        self.shuffle = shuffle;
+        self
+    }
+
     /// Sets whether oslo's default queue is declared too.
     #[must_use]
     pub fn with_declare_queue(mut self, declare_queue: bool) -> Self {
@@ -297,6 +375,12 @@ impl AmqpConfig {
 
     /// Checks names before any connection is made.
     pub(crate) fn validate(&self) -> Result<()> {
+        if self.quorum.is_some() && self.ha_queues {
+            // oslo.messaging refuses this too (`_get_queue_arguments`).
+            return Err(Error::Queues {
+                reason: "quorum queues and HA (mirrored) queues are both enabled; a queue is one or the other".into(),
+            });
+        }
         let mut names = vec![
             ("exchange", &self.exchange),
             ("service", &self.service),

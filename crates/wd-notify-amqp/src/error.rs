@@ -57,6 +57,32 @@ pub enum Error {
         reason: String,
     },
 
+    /// A TLS file (`ssl_ca_file`, `ssl_cert_file`, `ssl_key_file`) that
+    /// cannot be read or used.
+    #[error("tls {what} `{path}`: {reason}")]
+    TlsFile {
+        /// Which option.
+        what: &'static str,
+        /// The file.
+        path: String,
+        /// What is wrong with it; never key material.
+        reason: String,
+    },
+
+    /// Queue settings that cannot be put together.
+    #[error("queue settings: {reason}")]
+    Queues {
+        /// Why.
+        reason: String,
+    },
+
+    /// TLS settings that cannot be put together.
+    #[error("tls settings: {reason}")]
+    Tls {
+        /// Why.
+        reason: String,
+    },
+
     /// Text that is not one of oslo.messaging's notification priorities.
     #[error(
         "unknown notification priority `{value}`; allowed: audit, debug, info, warn, error, critical, sample"

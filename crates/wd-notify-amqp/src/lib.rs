@@ -47,9 +47,11 @@ mod message;
 mod notifier;
 pub mod nova_conf;
 pub mod settings;
+mod tls;
+mod topology;
 mod transport;
 
-pub use config::{AmqpConfig, Form, Format, Route};
+pub use config::{AmqpConfig, Form, Format, Quorum, Route};
 pub use error::{Error, Result};
 pub use message::{
     ENVELOPE_VERSION, EVENT_TYPE, LEGACY_EVENT_TYPE, PAYLOAD_NAME, PAYLOAD_NAMESPACE,
@@ -58,4 +60,5 @@ pub use message::{
 pub use notifier::AmqpNotifier;
 pub use nova_conf::NovaConf;
 pub use settings::{AmqpSettings, PASSWORD_ENV};
+pub use tls::{TlsSettings, TlsVersion};
 pub use transport::{AmqpUrl, Node};

@@ -46,6 +46,11 @@ const OSLO_TIMESTAMP: &[FormatItem<'static>] =
 /// oslo.versionedobjects' ISO 8601 form, with microseconds and `Z`.
 const ISO_TIMESTAMP: &[FormatItem<'static>] =
     format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z");
+/// Nova's `RequestContext.to_dict` form (`oslo_utils.timeutils.strtime`):
+/// ISO 8601 without a zone, which `RequestContext.from_dict` parses back
+/// (`parse_strtime` refuses a trailing `Z`).
+const CONTEXT_TIMESTAMP: &[FormatItem<'static>] =
+    format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]");
 
 /// An oslo.messaging notification priority.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -220,7 +225,7 @@ impl<'a> Context<'a> {
             user_id: user,
             read_deleted: "no",
             remote_address: None,
-            timestamp: format(n.fired_at, ISO_TIMESTAMP),
+            timestamp: format(n.fired_at, CONTEXT_TIMESTAMP),
             quota_class: None,
             user_name: None,
             service_catalog: [],
@@ -263,7 +268,8 @@ struct Data<'a> {
 
 /// The legacy payload: flat, with the keys of Nova's `compute.instance.*`
 /// payloads (`tenant_id`, `user_id`, `instance_id`, `display_name`, `host`,
-/// `state`) that Ceilometer's stock event definitions read, then ours.
+/// `state`, `power_state`) that Ceilometer's stock event definitions read,
+/// then ours.
 #[derive(Serialize)]
 struct LegacyPayload<'a> {
     tenant_id: Option<&'a str>,
@@ -273,6 +279,8 @@ struct LegacyPayload<'a> {
     host: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     state: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    power_state: Option<&'static str>,
     domain_name: &'a str,
     action: &'a str,
     event_id: Uuid,
@@ -285,15 +293,27 @@ struct LegacyPayload<'a> {
     last_fired_at: String,
 }
 
-/// Nova's `vm_state` that the watchdog action leaves the instance in, where
-/// it is certain: `pause` pauses it, `reset`, `none` and `inject-nmi` leave it
-/// running, `poweroff` stops it. `shutdown` (a request to the guest) and
-/// `debug` (a dump) leave it unknown.
+/// Nova's `vm_state` as Nova's next `compute.instance.*` notification
+/// will say it, where that is certain. A guest its watchdog paused stays
+/// `active` for Nova (its power-state sync ignores an unexpected pause), as
+/// after `reset`, `none` or `inject-nmi`; after `poweroff` the sync stops the
+/// instance, so `stopped`. `shutdown` (a request the guest may ignore) and
+/// `debug` (a dump) leave it unknown, and the key is left out.
 fn vm_state(action: &str) -> Option<&'static str> {
     match action {
-        "pause" => Some("paused"),
-        "reset" | "none" | "inject-nmi" => Some("active"),
+        "pause" | "reset" | "none" | "inject-nmi" => Some("active"),
         "poweroff" => Some("stopped"),
+        _ => None,
+    }
+}
+
+/// The hypervisor's state the action leaves the guest in, in Nova's
+/// `power_state` names (`nova.compute.power_state.STATE_MAP`).
+fn power_state(action: &str) -> Option<&'static str> {
+    match action {
+        "pause" => Some("paused"),
+        "reset" | "none" | "inject-nmi" => Some("running"),
+        "poweroff" => Some("shutdown"),
         _ => None,
     }
 }
@@ -380,6 +400,7 @@ pub fn message(n: &Notification, form: Form, service: &str, priority: Priority) 
                 display_name: n.instance.name.as_deref(),
                 host: &n.host,
                 state: vm_state(&n.action),
+                power_state: power_state(&n.action),
                 domain_name: &n.domain.name,
                 action: &n.action,
                 event_id: n.event_id,
@@ -531,7 +552,7 @@ mod tests {
                 "_context_user_id": "fake",
                 "_context_read_deleted": "no",
                 "_context_remote_address": null,
-                "_context_timestamp": "2026-11-25T19:14:19.123456Z",
+                "_context_timestamp": "2026-11-25T19:14:19.123456",
                 "_context_quota_class": null,
                 "_context_user_name": null,
                 "_context_service_catalog": [],
@@ -567,7 +588,8 @@ mod tests {
                 "instance_id": "178b0921-8f85-4257-88b6-2e743b5a975c",
                 "display_name": "some-server",
                 "host": "compute",
-                "state": "paused",
+                "state": "active",
+                "power_state": "paused",
                 "domain_name": "instance-00000001",
                 "action": "pause",
                 "event_id": "6f1c9a34-2f0e-4b8e-9d43-0d5a3c1b7e21",
@@ -606,23 +628,28 @@ mod tests {
 
     #[test]
     fn states_follow_the_action_where_certain() {
-        for (action, state) in [
-            ("pause", Some("paused")),
-            ("reset", Some("active")),
-            ("none", Some("active")),
-            ("inject-nmi", Some("active")),
-            ("poweroff", Some("stopped")),
-            ("shutdown", None),
-            ("debug", None),
-            ("unknown-9", None),
+        for (action, state, power) in [
+            ("pause", Some("active"), Some("paused")),
+            ("reset", Some("active"), Some("running")),
+            ("none", Some("active"), Some("running")),
+            ("inject-nmi", Some("active"), Some("running")),
+            ("poweroff", Some("stopped"), Some("shutdown")),
+            ("shutdown", None, None),
+            ("debug", None, None),
+            ("unknown-9", None, None),
         ] {
             assert_eq!(vm_state(action), state, "{action}");
+            assert_eq!(power_state(action), power, "{action}");
             let mut n = notification();
             n.action = action.into();
             let inner: Value =
                 serde_json::from_str(&message(&n, Form::Unversioned, "compute", Priority::Info))
                     .unwrap();
             assert_eq!(inner["payload"].get("state").and_then(Value::as_str), state);
+            assert_eq!(
+                inner["payload"].get("power_state").and_then(Value::as_str),
+                power
+            );
         }
     }
 

@@ -4,22 +4,19 @@ use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use lapin::options::{
-    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
-    QueueDeclareOptions,
-};
-use lapin::types::FieldTable;
-use lapin::{
-    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
-};
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
 use tokio::sync::Mutex;
 use uuid::Uuid;
 use wd_backoff::Backoff;
-use wd_notify::{Notification, Notifier, NotifyError};
+use wd_notify::{FailureKind, Notification, Notifier, NotifyError};
 
 use crate::config::{AmqpConfig, Form, Route};
 use crate::error::Result;
 use crate::message::body;
+use crate::topology::{
+    ACCESS_REFUSED, NOT_ALLOWED, NOT_FOUND, amqp_code, configuration, retryable,
+};
 
 /// The most notifications remembered as partly delivered (some routes
 /// confirmed, others not). Beyond it the oldest is forgotten, and its retry
@@ -29,10 +26,6 @@ const PARTIAL_CAP: usize = 4096;
 
 /// AMQP reply code for a mandatory message no queue took.
 const NO_ROUTE: u16 = 312;
-/// AMQP reply code for a missing exchange or queue.
-const NOT_FOUND: u16 = 404;
-/// AMQP reply code for a declaration that differs from the existing entity.
-const PRECONDITION_FAILED: u16 = 406;
 /// AMQP `delivery_mode` for a message the broker writes to disk.
 const PERSISTENT: u8 = 2;
 
@@ -53,8 +46,15 @@ const PERSISTENT: u8 = 2;
 /// | ack + returned (312 NO_ROUTE)         | retryable: no queue bound   |
 /// | nack                                  | retryable                   |
 /// | no confirm in time, connection lost   | retryable, reconnects       |
-/// | exchange missing, `declare = false`   | retryable                   |
-/// | 406 on declare (durability mismatch)  | permanent: fix the config   |
+/// | exchange missing, `declare = false`   | retryable, `configuration`  |
+/// | 406 on declare (durability, queue type) | retryable, `configuration` |
+/// | 403 access refused, 530 vhost refused | retryable, `configuration`  |
+/// | TLS certificate refused               | retryable, `certificate`    |
+///
+/// A refusal of our configuration is never a drop: the notification stays
+/// in its queue, the failure carries a [`wd_notify::ConfigurationError`]
+/// (or [`wd_notify::CertificateError`]) so metrics and `/healthz` name it,
+/// and it goes out once the configuration is fixed and reloaded.
 ///
 /// NO_ROUTE is retryable because it describes the deployment of the moment
 /// (no listener has bound its queue yet, or its queue was lost with a broker
@@ -70,13 +70,18 @@ const PERSISTENT: u8 = 2;
 /// redelivery republishes every route, and a consumer may then see a form
 /// twice, always with the same `message_id` and `_unique_id`.
 ///
-/// **Failover.** The URL may name several nodes (`rabbit://…@h1,…@h2/`). The
-/// notifier connects to the first that answers, and when the connection is
-/// lost it moves on to the next one, round-robin, as oslo.messaging does. A
-/// publish whose confirm was lost with the connection is retried on the next
-/// node with the same id.
+/// **Failover.** The URL may name several nodes (`rabbit://…@h1,…@h2/`).
+/// Like oslo.messaging, the notifier shuffles them once
+/// ([`AmqpNotifier::node_order`]), so each compute host starts on its own
+/// node; it connects to the first that answers, and when the connection is
+/// lost it moves on to the next one, round-robin. A publish whose confirm was
+/// lost with the connection is retried on the next node with the same id.
 pub struct AmqpNotifier {
     config: AmqpConfig,
+    /// The order nodes are tried in: indexes into the URL's nodes.
+    order: Vec<usize>,
+    /// The TLS client, when the URL asks for TLS.
+    tls: Option<lapin::tcp::RustlsConnector>,
     reconnect: Backoff,
     routes: Vec<Route>,
     state: Mutex<State>,
@@ -132,8 +137,13 @@ struct State {
     failures: u32,
     /// No connection attempt before this instant.
     next_attempt: Option<Instant>,
-    /// The node to try first on the next connection.
-    node: usize,
+    /// The position in `order` of the node to try first on the next
+    /// connection.
+    pos: usize,
+    /// The last connection failure, when only the operator ends it (a
+    /// refused configuration or certificate): the fast failures until the
+    /// next attempt carry the same kind, so health and metrics keep naming it.
+    refused: Option<(FailureKind, String)>,
 }
 
 struct Link {
@@ -141,6 +151,7 @@ struct Link {
     channel: Channel,
     generation: u64,
     node: usize,
+    pos: usize,
 }
 
 impl AmqpNotifier {
@@ -148,7 +159,22 @@ impl AmqpNotifier {
     /// compute service starts even while the broker is down.
     pub fn new(config: AmqpConfig) -> Result<Self> {
         config.validate()?;
+        let mut order: Vec<usize> = (0..config.url.nodes().len()).collect();
+        if config.shuffle {
+            // As oslo.messaging's `random.shuffle(url.hosts)`: each agent
+            // starts on its own node, so a fleet spreads over the cluster.
+            fastrand::shuffle(&mut order);
+        }
+        let tls = if config.url.tls() {
+            Some(lapin::tcp::RustlsConnector::from(
+                config.tls.client_config(config.url.nodes().len())?,
+            ))
+        } else {
+            None
+        };
         Ok(AmqpNotifier {
+            order,
+            tls,
             reconnect: Backoff::new(config.reconnect_min, config.reconnect_max),
             routes: config.routes(),
             config,
@@ -174,6 +200,13 @@ impl AmqpNotifier {
             Form::Unversioned => &self.config.legacy_service,
         };
         body(n, form, service, self.config.priority, self.config.envelope)
+    }
+
+    /// The order in which nodes are tried (indexes into the URL's nodes),
+    /// starting with the first; random unless [`AmqpConfig::shuffle`] is
+    /// off.
+    pub fn node_order(&self) -> &[usize] {
+        &self.order
     }
 
     /// The index of the node the current connection goes to, if connected.
@@ -206,10 +239,20 @@ impl AmqpNotifier {
         if let Some(old) = state.link.take() {
             let _ = old.connection.close(200, "reconnecting".into()).await;
             // The connection to that node was lost: start with the next.
-            state.node = old.node.wrapping_add(1) % self.config.url.nodes().len().max(1);
+            state.pos = old.pos.wrapping_add(1) % self.order.len().max(1);
         }
         let now = Instant::now();
         if let Some(at) = state.next_attempt.filter(|&at| at > now) {
+            let source: Option<wd_notify::BoxError> = match &state.refused {
+                Some((FailureKind::Certificate, why)) => Some(Box::new(
+                    wd_notify::CertificateError::new(why.clone(), None),
+                )),
+                Some((_, why)) => Some(Box::new(wd_notify::ConfigurationError::new(
+                    why.clone(),
+                    None,
+                ))),
+                None => None,
+            };
             return Err(NotifyError::Retryable {
                 message: format!(
                     "amqp broker {} is unreachable; next connection attempt in {} ms",
@@ -217,21 +260,23 @@ impl AmqpNotifier {
                     (at - now).as_millis()
                 ),
                 retry_after: Some(at - now),
-                source: None,
+                source,
             });
         }
         // Each node in turn, from the one after the last that failed.
-        let count = self.config.url.nodes().len().max(1);
+        let count = self.order.len().max(1);
         let mut error = None;
         for step in 0..count {
-            let node = (state.node + step) % count;
+            let pos = (state.pos + step) % count;
+            let node = self.order.get(pos).copied().unwrap_or(0);
             let opened = tokio::time::timeout(self.config.connect_timeout, self.open(node)).await;
             let failed = match opened {
                 Ok(Ok((connection, channel))) => {
                     state.generation += 1;
                     state.failures = 0;
                     state.next_attempt = None;
-                    state.node = node;
+                    state.refused = None;
+                    state.pos = pos;
                     tracing::info!(broker = %self.config.url.node_name(node), exchange = %self.config.exchange, "connected to the amqp broker");
                     let generation = state.generation;
                     state.link = Some(Link {
@@ -239,6 +284,7 @@ impl AmqpNotifier {
                         channel: channel.clone(),
                         generation,
                         node,
+                        pos,
                     });
                     return Ok((channel, generation));
                 }
@@ -261,6 +307,10 @@ impl AmqpNotifier {
             }
         }
         let error = error.unwrap_or_else(|| NotifyError::retryable("no broker node to connect to"));
+        let kind = FailureKind::of(&error);
+        state.refused = kind
+            .needs_operator()
+            .then(|| (kind, error_chain_line(&error)));
         let wait = self.backoff(state.failures);
         state.failures = state.failures.saturating_add(1);
         state.next_attempt = Some(Instant::now() + wait);
@@ -291,15 +341,35 @@ impl AmqpNotifier {
     async fn open(&self, node: usize) -> Result<(Connection, Channel), NotifyError> {
         let config = &self.config;
         let broker = config.url.node_name(node);
-        let uri = config
+        let mut uri = config
             .url
             .node_uri(node)
             .ok_or_else(|| NotifyError::retryable(format!("no broker node {node}")))?;
+        if let Some(h) = config.heartbeat {
+            uri.push(if uri.contains('?') { '&' } else { '?' });
+            uri.push_str(&format!("heartbeat={h}"));
+        }
         let properties = ConnectionProperties::default()
             .with_connection_name(format!("wd-notify-amqp:{}", config.service).into());
-        let connection = Connection::connect(&uri, properties)
-            .await
-            .map_err(|e| retryable(format!("amqp broker {broker}: cannot connect"), e))?;
+        let connection = self.connect(&uri, properties).await.map_err(|e| {
+            let message = format!("amqp broker {broker}: cannot connect");
+            match &e.kind() {
+                lapin::ErrorKind::IOError(io) => match crate::tls::certificate_failure(io) {
+                    Some(detail) => NotifyError::retryable(message)
+                        .with_source(wd_notify::CertificateError::new(detail, Some(Box::new(e)))),
+                    None => retryable(message, e),
+                },
+                lapin::ErrorKind::ProtocolError(err)
+                    if matches!(err.get_id(), ACCESS_REFUSED | NOT_ALLOWED) =>
+                {
+                    configuration(
+                        format!("{message}: the broker refused the login or vhost"),
+                        e,
+                    )
+                }
+                _ => retryable(message, e),
+            }
+        })?;
         let channel = connection
             .create_channel()
             .await
@@ -314,91 +384,45 @@ impl AmqpNotifier {
                 )
             })?;
 
-        let exchange = config.exchange.as_str();
-        let declared = channel
-            .exchange_declare(
-                exchange.into(),
-                ExchangeKind::Topic,
-                ExchangeDeclareOptions {
-                    passive: !config.declare,
-                    durable: config.durable,
-                    ..ExchangeDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await;
-        if let Err(e) = declared {
-            let _ = connection.close(200, "declare failed".into()).await;
-            return Err(match amqp_code(&e) {
-                Some(PRECONDITION_FAILED) => NotifyError::Permanent {
-                    message: format!(
-                        "amqp exchange `{exchange}` on {broker} exists with other properties than declared \
-                         (type topic, durable={}): 406 PRECONDITION_FAILED; set durable to the deployment's \
-                         setting (oslo.messaging amqp_durable_queues), or declare = false to publish to the \
-                         existing exchange without declaring it",
-                        config.durable
-                    ),
-                    source: Some(Box::new(e)),
-                },
-                Some(NOT_FOUND) => retryable(
-                    format!(
-                        "amqp exchange `{exchange}` does not exist on {broker} (404 NOT_FOUND) and \
-                         declare = false, so it is not created"
-                    ),
-                    e,
-                ),
-                _ => retryable(
-                    format!("amqp broker {broker}: cannot declare exchange `{exchange}`"),
-                    e,
-                ),
-            });
-        }
-
-        for route in self.routes.iter().filter(|_| config.declare_queue) {
-            let queue = route.routing_key.as_str();
-            let declared = channel
-                .queue_declare(
-                    queue.into(),
-                    QueueDeclareOptions {
-                        durable: config.durable,
-                        ..QueueDeclareOptions::default()
-                    },
-                    FieldTable::default(),
-                )
-                .await;
-            let bound = match declared {
-                Ok(_) => {
-                    channel
-                        .queue_bind(
-                            queue.into(),
-                            exchange.into(),
-                            queue.into(),
-                            QueueBindOptions::default(),
-                            FieldTable::default(),
-                        )
-                        .await
-                }
-                Err(e) => Err(e),
-            };
-            if let Err(e) = bound {
-                let _ = connection.close(200, "declare failed".into()).await;
-                return Err(match amqp_code(&e) {
-                    Some(PRECONDITION_FAILED) => NotifyError::Permanent {
-                        message: format!(
-                            "amqp queue `{queue}` on {broker} exists with other properties than declared \
-                             (durable={}): 406 PRECONDITION_FAILED; match the deployment or set declare_queue = false",
-                            config.durable
-                        ),
-                        source: Some(Box::new(e)),
-                    },
-                    _ => retryable(
-                        format!("amqp broker {broker}: cannot declare queue `{queue}`"),
-                        e,
-                    ),
-                });
-            }
-        }
+        crate::topology::declare(&connection, &channel, config, &self.routes, &broker).await?;
         Ok((connection, channel))
+    }
+
+    /// Opens the AMQP connection to `uri`, over TLS with oslo's semantics
+    /// when the URL asks for it.
+    async fn connect(
+        &self,
+        uri: &str,
+        properties: ConnectionProperties,
+    ) -> std::result::Result<Connection, lapin::Error> {
+        let Some(connector) = &self.tls else {
+            return Connection::connect(uri, properties).await;
+        };
+        use lapin::tcp::AMQPUriTcpExt as _;
+        let parsed: lapin::uri::AMQPUri = uri
+            .parse()
+            .map_err(|e: String| lapin::Error::from(std::io::Error::other(e)))?;
+        let runtime = lapin::runtime::default_runtime()?;
+        let connector = connector.clone();
+        Connection::connector(
+            parsed,
+            runtime,
+            async move |uri, runtime| {
+                let mut plain = uri.clone();
+                plain.scheme = lapin::uri::AMQPScheme::AMQP;
+                let stream = plain.connect_async(&runtime).await?;
+                // SNI and the certificate's name are the host as written
+                // (IPv6 without brackets).
+                let host = uri
+                    .authority
+                    .host
+                    .trim_start_matches('[')
+                    .trim_end_matches(']');
+                Ok(stream.into_rustls(&connector, host).await?)
+            },
+            properties,
+        )
+        .await
     }
 
     /// Drops the link `generation` after it failed, unless a newer one exists.
@@ -411,7 +435,7 @@ impl AmqpNotifier {
             && let Some(link) = state.link.take()
         {
             let _ = link.connection.close(200, "publish failed".into()).await;
-            state.node = link.node.wrapping_add(1) % self.config.url.nodes().len().max(1);
+            state.pos = link.pos.wrapping_add(1) % self.order.len().max(1);
         }
     }
 }
@@ -494,14 +518,23 @@ impl AmqpNotifier {
             Ok(Ok(c)) => c,
             Ok(Err(e)) => {
                 self.invalidate(generation).await;
-                let message = match amqp_code(&e) {
-                    Some(NOT_FOUND) => format!(
-                        "{} failed: exchange `{exchange}` does not exist (404 NOT_FOUND)",
-                        what()
+                return Err(match amqp_code(&e) {
+                    Some(NOT_FOUND) => configuration(
+                        format!(
+                            "{} failed: exchange `{exchange}` does not exist (404 NOT_FOUND)",
+                            what()
+                        ),
+                        e,
                     ),
-                    _ => format!("{} failed", what()),
-                };
-                return Err(retryable(message, e));
+                    Some(ACCESS_REFUSED) => configuration(
+                        format!(
+                            "{} failed: the user may not write to `{exchange}` (403 ACCESS_REFUSED)",
+                            what()
+                        ),
+                        e,
+                    ),
+                    _ => retryable(format!("{} failed", what()), e),
+                });
             }
             Err(_) => {
                 self.invalidate(generation).await;
@@ -546,20 +579,17 @@ impl AmqpNotifier {
     }
 }
 
-fn retryable(message: String, source: lapin::Error) -> NotifyError {
-    NotifyError::Retryable {
-        message,
-        retry_after: None,
-        source: Some(Box::new(source)),
+/// `e` and its causes on one line (a few deep), for a remembered refusal.
+fn error_chain_line(e: &NotifyError) -> String {
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    for _ in 0..4 {
+        let Some(c) = cause else { break };
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
     }
-}
-
-/// The AMQP reply code of a channel or connection error from the broker.
-fn amqp_code(e: &lapin::Error) -> Option<u16> {
-    match e.kind() {
-        lapin::ErrorKind::ProtocolError(err) => Some(err.get_id()),
-        _ => None,
-    }
+    text
 }
 
 #[cfg(test)]

@@ -9,12 +9,35 @@
 //! | `[oslo_messaging_notifications] transport_url`   | the broker (falls back to the next row)             |
 //! | `[DEFAULT] transport_url`                        | the broker                                          |
 //! | `[oslo_messaging_notifications] topics`          | legacy topics (`notifications`)                     |
-//! | `[notifications] notification_format`            | the [`Format`] (`both`)                             |
+//! | `[notifications] notification_format`            | the [`Format`] (Nova's default, `unversioned`)      |
 //! | `[notifications] versioned_notifications_topics` | versioned topics (`versioned_notifications`)        |
 //! | `[DEFAULT] host`                                 | the compute host's name                             |
 //! | `[DEFAULT] control_exchange`                     | the exchange (`nova`)                               |
-//! | `[oslo_messaging_rabbit] ssl`                    | TLS, as `?ssl=1` in the URL                         |
-//! | `[oslo_messaging_rabbit] amqp_durable_queues`    | the exchange's durability (false)                   |
+//! | `[oslo_messaging_rabbit] …`                      | declarations, TLS, reconnects: see below            |
+//!
+//! `[oslo_messaging_rabbit]` is read as oslo.messaging reads it, with the
+//! transport URL's query overriding the file (`?ssl=1&ssl_ca_file=…`):
+//!
+//! - `rabbit_quorum_queue` (with `rabbit_quorum_delivery_limit`,
+//!   `rabbit_quorum_max_memory_length`, `rabbit_quorum_max_memory_bytes`):
+//!   queues are declared `x-queue-type: quorum`, and the exchange and queues
+//!   durable, whatever `amqp_durable_queues` says;
+//! - `amqp_durable_queues`, `amqp_auto_delete`, `rabbit_ha_queues`
+//!   (`x-ha-policy: all`): the exchange's and queues' declarations;
+//! - `ssl`, `ssl_ca_file`, `ssl_cert_file`, `ssl_key_file`, `ssl_version`:
+//!   TLS, with oslo's trust and host-name rules ([`TlsSettings`]);
+//! - `rabbit_retry_interval`, `rabbit_interval_max`: the reconnect backoff;
+//!   `heartbeat_timeout_threshold`: the AMQP heartbeat.
+//!
+//! The options that would make oslo's notifier behave differently but that
+//! wd does not follow (`kombu_compression`, `kombu_failover_strategy =
+//! shuffle`, `rabbit_login_method`, `[oslo_messaging_notifications] retry`,
+//! …) are listed in [`NovaConf::unhonoured`] and logged by name when the file
+//! is loaded; options only RPC servers use change nothing for a notifier.
+//! Values go through oslo.config's `$` interpolation (`$my_ip`, `${host}`,
+//! `$$` for a literal `$`).
+//!
+//! [`TlsSettings`]: crate::TlsSettings
 //!
 //! oslo.messaging's notification drivers, and what each means here:
 //!
@@ -40,8 +63,25 @@ use crate::config::{AmqpConfig, Format};
 use crate::error::{Error, Result};
 use crate::transport::AmqpUrl;
 
+mod interpolate;
+mod rabbit;
+
+use rabbit::Rabbit;
+
 /// The notification section of oslo.messaging.
 pub const NOTIFICATIONS_SECTION: &str = "oslo_messaging_notifications";
+
+/// The RabbitMQ driver's section of oslo.messaging.
+pub const RABBIT_SECTION: &str = "oslo_messaging_rabbit";
+
+/// oslo.config's booleans (case-insensitive).
+fn parse_bool(v: &str) -> std::result::Result<bool, String> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
+        _ => Err(format!("`{v}` is not a boolean; allowed: true, false")),
+    }
+}
 
 /// The largest `nova.conf` read, in bytes: real ones are tens of KiB.
 const MAX_BYTES: u64 = 4 * 1024 * 1024;
@@ -71,6 +111,22 @@ pub struct NovaConf {
     pub bus: Option<AmqpConfig>,
     /// `[DEFAULT] host`, when set.
     pub host: Option<String>,
+    /// Options that change what oslo.messaging would do but that wd does
+    /// not honour, each with why; [`NovaConf::load`] logs them.
+    pub unhonoured: Vec<Unhonoured>,
+}
+
+/// An option set in `nova.conf` (or the transport URL's query) that changes
+/// oslo.messaging's behaviour and that wd does not follow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Unhonoured {
+    /// `[section] key`, or `transport_url ?key`.
+    pub option: String,
+    /// Its value.
+    pub value: String,
+    /// What oslo does with it and what wd does instead.
+    pub why: String,
 }
 
 impl NovaConf {
@@ -90,7 +146,12 @@ impl NovaConf {
             )));
         }
         let text = std::fs::read_to_string(path).map_err(|e| read_err(e.to_string()))?;
-        NovaConf::parse(&shown, &text)
+        let conf = NovaConf::parse(&shown, &text)?;
+        for u in &conf.unhonoured {
+            tracing::warn!(config = %shown, option = %u.option, value = %u.value,
+                "nova.conf option not honoured by wd: {}", u.why);
+        }
+        Ok(conf)
     }
 
     /// Parses the text of a `nova.conf`; `path` is only for messages.
@@ -114,7 +175,7 @@ impl NovaConf {
         let conf = Conf { path, ini: &ini };
 
         let mut drivers = Vec::new();
-        for raw in conf.all(NOTIFICATIONS_SECTION, "driver") {
+        for raw in conf.all(NOTIFICATIONS_SECTION, "driver")? {
             for name in raw.split(',').map(str::trim).filter(|s| !s.is_empty()) {
                 drivers.push(match name {
                     "messagingv2" => Driver::MessagingV2,
@@ -143,7 +204,7 @@ impl NovaConf {
             ));
         }
 
-        let host = match conf.last("DEFAULT", "host") {
+        let host = match conf.last("DEFAULT", "host")?.as_deref() {
             Some("") => {
                 return Err(conf.error(
                     "DEFAULT",
@@ -161,8 +222,18 @@ impl NovaConf {
             other => other.map(str::to_owned),
         };
 
-        let bus = if v1 || v2 { Some(conf.bus(v2)?) } else { None };
-        Ok(NovaConf { drivers, bus, host })
+        let (bus, unhonoured) = if v1 || v2 {
+            let (bus, unhonoured) = conf.bus(v2)?;
+            (Some(bus), unhonoured)
+        } else {
+            (None, Vec::new())
+        };
+        Ok(NovaConf {
+            drivers,
+            bus,
+            host,
+            unhonoured,
+        })
     }
 
     /// Whether Nova writes notifications to its log (driver `log`).
@@ -186,8 +257,8 @@ impl<'a> Conf<'a> {
         }
     }
 
-    /// Every value of `key` in every `[section]`, in file order.
-    fn all<'s>(&self, section: &'s str, key: &'s str) -> impl Iterator<Item = &'a str> + 's
+    /// Every raw value of `key` in every `[section]`, in file order.
+    fn raw_all<'s>(&self, section: &'s str, key: &'s str) -> impl Iterator<Item = &'a str> + 's
     where
         'a: 's,
     {
@@ -197,28 +268,37 @@ impl<'a> Conf<'a> {
             .map(str::trim)
     }
 
-    /// The last value of `key` in `[section]`, as oslo.config takes it.
-    fn last(&self, section: &str, key: &str) -> Option<&'a str> {
-        self.all(section, key).last()
+    /// `value` of `[section] key` with oslo.config's `$` interpolation.
+    fn interpolated(&self, section: &str, key: &str, value: &str) -> Result<String> {
+        let lookup = |s: &str, k: &str| self.raw_all(s, k).last().map(str::to_owned);
+        interpolate::interpolate(value, section, &lookup).map_err(|reason| {
+            // A URL's `$` may be inside its password: name no fragment of it.
+            let reason = if key.contains("url") || key.contains("password") {
+                "a `$` starts a reference to another option that this file does not set (or the references loop); write a literal `$` as `$$`".to_owned()
+            } else {
+                reason
+            };
+            self.error(section, key, reason)
+        })
     }
 
-    fn bool(&self, section: &str, key: &str) -> Result<Option<bool>> {
-        match self.last(section, key) {
+    /// Every value of `key` in every `[section]`, in file order, interpolated.
+    fn all(&self, section: &str, key: &str) -> Result<Vec<String>> {
+        self.raw_all(section, key)
+            .map(|v| self.interpolated(section, key, v))
+            .collect()
+    }
+
+    /// The last value of `key` in `[section]`, as oslo.config takes it.
+    fn last(&self, section: &str, key: &str) -> Result<Option<String>> {
+        match self.raw_all(section, key).last() {
+            Some(v) => self.interpolated(section, key, v).map(Some),
             None => Ok(None),
-            Some(v) => match v.to_ascii_lowercase().as_str() {
-                "true" | "1" | "yes" | "on" => Ok(Some(true)),
-                "false" | "0" | "no" | "off" => Ok(Some(false)),
-                _ => Err(self.error(
-                    section,
-                    key,
-                    format!("`{v}` is not a boolean; allowed: true, false"),
-                )),
-            },
         }
     }
 
     fn topics(&self, section: &str, key: &str, default: &str) -> Result<Vec<String>> {
-        let Some(raw) = self.last(section, key) else {
+        let Some(raw) = self.last(section, key)? else {
             return Ok(vec![default.to_owned()]);
         };
         let topics: Vec<String> = raw
@@ -237,10 +317,10 @@ impl<'a> Conf<'a> {
         Ok(topics)
     }
 
-    fn bus(&self, envelope: bool) -> Result<AmqpConfig> {
-        let (section, raw) = match self.last(NOTIFICATIONS_SECTION, "transport_url") {
+    fn bus(&self, envelope: bool) -> Result<(AmqpConfig, Vec<Unhonoured>)> {
+        let (section, raw) = match self.last(NOTIFICATIONS_SECTION, "transport_url")? {
             Some(u) if !u.is_empty() => (NOTIFICATIONS_SECTION, u),
-            _ => match self.last("DEFAULT", "transport_url") {
+            _ => match self.last("DEFAULT", "transport_url")? {
                 Some(u) if !u.is_empty() => ("DEFAULT", u),
                 _ => {
                     return Err(self.error(
@@ -270,41 +350,44 @@ impl<'a> Conf<'a> {
                 "transport_url",
                 format!(
                     "`{}`: {why}; allowed: rabbit://user:password@host1:port[,user:password@host2:port]/vhost",
-                    wd_notify::redact_url(raw)
+                    wd_notify::redact_url(&raw)
                 ),
             ));
         }
-        let mut url = AmqpUrl::new(raw).map_err(|e| {
+        let url = AmqpUrl::new(raw.as_str()).map_err(|e| {
             let reason = match e {
                 Error::InvalidUrl { url, reason } => format!("`{url}`: {reason}"),
                 other => other.to_string(),
             };
             self.error(section, "transport_url", reason)
         })?;
-        if self.bool("oslo_messaging_rabbit", "ssl")? == Some(true) && !url.tls() {
-            url = url.with_tls();
-        }
+        let rabbit = Rabbit {
+            conf: self,
+            url: &url,
+            url_section: section,
+        };
+        rabbit.check_query()?;
 
-        let mut config = AmqpConfig::new(url)
+        let mut config = AmqpConfig::new(url.clone())
             .with_envelope(envelope)
             .with_legacy_topics(self.topics(NOTIFICATIONS_SECTION, "topics", "notifications")?)
             .with_topics(self.topics(
                 "notifications",
                 "versioned_notifications_topics",
                 "versioned_notifications",
-            )?);
-        if let Some(f) = self.last("notifications", "notification_format") {
+            )?)
+            // Nova's default when the key is absent.
+            .with_format(Format::Unversioned);
+        if let Some(f) = self.last("notifications", "notification_format")? {
             let format = f
                 .parse::<Format>()
                 .map_err(|e| self.error("notifications", "notification_format", e.to_string()))?;
             config = config.with_format(format);
         }
-        if let Some(x) = self.last("DEFAULT", "control_exchange") {
+        if let Some(x) = self.last("DEFAULT", "control_exchange")? {
             config = config.with_exchange(x);
         }
-        if let Some(d) = self.bool("oslo_messaging_rabbit", "amqp_durable_queues")? {
-            config = config.with_durable(d);
-        }
+        let (config, unhonoured) = rabbit.apply(config)?;
         config.validate().map_err(|e| {
             let (section, key) = match &e {
                 Error::InvalidName {
@@ -314,11 +397,22 @@ impl<'a> Conf<'a> {
                     what: "legacy topic",
                     ..
                 } => (NOTIFICATIONS_SECTION, "topics"),
+                Error::Queues { .. } => (RABBIT_SECTION, "rabbit_quorum_queue"),
                 _ => ("notifications", "versioned_notifications_topics"),
             };
             self.error(section, key, e.to_string())
         })?;
-        Ok(config)
+        let mut unhonoured = unhonoured;
+        if let Some(r) = self.last(NOTIFICATIONS_SECTION, "retry")?
+            && r.trim() != "-1"
+        {
+            unhonoured.push(Unhonoured {
+                option: format!("[{NOTIFICATIONS_SECTION}] retry"),
+                value: r,
+                why: "oslo gives up on a notification after that many retries and drops it; wd keeps every notification in its queue and retries until it is delivered or the queue's bounds evict it".into(),
+            });
+        }
+        Ok((config, unhonoured))
     }
 }
 

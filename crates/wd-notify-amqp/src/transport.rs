@@ -6,8 +6,16 @@
 //!   (query parameters such as `heartbeat` pass through to the client);
 //! - `rabbit://user:password@host1:5672,user:password@host2:5672/vhost`,
 //!   oslo.messaging's transport URL for a RabbitMQ cluster: one or more
-//!   nodes, each with its own credentials, a vhost (empty means `/`), and
-//!   `?ssl=1` for TLS.
+//!   nodes, each with its own credentials, a vhost, and a query of
+//!   `[oslo_messaging_rabbit]` options (`?ssl=1&ssl_ca_file=…`) that
+//!   override `nova.conf`'s.
+//!
+//! The vhost of a `rabbit://` URL is read exactly as oslo.messaging and
+//! kombu read it: everything after the first `/` of the path, percent-decoded
+//! by oslo and then again by kombu; empty (or no path) is RabbitMQ's default
+//! vhost `/`. So `…:5672/` and `…:5672//` (what kolla-ansible writes) both
+//! mean `/`, `…//nova` (OpenStack-Ansible) means `/nova`, and `…/%2Fnova`
+//! means `/nova` too.
 //!
 //! Both may name several nodes separated by commas; the notifier connects to
 //! one that answers and fails over to the next when the connection is lost.
@@ -28,6 +36,9 @@ pub struct AmqpUrl {
     vhost: Option<String>,
     /// The query as written, without `?`.
     query: Option<String>,
+    /// The query of a `rabbit://` URL as oslo reads it (`parse_qs`: each
+    /// key once, repeated values joined by `,`), in first-seen order.
+    options: Vec<(String, String)>,
     tls: bool,
 }
 
@@ -86,8 +97,45 @@ impl fmt::Debug for Node {
     }
 }
 
+/// Percent-decodes `s` as Python's `urllib.parse.unquote` does: invalid
+/// escapes stay as written, and decoded bytes that are not UTF-8 become U+FFFD.
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2]))
+        {
+            // Both digits are below 16, so this fits a byte.
+            out.push(u8::try_from(h * 16 + l).unwrap_or(b'?'));
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Percent-encodes every byte of `s` except RFC 3986's unreserved ones, so
+/// the AMQP URI parser decodes it back to exactly `s`.
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// oslo.config's spelling of true for `ssl=`.
-fn truthy(v: &str) -> Option<bool> {
+pub(crate) fn truthy(v: &str) -> Option<bool> {
     match v.to_ascii_lowercase().as_str() {
         "1" | "true" | "yes" | "on" => Some(true),
         "0" | "false" | "no" | "off" => Some(false),
@@ -127,29 +175,46 @@ impl AmqpUrl {
             None => (tail, None),
         };
         let vhost = path.strip_prefix('/').map(str::to_owned);
-        if vhost.as_deref().is_some_and(|v| v.contains('/')) {
+        if scheme != Scheme::Rabbit && vhost.as_deref().is_some_and(|v| v.contains('/')) {
             return Err(bad(
                 "the vhost has a `/`; write it percent-encoded (`%2f`)".into()
             ));
         }
 
         let mut tls = scheme == Scheme::Amqps;
+        let mut options: Vec<(String, String)> = Vec::new();
         if scheme == Scheme::Rabbit
             && let Some(q) = &query
         {
-            // Parsed with the url crate's form decoder; keys other than `ssl`
-            // are oslo driver options that do not concern a publisher.
+            // As Python's `parse_qs`: blank values are dropped, and a key
+            // given twice keeps both values joined by `,`.
             for (k, v) in url::form_urlencoded::parse(q.as_bytes()) {
-                if k == "ssl" {
-                    tls = truthy(&v).ok_or_else(|| {
-                        bad(format!(
-                            "query `ssl={v}` is not a boolean; allowed: 1, 0, true, false, yes, no"
-                        ))
-                    })?;
+                if v.is_empty() {
+                    continue;
+                }
+                match options.iter_mut().find(|(key, _)| *key == k) {
+                    Some((_, value)) => {
+                        value.push(',');
+                        value.push_str(&v);
+                    }
+                    None => options.push((k.into_owned(), v.into_owned())),
                 }
             }
+            if let Some((_, v)) = options.iter().find(|(k, _)| k == "ssl") {
+                tls = truthy(v).ok_or_else(|| {
+                    bad(format!(
+                        "query `ssl={v}` is not a boolean; allowed: 1, 0, true, false, yes, no"
+                    ))
+                })?;
+            }
         }
-        let default_port = if tls { 5671 } else { 5672 };
+        // oslo's transport URL defaults to 5672 even with TLS
+        // (`_transform_transport_url`); the AMQP URI to 5671 for amqps.
+        let default_port = if tls && scheme != Scheme::Rabbit {
+            5671
+        } else {
+            5672
+        };
 
         let mut nodes = Vec::new();
         for (i, part) in netloc.split(',').enumerate() {
@@ -189,8 +254,48 @@ impl AmqpUrl {
             nodes,
             vhost,
             query,
+            options,
             tls,
         })
+    }
+
+    /// The `[oslo_messaging_rabbit]` options in the query of a `rabbit://`
+    /// URL, decoded, in the order given (empty for `amqp://`).
+    pub fn options(&self) -> &[(String, String)] {
+        &self.options
+    }
+
+    /// The value of query option `key` of a `rabbit://` URL.
+    pub fn option(&self, key: &str) -> Option<&str> {
+        self.options
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Whether this is an oslo `rabbit://` transport URL.
+    pub fn is_oslo(&self) -> bool {
+        self.scheme == Scheme::Rabbit
+    }
+
+    /// The vhost connections open, decoded: for `rabbit://` as oslo and
+    /// kombu read it (see the module docs), for `amqp://` as the AMQP URI
+    /// specification does (`None`: the client's default, `/`).
+    pub fn vhost(&self) -> Option<String> {
+        match self.scheme {
+            Scheme::Rabbit => {
+                let raw = self.vhost.as_deref().unwrap_or("");
+                // oslo's TransportURL.parse unquotes once, kombu once more.
+                let once = percent_decode(raw);
+                let twice = percent_decode(&once);
+                Some(if twice.is_empty() {
+                    "/".to_owned()
+                } else {
+                    twice
+                })
+            }
+            Scheme::Amqp | Scheme::Amqps => self.vhost.as_deref().map(percent_decode),
+        }
     }
 
     /// The broker nodes, in the order given.
@@ -207,6 +312,13 @@ impl AmqpUrl {
     #[must_use]
     pub fn with_tls(mut self) -> Self {
         self.tls = true;
+        self
+    }
+
+    /// The same nodes without TLS (the query's `ssl=0` over the file's).
+    #[must_use]
+    pub fn without_tls(mut self) -> Self {
+        self.tls = self.scheme == Scheme::Amqps;
         self
     }
 
@@ -254,10 +366,7 @@ impl AmqpUrl {
         let (vhost, query) = match self.scheme {
             // oslo: an empty vhost is RabbitMQ's default, `/`.
             Scheme::Rabbit => (
-                match self.vhost.as_deref() {
-                    None | Some("") => "/%2f".to_owned(),
-                    Some(v) => format!("/{v}"),
-                },
+                format!("/{}", percent_encode(&self.vhost().unwrap_or_default())),
                 String::new(),
             ),
             Scheme::Amqp | Scheme::Amqps => (
@@ -365,21 +474,73 @@ mod tests {
             "rabbit://nova:hunter2@10.0.0.1:5672,nova:hunter2@10.0.0.2:5672,nova:hunter2@10.0.0.3/",
             "rabbit://***@10.0.0.1:5672,***@10.0.0.2:5672,***@10.0.0.3:5672/",
             &[
-                "amqp://nova:hunter2@10.0.0.1:5672/%2f",
-                "amqp://nova:hunter2@10.0.0.2:5672/%2f",
-                "amqp://nova:hunter2@10.0.0.3:5672/%2f",
+                "amqp://nova:hunter2@10.0.0.1:5672/%2F",
+                "amqp://nova:hunter2@10.0.0.2:5672/%2F",
+                "amqp://nova:hunter2@10.0.0.3:5672/%2F",
             ],
         );
         check(
             "rabbit://a:x@h1,b:y@[::1]:5673/nova?ssl=1&heartbeat_timeout_threshold=60",
-            "rabbit://***@h1:5671,***@[::1]:5673/nova?***",
-            &["amqps://a:x@h1:5671/nova", "amqps://b:y@[::1]:5673/nova"],
+            "rabbit://***@h1:5672,***@[::1]:5673/nova?***",
+            &["amqps://a:x@h1:5672/nova", "amqps://b:y@[::1]:5673/nova"],
         );
         check(
             "RABBIT://h1?ssl=false",
             "rabbit://h1:5672?***",
-            &["amqp://h1:5672/%2f"],
+            &["amqp://h1:5672/%2F"],
         );
+    }
+
+    /// Every vhost spelling oslo.messaging accepts, read as oslo and kombu
+    /// read it (checked against both in the venv): `/` and `//` are `/`.
+    #[test]
+    fn oslo_vhosts() {
+        let cases = [
+            ("rabbit://h", "/", "%2F"),
+            ("rabbit://h/", "/", "%2F"),
+            ("rabbit://h//", "/", "%2F"),
+            ("rabbit://h//nova", "/nova", "%2Fnova"),
+            ("rabbit://h/%2Fnova", "/nova", "%2Fnova"),
+            ("rabbit://h/%2f", "/", "%2F"),
+            ("rabbit://h/nova", "nova", "nova"),
+            ("rabbit://h/nova/x", "nova/x", "nova%2Fx"),
+            ("rabbit://h/a%2525b", "a%b", "a%25b"),
+            ("rabbit://h/a%zz", "a%zz", "a%25zz"),
+        ];
+        for (input, vhost, encoded) in cases {
+            let url = AmqpUrl::new(input).unwrap_or_else(|e| panic!("{input}: {e}"));
+            assert_eq!(url.vhost().as_deref(), Some(vhost), "{input}");
+            assert_eq!(
+                url.node_uri(0).unwrap(),
+                format!("amqp://h:5672/{encoded}"),
+                "{input}"
+            );
+        }
+        // The AMQP URI keeps its own rule: one segment.
+        assert!(AmqpUrl::new("amqp://h/a/b").is_err());
+    }
+
+    /// The query as oslo's `parse_qs` reads it.
+    #[test]
+    fn query_options() {
+        let url = AmqpUrl::new(
+            "rabbit://h/?ssl=1&ssl_ca_file=%2Fetc%2Fca.pem&ssl_version=TLSv1_2&x=&heartbeat_rate=2&heartbeat_rate=4",
+        )
+        .unwrap();
+        assert!(url.tls());
+        assert_eq!(
+            url.options(),
+            [
+                ("ssl".to_owned(), "1".to_owned()),
+                ("ssl_ca_file".to_owned(), "/etc/ca.pem".to_owned()),
+                ("ssl_version".to_owned(), "TLSv1_2".to_owned()),
+                ("heartbeat_rate".to_owned(), "2,4".to_owned()),
+            ]
+        );
+        assert_eq!(url.option("ssl_ca_file"), Some("/etc/ca.pem"));
+        assert!(!url.clone().without_tls().tls());
+        // oslo's port is 5672 with TLS too.
+        assert_eq!(url.node_uri(0).unwrap(), "amqps://h:5672/%2F");
     }
 
     #[test]
@@ -421,7 +582,7 @@ mod tests {
         assert!(url.has_password());
         assert_eq!(
             url.node_uri(1).unwrap(),
-            "amqp://nova:p%40ss%20word%3A%2C@h2:5673/%2f"
+            "amqp://nova:p%40ss%20word%3A%2C@h2:5673/%2F"
         );
         assert!(!format!("{url} {url:?} {:?}", url.nodes()).contains("p%40ss"));
         let e = AmqpUrl::new("rabbit://h1/")

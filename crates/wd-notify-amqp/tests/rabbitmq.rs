@@ -160,7 +160,13 @@ async fn rabbitmq_interop_with_an_existing_non_durable_exchange_and_the_406_case
     let mismatched =
         AmqpNotifier::new(config(&url).with_exchange(&exchange).with_durable(true)).unwrap();
     let err = mismatched.notify(&notification(None)).await.unwrap_err();
-    assert!(!err.is_retryable(), "a configuration error: {err}");
+    // Never a drop: retried until the configuration is fixed, and named.
+    assert!(err.is_retryable(), "kept for a retry: {err}");
+    assert_eq!(
+        wd_notify::FailureKind::of(&err),
+        wd_notify::FailureKind::Configuration,
+        "{err}"
+    );
     let text = err.to_string();
     for needle in [
         "406 PRECONDITION_FAILED",

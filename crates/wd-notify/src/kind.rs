@@ -7,6 +7,13 @@
 //! failed". A transport marks such a failure by putting a
 //! [`CertificateError`] in the error's cause chain; [`FailureKind::of`] finds
 //! it anywhere in the chain.
+//!
+//! A destination's own configuration that its server refuses (a broker
+//! answering 406 PRECONDITION_FAILED to a declaration, 403 ACCESS_REFUSED,
+//! 404 for a missing exchange) is marked the same way, with a
+//! [`ConfigurationError`] cause. Such a failure is retryable, never a drop:
+//! the notification waits in its queue until the configuration is fixed and
+//! reloaded.
 
 use std::fmt;
 
@@ -50,6 +57,44 @@ impl std::error::Error for CertificateError {
     }
 }
 
+/// The cause a transport attaches to a retryable [`NotifyError`] when the
+/// server refused the destination's configuration (not the notification).
+#[derive(Debug)]
+pub struct ConfigurationError {
+    detail: String,
+    source: Option<BoxError>,
+}
+
+impl ConfigurationError {
+    /// A configuration refused as `detail` says (for example
+    /// `406 PRECONDITION_FAILED - inequivalent arg 'durable'`).
+    pub fn new(detail: impl Into<String>, source: Option<BoxError>) -> Self {
+        ConfigurationError {
+            detail: detail.into(),
+            source,
+        }
+    }
+
+    /// What the server refused.
+    pub fn detail(&self) -> &str {
+        &self.detail
+    }
+}
+
+impl fmt::Display for ConfigurationError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "configuration refused: {}", self.detail)
+    }
+}
+
+impl std::error::Error for ConfigurationError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
 /// The kind of a delivery failure, as metrics and `wdguard status` show it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -60,14 +105,19 @@ pub enum FailureKind {
     Permanent,
     /// TLS certificate verification failed: fix the CA or the certificates.
     Certificate,
+    /// The server refused the destination's configuration (retried until
+    /// the configuration is fixed and reloaded).
+    Configuration,
 }
 
 impl FailureKind {
     /// Classifies `err`, looking through its cause chain for a
     /// [`CertificateError`].
     pub fn of(err: &NotifyError) -> FailureKind {
-        if has_certificate_cause(err) {
+        if has_cause::<CertificateError>(err) {
             FailureKind::Certificate
+        } else if has_cause::<ConfigurationError>(err) {
+            FailureKind::Configuration
         } else if err.is_retryable() {
             FailureKind::Retryable
         } else {
@@ -75,14 +125,21 @@ impl FailureKind {
         }
     }
 
-    /// The label used in metrics and status output: `failed`, `rejected`
-    /// or `certificate`.
+    /// The label used in metrics and status output: `failed`, `rejected`,
+    /// `certificate` or `configuration`.
     pub fn as_str(self) -> &'static str {
         match self {
             FailureKind::Retryable => "failed",
             FailureKind::Permanent => "rejected",
             FailureKind::Certificate => "certificate",
+            FailureKind::Configuration => "configuration",
         }
+    }
+
+    /// Whether only a change of configuration (CA, certificates, the
+    /// destination's settings) ends this failure: `/healthz` reports it.
+    pub fn needs_operator(self) -> bool {
+        matches!(self, FailureKind::Certificate | FailureKind::Configuration)
     }
 }
 
@@ -96,11 +153,11 @@ impl fmt::Display for FailureKind {
 /// bound keeps a hostile or buggy `source()` from looping.
 const MAX_DEPTH: usize = 32;
 
-fn has_certificate_cause(err: &NotifyError) -> bool {
+fn has_cause<T: std::error::Error + 'static>(err: &NotifyError) -> bool {
     let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(err);
     for _ in 0..MAX_DEPTH {
         let Some(c) = cause else { return false };
-        if c.is::<CertificateError>() {
+        if c.is::<T>() {
             return true;
         }
         cause = c.source();
@@ -140,5 +197,15 @@ mod tests {
             "tls certificate error: expired"
         );
         assert_eq!(FailureKind::Certificate.to_string(), "certificate");
+        check(
+            NotifyError::retryable("x").with_source(ConfigurationError::new("406", None)),
+            FailureKind::Configuration,
+        );
+        assert!(FailureKind::Configuration.needs_operator());
+        assert!(!FailureKind::Retryable.needs_operator());
+        assert_eq!(
+            ConfigurationError::new("406 PRECONDITION_FAILED", None).to_string(),
+            "configuration refused: 406 PRECONDITION_FAILED"
+        );
     }
 }

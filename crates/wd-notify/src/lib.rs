@@ -204,7 +204,7 @@ pub mod testing;
 pub use backends::{ChannelNotifier, LogNotifier};
 pub use coalesce::{Coalesce, CoalesceConfig, CoalesceStats};
 pub use error::{Error, Result, error_chain};
-pub use kind::{CertificateError, FailureKind};
+pub use kind::{CertificateError, ConfigurationError, FailureKind};
 pub use model::{Domain, FiredAtBound, Instance, Notification, Occurrences, SCHEMA_VERSION};
 #[cfg(feature = "mock")]
 pub use notifier::MockNotifier;

@@ -37,9 +37,9 @@ pub const MAX_SECS: f64 = 86_400.0;
 /// ```
 /// # use std::time::Duration;
 /// use wd_notify::settings::seconds;
-/// assert_eq!(seconds("retry.min_delay_secs", 0.5, 60.0), Ok(Duration::from_millis(500)));
-/// let err = seconds("retry.min_delay_secs", f64::NAN, 60.0).unwrap_err();
-/// assert!(err.to_string().contains("`retry.min_delay_secs` must be a positive number of seconds, at most 60"));
+/// assert_eq!(seconds("queue.retry_min_delay_secs", 0.5, 60.0), Ok(Duration::from_millis(500)));
+/// let err = seconds("queue.retry_min_delay_secs", f64::NAN, 60.0).unwrap_err();
+/// assert!(err.to_string().contains("`queue.retry_min_delay_secs` must be a positive number of seconds, at most 60"));
 /// ```
 pub fn seconds(key: &str, v: f64, max: f64) -> Result<Duration, SettingsError> {
     let bad = || {

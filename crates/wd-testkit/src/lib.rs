@@ -14,12 +14,14 @@ pub mod guest;
 pub mod openstack;
 mod process;
 mod rabbit2;
+mod rabbit_tls;
 mod services;
 pub mod vhost;
 
 use std::path::{Path, PathBuf};
 
 pub use process::{daemon_command, pid_alive, run_quiet, stop_pid};
+pub use rabbit_tls::{Pki, RabbitMqTls};
 pub use rabbit2::RabbitMq2;
 pub use services::{Libvirtd, RabbitMq, libvirtd, rabbitmq};
 pub use vhost::{Node, Vhost};

@@ -17,6 +17,23 @@ pub const VENV_PACKAGES: &[&str] = &["ceilometer", "aodh"];
 /// Written into the venv once every package is installed.
 const MARKER: &str = ".wd-ready";
 
+/// Nova, as `cargo xtask test` installs it into `target/wd-venv-nova`.
+pub const NOVA_PIN: &str = "nova==34.0.0";
+
+/// The Python of the venv with Nova (`target/wd-venv-nova`, made by
+/// `cargo xtask test`), or skips (see [`crate::unavailable`]).
+pub fn nova_python() -> Option<PathBuf> {
+    let dir = target_dir().join("wd-venv-nova");
+    if fs::read_to_string(dir.join("wd-installed")).is_ok_and(|s| s.trim() == NOVA_PIN) {
+        Some(dir.join("bin").join("python3"))
+    } else {
+        unavailable(
+            "the Nova venv (target/wd-venv-nova)",
+            "run `cargo xtask test`, which creates it (pip install nova)",
+        )
+    }
+}
+
 /// The venv directory, `target/wd-venv`.
 pub fn venv_dir() -> PathBuf {
     target_dir().join("wd-venv")

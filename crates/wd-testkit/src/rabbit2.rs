@@ -56,32 +56,23 @@ impl RabbitMq2 {
         read_pid(&Self::pid_path()).filter(|&p| pid_alive(p))
     }
 
+    fn local() -> LocalNode {
+        LocalNode {
+            node: Self::NODE,
+            port: Self::PORT,
+            dist_port: Self::DIST_PORT,
+            dir: Self::dir(),
+            pid_file: Self::pid_path(),
+            config: None,
+        }
+    }
+
     fn env(cmd: &mut Command) -> &mut Command {
-        let dir = Self::dir();
-        cmd.env("RABBITMQ_NODENAME", Self::NODE)
-            .env("RABBITMQ_NODE_PORT", Self::PORT.to_string())
-            .env("RABBITMQ_DIST_PORT", Self::DIST_PORT.to_string())
-            .env("RABBITMQ_NODE_IP_ADDRESS", "127.0.0.1")
-            .env("ERL_EPMD_ADDRESS", "127.0.0.1")
-            .env(
-                "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS",
-                "-kernel inet_dist_use_interface {127,0,0,1}",
-            )
-            .env("RABBITMQ_MNESIA_BASE", dir.join("mnesia"))
-            .env("RABBITMQ_LOG_BASE", dir.join("log"))
-            .env("RABBITMQ_PID_FILE", Self::pid_path())
-            .env("RABBITMQ_ENABLED_PLUGINS_FILE", dir.join("enabled_plugins"))
+        Self::local().env(cmd)
     }
 
     fn ctl(args: &[&str]) -> bool {
-        Self::env(&mut Command::new("rabbitmqctl"))
-            .args(["-n", Self::NODE])
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
+        Self::local().ctl(args)
     }
 
     /// Starts it unless it is up, and waits until it is ready (up to 120 s:
@@ -141,5 +132,55 @@ impl RabbitMq2 {
         if let Some(pid) = pid {
             stop_pid(pid, Duration::from_secs(10));
         }
+    }
+}
+
+/// A RabbitMQ node of its own on 127.0.0.1: its name, ports and files, as
+/// `rabbitmq-server` and `rabbitmqctl` take them from the environment.
+pub(crate) struct LocalNode {
+    pub(crate) node: &'static str,
+    pub(crate) port: u16,
+    pub(crate) dist_port: u16,
+    /// Its database (`mnesia/`), logs (`log/`) and `enabled_plugins`.
+    pub(crate) dir: PathBuf,
+    pub(crate) pid_file: PathBuf,
+    /// Its `rabbitmq.conf`, if any.
+    pub(crate) config: Option<PathBuf>,
+}
+
+impl LocalNode {
+    pub(crate) fn env<'c>(&self, cmd: &'c mut Command) -> &'c mut Command {
+        cmd.env("RABBITMQ_NODENAME", self.node)
+            .env("RABBITMQ_NODE_PORT", self.port.to_string())
+            .env("RABBITMQ_DIST_PORT", self.dist_port.to_string())
+            .env("RABBITMQ_NODE_IP_ADDRESS", "127.0.0.1")
+            .env("ERL_EPMD_ADDRESS", "127.0.0.1")
+            .env(
+                "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS",
+                "-kernel inet_dist_use_interface {127,0,0,1}",
+            )
+            .env("RABBITMQ_MNESIA_BASE", self.dir.join("mnesia"))
+            .env("RABBITMQ_LOG_BASE", self.dir.join("log"))
+            .env("RABBITMQ_PID_FILE", &self.pid_file)
+            .env(
+                "RABBITMQ_ENABLED_PLUGINS_FILE",
+                self.dir.join("enabled_plugins"),
+            );
+        if let Some(config) = &self.config {
+            cmd.env("RABBITMQ_CONFIG_FILE", config);
+        }
+        cmd
+    }
+
+    /// Runs `rabbitmqctl -n NODE ARGS`; whether it succeeded.
+    pub(crate) fn ctl(&self, args: &[&str]) -> bool {
+        self.env(&mut Command::new("rabbitmqctl"))
+            .args(["-n", self.node])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
     }
 }

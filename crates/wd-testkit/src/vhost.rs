@@ -68,6 +68,12 @@ impl Vhost {
         vhost.add(nodes)
     }
 
+    /// Creates the vhost on `nodes` too (for example a node that should
+    /// refuse the vhost until now).
+    pub fn add_nodes(self, nodes: &[Node]) -> Result<Vhost, String> {
+        self.add(nodes)
+    }
+
     fn add(mut self, nodes: &[Node]) -> Result<Vhost, String> {
         for &node in nodes {
             node.ctl(&["add_vhost", &self.name])?;

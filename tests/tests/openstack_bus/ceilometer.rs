@@ -3,14 +3,11 @@
 //! with its stock event definitions, from the venv `cargo xtask test`
 //! creates (`target/wd-venv`).
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use lapin::options::{QueueBindOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
-use serde_json::Value;
+use wd_e2e::openstack::OsloListener as Listener;
 use wd_notify::Notifier;
 use wd_notify_amqp::{AmqpConfig, AmqpNotifier, AmqpUrl, Format};
 use wd_testkit::{Node, Vhost};
@@ -18,88 +15,6 @@ use wd_testkit::{Node, Vhost};
 use super::support::{
     BROKER, admin, broker_url, cleanup, declare_exchange, drain, name, notification,
 };
-
-/// The listener script beside this file, run by the venv's Python.
-struct Listener {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Listener {
-    /// Starts the listener on `exchange`/`topic` with its own queue `pool`,
-    /// and waits until it has bound the queue.
-    fn start(python: &std::path::Path, url: &str, exchange: &str, topic: &str, pool: &str) -> Self {
-        let script = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/fixtures/openstack/ceilometer_events.py"
-        );
-        // oslo's transport URL for the same broker.
-        let transport = url.replacen("amqp://", "rabbit://", 1).replace("/%2f", "/");
-        let mut child = Command::new(python)
-            .args([script, &transport, exchange, topic, pool])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start the Ceilometer listener");
-        let stdout = child.stdout.take().unwrap();
-        let stdin = child.stdin.take();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let listener = Listener {
-            child,
-            stdin,
-            lines,
-        };
-        let ready = listener
-            .lines
-            .recv_timeout(Duration::from_secs(120))
-            .expect("the listener starts within 120 s");
-        assert_eq!(ready, "READY");
-        listener
-    }
-
-    /// The converted notifications whose message_id is `id`, waiting up to
-    /// `wait` for `count` of them.
-    fn events_for(&self, id: &str, count: usize, wait: Duration) -> Vec<Value> {
-        let mut got = Vec::new();
-        let deadline = Instant::now() + wait;
-        while got.len() < count {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let Ok(line) = self.lines.recv_timeout(left) else {
-                break;
-            };
-            let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
-            if v["metadata_message_id"] == id {
-                got.push(v);
-            }
-        }
-        got
-    }
-}
-
-impl Drop for Listener {
-    fn drop(&mut self) {
-        // End of stdin stops it; then make sure.
-        drop(self.stdin.take());
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rabbitmq_ceilometer_turns_the_legacy_form_into_an_event_with_the_owner() {
@@ -180,7 +95,7 @@ async fn rabbitmq_ceilometer_turns_the_legacy_form_into_an_event_with_the_owner(
         ("display_name", "some-server"),
         ("host", "compute-1"),
         ("service", "compute"),
-        ("state", "paused"),
+        ("state", "active"),
         ("request_id", &format!("req-{id}")),
     ] {
         assert_eq!(traits[trait_name], expected, "trait {trait_name}: {traits}");

@@ -127,6 +127,89 @@ async fn outcomes_durations_and_last_errors_are_the_routers() {
     r.shutdown(Duration::ZERO).await;
 }
 
+/// A refused configuration (or certificate) makes `/healthz` name the
+/// destination and the cause while notifications wait for it; an ordinary
+/// failure does not, nor does a tenant's own endpoint.
+#[tokio::test]
+async fn a_refused_configuration_is_unhealthy_until_delivered() {
+    use std::sync::atomic::{AtomicU8, Ordering};
+    /// 0: fails with 503; 1: refused by configuration; 2: delivers.
+    struct Broker(Arc<AtomicU8>);
+    #[async_trait]
+    impl Notifier for Broker {
+        async fn notify(&self, _: &Notification) -> Result<(), NotifyError> {
+            match self.0.load(Ordering::SeqCst) {
+                0 => Err(NotifyError::retryable("503")),
+                1 => Err(
+                    NotifyError::retryable("amqp exchange `nova`: 406 PRECONDITION_FAILED")
+                        .with_source(wd_notify::ConfigurationError::new(
+                            "PRECONDITION_FAILED - inequivalent arg 'durable'",
+                            None,
+                        )),
+                ),
+                _ => Ok(()),
+            }
+        }
+    }
+    /// A tenant's endpoint whose certificate is bad, forever.
+    struct BadCert;
+    #[async_trait]
+    impl Notifier for BadCert {
+        async fn notify(&self, _: &Notification) -> Result<(), NotifyError> {
+            Err(
+                NotifyError::retryable("webhook https://tenant/x").with_source(
+                    wd_notify::CertificateError::new(
+                        "invalid peer certificate: UnknownIssuer",
+                        None,
+                    ),
+                ),
+            )
+        }
+    }
+    let m = Metrics::new();
+    m.libvirt_connected(1);
+    let mode = Arc::new(AtomicU8::new(0));
+    let r = router(
+        &m,
+        vec![
+            dest("amqp bus", DestinationKind::Bus, Broker(mode.clone())),
+            dest("webhook project p", DestinationKind::Project, BadCert),
+        ],
+    );
+    r.notify(&firing()).await.unwrap();
+    until("an ordinary failure and the tenant's", || {
+        let s = r.status();
+        s.iter().all(|d| d.failed >= 1)
+    })
+    .await;
+    assert_eq!(
+        m.health(),
+        Ok(()),
+        "an ordinary failure, or a tenant's certificate, is not a health matter"
+    );
+    mode.store(1, Ordering::SeqCst);
+    until("refused", || m.health().is_err()).await;
+    let why = m.health().unwrap_err();
+    assert!(
+        why.starts_with("destination amqp bus refused: configuration: amqp exchange `nova`: 406")
+            && why.contains("inequivalent arg 'durable'"),
+        "{why}"
+    );
+    let text = m.encode();
+    assert!(
+        sample(
+            &text,
+            r#"wd_notifications_total{destination="bus",outcome="configuration"}"#
+        )
+        .is_some_and(|v| v >= 1.0),
+        "{text}"
+    );
+    mode.store(2, Ordering::SeqCst);
+    until("fixed: delivered", || m.health().is_ok()).await;
+    assert_eq!(r.status()[0].delivered, 1);
+    r.shutdown(Duration::ZERO).await;
+}
+
 #[test]
 fn firings_are_bounded_by_action_and_catch_up_counted_apart() {
     let m = Metrics::new();

@@ -1,7 +1,7 @@
 //! Tests of the nova.conf reader: a realistic file, defaults, and broken files.
 
 use super::*;
-use crate::config::Form;
+use crate::config::{Form, Quorum};
 
 /// A compute node's nova.conf as deployment tools write it: many sections,
 /// comments of both kinds, a three-node transport URL with a password that
@@ -70,7 +70,7 @@ fn a_realistic_nova_conf() {
     assert_eq!(bus.url.nodes().len(), 3);
     assert_eq!(
         bus.url.node_uri(2).unwrap(),
-        "amqps://nova:s3cr%23t@10.0.0.3:5672/%2f"
+        "amqps://nova:s3cr%23t@10.0.0.3:5672/%2F"
     );
     assert!(!format!("{:?}", bus).contains("s3cr"));
 }
@@ -86,7 +86,8 @@ fn defaults_and_fallbacks() {
     .unwrap();
     let bus = conf.bus.unwrap();
     assert_eq!(bus.url.node_uri(0).unwrap(), "amqp://n:p@h2:5673/notify");
-    assert_eq!(bus.format, Format::Both);
+    // Nova's default when notification_format is absent.
+    assert_eq!(bus.format, Format::Unversioned);
     assert_eq!(bus.topics, ["versioned_notifications"]);
     assert_eq!(bus.legacy_topics, ["notifications"]);
     assert_eq!(bus.exchange, "openstack");
@@ -182,6 +183,225 @@ fn broken_nova_confs_name_the_key() {
         );
         assert!(!e.contains("hunter2"), "{e}");
     }
+}
+
+/// A compute node's nova.conf as kolla-ansible (2024.1 and later) renders
+/// it: quorum queues and the other new oslo.messaging options, the vhost `/`
+/// written `//`, and no `notification_format`.
+const KOLLA: &str = r#"
+[DEFAULT]
+debug = False
+log_dir = /var/log/kolla/nova
+state_path = /var/lib/nova
+host = compute01
+transport_url = rabbit://openstack:Zx9$$kP@192.0.2.11:5672,openstack:Zx9$$kP@192.0.2.12:5672,openstack:Zx9$$kP@192.0.2.13:5672//
+
+[oslo_messaging_notifications]
+transport_url = rabbit://openstack:Zx9$$kP@192.0.2.11:5672,openstack:Zx9$$kP@192.0.2.12:5672,openstack:Zx9$$kP@192.0.2.13:5672//
+driver = messagingv2
+topics = notifications
+
+[oslo_messaging_rabbit]
+heartbeat_in_pthread = false
+rabbit_quorum_queue = true
+rabbit_transient_quorum_queue = true
+rabbit_stream_fanout = true
+rabbit_qos_prefetch_count = 1
+use_queue_manager = true
+"#;
+
+#[test]
+fn kolla_ansible() {
+    let conf = NovaConf::parse("/etc/nova/nova.conf", KOLLA).unwrap();
+    let bus = conf.bus.expect("a bus");
+    assert_eq!(bus.format, Format::Unversioned, "Nova's default");
+    assert_eq!(
+        bus.routes().len(),
+        1,
+        "no versioned route: {:?}",
+        bus.routes()
+    );
+    assert_eq!(bus.routes()[0].routing_key, "notifications.info");
+    assert!(
+        bus.durable,
+        "quorum queues make oslo declare everything durable"
+    );
+    assert!(!bus.auto_delete);
+    assert_eq!(bus.quorum, Some(Quorum::default()));
+    assert_eq!(bus.url.vhost().as_deref(), Some("/"));
+    assert!(!bus.url.tls());
+    assert_eq!(
+        bus.url.node_uri(1).unwrap(),
+        "amqp://openstack:Zx9$kP@192.0.2.12:5672/%2F",
+        "`$$` is oslo.config's literal `$`"
+    );
+    assert_eq!(bus.heartbeat, Some(60));
+    assert_eq!(bus.reconnect_min, std::time::Duration::from_secs(1));
+    assert_eq!(bus.reconnect_max, std::time::Duration::from_secs(30));
+    assert!(conf.unhonoured.is_empty(), "{:?}", conf.unhonoured);
+}
+
+/// OpenStack-Ansible writes TLS and other options into the URL's query, and
+/// the vhost `/nova` as `//nova`.
+#[test]
+fn openstack_ansible() {
+    let text = "[DEFAULT]\nhost = c2\n\
+        [oslo_messaging_notifications]\ndriver = messagingv2\n\
+        transport_url = rabbit://nova:pw@172.29.236.101:5671,nova:pw@172.29.236.102:5671//nova?ssl=1&ssl_version=TLSv1_2&ssl_ca_file=/etc/openstack/ca.pem&amqp_durable_queues=true\n\
+        [oslo_messaging_rabbit]\nssl = false\namqp_durable_queues = false\nrabbit_quorum_queue = false\n\
+        ssl_cert_file = /etc/nova/client.pem\nssl_key_file = /etc/nova/client.key\n";
+    let conf = NovaConf::parse("nova.conf", text).unwrap();
+    let bus = conf.bus.unwrap();
+    assert!(
+        bus.url.tls(),
+        "the query's ssl=1 overrides the file's ssl = false"
+    );
+    assert!(bus.durable, "the query overrides amqp_durable_queues");
+    assert_eq!(bus.quorum, None);
+    assert_eq!(bus.url.vhost().as_deref(), Some("/nova"));
+    assert_eq!(
+        bus.url.node_uri(0).unwrap(),
+        "amqps://nova:pw@172.29.236.101:5671/%2Fnova"
+    );
+    assert_eq!(
+        bus.tls.ca_file.as_deref(),
+        Some(Path::new("/etc/openstack/ca.pem"))
+    );
+    assert_eq!(
+        bus.tls.cert_file.as_deref(),
+        Some(Path::new("/etc/nova/client.pem"))
+    );
+    assert_eq!(
+        bus.tls.key_file.as_deref(),
+        Some(Path::new("/etc/nova/client.key"))
+    );
+    assert_eq!(bus.tls.version, Some(crate::TlsVersion::Tls12));
+
+    // And the other way: the query turns TLS off that the file turns on.
+    let text = "[oslo_messaging_notifications]\ndriver = messagingv2\n\
+        transport_url = rabbit://h/?ssl=0\n[oslo_messaging_rabbit]\nssl = true\n";
+    assert!(
+        !NovaConf::parse("nova.conf", text)
+            .unwrap()
+            .bus
+            .unwrap()
+            .url
+            .tls()
+    );
+}
+
+#[test]
+fn declarations_follow_oslo() {
+    let bus = |rabbit: &str| {
+        let text = format!(
+            "[oslo_messaging_notifications]\ndriver = messagingv2\ntransport_url = rabbit://h/\n[oslo_messaging_rabbit]\n{rabbit}"
+        );
+        NovaConf::parse("nova.conf", &text).map(|c| c.bus.unwrap())
+    };
+    let b = bus("").unwrap();
+    assert!(!b.durable && !b.auto_delete && !b.ha_queues && b.quorum.is_none());
+    let b = bus("amqp_durable_queues = true\namqp_auto_delete = yes\n").unwrap();
+    assert!(b.durable && b.auto_delete);
+    let b = bus("rabbit_ha_queues = true\n").unwrap();
+    assert!(b.ha_queues && !b.durable);
+    let b = bus(
+        "rabbit_quorum_queue = true\namqp_durable_queues = false\nrabbit_quorum_delivery_limit = 5\n\
+         rabbit_quorum_max_memory_length = 100\nrabbit_quorum_max_memory_bytes = 1048576\n",
+    )
+    .unwrap();
+    assert!(
+        b.durable,
+        "oslo ignores amqp_durable_queues with quorum queues"
+    );
+    let q = b.quorum.unwrap();
+    assert_eq!(
+        (q.delivery_limit, q.max_memory_length, q.max_memory_bytes),
+        (5, 100, 1_048_576)
+    );
+    let b = bus(
+        "rabbit_retry_interval = 2\nrabbit_interval_max = 10\nheartbeat_timeout_threshold = 0\n",
+    )
+    .unwrap();
+    assert_eq!(b.reconnect_min, std::time::Duration::from_secs(2));
+    assert_eq!(b.reconnect_max, std::time::Duration::from_secs(10));
+    assert_eq!(b.heartbeat, Some(0));
+    let e = bus("rabbit_quorum_queue = true\nrabbit_ha_queues = true\n").unwrap_err();
+    assert!(
+        e.to_string().contains(
+            "[oslo_messaging_rabbit] rabbit_quorum_queue: queue settings: quorum queues and HA"
+        ),
+        "{e}"
+    );
+    let e = bus("rabbit_quorum_delivery_limit = -1\nrabbit_quorum_queue = 1\n").unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("rabbit_quorum_delivery_limit: `-1` is not a whole number"),
+        "{e}"
+    );
+}
+
+#[test]
+fn unhonoured_options_are_named_and_noise_is_not() {
+    let text = "[oslo_messaging_notifications]\ndriver = messagingv2\nretry = 3\n\
+        transport_url = rabbit://h/?kombu_failover_strategy=shuffle\n\
+        [oslo_messaging_rabbit]\nkombu_compression = gzip\nrabbit_login_method = AMQPLAIN\n\
+        kombu_reconnect_delay = 1\nheartbeat_rate = 2\nrabbit_qos_prefetch_count = 10\n";
+    let conf = NovaConf::parse("nova.conf", text).unwrap();
+    let names: Vec<&str> = conf.unhonoured.iter().map(|u| u.option.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "[oslo_messaging_rabbit] kombu_compression",
+            "[oslo_messaging_notifications] transport_url ?kombu_failover_strategy",
+            "[oslo_messaging_rabbit] heartbeat_rate",
+            "[oslo_messaging_notifications] retry",
+        ]
+    );
+    assert!(
+        conf.unhonoured[3].why.contains("drops it"),
+        "{:?}",
+        conf.unhonoured[3]
+    );
+
+    // A query key oslo does not know is an error there, and here.
+    let e = NovaConf::parse(
+        "nova.conf",
+        "[oslo_messaging_notifications]\ndriver = messagingv2\ntransport_url = rabbit://u:hunter2@h/?sll=1\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("transport_url: query option `sll` is not an option of [oslo_messaging_rabbit]"),
+        "{e}"
+    );
+    assert!(!e.contains("hunter2"));
+}
+
+#[test]
+fn interpolation() {
+    let text = "[DEFAULT]\nmy_ip = 10.1.2.3\ntransport_url = rabbit://nova:p$$ss@${my_ip}:5672/\n\
+        [oslo_messaging_notifications]\ndriver = messagingv2\n[oslo_messaging_rabbit]\nssl = true\n\
+        ca_dir = /etc/ca\nssl_ca_file = $ca_dir/ca.pem\n";
+    let bus = NovaConf::parse("nova.conf", text).unwrap().bus.unwrap();
+    assert_eq!(
+        bus.url.node_uri(0).unwrap(),
+        "amqps://nova:p$ss@10.1.2.3:5672/%2F"
+    );
+    assert_eq!(
+        bus.tls.ca_file.as_deref(),
+        Some(Path::new("/etc/ca/ca.pem"))
+    );
+    let e = NovaConf::parse(
+        "nova.conf",
+        "[DEFAULT]\ntransport_url = rabbit://nova:pa$secret@h/\n[oslo_messaging_notifications]\ndriver = messagingv2\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("[DEFAULT] transport_url: a `$` starts a reference"),
+        "{e}"
+    );
+    assert!(!e.contains("secret"), "{e}");
 }
 
 #[test]
