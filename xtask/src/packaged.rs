@@ -68,9 +68,12 @@ pub fn check() -> Result<()> {
     for (name, version) in &libraries {
         let dir = format!("{name}-{version}");
         let tarball = target_dir().join("package").join(format!("{dir}.crate"));
+        // `--touch`: the files get the time of this run, not the tarball's
+        // fixed one, so cargo rebuilds them instead of trusting artifacts
+        // of an earlier run that share their name and (old) mtime.
         cmd_ok(
             Command::new("tar")
-                .arg("-xzf")
+                .args(["--touch", "-xzf"])
                 .arg(&tarball)
                 .arg("-C")
                 .arg(&out),
