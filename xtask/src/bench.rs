@@ -18,6 +18,9 @@
 //!    5,000 domains on the system libvirtd and `wdguard watch` side by side
 //!    with a Python baseline agent (`tests/fixtures/baseline_agent.py`).
 //!
+//! 8. Back on libvirt after outages of 2 s, 10 s and 60 s (live only): the
+//!    `bench-reconnect` binary of `wd-e2e` (`bench/reconnect.rs`).
+//!
 //! Steps on the system libvirtd run under `flock $WD_BENCH_LOCK` when that
 //! variable is set (a machine shared by several developers).
 //!
@@ -35,6 +38,8 @@ use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
 use crate::{cargo, root, setup, target_dir};
+
+mod reconnect;
 
 /// One measured figure.
 #[derive(Debug, Clone)]
@@ -96,6 +101,11 @@ pub fn run(args: &[&str]) -> Result<()> {
         Ok(())
     };
     let scale_result = scale_parts(&mut figures, live);
+    let reconnect_result = if live {
+        reconnect::part8(&mut figures)
+    } else {
+        Ok(())
+    };
 
     let env = environment();
     let report = target_dir().join("bench-report.json");
@@ -114,7 +124,7 @@ pub fn run(args: &[&str]) -> Result<()> {
     for f in &figures {
         println!("{:<48} {:>14} {}", f.name, fmt_value(f.value), f.unit);
     }
-    live_result.and(scale_result)
+    live_result.and(scale_result).and(reconnect_result)
 }
 
 /// Part 5: a healthy destination's delivery latency beside 0, 1 and 10 hung
@@ -697,6 +707,7 @@ fn goals(figures: &[Figure]) -> Vec<Goal> {
             "×",
         );
     }
+    reconnect::goals(&mut check);
     out
 }
 
@@ -731,6 +742,7 @@ fn markdown(figures: &[Figure], env: &[(&str, String)], live: bool) -> String {
         (5, "5. Isolation between destinations"),
         (6, "6. Fleet scale: catch-up, churn, fan-out"),
         (7, "7. Side by side with a baseline agent"),
+        reconnect::TITLE,
     ];
     for (part, title) in parts {
         let _ = writeln!(s, "\n## {title}\n");
