@@ -338,6 +338,7 @@ impl Metrics {
             .set(1);
         registry.register("wd_build_info", "The agent's version (value 1)", build);
         registry.register_collector(Box::new(QueueCollector(state.clone())));
+        registry.register_collector(Box::new(stages::StageCollector));
         // The family is registered with the histogram constructor type.
         Metrics {
             inner: Arc::new(Inner {
@@ -734,6 +735,8 @@ pub struct Status {
     /// Every destination and queue.
     pub destinations: Vec<DestinationStatus>,
 }
+
+mod stages;
 
 mod opt_secs {
     use std::time::Duration;

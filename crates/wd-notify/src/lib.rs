@@ -201,6 +201,7 @@ mod retry;
 mod router;
 pub mod settings;
 mod spool;
+pub mod stages;
 #[cfg(test)]
 mod test_support;
 #[cfg(any(test, feature = "mock"))]

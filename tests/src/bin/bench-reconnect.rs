@@ -40,7 +40,10 @@ impl Drop for KeepUp {
 fn main() -> anyhow::Result<()> {
     let outages: Vec<u64> = std::env::args()
         .skip(1)
-        .map(|a| a.parse().with_context(|| format!("an outage in seconds: `{a}`")))
+        .map(|a| {
+            a.parse()
+                .with_context(|| format!("an outage in seconds: `{a}`"))
+        })
         .collect::<anyhow::Result<_>>()?;
     let outages = if outages.is_empty() {
         vec![2, 10, 60]
@@ -56,10 +59,8 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     let _up = KeepUp;
     let watched = ListenerConfig::default().read_only(true);
-    let mut runs: Vec<(u64, ListenerConfig, &str)> = outages
-        .iter()
-        .map(|&s| (s, watched.clone(), ""))
-        .collect();
+    let mut runs: Vec<(u64, ListenerConfig, &str)> =
+        outages.iter().map(|&s| (s, watched.clone(), "")).collect();
     runs.push((
         10,
         watched.clone().socket_probe_interval(Duration::ZERO),
@@ -67,7 +68,9 @@ fn main() -> anyhow::Result<()> {
     ));
     for (secs, config, suffix) in runs {
         let ms = rt.block_on(outage(config, Duration::from_secs(secs)))?;
-        eprintln!("bench-reconnect: {secs} s outage{suffix}: caught up {ms:.1} ms after libvirtd's first answer");
+        eprintln!(
+            "bench-reconnect: {secs} s outage{suffix}: caught up {ms:.1} ms after libvirtd's first answer"
+        );
         let how = if suffix.is_empty() {
             "the socket watch on (100 ms probe, the default)"
         } else {

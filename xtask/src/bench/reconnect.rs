@@ -33,7 +33,9 @@ pub(super) fn goals(check: &mut dyn FnMut(&str, &str, &str, &dyn Fn(f64) -> bool
     for secs in [2, 10, 60] {
         check(
             &format!("reconnect_after_{secs}s_outage"),
-            &format!("Back on libvirt after a {secs} s outage: libvirtd's first answer → catch-up done"),
+            &format!(
+                "Back on libvirt after a {secs} s outage: libvirtd's first answer → catch-up done"
+            ),
             "≤ 1 s",
             &|v| v <= 1000.0,
             "ms",

@@ -15,6 +15,7 @@ use super::state::Shared;
 use super::writer::Msg;
 use crate::model::Notification;
 use crate::notifier::{Notifier, NotifyError, notify_catching};
+use crate::stages::Stage;
 
 /// Where a worker sends acks: the writer thread of a durable spool, or
 /// nowhere for a spool in memory.
@@ -145,9 +146,16 @@ async fn deliver(shared: Arc<Shared>, inner: Arc<dyn Notifier>, acks: AckSink) {
                 };
                 e.due = None;
                 let n = e.n.clone();
+                let first = e.attempts == 0;
                 let inner = inner.clone();
                 in_flight.push(async move {
+                    if first {
+                        crate::stages::record(Stage::Sending, &n);
+                    }
                     let result = notify_catching(&*inner, &n).await;
+                    if first {
+                        crate::stages::record(Stage::Answered, &n);
+                    }
                     (seq, n, result)
                 });
             }

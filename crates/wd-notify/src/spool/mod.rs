@@ -44,6 +44,7 @@ use self::disk::{RealFs, SpoolFs, create_private_dir};
 use crate::error::{Error, Result};
 use crate::model::Notification;
 use crate::notifier::{Notifier, NotifyError};
+use crate::stages::Stage;
 use writer::{Msg, Writer};
 
 /// `fsync`s a directory (after removing files from it).
@@ -407,6 +408,7 @@ impl Notifier for Spool {
         if self.shared.closed.load(Ordering::SeqCst) {
             return Err(NotifyError::permanent("spool: shut down; not accepting"));
         }
+        crate::stages::record(Stage::Queued, n);
         let payload = n.to_json().into_bytes();
         if payload.len() > MAX_PAYLOAD {
             return Err(NotifyError::permanent(format!(
@@ -416,6 +418,7 @@ impl Notifier for Spool {
         }
         let Some(disk) = &self.disk else {
             self.accept_in_memory(n, payload.len() as u64);
+            crate::stages::record(Stage::Durable, n);
             return Ok(());
         };
         let (reply, accepted) = oneshot::channel();
@@ -431,7 +434,10 @@ impl Notifier for Spool {
             ));
         }
         match accepted.await {
-            Ok(Ok(())) => Ok(()),
+            Ok(Ok(())) => {
+                crate::stages::record(Stage::Durable, n);
+                Ok(())
+            }
             Ok(Err(e)) => Err(NotifyError::retryable(format!(
                 "spool: cannot write to {}",
                 disk.dir.display()
