@@ -776,6 +776,7 @@ fn markdown(figures: &[Figure], env: &[(&str, String)], live: bool) -> String {
         }
     }
     s.push_str(NOTES);
+    s.push_str(reconnect::NOTES);
     s
 }
 

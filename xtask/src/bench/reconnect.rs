@@ -42,3 +42,23 @@ pub(super) fn goals(check: &mut dyn FnMut(&str, &str, &str, &dyn Fn(f64) -> bool
         );
     }
 }
+
+/// How to read part 8 and the per-stage figures, appended to the report.
+pub(super) const NOTES: &str = "
+- **Part 8**: while it waits to reconnect, the listener probes the local \
+libvirt socket every 100 ms (one `connect(2)`, or a `stat(2)` while a daemon \
+that refuses us still holds the same socket file) and reconnects as soon as \
+it accepts again, whatever the backoff had grown to; the catch-up follows at \
+once. A connected listener never probes, so idle CPU is unchanged. The \
+`_backoff_only` row is the same 10 s outage with the probe off: the \
+behaviour before it (the backoff had grown to several seconds).
+- **Per-stage latency** (`latency_stage_*`, part 3): `wd_stage_seconds` in \
+the agent's `/metrics` times each live first firing from the libvirt \
+callback to `queued` (a destination's queue is handed it: listener, \
+pipeline, episode ledger, fan-out), `durable` (the queue's fsync), \
+`sending` (the delivery worker starts) and `answered`. A stage's own cost is \
+the difference between neighbours. `cpu_per_firing` (part 4) is the \
+agent's CPU from the scheduler's nanoseconds (`/proc/PID/task/*/schedstat`) \
+over 100 announced firings; `cpu_per_firing_ticks` is the 10 ms-tick \
+cross-check.
+";
