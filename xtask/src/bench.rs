@@ -16,7 +16,10 @@
 //!    10,000 domains on the test driver and fan-out to 1,000 project
 //!    endpoints always; with live parts also the catch-up of 100, 1,000 and
 //!    5,000 domains on the system libvirtd and `wdguard watch` side by side
-//!    with a Python baseline agent (`tests/fixtures/baseline_agent.py`).
+//!    with a Python baseline agent (`tests/fixtures/baseline_agent.py`) and
+//!    with OpenStack's `masakari-instancemonitor` (PyPI, in
+//!    `target/wd-venv-masakari`, against Keystone and Masakari API
+//!    stand-ins: `tests/fixtures/masakari_standins.py`).
 //!
 //! 8. Back on libvirt after outages of 2 s, 10 s and 60 s (live only): the
 //!    `bench-reconnect` binary of `wd-e2e` (`bench/reconnect.rs`).
@@ -430,7 +433,13 @@ fn scale_parts(figures: &mut Vec<Figure>, live: bool) -> Result<()> {
     setup::cmd_ok(cargo().args(["build", "--release", "-p", "wdguard"]))?;
     setup::cmd_ok(cargo().args(["build", "--release", "-p", "wd-e2e", "--bin", "bench-scale"]))?;
     let exe = target_dir().join("release").join("bench-scale");
-    let part_of = |name: &str| if name.contains("baseline") { 7 } else { 6 };
+    let part_of = |name: &str| {
+        if name.contains("baseline") || name.contains("masakari") {
+            7
+        } else {
+            6
+        }
+    };
     let mut result = Ok(());
     for (what, shared) in [("churn", false), ("fanout", false)] {
         eprintln!("xtask: bench-scale {what}");
@@ -442,8 +451,9 @@ fn scale_parts(figures: &mut Vec<Figure>, live: bool) -> Result<()> {
     if live {
         setup::ensure_packages()?;
         setup::guest()?;
+        setup::masakari_venv()?;
         let _services = ServicesGuard(setup::services_up()?);
-        for what in ["catchup", "baseline"] {
+        for what in ["catchup", "baseline", "masakari"] {
             eprintln!("xtask: bench-scale {what}");
             if let Err(e) = run_figures(figures, example(&exe, &[what], true), &part_of) {
                 eprintln!("xtask: bench-scale {what}: {e:#}");
@@ -708,6 +718,21 @@ fn goals(figures: &[Figure]) -> Vec<Goal> {
         );
     }
     reconnect::goals(&mut check);
+    for (label, what) in [
+        ("latency_median", "latency after `virsh event`, median"),
+        ("latency_worst", "latency after `virsh event`, worst"),
+        ("rss", "VmRSS"),
+        ("rss_anon", "RssAnon"),
+        ("cpu_per_firing", "CPU per firing"),
+    ] {
+        check(
+            &format!("wd_vs_masakari_{label}_ratio"),
+            &format!("wd / masakari-instancemonitor: {what}"),
+            "≤ 1 (no costlier than masakari)",
+            &|v| v <= 1.0,
+            "×",
+        );
+    }
     out
 }
 

@@ -13,6 +13,8 @@
 //! * `bench-scale fanout`: 1,000 projects, each with its own webhook
 //!   endpoint on a loopback receiver, one firing each through the runtime:
 //!   notifications per second and the p99 from firing to receipt.
+//! * `bench-scale masakari`: `wdguard watch` and OpenStack's
+//!   `masakari-instancemonitor` side by side (see `masakari.rs`).
 //! * `bench-scale baseline`: `wdguard watch` and the Python baseline agent
 //!   (`tests/fixtures/baseline_agent.py`) side by side on the system
 //!   libvirtd, a real guest firing: latency after `virsh event`, RSS, idle
@@ -467,6 +469,7 @@ async fn fanout() -> anyhow::Result<()> {
 }
 
 mod baseline;
+mod masakari;
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
@@ -492,6 +495,10 @@ async fn main() -> anyhow::Result<()> {
             needs_libvirtd()?;
             baseline::baseline(&assets()?).await
         }
-        _ => bail!("usage: bench-scale catchup|churn|fanout|baseline"),
+        "masakari" => {
+            needs_libvirtd()?;
+            masakari::masakari(&assets()?).await
+        }
+        _ => bail!("usage: bench-scale catchup|churn|fanout|baseline|masakari"),
     }
 }
