@@ -46,7 +46,7 @@ impl SocketWatch {
         }
         let runtime_dir = std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from);
         let paths = socket_paths(&config.uri, config.read_only, runtime_dir.as_deref());
-        (!paths.is_empty()).then(|| SocketWatch {
+        (!paths.is_empty()).then_some(SocketWatch {
             paths,
             every: config.socket_probe_interval,
         })

@@ -28,8 +28,11 @@ pub(super) fn part8(figures: &mut Vec<Figure>) -> Result<()> {
     run_figures(figures, example(&exe, &[], true), &|_| TITLE.0)
 }
 
+/// `goals`' `check`: figure, what, goal, whether met, unit.
+pub(super) type Check<'a> = dyn FnMut(&str, &str, &str, &dyn Fn(f64) -> bool, &str) + 'a;
+
 /// The goals of this part's figures, through `goals`' `check`.
-pub(super) fn goals(check: &mut dyn FnMut(&str, &str, &str, &dyn Fn(f64) -> bool, &str)) {
+pub(super) fn goals(check: &mut Check<'_>) {
     for secs in [2, 10, 60] {
         check(
             &format!("reconnect_after_{secs}s_outage"),
