@@ -115,7 +115,9 @@ pub fn run(args: &[&str]) -> Result<()> {
     std::fs::write(&report, report_json(&figures, &env))
         .with_context(|| format!("write {}", report.display()))?;
     let doc = root().join("docs").join("performance.md");
-    std::fs::write(&doc, markdown(&figures, &env, live))
+    let kept = std::fs::read_to_string(&doc).unwrap_or_default();
+    let text = markdown(&figures, &env, live) + reconnect::history(&kept);
+    std::fs::write(&doc, text)
         .with_context(|| format!("write {}", doc.display()))?;
     eprintln!(
         "xtask: {} figures in {:.0} s; wrote {} and {}",

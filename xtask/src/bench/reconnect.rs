@@ -65,3 +65,26 @@ agent's CPU from the scheduler's nanoseconds (`/proc/PID/task/*/schedstat`) \
 over 100 announced firings; `cpu_per_firing_ticks` is the 10 ms-tick \
 cross-check.
 ";
+
+/// The heading of the hand-written section that `cargo xtask bench` keeps
+/// when it writes `docs/performance.md` again: figures measured once, by
+/// hand, before and after a change (the tables above are this run's).
+const HISTORY: &str = "\n## Before and after";
+
+/// The hand-written history at the end of the old report, if any.
+pub(super) fn history(old: &str) -> &str {
+    old.find(HISTORY).map_or("", |i| &old[i..])
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_history_section_is_kept_and_nothing_else() {
+        let old = "# Performance\n\n| a | 1 |\n\n## Before and after\n\nissue 19: 10 s -> 18 ms\n";
+        assert_eq!(
+            super::history(old),
+            "\n## Before and after\n\nissue 19: 10 s -> 18 ms\n"
+        );
+        assert_eq!(super::history("# Performance\n"), "");
+    }
+}
