@@ -117,8 +117,7 @@ pub fn run(args: &[&str]) -> Result<()> {
     let doc = root().join("docs").join("performance.md");
     let kept = std::fs::read_to_string(&doc).unwrap_or_default();
     let text = markdown(&figures, &env, live) + reconnect::history(&kept);
-    std::fs::write(&doc, text)
-        .with_context(|| format!("write {}", doc.display()))?;
+    std::fs::write(&doc, text).with_context(|| format!("write {}", doc.display()))?;
     eprintln!(
         "xtask: {} figures in {:.0} s; wrote {} and {}",
         figures.len(),

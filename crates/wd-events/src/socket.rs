@@ -241,16 +241,22 @@ mod tests {
         }
     }
 
-    #[test]
-    fn the_probe_tells_a_listening_socket_from_a_stale_or_missing_one() {
-        let dir = std::env::temp_dir().join(format!("wd-sock-{}", std::process::id()));
+    /// A fresh directory, the socket path in it (absent) and its watch.
+    fn scratch(name: &str) -> (PathBuf, PathBuf, SocketWatch) {
+        let dir = std::env::temp_dir().join(format!("wd-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("sock");
-        let _ = std::fs::remove_file(&path);
         let watch = SocketWatch {
             paths: vec![path.clone()],
             every: Duration::from_millis(10),
         };
+        (dir, path, watch)
+    }
+
+    #[test]
+    fn the_probe_tells_a_listening_socket_from_a_stale_or_missing_one() {
+        let (dir, path, watch) = scratch("sock");
         assert!(!watch.accepting(), "missing");
         let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
         assert!(watch.accepting(), "listening");
@@ -263,14 +269,7 @@ mod tests {
 
     #[test]
     fn a_wait_ends_on_a_return_or_a_new_socket_never_on_the_same_one() {
-        let dir = std::env::temp_dir().join(format!("wd-wait-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("sock");
-        let _ = std::fs::remove_file(&path);
-        let watch = SocketWatch {
-            paths: vec![path.clone()],
-            every: Duration::from_millis(10),
-        };
+        let (dir, path, watch) = scratch("wait");
         // Gone at the start, then back.
         let mut wait = watch.begin(watch.files());
         assert!(!wait.back());

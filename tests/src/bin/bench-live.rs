@@ -458,16 +458,7 @@ async fn resources(assets: &GuestAssets) -> anyhow::Result<()> {
     let mut agent = start_agent(&cfg, &dir)?;
     let pid = agent.pid();
     agent.wait_ready(Duration::from_secs(30)).await?;
-    let guests: Vec<Guest> = (0..3)
-        .map(|i| {
-            let name = wd_testkit::unique_name(&format!("wdb-storm{i}"));
-            Guest::define_and_start(
-                GuestSpec::new(&name, "reset").with_nova(owner(i)),
-                assets,
-                None,
-            )
-        })
-        .collect::<anyhow::Result<_>>()?;
+    let guests = reset_guests("wdb-storm", 3, assets)?;
     let names: Vec<String> = guests.iter().map(|g| g.spec.name.clone()).collect();
     // The window starts with the first firing, not with the guests' boot.
     let boot = Instant::now();
@@ -557,6 +548,20 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `n` reset guests named `{prefix}{i}-…`, each with its own owner.
+fn reset_guests(prefix: &str, n: usize, assets: &GuestAssets) -> anyhow::Result<Vec<Guest>> {
+    (0..n)
+        .map(|i| {
+            let name = wd_testkit::unique_name(&format!("{prefix}{i}"));
+            Guest::define_and_start(
+                GuestSpec::new(&name, "reset").with_nova(owner(i)),
+                assets,
+                None,
+            )
+        })
+        .collect()
+}
+
 /// A free loopback port (bound, then released for the agent to take).
 fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
@@ -630,16 +635,7 @@ async fn cpu_per_firing(assets: &GuestAssets, n: usize) -> anyhow::Result<()> {
     let mut agent = start_agent(&cfg, &dir)?;
     let pid = agent.pid();
     agent.wait_ready(Duration::from_secs(30)).await?;
-    let guests: Vec<Guest> = (0..CPU_GUESTS)
-        .map(|i| {
-            let name = wd_testkit::unique_name(&format!("wdb-cpu{i}"));
-            Guest::define_and_start(
-                GuestSpec::new(&name, "reset").with_nova(owner(i)),
-                assets,
-                None,
-            )
-        })
-        .collect::<anyhow::Result<_>>()?;
+    let guests = reset_guests("wdb-cpu", CPU_GUESTS, assets)?;
     let names: Vec<String> = guests.iter().map(|g| g.spec.name.clone()).collect();
     let count =
         |names: &[String]| -> usize { names.iter().map(|n| virsh_events.of(n).len()).sum() };

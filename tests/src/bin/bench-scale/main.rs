@@ -58,6 +58,19 @@ fn rss_anon_mib(pid: u32) -> anyhow::Result<f64> {
     Ok(status_kib(pid, "RssAnon:")? as f64 / 1024.0)
 }
 
+/// VmRSS and RssAnon of each of `pids`, in MiB.
+fn memory_mib(pids: &[(&str, u32)]) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
+    let rss = pids
+        .iter()
+        .map(|(_, p)| status_kib(*p, "VmRSS:").map(|k| k as f64 / 1024.0))
+        .collect::<Result<_, _>>()?;
+    let anon = pids
+        .iter()
+        .map(|(_, p)| rss_anon_mib(*p))
+        .collect::<Result<_, _>>()?;
+    Ok((rss, anon))
+}
+
 fn work_dir(name: &str) -> anyhow::Result<PathBuf> {
     let dir = wd_testkit::target_dir().join("wd-bench").join(name);
     let _ = std::fs::remove_dir_all(&dir);

@@ -16,13 +16,13 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use serde_json::Value;
 use wd_e2e::agent::Agent;
-use wd_e2e::bench::{cpu_ns, figure, latencies_ms, median, status_kib};
+use wd_e2e::bench::{cpu_ns, figure, latencies_ms, median};
 use wd_e2e::guest::{EventWatch, Guest};
 use wd_testkit::Libvirtd;
 use wd_testkit::guest::{GuestAssets, GuestSpec};
 
 use crate::{
-    FIRINGS, PROJECT, Receipts, SECRET, agent_config, lock, owner, receiver, rss_anon_mib, work_dir,
+    FIRINGS, PROJECT, Receipts, SECRET, agent_config, lock, memory_mib, owner, receiver, work_dir,
 };
 
 /// A child process, killed when dropped.
@@ -144,14 +144,7 @@ pub(crate) async fn masakari(assets: &GuestAssets) -> anyhow::Result<()> {
         .zip(&busy0)
         .map(|((_, p), c0)| cpu_ns(*p).map(|c| c.saturating_sub(*c0)))
         .collect::<Result<_, _>>()?;
-    let rss: Vec<f64> = pids
-        .iter()
-        .map(|(_, p)| status_kib(*p, "VmRSS:").map(|k| k as f64 / 1024.0))
-        .collect::<Result<_, _>>()?;
-    let anon: Vec<f64> = pids
-        .iter()
-        .map(|(_, p)| rss_anon_mib(*p))
-        .collect::<Result<_, _>>()?;
+    let (rss, anon) = memory_mib(&pids)?;
     let firings = virsh_events.of(&name);
     if firings.len() < 3 {
         bail!("only {} firings of {name}", firings.len());
