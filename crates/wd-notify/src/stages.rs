@@ -5,6 +5,11 @@
 //!
 //! The points, in order ([`Stage`]):
 //!
+//! * `prepared`: the pipeline built the notification (listener's thread
+//!   and channel, the pipeline's decision). Recorded by the caller that
+//!   builds notifications (`wd-compute`'s pipeline).
+//! * `ledgered`: the episode ledger's entry is on disk and the notification
+//!   goes to the router. Recorded by that caller too.
 //! * `queued`: the queue of a destination is handed the notification. Up
 //!   to here: the listener's thread and channel, the pipeline, the episode
 //!   ledger's write, the router's fan-out.
@@ -28,6 +33,10 @@ use crate::model::Notification;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Stage {
+    /// The notification is built.
+    Prepared,
+    /// The episode ledger is written; handed to the router.
+    Ledgered,
     /// Handed to a destination's queue.
     Queued,
     /// Accepted by the queue (durable, with a spool directory).
@@ -40,7 +49,9 @@ pub enum Stage {
 
 impl Stage {
     /// Every stage, in order.
-    pub const ALL: [Stage; 4] = [
+    pub const ALL: [Stage; 6] = [
+        Stage::Prepared,
+        Stage::Ledgered,
         Stage::Queued,
         Stage::Durable,
         Stage::Sending,
@@ -50,6 +61,8 @@ impl Stage {
     /// The lowercase name (the `stage` label).
     pub fn as_str(self) -> &'static str {
         match self {
+            Stage::Prepared => "prepared",
+            Stage::Ledgered => "ledgered",
             Stage::Queued => "queued",
             Stage::Durable => "durable",
             Stage::Sending => "sending",
@@ -98,7 +111,7 @@ impl Histogram {
     }
 }
 
-static STAGES: [Histogram; 4] = [const { Histogram::new() }; 4];
+static STAGES: [Histogram; Stage::ALL.len()] = [const { Histogram::new() }; Stage::ALL.len()];
 
 /// Longer than this since the firing is not the hot path (a notification
 /// that waited for a reconnect, a clock step): not recorded.
@@ -220,6 +233,20 @@ mod tests {
         assert_eq!(counts[BOUNDS.iter().position(|&b| b == 0.005).unwrap()], 2);
         assert_eq!(counts[BOUNDS.len()], 1, "above every bound");
         assert_eq!(h.count.load(Ordering::Relaxed), 4);
+    }
+
+    #[test]
+    fn every_stage_has_its_own_histogram_in_order() {
+        for (i, stage) in Stage::ALL.iter().enumerate() {
+            assert_eq!(stage.index(), i, "{stage:?}");
+        }
+        let names: Vec<&str> = snapshot().iter().map(|s| s.stage.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "prepared", "ledgered", "queued", "durable", "sending", "answered"
+            ]
+        );
     }
 
     #[test]

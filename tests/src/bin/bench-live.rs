@@ -683,7 +683,9 @@ async fn cpu_per_firing(assets: &GuestAssets, n: usize) -> anyhow::Result<()> {
         "ms CPU",
         &format!("{method}; utime+stime (10 ms clock ticks) over the same window, the cross-check"),
     );
-    for stage in ["queued", "durable", "sending", "answered"] {
+    for stage in [
+        "prepared", "ledgered", "queued", "durable", "sending", "answered",
+    ] {
         let (buckets, sum, total) = stage_histogram(&scraped, stage);
         if total == 0 {
             continue;

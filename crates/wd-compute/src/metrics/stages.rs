@@ -21,7 +21,7 @@ impl Collector for StageCollector {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), fmt::Error> {
         let mut family = encoder.encode_descriptor(
             "wd_stage_seconds",
-            "Time from the libvirt callback to each point of a live first firing's way (queued, durable, sending, answered), per destination queue",
+            "Time from the libvirt callback to each point of a live first firing's way (prepared, ledgered: once per firing; queued, durable, sending, answered: per destination queue)",
             None,
             MetricType::Histogram,
         )?;
