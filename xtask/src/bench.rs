@@ -42,6 +42,7 @@ use serde_json::{Value, json};
 
 use crate::{cargo, root, setup, target_dir};
 
+mod masakari;
 mod reconnect;
 
 /// One measured figure.
@@ -719,21 +720,7 @@ fn goals(figures: &[Figure]) -> Vec<Goal> {
         );
     }
     reconnect::goals(&mut check);
-    for (label, what) in [
-        ("latency_median", "latency after `virsh event`, median"),
-        ("latency_worst", "latency after `virsh event`, worst"),
-        ("rss", "VmRSS"),
-        ("rss_anon", "RssAnon"),
-        ("cpu_per_firing", "CPU per firing"),
-    ] {
-        check(
-            &format!("wd_vs_masakari_{label}_ratio"),
-            &format!("wd / masakari-instancemonitor: {what}"),
-            "≤ 1 (no costlier than masakari)",
-            &|v| v <= 1.0,
-            "×",
-        );
-    }
+    masakari::goals(&mut check);
     out
 }
 
