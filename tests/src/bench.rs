@@ -67,6 +67,30 @@ pub fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
     Ok(f.get(11).context("utime")?.parse::<u64>()? + f.get(12).context("stime")?.parse::<u64>()?)
 }
 
+/// The CPU time of `pid` in nanoseconds, from the scheduler's own
+/// accounting: the first field of `/proc/PID/task/TID/schedstat`, summed
+/// over the process's threads (utime + stime counts 10 ms clock ticks, too
+/// coarse for a millisecond per firing). Threads that exited meanwhile are
+/// no longer counted: compare with [`cpu_ticks`] over long windows.
+pub fn cpu_ns(pid: u32) -> anyhow::Result<u64> {
+    let mut total = 0u64;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let path = task?.path().join("schedstat");
+        // A thread that ended since the listing has no file any more.
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        let ns: u64 = text
+            .split_whitespace()
+            .next()
+            .with_context(|| format!("{} is empty", path.display()))?
+            .parse()
+            .with_context(|| format!("{} does not start with a number", path.display()))?;
+        total = total.saturating_add(ns);
+    }
+    Ok(total)
+}
+
 /// utime + stime of `pid`, in ms.
 pub fn cpu_ms(pid: u32) -> anyhow::Result<f64> {
     Ok(cpu_ticks(pid)? as f64 * 1000.0 / clock_ticks())
@@ -124,6 +148,13 @@ mod tests {
         let pid = std::process::id();
         assert!(status_kib(pid, "VmRSS:").unwrap() > 0);
         assert!(cpu_ticks(pid).is_ok());
+        // Spinning for a while shows up in the scheduler's nanoseconds.
+        let before = cpu_ns(pid).unwrap();
+        let spin = std::time::Instant::now();
+        while spin.elapsed() < std::time::Duration::from_millis(20) {
+            std::hint::black_box(0);
+        }
+        assert!(cpu_ns(pid).unwrap() > before);
         assert!(status_kib(pid, "NoSuchKey:").is_err());
     }
 }

@@ -6,7 +6,7 @@
 //!
 //! One module per part, listed in [`PARTS`]: `xml` (1), `pipeline` (2),
 //! `isolation` (5), `live` (3 and 4, on real guests; not with `--no-live`)
-//! `scale` (6 and 7) and `trust_store` (8). A new part is a module with a `PART` constant (its
+//! `scale` (6 and 7), `reconnect` (8, live) and `trust_store` (9). A new part is a module with a `PART` constant (its
 //! sections of the doc and its runner) and a line in [`PARTS`].
 //!
 //! Steps on the system libvirtd run under `flock $WD_BENCH_LOCK` when that
@@ -17,7 +17,9 @@ mod examples;
 mod goals;
 mod isolation;
 mod live;
+mod masakari;
 mod pipeline;
+mod reconnect;
 mod report;
 mod scale;
 mod trust_store;
@@ -56,6 +58,7 @@ const PARTS: &[Part] = &[
     isolation::PART,
     live::PART,
     scale::PART,
+    reconnect::PART,
     trust_store::PART,
 ];
 

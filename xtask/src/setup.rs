@@ -124,6 +124,30 @@ fn pinned_venv(name: &str, pin: &str) -> Result<()> {
     std::fs::write(&stamp, pin).with_context(|| format!("write {}", stamp.display()))
 }
 
+/// The venv with OpenStack's `masakari-instancemonitor` (PyPI
+/// `masakari-monitors`, and `libvirt-python`, which it imports but does not
+/// declare), which `cargo xtask bench` runs beside `wdguard watch`:
+/// `target/wd-venv-masakari` (apart from other venvs, so its pins move
+/// alone). `libvirt-python` builds against `libvirt-dev`.
+pub fn masakari_venv() -> Result<()> {
+    const PINS: [&str; 2] = ["masakari-monitors==22.0.0", "libvirt-python==12.8.0"];
+    let dir = crate::target_dir().join("wd-venv-masakari");
+    let python = dir.join("bin/python3");
+    let stamp = dir.join("wd-installed");
+    let want = PINS.join(" ");
+    if std::fs::read_to_string(&stamp).is_ok_and(|s| s.trim() == want) {
+        return Ok(());
+    }
+    eprintln!("xtask: creating {} with {want}", dir.display());
+    cmd_ok(Command::new("python3").args(["-m", "venv"]).arg(&dir))?;
+    cmd_ok(
+        Command::new(&python)
+            .args(["-m", "pip", "install", "-q", "--disable-pip-version-check"])
+            .args(PINS),
+    )?;
+    std::fs::write(&stamp, want).with_context(|| format!("write {}", stamp.display()))
+}
+
 /// Builds (or finds) the guest kernel and initramfs.
 pub fn guest() -> Result<GuestAssets> {
     let dir = assets_dir();

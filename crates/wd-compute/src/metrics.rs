@@ -280,6 +280,7 @@ impl Metrics {
             .set(1);
         registry.register("wd_build_info", "The agent's version (value 1)", build);
         registry.register_collector(Box::new(QueueCollector(state.clone())));
+        registry.register_collector(Box::new(stages::StageCollector));
         // The family is registered with the histogram constructor type.
         Metrics {
             inner: Arc::new(Inner {
@@ -563,6 +564,7 @@ fn rows<S: serde::Serializer>(all: &[DestinationStatus], s: S) -> Result<S::Ok, 
     seq.end()
 }
 
+mod stages;
 mod writes;
 
 #[cfg(test)]

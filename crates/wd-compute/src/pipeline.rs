@@ -331,6 +331,9 @@ impl Pipeline {
     fn launch(&mut self, batch: Vec<Prepared>) {
         self.flush_ledger();
         for p in batch {
+            if p.attempts == 0 {
+                wd_notify::stages::record(wd_notify::stages::Stage::Ledgered, &p.n);
+            }
             self.hand_over(p);
         }
     }
@@ -547,6 +550,7 @@ impl Pipeline {
         };
         tracing::info!(domain = %ev.domain, action = %n.action, %event_id, origin = %ev.origin,
             project = n.instance.project_id.as_deref().unwrap_or("-"), "watchdog fired");
+        wd_notify::stages::record(wd_notify::stages::Stage::Prepared, &n);
         Some(Prepared {
             n,
             run,

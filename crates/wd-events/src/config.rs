@@ -48,6 +48,15 @@ pub struct ListenerConfig {
     /// A connection that stayed up at least this long starts the backoff
     /// over; one that flaps sooner keeps it growing.
     pub backoff_reset_after: Duration,
+    /// How often, while waiting to reconnect, the listener checks whether
+    /// the local libvirt socket accepts connections again (a bare
+    /// `connect(2)`, no libvirt call); when it starts to, the wait ends
+    /// and the listener reconnects at once, however long the backoff had
+    /// grown. Only for local URIs (`qemu:///system`, `...?socket=PATH`),
+    /// only while disconnected, and only when the socket did not accept as
+    /// the wait began (a daemon that accepts but refuses is retried on the
+    /// backoff's schedule). Zero turns it off.
+    pub socket_probe_interval: Duration,
     /// How many items may wait for the consumer before the listener waits
     /// for it. The libvirt event loop itself never waits, and neither do
     /// the listener's liveness checks and re-checks.
@@ -69,6 +78,7 @@ impl Default for ListenerConfig {
             recheck_interval: Duration::from_secs(60),
             backoff: Backoff::new(Duration::from_millis(800), Duration::from_secs(30)),
             backoff_reset_after: Duration::from_secs(120),
+            socket_probe_interval: Duration::from_millis(100),
             channel_capacity: 1024,
             inbox_capacity: 4096,
         }
@@ -130,6 +140,13 @@ impl ListenerConfig {
     #[must_use]
     pub fn backoff_reset_after(mut self, reset_after: Duration) -> Self {
         self.backoff_reset_after = reset_after;
+        self
+    }
+
+    /// Sets how often the socket is probed while disconnected (zero: never).
+    #[must_use]
+    pub fn socket_probe_interval(mut self, interval: Duration) -> Self {
+        self.socket_probe_interval = interval;
         self
     }
 

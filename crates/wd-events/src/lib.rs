@@ -107,7 +107,11 @@
 //! with capped exponential backoff and jitter ([`Backoff`] from
 //! `wd-backoff`: 0.8 s doubling to 30 s, each wait drawn from its upper half,
 //! reset after two minutes of health), so it never spins
-//! while libvirtd is down, registers again, and catches up.
+//! while libvirtd is down, registers again, and catches up. For a local
+//! URI it also probes the daemon's Unix socket while it waits
+//! ([`ListenerConfig::socket_probe_interval`], 100 ms: one `connect(2)`),
+//! and reconnects as soon as the socket accepts again: back within about
+//! a probe interval of libvirtd's return, however long it was away.
 #![deny(unsafe_code)]
 
 mod backend;
@@ -121,6 +125,7 @@ mod listener;
 mod machine;
 mod model;
 mod probe;
+mod socket;
 
 pub use config::ListenerConfig;
 pub use error::{Error, Result};

@@ -16,6 +16,7 @@ use crate::inbox::{self, Gone, Inbox, ListenerStats, Msg, Next, Outbox, Sink};
 use crate::kinds::Enum;
 use crate::machine::Machine;
 use crate::model::{DisconnectReason, Item};
+use crate::socket::{Files, SocketWatch, Waiting};
 
 /// A source of listener items. [`EventStream`] is the real one; consumers
 /// take `impl EventSource` (or the `Stream`) so they can be tested without
@@ -75,6 +76,7 @@ pub(crate) fn spawn<B: Backend>(backend: B, config: ListenerConfig) -> Result<Ev
     let connection = SharedConnection::default();
     let supervisor = Supervisor {
         backend,
+        socket: SocketWatch::for_config(&config),
         config,
         inbox,
         sink: control.clone(),
@@ -156,6 +158,8 @@ impl From<Gone> for Stop {
 struct Supervisor<B> {
     backend: B,
     config: ListenerConfig,
+    /// The local daemon's socket, probed while waiting to reconnect.
+    socket: Option<SocketWatch>,
     /// The inbox, and the outbox's producing end.
     inbox: Inbox,
     /// A sender into `inbox`, cloned into each connection's callbacks.
@@ -175,6 +179,7 @@ impl<B: Backend> Supervisor<B> {
         let mut failures = 0u32;
         loop {
             let generation = self.machine.generation() + 1;
+            let files = self.socket.as_ref().map(SocketWatch::files);
             let attempt_started = Instant::now();
             let session = match self
                 .backend
@@ -189,7 +194,7 @@ impl<B: Backend> Supervisor<B> {
                         error,
                         retry_in,
                     })?;
-                    self.idle(retry_in)?;
+                    self.idle(retry_in, files)?;
                     continue;
                 }
             };
@@ -205,7 +210,7 @@ impl<B: Backend> Supervisor<B> {
             let item = self.machine.disconnected(reason);
             self.emit(item)?;
             backoff.reset_if_healthy(up_since.elapsed(), self.config.backoff_reset_after);
-            self.idle(backoff.next_delay())?;
+            self.idle(backoff.next_delay(), files)?;
         }
     }
 
@@ -336,10 +341,19 @@ impl<B: Backend> Supervisor<B> {
 
     /// Waits `delay` while disconnected, still handling events that were
     /// queued before the connection went away (they are real events).
-    fn idle(&mut self, delay: Duration) -> Result<(), Stop> {
+    ///
+    /// Ends early when the local daemon's socket starts accepting again
+    /// (see the `socket` module): libvirtd is back, and the backoff has no
+    /// reason to hold us.
+    /// `files` are the socket files as they were before the last attempt.
+    fn idle(&mut self, delay: Duration, files: Option<Files>) -> Result<(), Stop> {
         let deadline = Instant::now() + delay;
+        let mut watch = self.socket.as_ref().zip(files).map(|(w, f)| w.begin(f));
         loop {
-            match self.inbox.next(deadline, true) {
+            let wake = watch
+                .as_ref()
+                .map_or(deadline, |w| deadline.min(Instant::now() + w.every()));
+            match self.inbox.next(wake, true) {
                 Next::Event(event) => {
                     if let Some(item) = self.machine.live(event, None) {
                         self.emit(item)?;
@@ -347,7 +361,16 @@ impl<B: Backend> Supervisor<B> {
                 }
                 Next::Closed { .. } | Next::Room => {}
                 Next::Stop => return Err(Stop),
-                Next::Timeout => return Ok(()),
+                Next::Timeout if Instant::now() >= deadline => return Ok(()),
+                Next::Timeout => {
+                    if watch.as_mut().is_some_and(Waiting::back) {
+                        tracing::info!(
+                            uri = self.config.uri,
+                            "libvirt's socket accepts again; reconnecting now"
+                        );
+                        return Ok(());
+                    }
+                }
             }
         }
     }

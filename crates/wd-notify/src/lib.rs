@@ -198,6 +198,7 @@ mod retry;
 mod router;
 pub mod settings;
 mod spool;
+pub mod stages;
 #[cfg(any(test, feature = "mock"))]
 pub mod testing;
 

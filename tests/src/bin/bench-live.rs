@@ -12,6 +12,12 @@
 //! `bench-live resources`: the agent's RSS and CPU while idle with 0, 10 and
 //! 100 defined (inactive) domains, then during a storm of 3 `reset` guests.
 //!
+//! `bench-live cpu [FIRINGS]` (default 100): `reset` guests fire until
+//! `virsh event` has counted that many firings, each one announced (a
+//! 1 ms coalesce window); the agent's CPU per firing from the scheduler's
+//! nanoseconds (`/proc/PID/task/*/schedstat`), and the per-stage latency
+//! histograms its `/metrics` kept (`wd_stage_seconds`).
+//!
 //! It expects a running system libvirtd, RabbitMQ on 127.0.0.1:5672, the
 //! guest assets and `wdguard` built next to this binary (the xtask does all
 //! that).
@@ -29,7 +35,9 @@ use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties, ExchangeKind};
 use serde_json::Value;
 use wd_e2e::agent::AgentProcess;
-use wd_e2e::bench::{clock_ticks, cpu_ticks, figure, latencies_ms, median, now, status_kib};
+use wd_e2e::bench::{
+    clock_ticks, cpu_ns, cpu_ticks, figure, latencies_ms, median, now, status_kib,
+};
 use wd_e2e::receiver::Receiver;
 use wd_e2e::virsh::{EventWatch, Guest, virsh};
 use wd_testkit::guest::{GuestAssets, GuestSpec, NovaOwner};
@@ -41,6 +49,10 @@ const EXCHANGE: &str = "wd-bench";
 const FIRINGS: usize = 8;
 /// The idle measurement window.
 const IDLE_WINDOW: Duration = Duration::from_secs(10);
+/// Firings measured for the CPU per firing.
+const CPU_FIRINGS: usize = 100;
+/// Reset guests firing at once for it.
+const CPU_GUESTS: usize = 4;
 /// How long the reset storm runs.
 const STORM: Duration = Duration::from_secs(30);
 
@@ -446,16 +458,7 @@ async fn resources(assets: &GuestAssets) -> anyhow::Result<()> {
     let mut agent = start_agent(&cfg, &dir)?;
     let pid = agent.pid();
     agent.wait_ready(Duration::from_secs(30)).await?;
-    let guests: Vec<Guest> = (0..3)
-        .map(|i| {
-            let name = wd_testkit::unique_name(&format!("wdb-storm{i}"));
-            Guest::define_and_start(
-                GuestSpec::new(&name, "reset").with_nova(owner(i)),
-                assets,
-                None,
-            )
-        })
-        .collect::<anyhow::Result<_>>()?;
+    let guests = reset_guests("wdb-storm", 3, assets)?;
     let names: Vec<String> = guests.iter().map(|g| g.spec.name.clone()).collect();
     // The window starts with the first firing, not with the guests' boot.
     let boot = Instant::now();
@@ -530,6 +533,184 @@ async fn main() -> anyhow::Result<()> {
     }
     if matches!(what.as_str(), "resources" | "all") {
         resources(&assets).await?;
+    }
+    if matches!(what.as_str(), "cpu" | "all") {
+        let n = std::env::args()
+            .nth(2)
+            .map(|a| {
+                a.parse()
+                    .with_context(|| format!("a number of firings: `{a}`"))
+            })
+            .transpose()?
+            .unwrap_or(CPU_FIRINGS);
+        cpu_per_firing(&assets, n).await?;
+    }
+    Ok(())
+}
+
+/// `n` reset guests named `{prefix}{i}-…`, each with its own owner.
+fn reset_guests(prefix: &str, n: usize, assets: &GuestAssets) -> anyhow::Result<Vec<Guest>> {
+    (0..n)
+        .map(|i| {
+            let name = wd_testkit::unique_name(&format!("{prefix}{i}"));
+            Guest::define_and_start(
+                GuestSpec::new(&name, "reset").with_nova(owner(i)),
+                assets,
+                None,
+            )
+        })
+        .collect()
+}
+
+/// A free loopback port (bound, then released for the agent to take).
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// `GET /metrics` of the agent at `addr`, as text.
+async fn scrape(addr: &str) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.write_all(format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).await?;
+    Ok(out)
+}
+
+/// One stage of `wd_stage_seconds` in a scrape: `(upper bound, cumulative
+/// count)` per bucket, the sum and the count.
+fn stage_histogram(text: &str, stage: &str) -> (Vec<(f64, u64)>, f64, u64) {
+    let label = format!("stage=\"{stage}\"");
+    let value = |l: &str| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok());
+    let mut buckets = Vec::new();
+    let (mut sum, mut count) = (f64::NAN, 0);
+    for l in text.lines().filter(|l| l.contains(&label)) {
+        if l.starts_with("wd_stage_seconds_bucket") {
+            let le = l
+                .split("le=\"")
+                .nth(1)
+                .and_then(|r| r.split('"').next())
+                .map(|b| {
+                    if b == "+Inf" {
+                        f64::INFINITY
+                    } else {
+                        b.parse().unwrap_or(f64::NAN)
+                    }
+                });
+            if let (Some(le), Some(v)) = (le, value(l)) {
+                buckets.push((le, v as u64));
+            }
+        } else if l.starts_with("wd_stage_seconds_sum") {
+            sum = value(l).unwrap_or(f64::NAN);
+        } else if l.starts_with("wd_stage_seconds_count") {
+            count = value(l).map_or(0, |v| v as u64);
+        }
+    }
+    (buckets, sum, count)
+}
+
+/// The bucket bound that holds quantile `q` of cumulative `buckets`.
+fn bucket_quantile(buckets: &[(f64, u64)], count: u64, q: f64) -> f64 {
+    let target = ((q * count as f64).ceil() as u64).max(1);
+    buckets
+        .iter()
+        .find(|(_, c)| *c >= target)
+        .map_or(f64::NAN, |(le, _)| *le)
+}
+
+/// Item 4 of the brief: the agent's CPU per firing over `n` firings, each
+/// announced, from the scheduler's nanoseconds; and the stage histograms.
+async fn cpu_per_firing(assets: &GuestAssets, n: usize) -> anyhow::Result<()> {
+    let dir = work_dir("cpu")?;
+    let (hooks, url) = webhook().await?;
+    let virsh_events = EventWatch::start("watchdog")?;
+    let cfg = config(&dir, Libvirtd::URI, std::slice::from_ref(&url), 0.001)?;
+    let metrics = format!("127.0.0.1:{}", free_port()?);
+    // Top-level keys go before the first section.
+    let text = std::fs::read_to_string(&cfg)?;
+    std::fs::write(&cfg, format!("metrics = {metrics:?}\n{text}"))?;
+    let mut agent = start_agent(&cfg, &dir)?;
+    let pid = agent.pid();
+    agent.wait_ready(Duration::from_secs(30)).await?;
+    let guests = reset_guests("wdb-cpu", CPU_GUESTS, assets)?;
+    let names: Vec<String> = guests.iter().map(|g| g.spec.name.clone()).collect();
+    let count =
+        |names: &[String]| -> usize { names.iter().map(|n| virsh_events.of(n).len()).sum() };
+    // Counted from the first firing, not from the guests' boot.
+    let boot = Instant::now();
+    while count(&names) == 0 && boot.elapsed() < Duration::from_secs(120) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let first = count(&names);
+    let (ns0, ticks0) = (cpu_ns(pid)?, cpu_ticks(pid)?);
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(60 + 20 * n as u64);
+    while count(&names) < first + n && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Let the last firing's delivery finish before reading the counters.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (ns, ticks) = (cpu_ns(pid)? - ns0, cpu_ticks(pid)? - ticks0);
+    let fired = count(&names) - first;
+    let elapsed = started.elapsed().as_secs_f64();
+    let scraped = scrape(&metrics).await.unwrap_or_default();
+    drop(guests);
+    agent.terminate(Duration::from_secs(20))?;
+    if fired == 0 {
+        bail!("no firing of {CPU_GUESTS} reset guests within the window");
+    }
+    let delivered = webhook_receipts(&hooks)
+        .iter()
+        .filter(|r| names.contains(&r.domain))
+        .count();
+    let method = format!(
+        "{CPU_GUESTS} reset guests (TCG) under the system libvirtd fired {fired} times in {elapsed:.0} s (counted by `virsh event`), {delivered} webhook notifications received; agent `wdguard watch` with the spool on and a 1 ms coalesce window (every firing announced)"
+    );
+    figure(
+        "cpu_per_firing",
+        ns as f64 / 1e6 / fired as f64,
+        "ms CPU",
+        &format!(
+            "{method}; the agent's CPU over the window from /proc/PID/task/*/schedstat (ns, all its threads), divided by the firings"
+        ),
+    );
+    figure(
+        "cpu_per_firing_ticks",
+        ticks as f64 * 1000.0 / clock_ticks() / fired as f64,
+        "ms CPU",
+        &format!("{method}; utime+stime (10 ms clock ticks) over the same window, the cross-check"),
+    );
+    for stage in [
+        "prepared", "ledgered", "queued", "durable", "sending", "answered",
+    ] {
+        let (buckets, sum, total) = stage_histogram(&scraped, stage);
+        if total == 0 {
+            continue;
+        }
+        let how = format!(
+            "{method}; wd_stage_seconds{{stage=\"{stage}\"}} from the agent's /metrics: time from the libvirt callback to this point, over {total} notifications"
+        );
+        figure(
+            &format!("latency_stage_{stage}_mean"),
+            sum / total as f64 * 1000.0,
+            "ms",
+            &format!("{how}; mean"),
+        );
+        for (q, label) in [(0.5, "p50"), (0.99, "p99")] {
+            // Above the last bound (+Inf) is no figure.
+            let bound = bucket_quantile(&buckets, total, q);
+            if bound.is_finite() {
+                figure(
+                    &format!("latency_stage_{stage}_{label}_bucket"),
+                    bound * 1000.0,
+                    "ms",
+                    &format!("{how}; upper bound of the bucket holding {label}"),
+                );
+            }
+        }
     }
     Ok(())
 }

@@ -157,5 +157,7 @@ pub fn goals(figures: &[Figure]) -> Vec<Goal> {
             "×",
         );
     }
+    super::reconnect::goals(&mut check);
+    super::masakari::goals(&mut check);
     out
 }

@@ -2,7 +2,8 @@
 //! of 10,000 domains on the test driver and fan-out to 1,000 project
 //! endpoints always; with the live parts also the catch-up of 100, 1,000
 //! and 5,000 domains on the system libvirtd and `wdguard watch` side by side
-//! with a Python baseline agent (`tests/fixtures/baseline_agent.py`).
+//! with a Python baseline agent (`tests/fixtures/baseline_agent.py`) and
+//! with OpenStack's `masakari-instancemonitor` (`bench-scale masakari`).
 
 use anyhow::Result;
 
@@ -29,7 +30,13 @@ fn run(run: &mut Run) -> Result<()> {
     setup::cmd_ok(cargo().args(["build", "--release", "-p", "wdguard"]))?;
     setup::cmd_ok(cargo().args(["build", "--release", "-p", "wd-e2e", "--bin", "bench-scale"]))?;
     let exe = target_dir().join("release").join("bench-scale");
-    let part_of = |name: &str| if name.contains("baseline") { 7 } else { 6 };
+    let part_of = |name: &str| {
+        if name.contains("baseline") || name.contains("masakari") {
+            7
+        } else {
+            6
+        }
+    };
     let mut result = Ok(());
     for (what, shared) in [("churn", false), ("fanout", false)] {
         eprintln!("xtask: bench-scale {what}");
@@ -41,8 +48,9 @@ fn run(run: &mut Run) -> Result<()> {
     if live {
         setup::ensure_packages()?;
         setup::guest()?;
+        setup::masakari_venv()?;
         let _services = ServicesGuard(setup::services_up()?);
-        for what in ["catchup", "baseline"] {
+        for what in ["catchup", "baseline", "masakari"] {
             eprintln!("xtask: bench-scale {what}");
             if let Err(e) = run_figures(figures, example(&exe, &[what], true), &part_of) {
                 eprintln!("xtask: bench-scale {what}: {e:#}");

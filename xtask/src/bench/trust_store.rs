@@ -1,4 +1,4 @@
-//! Part 8, the shared trust store: 1,000 webhook endpoints, each loading the
+//! Part 9, the shared trust store: 1,000 webhook endpoints, each loading the
 //! system trust store (before) and sharing one (after), each variant in a
 //! fresh process of the same run (the criterion-free bench `trust_store` of
 //! `wd-notify-webhook`, which writes `target/criterion/trust-store.json`).
@@ -14,12 +14,12 @@ use crate::{cargo, setup, target_dir};
 
 /// This part: its section of docs/performance.md, and how it runs.
 pub const PART: Part = Part {
-    sections: &[(8, "8. Trust store: 1,000 webhook endpoints")],
+    sections: &[(9, "9. Trust store: 1,000 webhook endpoints")],
     run,
 };
 
 fn run(run: &mut Run) -> Result<()> {
-    eprintln!("xtask: part 8, the shared trust store (wd-notify-webhook)");
+    eprintln!("xtask: part 9, the shared trust store (wd-notify-webhook)");
     setup::cmd_ok(cargo().args(["bench", "-p", "wd-notify-webhook", "--bench", "trust_store"]))?;
     figures(&mut run.figures, run.since)
 }
@@ -45,7 +45,7 @@ fn figures(figures: &mut Vec<Figure>, since: SystemTime) -> Result<()> {
                 "trust_store_{variant}_{}",
                 key.trim_end_matches("_kib").trim_end_matches("_ms")
             );
-            push(figures, 8, &name, v, unit, method);
+            push(figures, 9, &name, v, unit, method);
         }
     }
     Ok(())

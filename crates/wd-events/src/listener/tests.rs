@@ -312,6 +312,82 @@ async fn dead_connection_and_failed_catch_up_both_reconnect() {
     .await;
 }
 
+/// A config whose backoff alone would keep the listener away for an hour,
+/// watching the socket at `path`.
+fn watched(path: &std::path::Path) -> ListenerConfig {
+    config()
+        .uri(format!("qemu+unix:///system?socket={}", path.display()))
+        .socket_probe_interval(Duration::from_millis(10))
+        .backoff(
+            wd_backoff::Backoff::new(Duration::from_secs(3600), Duration::from_secs(3600))
+                .jitter(false),
+        )
+}
+
+fn socket_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("wd-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[tokio::test]
+async fn a_socket_that_accepts_again_ends_the_backoff_and_the_catch_up_follows() {
+    let dir = socket_dir("back");
+    let path = dir.join("sock");
+    let attempts = Arc::new(AtomicU32::new(0));
+    let mut backend = MockBackend::new();
+    let a = attempts.clone();
+    backend
+        .expect_connect()
+        .returning(move |_, _, _| match a.fetch_add(1, Ordering::SeqCst) {
+            0 => Err(connect_error()),
+            _ => Ok(session(vec![listed(DomainState::Running, 1)], true)),
+        });
+    let mut stream = spawn(backend, watched(&path)).unwrap();
+    expect(&mut stream, &["connect-failed #1 retry in 3600s"]).await;
+    // The daemon comes back: its socket accepts.
+    let _daemon = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    expect(
+        &mut stream,
+        &[
+            "connected g1",
+            "init-start g1",
+            "init dom-a running",
+            "init-done g1",
+        ],
+    )
+    .await;
+    assert_eq!(attempts.load(Ordering::SeqCst), 2);
+    drop(stream);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn a_daemon_that_accepts_but_refuses_is_retried_on_the_backoff_only() {
+    let dir = socket_dir("refuse");
+    let path = dir.join("sock");
+    // Accepting all along (the kernel's backlog accepts for it).
+    let _daemon = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let attempts = Arc::new(AtomicU32::new(0));
+    let mut backend = MockBackend::new();
+    let a = attempts.clone();
+    backend.expect_connect().returning(move |_, _, _| {
+        a.fetch_add(1, Ordering::SeqCst);
+        Err(connect_error())
+    });
+    let stream = spawn(backend, watched(&path)).unwrap();
+    // Twenty probe intervals: a probe-paced retry would have come by now.
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        attempts.load(Ordering::SeqCst),
+        1,
+        "no retry before the backoff"
+    );
+    drop(stream);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[tokio::test]
 async fn started_and_defined_carry_xml_and_a_failed_fetch_is_an_error_item() {
     let sinks = Sinks::default();

@@ -16,6 +16,7 @@ use super::writer::Msg;
 use crate::error::error_chain;
 use crate::model::Notification;
 use crate::notifier::{Notifier, NotifyError, notify_catching};
+use crate::stages::Stage;
 
 /// Where a worker sends acks: the writer thread of a durable spool, or
 /// nowhere for a spool in memory.
@@ -132,9 +133,13 @@ async fn deliver(shared: Arc<Shared>, inner: Arc<dyn Notifier>, acks: AckSink) {
                 };
                 e.due = None;
                 let n = e.n.clone();
+                let first = e.attempts == 0;
                 let inner = inner.clone();
                 let timeout = shared.config.attempt_timeout;
                 in_flight.push(async move {
+                    if first {
+                        crate::stages::record(Stage::Sending, &n);
+                    }
                     // The one bound on an attempt: a destination that hangs
                     // holds one of this queue's slots for at most this long.
                     let result = tokio::time::timeout(timeout, notify_catching(&*inner, &n))
@@ -144,6 +149,9 @@ async fn deliver(shared: Arc<Shared>, inner: Arc<dyn Notifier>, acks: AckSink) {
                                 "attempt abandoned after {timeout:?} (attempt_timeout)"
                             )))
                         });
+                    if first {
+                        crate::stages::record(Stage::Answered, &n);
+                    }
                     (seq, n, result)
                 });
             }

@@ -44,6 +44,7 @@ use self::disk::{RealFs, SpoolFs, create_private_dir};
 use crate::error::{Error, Result};
 use crate::model::Notification;
 use crate::notifier::{Notifier, NotifyError};
+use crate::stages::Stage;
 use writer::{Msg, Writer};
 
 /// `fsync`s a directory (after removing files from it).
@@ -451,6 +452,7 @@ impl Notifier for Spool {
         if self.shared.closed.load(Ordering::SeqCst) {
             return Err(NotifyError::permanent("spool: shut down; not accepting"));
         }
+        crate::stages::record(Stage::Queued, n);
         let payload = n.to_json().into_bytes();
         if payload.len() > MAX_PAYLOAD {
             return Err(NotifyError::permanent(format!(
@@ -466,6 +468,7 @@ impl Notifier for Spool {
         let Some(disk) = &self.disk else {
             self.accept_in_memory(n, payload.len() as u64);
             lock(&self.recent).insert(n.event_id);
+            crate::stages::record(Stage::Durable, n);
             return Ok(());
         };
         let (reply, accepted) = oneshot::channel();
@@ -483,6 +486,7 @@ impl Notifier for Spool {
         match accepted.await {
             Ok(Ok(())) => {
                 lock(&self.recent).insert(n.event_id);
+                crate::stages::record(Stage::Durable, n);
                 Ok(())
             }
             Ok(Err(e)) => Err(NotifyError::retryable(format!(

@@ -8,14 +8,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use wd_e2e::agent::AgentProcess;
-use wd_e2e::bench::{clock_ticks, cpu_ms, figure, latencies_ms, median, status_kib};
+use wd_e2e::bench::{clock_ticks, cpu_ms, figure, latencies_ms, median};
 use wd_e2e::virsh::{EventWatch, Guest};
 use wd_testkit::Libvirtd;
 use wd_testkit::guest::{GuestAssets, GuestSpec};
 
 use crate::{
-    FIRINGS, IDLE_WINDOW, PROJECT, Receipts, SECRET, agent_config, lock, owner, receiver,
-    rss_anon_mib, work_dir,
+    FIRINGS, IDLE_WINDOW, PROJECT, Receipts, SECRET, agent_config, lock, memory_mib, owner,
+    receiver, work_dir,
 };
 
 /// The baseline agent as a child process, killed when dropped.
@@ -113,14 +113,7 @@ pub(crate) async fn baseline(assets: &GuestAssets) -> anyhow::Result<()> {
         .zip(&busy0)
         .map(|((_, p), c0)| cpu_ms(*p).map(|c| c - c0))
         .collect::<Result<_, _>>()?;
-    let rss: Vec<f64> = pids
-        .iter()
-        .map(|(_, p)| status_kib(*p, "VmRSS:").map(|k| k as f64 / 1024.0))
-        .collect::<Result<_, _>>()?;
-    let anon: Vec<f64> = pids
-        .iter()
-        .map(|(_, p)| rss_anon_mib(*p))
-        .collect::<Result<_, _>>()?;
+    let (rss, anon) = memory_mib(&pids)?;
     let firings = virsh_events.of(&name);
     if firings.len() < 3 {
         bail!("only {} firings of {name} within 180 s", firings.len());

@@ -13,6 +13,8 @@
 //! * `bench-scale fanout`: 1,000 projects, each with its own webhook
 //!   endpoint on a loopback receiver, one firing each through the runtime:
 //!   notifications per second and the p99 from firing to receipt.
+//! * `bench-scale masakari`: `wdguard watch` and OpenStack's
+//!   `masakari-instancemonitor` side by side (see `masakari.rs`).
 //! * `bench-scale baseline`: `wdguard watch` and the Python baseline agent
 //!   (`tests/fixtures/baseline_agent.py`) side by side on the system
 //!   libvirtd, a real guest firing: latency after `virsh event`, RSS, idle
@@ -54,6 +56,19 @@ fn percentile(v: &mut [f64], p: f64) -> f64 {
 
 fn rss_anon_mib(pid: u32) -> anyhow::Result<f64> {
     Ok(status_kib(pid, "RssAnon:")? as f64 / 1024.0)
+}
+
+/// VmRSS and RssAnon of each of `pids`, in MiB.
+fn memory_mib(pids: &[(&str, u32)]) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
+    let rss = pids
+        .iter()
+        .map(|(_, p)| status_kib(*p, "VmRSS:").map(|k| k as f64 / 1024.0))
+        .collect::<Result<_, _>>()?;
+    let anon = pids
+        .iter()
+        .map(|(_, p)| rss_anon_mib(*p))
+        .collect::<Result<_, _>>()?;
+    Ok((rss, anon))
 }
 
 fn work_dir(name: &str) -> anyhow::Result<PathBuf> {
@@ -480,6 +495,7 @@ async fn fanout() -> anyhow::Result<()> {
 }
 
 mod baseline;
+mod masakari;
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
@@ -505,6 +521,10 @@ async fn main() -> anyhow::Result<()> {
             needs_libvirtd()?;
             baseline::baseline(&assets()?).await
         }
-        _ => bail!("usage: bench-scale catchup|churn|fanout|baseline"),
+        "masakari" => {
+            needs_libvirtd()?;
+            masakari::masakari(&assets()?).await
+        }
+        _ => bail!("usage: bench-scale catchup|churn|fanout|baseline|masakari"),
     }
 }
