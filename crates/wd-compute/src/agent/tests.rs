@@ -318,7 +318,7 @@ fn it_starts_reloads_and_stops_on_the_test_driver() {
         let moved = parse(&format!("{base}host = \"elsewhere\"\nnotify = [\"log\"]\n"));
         let done = running.reload(&moved, &|_| None).unwrap();
         assert_eq!(done.needs_restart, ["host"]);
-        assert_eq!(done.removed, ["webhook project p1 http://127.0.0.1:9/p1"]);
+        assert_eq!(done.removed, [format!("webhook project p1 {p1}")]);
         let states: Vec<_> = running.runtime().status().iter().map(|s| s.state).collect();
         assert_eq!(states, [wd_notify::DestinationState::Active, wd_notify::DestinationState::Retired]);
         let bounded = parse(&format!(
