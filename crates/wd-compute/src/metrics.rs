@@ -416,9 +416,11 @@ impl Metrics {
         // Notifications wait (nothing is dropped) until the operator fixes
         // the configuration: say so, by destination and cause. A project's
         // own endpoint is the tenant's to fix: a tenant must not be able to
-        // make the agent unhealthy.
+        // make the agent unhealthy. A removed destination's backlog is shown
+        // by `status`, not here: it is no longer delivered.
         if let Some(d) = self.inner.state.destinations().into_iter().find(|d| {
             d.kind != DestinationKind::Project
+                && d.state == wd_notify::DestinationState::Active
                 && d.backlog > 0
                 && d.last_failure
                     .is_some_and(|(_, kind)| kind.needs_operator())

@@ -191,7 +191,7 @@ async fn libvirtd_a_406_holds_the_notification_until_nova_conf_is_fixed_and_relo
     // A duplicate would come right after.
     tokio::time::sleep(Duration::from_secs(3)).await;
     got.extend(get().await.unwrap_or_default());
-    let (code_after, _) = http_get(&metrics, "/healthz");
+    let (code_after, health_after) = http_get(&metrics, "/healthz");
     let log = agent.log_text();
     let exit = agent.terminate(Duration::from_secs(15)).unwrap();
     drop(guest);
@@ -217,6 +217,9 @@ async fn libvirtd_a_406_holds_the_notification_until_nova_conf_is_fixed_and_relo
         "delivered once after the reload: {bodies:?}\nagent log:\n{log}"
     );
     assert!(bodies[0].contains(&uuid), "{}", bodies[0]);
-    assert_eq!(code_after, 200, "healthy again after the delivery");
+    assert_eq!(
+        code_after, 200,
+        "healthy again after the delivery: {health_after}\nagent log:\n{log}"
+    );
     assert_eq!(exit, 0);
 }

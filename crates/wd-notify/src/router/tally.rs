@@ -119,7 +119,7 @@ impl Tally {
         let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
         if kind == FailureKind::Certificate {
             tracing::error!(destination = %name, event_id = %n.event_id, error = %chain,
-                "tls certificate error: check the destination's ca_file and client certificate");
+                "delivery attempt failed: tls certificate error; check the destination's ca_file and client certificate");
         } else if last.as_ref().is_some_and(|l| l.message == chain) {
             tracing::debug!(destination = %name, event_id = %n.event_id, error = %chain,
                 "delivery attempt failed");
