@@ -91,7 +91,10 @@ pub fn run(args: Args) -> Result<()> {
 }
 
 fn dropped_line(v: &Value, name: &str) -> String {
-    format!("{name}: dropped {} entries", v["dropped"].as_u64().unwrap_or(0))
+    format!(
+        "{name}: dropped {} entries",
+        v["dropped"].as_u64().unwrap_or(0)
+    )
 }
 
 /// Whether `e` says no agent listens (rather than that one refused).
@@ -110,7 +113,9 @@ fn is_unreachable(e: &anyhow::Error) -> bool {
 /// directory (one path component), only when no process holds its lock.
 fn drop_offline(spool: &std::path::Path, dir: &str) -> Result<u64> {
     if dir.is_empty() || dir.contains('/') || dir == "." || dir == ".." {
-        bail!("`{dir}` is not a queue directory; allowed offline: a `dir` as `wdguard status --spool` lists it (e.g. project-<hex>)");
+        bail!(
+            "`{dir}` is not a queue directory; allowed offline: a `dir` as `wdguard status --spool` lists it (e.g. project-<hex>)"
+        );
     }
     let path = spool.join("dest").join(dir);
     if !path.is_dir() {

@@ -91,7 +91,10 @@ fn router(metrics: Metrics, local: bool, control: Option<Control>) -> Router {
             "/queue/drain",
             post(|app, uri| queue(app, uri, QueueOp::Drain)),
         )
-        .route("/queue/drop", post(|app, uri| queue(app, uri, QueueOp::Drop)))
+        .route(
+            "/queue/drop",
+            post(|app, uri| queue(app, uri, QueueOp::Drop)),
+        )
         .with_state(App {
             metrics,
             local,
@@ -118,18 +121,30 @@ async fn queue(State(app): State<App>, uri: axum::http::Uri, op: QueueOp) -> Res
         _ => {
             return refuse(
                 StatusCode::BAD_REQUEST,
-                format!("give the destination as ?name=DIR (its queue directory as `wdguard status --format json` shows it, or its name), percent-encoded, at most {MAX_NAME} bytes"),
+                format!(
+                    "give the destination as ?name=DIR (its queue directory as `wdguard status --format json` shows it, or its name), percent-encoded, at most {MAX_NAME} bytes"
+                ),
             );
         }
     };
     let (reply, answer) = tokio::sync::oneshot::channel();
-    if control.send(ControlRequest { op, name, reply }).await.is_err() {
-        return refuse(StatusCode::SERVICE_UNAVAILABLE, "the agent is stopping".to_owned());
+    if control
+        .send(ControlRequest { op, name, reply })
+        .await
+        .is_err()
+    {
+        return refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the agent is stopping".to_owned(),
+        );
     }
     match answer.await {
         Ok(Ok(v)) => ([(header::CONTENT_TYPE, "application/json")], v.to_string()).into_response(),
         Ok(Err(why)) => refuse(StatusCode::CONFLICT, why),
-        Err(_) => refuse(StatusCode::SERVICE_UNAVAILABLE, "the agent is stopping".to_owned()),
+        Err(_) => refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the agent is stopping".to_owned(),
+        ),
     }
 }
 

@@ -86,7 +86,11 @@ pub(crate) fn ask_socket_for(path: &Path, request: &str) -> Result<Value> {
     exchange(s, &path.display().to_string(), request)
 }
 
-fn exchange(mut s: impl std::io::Read + std::io::Write, addr: &str, request: &str) -> Result<Value> {
+fn exchange(
+    mut s: impl std::io::Read + std::io::Write,
+    addr: &str,
+    request: &str,
+) -> Result<Value> {
     write!(
         s,
         "{request} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"

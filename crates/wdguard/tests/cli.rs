@@ -455,12 +455,26 @@ fn every_error_exits_2_with_one_stderr_line_and_empty_stdout() {
     );
     fails(&["frobnicate"], "", "unrecognized subcommand 'frobnicate'");
     fails(
-        &["queue", "drain", "project-00", "--socket", "/nonexistent/s.sock"],
+        &[
+            "queue",
+            "drain",
+            "project-00",
+            "--socket",
+            "/nonexistent/s.sock",
+        ],
         "",
         "no agent answers on `/nonexistent/s.sock` (give --socket PATH)",
     );
     fails(
-        &["queue", "drop", "../etc", "--socket", "/nonexistent/s.sock", "--spool", "/nonexistent"],
+        &[
+            "queue",
+            "drop",
+            "../etc",
+            "--socket",
+            "/nonexistent/s.sock",
+            "--spool",
+            "/nonexistent",
+        ],
         "",
         "`../etc` is not a queue directory; allowed offline: a `dir` as `wdguard status --spool` lists it (e.g. project-<hex>)",
     );

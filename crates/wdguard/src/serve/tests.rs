@@ -120,7 +120,9 @@ fn the_local_socket_answers_status_and_is_closed_to_others() {
             // The agent's side: refuses every name, naming it.
             tokio::spawn(async move {
                 while let Some(r) = requests.recv().await {
-                    let _ = r.reply.send(Err(format!("{:?} `{}` refused", r.op, r.name)));
+                    let _ = r
+                        .reply
+                        .send(Err(format!("{:?} `{}` refused", r.op, r.name)));
                 }
             });
             start_unix(&path, Metrics::new(), control).await
@@ -145,13 +147,19 @@ fn the_local_socket_answers_status_and_is_closed_to_others() {
     // Without a name, or with a body, or with GET: refused before the agent.
     for (request, code) in [
         ("POST /queue/drain HTTP/1.1\r\nHost: x\r\n\r\n", "400"),
-        ("POST /queue/drain?name=x HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi", "413"),
+        (
+            "POST /queue/drain?name=x HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi",
+            "413",
+        ),
         ("GET /queue/drain?name=x HTTP/1.1\r\nHost: x\r\n\r\n", "405"),
     ] {
         let mut s = std::os::unix::net::UnixStream::connect(&path).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let answer = get(&mut s, request);
-        assert!(answer.starts_with(&format!("HTTP/1.1 {code}")), "{request}: {answer}");
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {code}")),
+            "{request}: {answer}"
+        );
     }
     task.abort();
 }
