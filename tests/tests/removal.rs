@@ -115,7 +115,7 @@ async fn seed(dir: &Path, project: &str) {
         let n = wd_notify::Notification::new(
             instance,
             HOST,
-            wd_notify::Domain::new(uuid::Uuid::new_v4(), &format!("instance-{i}")),
+            wd_notify::Domain::new(uuid::Uuid::new_v4(), format!("instance-{i}")),
             "pause",
             time::OffsetDateTime::now_utc(),
         );
@@ -196,7 +196,7 @@ async fn a_removed_destination_sends_nothing_more_and_its_backlog_is_shown_and_d
     }
 
     // With its backlog, each project's queue retries against the 503.
-    let mut agent = start(&cfg, &socket, &log);
+    let agent = start(&cfg, &socket, &log);
     for (_, path) in &projects {
         retried(&receiver, &agent, path, 0).await;
     }
@@ -280,7 +280,7 @@ async fn a_removed_destination_sends_nothing_more_and_its_backlog_is_shown_and_d
     // A restart: B, owned by nothing, is shown as orphaned and sends
     // nothing; dropped, it is gone.
     assert_eq!(agent.terminate(Duration::from_secs(10)).unwrap(), 0);
-    let mut agent = start(&cfg, &socket, &log);
+    let agent = start(&cfg, &socket, &log);
     let starts = 3;
     for _ in 0..300 {
         if agent.log_count(&["on the local socket"]) >= starts {
