@@ -124,6 +124,15 @@ async fn seed(dir: &Path, project: &str) {
     spool.shutdown(Duration::ZERO).await;
 }
 
+/// `wdguard queue drop DIR` through the agent on `socket`: it says how
+/// many went, and the queue is gone from `wdguard status` and from disk.
+fn dropped(socket: &Path, spool: &Path, dir: &str) {
+    let said = ok(&["queue", "drop", dir, "--socket", socket.to_str().unwrap()]);
+    assert_eq!(said.trim(), format!("{dir}: dropped {BACKLOG} entries"));
+    assert!(row(&destinations(socket), dir).is_none());
+    assert!(!spool.join("dest").join(dir).exists());
+}
+
 /// POSTs to `path` that the receiver refused (it answers 503).
 fn posts(receiver: &Receiver, path: &str) -> usize {
     receiver.refused().iter().filter(|r| r.path == path).count()
@@ -254,13 +263,7 @@ async fn a_removed_destination_sends_nothing_more_and_its_backlog_is_shown_and_d
     assert!(String::from_utf8_lossy(&out.stderr).contains("no such destination"));
 
     // Drop A: gone from status and from disk.
-    let said = ok(&["queue", "drop", &dirs[0], "--socket", sock]);
-    assert_eq!(
-        said.trim(),
-        format!("{}: dropped {BACKLOG} entries", dirs[0])
-    );
-    assert!(row(&destinations(&socket), &dirs[0]).is_none());
-    assert!(!spool.join("dest").join(&dirs[0]).exists());
+    dropped(&socket, &spool, &dirs[0]);
 
     // Offline drop refuses while the agent holds the queue's lock.
     let out = wdguard(&[
@@ -300,13 +303,7 @@ async fn a_removed_destination_sends_nothing_more_and_its_backlog_is_shown_and_d
     let out = wdguard(&["queue", "drain", &dirs[1], "--socket", sock]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("orphaned"));
-    let said = ok(&["queue", "drop", &dirs[1], "--socket", sock]);
-    assert_eq!(
-        said.trim(),
-        format!("{}: dropped {BACKLOG} entries", dirs[1])
-    );
-    assert!(row(&destinations(&socket), &dirs[1]).is_none());
-    assert!(!spool.join("dest").join(&dirs[1]).exists());
+    dropped(&socket, &spool, &dirs[1]);
 
     // The agent stopped: C's queue is dropped offline.
     assert_eq!(agent.terminate(Duration::from_secs(10)).unwrap(), 0);
