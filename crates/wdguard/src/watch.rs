@@ -56,7 +56,8 @@ pub struct Args {
     #[arg(long, value_name = "ADDR")]
     metrics: Option<String>,
     /// Serve the same endpoints, `/status` included, on this Unix socket
-    /// (mode 0660: root and the agent's group) [default:
+    /// (mode 0660: root and the agent's group), and there only the
+    /// requests of `wdguard queue drain|drop` [default:
     /// `$RUNTIME_DIRECTORY/status.sock` when systemd sets
     /// `RUNTIME_DIRECTORY`, as the packaged unit does: /run/wd/status.sock].
     #[arg(long, value_name = "PATH")]
