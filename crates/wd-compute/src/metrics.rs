@@ -530,7 +530,7 @@ pub struct Status {
 }
 
 /// The destinations as `/status` gives them: one object each, with `name`,
-/// `destination` (its kind), `state`, `queue` (`entries`, `bytes`,
+/// `dir` (its queue directory), `destination` (its kind), `state`, `queue` (`entries`, `bytes`,
 /// `oldest_age_secs`, `dropped`), `delivered`, `failed` and `last_error`
 /// (`at`, `kind`, `message`, or null).
 fn rows<S: serde::Serializer>(all: &[DestinationStatus], s: S) -> Result<S::Ok, S::Error> {
@@ -550,6 +550,7 @@ fn rows<S: serde::Serializer>(all: &[DestinationStatus], s: S) -> Result<S::Ok, 
         };
         seq.serialize_element(&serde_json::json!({
             "name": d.name,
+            "dir": d.dir,
             "destination": d.kind.as_str(),
             "state": d.state.as_str(),
             "queue": {

@@ -230,5 +230,5 @@ pub mod fault {
 pub use spool::{
     MAX_PAYLOAD, RECORD_HEADER_LEN, RECORD_MAGIC, Record, RecordBody, RecoveryReport,
     SEGMENT_MAGIC, ScanReport, SkipReason, Skipped, Spool, SpoolConfig, SpoolStats, SyncMode,
-    recover, scan,
+    drop_queue_dir, recover, scan,
 };

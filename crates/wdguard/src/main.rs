@@ -19,6 +19,7 @@ mod filemode;
 mod guest_args;
 mod logging;
 mod patch;
+mod queue;
 mod resolve;
 mod serve;
 mod status;
@@ -57,6 +58,9 @@ enum Command {
     GenerateAssets(assets::Args),
     /// Show each delivery destination's backlog, oldest entry and last error.
     Status(status::Args),
+    /// Deliver or drop the backlog of a removed (retired or orphaned)
+    /// destination.
+    Queue(queue::Args),
 }
 
 /// `err` and its causes on one line ([`wd_notify::error_chain`]).
@@ -67,7 +71,7 @@ fn one_line(err: &anyhow::Error) -> String {
 /// clap's own error, without its usage and hints, on one line.
 fn clap_message(err: &clap::Error) -> String {
     if err.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
-        return "a subcommand is required (resolve, patch, watch, status); see wdguard --help"
+        return "a subcommand is required (resolve, patch, watch, status, queue); see wdguard --help"
             .to_owned();
     }
     let text = err.to_string();
@@ -104,6 +108,7 @@ fn main() -> ExitCode {
             assets::run(args, <Cli as clap::CommandFactory>::command())
         }
         Command::Status(args) => status::run(args),
+        Command::Queue(args) => queue::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -146,7 +151,7 @@ mod tests {
         );
         check(
             &["wdguard"],
-            "a subcommand is required (resolve, patch, watch, status); see wdguard --help",
+            "a subcommand is required (resolve, patch, watch, status, queue); see wdguard --help",
         );
         check(
             &["wdguard", "resolve", "--format", "yaml"],

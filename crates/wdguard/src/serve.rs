@@ -3,6 +3,11 @@
 //! /healthz` (200 `ok`, or 503 with one line saying why) and `GET /status`
 //! (JSON, what `wdguard status` prints).
 //!
+//! On the local socket only, `POST /queue/drain?name=NAME` and `POST
+//! /queue/drop?name=NAME` (no body; `wdguard queue drain|drop`) deliver or
+//! drop the backlog of a removed or orphaned destination. They change the
+//! agent, so the TCP address, which may be off-host, refuses them (403).
+//!
 //! **What leaves the host.** `/metrics` carries no project id, URL or error
 //! text. `/status` (destination names, last error texts) and the reason of
 //! an unhealthy `/healthz` are tenant details: they are answered only to a
@@ -30,7 +35,7 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::{Request, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -48,19 +53,99 @@ const MAX_HEADER_BYTES: usize = 8 * 1024;
 /// given nothing but `--metrics` in the config.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:9187";
 
-/// Who is asking: tenant details go to local peers only.
+/// What an operator asks of a removed destination's backlog.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueOp {
+    /// Deliver it, then close the queue.
+    Drain,
+    /// Delete it.
+    Drop,
+}
+
+/// One `POST /queue/…` from the local socket, for the agent's main loop;
+/// `reply` carries the JSON answer or the one-line refusal.
+pub struct ControlRequest {
+    pub op: QueueOp,
+    pub name: String,
+    pub reply: tokio::sync::oneshot::Sender<std::result::Result<serde_json::Value, String>>,
+}
+
+/// Where the local socket sends its control requests.
+pub type Control = tokio::sync::mpsc::Sender<ControlRequest>;
+
+/// Who is asking: tenant details go to local peers only, and control
+/// requests come from the local socket only (`control` is `None` on TCP).
 #[derive(Clone)]
 struct App {
     metrics: Metrics,
     local: bool,
+    control: Option<Control>,
 }
 
-fn router(metrics: Metrics, local: bool) -> Router {
+fn router(metrics: Metrics, local: bool, control: Option<Control>) -> Router {
     Router::new()
         .route("/metrics", get(scrape))
         .route("/healthz", get(healthz))
         .route("/status", get(status))
-        .with_state(App { metrics, local })
+        .route(
+            "/queue/drain",
+            post(|app, uri| queue(app, uri, QueueOp::Drain)),
+        )
+        .route(
+            "/queue/drop",
+            post(|app, uri| queue(app, uri, QueueOp::Drop)),
+        )
+        .with_state(App {
+            metrics,
+            local,
+            control,
+        })
+}
+
+/// The longest destination name a control request may carry.
+const MAX_NAME: usize = 256;
+
+async fn queue(State(app): State<App>, uri: axum::http::Uri, op: QueueOp) -> Response {
+    let refuse = |code, text: String| (code, format!("{text}\n")).into_response();
+    let Some(control) = app.control else {
+        return refuse(
+            StatusCode::FORBIDDEN,
+            "/queue/drain and /queue/drop change the agent and answer only on its local socket (--status-socket)".to_owned(),
+        );
+    };
+    let name = url::form_urlencoded::parse(uri.query().unwrap_or("").as_bytes())
+        .find(|(k, _)| k == "name")
+        .map(|(_, v)| v.into_owned());
+    let name = match name {
+        Some(n) if !n.is_empty() && n.len() <= MAX_NAME => n,
+        _ => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "give the destination as ?name=DIR (its queue directory as `wdguard status --format json` shows it, or its name), percent-encoded, at most {MAX_NAME} bytes"
+                ),
+            );
+        }
+    };
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    if control
+        .send(ControlRequest { op, name, reply })
+        .await
+        .is_err()
+    {
+        return refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the agent is stopping".to_owned(),
+        );
+    }
+    match answer.await {
+        Ok(Ok(v)) => ([(header::CONTENT_TYPE, "application/json")], v.to_string()).into_response(),
+        Ok(Err(why)) => refuse(StatusCode::CONFLICT, why),
+        Err(_) => refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the agent is stopping".to_owned(),
+        ),
+    }
 }
 
 async fn scrape(State(app): State<App>) -> Response {
@@ -229,8 +314,8 @@ pub async fn start(
         tracing::warn!(addr = %local,
             "serving /metrics and /healthz off-host: anyone who can reach this address may scrape them (no tenant details; /status answers loopback only); limit it with a firewall or a TLS proxy, see the README");
     }
-    let local_app = router(metrics.clone(), true);
-    let remote_app = router(metrics, false);
+    let local_app = router(metrics.clone(), true, None);
+    let remote_app = router(metrics, false, None);
     let table = Arc::new(Table::default());
     let task = tokio::spawn(async move {
         loop {
@@ -256,8 +341,13 @@ pub async fn start(
 
 /// Serves the same endpoints, tenant details included, on the Unix socket
 /// `path`, mode 0660 (root and the agent's group), until the task is
-/// aborted. A stale socket file from an earlier run is replaced.
-pub async fn start_unix(path: &Path, metrics: Metrics) -> Result<tokio::task::JoinHandle<()>> {
+/// aborted; its control requests go to `control`. A stale socket file from
+/// an earlier run is replaced.
+pub async fn start_unix(
+    path: &Path,
+    metrics: Metrics,
+    control: Control,
+) -> Result<tokio::task::JoinHandle<()>> {
     use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
     if let Ok(m) = std::fs::symlink_metadata(path)
         && m.file_type().is_socket()
@@ -269,7 +359,7 @@ pub async fn start_unix(path: &Path, metrics: Metrics) -> Result<tokio::task::Jo
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
         .with_context(|| format!("cannot set the mode of `{}`", path.display()))?;
     tracing::info!(path = %path.display(), "serving /metrics, /healthz and /status on the local socket");
-    let app = router(metrics, true);
+    let app = router(metrics, true, Some(control));
     let table = Arc::new(Table::default());
     let path: PathBuf = path.to_owned();
     Ok(tokio::spawn(async move {

@@ -53,7 +53,7 @@ pub struct Args {
 const MAX_STATUS_BYTES: u64 = 4 * 1024 * 1024;
 
 /// Where the packaged agent serves its local status socket.
-const DEFAULT_SOCKET: &str = "/run/wd/status.sock";
+pub(crate) const DEFAULT_SOCKET: &str = "/run/wd/status.sock";
 
 /// `GET /status` from the agent at `addr`.
 fn ask_agent(addr: &str) -> Result<Value> {
@@ -67,37 +67,48 @@ fn ask_agent(addr: &str) -> Result<Value> {
         .with_context(|| format!("no agent answers on {addr}"))?;
     s.set_read_timeout(Some(timeout))?;
     s.set_write_timeout(Some(timeout))?;
-    exchange(s, addr)
+    exchange(s, addr, "GET /status")
 }
 
 /// `GET /status` from the agent's local socket at `path`.
 fn ask_socket(path: &Path) -> Result<Value> {
+    ask_socket_for(path, "GET /status")
+}
+
+/// `request` (`METHOD /path?query`, no body) to the agent's local socket
+/// at `path`: its JSON answer, or its one-line refusal as the error.
+pub(crate) fn ask_socket_for(path: &Path, request: &str) -> Result<Value> {
     let timeout = Duration::from_secs(5);
     let s = UnixStream::connect(path)
         .with_context(|| format!("no agent answers on `{}`", path.display()))?;
     s.set_read_timeout(Some(timeout))?;
     s.set_write_timeout(Some(timeout))?;
-    exchange(s, &path.display().to_string())
+    exchange(s, &path.display().to_string(), request)
 }
 
-fn exchange(mut s: impl std::io::Read + std::io::Write, addr: &str) -> Result<Value> {
+fn exchange(
+    mut s: impl std::io::Read + std::io::Write,
+    addr: &str,
+    request: &str,
+) -> Result<Value> {
     write!(
         s,
-        "GET /status HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        "{request} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
     )?;
+    let what = request.split(['?', ' ']).nth(1).unwrap_or(request);
     let mut raw = Vec::new();
     s.take(MAX_STATUS_BYTES)
         .read_to_end(&mut raw)
-        .with_context(|| format!("read /status from {addr}"))?;
+        .with_context(|| format!("read {what} from {addr}"))?;
     let raw = String::from_utf8_lossy(&raw);
     let (head, body) = raw
         .split_once("\r\n\r\n")
         .ok_or_else(|| anyhow!("{addr} sent no HTTP response"))?;
     let status = head.split_whitespace().nth(1).unwrap_or("");
     if status != "200" {
-        bail!("{addr} answered /status with {status}: {}", body.trim());
+        bail!("{addr} answered {what} with {status}: {}", body.trim());
     }
-    serde_json::from_str(body).with_context(|| format!("{addr} sent a /status that is not JSON"))
+    serde_json::from_str(body).with_context(|| format!("{addr} sent a {what} that is not JSON"))
 }
 
 /// One queue directory's backlog and oldest entry's age, read without

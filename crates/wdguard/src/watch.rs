@@ -56,7 +56,8 @@ pub struct Args {
     #[arg(long, value_name = "ADDR")]
     metrics: Option<String>,
     /// Serve the same endpoints, `/status` included, on this Unix socket
-    /// (mode 0660: root and the agent's group) [default:
+    /// (mode 0660: root and the agent's group), and there only the
+    /// requests of `wdguard queue drain|drop` [default:
     /// `$RUNTIME_DIRECTORY/status.sock` when systemd sets
     /// `RUNTIME_DIRECTORY`, as the packaged unit does: /run/wd/status.sock].
     #[arg(long, value_name = "PATH")]
@@ -140,8 +141,11 @@ pub fn run(args: Args) -> Result<()> {
             Some(addr) => Some(crate::serve::start(addr, running.metrics().clone()).await?),
             None => None,
         };
+        let (control, mut requests) = tokio::sync::mpsc::channel(4);
         let socket = match status_socket(&args) {
-            Some(path) => Some(crate::serve::start_unix(&path, running.metrics().clone()).await?),
+            Some(path) => Some(
+                crate::serve::start_unix(&path, running.metrics().clone(), control).await?,
+            ),
             None => None,
         };
         use tokio::signal::unix::{SignalKind, signal};
@@ -152,6 +156,7 @@ pub fn run(args: Args) -> Result<()> {
                 _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break None }
                 _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT: shutting down"); break None }
                 _ = hup.recv() => reload(&args, &mut running, &log, cfg.metrics.as_deref()),
+                Some(request) = requests.recv() => queue(&running, request).await,
                 why = running.failed() => break Some(why),
             }
         };
@@ -168,6 +173,26 @@ pub fn run(args: Args) -> Result<()> {
             None => Ok(()),
         }
     })
+}
+
+/// One `wdguard queue drain|drop` from the local socket.
+async fn queue(running: &RunningAgent, request: crate::serve::ControlRequest) {
+    use crate::serve::QueueOp;
+    let name = request.name;
+    let answer = match request.op {
+        QueueOp::Drain => running
+            .drain(&name)
+            .map(|()| serde_json::json!({"draining": name})),
+        QueueOp::Drop => running
+            .drop_backlog(&name)
+            .await
+            .map(|dropped| serde_json::json!({"dropped": dropped, "name": name})),
+    };
+    let answer = answer.map_err(|e| wd_notify::error_chain(&e));
+    if let Err(why) = &answer {
+        tracing::warn!(error = %why, "queue request refused");
+    }
+    let _ = request.reply.send(answer);
 }
 
 /// One SIGHUP: reads the file again and applies it, or refuses it whole.

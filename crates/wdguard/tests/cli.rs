@@ -455,9 +455,33 @@ fn every_error_exits_2_with_one_stderr_line_and_empty_stdout() {
     );
     fails(&["frobnicate"], "", "unrecognized subcommand 'frobnicate'");
     fails(
+        &[
+            "queue",
+            "drain",
+            "project-00",
+            "--socket",
+            "/nonexistent/s.sock",
+        ],
+        "",
+        "no agent answers on `/nonexistent/s.sock` (give --socket PATH)",
+    );
+    fails(
+        &[
+            "queue",
+            "drop",
+            "../etc",
+            "--socket",
+            "/nonexistent/s.sock",
+            "--spool",
+            "/nonexistent",
+        ],
+        "",
+        "`../etc` is not a queue directory; allowed offline: a `dir` as `wdguard status --spool` lists it (e.g. project-<hex>)",
+    );
+    fails(
         &[],
         "",
-        "a subcommand is required (resolve, patch, watch, status); see wdguard --help",
+        "a subcommand is required (resolve, patch, watch, status, queue); see wdguard --help",
     );
     fails(
         &with(&["resolve", "--policy", "/nonexistent/policy.toml"]),

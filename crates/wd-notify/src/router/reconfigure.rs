@@ -129,14 +129,15 @@ impl Router {
         Ok(done)
     }
 
-    /// The removed destination named `name`, or why not.
+    /// The removed destination named `name` (its name, or its queue
+    /// directory), or why not.
     fn removed(&self, name: &str) -> Result<Arc<Queue>> {
         let queues = self.queues();
         let allowed = || {
             let names: Vec<String> = queues
                 .iter()
                 .filter(|q| !q.is_active())
-                .map(|q| q.tally.name())
+                .map(|q| q.dir.clone())
                 .collect();
             if names.is_empty() {
                 "the name of a removed destination (there is none now)".to_owned()
@@ -144,7 +145,10 @@ impl Router {
                 format!("one of {}", names.join(", "))
             }
         };
-        match queues.iter().find(|q| q.tally.name() == name) {
+        match queues
+            .iter()
+            .find(|q| q.dir == name || q.tally.name() == name)
+        {
             Some(q) if !q.is_active() => Ok(q.clone()),
             Some(_) => Err(Error::Destination {
                 name: name.to_owned(),

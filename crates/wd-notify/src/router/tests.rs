@@ -437,12 +437,20 @@ async fn a_queue_no_destination_owns_is_reported_after_a_restart_and_can_be_drop
             .to_string()
             .contains("is configured")
     );
+    // Allowed: the removed ones, by queue directory (also found by it).
     assert!(
         router
             .drain("nope")
             .unwrap_err()
             .to_string()
-            .contains(&name)
+            .contains(&gone_dir)
+    );
+    assert!(
+        router
+            .drain(&gone_dir)
+            .unwrap_err()
+            .to_string()
+            .contains("orphaned")
     );
     router.notify(&firing(3)).await.unwrap();
     assert_eq!(status(&router, &name).backlog, 2);

@@ -52,6 +52,28 @@ pub(crate) fn sync_root(dir: &Path) -> Result<()> {
     scan::sync_dir(&RealFs, dir)
 }
 
+/// Deletes the queue directory `dir` of a stopped agent (`wdguard queue
+/// drop --spool`): only while holding its lock, so never a queue that a
+/// running process has open. Returns how many entries it held.
+///
+/// # Errors
+///
+/// [`Error::SpoolLocked`] when a process holds it; I/O errors reading or
+/// deleting it.
+pub fn drop_queue_dir(dir: &Path) -> Result<u64> {
+    let lock = scan::lock_dir(dir)?;
+    let pending = scan(dir)?.pending.len();
+    std::fs::remove_dir_all(dir).map_err(|source| Error::SpoolIo {
+        path: dir.to_owned(),
+        source,
+    })?;
+    drop(lock);
+    if let Some(parent) = dir.parent() {
+        sync_root(parent)?;
+    }
+    Ok(u64::try_from(pending).unwrap_or(u64::MAX))
+}
+
 /// Creates `dir` (and its parents) with mode 0700, or brings an existing
 /// one to 0700.
 pub(crate) fn create_root(dir: &Path) -> Result<()> {

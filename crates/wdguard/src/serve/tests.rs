@@ -115,7 +115,18 @@ fn the_local_socket_answers_status_and_is_closed_to_others() {
     let path = dir.path().join("status.sock");
     let rt = runtime();
     let task = rt
-        .block_on(async { start_unix(&path, Metrics::new()).await })
+        .block_on(async {
+            let (control, mut requests) = tokio::sync::mpsc::channel::<ControlRequest>(1);
+            // The agent's side: refuses every name, naming it.
+            tokio::spawn(async move {
+                while let Some(r) = requests.recv().await {
+                    let _ = r
+                        .reply
+                        .send(Err(format!("{:?} `{}` refused", r.op, r.name)));
+                }
+            });
+            start_unix(&path, Metrics::new(), control).await
+        })
         .unwrap();
     let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o660);
@@ -124,6 +135,49 @@ fn the_local_socket_answers_status_and_is_closed_to_others() {
     let answer = get(&mut s, "GET /status HTTP/1.1\r\nHost: x\r\n\r\n");
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(answer.contains("\"destinations\""), "{answer}");
+    // A control request reaches the agent, its name percent-decoded.
+    let mut s = std::os::unix::net::UnixStream::connect(&path).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let answer = get(
+        &mut s,
+        "POST /queue/drop?name=a%20b HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
+    );
+    assert!(answer.starts_with("HTTP/1.1 409"), "{answer}");
+    assert!(answer.contains("Drop `a b` refused"), "{answer}");
+    // Without a name, or with a body, or with GET: refused before the agent.
+    for (request, code) in [
+        ("POST /queue/drain HTTP/1.1\r\nHost: x\r\n\r\n", "400"),
+        (
+            "POST /queue/drain?name=x HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi",
+            "413",
+        ),
+        ("GET /queue/drain?name=x HTTP/1.1\r\nHost: x\r\n\r\n", "405"),
+    ] {
+        let mut s = std::os::unix::net::UnixStream::connect(&path).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let answer = get(&mut s, request);
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {code}")),
+            "{request}: {answer}"
+        );
+    }
+    task.abort();
+}
+
+#[test]
+fn the_tcp_address_refuses_control_requests() {
+    let rt = runtime();
+    let (addr, task) = rt
+        .block_on(async { start("127.0.0.1:0", Metrics::new()).await })
+        .unwrap();
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let answer = get(
+        &mut s,
+        "POST /queue/drop?name=x HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
+    );
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+    assert!(answer.contains("local socket"), "{answer}");
     task.abort();
 }
 
