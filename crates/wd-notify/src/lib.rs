@@ -211,6 +211,8 @@ pub use model::{Domain, FiredAtBound, Instance, Notification, Occurrences, SCHEM
 pub use notifier::MockNotifier;
 pub use notifier::{BoxError, Notifier, NotifyError};
 pub use redact::redact_url;
+/// The file-system seam of the spool, also used by the episode ledger.
+pub use spool::disk::{RealFs, SpoolFile, SpoolFs};
 pub use retry::{Retry, RetryConfig};
 pub use router::{
     DeliveryObserver, Destination, DestinationKind, DestinationState, DestinationStatus,

@@ -122,6 +122,10 @@ impl SpoolFs for FaultyFs {
     fn remove_file(&self, path: &Path) -> io::Result<()> {
         RealFs.remove_file(path)
     }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        RealFs.rename(from, to)
+    }
 }
 
 struct FaultyFile {
