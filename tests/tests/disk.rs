@@ -53,6 +53,21 @@ fn once_each(all: &[Received], path: &str, guest: &Guest) {
     );
 }
 
+/// A receiver for the operator and project A, a fresh project id, and the
+/// agent's config (spool at `spool`) written into `dir`.
+async fn setup(dir: &Scratch, spool: &std::path::Path) -> (Receiver, String, std::path::PathBuf) {
+    let receiver = Receiver::start_with(OPERATOR_SECRET, &[(PROJECT_A, SECRET_A)])
+        .await
+        .unwrap();
+    let project = uuid::Uuid::new_v4().simple().to_string();
+    let cfg = dir.0.join("wd.toml");
+    write_private(
+        &cfg,
+        agent_config(&receiver, "disk-compute-1", spool, &project),
+    );
+    (receiver, project, cfg)
+}
+
 /// Polls `/healthz` until its status is `code`; returns the body.
 async fn wait_health(addr: &str, code: u16, timeout: Duration) -> String {
     let deadline = Instant::now() + timeout;
@@ -94,15 +109,7 @@ async fn libvirtd_a_full_disk_holds_firings_and_each_arrives_once_when_space_is_
     let dir = Scratch::new("wd-disk-full");
     let fs = Tmpfs::mount(&dir.0.join("var"), 16).unwrap();
     let spool = fs.dir.join("spool");
-    let receiver = Receiver::start_with(OPERATOR_SECRET, &[(PROJECT_A, SECRET_A)])
-        .await
-        .unwrap();
-    let project = uuid::Uuid::new_v4().simple().to_string();
-    let cfg = dir.0.join("wd.toml");
-    write_private(
-        &cfg,
-        agent_config(&receiver, "disk-compute-1", &spool, &project),
-    );
+    let (receiver, project, cfg) = setup(&dir, &spool).await;
     let mut agent = AgentProcess::start(&cfg, OPERATOR_SECRET, &dir.0.join("agent.log")).unwrap();
     let addr = metrics_addr(&mut agent).await;
     agent.wait_ready(Duration::from_secs(60)).await.unwrap();
@@ -305,15 +312,7 @@ async fn libvirtd_eio_on_write_and_erofs_on_fsync_hold_the_firing_until_the_disk
         let dir = Scratch::new(&format!("wd-disk-{errno}"));
         let spool = dir.0.join("spool");
         let flag = dir.0.join("disk-fails");
-        let receiver = Receiver::start_with(OPERATOR_SECRET, &[(PROJECT_A, SECRET_A)])
-            .await
-            .unwrap();
-        let project = uuid::Uuid::new_v4().simple().to_string();
-        let cfg = dir.0.join("wd.toml");
-        write_private(
-            &cfg,
-            agent_config(&receiver, "disk-compute-1", &spool, &project),
-        );
+        let (receiver, project, cfg) = setup(&dir, &spool).await;
         let fault = format!("spool-fault={errno}:{call}:{}", flag.display());
         let mut agent = AgentProcess::start_with(
             &["--config".as_ref(), cfg.as_os_str()],
