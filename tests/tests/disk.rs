@@ -4,7 +4,9 @@
 //! watchdogs fire, and a verifying webhook receiver. I/O errors and a
 //! read-only filesystem cannot be made on these machines (no
 //! device-mapper; a remount fails while files are open): they go through
-//! the spool's filesystem seam in `wd-compute`'s `pipeline::disk_tests`.
+//! the spool's filesystem seam (`wd_notify::fault::FaultyFs`), which the
+//! debug build of the agent plugs in when `WD_TEST_FAULT=spool-fault=…`
+//! is set, active while a flag file exists.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -51,6 +53,21 @@ fn once_each(all: &[Received], path: &str, guest: &Guest) {
     );
 }
 
+/// A receiver for the operator and project A, a fresh project id, and the
+/// agent's config (spool at `spool`) written into `dir`.
+async fn setup(dir: &Scratch, spool: &std::path::Path) -> (Receiver, String, std::path::PathBuf) {
+    let receiver = Receiver::start_with(OPERATOR_SECRET, &[(PROJECT_A, SECRET_A)])
+        .await
+        .unwrap();
+    let project = uuid::Uuid::new_v4().simple().to_string();
+    let cfg = dir.0.join("wd.toml");
+    write_private(
+        &cfg,
+        agent_config(&receiver, "disk-compute-1", spool, &project),
+    );
+    (receiver, project, cfg)
+}
+
 /// Polls `/healthz` until its status is `code`; returns the body.
 async fn wait_health(addr: &str, code: u16, timeout: Duration) -> String {
     let deadline = Instant::now() + timeout;
@@ -92,15 +109,7 @@ async fn libvirtd_a_full_disk_holds_firings_and_each_arrives_once_when_space_is_
     let dir = Scratch::new("wd-disk-full");
     let fs = Tmpfs::mount(&dir.0.join("var"), 16).unwrap();
     let spool = fs.dir.join("spool");
-    let receiver = Receiver::start_with(OPERATOR_SECRET, &[(PROJECT_A, SECRET_A)])
-        .await
-        .unwrap();
-    let project = uuid::Uuid::new_v4().simple().to_string();
-    let cfg = dir.0.join("wd.toml");
-    write_private(
-        &cfg,
-        agent_config(&receiver, "disk-compute-1", &spool, &project),
-    );
+    let (receiver, project, cfg) = setup(&dir, &spool).await;
     let mut agent = AgentProcess::start(&cfg, OPERATOR_SECRET, &dir.0.join("agent.log")).unwrap();
     let addr = metrics_addr(&mut agent).await;
     agent.wait_ready(Duration::from_secs(60)).await.unwrap();
@@ -267,4 +276,118 @@ async fn libvirtd_a_full_disk_at_start_starts_says_503_and_delivers_once_space_i
     assert_eq!(agent.terminate(Duration::from_secs(10)).unwrap(), 0);
     drop(guest);
     drop(fs);
+}
+
+/// The event id of the firing of `uuid` the agent logged as held.
+fn held_event_id(agent: &AgentProcess, uuid: &str) -> Option<String> {
+    let log = agent.log_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("holding the firing") && l.contains(uuid))?;
+    let at = line.find("event_id=")? + "event_id=".len();
+    line.get(at..at + 36).map(str::to_owned)
+}
+
+/// EIO on every queue write, then (a fresh agent) EROFS on every fsync,
+/// through the filesystem seam of the real `wdguard watch` process: a
+/// `pause` guest fires; its firing is held; `/healthz` says 503 naming the
+/// spool and the error; `wd_write_failures_total{target="queue"}` counts.
+/// The flag file is removed (the disk heals): the firing arrives once at
+/// the operator and at the project, with the id it was held with, and the
+/// agent is healthy again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn libvirtd_eio_on_write_and_erofs_on_fsync_hold_the_firing_until_the_disk_heals() {
+    let _serial = SERIAL.lock().await;
+    let Some(_libvirtd) = wd_testkit::libvirtd() else {
+        return;
+    };
+    let Some(assets) = wd_testkit::guest::assets() else {
+        return;
+    };
+    let faults = [
+        ("eio", "write", "Input/output error"),
+        ("erofs", "fsync", "Read-only file system"),
+    ];
+    for (errno, call, os) in faults {
+        let dir = Scratch::new(&format!("wd-disk-{errno}"));
+        let spool = dir.0.join("spool");
+        let flag = dir.0.join("disk-fails");
+        let (receiver, project, cfg) = setup(&dir, &spool).await;
+        let fault = format!("spool-fault={errno}:{call}:{}", flag.display());
+        let mut agent = AgentProcess::start_with(
+            &["--config".as_ref(), cfg.as_os_str()],
+            &[
+                ("WD_WEBHOOK_SECRET", OPERATOR_SECRET),
+                ("WD_TEST_FAULT", &fault),
+            ],
+            &dir.0.join("agent.log"),
+        )
+        .unwrap();
+        let addr = metrics_addr(&mut agent).await;
+        agent.wait_ready(Duration::from_secs(60)).await.unwrap();
+        assert_eq!(
+            wait_health(&addr, 200, Duration::from_secs(20)).await,
+            "ok\n"
+        );
+        let failures = r#"wd_write_failures_total{target="queue"}"#;
+        assert_eq!(metric(&addr, failures).await, 0.0);
+
+        std::fs::write(&flag, b"").unwrap();
+        let guest = Guest::define_and_start(spec(&project, "pause"), &assets, None).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let held = loop {
+            if let Some(id) = held_event_id(&agent, &guest.spec.uuid) {
+                break id;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{errno}:{call}: the firing was not held: {}",
+                agent.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        };
+        let reason = wait_health(&addr, 503, Duration::from_secs(10)).await;
+        assert!(
+            reason.contains(&spool.display().to_string()) && reason.contains(os),
+            "{errno}:{call}: {reason}"
+        );
+        assert!(metric(&addr, failures).await >= 1.0);
+        assert!(metric(&addr, "wd_firings_held").await >= 1.0);
+        assert!(
+            of(&receiver.accepted(), PROJECT_A, &guest).is_empty(),
+            "{errno}:{call}: delivered from a failing disk: {}",
+            agent.log_text()
+        );
+
+        std::fs::remove_file(&flag).unwrap();
+        // Checked below, once late duplicates would have arrived too.
+        let _ = receiver
+            .wait_for(Duration::from_secs(60), |all| {
+                !of(all, OPS, &guest).is_empty() && !of(all, PROJECT_A, &guest).is_empty()
+            })
+            .await;
+        assert_eq!(
+            wait_health(&addr, 200, Duration::from_secs(30)).await,
+            "ok\n",
+            "{errno}:{call}: {}",
+            agent.log_text()
+        );
+        assert_eq!(metric(&addr, "wd_firings_held").await, 0.0);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let got = receiver.accepted();
+        for path in [OPS, PROJECT_A] {
+            let ids: Vec<&str> = of(&got, path, &guest)
+                .iter()
+                .map(|r| r.event_id())
+                .collect();
+            assert_eq!(
+                ids,
+                [held.as_str()],
+                "{errno}:{call} {path}: {}",
+                agent.log_text()
+            );
+        }
+        assert_eq!(agent.terminate(Duration::from_secs(10)).unwrap(), 0);
+        drop(guest);
+    }
 }

@@ -35,7 +35,10 @@ pub use settings::{AgentSettings, LogFormat, target_holds_secret};
 
 /// The environment variable of the test-only fault hook, read only by debug
 /// builds: `pipeline-panic-after-ms=N` makes the pipeline task panic after
-/// N ms, to show that a core task's death ends the agent.
+/// N ms, to show that a core task's death ends the agent;
+/// `spool-fault=ERRNO:CALL:FLAG` (ERRNO `enospc`, `eio` or `erofs`; CALL
+/// `write`, `fsync`, `create` or `all`) makes every queue's CALL fail with
+/// ERRNO while the file FLAG exists: removing it heals the disk.
 pub const FAULT_ENV: &str = "WD_TEST_FAULT";
 
 /// Why the agent could not be built, started or kept running. Messages
@@ -101,6 +104,47 @@ impl std::fmt::Debug for Agent {
             .field("wait", &self.wait)
             .finish_non_exhaustive()
     }
+}
+
+/// Applies the test-only fault hook [`FAULT_ENV`] (debug builds only).
+fn test_fault(fault: &str, runtime: &mut RuntimeConfig) -> Result<(), AgentError> {
+    let bad = || {
+        config_err(format!(
+            "{FAULT_ENV} `{fault}`; allowed: pipeline-panic-after-ms=N, \
+             spool-fault=enospc|eio|erofs:write|fsync|create|all:FLAG_FILE"
+        ))
+    };
+    if let Some(ms) = fault.strip_prefix("pipeline-panic-after-ms=") {
+        let ms = ms.parse::<u64>().map_err(|_| bad())?;
+        runtime.fault_pipeline_panic_after = Some(Duration::from_millis(ms));
+        return Ok(());
+    }
+    let spec = fault.strip_prefix("spool-fault=").ok_or_else(bad)?;
+    let mut parts = spec.splitn(3, ':');
+    let (Some(errno), Some(call), Some(flag)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(bad());
+    };
+    let errno = match errno {
+        "enospc" => 28,
+        "eio" => 5,
+        "erofs" => 30,
+        _ => return Err(bad()),
+    };
+    if flag.is_empty() {
+        return Err(bad());
+    }
+    let fs = wd_notify::fault::FaultyFs::new();
+    let faults = fs.faults();
+    faults.only_while_exists(flag.into());
+    match call {
+        "write" => faults.fail_writes(Some(errno)),
+        "fsync" => faults.fail_syncs(Some(errno)),
+        "create" => faults.fail_creates(Some(errno)),
+        "all" => faults.fail_all(Some(errno)),
+        _ => return Err(bad()),
+    }
+    runtime.fault_spool_fs = Some(Arc::new(fs));
+    Ok(())
 }
 
 impl Agent {
@@ -219,15 +263,7 @@ impl Agent {
         if cfg!(debug_assertions)
             && let Some(fault) = env(FAULT_ENV)
         {
-            let ms = fault
-                .strip_prefix("pipeline-panic-after-ms=")
-                .and_then(|v| v.parse::<u64>().ok())
-                .ok_or_else(|| {
-                    config_err(format!(
-                        "{FAULT_ENV} `{fault}`; allowed: pipeline-panic-after-ms=N"
-                    ))
-                })?;
-            runtime.fault_pipeline_panic_after = Some(Duration::from_millis(ms));
+            test_fault(&fault, &mut runtime)?;
         }
         runtime.metrics = Some(metrics.clone());
         Ok(Agent {

@@ -45,11 +45,12 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
+use wd_notify::{RealFs, SpoolFs};
 
 use crate::error::{Error, Result};
 
@@ -91,6 +92,8 @@ pub struct Ledger {
     entries: BTreeMap<Uuid, Entry>,
     /// Entries staged ([`Ledger::stage`]) since the file was last written.
     dirty: bool,
+    /// The file-system calls of its writes (`None`: the real one).
+    fs: Option<Arc<dyn SpoolFs>>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -170,7 +173,15 @@ impl Ledger {
             boot_id,
             entries,
             dirty: false,
+            fs: None,
         })
+    }
+
+    /// Makes its writes through `fs` (a power-cut model, a failing disk).
+    #[cfg(test)]
+    pub(crate) fn with_fs(mut self, fs: Arc<dyn SpoolFs>) -> Self {
+        self.fs = Some(fs);
+        self
     }
 
     /// The open episode of `domain`, whatever its run, if any.
@@ -255,7 +266,9 @@ impl Ledger {
             self.dirty = false;
             return Ok(());
         };
+        let fs: &dyn SpoolFs = self.fs.as_deref().unwrap_or(&RealFs);
         write_atomically(
+            fs,
             path,
             &serde_json::to_vec_pretty(&FileForm {
                 version: VERSION,
@@ -274,26 +287,34 @@ impl Ledger {
 }
 
 /// Writes `bytes` to `path` through a temporary file in the same directory,
-/// fsyncing the file and the directory, so readers see the old or the new
-/// contents, never a mix.
-pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+/// fsyncing the file and the directory, so that after a crash or a power
+/// cut `path` holds the old or the new contents, never a mix, and once
+/// this returns, the new ones (see `ledger_power_tests`).
+pub(crate) fn write_atomically(fs: &dyn SpoolFs, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    fs::create_dir_all(dir)?;
+    std::fs::create_dir_all(dir)?;
     let tmp = path.with_extension("tmp");
+    // A temporary file an interrupted write left behind.
+    match fs.remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
     {
-        let mut f = fs::File::create(&tmp)?;
+        let mut f = fs.create_new(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
     }
-    fs::rename(&tmp, path)?;
-    fs::File::open(dir)?.sync_all()
+    fs.rename(&tmp, path)?;
+    fs.sync_dir(dir)
 }
 
 #[cfg(test)]
 mod tests {
+    use wd_notify::fault::SimFs;
+
     use super::*;
 
     fn id(n: u128) -> Uuid {
@@ -462,5 +483,63 @@ mod tests {
         assert_eq!(l.get(&id(5)).map(|e| e.accepted), Some(true));
         assert!(l.path.is_none());
         assert_eq!(snapshot(&cwd), before);
+    }
+
+    /// Rewrites a ledger through a power-cut model over its directory
+    /// (whose syncs `lie` may turn off) and checks every cut point: what survives is the old or
+    /// the new ledger, never a torn or missing one, and once the write has
+    /// returned, the new one.
+    fn cuts_keep_old_or_new(lie: fn(SimFs) -> SimFs) -> std::result::Result<(), String> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("episodes.json");
+        let mut l = Ledger::open(&path).unwrap();
+        l.put(id(1), entry(10, true, Some(1))).unwrap();
+        let old = l.entries.clone();
+        drop(l);
+        // A temporary file an earlier, interrupted rewrite left.
+        fs::write(path.with_extension("tmp"), b"{\"torn").unwrap();
+        let fs = lie(SimFs::over(dir.path()).unwrap()).every_cut();
+        let mut l = Ledger::open(&path).unwrap().with_fs(Arc::new(fs.clone()));
+        l.put(id(2), entry(20, false, Some(3))).unwrap();
+        let new = l.entries.clone();
+        let cuts = fs.cuts();
+        assert!(cuts.len() >= 6, "{:?}", fs.ops());
+        for (at, cut) in cuts.iter().enumerate() {
+            let out = tempfile::tempdir().unwrap();
+            cut.restore(dir.path(), out.path()).unwrap();
+            let after = out.path().join("episodes.json");
+            let bytes = fs::read(&after)
+                .map_err(|e| format!("cut {at}: the ledger is missing ({e}): {cut:?}"))?;
+            let got = parse(&bytes)
+                .map_err(|e| format!("cut {at}: the ledger is torn ({e}): {cut:?}"))?
+                .episodes;
+            if got != old && got != new {
+                return Err(format!("cut {at}: neither old nor new: {got:?}"));
+            }
+            // What the agent reads after the power cut.
+            let reopened = Ledger::open(&after).unwrap();
+            assert_eq!(reopened.entries, got);
+        }
+        let last = cuts.last().map(|c| c.files.get(&path).cloned());
+        let done = last.flatten().map(|b| parse(&b).map(|f| f.episodes));
+        if !matches!(&done, Some(Ok(e)) if *e == new) {
+            return Err(format!(
+                "the rewrite returned, but a power cut then loses it: {:?}",
+                fs.ops()
+            ));
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn a_power_cut_at_any_point_of_a_rewrite_leaves_the_old_or_the_new_ledger() {
+        cuts_keep_old_or_new(|fs| fs).unwrap();
+        // The model catches a writer without the file fsync (a torn or
+        // empty ledger) or without the directory fsync (the rename is lost
+        // after the write returned).
+        let e = cuts_keep_old_or_new(SimFs::lying_fsync).unwrap_err();
+        assert!(e.contains("torn"), "{e}");
+        let e = cuts_keep_old_or_new(SimFs::lying_dir_sync).unwrap_err();
+        assert!(e.contains("returned"), "{e}");
     }
 }

@@ -50,6 +50,11 @@ pub struct RuntimeConfig {
     /// core task's death is reported by [`Runtime::failed`].
     #[doc(hidden)]
     pub fault_pipeline_panic_after: Option<Duration>,
+    /// Test hook: every queue makes its file-system calls through this
+    /// (a [`FaultyFs`](wd_notify::fault::FaultyFs)), to fail the disk of a
+    /// running agent.
+    #[doc(hidden)]
+    pub fault_spool_fs: Option<Arc<dyn wd_notify::fault::SpoolFs>>,
     /// Where to report metrics and health; `None` reports nothing.
     pub metrics: Option<Metrics>,
 }
@@ -67,6 +72,7 @@ impl RuntimeConfig {
             pulse: None,
             health_interval: Duration::from_secs(300),
             fault_pipeline_panic_after: None,
+            fault_spool_fs: None,
             metrics: None,
         }
     }
@@ -164,9 +170,13 @@ impl Runtime {
         let defaults = RouterDefaults {
             queue: config.queue.clone(),
         };
+        let root = config.spool_dir.as_deref();
         let router = Arc::new(
-            Router::open(config.spool_dir.as_deref(), destinations, &defaults)
-                .map_err(Error::Spool)?,
+            match &config.fault_spool_fs {
+                Some(fs) => Router::open_with_fs(fs.clone(), root, destinations, &defaults),
+                None => Router::open(root, destinations, &defaults),
+            }
+            .map_err(Error::Spool)?,
         );
         let ledger = match &config.spool_dir {
             Some(dir) => Ledger::open(dir.join("episodes.json"))?,

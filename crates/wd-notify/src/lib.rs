@@ -216,6 +216,8 @@ pub use router::{
     DeliveryObserver, Destination, DestinationKind, DestinationState, DestinationStatus,
     Reconfigured, Router, RouterDefaults, Scope,
 };
+/// The file-system seam of the spool, also used by the episode ledger.
+pub use spool::disk::{RealFs, SpoolFile, SpoolFs};
 /// Fault injection for the spool's file-system calls (feature
 /// `fault-injection`): a model of what a power cut keeps, for crash tests
 /// that a `SIGKILL` cannot make (it keeps the page cache), and a file

@@ -203,6 +203,11 @@ fn bad_configurations_name_what_is_wrong() {
             &[(FAULT_ENV, "sometimes")],
             "allowed: pipeline-panic-after-ms=N",
         );
+        check(
+            "notify = [\"log\"]",
+            &[(FAULT_ENV, "spool-fault=eio:read:/tmp/flag")],
+            "spool-fault=enospc|eio|erofs:write|fsync|create|all:FLAG_FILE",
+        );
     }
     let e = toml::from_str::<AgentSettings>("conect = \"x\"").unwrap_err();
     assert!(e.to_string().contains("unknown field `conect`"), "{e}");

@@ -92,6 +92,8 @@ pub struct Router {
     queues: RwLock<Vec<Arc<Queue>>>,
     observer: ObserverCell,
     root: Option<PathBuf>,
+    /// The file-system calls of every queue opened under `root`.
+    fs: Arc<dyn crate::spool::disk::SpoolFs>,
     _lock: Option<std::fs::File>,
 }
 
@@ -138,6 +140,38 @@ impl Router {
         destinations: Vec<Destination>,
         defaults: &RouterDefaults,
     ) -> Result<Router> {
+        Self::open_dyn(
+            Arc::new(crate::spool::disk::RealFs),
+            root,
+            destinations,
+            defaults,
+        )
+    }
+
+    /// [`Router::open`] whose queues make their file-system calls through
+    /// `fs` (feature `fault-injection`), now and after each reload: with a
+    /// [`FaultyFs`](crate::fault::FaultyFs), a test can fail the disk of a
+    /// running agent.
+    ///
+    /// # Errors
+    ///
+    /// As [`Router::open`].
+    #[cfg(feature = "fault-injection")]
+    pub fn open_with_fs(
+        fs: Arc<dyn crate::fault::SpoolFs>,
+        root: Option<&Path>,
+        destinations: Vec<Destination>,
+        defaults: &RouterDefaults,
+    ) -> Result<Router> {
+        Self::open_dyn(fs, root, destinations, defaults)
+    }
+
+    fn open_dyn(
+        fs: Arc<dyn crate::spool::disk::SpoolFs>,
+        root: Option<&Path>,
+        destinations: Vec<Destination>,
+        defaults: &RouterDefaults,
+    ) -> Result<Router> {
         check_unique(&destinations)?;
         let lock = match root {
             Some(root) => {
@@ -151,6 +185,7 @@ impl Router {
             queues: RwLock::new(Vec::new()),
             observer: ObserverCell::default(),
             root: root.map(Path::to_owned),
+            fs,
             _lock: lock,
         };
         let mut queues = Vec::with_capacity(destinations.len());
@@ -192,7 +227,7 @@ impl Router {
     ) -> Result<Spool> {
         match &self.root {
             Some(root) => Spool::open_dyn(
-                Arc::new(crate::spool::disk::RealFs),
+                self.fs.clone(),
                 &root.join("dest").join(dir),
                 name,
                 config,

@@ -29,6 +29,9 @@ pub trait SpoolFs: Send + Sync + std::fmt::Debug {
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
     /// Removes the file `path`.
     fn remove_file(&self, path: &Path) -> io::Result<()>;
+    /// Renames the file `from` to `to` (replacing `to`), both in one
+    /// directory; durable with that directory's sync.
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
 }
 
 /// A file the spool writer appends to.
@@ -56,6 +59,10 @@ impl SpoolFs for RealFs {
 
     fn remove_file(&self, path: &Path) -> io::Result<()> {
         fs::remove_file(path)
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        fs::rename(from, to)
     }
 }
 
@@ -121,6 +128,8 @@ mod sim {
         SyncDir(PathBuf),
         /// `remove_file(path)`.
         Remove(PathBuf),
+        /// `rename(from, to)`.
+        Rename(PathBuf, PathBuf),
     }
 
     #[derive(Debug, Default)]
@@ -139,6 +148,32 @@ mod sim {
         /// The directory entries that survive a power cut.
         durable_names: BTreeMap<PathBuf, usize>,
         ops: Vec<FsOp>,
+        /// With [`SimFs::every_cut`]: what a power cut would have left
+        /// before the first call and after each call.
+        cuts: Option<Vec<PowerCut>>,
+    }
+
+    impl Model {
+        fn power_cut(&self) -> PowerCut {
+            PowerCut {
+                files: self
+                    .durable_names
+                    .iter()
+                    .map(|(p, &i)| (p.clone(), self.inodes[i].synced.clone()))
+                    .collect(),
+            }
+        }
+
+        /// Records `op`, and with [`SimFs::every_cut`] the state after it.
+        fn record(&mut self, op: FsOp) {
+            self.ops.push(op);
+            if self.cuts.is_some() {
+                let now = self.power_cut();
+                if let Some(cuts) = &mut self.cuts {
+                    cuts.push(now);
+                }
+            }
+        }
     }
 
     /// A file system that does every call for real (so the spool works as
@@ -227,20 +262,32 @@ mod sim {
             self
         }
 
+        /// Records what a power cut would leave at every cut point: before
+        /// the first call and after each one ([`SimFs::cuts`]). Meant for
+        /// small files (each point copies every file).
+        #[must_use]
+        pub fn every_cut(self) -> Self {
+            {
+                let mut m = self.lock();
+                let now = m.power_cut();
+                m.cuts = Some(vec![now]);
+            }
+            self
+        }
+
         fn lock(&self) -> MutexGuard<'_, Model> {
             self.model.lock().unwrap_or_else(|p| p.into_inner())
         }
 
         /// What the disk would hold if the power failed now.
         pub fn power_cut(&self) -> PowerCut {
-            let m = self.lock();
-            PowerCut {
-                files: m
-                    .durable_names
-                    .iter()
-                    .map(|(p, &i)| (p.clone(), m.inodes[i].synced.clone()))
-                    .collect(),
-            }
+            self.lock().power_cut()
+        }
+
+        /// With [`SimFs::every_cut`]: what the disk would have held had the
+        /// power failed before the first call or after any one call.
+        pub fn cuts(&self) -> Vec<PowerCut> {
+            self.lock().cuts.clone().unwrap_or_default()
         }
 
         /// Every call made so far, in order.
@@ -256,7 +303,7 @@ mod sim {
             let inode = m.inodes.len();
             m.inodes.push(Inode::default());
             m.names.insert(path.to_owned(), inode);
-            m.ops.push(FsOp::Create(path.to_owned()));
+            m.record(FsOp::Create(path.to_owned()));
             Ok(Box::new(SimFile {
                 fs: self.clone(),
                 path: path.to_owned(),
@@ -267,19 +314,18 @@ mod sim {
 
         fn sync_dir(&self, dir: &Path) -> io::Result<()> {
             let mut m = self.lock();
-            m.ops.push(FsOp::SyncDir(dir.to_owned()));
-            if self.lying_dir_sync {
-                return Ok(());
+            if !self.lying_dir_sync {
+                let in_dir = |p: &PathBuf| p.parent() == Some(dir);
+                let visible: Vec<(PathBuf, usize)> = m
+                    .names
+                    .iter()
+                    .filter(|(p, _)| in_dir(p))
+                    .map(|(p, i)| (p.clone(), *i))
+                    .collect();
+                m.durable_names.retain(|p, _| !in_dir(p));
+                m.durable_names.extend(visible);
             }
-            let in_dir = |p: &PathBuf| p.parent() == Some(dir);
-            let visible: Vec<(PathBuf, usize)> = m
-                .names
-                .iter()
-                .filter(|(p, _)| in_dir(p))
-                .map(|(p, i)| (p.clone(), *i))
-                .collect();
-            m.durable_names.retain(|p, _| !in_dir(p));
-            m.durable_names.extend(visible);
+            m.record(FsOp::SyncDir(dir.to_owned()));
             Ok(())
         }
 
@@ -287,7 +333,17 @@ mod sim {
             std::fs::remove_file(path)?;
             let mut m = self.lock();
             m.names.remove(path);
-            m.ops.push(FsOp::Remove(path.to_owned()));
+            m.record(FsOp::Remove(path.to_owned()));
+            Ok(())
+        }
+
+        fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+            std::fs::rename(from, to)?;
+            let mut m = self.lock();
+            if let Some(inode) = m.names.remove(from) {
+                m.names.insert(to.to_owned(), inode);
+            }
+            m.record(FsOp::Rename(from.to_owned(), to.to_owned()));
             Ok(())
         }
     }
@@ -302,11 +358,11 @@ mod sim {
     impl SimFile {
         fn sync(&mut self) -> io::Result<()> {
             let mut m = self.fs.lock();
-            m.ops.push(FsOp::Sync(self.path.clone()));
             if !self.fs.lying_fsync {
                 let inode = &mut m.inodes[self.inode];
                 inode.synced = inode.data.clone();
             }
+            m.record(FsOp::Sync(self.path.clone()));
             Ok(())
         }
     }
@@ -316,7 +372,7 @@ mod sim {
             io::Write::write_all(&mut self.file, buf)?;
             let mut m = self.fs.lock();
             m.inodes[self.inode].data.extend_from_slice(buf);
-            m.ops.push(FsOp::Write(self.path.clone(), buf.len()));
+            m.record(FsOp::Write(self.path.clone(), buf.len()));
             Ok(())
         }
 

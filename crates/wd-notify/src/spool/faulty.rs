@@ -8,9 +8,9 @@
 //! load, for races).
 
 use std::io;
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use super::disk::{RealFs, SpoolFile, SpoolFs};
@@ -29,6 +29,8 @@ pub struct Faults {
     slow_sync_us: AtomicU64,
     /// Calls failed so far.
     failed: AtomicU64,
+    /// If set, faults apply only while this file exists.
+    flag: OnceLock<PathBuf>,
 }
 
 impl Faults {
@@ -60,6 +62,13 @@ impl Faults {
         self.slow_sync_us.store(us, Ordering::SeqCst);
     }
 
+    /// The faults apply only while the file `flag` exists (checked at each
+    /// call): another process heals the disk by removing it. Set once; a
+    /// second call is ignored.
+    pub fn only_while_exists(&self, flag: PathBuf) {
+        let _ = self.flag.set(flag);
+    }
+
     /// How many calls failed so far.
     pub fn failed(&self) -> u64 {
         self.failed.load(Ordering::SeqCst)
@@ -68,6 +77,7 @@ impl Faults {
     fn check(&self, which: &AtomicI32) -> io::Result<()> {
         match which.load(Ordering::SeqCst) {
             0 => Ok(()),
+            _ if self.flag.get().is_some_and(|f| !f.exists()) => Ok(()),
             errno => {
                 self.failed.fetch_add(1, Ordering::SeqCst);
                 Err(io::Error::from_raw_os_error(errno))
@@ -111,6 +121,10 @@ impl SpoolFs for FaultyFs {
 
     fn remove_file(&self, path: &Path) -> io::Result<()> {
         RealFs.remove_file(path)
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        RealFs.rename(from, to)
     }
 }
 
