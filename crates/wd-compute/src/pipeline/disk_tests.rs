@@ -213,6 +213,10 @@ async fn a_pause_held_at_a_crash_is_announced_again_by_the_catch_up() {
     .map(Arc::new)
     .unwrap();
     let metrics = Metrics::new();
+    // Connected, so that /healthz fails only for the held write (a fresh
+    // Metrics is unhealthy until libvirt connects, which would end the wait
+    // below before the pipeline has written anything).
+    metrics.libvirt_connected(1);
     let p = Pipeline::new(
         "compute-1",
         Arc::new(NovaDirectory::new()),
@@ -226,7 +230,10 @@ async fn a_pause_held_at_a_crash_is_announced_again_by_the_catch_up() {
     tx.send(fire(&dom(1), WatchdogAction::Pause, Origin::Live, 77))
         .await
         .unwrap();
-    until("the pause held", || metrics.health().is_err()).await;
+    until("the pause held", || {
+        metrics.health().is_err() && metrics.encode().contains("wd_firings_held 1")
+    })
+    .await;
     // The crash.
     task.abort();
     let _ = task.await;
