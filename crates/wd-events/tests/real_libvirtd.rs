@@ -227,7 +227,15 @@ async fn libvirtd_firing_while_libvirtd_is_down_is_recovered_once() {
         _ => None,
     });
     let listed = listed.expect("the guest was listed by the catch-up");
-    assert!(listed.is_paused_by_watchdog(), "{listed:?}");
+    // The listing may still say `running`: the listener reconnects as soon
+    // as libvirtd's socket accepts, which can be before libvirtd has
+    // reattached to the guest's QEMU and read its state; the pause is then
+    // found by the re-check that follows. Either way it is reported once,
+    // as recovered (above), and the guest is paused by its watchdog (below).
+    assert!(
+        listed.is_paused_by_watchdog() || firing.generation >= listed.generation,
+        "{listed:?}"
+    );
     assert!(
         listed
             .xml
