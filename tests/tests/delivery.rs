@@ -1,5 +1,5 @@
 //! Delivery under hostile endpoints, a broker outage and injected faults, at
-//! the runtime level: the real `wd_compute::Runtime` with its per-destination
+//! the agent level: the real `wd_compute::Agent` (built from parts) with its per-destination
 //! queues on disk, real HTTP servers on 127.0.0.1 (a signature-checking
 //! receiver and hostile endpoints), the real RabbitMQ, and a synthetic stream
 //! of listener items in place of libvirt (the real-guest version is in
@@ -11,12 +11,12 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::mpsc;
 use uuid::Uuid;
-use wd_compute::{InstanceDirectory, Owner, Runtime, RuntimeConfig};
+use wd_compute::{Agent, AgentBuilder, InstanceDirectory, Owner, RunningAgent};
 use wd_e2e::hostile::{Behaviour, Hostile};
 use wd_e2e::receiver::{Received, Receiver};
 use wd_e2e::scratch::Scratch;
 use wd_events::{DomainId, Enum, Item, Origin, WatchdogAction, WatchdogEvent};
-use wd_notify::{Destination, DestinationKind, DestinationStatus, Notifier, Scope, SpoolConfig};
+use wd_notify::{Destination, DestinationKind, DestinationStatus, Notifier, QueueConfig, Scope};
 use wd_notify_webhook::{Endpoint, Secret, WebhookConfig, WebhookNotifier};
 
 const OPS_SECRET: &str = "whsec_d2QtZTJlIG9wZXJhdG9yIHNlY3JldCAzMiBieXRlcyE=";
@@ -41,30 +41,41 @@ impl InstanceDirectory for Owners {
     }
 }
 
-/// A running runtime fed by `fire`.
+/// The queue settings of every test: quick redelivery, small bounds.
+fn queue() -> QueueConfig {
+    QueueConfig::default()
+        .retry_delays(Duration::from_millis(200), Duration::from_secs(2))
+        .max_entries(1000)
+        .max_bytes(8 << 20)
+        .attempt_timeout(Duration::from_secs(30))
+}
+
+/// A running agent fed by `fire`.
 struct Harness {
-    runtime: Runtime,
+    runtime: RunningAgent,
     items: mpsc::UnboundedSender<Item>,
     owners: Arc<Owners>,
     _spool: Scratch,
 }
 
 impl Harness {
-    fn start(destinations: Vec<Destination>, config: impl FnOnce(&mut RuntimeConfig)) -> Harness {
+    async fn start(
+        destinations: Vec<Destination>,
+        config: impl FnOnce(AgentBuilder) -> AgentBuilder,
+    ) -> Harness {
         let spool = Scratch::new("wd-delivery-spool");
-        let mut cfg = RuntimeConfig::new("delivery-test").spool_dir(&spool.0);
-        cfg.queue = SpoolConfig::default()
-            .retry_delays(Duration::from_millis(200), Duration::from_secs(2))
-            .max_entries(1000)
-            .max_bytes(8 << 20)
-            .attempt_timeout(Duration::from_secs(30));
-        cfg.shutdown_grace = Duration::ZERO;
-        config(&mut cfg);
         let (tx, rx) = mpsc::unbounded_channel();
         let items =
             futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|i| (i, rx)) });
         let owners = Arc::new(Owners::default());
-        let runtime = Runtime::start_with(cfg, owners.clone(), destinations, items).unwrap();
+        let builder = Agent::builder("delivery-test")
+            .spool_dir(&spool.0)
+            .queue(queue())
+            .shutdown_grace(Duration::ZERO)
+            .directory(owners.clone())
+            .destinations(destinations)
+            .events(items);
+        let runtime = config(builder).build().start().await.unwrap();
         Harness {
             runtime,
             items: tx,
@@ -171,7 +182,7 @@ async fn hostile_endpoints_of_one_project_delay_no_other_project() {
     for h in &hostiles {
         config = config.with_project(A, Endpoint::new(h.url(), [secret(SECRET_A)]));
     }
-    let mut agent = Harness::start(webhook_destinations(config), |_| {});
+    let mut agent = Harness::start(webhook_destinations(config), |b| b).await;
 
     // Project A's guests fire 20 times: every hostile endpoint gets work.
     let fired: Vec<Uuid> = (0..20).map(|_| agent.fire(A)).collect();
@@ -245,7 +256,7 @@ async fn a_panic_in_one_worker_is_survived_and_the_others_keep_delivering() {
     let config = WebhookConfig::default()
         .with_operator(Endpoint::new(receiver.url("/ops"), [secret(OPS_SECRET)]))
         .with_project(B, Endpoint::new(receiver.url("/b"), [secret(SECRET_B)]));
-    let mut agent = Harness::start(webhook_destinations(config), |_| {});
+    let mut agent = Harness::start(webhook_destinations(config), |b| b).await;
     assert!(agent.runtime.router().inject_worker_panic("ops"));
     let took = b_latency(&agent, &receiver).await;
     assert!(took < Duration::from_secs(1), "project B waited {took:?}");
@@ -265,9 +276,10 @@ async fn a_dead_pipeline_task_is_reported_as_a_core_failure() {
     let receiver = Receiver::start(OPS_SECRET).await.unwrap();
     let config = WebhookConfig::default()
         .with_operator(Endpoint::new(receiver.url("/ops"), [secret(OPS_SECRET)]));
-    let mut agent = Harness::start(webhook_destinations(config), |c| {
-        c.fault_pipeline_panic_after = Some(Duration::from_millis(300));
-    });
+    let mut agent = Harness::start(webhook_destinations(config), |b| {
+        b.fault_pipeline_panic_after(Duration::from_millis(300))
+    })
+    .await;
     let why = tokio::time::timeout(Duration::from_secs(10), agent.runtime.failed())
         .await
         .expect("the death is reported");
@@ -300,7 +312,7 @@ async fn rabbitmq_a_broker_outage_does_not_delay_webhooks() {
     let amqp = wd_notify_amqp::AmqpConfig::new(wd_notify_amqp::AmqpUrl::new(rabbit.url()).unwrap())
         .with_exchange(exchange.clone())
         .with_topic(topic.clone())
-        .with_format(wd_notify_amqp::Format::Versioned)
+        .with_format(wd_notify_amqp::NotificationFormat::Versioned)
         // A bound queue takes what is published, as `wdguard watch` sets it.
         .with_declare_queue(true)
         .with_reconnect(Duration::from_millis(200), Duration::from_secs(1));
@@ -312,9 +324,10 @@ async fn rabbitmq_a_broker_outage_does_not_delay_webhooks() {
             .with_operator(Endpoint::new(receiver.url("/ops"), [secret(OPS_SECRET)])),
     );
     destinations.push(Destination::new("bus", DestinationKind::Bus, Scope::All, bus).key("bus"));
-    let mut agent = Harness::start(destinations, |c| {
-        c.queue = c.queue.clone().attempt_timeout(Duration::from_secs(5));
-    });
+    let mut agent = Harness::start(destinations, |b| {
+        b.queue(queue().attempt_timeout(Duration::from_secs(5)))
+    })
+    .await;
 
     let first = agent.fire(B);
     receiver
@@ -435,7 +448,7 @@ async fn rabbitmq_a_flooding_project_evicts_only_its_own_from_the_bus_queue() {
     let amqp = wd_notify_amqp::AmqpConfig::new(wd_notify_amqp::AmqpUrl::new(rabbit.url()).unwrap())
         .with_exchange(exchange.clone())
         .with_topic(topic.clone())
-        .with_format(wd_notify_amqp::Format::Versioned)
+        .with_format(wd_notify_amqp::NotificationFormat::Versioned)
         .with_declare_queue(true)
         .with_reconnect(Duration::from_millis(200), Duration::from_secs(1));
     let amqp = wd_notify_amqp::AmqpNotifier::new(amqp).unwrap();
@@ -458,14 +471,15 @@ async fn rabbitmq_a_flooding_project_evicts_only_its_own_from_the_bus_queue() {
         )
         .key("bus")
         .queue(
-            SpoolConfig::default()
+            QueueConfig::default()
                 .retry_delays(Duration::from_millis(200), Duration::from_secs(1))
                 .max_entries(BOUND),
         ),
     );
-    let mut agent = Harness::start(destinations, |c| {
-        c.queue = c.queue.clone().attempt_timeout(Duration::from_secs(2));
-    });
+    let mut agent = Harness::start(destinations, |b| {
+        b.queue(queue().attempt_timeout(Duration::from_secs(2)))
+    })
+    .await;
     tokio::task::spawn_blocking(move || rabbit.stop())
         .await
         .unwrap();

@@ -108,7 +108,7 @@ async fn seed(dir: &Path, project: &str) {
             Err(wd_notify::NotifyError::retryable("seeding"))
         }
     }
-    let spool = wd_notify::Spool::open(dir, wd_notify::SpoolConfig::default(), Down).unwrap();
+    let spool = wd_notify::Spool::open(dir, wd_notify::QueueConfig::default(), Down).unwrap();
     for i in 0..BACKLOG {
         let mut instance = wd_notify::Instance::new(uuid::Uuid::new_v4());
         instance.project_id = Some(project.to_owned());

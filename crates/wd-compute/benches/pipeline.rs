@@ -23,7 +23,7 @@ use uuid::Uuid;
 use wd_compute::{InstanceDirectory, Ledger, NovaDirectory, Pipeline};
 use wd_events::{DomainId, Enum, Item, Origin, WatchdogAction, WatchdogEvent};
 use wd_notify::{
-    ChannelNotifier, Coalesce, CoalesceConfig, Notifier, Spool, SpoolConfig, SyncMode,
+    ChannelNotifier, Coalesce, CoalesceConfig, Notifier, QueueConfig, Spool, SyncMode,
 };
 
 static NEXT: AtomicU64 = AtomicU64::new(1);
@@ -132,7 +132,7 @@ fn stack(rt: &Runtime, shape: Shape) -> Stack {
                 Destination::new("log", DestinationKind::Log, Scope::All, drained(rt)),
             ];
             let defaults = RouterDefaults {
-                queue: SpoolConfig::default().max_entries(1 << 20),
+                queue: QueueConfig::default().max_entries(1 << 20),
             };
             let router = Arc::new(
                 rt.block_on(async { Router::open(Some(dir.path()), dests, &defaults) })
@@ -149,7 +149,7 @@ fn stack(rt: &Runtime, shape: Shape) -> Stack {
         }
         Shape::Spool(mode) => {
             let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
-            let config = SpoolConfig::default().sync(mode).max_entries(1 << 20);
+            let config = QueueConfig::default().sync(mode).max_entries(1 << 20);
             let spool = Arc::new(
                 rt.block_on(async { Spool::open(dir.path(), config, channel) })
                     .expect("spool"),

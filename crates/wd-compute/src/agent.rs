@@ -1,8 +1,12 @@
-//! The whole agent as a library: [`AgentSettings`] (the configuration file
-//! that `wdguard watch` reads) in, a supervised [`Runtime`] out.
+//! The whole agent as a library, and a driver's one front door:
+//! [`AgentSettings`] (the configuration file that `wdguard watch` reads) or
+//! an [`AgentBuilder`] (parts a driver brings itself) in, a supervised
+//! [`RunningAgent`] out.
 //!
 //! [`Agent::new`] checks everything and builds every destination before
 //! anything starts; each section is checked by the crate that owns it.
+//! [`Agent::builder`] takes destinations, an owner directory or an event
+//! stream that a driver already has.
 //! [`Agent::start`] probes libvirt (unless `wait`), opens the queues and
 //! starts listening; the [`RunningAgent`] reloads a new configuration
 //! without losing a queued entry, reports the death of a core task, and
@@ -26,12 +30,15 @@ use wd_events::ListenerConfig;
 use wd_notify::settings::{MAX_SECS, SettingsError, seconds};
 use wd_notify::{Destination, DestinationKind, LogNotifier, Scope};
 
-use crate::{Metrics, NovaDirectory, PulseHook, Runtime, RuntimeConfig, RuntimeReport};
+use crate::runtime::Runtime;
+use crate::{AgentConfig, AgentReport, InstanceDirectory, Metrics, NovaDirectory, PulseHook};
 
+mod builder;
 mod reload;
 mod settings;
 
-pub use settings::{AgentSettings, LogFormat, target_holds_secret};
+pub use builder::AgentBuilder;
+pub use settings::{AgentSettings, target_holds_secret};
 
 /// The environment variable of the test-only fault hook, read only by debug
 /// builds: `pipeline-panic-after-ms=N` makes the pipeline task panic after
@@ -87,8 +94,12 @@ fn hostname() -> String {
 
 /// A checked agent, every destination built, nothing started.
 pub struct Agent {
-    runtime: RuntimeConfig,
+    runtime: AgentConfig,
     directory: crate::DirectoryConfig,
+    /// Owners from the driver; else Nova's metadata, read from libvirt.
+    owners: Option<Arc<dyn InstanceDirectory>>,
+    /// Listener items from the driver; else the agent's own listener.
+    events: Option<builder::Events>,
     destinations: Vec<Destination>,
     wait: bool,
     metrics: Metrics,
@@ -107,7 +118,7 @@ impl std::fmt::Debug for Agent {
 }
 
 /// Applies the test-only fault hook [`FAULT_ENV`] (debug builds only).
-fn test_fault(fault: &str, runtime: &mut RuntimeConfig) -> Result<(), AgentError> {
+fn test_fault(fault: &str, runtime: &mut AgentConfig) -> Result<(), AgentError> {
     let bad = || {
         config_err(format!(
             "{FAULT_ENV} `{fault}`; allowed: pipeline-panic-after-ms=N, \
@@ -148,6 +159,12 @@ fn test_fault(fault: &str, runtime: &mut RuntimeConfig) -> Result<(), AgentError
 }
 
 impl Agent {
+    /// An agent for compute host `host` from parts the driver brings: its
+    /// destinations, and optionally its owner directory and event stream.
+    pub fn builder(host: impl Into<String>) -> AgentBuilder {
+        AgentBuilder::new(host.into())
+    }
+
     /// Checks `config` and builds every destination, reading secrets that
     /// are not in the file through `env` (`WD_WEBHOOK_SECRET`,
     /// `WD_AMQP_PASSWORD`). Must be called inside a Tokio runtime (the HTTP
@@ -211,7 +228,7 @@ impl Agent {
             ));
         }
 
-        let mut runtime = RuntimeConfig::new(host).listener(ListenerConfig {
+        let mut runtime = AgentConfig::new(host).listener(ListenerConfig {
             uri,
             read_only: cfg.read_only.unwrap_or(true),
             ..ListenerConfig::default()
@@ -269,6 +286,8 @@ impl Agent {
         Ok(Agent {
             runtime,
             directory,
+            owners: None,
+            events: None,
             destinations,
             wait: cfg.wait.unwrap_or(false),
             metrics,
@@ -299,8 +318,8 @@ impl Agent {
         self
     }
 
-    /// The runtime configuration the agent will start with.
-    pub fn runtime_config(&self) -> &RuntimeConfig {
+    /// The configuration the agent will start with.
+    pub fn config(&self) -> &AgentConfig {
         &self.runtime
     }
 
@@ -332,12 +351,14 @@ impl Agent {
     ///
     /// [`AgentError::Unreachable`] or [`AgentError::Start`].
     pub async fn start(self) -> Result<RunningAgent, AgentError> {
-        wd_events::quiet_default_errors();
-        // libvirt's event loop must be registered before any connection.
-        wd_events::init_event_loop().map_err(|e| AgentError::Start(crate::Error::Listen(e)))?;
         let uri = self.runtime.listener.uri.clone();
         let read_only = self.runtime.listener.read_only;
-        if !self.wait {
+        if self.events.is_none() {
+            wd_events::quiet_default_errors();
+            // libvirt's event loop must be registered before any connection.
+            wd_events::init_event_loop().map_err(|e| AgentError::Start(crate::Error::Listen(e)))?;
+        }
+        if !self.wait && self.events.is_none() {
             let probe = uri.clone();
             let outcome = tokio::task::spawn_blocking(move || wd_events::probe(&probe, read_only))
                 .await
@@ -356,11 +377,13 @@ impl Agent {
         let names: Vec<String> = self.destinations.iter().map(|d| d.name.clone()).collect();
         let spool = self.runtime.spool_dir.clone();
         let host = self.runtime.host.clone();
-        let runtime = Runtime::start(
-            self.runtime,
-            Arc::new(NovaDirectory::with_config(self.directory)),
-            self.destinations,
-        )
+        let owners = self
+            .owners
+            .unwrap_or_else(|| Arc::new(NovaDirectory::with_config(self.directory)));
+        let runtime = match self.events {
+            Some(items) => Runtime::start_with(self.runtime, owners, self.destinations, items),
+            None => Runtime::start(self.runtime, owners, self.destinations),
+        }
         .map_err(AgentError::Start)?;
         tracing::info!(uri = %uri, read_only, host = %host, backends = ?names,
             spool = %spool.as_ref().map_or("none".into(), |p| p.display().to_string()),
@@ -381,7 +404,7 @@ impl Agent {
     ///
     /// As [`Agent::start`], and [`AgentError::Died`] after a clean
     /// shutdown when a core task died.
-    pub async fn run(self, stop: impl Future<Output = ()>) -> Result<RuntimeReport, AgentError> {
+    pub async fn run(self, stop: impl Future<Output = ()>) -> Result<AgentReport, AgentError> {
         let mut running = self.start().await?;
         let died = tokio::select! {
             () = stop => None,
@@ -417,9 +440,15 @@ impl RunningAgent {
         &self.metrics
     }
 
-    /// The running runtime (its router, its destinations' status).
-    pub fn runtime(&self) -> &Runtime {
-        &self.runtime
+    /// Every destination's state now: backlog, drops, deliveries, failures
+    /// and last error.
+    pub fn status(&self) -> Vec<wd_notify::DestinationStatus> {
+        self.runtime.status()
+    }
+
+    /// The router: every destination and its queue.
+    pub fn router(&self) -> &Arc<wd_notify::Router> {
+        self.runtime.router()
     }
 
     /// Applies a new configuration, checked exactly as a start checks it,
@@ -502,7 +531,7 @@ impl RunningAgent {
 
     /// Stops listening, delivers for up to the shutdown grace, leaves the
     /// rest in the queues, and logs `… stopped` with the figures.
-    pub async fn shutdown(self) -> RuntimeReport {
+    pub async fn shutdown(self) -> AgentReport {
         let report = self.runtime.shutdown().await;
         tracing::info!(
             firings = report.pipeline.firings,
@@ -524,7 +553,7 @@ mod transports {
     use std::sync::Arc;
 
     #[allow(unused_imports)]
-    use wd_notify::{Destination, DestinationKind, Scope, SpoolConfig};
+    use wd_notify::{Destination, DestinationKind, QueueConfig, Scope};
 
     use super::{AgentError, AgentSettings, config_err};
 
@@ -637,7 +666,7 @@ mod transports {
         cfg: &AgentSettings,
         operator_urls: &[String],
         env: &dyn Fn(&str) -> Option<String>,
-        base: &SpoolConfig,
+        base: &QueueConfig,
     ) -> Result<Vec<Destination>, AgentError> {
         use wd_notify_webhook::WebhookNotifier;
         let Some(webhook) = cfg.webhook.config(operator_urls, env)? else {
@@ -674,7 +703,7 @@ mod transports {
         cfg: &AgentSettings,
         operator_urls: &[String],
         _env: &dyn Fn(&str) -> Option<String>,
-        _base: &SpoolConfig,
+        _base: &QueueConfig,
     ) -> Result<Vec<Destination>, AgentError> {
         if let Some(url) = operator_urls.first() {
             return Err(missing(

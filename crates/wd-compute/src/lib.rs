@@ -18,12 +18,12 @@
 //! `default-features = false, features = ["amqp"]` and compiles no HTTP
 //! client.
 //!
-//! # Embedding the pieces in a driver
+//! # Embedding the agent in a driver
 //!
 //! ```no_run
 //! use std::sync::Arc;
-//! use wd_compute::{NovaDirectory, Runtime, RuntimeConfig, spawn};
-//! use wd_notify::{LogNotifier, Notifier};
+//! use wd_compute::{Agent, spawn};
+//! use wd_notify::{Destination, DestinationKind, LogNotifier, Scope};
 //! use wd_notify_webhook::{Endpoint, Secret, WebhookConfig, WebhookNotifier};
 //!
 //! # async fn driver(flavor: Vec<(String, String)>, image: Vec<(String, String)>, domain_xml: &str)
@@ -35,19 +35,22 @@
 //! tracing::info!("{resolved}"); // watchdog=pause (image property hw_watchdog_action)
 //! # let _ = xml;
 //!
-//! // At run time: listener → owner lookup → coalesce → spool → backends.
+//! // At run time: listener → owner lookup → coalesce → one queue per
+//! // destination → the destination.
 //! let secret = Secret::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")?;
 //! let webhook = WebhookNotifier::new(WebhookConfig::default()
 //!     .with_operator(Endpoint::new("https://ops.example.com/watchdog", [secret])))?;
-//! let backends: Vec<(String, Arc<dyn Notifier>)> = vec![
-//!     ("log".into(), Arc::new(LogNotifier::new())),
-//!     ("webhook".into(), Arc::new(webhook)),
-//! ];
-//! let config = RuntimeConfig::new("compute-1").spool_dir("/var/lib/wd/spool");
-//! let runtime = Runtime::start(config, Arc::new(NovaDirectory::new()), backends)?;
+//! let agent = Agent::builder("compute-1")
+//!     .spool_dir("/var/lib/wd/spool")
+//!     .destination(Destination::new("log", DestinationKind::Log, Scope::All,
+//!         Arc::new(LogNotifier::new())))
+//!     .destination(Destination::new("ops", DestinationKind::Operator, Scope::All,
+//!         Arc::new(webhook)))
+//!     .build();
+//! let running = agent.start().await?;
 //! // ... until the driver stops:
-//! let report = runtime.shutdown().await;
-//! tracing::info!(accepted = report.pipeline.accepted, "watchdog runtime stopped");
+//! let report = running.shutdown().await;
+//! tracing::info!(accepted = report.pipeline.accepted, "watchdog agent stopped");
 //! # Ok(()) }
 //! ```
 //!
@@ -68,7 +71,7 @@ mod runtime;
 pub mod spawn;
 
 pub use agent::{
-    Agent, AgentError, AgentSettings, FAULT_ENV, LogFormat, RunningAgent, target_holds_secret,
+    Agent, AgentBuilder, AgentError, AgentSettings, FAULT_ENV, RunningAgent, target_holds_secret,
 };
 pub use directory::{
     DirectoryConfig, DirectorySettings, DirectoryStats, InstanceDirectory, NovaDirectory, Owner,
@@ -78,4 +81,4 @@ pub use ledger::Ledger;
 pub use metrics::Metrics;
 pub use pipeline::{Pipeline, PipelineStats};
 pub use pulse::{Pulse, PulseHook};
-pub use runtime::{Runtime, RuntimeConfig, RuntimeReport};
+pub use runtime::{AgentConfig, AgentReport};

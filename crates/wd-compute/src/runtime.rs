@@ -1,6 +1,7 @@
-//! The whole runtime in one value: listener → pipeline → coalesce → router
-//! → one queue per destination (its retry loop) → destination, started,
-//! watched and stopped cleanly.
+//! What a started [`Agent`](crate::Agent) runs, in one value: listener →
+//! pipeline → coalesce → router → one queue per destination (its retry
+//! loop) → destination, started, watched and stopped cleanly. Private: a
+//! driver reaches it through `Agent` and its builder.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -10,8 +11,8 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use wd_events::ListenerConfig;
 use wd_notify::{
-    Coalesce, CoalesceConfig, CoalesceStats, Destination, DestinationStatus, Notifier, Router,
-    RouterDefaults, SpoolConfig, SpoolStats,
+    Coalesce, CoalesceConfig, CoalesceStats, Destination, DestinationStatus, Notifier, QueueConfig,
+    Router, RouterDefaults, SpoolStats,
 };
 
 use crate::directory::InstanceDirectory;
@@ -21,9 +22,11 @@ use crate::metrics::Metrics;
 use crate::pipeline::{Pipeline, PipelineStats};
 use crate::pulse::PulseHook;
 
-/// Everything the runtime needs besides its destinations.
+/// Everything an agent runs with besides its destinations: what
+/// [`AgentSettings`](crate::AgentSettings) (the file) becomes once checked,
+/// or what an [`AgentBuilder`](crate::AgentBuilder) sets.
 #[derive(Debug, Clone)]
-pub struct RuntimeConfig {
+pub struct AgentConfig {
     /// The compute host's name, carried in every notification.
     pub host: String,
     /// Where and how to listen to libvirt.
@@ -35,7 +38,7 @@ pub struct RuntimeConfig {
     pub spool_dir: Option<PathBuf>,
     /// Each destination's queue settings (bounds, retry delays, attempt
     /// timeout), unless the destination sets its own.
-    pub queue: SpoolConfig,
+    pub queue: QueueConfig,
     /// Storm control.
     pub coalesce: CoalesceConfig,
     /// How long a graceful shutdown keeps delivering before it leaves the
@@ -47,7 +50,8 @@ pub struct RuntimeConfig {
     /// How often the delivery health line is logged. Default 5 min.
     pub health_interval: Duration,
     /// Test hook: the pipeline task panics after this long, to show that a
-    /// core task's death is reported by [`Runtime::failed`].
+    /// core task's death is reported by
+    /// [`RunningAgent::failed`](crate::RunningAgent::failed).
     #[doc(hidden)]
     pub fault_pipeline_panic_after: Option<Duration>,
     /// Test hook: every queue makes its file-system calls through this
@@ -59,14 +63,14 @@ pub struct RuntimeConfig {
     pub metrics: Option<Metrics>,
 }
 
-impl RuntimeConfig {
+impl AgentConfig {
     /// Defaults for compute host `host`: `qemu:///system`, no spool.
     pub fn new(host: impl Into<String>) -> Self {
-        RuntimeConfig {
+        AgentConfig {
             host: host.into(),
             listener: ListenerConfig::default(),
             spool_dir: None,
-            queue: SpoolConfig::default(),
+            queue: QueueConfig::default(),
             coalesce: CoalesceConfig::default(),
             shutdown_grace: Duration::from_secs(5),
             pulse: None,
@@ -92,9 +96,9 @@ impl RuntimeConfig {
     }
 }
 
-/// What a stopped runtime did.
+/// What a stopped agent did.
 #[derive(Debug, Clone)]
-pub struct RuntimeReport {
+pub struct AgentReport {
     /// The pipeline's counters.
     pub pipeline: PipelineStats,
     /// Storm control's counters.
@@ -103,7 +107,7 @@ pub struct RuntimeReport {
     pub destinations: Vec<(String, SpoolStats)>,
 }
 
-impl RuntimeReport {
+impl AgentReport {
     /// Entries left waiting in all queues.
     pub fn pending(&self) -> u64 {
         self.destinations.iter().map(|(_, s)| s.pending).sum()
@@ -112,7 +116,7 @@ impl RuntimeReport {
 
 /// A running watchdog runtime. Stop it with [`Runtime::shutdown`]; watch it
 /// with [`Runtime::failed`].
-pub struct Runtime {
+pub(crate) struct Runtime {
     task: Option<JoinHandle<PipelineStats>>,
     finished: Option<PipelineStats>,
     stop: oneshot::Sender<()>,
@@ -142,7 +146,7 @@ impl Runtime {
     /// A queue or the ledger cannot be opened, or the libvirt event loop
     /// cannot be started.
     pub fn start<D: Into<Destination>>(
-        config: RuntimeConfig,
+        config: AgentConfig,
         directory: Arc<dyn InstanceDirectory>,
         destinations: Vec<D>,
     ) -> Result<Runtime> {
@@ -157,7 +161,7 @@ impl Runtime {
     ///
     /// A queue or the ledger cannot be opened.
     pub fn start_with<S, D>(
-        config: RuntimeConfig,
+        config: AgentConfig,
         directory: Arc<dyn InstanceDirectory>,
         destinations: Vec<D>,
         items: S,
@@ -292,7 +296,7 @@ impl Runtime {
 
     /// Stops listening, flushes folded repeats, delivers what it can within
     /// the grace period and leaves the rest in the queues.
-    pub async fn shutdown(mut self) -> RuntimeReport {
+    pub async fn shutdown(mut self) -> AgentReport {
         let _ = self.stop.send(());
         let pipeline = match self.task.take() {
             Some(task) => task.await.unwrap_or_else(|e| {
@@ -310,7 +314,7 @@ impl Runtime {
             p.abort();
         }
         let destinations = self.router.shutdown(self.grace).await;
-        RuntimeReport {
+        AgentReport {
             pipeline,
             coalesce,
             destinations,

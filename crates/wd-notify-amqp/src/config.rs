@@ -26,7 +26,7 @@ pub struct Quorum {
 /// `[notifications] notification_format`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 #[non_exhaustive]
-pub enum Format {
+pub enum NotificationFormat {
     /// Only the legacy form: `compute.instance.watchdog` with a flat payload,
     /// on the legacy topics (`notifications`), which Ceilometer reads.
     Unversioned,
@@ -38,41 +38,47 @@ pub enum Format {
     Both,
 }
 
-impl Format {
+impl NotificationFormat {
     /// Nova's spelling.
     pub const fn as_str(self) -> &'static str {
         match self {
-            Format::Unversioned => "unversioned",
-            Format::Versioned => "versioned",
-            Format::Both => "both",
+            NotificationFormat::Unversioned => "unversioned",
+            NotificationFormat::Versioned => "versioned",
+            NotificationFormat::Both => "both",
         }
     }
 
     /// Whether the legacy form is published.
     pub const fn unversioned(self) -> bool {
-        matches!(self, Format::Unversioned | Format::Both)
+        matches!(
+            self,
+            NotificationFormat::Unversioned | NotificationFormat::Both
+        )
     }
 
     /// Whether the versioned form is published.
     pub const fn versioned(self) -> bool {
-        matches!(self, Format::Versioned | Format::Both)
+        matches!(
+            self,
+            NotificationFormat::Versioned | NotificationFormat::Both
+        )
     }
 }
 
-impl fmt::Display for Format {
+impl fmt::Display for NotificationFormat {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
 }
 
-impl FromStr for Format {
+impl FromStr for NotificationFormat {
     type Err = Error;
 
     fn from_str(s: &str) -> Result<Self> {
         match s.trim() {
-            "unversioned" => Ok(Format::Unversioned),
-            "versioned" => Ok(Format::Versioned),
-            "both" => Ok(Format::Both),
+            "unversioned" => Ok(NotificationFormat::Unversioned),
+            "versioned" => Ok(NotificationFormat::Versioned),
+            "both" => Ok(NotificationFormat::Both),
             other => Err(Error::ParseFormat {
                 value: other.to_owned(),
             }),
@@ -82,9 +88,9 @@ impl FromStr for Format {
 
 /// One form on one topic: what a single publish goes to.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Route {
+pub struct Publication {
     /// The form published.
-    pub form: Form,
+    pub form: Versioning,
     /// `<topic>.<priority lowercased>`.
     pub routing_key: String,
 }
@@ -92,7 +98,7 @@ pub struct Route {
 /// One of the two notification forms.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
-pub enum Form {
+pub enum Versioning {
     /// `compute.instance.watchdog`, flat payload.
     Unversioned,
     /// `instance.watchdog`, `nova_object` payload.
@@ -112,8 +118,8 @@ pub struct AmqpConfig {
     pub url: AmqpUrl,
     /// The topic exchange. Default `nova`.
     pub exchange: String,
-    /// Which forms are published. Default [`Format::Both`].
-    pub format: Format,
+    /// Which forms are published. Default [`NotificationFormat::Both`].
+    pub format: NotificationFormat,
     /// The topics of the versioned form (Nova's
     /// `[notifications] versioned_notifications_topics`); each routing key is
     /// `<topic>.<priority lowercased>`. Default `versioned_notifications`.
@@ -185,7 +191,7 @@ impl AmqpConfig {
         AmqpConfig {
             url,
             exchange: "nova".into(),
-            format: Format::Both,
+            format: NotificationFormat::Both,
             topics: vec!["versioned_notifications".into()],
             legacy_topics: vec!["notifications".into()],
             priority: Priority::Info,
@@ -238,7 +244,7 @@ impl AmqpConfig {
 
     /// Sets which forms are published.
     #[must_use]
-    pub fn with_format(mut self, format: Format) -> Self {
+    pub fn with_format(mut self, format: NotificationFormat) -> Self {
         self.format = format;
         self
     }
@@ -349,13 +355,13 @@ impl AmqpConfig {
     /// Every publish one notification makes: each published form on each of
     /// its topics, versioned first. Routing keys are
     /// `<topic>.<priority lowercased>`, as oslo's messaging driver builds them.
-    pub fn routes(&self) -> Vec<Route> {
+    pub fn routes(&self) -> Vec<Publication> {
         let priority = self.priority.as_str().to_ascii_lowercase();
         let mut routes = Vec::new();
         let forms = [
-            (Form::Versioned, self.format.versioned(), &self.topics),
+            (Versioning::Versioned, self.format.versioned(), &self.topics),
             (
-                Form::Unversioned,
+                Versioning::Unversioned,
                 self.format.unversioned(),
                 &self.legacy_topics,
             ),
@@ -363,7 +369,7 @@ impl AmqpConfig {
         for (form, on, topics) in forms {
             if on {
                 for topic in topics {
-                    routes.push(Route {
+                    routes.push(Publication {
                         form,
                         routing_key: format!("{topic}.{priority}"),
                     });
@@ -430,14 +436,14 @@ mod tests {
     #[test]
     fn routing_keys() {
         let url = AmqpUrl::new("amqp://h").unwrap();
-        let keys = |c: AmqpConfig| -> Vec<(Form, String)> {
+        let keys = |c: AmqpConfig| -> Vec<(Versioning, String)> {
             c.routes()
                 .into_iter()
                 .map(|r| (r.form, r.routing_key))
                 .collect()
         };
-        let v = |k: &str| (Form::Versioned, k.to_owned());
-        let u = |k: &str| (Form::Unversioned, k.to_owned());
+        let v = |k: &str| (Versioning::Versioned, k.to_owned());
+        let u = |k: &str| (Versioning::Unversioned, k.to_owned());
         let cases = [
             (
                 AmqpConfig::new(url.clone()),
@@ -446,12 +452,12 @@ mod tests {
             (
                 AmqpConfig::new(url.clone())
                     .with_priority(Priority::Error)
-                    .with_format(Format::Versioned),
+                    .with_format(NotificationFormat::Versioned),
                 vec![v("versioned_notifications.error")],
             ),
             (
                 AmqpConfig::new(url)
-                    .with_format(Format::Unversioned)
+                    .with_format(NotificationFormat::Unversioned)
                     .with_legacy_topics(vec!["notifications".into(), "searchlight".into()])
                     .with_priority(Priority::Warn),
                 vec![u("notifications.warn"), u("searchlight.warn")],
@@ -465,15 +471,18 @@ mod tests {
     #[test]
     fn formats() {
         for (text, format) in [
-            ("unversioned", Format::Unversioned),
-            ("versioned", Format::Versioned),
-            ("both", Format::Both),
+            ("unversioned", NotificationFormat::Unversioned),
+            ("versioned", NotificationFormat::Versioned),
+            ("both", NotificationFormat::Both),
         ] {
-            assert_eq!(text.parse::<Format>().unwrap(), format);
+            assert_eq!(text.parse::<NotificationFormat>().unwrap(), format);
             assert_eq!(format.to_string(), text);
         }
         assert_eq!(
-            "Both".parse::<Format>().unwrap_err().to_string(),
+            "Both"
+                .parse::<NotificationFormat>()
+                .unwrap_err()
+                .to_string(),
             "unknown notification format `Both`; allowed: unversioned, versioned, both"
         );
     }

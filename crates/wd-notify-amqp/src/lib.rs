@@ -7,7 +7,7 @@
 //! `timestamp`, a payload, and the owner in the oslo request context
 //! (`_context_project_id`, `_context_user_id`, …), sent to a topic exchange
 //! (`nova` by default) with routing key `<topic>.<priority>`. Like Nova, it
-//! follows `notification_format` ([`Format`]): the legacy form
+//! follows `notification_format` ([`NotificationFormat`]): the legacy form
 //! (`compute.instance.watchdog`, flat payload, topic `notifications`, which
 //! Ceilometer turns into events for Aodh's owner alarms), the versioned form
 //! (`instance.watchdog`, `nova_object` payload, topic
@@ -51,7 +51,7 @@ mod tls;
 mod topology;
 mod transport;
 
-pub use config::{AmqpConfig, Form, Format, Quorum, Route};
+pub use config::{AmqpConfig, NotificationFormat, Publication, Quorum, Versioning};
 pub use error::{Error, Result};
 pub use message::{
     ENVELOPE_VERSION, EVENT_TYPE, LEGACY_EVENT_TYPE, PAYLOAD_NAME, PAYLOAD_NAMESPACE,

@@ -23,7 +23,7 @@ use time::macros::format_description;
 use uuid::Uuid;
 use wd_notify::Notification;
 
-use crate::config::Form;
+use crate::config::Versioning;
 use crate::error::Error;
 
 /// The `event_type` of the versioned form.
@@ -329,11 +329,11 @@ fn format(at: OffsetDateTime, format: &[FormatItem<'static>]) -> String {
 /// it from the event id makes a redelivered form look like the duplicate it
 /// is; the legacy form's differs (a fixed mask) so that one listener on both
 /// topics keeps both forms.
-fn unique_id(n: &Notification, form: Form) -> String {
+fn unique_id(n: &Notification, form: Versioning) -> String {
     const LEGACY_MASK: u128 = 0x6c65_6761_6379_0000_0000_0000_0000_0000;
     match form {
-        Form::Versioned => n.event_id.simple().to_string(),
-        Form::Unversioned => Uuid::from_u128(n.event_id.as_u128() ^ LEGACY_MASK)
+        Versioning::Versioned => n.event_id.simple().to_string(),
+        Versioning::Unversioned => Uuid::from_u128(n.event_id.as_u128() ^ LEGACY_MASK)
             .simple()
             .to_string(),
     }
@@ -341,7 +341,7 @@ fn unique_id(n: &Notification, form: Form) -> String {
 
 fn inner<P: Serialize>(
     n: &Notification,
-    form: Form,
+    form: Versioning,
     publisher_id: &str,
     event_type: &'static str,
     priority: Priority,
@@ -365,9 +365,9 @@ fn inner<P: Serialize>(
 /// form's `publisher_id` is `<service>:<host>`, the legacy form's
 /// `<service>.<host>` (as Nova's `nova-compute:<host>` and
 /// `compute.<host>`).
-pub fn message(n: &Notification, form: Form, service: &str, priority: Priority) -> String {
+pub fn message(n: &Notification, form: Versioning, service: &str, priority: Priority) -> String {
     match form {
-        Form::Versioned => {
+        Versioning::Versioned => {
             let publisher_id = format!("{service}:{}", n.host);
             let payload = Payload {
                 name: PAYLOAD_NAME,
@@ -391,7 +391,7 @@ pub fn message(n: &Notification, form: Form, service: &str, priority: Priority) 
             };
             inner(n, form, &publisher_id, EVENT_TYPE, priority, payload)
         }
-        Form::Unversioned => {
+        Versioning::Unversioned => {
             let publisher_id = format!("{service}.{}", n.host);
             let payload = LegacyPayload {
                 tenant_id: n.instance.project_id.as_deref(),
@@ -432,7 +432,7 @@ fn wrap(inner: &str) -> Vec<u8> {
 /// publish of the same notification is byte-identical. For that reason
 /// `timestamp` is the firing time rather than the publish time.
 pub fn envelope(n: &Notification, service: &str, priority: Priority) -> Vec<u8> {
-    wrap(&message(n, Form::Versioned, service, priority))
+    wrap(&message(n, Versioning::Versioned, service, priority))
 }
 
 /// The body published for the legacy form of `n` (`compute.instance.watchdog`,
@@ -440,14 +440,14 @@ pub fn envelope(n: &Notification, service: &str, priority: Priority) -> Vec<u8> 
 /// `publisher_id` is `<service>.<host>`. Byte-identical across retries, as
 /// [`envelope`].
 pub fn legacy_envelope(n: &Notification, service: &str, priority: Priority) -> Vec<u8> {
-    wrap(&message(n, Form::Unversioned, service, priority))
+    wrap(&message(n, Versioning::Unversioned, service, priority))
 }
 
 /// The body for `form`: enveloped (driver `messagingv2`) or bare (driver
 /// `messaging`, oslo's 1.0 format).
 pub(crate) fn body(
     n: &Notification,
-    form: Form,
+    form: Versioning,
     service: &str,
     priority: Priority,
     envelope: bool,
@@ -617,7 +617,7 @@ mod tests {
         // oslo's 1.0 format (driver `messaging`) is the bare inner message.
         let bare: Value = serde_json::from_slice(&body(
             &n,
-            Form::Unversioned,
+            Versioning::Unversioned,
             "compute",
             Priority::Info,
             false,
@@ -642,9 +642,13 @@ mod tests {
             assert_eq!(power_state(action), power, "{action}");
             let mut n = notification();
             n.action = action.into();
-            let inner: Value =
-                serde_json::from_str(&message(&n, Form::Unversioned, "compute", Priority::Info))
-                    .unwrap();
+            let inner: Value = serde_json::from_str(&message(
+                &n,
+                Versioning::Unversioned,
+                "compute",
+                Priority::Info,
+            ))
+            .unwrap();
             assert_eq!(inner["payload"].get("state").and_then(Value::as_str), state);
             assert_eq!(
                 inner["payload"].get("power_state").and_then(Value::as_str),

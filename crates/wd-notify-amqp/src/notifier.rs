@@ -11,7 +11,7 @@ use uuid::Uuid;
 use wd_backoff::Backoff;
 use wd_notify::{FailureKind, Notification, Notifier, NotifyError};
 
-use crate::config::{AmqpConfig, Form, Route};
+use crate::config::{AmqpConfig, Publication, Versioning};
 use crate::error::Result;
 use crate::message::body;
 use crate::topology::{
@@ -83,7 +83,7 @@ pub struct AmqpNotifier {
     /// The TLS client, when the URL asks for TLS.
     tls: Option<lapin::tcp::RustlsConnector>,
     reconnect: Backoff,
-    routes: Vec<Route>,
+    routes: Vec<Publication>,
     state: Mutex<State>,
     partial: std::sync::Mutex<Partial>,
 }
@@ -184,7 +184,7 @@ impl AmqpNotifier {
     }
 
     /// Every publish one notification makes, versioned form first.
-    pub fn routes(&self) -> &[Route] {
+    pub fn routes(&self) -> &[Publication] {
         &self.routes
     }
 
@@ -194,10 +194,10 @@ impl AmqpNotifier {
     }
 
     /// The body `notify` publishes for `form` of `n`.
-    pub fn body(&self, n: &Notification, form: Form) -> Vec<u8> {
+    pub fn body(&self, n: &Notification, form: Versioning) -> Vec<u8> {
         let service = match form {
-            Form::Versioned => &self.config.service,
-            Form::Unversioned => &self.config.legacy_service,
+            Versioning::Versioned => &self.config.service,
+            Versioning::Unversioned => &self.config.legacy_service,
         };
         body(n, form, service, self.config.priority, self.config.envelope)
     }
@@ -478,7 +478,7 @@ impl Notifier for AmqpNotifier {
 
 impl AmqpNotifier {
     /// Publishes one form of `n` on one route and waits for the confirm.
-    async fn publish(&self, n: &Notification, route: &Route) -> Result<(), NotifyError> {
+    async fn publish(&self, n: &Notification, route: &Publication) -> Result<(), NotifyError> {
         let (channel, generation) = self.channel().await?;
         let body = self.body(n, route.form);
         let properties = BasicProperties::default()

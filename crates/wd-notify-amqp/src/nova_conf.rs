@@ -9,7 +9,7 @@
 //! | `[oslo_messaging_notifications] transport_url`   | the broker (falls back to the next row)             |
 //! | `[DEFAULT] transport_url`                        | the broker                                          |
 //! | `[oslo_messaging_notifications] topics`          | legacy topics (`notifications`)                     |
-//! | `[notifications] notification_format`            | the [`Format`] (Nova's default, `unversioned`)      |
+//! | `[notifications] notification_format`            | the [`NotificationFormat`] (Nova's default, `unversioned`)      |
 //! | `[notifications] versioned_notifications_topics` | versioned topics (`versioned_notifications`)        |
 //! | `[DEFAULT] host`                                 | the compute host's name                             |
 //! | `[DEFAULT] control_exchange`                     | the exchange (`nova`)                               |
@@ -59,7 +59,7 @@ use std::path::Path;
 
 use ini::{Ini, ParseOption};
 
-use crate::config::{AmqpConfig, Format};
+use crate::config::{AmqpConfig, NotificationFormat};
 use crate::error::{Error, Result};
 use crate::transport::AmqpUrl;
 
@@ -377,10 +377,10 @@ impl<'a> Conf<'a> {
                 "versioned_notifications",
             )?)
             // Nova's default when the key is absent.
-            .with_format(Format::Unversioned);
+            .with_format(NotificationFormat::Unversioned);
         if let Some(f) = self.last("notifications", "notification_format")? {
             let format = f
-                .parse::<Format>()
+                .parse::<NotificationFormat>()
                 .map_err(|e| self.error("notifications", "notification_format", e.to_string()))?;
             config = config.with_format(format);
         }

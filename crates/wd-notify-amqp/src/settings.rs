@@ -5,7 +5,7 @@
 use serde::Deserialize;
 use wd_notify::settings::SettingsError;
 
-use crate::{AmqpConfig, AmqpUrl, Format, Priority};
+use crate::{AmqpConfig, AmqpUrl, NotificationFormat, Priority};
 
 /// The environment variable holding the broker password. It wins over
 /// `[amqp] password`; a password in the URL itself wins over both.
@@ -117,7 +117,7 @@ impl AmqpSettings {
             c = c.with_legacy_topics(vec![x.clone()]);
         }
         if let Some(x) = &self.format {
-            let f: Format = x
+            let f: NotificationFormat = x
                 .parse()
                 .map_err(|e| SettingsError(format!("config key `amqp.format`: {e}")))?;
             c = c.with_format(f);

@@ -6,7 +6,7 @@ use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ExchangeKind};
 use wd_notify::NotifyError;
 
-use crate::config::{AmqpConfig, Route};
+use crate::config::{AmqpConfig, Publication};
 
 /// AMQP reply code for a missing exchange or queue.
 pub(crate) const NOT_FOUND: u16 = 404;
@@ -25,7 +25,7 @@ pub(crate) async fn declare(
     connection: &Connection,
     channel: &Channel,
     config: &AmqpConfig,
-    routes: &[Route],
+    routes: &[Publication],
     broker: &str,
 ) -> Result<(), NotifyError> {
     let exchange = config.exchange.as_str();

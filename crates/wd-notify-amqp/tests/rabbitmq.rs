@@ -296,18 +296,19 @@ async fn rabbitmq_a_broker_restart_mid_stream_loses_nothing() {
         listen(&ch, &queue, &exchange, "versioned_notifications.info", true).await;
         let _ = conn.close(200, "setup done".into()).await;
     }
-    // wd-notify's retry layer over the backend, as wd-compute wires it.
+    // The destination's queue over the backend, as the router wires it: its
+    // worker is the one retry loop.
     let recording = std::sync::Arc::new(Recording {
         inner: AmqpNotifier::new(config(&url).with_exchange(&exchange).with_durable(true)).unwrap(),
         failures: std::sync::Mutex::new(Vec::new()),
     });
-    let retry = wd_notify::Retry::new(
+    let queue_of = wd_notify::Spool::memory(
+        "amqp restart",
+        wd_notify::QueueConfig::default()
+            .retry_delays(Duration::from_millis(100), Duration::from_secs(1)),
         recording.clone(),
-        wd_notify::RetryConfig::default()
-            .min_delay(Duration::from_millis(100))
-            .max_delay(Duration::from_secs(1))
-            .deadline(Duration::from_secs(120)),
-    );
+    )
+    .unwrap();
 
     let stream: Vec<Notification> = (0..30).map(|_| notification(Some("p-1"))).collect();
     let mut restart = None;
@@ -324,10 +325,12 @@ async fn rabbitmq_a_broker_restart_mid_stream_loses_nothing() {
                 wd_testkit::RabbitMq::start()
             }));
         }
-        retry.notify(n).await.unwrap();
+        queue_of.notify(n).await.unwrap();
     }
     let started = restart.expect("restarted").await.unwrap();
     assert!(started.is_ok(), "broker restart failed: {started:?}");
+    let left = queue_of.shutdown(Duration::from_secs(120)).await;
+    assert_eq!(left.pending, 0, "the queue delivered everything: {left:?}");
     let failures = recording.failures.lock().unwrap().clone();
     assert!(!failures.is_empty(), "the outage was seen as failures");
     assert!(

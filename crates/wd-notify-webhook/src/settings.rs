@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use serde::Deserialize;
-use wd_notify::SpoolConfig;
+use wd_notify::QueueConfig;
 use wd_notify::settings::{MAX_SECS, SettingsError, seconds};
 
 use crate::{Endpoint, Secret, TlsConfig, WebhookConfig, url_holds_secret};
@@ -186,8 +186,8 @@ impl WebhookSettings {
     pub fn project_queue(
         &self,
         project: &str,
-        base: &SpoolConfig,
-    ) -> Result<Option<SpoolConfig>, SettingsError> {
+        base: &QueueConfig,
+    ) -> Result<Option<QueueConfig>, SettingsError> {
         let mut queue = base.clone();
         let mut custom = false;
         for e in self.projects.iter().filter(|e| e.project == project) {
@@ -277,7 +277,7 @@ mod tests {
         s.projects = vec![project("p1", vec![secret.clone()])];
         assert!(s.holds_secrets());
         assert!(s.config(&[], &|_| None).unwrap().is_some());
-        let base = SpoolConfig::default();
+        let base = QueueConfig::default();
         assert_eq!(s.project_queue("p1", &base).unwrap(), None);
         s.projects[0].max_entries = Some(3);
         s.projects[0].max_delay_secs = Some(2.0);

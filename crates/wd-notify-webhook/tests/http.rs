@@ -492,14 +492,14 @@ fn router(config: WebhookConfig) -> wd_notify::Router {
         })
         .collect();
     let defaults = wd_notify::RouterDefaults {
-        queue: wd_notify::SpoolConfig::default()
+        queue: wd_notify::QueueConfig::default()
             .retry_delays(Duration::from_millis(10), Duration::from_millis(50)),
     };
     wd_notify::Router::open(None, destinations, &defaults).unwrap()
 }
 
 #[tokio::test]
-async fn wd_notify_retry_redelivers_after_the_requested_wait() {
+async fn the_queue_redelivers_after_the_requested_wait() {
     let (rx, base) = receiver(
         vec![key(1)],
         vec![Reply::Status(502), Reply::RetryAfter(503, "1".into())],
@@ -509,16 +509,18 @@ async fn wd_notify_retry_redelivers_after_the_requested_wait() {
         WebhookConfig::default().with_project("p-a", Endpoint::new(format!("{base}/a"), [key(1)])),
     )
     .unwrap();
-    let retry = wd_notify::Retry::new(
+    // The destination's queue is the one retry loop.
+    let queue = wd_notify::Spool::memory(
+        "webhook p-a",
+        wd_notify::QueueConfig::default()
+            .retry_delays(Duration::from_millis(10), Duration::from_secs(2)),
         notifier,
-        wd_notify::RetryConfig::default()
-            .min_delay(Duration::from_millis(10))
-            .max_delay(Duration::from_millis(100))
-            .jitter(false)
-            .deadline(Duration::from_secs(10)),
-    );
+    )
+    .unwrap();
     let n = notification(Some("p-a"));
-    retry.notify(&n).await.unwrap();
+    queue.notify(&n).await.unwrap();
+    let done = queue.shutdown(Duration::from_secs(10)).await;
+    assert_eq!((done.delivered, done.pending), (1, 0), "{done:?}");
 
     let log = rx.log.lock().unwrap();
     assert_eq!(log.len(), 3);

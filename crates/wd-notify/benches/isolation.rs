@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 use uuid::Uuid;
 use wd_notify::{
     ChannelNotifier, Destination, DestinationKind, Domain, Instance, Notification, Notifier,
-    NotifyError, Router, RouterDefaults, Scope, SpoolConfig,
+    NotifyError, QueueConfig, Router, RouterDefaults, Scope,
 };
 
 /// Never answers.
@@ -69,7 +69,7 @@ fn setup(rt: &Runtime, hung: usize) -> Setup {
             ));
         }
         let defaults = RouterDefaults {
-            queue: SpoolConfig::default().attempt_timeout(Duration::from_secs(3600)),
+            queue: QueueConfig::default().attempt_timeout(Duration::from_secs(3600)),
         };
         let router = Router::open(Some(dir.path()), dests, &defaults).expect("a router");
         for _ in 0..100 {

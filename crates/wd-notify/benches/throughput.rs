@@ -12,8 +12,8 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_main};
 use tokio::runtime::Runtime;
 use uuid::Uuid;
 use wd_notify::{
-    ChannelNotifier, Coalesce, CoalesceConfig, Domain, Instance, Notification, Notifier, Spool,
-    SpoolConfig, SyncMode,
+    ChannelNotifier, Coalesce, CoalesceConfig, Domain, Instance, Notification, Notifier,
+    QueueConfig, Spool, SyncMode,
 };
 
 /// Instance ids never repeat across samples, so coalescing folds nothing
@@ -156,7 +156,7 @@ fn with_spool(c: &mut Criterion) {
     for (name, mode, producers, same) in cases {
         let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
         let channel = drained_channel(&rt);
-        let config = SpoolConfig::default().sync(mode).max_entries(1 << 20);
+        let config = QueueConfig::default().sync(mode).max_entries(1 << 20);
         let spool = Arc::new(
             rt.block_on(async { Spool::open(dir.path(), config, channel) })
                 .expect("spool"),

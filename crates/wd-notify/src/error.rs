@@ -63,8 +63,8 @@ pub enum Error {
 
     /// A spool configuration value out of range.
     #[error("spool setting {name}={value} is invalid; allowed: {allowed}")]
-    SpoolConfig {
-        /// The field of [`SpoolConfig`](crate::SpoolConfig).
+    QueueConfig {
+        /// The field of [`QueueConfig`](crate::QueueConfig).
         name: &'static str,
         /// The value given.
         value: String,

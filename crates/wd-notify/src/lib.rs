@@ -1,6 +1,6 @@
 //! The watchdog notification model, the [`Notifier`] interface, and the
 //! pieces that make delivery dependable: [`Router`] (one queue per
-//! destination), [`Retry`], [`Coalesce`] (storm control), [`Spool`] (a
+//! destination), [`Coalesce`] (storm control), [`Spool`] (a
 //! durable write-ahead log, one per destination, whose worker is the
 //! destination's retry loop), plus two transport-free backends, [`LogNotifier`] and
 //! [`ChannelNotifier`].
@@ -29,8 +29,8 @@
 //! ```
 //!
 //! Each queue has its own bounds, its own supervised worker and its own
-//! retry delays and attempt timeout, all in its [`SpoolConfig`] (a
-//! `Retry-After` is clamped to [`SpoolConfig::retry_max_delay`]), and keeps its own acks on disk: a
+//! retry delays and attempt timeout, all in its [`QueueConfig`] (a
+//! `Retry-After` is clamped to [`QueueConfig::retry_max_delay`]), and keeps its own acks on disk: a
 //! destination that hangs, fails, throttles or resets fills only its own
 //! queue and delays no other, and after a restart a destination is offered
 //! only what it has not taken. Directory names are a hash of the
@@ -63,7 +63,7 @@
 //!         Destination::new("log", DestinationKind::Log, Scope::All, Arc::new(LogNotifier::new())),
 //!     ],
 //!     &RouterDefaults {
-//!         queue: SpoolConfig::default().attempt_timeout(Duration::from_secs(10)),
+//!         queue: QueueConfig::default().attempt_timeout(Duration::from_secs(10)),
 //!     },
 //! )?);
 //! let storm = Coalesce::new(router.clone(), CoalesceConfig::default());
@@ -180,8 +180,8 @@
 //!   syncs it and the directory, and removes the old segments; new seqs
 //!   continue above the highest seen.
 //!
-//! Bounds: when more than [`SpoolConfig::max_entries`] entries or
-//! [`SpoolConfig::max_bytes`] bytes wait, the oldest entries not being
+//! Bounds: when more than [`QueueConfig::max_entries`] entries or
+//! [`QueueConfig::max_bytes`] bytes wait, the oldest entries not being
 //! delivered right now are dropped, each with a `warn` log and counted in
 //! [`SpoolStats::dropped_full`]. Disk use is about the pending bytes plus up
 //! to a few segments of acked records awaiting removal.
@@ -194,7 +194,6 @@ mod kind;
 mod model;
 mod notifier;
 mod redact;
-mod retry;
 mod router;
 pub mod settings;
 mod spool;
@@ -211,7 +210,6 @@ pub use model::{Domain, FiredAtBound, Instance, Notification, Occurrences, SCHEM
 pub use notifier::MockNotifier;
 pub use notifier::{BoxError, Notifier, NotifyError};
 pub use redact::redact_url;
-pub use retry::{Retry, RetryConfig};
 pub use router::{
     DeliveryObserver, Destination, DestinationKind, DestinationState, DestinationStatus,
     Reconfigured, Router, RouterDefaults, Scope,
@@ -230,7 +228,7 @@ pub mod fault {
 }
 
 pub use spool::{
-    MAX_PAYLOAD, RECORD_HEADER_LEN, RECORD_MAGIC, Record, RecordBody, RecoveryReport,
-    SEGMENT_MAGIC, ScanReport, SkipReason, Skipped, Spool, SpoolConfig, SpoolStats, SyncMode,
-    drop_queue_dir, recover, scan,
+    MAX_PAYLOAD, QueueConfig, RECORD_HEADER_LEN, RECORD_MAGIC, Record, RecordBody, RecoveryReport,
+    SEGMENT_MAGIC, ScanReport, SkipReason, Skipped, Spool, SpoolStats, SyncMode, drop_queue_dir,
+    recover, scan,
 };

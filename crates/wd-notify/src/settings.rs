@@ -1,6 +1,6 @@
 //! The configuration-file sections this crate owns, as an agent's config
 //! file spells them (`[queue]`, `[coalesce]`), and the checks that turn
-//! them into [`SpoolConfig`] and [`CoalesceConfig`].
+//! them into [`QueueConfig`] and [`CoalesceConfig`].
 //!
 //! Every key is optional and defaults to the config type's default; unknown
 //! keys are errors. A [`SettingsError`] names the key (with its section)
@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::{CoalesceConfig, SpoolConfig, SyncMode};
+use crate::{CoalesceConfig, QueueConfig, SyncMode};
 
 /// A configuration value that is out of range or not allowed. Its message
 /// names the key and what is allowed, and never a secret.
@@ -85,8 +85,8 @@ impl QueueSettings {
     /// # Errors
     ///
     /// A [`SettingsError`] naming the first key out of range.
-    pub fn config(&self) -> Result<SpoolConfig, SettingsError> {
-        let mut c = SpoolConfig::default();
+    pub fn config(&self) -> Result<QueueConfig, SettingsError> {
+        let mut c = QueueConfig::default();
         if let Some(n) = self.max_entries {
             c = c.max_entries(n);
         }
@@ -136,10 +136,10 @@ impl QueueSettings {
 /// # Errors
 ///
 /// A [`SettingsError`] naming `section.key`, the value and what is allowed.
-pub fn check_queue(section: &str, c: &SpoolConfig) -> Result<(), SettingsError> {
+pub fn check_queue(section: &str, c: &QueueConfig) -> Result<(), SettingsError> {
     match c.validate() {
         Ok(()) => Ok(()),
-        Err(crate::Error::SpoolConfig {
+        Err(crate::Error::QueueConfig {
             name,
             value,
             allowed,
@@ -187,7 +187,7 @@ mod tests {
     fn every_section_defaults_to_its_config_defaults() {
         assert_eq!(
             format!("{:?}", QueueSettings::default().config().unwrap()),
-            format!("{:?}", SpoolConfig::default())
+            format!("{:?}", QueueConfig::default())
         );
         assert_eq!(
             format!("{:?}", CoalesceSettings::default().config().unwrap()),
@@ -213,7 +213,7 @@ mod tests {
         assert_eq!(q.retry_min_delay, Duration::from_secs(2));
         assert!(q.retry_max_delay >= q.retry_min_delay);
 
-        let err = |r: Result<SpoolConfig, SettingsError>| r.unwrap_err().to_string();
+        let err = |r: Result<QueueConfig, SettingsError>| r.unwrap_err().to_string();
         let s = err(QueueSettings {
             sync: Some("sometimes".into()),
             ..QueueSettings::default()

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use uuid::Uuid;
 use wd_notify::{
-    Domain, Instance, Notification, Notifier, NotifyError, RECORD_MAGIC, RecordBody, Spool,
-    SpoolConfig, SyncMode, recover, scan,
+    Domain, Instance, Notification, Notifier, NotifyError, QueueConfig, RECORD_MAGIC, RecordBody,
+    Spool, SyncMode, recover, scan,
 };
 
 const CHILD_DIR: &str = "WD_NOTIFY_CRASH_DIR";
@@ -80,7 +80,7 @@ fn crash_child() {
         .build()
         .unwrap();
     rt.block_on(async move {
-        let config = SpoolConfig::default()
+        let config = QueueConfig::default()
             .sync(sync)
             .segment_bytes(8192)
             .retry_delays(Duration::from_millis(2), Duration::from_millis(20));
@@ -282,7 +282,7 @@ fn spool_survives_sigkill() {
     let stats = rt.block_on(async {
         let spool = Spool::open(
             &spool_dir,
-            SpoolConfig::default(),
+            QueueConfig::default(),
             DurableLogAlways { path: log.clone() },
         )
         .unwrap();
@@ -382,7 +382,7 @@ fn power_cut_check(fs: wd_notify::fault::SimFs, sync: SyncMode) -> Result<usize,
     let backend = Arc::new(HalfDown::default());
     let accepted = Arc::new(std::sync::Mutex::new(HashSet::<Uuid>::new()));
     let cuts = rt.block_on(async {
-        let config = SpoolConfig::default()
+        let config = QueueConfig::default()
             .sync(sync)
             .segment_bytes(4096)
             .retry_delays(Duration::from_millis(1), Duration::from_millis(5));

@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use proptest::prelude::*;
 use uuid::Uuid;
 use wd_notify::{
-    Domain, Instance, Notification, Notifier, NotifyError, RecordBody, Spool, SpoolConfig, recover,
+    Domain, Instance, Notification, Notifier, NotifyError, QueueConfig, RecordBody, Spool, recover,
 };
 
 /// A backend that always fails retryably, so nothing is delivered and no
@@ -44,7 +44,7 @@ fn spooled(ns: &[Notification]) -> Vec<u8> {
         .build()
         .expect("a runtime");
     rt.block_on(async {
-        let config = SpoolConfig::default()
+        let config = QueueConfig::default()
             .retry_delays(Duration::from_secs(3600), Duration::from_secs(3600));
         let spool = Spool::open(dir.path(), config, Down).expect("open the spool");
         for n in ns {

@@ -11,7 +11,8 @@ use tracing_subscriber::{EnvFilter, Layer as _, Registry, reload};
 pub const DEFAULT_LOG_LEVEL: &str = "info";
 
 /// The log format (`--log-format`, `log_format` in the config file).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     /// One line of text per event (`RUST_LOG` sets the level).
     #[default]
@@ -19,15 +20,6 @@ pub enum LogFormat {
     /// One JSON object per line: `timestamp`, `level`, `fields` (with
     /// `message`), and `span`/`spans` when inside spans.
     Json,
-}
-
-impl From<wd_compute::LogFormat> for LogFormat {
-    fn from(f: wd_compute::LogFormat) -> Self {
-        match f {
-            wd_compute::LogFormat::Text => LogFormat::Text,
-            wd_compute::LogFormat::Json => LogFormat::Json,
-        }
-    }
 }
 
 /// Parses a log filter as `log_level` would be, for checking a config.

@@ -222,10 +222,10 @@ fn render_text(v: &Value) -> String {
 pub fn run(args: Args) -> Result<()> {
     let cfg = match &args.config {
         Some(path) => crate::watch::load_config(path)?,
-        None => wd_compute::AgentSettings::default(),
+        None => crate::watch::WatchSettings::default(),
     };
     let addr = args.metrics.clone().or(cfg.metrics.clone());
-    let spool = args.spool.clone().or(cfg.spool.clone());
+    let spool = args.spool.clone().or(cfg.agent.spool.clone());
     let mut agent_error = None;
     let mut status = None;
     if args.socket.exists() {
@@ -326,7 +326,7 @@ mod tests {
         rt.block_on(async {
             let queue = dir.path().join("dest/project-00ff");
             let spool =
-                wd_notify::Spool::open(&queue, wd_notify::SpoolConfig::default(), Down).unwrap();
+                wd_notify::Spool::open(&queue, wd_notify::QueueConfig::default(), Down).unwrap();
             let fired = time::OffsetDateTime::now_utc() - time::Duration::seconds(90);
             for _ in 0..2 {
                 let n = wd_notify::Notification::new(

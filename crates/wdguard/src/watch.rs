@@ -7,11 +7,11 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
-use wd_compute::{Agent, AgentSettings, Metrics, RunningAgent};
+use wd_compute::{Agent, Metrics, RunningAgent};
 
 mod config;
 
-pub use config::load_config;
+pub use config::{WatchSettings, load_config};
 
 /// The rest of `wdguard watch --help` (and of its man page).
 pub const LONG_HELP: &str = include_str!("watch/help.txt").trim_ascii_end();
@@ -81,14 +81,16 @@ fn status_socket(args: &Args) -> Option<PathBuf> {
 }
 
 /// The config file (if any) with the flags applied on top.
-pub fn config(args: &Args) -> Result<AgentSettings> {
-    let mut cfg = match &args.config {
+pub fn config(args: &Args) -> Result<WatchSettings> {
+    let mut file = match &args.config {
         Some(path) => load_config(path)?,
-        None => AgentSettings::default(),
+        None => WatchSettings::default(),
     };
-    if let Some(level) = &cfg.log_level {
+    if let Some(level) = &file.log_level {
         crate::logging::check_log_level(level)?;
     }
+    file.metrics = args.metrics.clone().or(file.metrics);
+    let cfg = &mut file.agent;
     if let Some(t) = args
         .notify
         .iter()
@@ -104,13 +106,12 @@ pub fn config(args: &Args) -> Result<AgentSettings> {
         );
     }
     cfg.notify.extend(args.notify.iter().cloned());
-    cfg.connect = args.connect.clone().or(cfg.connect);
-    cfg.nova_config = args.nova_config.clone().or(cfg.nova_config);
-    cfg.spool = args.spool.clone().or(cfg.spool);
-    cfg.metrics = args.metrics.clone().or(cfg.metrics);
+    cfg.connect = args.connect.clone().or(cfg.connect.take());
+    cfg.nova_config = args.nova_config.clone().or(cfg.nova_config.take());
+    cfg.spool = args.spool.clone().or(cfg.spool.take());
     cfg.wait = Some(args.wait || cfg.wait.unwrap_or(false));
     cfg.read_only = Some(!args.read_write && cfg.read_only.unwrap_or(true));
-    Ok(cfg)
+    Ok(file)
 }
 
 fn env(key: &str) -> Option<String> {
@@ -124,7 +125,7 @@ pub fn run(args: Args) -> Result<()> {
     // The log comes first, so that every later line has its format; a
     // config file that cannot be read is reported (one line) right here.
     let cfg = config(&args)?;
-    let format = args.log_format.or(cfg.log_format.map(Into::into));
+    let format = args.log_format.or(cfg.log_format);
     let log = crate::logging::init(format.unwrap_or_default(), cfg.log_level.as_deref());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -132,10 +133,10 @@ pub fn run(args: Args) -> Result<()> {
         .build()
         .context("start the async runtime")?;
     rt.block_on(async move {
-        let agent = Agent::with_metrics(&cfg, &env, Metrics::new())?
+        let agent = Agent::with_metrics(&cfg.agent, &env, Metrics::new())?
             .named("wdguard watch")
             .pulse(crate::systemd::hook());
-        crate::systemd::starting(&agent.runtime_config().listener.uri);
+        crate::systemd::starting(&agent.config().listener.uri);
         let mut running = agent.start().await?;
         let served = match &cfg.metrics {
             Some(addr) => Some(crate::serve::start(addr, running.metrics().clone()).await?),
@@ -206,7 +207,7 @@ fn reload(
     metrics: Option<&str>,
 ) {
     tracing::info!("SIGHUP: reloading the configuration");
-    let next = config(args).and_then(|cfg| Ok(running.reload(&cfg, &env).map(|_| cfg)?));
+    let next = config(args).and_then(|cfg| Ok(running.reload(&cfg.agent, &env).map(|_| cfg)?));
     match next {
         Ok(cfg) => {
             log.set_level(cfg.log_level.as_deref());

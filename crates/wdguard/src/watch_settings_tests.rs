@@ -67,18 +67,18 @@ fn read_write_and_log_format_come_from_flag_or_file() {
         "notify = [\"log\"]\nread_only = false\nlog_format = \"json\"\n",
     );
     let cfg = watch::load_config(&p).unwrap();
-    assert_eq!(cfg.read_only, Some(false));
-    assert_eq!(cfg.log_format, Some(wd_compute::LogFormat::Json));
+    assert_eq!(cfg.agent.read_only, Some(false));
+    assert_eq!(cfg.log_format, Some(crate::logging::LogFormat::Json));
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     let read_only = |argv: &[&str]| {
         let a = args(argv);
-        let cfg = watch::config(&a).unwrap();
+        let cfg = watch::config(&a).unwrap().agent;
         rt.block_on(async { wd_compute::Agent::new(&cfg, &|_| None) })
             .unwrap()
-            .runtime_config()
+            .config()
             .listener
             .read_only
     };

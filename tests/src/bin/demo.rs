@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use futures::StreamExt;
-use wd_compute::{NovaDirectory, Runtime, RuntimeConfig};
+use wd_compute::Agent;
 use wd_e2e::receiver::Receiver;
 use wd_e2e::virsh::{Guest, virsh};
 use wd_events::{Item, ListenerConfig};
@@ -94,11 +94,13 @@ async fn main() -> anyhow::Result<()> {
             ),
     )?;
     let spool = tempfile_dir()?;
-    let config = RuntimeConfig::new("demo-compute-1")
+    let runtime = Agent::builder("demo-compute-1")
         .listener(ListenerConfig::default())
-        .spool_dir(spool.join("spool"));
-    let backends: Vec<(String, Arc<dyn Notifier>)> = vec![("webhook".into(), Arc::new(webhook))];
-    let runtime = Runtime::start(config, Arc::new(NovaDirectory::new()), backends)?;
+        .spool_dir(spool.join("spool"))
+        .destination(("webhook".to_owned(), Arc::new(webhook) as Arc<dyn Notifier>))
+        .build()
+        .start()
+        .await?;
     // A second listener only to show the raw event as it arrives.
     let mut events = wd_events::listen(ListenerConfig::default())?;
 

@@ -9,7 +9,7 @@ use lapin::options::{QueueBindOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use wd_e2e::openstack::OsloListener as Listener;
 use wd_notify::Notifier;
-use wd_notify_amqp::{AmqpConfig, AmqpNotifier, AmqpUrl, Format};
+use wd_notify_amqp::{AmqpConfig, AmqpNotifier, AmqpUrl, NotificationFormat};
 use wd_testkit::{Node, Vhost};
 
 use super::support::{
@@ -60,7 +60,11 @@ async fn rabbitmq_ceilometer_turns_the_legacy_form_into_an_event_with_the_owner(
 
     let config = AmqpConfig::new(AmqpUrl::new(url.clone()).unwrap())
         .with_reconnect(Duration::from_millis(200), Duration::from_secs(1));
-    assert_eq!(config.format, Format::Both, "both forms by default");
+    assert_eq!(
+        config.format,
+        NotificationFormat::Both,
+        "both forms by default"
+    );
     let notifier = AmqpNotifier::new(config).unwrap();
     let n = notification(Some("6f70656e737461636b"));
     notifier.notify(&n).await.unwrap();
@@ -136,7 +140,7 @@ async fn rabbitmq_ceilometer_an_unattributed_instance_has_no_project() {
     let pool = name("wd-test-ceilometer-none");
     let listener = Listener::start(&python, &url, "nova", "notifications", &pool);
     let config = AmqpConfig::new(AmqpUrl::new(url.clone()).unwrap())
-        .with_format(Format::Unversioned)
+        .with_format(NotificationFormat::Unversioned)
         .with_reconnect(Duration::from_millis(200), Duration::from_secs(1));
     let notifier = AmqpNotifier::new(config).unwrap();
     let mut n = notification(None);

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use wd_notify::Notifier;
-use wd_notify_amqp::{AmqpConfig, AmqpNotifier, AmqpUrl, Form};
+use wd_notify_amqp::{AmqpConfig, AmqpNotifier, AmqpUrl, Versioning};
 use wd_testkit::RabbitMq2;
 
 use super::support::{
@@ -122,8 +122,8 @@ async fn rabbitmq_failover_to_the_other_node_loses_and_duplicates_nothing() {
     );
     let exchange = name("wd-test-failover");
     let keys = [
-        (Form::Versioned, "versioned_notifications.info"),
-        (Form::Unversioned, "notifications.info"),
+        (Versioning::Versioned, "versioned_notifications.info"),
+        (Versioning::Unversioned, "notifications.info"),
     ];
     // Durable topology on both nodes, so what node 2 confirmed survives its
     // stop and is read after it comes back.
@@ -152,28 +152,34 @@ async fn rabbitmq_failover_to_the_other_node_loses_and_duplicates_nothing() {
         inner: notifier.clone(),
         failures: std::sync::atomic::AtomicU32::new(0),
     });
-    let retry = wd_notify::Retry::new(
+    // The destination's queue, as the router wires it: its worker is the
+    // one retry loop.
+    let queue_of = wd_notify::Spool::memory(
+        "amqp failover",
+        wd_notify::QueueConfig::default()
+            .retry_delays(Duration::from_millis(100), Duration::from_secs(1)),
         counting.clone(),
-        wd_notify::RetryConfig::default()
-            .min_delay(Duration::from_millis(100))
-            .max_delay(Duration::from_secs(1))
-            .deadline(Duration::from_secs(120)),
-    );
+    )
+    .unwrap();
 
     let stream: Vec<_> = (0..40).map(|_| notification(Some("p-failover"))).collect();
     let mut stop = None;
     for (i, n) in stream.iter().enumerate() {
         if i == 1 {
+            wd_notify::testing::until("the first delivery", || queue_of.stats().delivered >= 1)
+                .await;
             assert_eq!(notifier.connected_node().await, Some(0), "node 2 in use");
         }
         if i == 12 {
             // Stop the node in use while the stream goes on.
             stop = Some(tokio::task::spawn_blocking(RabbitMq2::stop));
         }
-        retry.notify(n).await.unwrap();
+        queue_of.notify(n).await.unwrap();
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     stop.expect("stopped").await.unwrap();
+    let done = queue_of.shutdown(Duration::from_secs(120)).await;
+    assert_eq!((done.delivered, done.pending), (40, 0), "{done:?}");
     assert_eq!(
         notifier.connected_node().await,
         Some(1),

@@ -6,7 +6,7 @@ use std::io::Write as _;
 use std::process::{Command, Stdio};
 
 use serde_json::Value;
-use wd_notify_amqp::{AmqpConfig, AmqpNotifier, AmqpUrl, Form};
+use wd_notify_amqp::{AmqpConfig, AmqpNotifier, AmqpUrl, Versioning};
 
 use super::support::{notification, unwrap_envelope};
 
@@ -17,7 +17,7 @@ fn nova_request_context_from_dict_accepts_both_forms() {
     };
     let notifier = AmqpNotifier::new(AmqpConfig::new(AmqpUrl::new("amqp://h").unwrap())).unwrap();
     let n = notification(Some("6f70656e737461636b"));
-    let messages: Vec<Value> = [Form::Versioned, Form::Unversioned]
+    let messages: Vec<Value> = [Versioning::Versioned, Versioning::Unversioned]
         .into_iter()
         .map(|f| unwrap_envelope(&notifier.body(&n, f)))
         .collect();

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::Value;
 use wd_e2e::openstack::OwnerAlarm;
 use wd_notify::Notifier;
-use wd_notify_amqp::{AmqpConfig, AmqpNotifier, AmqpUrl, Format};
+use wd_notify_amqp::{AmqpConfig, AmqpNotifier, AmqpUrl, NotificationFormat};
 use wd_testkit::{Node, Vhost};
 
 use super::support::{BROKER, broker_url, name, notification};
@@ -46,7 +46,7 @@ async fn rabbitmq_aodh_owner_alarm_fires_for_the_owner_only() {
 
     let notifier = AmqpNotifier::new(
         AmqpConfig::new(AmqpUrl::new(url.clone()).unwrap())
-            .with_format(Format::Unversioned)
+            .with_format(NotificationFormat::Unversioned)
             .with_reconnect(Duration::from_millis(200), Duration::from_secs(1)),
     )
     .unwrap();

@@ -26,7 +26,7 @@
 //! interval, and a destination's queue settings (`[queue]`: bounds, retry
 //! delays, attempt timeout).
 
-use crate::RuntimeConfig;
+use crate::AgentConfig;
 
 /// What a reload compares against: the settings only a restart changes.
 #[derive(Debug, Clone, PartialEq)]
@@ -37,7 +37,7 @@ pub(crate) struct Fixed {
 impl Fixed {
     /// The restart-only settings of a runtime and its owner cache, each
     /// under its config key.
-    pub(crate) fn of(r: &RuntimeConfig, directory: crate::DirectoryConfig) -> Fixed {
+    pub(crate) fn of(r: &AgentConfig, directory: crate::DirectoryConfig) -> Fixed {
         Fixed {
             keys: vec![
                 ("connect", r.listener.uri.clone()),

@@ -7,17 +7,6 @@ use std::path::PathBuf;
 use serde::Deserialize;
 use wd_notify::settings::{CoalesceSettings, QueueSettings};
 
-/// The log format on stderr, for the program that hosts the agent.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    /// One line of text per event.
-    #[default]
-    Text,
-    /// One JSON object per line.
-    Json,
-}
-
 /// The agent's configuration (TOML, as in the packaged `/etc/wd/wd.toml`).
 /// Every key is optional; unknown keys are errors.
 ///
@@ -32,9 +21,10 @@ pub enum LogFormat {
 /// A build without a transport's feature refuses that transport's section
 /// and targets with an error naming the feature.
 ///
-/// `log_format`, `log_level` and `metrics` are for the program hosting the
-/// agent (it owns the log and the HTTP server); the agent itself does not
-/// read them. The `Debug` output hides every credential.
+/// The program hosting the agent owns its log and any HTTP server, and
+/// their keys: `wdguard watch` reads `log_format`, `log_level` and
+/// `metrics` from the same file before it hands the rest to this type. The
+/// `Debug` output hides every credential.
 #[derive(Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentSettings {
@@ -57,13 +47,6 @@ pub struct AgentSettings {
     pub wait: Option<bool>,
     /// Open libvirt read-only [default true].
     pub read_only: Option<bool>,
-    /// The log format, for the hosting program [default text].
-    pub log_format: Option<LogFormat>,
-    /// The address serving metrics, health and status, for the hosting
-    /// program.
-    pub metrics: Option<String>,
-    /// The log filter, for the hosting program.
-    pub log_level: Option<String>,
     /// Webhook settings.
     #[cfg(feature = "webhook")]
     #[serde(default)]

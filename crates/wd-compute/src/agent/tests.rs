@@ -114,7 +114,7 @@ max_entries = 500
         (50, Duration::from_secs(20))
     );
     assert!(agent.destinations()[2].queue.is_none());
-    let r = agent.runtime_config();
+    let r = agent.config();
     assert_eq!(r.host, "compute-7");
     assert_eq!(r.listener.uri, "qemu:///system");
     assert!(r.listener.read_only, "read-only by default");
@@ -271,7 +271,7 @@ fn it_starts_reloads_and_stops_on_the_test_driver() {
         let cfg = parse(&format!("{base}notify = [\"log\"]\n"));
         let agent = Agent::new(&cfg, &|_| None).unwrap().named("test agent");
         let mut running = agent.start().await.unwrap();
-        assert_eq!(running.runtime().status().len(), 1);
+        assert_eq!(running.status().len(), 1);
         // Every destination is metered under its kind from the start.
         let text = running.metrics().encode();
         assert!(text.contains("destination=\"log\""), "{text}");
@@ -286,7 +286,7 @@ fn it_starts_reloads_and_stops_on_the_test_driver() {
         let p1 = wd_notify_webhook::display_url("http://127.0.0.1:9/p1");
         assert_eq!(done.added, [format!("webhook project p1 {p1}")]);
         assert!(p1.starts_with("http://127.0.0.1:9 #"), "{p1}");
-        assert_eq!(running.runtime().status().len(), 2);
+        assert_eq!(running.status().len(), 2);
         let text = running.metrics().encode();
         assert!(text.contains("destination=\"project\""), "{text}");
 
@@ -296,7 +296,7 @@ fn it_starts_reloads_and_stops_on_the_test_driver() {
             let start = Agent::new(&parse(&text), &|_| None).unwrap_err().to_string();
             let reload = running.reload(&parse(&text), &|_| None).unwrap_err().to_string();
             assert_eq!(reload, start);
-            assert_eq!(running.runtime().status().len(), 2);
+            assert_eq!(running.status().len(), 2);
             reload
         };
         refused(&mut running, format!("{base}notify = [\"smtp://x\"]\n"));
@@ -316,7 +316,7 @@ fn it_starts_reloads_and_stops_on_the_test_driver() {
         let reload = running.reload(&parse(&twice), &|_| None).unwrap_err().to_string();
         assert_eq!(reload, start);
         assert!(reload.contains("each destination once"), "{reload}");
-        assert_eq!(running.runtime().status().len(), 2);
+        assert_eq!(running.status().len(), 2);
 
         // A restart-only change is reported as such; a removed destination
         // stays in the status, retired, with its backlog.
@@ -324,7 +324,7 @@ fn it_starts_reloads_and_stops_on_the_test_driver() {
         let done = running.reload(&moved, &|_| None).unwrap();
         assert_eq!(done.needs_restart, ["host"]);
         assert_eq!(done.removed, [format!("webhook project p1 {p1}")]);
-        let states: Vec<_> = running.runtime().status().iter().map(|s| s.state).collect();
+        let states: Vec<_> = running.status().iter().map(|s| s.state).collect();
         assert_eq!(states, [wd_notify::DestinationState::Active, wd_notify::DestinationState::Retired]);
         let bounded = parse(&format!(
             "{base}host = \"elsewhere\"\nnotify = [\"log\"]\n[directory]\nmax_entries = 10\n[coalesce]\nwindow_secs = 7\n[queue]\nmax_entries = 50\n"

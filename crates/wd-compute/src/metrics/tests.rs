@@ -37,7 +37,7 @@ fn sample(text: &str, series: &str) -> Option<f64> {
 /// A router in memory over `destinations`, watched by `m`; quick retries.
 fn router(m: &Metrics, destinations: Vec<Destination>) -> Arc<Router> {
     let defaults = wd_notify::RouterDefaults {
-        queue: wd_notify::SpoolConfig::default()
+        queue: wd_notify::QueueConfig::default()
             .retry_delays(Duration::from_millis(1), Duration::from_millis(2)),
     };
     let r = Arc::new(Router::open(None, destinations, &defaults).unwrap());
@@ -313,7 +313,7 @@ async fn an_attempt_cut_off_by_a_deadline_counts_as_failed() {
         router(
             &m,
             vec![dest("amqp", DestinationKind::Bus, Hang).queue(
-                wd_notify::SpoolConfig::default().attempt_timeout(Duration::from_millis(20)),
+                wd_notify::QueueConfig::default().attempt_timeout(Duration::from_millis(20)),
             )],
         );
     r.notify(&firing()).await.unwrap();

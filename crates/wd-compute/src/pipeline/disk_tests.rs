@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 use wd_events::WatchdogAction;
 use wd_notify::fault::FaultyFs;
-use wd_notify::{Spool, SpoolConfig, error_chain};
+use wd_notify::{QueueConfig, Spool, error_chain};
 
 use super::tests::{dom, fire, resumed};
 use super::*;
@@ -71,7 +71,7 @@ async fn a_failing_disk_holds_firings_and_each_goes_out_once_when_it_recovers() 
         let faults = fs.faults();
         let (bad_sink, good_sink) = (Arc::new(Sink::default()), Arc::new(Sink::default()));
         let bad_dir = tmp.path().join("bad");
-        let config = SpoolConfig::default().segment_bytes(4096);
+        let config = QueueConfig::default().segment_bytes(4096);
         let bad = Spool::open_with_fs(Arc::new(fs), &bad_dir, config.clone(), bad_sink.clone())
             .map(Arc::new)
             .unwrap();
@@ -160,7 +160,7 @@ async fn a_pause_resume_storm_on_a_slow_disk_notifies_each_episode_once() {
     let spool = Spool::open_with_fs(
         Arc::new(fs),
         tmp.path().join("q"),
-        SpoolConfig::default(),
+        QueueConfig::default(),
         sink.clone(),
     )
     .map(Arc::new)
@@ -207,7 +207,7 @@ async fn a_pause_held_at_a_crash_is_announced_again_by_the_catch_up() {
     let spool = Spool::open_with_fs(
         Arc::new(fs.clone()),
         tmp.path().join("q"),
-        SpoolConfig::default(),
+        QueueConfig::default(),
         sink.clone(),
     )
     .map(Arc::new)
@@ -241,7 +241,7 @@ async fn a_pause_held_at_a_crash_is_announced_again_by_the_catch_up() {
     // The disk is back; the restarted agent's catch-up finds the guest
     // paused.
     fs.faults().fail_all(None);
-    let spool = Spool::open(tmp.path().join("q2"), SpoolConfig::default(), sink.clone())
+    let spool = Spool::open(tmp.path().join("q2"), QueueConfig::default(), sink.clone())
         .map(Arc::new)
         .unwrap();
     let later = vec![fire(&dom(1), WatchdogAction::Pause, Origin::Recovered, 78)];

@@ -442,7 +442,7 @@ async fn the_ledger_accepts_a_pause_only_once_its_own_event_id_is_on_disk() {
     };
     {
         let spool = Arc::new(
-            wd_notify::Spool::open(&dir, wd_notify::SpoolConfig::default(), Down).unwrap(),
+            wd_notify::Spool::open(&dir, wd_notify::QueueConfig::default(), Down).unwrap(),
         );
         let coalesce = Arc::new(wd_notify::Coalesce::new(
             spool.clone(),
@@ -487,7 +487,7 @@ async fn the_ledger_accepts_a_pause_only_once_its_own_event_id_is_on_disk() {
     // The restarted agent delivers both, each with its own id, and its
     // catch-up does not announce the second pause a third time.
     let (tx, mut rx) = wd_notify::ChannelNotifier::channel(8);
-    let _spool = wd_notify::Spool::open(&dir, wd_notify::SpoolConfig::default(), tx).unwrap();
+    let _spool = wd_notify::Spool::open(&dir, wd_notify::QueueConfig::default(), tx).unwrap();
     let mut got = vec![
         rx.recv().await.unwrap().event_id,
         rx.recv().await.unwrap().event_id,

@@ -1,7 +1,7 @@
 //! Tests of the nova.conf reader: a realistic file, defaults, and broken files.
 
 use super::*;
-use crate::config::{Form, Quorum};
+use crate::config::{Quorum, Versioning};
 
 /// A compute node's nova.conf as deployment tools write it: many sections,
 /// comments of both kinds, a three-node transport URL with a password that
@@ -49,12 +49,12 @@ fn a_realistic_nova_conf() {
     assert_eq!(conf.host.as_deref(), Some("compute-7.example.org"));
     assert!(!conf.logs());
     let bus = conf.bus.expect("a bus");
-    assert_eq!(bus.format, Format::Unversioned);
+    assert_eq!(bus.format, NotificationFormat::Unversioned);
     assert_eq!(bus.exchange, "nova");
     assert!(!bus.durable);
     assert!(bus.envelope);
     assert_eq!(bus.legacy_topics, ["notifications", "searchlight_indexer"]);
-    let routes: Vec<(Form, String)> = bus
+    let routes: Vec<(Versioning, String)> = bus
         .routes()
         .into_iter()
         .map(|r| (r.form, r.routing_key))
@@ -62,8 +62,11 @@ fn a_realistic_nova_conf() {
     assert_eq!(
         routes,
         [
-            (Form::Unversioned, "notifications.info".to_owned()),
-            (Form::Unversioned, "searchlight_indexer.info".to_owned()),
+            (Versioning::Unversioned, "notifications.info".to_owned()),
+            (
+                Versioning::Unversioned,
+                "searchlight_indexer.info".to_owned()
+            ),
         ]
     );
     assert!(bus.url.tls(), "[oslo_messaging_rabbit] ssl = true");
@@ -87,7 +90,7 @@ fn defaults_and_fallbacks() {
     let bus = conf.bus.unwrap();
     assert_eq!(bus.url.node_uri(0).unwrap(), "amqp://n:p@h2:5673/notify");
     // Nova's default when notification_format is absent.
-    assert_eq!(bus.format, Format::Unversioned);
+    assert_eq!(bus.format, NotificationFormat::Unversioned);
     assert_eq!(bus.topics, ["versioned_notifications"]);
     assert_eq!(bus.legacy_topics, ["notifications"]);
     assert_eq!(bus.exchange, "openstack");
@@ -214,7 +217,11 @@ use_queue_manager = true
 fn kolla_ansible() {
     let conf = NovaConf::parse("/etc/nova/nova.conf", KOLLA).unwrap();
     let bus = conf.bus.expect("a bus");
-    assert_eq!(bus.format, Format::Unversioned, "Nova's default");
+    assert_eq!(
+        bus.format,
+        NotificationFormat::Unversioned,
+        "Nova's default"
+    );
     assert_eq!(
         bus.routes().len(),
         1,

@@ -18,7 +18,7 @@ use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 use serde_json::Value;
 use wd_notify::Notification;
-use wd_notify_amqp::{AmqpConfig, AmqpUrl, Format};
+use wd_notify_amqp::{AmqpConfig, AmqpUrl, NotificationFormat};
 
 /// Serializes the tests of this binary under `cargo test`: they share one
 /// broker, and one of them restarts it. (nextest runs them one at a time.)
@@ -144,7 +144,7 @@ pub fn name(prefix: &str) -> String {
 /// one form keeps their queues simple. `rabbitmq_both_forms_*` covers both.
 pub fn config(url: &str) -> AmqpConfig {
     AmqpConfig::new(AmqpUrl::new(url).unwrap())
-        .with_format(Format::Versioned)
+        .with_format(NotificationFormat::Versioned)
         .with_reconnect(Duration::from_millis(200), Duration::from_secs(1))
 }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::kind::FailureKind;
 use crate::model::Notification;
 use crate::notifier::Notifier;
-use crate::spool::SpoolConfig;
+use crate::spool::QueueConfig;
 
 /// What kind of destination a queue feeds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -95,7 +95,7 @@ pub struct Destination {
     /// Its queue's bounds and retry delays (`retry_max_delay` is also the
     /// most its `Retry-After` is honoured); `None` takes the router's
     /// default.
-    pub queue: Option<SpoolConfig>,
+    pub queue: Option<QueueConfig>,
 }
 
 impl From<(String, Arc<dyn Notifier>)> for Destination {
@@ -143,7 +143,7 @@ impl Destination {
 
     /// Sets [`Destination::queue`].
     #[must_use]
-    pub fn queue(mut self, config: SpoolConfig) -> Self {
+    pub fn queue(mut self, config: QueueConfig) -> Self {
         self.queue = Some(config);
         self
     }

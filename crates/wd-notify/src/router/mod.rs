@@ -19,7 +19,7 @@ use async_trait::async_trait;
 use crate::error::{Error, Result, error_chain};
 use crate::model::Notification;
 use crate::notifier::{Notifier, NotifyError};
-use crate::spool::{Spool, SpoolConfig, SpoolStats, lock_dir};
+use crate::spool::{QueueConfig, Spool, SpoolStats, lock_dir};
 
 mod destination;
 mod reconfigure;
@@ -35,12 +35,12 @@ use tally::{Counted, Nowhere, ObserverCell, Swap, Tally};
 pub struct RouterDefaults {
     /// Each queue's bounds, redelivery delays and attempt timeout: the one
     /// place a destination's retries are configured.
-    pub queue: SpoolConfig,
+    pub queue: QueueConfig,
 }
 
 impl RouterDefaults {
     /// `d`'s queue settings.
-    fn resolve(&self, d: &Destination) -> SpoolConfig {
+    fn resolve(&self, d: &Destination) -> QueueConfig {
         d.queue.clone().unwrap_or_else(|| self.queue.clone())
     }
 }
@@ -63,7 +63,7 @@ struct Queue {
     /// What its worker calls: its counted transport.
     stack: Arc<Swap>,
     /// The queue settings it was opened with (they need a reopen to change).
-    config: SpoolConfig,
+    config: QueueConfig,
     spool: Arc<Spool>,
 }
 
@@ -111,7 +111,7 @@ fn check_unique(destinations: &[Destination]) -> Result<()> {
     let mut seen = std::collections::HashSet::new();
     for d in destinations {
         if !seen.insert(d.dir_name()) {
-            return Err(Error::SpoolConfig {
+            return Err(Error::QueueConfig {
                 name: "destination",
                 value: d.name.clone(),
                 allowed: "each destination once",
@@ -222,7 +222,7 @@ impl Router {
         &self,
         dir: &str,
         name: String,
-        config: SpoolConfig,
+        config: QueueConfig,
         stack: Arc<Swap>,
     ) -> Result<Spool> {
         match &self.root {
@@ -262,7 +262,7 @@ impl Router {
                 continue;
             };
             // Bounds that drop nothing: whatever it holds is reported.
-            let config = SpoolConfig::default()
+            let config = QueueConfig::default()
                 .max_entries(usize::MAX)
                 .max_bytes(u64::MAX);
             let name = format!("orphaned queue {dir}");

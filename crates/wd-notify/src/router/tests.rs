@@ -38,8 +38,8 @@ impl Notifier for Scripted {
     }
 }
 
-fn quick() -> SpoolConfig {
-    SpoolConfig::default().retry_delays(Duration::from_millis(5), Duration::from_millis(50))
+fn quick() -> QueueConfig {
+    QueueConfig::default().retry_delays(Duration::from_millis(5), Duration::from_millis(50))
 }
 
 fn dest(name: &str, kind: DestinationKind, route: Scope, n: Arc<dyn Notifier>) -> Destination {
@@ -367,11 +367,11 @@ async fn a_reconfigure_checks_what_open_checks_and_changes_nothing_when_refused(
     // Queue bounds out of range, by default or on one destination.
     let (a, _) = channel("a", Scope::All);
     let bad = RouterDefaults {
-        queue: SpoolConfig::default().max_bytes(4096),
+        queue: QueueConfig::default().max_bytes(4096),
     };
     assert!(refused(vec![a], &bad).contains("max_bytes=4096"));
     let (a, _) = channel("a", Scope::All);
-    let a = a.queue(SpoolConfig::default().max_entries(0));
+    let a = a.queue(QueueConfig::default().max_entries(0));
     assert!(refused(vec![a], &defaults).contains("max_entries=0"));
     // A new queue that cannot be opened (its directory is a file).
     let (ok, _) = channel("ok", Scope::All);

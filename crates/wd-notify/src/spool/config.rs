@@ -23,7 +23,7 @@ pub(crate) const MAX_DELAY: Duration = Duration::from_secs(24 * 3600);
 
 /// [`Spool`](super::Spool) settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SpoolConfig {
+pub struct QueueConfig {
     /// When entries are forced to disk. Default [`SyncMode::GroupCommit`].
     pub sync: SyncMode,
     /// The most entries waiting for delivery; beyond it the oldest are
@@ -48,9 +48,9 @@ pub struct SpoolConfig {
     pub attempt_timeout: Duration,
 }
 
-impl Default for SpoolConfig {
+impl Default for QueueConfig {
     fn default() -> Self {
-        SpoolConfig {
+        QueueConfig {
             sync: SyncMode::GroupCommit,
             max_entries: 100_000,
             max_bytes: 64 << 20,
@@ -63,44 +63,44 @@ impl Default for SpoolConfig {
     }
 }
 
-impl SpoolConfig {
-    /// Sets [`SpoolConfig::sync`].
+impl QueueConfig {
+    /// Sets [`QueueConfig::sync`].
     #[must_use]
     pub fn sync(mut self, mode: SyncMode) -> Self {
         self.sync = mode;
         self
     }
 
-    /// Sets [`SpoolConfig::max_entries`].
+    /// Sets [`QueueConfig::max_entries`].
     #[must_use]
     pub fn max_entries(mut self, n: usize) -> Self {
         self.max_entries = n;
         self
     }
 
-    /// Sets [`SpoolConfig::max_bytes`].
+    /// Sets [`QueueConfig::max_bytes`].
     #[must_use]
     pub fn max_bytes(mut self, n: u64) -> Self {
         self.max_bytes = n;
         self
     }
 
-    /// Sets [`SpoolConfig::segment_bytes`].
+    /// Sets [`QueueConfig::segment_bytes`].
     #[must_use]
     pub fn segment_bytes(mut self, n: u64) -> Self {
         self.segment_bytes = n;
         self
     }
 
-    /// Sets [`SpoolConfig::concurrency`].
+    /// Sets [`QueueConfig::concurrency`].
     #[must_use]
     pub fn concurrency(mut self, n: usize) -> Self {
         self.concurrency = n;
         self
     }
 
-    /// Sets the retry waits, [`SpoolConfig::retry_min_delay`] and
-    /// [`SpoolConfig::retry_max_delay`].
+    /// Sets the retry waits, [`QueueConfig::retry_min_delay`] and
+    /// [`QueueConfig::retry_max_delay`].
     #[must_use]
     pub fn retry_delays(mut self, min: Duration, max: Duration) -> Self {
         self.retry_min_delay = min;
@@ -108,7 +108,7 @@ impl SpoolConfig {
         self
     }
 
-    /// Sets [`SpoolConfig::attempt_timeout`].
+    /// Sets [`QueueConfig::attempt_timeout`].
     #[must_use]
     pub fn attempt_timeout(mut self, d: Duration) -> Self {
         self.attempt_timeout = d;
@@ -119,13 +119,13 @@ impl SpoolConfig {
     ///
     /// # Errors
     ///
-    /// [`Error::SpoolConfig`] naming the first value out of range.
+    /// [`Error::QueueConfig`] naming the first value out of range.
     pub fn validate(&self) -> Result<()> {
         let check = |ok: bool, name, value: String, allowed| {
             if ok {
                 Ok(())
             } else {
-                Err(Error::SpoolConfig {
+                Err(Error::QueueConfig {
                     name,
                     value,
                     allowed,

@@ -10,7 +10,7 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use tokio::time::Instant;
 
-use super::config::SpoolConfig;
+use super::config::QueueConfig;
 use super::state::Shared;
 use super::writer::Msg;
 use crate::error::error_chain;
@@ -27,13 +27,13 @@ pub(crate) type AckSink = Option<mpsc::Sender<Msg>>;
 const FAR: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// The wait before retry `attempt` (from 1): the shared
-/// [`wd_backoff::Backoff`] from [`SpoolConfig::retry_min_delay`] doubling up
-/// to [`SpoolConfig::retry_max_delay`], jittered into `[d / 2, d]`, and at
+/// [`wd_backoff::Backoff`] from [`QueueConfig::retry_min_delay`] doubling up
+/// to [`QueueConfig::retry_max_delay`], jittered into `[d / 2, d]`, and at
 /// least the backend's retry-after, which is itself clamped to
 /// `retry_max_delay` (it comes from a remote party and may say anything, up
 /// to `u64::MAX` seconds).
 pub(crate) fn retry_delay(
-    config: &SpoolConfig,
+    config: &QueueConfig,
     attempt: u32,
     retry_after: Option<Duration>,
 ) -> Duration {

@@ -504,7 +504,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("spool");
         let (inbox, _rx) = crate::ChannelNotifier::channel(4);
-        let spool = crate::Spool::open(&dir, crate::SpoolConfig::default(), inbox).unwrap();
+        let spool = crate::Spool::open(&dir, crate::QueueConfig::default(), inbox).unwrap();
         spool.notify(&crate::testing::firing(1)).await.unwrap();
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&dir), 0o700);

@@ -30,7 +30,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-pub use config::{SpoolConfig, SyncMode};
+pub use config::{QueueConfig, SyncMode};
 pub use format::{
     MAX_PAYLOAD, RECORD_HEADER_LEN, RECORD_MAGIC, Record, RecordBody, RecoveryReport,
     SEGMENT_MAGIC, SkipReason, Skipped, recover,
@@ -97,11 +97,11 @@ struct Disk {
 ///
 /// `notify` returns `Ok` only once the notification is on disk and
 /// `fsync`ed (see [`SyncMode`]). A background worker delivers entries to the
-/// inner notifier, oldest first, [`SpoolConfig::concurrency`] at a time; an
+/// inner notifier, oldest first, [`QueueConfig::concurrency`] at a time; an
 /// entry is acked (removed) only after its delivery succeeds. Retryable
 /// failures are tried again with capped exponential backoff and jitter
 /// (honouring the backend's retry-after, clamped to
-/// [`SpoolConfig::retry_max_delay`]); permanent ones are logged and dropped
+/// [`QueueConfig::retry_max_delay`]); permanent ones are logged and dropped
 /// (`dropped_permanent`). When the spool is full, the oldest entries are
 /// dropped with a warning (`dropped_full`): never silently. A panic in the
 /// worker is logged and the worker restarted.
@@ -185,7 +185,7 @@ impl Spool {
     /// and their instances.
     pub fn open(
         dir: impl AsRef<Path>,
-        config: SpoolConfig,
+        config: QueueConfig,
         inner: impl Notifier + 'static,
     ) -> Result<Spool> {
         let name = dir.as_ref().display().to_string();
@@ -209,7 +209,7 @@ impl Spool {
     pub fn open_with_fs(
         fs: Arc<dyn SpoolFs>,
         dir: impl AsRef<Path>,
-        config: SpoolConfig,
+        config: QueueConfig,
         inner: impl Notifier + 'static,
     ) -> Result<Spool> {
         let name = dir.as_ref().display().to_string();
@@ -221,7 +221,7 @@ impl Spool {
         sfs: Arc<dyn SpoolFs>,
         dir: &Path,
         name: String,
-        config: SpoolConfig,
+        config: QueueConfig,
         inner: Arc<dyn Notifier>,
     ) -> Result<Spool> {
         config.validate()?;
@@ -331,7 +331,7 @@ impl Spool {
     /// A bad `config`, or no Tokio runtime.
     pub fn memory(
         name: impl Into<String>,
-        config: SpoolConfig,
+        config: QueueConfig,
         inner: impl Notifier + 'static,
     ) -> Result<Spool> {
         Self::memory_dyn(name.into(), config, Arc::new(inner))
@@ -339,7 +339,7 @@ impl Spool {
 
     pub(crate) fn memory_dyn(
         name: String,
-        config: SpoolConfig,
+        config: QueueConfig,
         inner: Arc<dyn Notifier>,
     ) -> Result<Spool> {
         config.validate()?;

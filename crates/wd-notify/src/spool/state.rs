@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::config::SpoolConfig;
+use super::config::QueueConfig;
 use crate::model::Notification;
 
 /// A spool's counters. `accepted`, `delivered`, `failed` and the drops
@@ -139,7 +139,7 @@ impl Pending {
 pub(crate) struct Shared {
     /// The name used in logs: the destination's, or the directory.
     pub(crate) name: String,
-    pub(crate) config: SpoolConfig,
+    pub(crate) config: QueueConfig,
     pending: Mutex<Pending>,
     pub(crate) counters: Counters,
     /// The last delivery failure, cause chain included (already redacted by
@@ -158,7 +158,7 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    pub(crate) fn new(name: String, config: SpoolConfig) -> Shared {
+    pub(crate) fn new(name: String, config: QueueConfig) -> Shared {
         Shared {
             name,
             config,

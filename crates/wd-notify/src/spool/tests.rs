@@ -29,8 +29,8 @@ fn backend(
     (m, log)
 }
 
-fn quick() -> SpoolConfig {
-    SpoolConfig::default().retry_delays(Duration::from_millis(5), Duration::from_millis(20))
+fn quick() -> QueueConfig {
+    QueueConfig::default().retry_delays(Duration::from_millis(5), Duration::from_millis(20))
 }
 
 fn ids(ns: &[Notification]) -> Vec<Uuid> {
@@ -333,23 +333,23 @@ fn open_outside_a_runtime_is_an_error() {
 
 #[test]
 fn config_is_validated() {
-    let check = |config: SpoolConfig, msg: &str| {
+    let check = |config: QueueConfig, msg: &str| {
         let err = config.validate().unwrap_err();
         assert_eq!(err.to_string(), msg);
     };
     check(
-        SpoolConfig::default().max_entries(0),
+        QueueConfig::default().max_entries(0),
         "spool setting max_entries=0 is invalid; allowed: at least 1",
     );
     check(
-        SpoolConfig::default().segment_bytes(10),
+        QueueConfig::default().segment_bytes(10),
         "spool setting segment_bytes=10 is invalid; allowed: at least 4096",
     );
     check(
-        SpoolConfig::default().concurrency(0),
+        QueueConfig::default().concurrency(0),
         "spool setting concurrency=0 is invalid; allowed: at least 1",
     );
-    assert!(SpoolConfig::default().validate().is_ok());
+    assert!(QueueConfig::default().validate().is_ok());
 }
 
 /// A write that fails (ENOSPC, EIO, EROFS; on write, on fsync, or on

@@ -12,7 +12,7 @@ use wd_notify_webhook::SECRET_ENV;
 /// What `wdguard watch` would run with: the file and flags, then the agent.
 fn plan(a: &Args, env: &dyn Fn(&str) -> Option<String>) -> Result<Agent> {
     let cfg = config(a)?;
-    Agent::new(&cfg, env).map_err(|e: AgentError| e.into())
+    Agent::new(&cfg.agent, env).map_err(|e: AgentError| e.into())
 }
 
 #[derive(Parser)]
@@ -93,7 +93,7 @@ fn nova_config_gives_the_bus_and_host() {
             nova.display()
         )]
     );
-    assert_eq!(plan.runtime_config().host, "compute-9");
+    assert_eq!(plan.config().host, "compute-9");
 
     // Nova sends nothing (no driver): with nothing else, that is an error
     // naming the file, section and key.
@@ -363,7 +363,7 @@ window_secs = 30
         4,
         "log, the bus, the operator and p1: {names:?}"
     );
-    let r = plan.runtime_config();
+    let r = plan.config();
     assert!(r.listener.read_only, "read-only by default");
     assert_eq!(
         r.spool_dir.as_deref(),

@@ -287,18 +287,23 @@ fn test_domain_xml(i: usize, uuid: &str) -> String {
 }
 
 async fn churn() -> anyhow::Result<()> {
-    use wd_compute::{NovaDirectory, Runtime, RuntimeConfig};
+    use wd_compute::{Agent, NovaDirectory};
     const N: usize = 10_000;
     const WARMUP: usize = 500;
     wd_events::init_event_loop()?;
     let pid = std::process::id();
     let directory = Arc::new(NovaDirectory::new());
     let retire_after = wd_compute::DirectoryConfig::default().retire_after;
-    let config = RuntimeConfig::new("bench-host")
-        .listener(wd_events::ListenerConfig::default().uri("test:///default"));
-    let backends: Vec<(String, Arc<dyn wd_notify::Notifier>)> =
-        vec![("log".into(), Arc::new(wd_notify::LogNotifier::new()))];
-    let runtime = Runtime::start(config, directory.clone(), backends)?;
+    let runtime = Agent::builder("bench-host")
+        .listener(wd_events::ListenerConfig::default().uri("test:///default"))
+        .directory(directory.clone())
+        .destination((
+            "log".to_owned(),
+            Arc::new(wd_notify::LogNotifier::new()) as Arc<dyn wd_notify::Notifier>,
+        ))
+        .build()
+        .start()
+        .await?;
     let conn = virt::connect::Connect::open(Some("test:///default"))?;
     let cycle = |from: usize, to: usize| -> anyhow::Result<()> {
         for i in from..to {
@@ -371,7 +376,7 @@ async fn churn() -> anyhow::Result<()> {
 // ----------------------------------------------------------------- fan-out
 
 async fn fanout() -> anyhow::Result<()> {
-    use wd_compute::{NovaDirectory, Runtime, RuntimeConfig};
+    use wd_compute::Agent;
     use wd_events::{DomainId, DomainInfo, DomainState, Enum, Item, Origin, WatchdogEvent};
     use wd_notify_webhook::{Endpoint, Secret, WebhookConfig, WebhookNotifier};
     const PROJECTS: usize = 1_000;
@@ -403,8 +408,13 @@ async fn fanout() -> anyhow::Result<()> {
         })
         .collect();
     let (tx, rx) = futures::channel::mpsc::unbounded::<Item>();
-    let config = RuntimeConfig::new("bench-host").spool_dir(dir.join("spool"));
-    let runtime = Runtime::start_with(config, Arc::new(NovaDirectory::new()), backends, rx)?;
+    let runtime = Agent::builder("bench-host")
+        .spool_dir(dir.join("spool"))
+        .destinations(backends)
+        .events(rx)
+        .build()
+        .start()
+        .await?;
     let domain = |i: usize| DomainId {
         uuid: uuid::Uuid::from_u128(0xfa00_0000 + i as u128),
         name: format!("wdsc-fan-{i}"),
