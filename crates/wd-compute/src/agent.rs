@@ -38,7 +38,7 @@ mod reload;
 mod settings;
 
 pub use builder::AgentBuilder;
-pub use settings::{AgentSettings, target_holds_secret};
+pub use settings::{AgentSettings, display_target, target_holds_secret};
 
 /// The environment variable of the test-only fault hook, read only by debug
 /// builds: `pipeline-panic-after-ms=N` makes the pipeline task panic after
@@ -245,7 +245,7 @@ impl Agent {
         let mut webhooks = Vec::new();
         let mut bus_seen = !destinations.is_empty();
         for t in &targets {
-            let shown = wd_notify::redact_url(t);
+            let shown = display_target(t);
             if t == "log" {
                 destinations.push(
                     Destination::new(
@@ -708,7 +708,7 @@ mod transports {
         if let Some(url) = operator_urls.first() {
             return Err(missing(
                 "webhook",
-                &format!("notify target `{}`", wd_notify::redact_url(url)),
+                &format!("notify target `{}`", super::display_target(url)),
             ));
         }
         if cfg.webhook.is_some() {

@@ -96,11 +96,7 @@ pub fn config(args: &Args) -> Result<WatchSettings> {
         .iter()
         .find(|t| wd_compute::target_holds_secret(t))
     {
-        let shown = if t.starts_with("http://") || t.starts_with("https://") {
-            wd_notify_webhook::display_url(t)
-        } else {
-            wd_notify::redact_url(t)
-        };
+        let shown = wd_compute::display_target(t);
         bail!(
             "--notify `{shown}` holds a secret (a password, or a webhook URL with user info, a query or a token in its path), which `ps` would show; put it in the config file's `notify` (readable by root and the agent's group only), and a broker password in `[amqp] password` or WD_AMQP_PASSWORD"
         );

@@ -78,11 +78,7 @@ pub struct AgentSettings {
 
 impl std::fmt::Debug for AgentSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let notify: Vec<String> = self
-            .notify
-            .iter()
-            .map(|t| wd_notify::redact_url(t))
-            .collect();
+        let notify: Vec<String> = self.notify.iter().map(|t| display_target(t)).collect();
         f.debug_struct("AgentSettings")
             .field("connect", &self.connect)
             .field("host", &self.host)
@@ -97,6 +93,26 @@ impl std::fmt::Debug for AgentSettings {
             .field("queue", &self.queue)
             .field("directory", &self.directory)
             .finish_non_exhaustive()
+    }
+}
+
+/// A notify target as logs, `Debug` and errors show it: a webhook URL as
+/// scheme, host, port and a short hash (its path and query may be a
+/// tenant's or hold a token), a broker URL without its password.
+pub fn display_target(target: &str) -> String {
+    if !(target.starts_with("http://") || target.starts_with("https://")) {
+        return wd_notify::redact_url(target);
+    }
+    #[cfg(feature = "webhook")]
+    {
+        wd_notify_webhook::display_url(target)
+    }
+    #[cfg(not(feature = "webhook"))]
+    {
+        let (scheme, rest) = target.split_once("://").unwrap_or(("http", target));
+        let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+        let host = authority.rsplit('@').next().unwrap_or("");
+        format!("{scheme}://{host}/…")
     }
 }
 
@@ -136,6 +152,7 @@ impl AgentSettings {
     /// The keys that hold a secret (`notify[1]`, `webhook.projects[0].url`,
     /// `amqp.password`, …), for messages that name them, never their values.
     pub fn secret_keys(&self) -> Vec<String> {
+        #[cfg_attr(not(any(feature = "webhook", feature = "amqp")), allow(unused_mut))]
         let mut keys: Vec<String> = self
             .notify
             .iter()

@@ -216,13 +216,14 @@ fn bad_configurations_name_what_is_wrong() {
 #[test]
 fn debug_output_and_secrets() {
     let cfg = parse(&format!(
-        "notify = [\"amqp://u:s3cret@h/%2f\"]\n[webhook]\nsecrets = [\"{SECRET}\"]\n[amqp]\npassword = \"s3cret\"\n"
+        "notify = [\"amqp://u:s3cret@h/%2f\", \"https://ops.example/tenant-7f3/hook\"]\n[webhook]\nsecrets = [\"{SECRET}\"]\n[amqp]\npassword = \"s3cret\"\n"
     ));
     let shown = format!("{cfg:?}");
     assert!(
-        !shown.contains("s3cret") && !shown.contains("MfKQ9r8"),
+        !shown.contains("s3cret") && !shown.contains("MfKQ9r8") && !shown.contains("tenant-7f3"),
         "{shown}"
     );
+    assert!(shown.contains("https://ops.example #"), "{shown}");
     assert!(cfg.holds_secrets());
     assert!(parse("notify = [\"amqp://u:s3cret@h/%2f\"]").holds_secrets());
     assert!(parse("[amqp]\nurl = \"rabbit://u@a,u:s3cret@b/\"").holds_secrets());
