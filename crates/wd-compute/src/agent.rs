@@ -385,7 +385,7 @@ impl Agent {
             None => Runtime::start(self.runtime, owners, self.destinations),
         }
         .map_err(AgentError::Start)?;
-        tracing::info!(uri = %uri, read_only, host = %host, backends = ?names,
+        tracing::info!(uri = %uri, read_only, host = %host, destinations = ?names,
             spool = %spool.as_ref().map_or("none".into(), |p| p.display().to_string()),
             "{} started", self.name);
         Ok(RunningAgent {

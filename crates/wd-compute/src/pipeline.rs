@@ -57,7 +57,7 @@ pub struct PipelineStats {
 /// It keeps the [`InstanceDirectory`] fed from the catch-up listing and from
 /// `defined`/`started` lifecycle events, keeps the [`Ledger`] of pause
 /// episodes, and hands each new firing to the delivery layer (usually
-/// coalesce → spool → fanout → retry → backends).
+/// coalesce → router → one queue per destination → its notifier).
 pub struct Pipeline {
     host: String,
     directory: Arc<dyn InstanceDirectory>,

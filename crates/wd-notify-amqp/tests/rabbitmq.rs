@@ -296,7 +296,7 @@ async fn rabbitmq_a_broker_restart_mid_stream_loses_nothing() {
         listen(&ch, &queue, &exchange, "versioned_notifications.info", true).await;
         let _ = conn.close(200, "setup done".into()).await;
     }
-    // The destination's queue over the backend, as the router wires it: its
+    // The destination's queue over the notifier, as the router wires it: its
     // worker is the one retry loop.
     let recording = std::sync::Arc::new(Recording {
         inner: AmqpNotifier::new(config(&url).with_exchange(&exchange).with_durable(true)).unwrap(),

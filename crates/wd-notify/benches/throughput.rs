@@ -41,11 +41,11 @@ fn runtime() -> Runtime {
         .expect("a tokio runtime")
 }
 
-/// A channel backend with a task draining its receiver.
+/// A channel notifier with a task draining its receiver.
 fn drained_channel(rt: &Runtime) -> ChannelNotifier {
-    let (backend, mut rx) = ChannelNotifier::channel(4096);
+    let (notifier, mut rx) = ChannelNotifier::channel(4096);
     rt.spawn(async move { while rx.recv().await.is_some() {} });
-    backend
+    notifier
 }
 
 /// Sends `iters` notifications from `producers` concurrent tasks through

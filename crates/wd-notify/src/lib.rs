@@ -2,11 +2,11 @@
 //! pieces that make delivery dependable: [`Router`] (one queue per
 //! destination), [`Coalesce`] (storm control), [`Spool`] (a
 //! durable write-ahead log, one per destination, whose worker is the
-//! destination's retry loop), plus two transport-free backends, [`LogNotifier`] and
+//! destination's retry loop), plus two transport-free notifiers, [`LogNotifier`] and
 //! [`ChannelNotifier`].
 //!
 //! Architecture invariant: this crate knows nothing of libvirt or of any
-//! network transport, and must never depend on them. Backends (webhooks,
+//! network transport, and must never depend on them. Transports (webhooks,
 //! the OpenStack message bus) live in their own crates and implement
 //! [`Notifier`].
 //!
@@ -187,7 +187,7 @@
 //! to a few segments of acked records awaiting removal.
 #![forbid(unsafe_code)]
 
-mod backends;
+mod builtin;
 mod coalesce;
 mod error;
 mod kind;
@@ -201,7 +201,7 @@ pub mod stages;
 #[cfg(any(test, feature = "mock"))]
 pub mod testing;
 
-pub use backends::{ChannelNotifier, LogNotifier};
+pub use builtin::{ChannelNotifier, LogNotifier};
 pub use coalesce::{Coalesce, CoalesceConfig, CoalesceStats};
 pub use error::{Error, Result, error_chain};
 pub use kind::{CertificateError, ConfigurationError, FailureKind};

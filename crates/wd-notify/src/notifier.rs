@@ -1,4 +1,4 @@
-//! The interface every backend and combinator implements.
+//! The interface every notifier and combinator implements.
 
 use std::time::Duration;
 
@@ -16,9 +16,9 @@ pub enum NotifyError {
     /// A failure that may pass: a timeout, a 5xx or 429, a broker that is down.
     #[error("{message}")]
     Retryable {
-        /// What failed, naming the backend; never a secret.
+        /// What failed, naming the notifier; never a secret.
         message: String,
-        /// How long the backend asked us to wait, if it said.
+        /// How long the notifier asked us to wait, if it said.
         retry_after: Option<Duration>,
         /// The underlying cause.
         #[source]
@@ -27,7 +27,7 @@ pub enum NotifyError {
     /// A failure that will not pass by retrying: rejected, gone.
     #[error("{message}")]
     Permanent {
-        /// What failed, naming the backend; never a secret.
+        /// What failed, naming the notifier; never a secret.
         message: String,
         /// The underlying cause.
         #[source]
@@ -64,7 +64,7 @@ impl NotifyError {
         self
     }
 
-    /// Records how long the backend asked us to wait. It has no effect on a
+    /// Records how long the notifier asked us to wait. It has no effect on a
     /// permanent failure, which is never retried.
     #[must_use]
     pub fn with_retry_after(mut self, wait: Duration) -> Self {
@@ -88,7 +88,7 @@ impl NotifyError {
         matches!(self, NotifyError::Retryable { .. })
     }
 
-    /// The wait the backend asked for, if any.
+    /// The wait the notifier asked for, if any.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             NotifyError::Retryable { retry_after, .. } => *retry_after,
@@ -97,7 +97,7 @@ impl NotifyError {
     }
 }
 
-/// Something that delivers notifications: a backend or a combinator.
+/// Something that delivers notifications: a notifier or a combinator.
 #[cfg_attr(any(test, feature = "mock"), mockall::automock)]
 #[async_trait]
 pub trait Notifier: Send + Sync {
@@ -120,8 +120,8 @@ impl<T: Notifier + ?Sized> Notifier for Box<T> {
     }
 }
 
-/// Calls `inner.notify(n)`, turning a panic in the backend into a retryable
-/// failure, so that a background task survives a buggy backend.
+/// Calls `inner.notify(n)`, turning a panic in the notifier into a retryable
+/// failure, so that a background task survives a buggy notifier.
 pub(crate) async fn notify_catching<N: Notifier + ?Sized>(
     inner: &N,
     n: &Notification,
@@ -133,8 +133,8 @@ pub(crate) async fn notify_catching<N: Notifier + ?Sized>(
     {
         Ok(result) => result,
         Err(_) => {
-            tracing::error!(event_id = %n.event_id, "a notification backend panicked");
-            Err(NotifyError::retryable("backend panicked"))
+            tracing::error!(event_id = %n.event_id, "a notifier panicked");
+            Err(NotifyError::retryable("notifier panicked"))
         }
     }
 }

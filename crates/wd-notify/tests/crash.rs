@@ -23,7 +23,7 @@ const CHILD_DIR: &str = "WD_NOTIFY_CRASH_DIR";
 const CHILD_LOG: &str = "WD_NOTIFY_CRASH_LOG";
 const CHILD_SYNC: &str = "WD_NOTIFY_CRASH_SYNC";
 
-/// The backend of the child: fails a third of the time (retryably), and
+/// The notifier of the child: fails a third of the time (retryably), and
 /// otherwise records the event id durably before it reports success.
 struct DurableLog {
     path: PathBuf,
@@ -33,7 +33,7 @@ struct DurableLog {
 impl Notifier for DurableLog {
     async fn notify(&self, n: &Notification) -> Result<(), NotifyError> {
         if fastrand::u8(..3) == 0 {
-            return Err(NotifyError::retryable("crash test backend: flaky"));
+            return Err(NotifyError::retryable("crash test notifier: flaky"));
         }
         let write = || -> std::io::Result<()> {
             let mut f = OpenOptions::new()
@@ -43,7 +43,7 @@ impl Notifier for DurableLog {
             f.write_all(format!("{}\n", n.event_id).as_bytes())?;
             f.sync_data()
         };
-        write().map_err(|e| NotifyError::retryable("crash test backend: log").with_source(e))
+        write().map_err(|e| NotifyError::retryable("crash test notifier: log").with_source(e))
     }
 }
 
@@ -84,8 +84,8 @@ fn crash_child() {
             .sync(sync)
             .segment_bytes(8192)
             .retry_delays(Duration::from_millis(2), Duration::from_millis(20));
-        let backend = DurableLog { path: log.into() };
-        let spool = Arc::new(Spool::open(&dir, config, backend).unwrap());
+        let notifier = DurableLog { path: log.into() };
+        let spool = Arc::new(Spool::open(&dir, config, notifier).unwrap());
         let producers: Vec<_> = (0..4)
             .map(|_| {
                 let spool = spool.clone();
@@ -318,7 +318,7 @@ fn spool_survives_sigkill() {
     );
 }
 
-/// The final, reliable backend.
+/// The final, reliable notifier.
 struct DurableLogAlways {
     path: PathBuf,
 }
@@ -336,7 +336,7 @@ impl Notifier for DurableLogAlways {
     }
 }
 
-/// A backend that delivers most notifications at once and refuses (for
+/// A notifier that delivers most notifications at once and refuses (for
 /// now) those whose event id starts with a byte divisible by 8, so that
 /// segments roll over, fill with acks, are compacted and removed while
 /// others stay pending; once `up` is set it takes everything. It records
@@ -353,7 +353,7 @@ impl Notifier for HalfDown {
         if !self.up.load(std::sync::atomic::Ordering::SeqCst)
             && n.event_id.as_bytes()[0].is_multiple_of(8)
         {
-            return Err(NotifyError::retryable("power-cut test backend: down"));
+            return Err(NotifyError::retryable("power-cut test notifier: down"));
         }
         self.delivered.lock().unwrap().insert(n.event_id);
         Ok(())
@@ -364,10 +364,10 @@ impl Notifier for HalfDown {
 /// model), with several producers, and cuts the power (takes the durable
 /// state) again and again while they run. Each cut is restored into a fresh
 /// directory and recovered with the real code: every notification the spool
-/// had accepted before the cut must be pending there, unless the backend
+/// had accepted before the cut must be pending there, unless the notifier
 /// had already taken it. Each producer cuts the power itself after every
 /// tenth notification (so the number of cuts does not depend on timing);
-/// then the backend comes back, the test waits until everything is
+/// then the notifier comes back, the test waits until everything is
 /// delivered, which makes the writer remove every delivered segment, and
 /// cuts once more. Returns the first loss found, or the number of cuts
 /// checked.
@@ -379,7 +379,7 @@ fn power_cut_check(fs: wd_notify::fault::SimFs, sync: SyncMode) -> Result<usize,
         .unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("spool");
-    let backend = Arc::new(HalfDown::default());
+    let notifier = Arc::new(HalfDown::default());
     let accepted = Arc::new(std::sync::Mutex::new(HashSet::<Uuid>::new()));
     let cuts = rt.block_on(async {
         let config = QueueConfig::default()
@@ -387,16 +387,16 @@ fn power_cut_check(fs: wd_notify::fault::SimFs, sync: SyncMode) -> Result<usize,
             .segment_bytes(4096)
             .retry_delays(Duration::from_millis(1), Duration::from_millis(5));
         let spool = Arc::new(
-            Spool::open_with_fs(Arc::new(fs.clone()), &dir, config, backend.clone()).unwrap(),
+            Spool::open_with_fs(Arc::new(fs.clone()), &dir, config, notifier.clone()).unwrap(),
         );
         type Cut = (HashSet<Uuid>, wd_notify::fault::PowerCut, HashSet<Uuid>);
         let take_cut = {
-            let (fs, accepted, backend) = (fs.clone(), accepted.clone(), backend.clone());
+            let (fs, accepted, notifier) = (fs.clone(), accepted.clone(), notifier.clone());
             move || -> Cut {
                 // What was accepted before the cut must survive it.
                 let before = accepted.lock().unwrap().clone();
                 let cut = fs.power_cut();
-                let delivered = backend.delivered.lock().unwrap().clone();
+                let delivered = notifier.delivered.lock().unwrap().clone();
                 (before, cut, delivered)
             }
         };
@@ -424,7 +424,7 @@ fn power_cut_check(fs: wd_notify::fault::SimFs, sync: SyncMode) -> Result<usize,
         cuts.push(take_cut());
         // Everything is delivered: the writer removes the delivered
         // segments (a condition, not a timing: wait until it holds).
-        backend.up.store(true, std::sync::atomic::Ordering::SeqCst);
+        notifier.up.store(true, std::sync::atomic::Ordering::SeqCst);
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
         while spool.stats().pending > 0 {
             assert!(

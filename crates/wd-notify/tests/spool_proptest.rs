@@ -13,14 +13,14 @@ use wd_notify::{
     Domain, Instance, Notification, Notifier, NotifyError, QueueConfig, RecordBody, Spool, recover,
 };
 
-/// A backend that always fails retryably, so nothing is delivered and no
+/// A notifier that always fails retryably, so nothing is delivered and no
 /// ack is written while the test runs.
 struct Down;
 
 #[async_trait]
 impl Notifier for Down {
     async fn notify(&self, _: &Notification) -> Result<(), NotifyError> {
-        Err(NotifyError::retryable("spool proptest: backend down"))
+        Err(NotifyError::retryable("spool proptest: notifier down"))
     }
 }
 

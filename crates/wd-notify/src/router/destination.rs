@@ -85,7 +85,7 @@ pub struct Destination {
     pub kind: DestinationKind,
     /// Which notifications it receives.
     pub scope: Scope,
-    /// The backend.
+    /// The notifier.
     pub notifier: Arc<dyn Notifier>,
     /// A stable identity, from which the queue's directory name is derived
     /// (hashed, so nothing tenant-controlled reaches a path). It must not

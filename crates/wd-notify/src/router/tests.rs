@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::sync::mpsc;
 
 use super::*;
-use crate::backends::ChannelNotifier;
+use crate::builtin::ChannelNotifier;
 use crate::testing::firing;
 use crate::testing::until;
 

@@ -29,7 +29,7 @@ const FAR: Duration = Duration::from_secs(7 * 24 * 3600);
 /// The wait before retry `attempt` (from 1): the shared
 /// [`wd_backoff::Backoff`] from [`QueueConfig::retry_min_delay`] doubling up
 /// to [`QueueConfig::retry_max_delay`], jittered into `[d / 2, d]`, and at
-/// least the backend's retry-after, which is itself clamped to
+/// least the notifier's retry-after, which is itself clamped to
 /// `retry_max_delay` (it comes from a remote party and may say anything, up
 /// to `u64::MAX` seconds).
 pub(crate) fn retry_delay(

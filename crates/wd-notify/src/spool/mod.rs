@@ -100,7 +100,7 @@ struct Disk {
 /// inner notifier, oldest first, [`QueueConfig::concurrency`] at a time; an
 /// entry is acked (removed) only after its delivery succeeds. Retryable
 /// failures are tried again with capped exponential backoff and jitter
-/// (honouring the backend's retry-after, clamped to
+/// (honouring the notifier's retry-after, clamped to
 /// [`QueueConfig::retry_max_delay`]); permanent ones are logged and dropped
 /// (`dropped_permanent`). When the spool is full, the oldest entries are
 /// dropped with a warning (`dropped_full`): never silently. A panic in the
@@ -362,8 +362,8 @@ impl Spool {
         self.shared.stats()
     }
 
-    /// The last delivery failure, with its cause chain, as the backend
-    /// described it (backends redact URLs and never include secrets).
+    /// The last delivery failure, with its cause chain, as the notifier
+    /// described it (notifiers redact URLs and never include secrets).
     pub fn last_error(&self) -> Option<String> {
         self.shared.last_error()
     }

@@ -143,7 +143,7 @@ pub(crate) struct Shared {
     pending: Mutex<Pending>,
     pub(crate) counters: Counters,
     /// The last delivery failure, cause chain included (already redacted by
-    /// the backend that produced it).
+    /// the notifier that produced it).
     pub(crate) last_error: Mutex<Option<String>>,
     /// New entries, or the end of an in-flight delivery.
     pub(crate) wake: Notify,

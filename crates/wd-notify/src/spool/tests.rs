@@ -13,7 +13,7 @@ type Log = Arc<Mutex<Vec<Uuid>>>;
 
 /// A mock that delivers, recording event ids, except that `answer`
 /// may fail a call (given the call index and the notification).
-fn backend(
+fn notifier(
     answer: impl Fn(usize, &Notification) -> Result<(), NotifyError> + Send + 'static,
 ) -> (MockNotifier, Log) {
     let log: Log = Arc::default();
@@ -40,9 +40,9 @@ fn ids(ns: &[Notification]) -> Vec<Uuid> {
 #[tokio::test]
 async fn a_spool_directory_has_one_owner_at_a_time() {
     let dir = tempfile::tempdir().unwrap();
-    let (m, _) = backend(|_, _| Ok(()));
+    let (m, _) = notifier(|_, _| Ok(()));
     let first = Spool::open(dir.path(), quick(), m).unwrap();
-    let (m2, _) = backend(|_, _| Ok(()));
+    let (m2, _) = notifier(|_, _| Ok(()));
     let err = Spool::open(dir.path(), quick(), m2).unwrap_err();
     assert!(matches!(err, Error::SpoolLocked { .. }), "{err:?}");
     assert_eq!(
@@ -55,7 +55,7 @@ async fn a_spool_directory_has_one_owner_at_a_time() {
     );
     first.shutdown(Duration::from_secs(1)).await;
     drop(first);
-    let (m3, _) = backend(|_, _| Ok(()));
+    let (m3, _) = notifier(|_, _| Ok(()));
     Spool::open(dir.path(), quick(), m3).expect("the lock is released with the spool");
 }
 
@@ -63,7 +63,7 @@ async fn a_spool_directory_has_one_owner_at_a_time() {
 async fn delivers_acks_and_leaves_nothing_behind() {
     let dir = tempfile::tempdir().unwrap();
     for mode in [SyncMode::PerEntry, SyncMode::GroupCommit] {
-        let (m, log) = backend(|_, _| Ok(()));
+        let (m, log) = notifier(|_, _| Ok(()));
         let spool = Spool::open(dir.path(), quick().sync(mode), m).unwrap();
         let ns: Vec<_> = (0..20).map(firing).collect();
         for n in &ns {
@@ -87,7 +87,7 @@ async fn retries_retryable_failures_and_drops_permanent_ones() {
     let dir = tempfile::tempdir().unwrap();
     let bad = firing(9);
     let bad_id = bad.event_id;
-    let (m, log) = backend(move |call, n| {
+    let (m, log) = notifier(move |call, n| {
         if n.event_id == bad_id {
             Err(NotifyError::permanent("rejected"))
         } else if call < 4 {
@@ -116,7 +116,7 @@ async fn undelivered_entries_survive_a_restart_with_their_event_ids() {
     let dir = tempfile::tempdir().unwrap();
     let ns: Vec<_> = (0..5).map(firing).collect();
     {
-        let (m, _) = backend(|_, _| Err(NotifyError::retryable("down")));
+        let (m, _) = notifier(|_, _| Err(NotifyError::retryable("down")));
         let spool = Spool::open(dir.path(), quick(), m).unwrap();
         for n in &ns {
             spool.notify(n).await.unwrap();
@@ -133,7 +133,7 @@ async fn undelivered_entries_survive_a_restart_with_their_event_ids() {
             .collect::<Vec<_>>(),
         ns
     );
-    let (m, log) = backend(|_, _| Ok(()));
+    let (m, log) = notifier(|_, _| Ok(()));
     let spool = Spool::open(dir.path(), quick(), m).unwrap();
     until("redelivery", || spool.stats().delivered == 5).await;
     let got: HashSet<Uuid> = log.lock().unwrap().iter().copied().collect();
@@ -147,7 +147,7 @@ async fn undelivered_entries_survive_a_restart_with_their_event_ids() {
 #[tokio::test]
 async fn a_full_spool_drops_the_oldest_and_counts_them() {
     let dir = tempfile::tempdir().unwrap();
-    let (m, _) = backend(|_, _| {
+    let (m, _) = notifier(|_, _| {
         Err(NotifyError::retryable("down").with_retry_after(Duration::from_secs(60)))
     });
     let spool = Spool::open(dir.path(), quick().max_entries(3).concurrency(1), m).unwrap();
@@ -174,7 +174,7 @@ async fn damage_is_skipped_and_counted_and_the_rest_delivered() {
     let dir = tempfile::tempdir().unwrap();
     let ns: Vec<_> = (0..4).map(firing).collect();
     {
-        let (m, _) = backend(|_, _| Err(NotifyError::retryable("down")));
+        let (m, _) = notifier(|_, _| Err(NotifyError::retryable("down")));
         let spool = Spool::open(dir.path(), quick(), m).unwrap();
         for n in &ns {
             spool.notify(n).await.unwrap();
@@ -194,7 +194,7 @@ async fn damage_is_skipped_and_counted_and_the_rest_delivered() {
     bytes.extend_from_slice(&[7, 0, 0]);
     fs::write(&seg, &bytes).unwrap();
 
-    let (m, log) = backend(|_, _| Ok(()));
+    let (m, log) = notifier(|_, _| Ok(()));
     let spool = Spool::open(dir.path(), quick(), m).unwrap();
     assert_eq!(spool.stats().corrupt_skipped, 2);
     until("delivery", || spool.stats().delivered == 3).await;
@@ -211,7 +211,7 @@ async fn segments_roll_over_and_a_stuck_entry_does_not_pin_them() {
     let dir = tempfile::tempdir().unwrap();
     let stuck = firing(0);
     let stuck_id = stuck.event_id;
-    let (m, _) = backend(move |_, n| {
+    let (m, _) = notifier(move |_, n| {
         if n.event_id == stuck_id {
             Err(NotifyError::retryable("down").with_retry_after(Duration::from_secs(60)))
         } else {
@@ -241,7 +241,7 @@ async fn segments_roll_over_and_a_stuck_entry_does_not_pin_them() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn group_commit_serves_concurrent_callers() {
     let dir = tempfile::tempdir().unwrap();
-    let (m, _) = backend(|_, _| Ok(()));
+    let (m, _) = notifier(|_, _| Ok(()));
     let spool = Arc::new(Spool::open(dir.path(), quick(), m).unwrap());
     let tasks: Vec<_> = (0..32)
         .map(|i| {
@@ -290,7 +290,7 @@ fn retry_delays_grow_capped_and_honour_retry_after() {
 #[tokio::test]
 async fn an_oversized_notification_is_refused_permanently() {
     let dir = tempfile::tempdir().unwrap();
-    let (m, _) = backend(|_, _| Ok(()));
+    let (m, _) = notifier(|_, _| Ok(()));
     let spool = Spool::open(dir.path(), quick(), m).unwrap();
     let mut n = firing(1);
     n.instance.name = Some("x".repeat(MAX_PAYLOAD));
@@ -312,7 +312,7 @@ async fn a_panicking_backend_is_retried_not_fatal() {
         async fn notify(&self, _: &Notification) -> Result<(), NotifyError> {
             assert!(
                 self.0.fetch_add(1, Ordering::SeqCst) > 0,
-                "backend bug on the first call"
+                "notifier bug on the first call"
             );
             Ok(())
         }
@@ -370,7 +370,7 @@ async fn a_failed_write_is_refused_for_now_and_accepted_once_when_it_clears() {
             let dir = tmp.path().join("q");
             let fs = FaultyFs::new();
             let faults = fs.faults();
-            let (m, log) = backend(|_, _| Ok(()));
+            let (m, log) = notifier(|_, _| Ok(()));
             let spool = Spool::open_dyn(
                 Arc::new(fs),
                 &dir,
@@ -465,7 +465,7 @@ async fn a_restart_with_a_backlog_writes_nothing_even_on_a_full_disk() {
     };
     let config = quick().segment_bytes(4096);
     {
-        let (m, _) = backend(|_, _| Err(NotifyError::retryable("down")));
+        let (m, _) = notifier(|_, _| Err(NotifyError::retryable("down")));
         let spool = Spool::open(&dir, config.clone(), m).unwrap();
         for i in 0..60u128 {
             spool.notify(&firing(i)).await.unwrap();
@@ -478,7 +478,7 @@ async fn a_restart_with_a_backlog_writes_nothing_even_on_a_full_disk() {
     for _ in 0..5 {
         let fs = FaultyFs::new();
         fs.faults().fail_all(Some(28));
-        let (m, _) = backend(|_, _| Err(NotifyError::retryable("down")));
+        let (m, _) = notifier(|_, _| Err(NotifyError::retryable("down")));
         let spool = Spool::open_dyn(Arc::new(fs), &dir, "q".into(), config.clone(), Arc::new(m))
             .expect("a start on a full disk succeeds");
         assert_eq!(spool.stats().pending, 60);
@@ -490,7 +490,7 @@ async fn a_restart_with_a_backlog_writes_nothing_even_on_a_full_disk() {
         drop(spool);
         assert_eq!(files(&dir), before, "a failed start changed the directory");
     }
-    let (m, log) = backend(|_, _| Ok(()));
+    let (m, log) = notifier(|_, _| Ok(()));
     let spool = Spool::open(&dir, config, m).unwrap();
     spool.notify(&firing(1000)).await.unwrap();
     until("everything delivered", || log.lock().unwrap().len() == 61).await;
@@ -513,7 +513,7 @@ async fn a_flooding_project_evicts_only_its_own_notifications() {
     let tmp = tempfile::tempdir().unwrap();
     let up = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let flag = up.clone();
-    let (m, log) = backend(move |_, _| {
+    let (m, log) = notifier(move |_, _| {
         if flag.load(std::sync::atomic::Ordering::SeqCst) {
             Ok(())
         } else {
@@ -571,7 +571,7 @@ async fn creating_a_queue_directory_syncs_its_parents() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("spool").join("dest").join("webhook-1");
     let fs = SimFs::default();
-    let (m, _) = backend(|_, _| Ok(()));
+    let (m, _) = notifier(|_, _| Ok(()));
     let spool =
         Spool::open_dyn(Arc::new(fs.clone()), &dir, "q".into(), quick(), Arc::new(m)).unwrap();
     let synced: Vec<std::path::PathBuf> = fs
@@ -593,7 +593,7 @@ async fn creating_a_queue_directory_syncs_its_parents() {
     drop(spool);
     // Opening it again creates nothing, and syncs nothing at start.
     let fs = SimFs::default();
-    let (m, _) = backend(|_, _| Ok(()));
+    let (m, _) = notifier(|_, _| Ok(()));
     let _spool =
         Spool::open_dyn(Arc::new(fs.clone()), &dir, "q".into(), quick(), Arc::new(m)).unwrap();
     assert!(fs.ops().is_empty(), "{:?}", fs.ops());

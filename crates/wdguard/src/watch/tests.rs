@@ -320,7 +320,7 @@ window_secs = 30
         &p.display().to_string(),
         "--notify",
         "http://127.0.0.1:9/ops",
-        // Already in the file: must not become a second log backend.
+        // Already in the file: must not become a second log notifier.
         "--notify",
         "log",
     ]);

@@ -394,7 +394,7 @@ async fn fanout() -> anyhow::Result<()> {
     }
     // Each endpoint its own destination, routed by owner, as the agent
     // composes them.
-    let backends: Vec<wd_notify::Destination> = WebhookNotifier::split(webhook)?
+    let notifiers: Vec<wd_notify::Destination> = WebhookNotifier::split(webhook)?
         .into_iter()
         .map(|e| {
             let project = e.project.clone().unwrap_or_default();
@@ -410,7 +410,7 @@ async fn fanout() -> anyhow::Result<()> {
     let (tx, rx) = futures::channel::mpsc::unbounded::<Item>();
     let runtime = Agent::builder("bench-host")
         .spool_dir(dir.join("spool"))
-        .destinations(backends)
+        .destinations(notifiers)
         .events(rx)
         .build()
         .start()

@@ -1,4 +1,4 @@
-//! Built-in backends that need no transport: a log line and an in-process
+//! Built-in notifiers that need no transport: a log line and an in-process
 //! channel.
 
 use async_trait::async_trait;
@@ -17,7 +17,7 @@ use crate::notifier::{Notifier, NotifyError};
 pub struct LogNotifier;
 
 impl LogNotifier {
-    /// A log backend.
+    /// A log notifier.
     pub fn new() -> Self {
         LogNotifier
     }
@@ -50,12 +50,12 @@ pub struct ChannelNotifier {
 }
 
 impl ChannelNotifier {
-    /// A backend sending on `tx`.
+    /// A notifier sending on `tx`.
     pub fn new(tx: mpsc::Sender<Notification>) -> Self {
         ChannelNotifier { tx }
     }
 
-    /// A backend and the receiver of a new channel holding up to `capacity`
+    /// A notifier and the receiver of a new channel holding up to `capacity`
     /// notifications (at least 1).
     pub fn channel(capacity: usize) -> (Self, mpsc::Receiver<Notification>) {
         let (tx, rx) = mpsc::channel(capacity.max(1));
@@ -69,7 +69,7 @@ impl Notifier for ChannelNotifier {
         self.tx
             .send(n.clone())
             .await
-            .map_err(|_| NotifyError::permanent("channel backend: the receiver is gone"))
+            .map_err(|_| NotifyError::permanent("channel notifier: the receiver is gone"))
     }
 }
 
@@ -80,12 +80,12 @@ mod tests {
 
     #[tokio::test]
     async fn channel_delivers_and_reports_a_closed_receiver() {
-        let (backend, mut rx) = ChannelNotifier::channel(4);
+        let (notifier, mut rx) = ChannelNotifier::channel(4);
         let n = firing(1);
-        backend.notify(&n).await.unwrap();
+        notifier.notify(&n).await.unwrap();
         assert_eq!(rx.recv().await.unwrap(), n);
         drop(rx);
-        let err = backend.notify(&n).await.unwrap_err();
+        let err = notifier.notify(&n).await.unwrap_err();
         assert!(!err.is_retryable(), "{err}");
     }
 
@@ -133,7 +133,7 @@ mod tests {
         ] {
             assert!(line.contains(&want), "{want:?} missing from {line:?}");
         }
-        // An unknown owner is logged as `-`, and the backend never fails.
+        // An unknown owner is logged as `-`, and the notifier never fails.
         n.instance.project_id = None;
         LogNotifier::new().notify(&n).await.unwrap();
         let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
