@@ -102,8 +102,8 @@ pub fn image() -> Option<(String, u32)> {
     Some((LATEST.to_owned(), uid))
 }
 
-/// A container this test started; removed (`podman rm --force`, by id)
-/// when dropped.
+/// A container this test started; removed with its anonymous volumes
+/// (`podman rm --force --volumes`, by id) when dropped.
 #[derive(Debug)]
 pub struct Container {
     /// Its full id.
@@ -185,7 +185,9 @@ impl Container {
 
 impl Drop for Container {
     fn drop(&mut self) {
-        let _ = podman(&["rm", "--force", "--time", "10", &self.id]);
+        // --volumes: also the anonymous volumes of the image's VOLUMEs that
+        // nothing was mounted on.
+        let _ = podman(&["rm", "--force", "--volumes", "--time", "10", &self.id]);
     }
 }
 

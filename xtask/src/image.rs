@@ -133,12 +133,15 @@ pub fn build(deb: &Path, uid: u32) -> Result<String> {
     let labelled =
         format!("{containerfile}LABEL {LABEL_INPUTS}=\"{inputs}\" {LABEL_DEB}=\"{deb_sha}\"\n");
     std::fs::write(context.join("Containerfile"), labelled)?;
+    let previous = podman_out(&["image", "inspect", "--format", "{{.Id}}", LATEST]).ok();
     eprintln!("xtask: podman build {tag}");
     cmd_ok(
         Command::new("podman")
             .args([
                 "build",
                 "--quiet",
+                // One layer on the base, without the copied .deb.
+                "--layers=false",
                 "--format",
                 "docker",
                 "--isolation",
@@ -148,6 +151,10 @@ pub fn build(deb: &Path, uid: u32) -> Result<String> {
             .arg(context.join("Containerfile"))
             .arg(&context),
     )?;
+    // The image this one replaces, now untagged (unless a container uses it).
+    if let Some(old) = previous.as_deref().map(str::trim).filter(|o| !o.is_empty()) {
+        let _ = Command::new("podman").args(["rmi", old]).output();
+    }
     let size = podman_out(&["image", "inspect", "--format", "{{.Size}}", LATEST])?;
     let mb = size.trim().parse::<u64>().unwrap_or(0) / 1_000_000;
     eprintln!(
