@@ -31,7 +31,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use wd_testkit::container::{
-    DEFAULT_UID, IMAGE, LABEL_DEB, LABEL_INPUTS, LABEL_UID, LATEST, label, sha256,
+    DEFAULT_UID, IMAGE, LABEL_DEB, LABEL_INPUTS, LABEL_UID, LATEST, label, sha256, sha256_bytes,
 };
 
 use crate::setup::{self, cmd_ok};
@@ -258,19 +258,10 @@ fn scripts_text() -> String {
     SCRIPTS.iter().map(|(n, t)| format!("{n}\n{t}")).collect()
 }
 
-/// The SHA-256 of `parts` joined by NUL bytes (`sha256sum` on a scratch
-/// file, since xtask has no hashing crate).
+/// The SHA-256 of `parts` joined by NUL bytes. A failure to hash only
+/// costs a rebuild.
 fn hash_of(parts: &[&str]) -> String {
-    let text = parts.join("\0");
-    let file = crate::target_dir()
-        .join("wd-image")
-        .join(format!("hash-input-{}", std::process::id()));
-    let hashed = std::fs::write(&file, text)
-        .map_err(|e| e.to_string())
-        .and_then(|()| sha256(&file));
-    let _ = std::fs::remove_file(&file);
-    // A failure to hash only costs a rebuild.
-    hashed.unwrap_or_else(|_| "unhashed".to_owned())
+    sha256_bytes(parts.join("\0").as_bytes()).unwrap_or_else(|_| "unhashed".to_owned())
 }
 
 /// The package names in the `.deb`'s `Depends` (versions dropped, the first
@@ -340,6 +331,99 @@ fn podman_out(args: &[&str]) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Runs the entrypoint (`sh wd-start ARGS`) with `config.json` holding
+    /// `json` in a scratch directory (`@DIR@` in it names the directory);
+    /// returns (success, stdout, stderr, the directory).
+    fn wd_start(
+        json: &str,
+        env: &[(&str, &str)],
+        args: &[&str],
+    ) -> (bool, String, String, PathBuf) {
+        let dir = std::env::temp_dir().join(wd_testkit::unique_name("wd-start"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let dir_str = dir.display().to_string();
+        std::fs::write(dir.join("config.json"), json.replace("@DIR@", &dir_str)).unwrap();
+        std::fs::write(dir.join("wd.toml"), "notify = [\"log\"]\n").unwrap();
+        let script = dir.join("wd-start");
+        std::fs::write(&script, SCRIPTS[0].1).unwrap();
+        let out = Command::new("sh")
+            .arg(&script)
+            .args(args)
+            .env("KOLLA_CONFIG_FILE", dir.join("config.json"))
+            .env_remove("KOLLA_CONFIG_STRATEGY")
+            .env_remove("WD_LOG_FILE")
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+            dir,
+        )
+    }
+
+    #[test]
+    fn the_entrypoint_follows_kolla_config_json_and_refuses_what_it_cannot_do() {
+        assert!(
+            Command::new("jq").arg("--version").output().is_ok(),
+            "jq is missing: run `cargo xtask deps`"
+        );
+        // Copied with its perm, then the command runs instead of the args.
+        let (ok, out, err, dir) = wd_start(
+            r#"{"command": "cat @DIR@/etc/wd.toml",
+                "config_files": [
+                  {"source": "@DIR@/wd.toml", "dest": "@DIR@/etc/wd.toml", "perm": "0600"},
+                  {"source": "@DIR@/absent", "dest": "@DIR@/etc/", "optional": true}],
+                "permissions": [{"path": "@DIR@", "owner": "wd:wd"}]}"#,
+            &[],
+            &["false"],
+        );
+        assert!(ok, "{err}");
+        assert_eq!(out, "notify = [\"log\"]\n");
+        assert!(err.contains("copied"), "{err}");
+        let mode = std::fs::metadata(dir.join("etc/wd.toml"));
+        let _ = std::fs::remove_dir_all(&dir);
+        use std::os::unix::fs::PermissionsExt as _;
+        assert_eq!(mode.unwrap().permissions().mode() & 0o777, 0o600);
+
+        // Each refusal names what was wrong, and nothing runs.
+        for (json, env, expected) in [
+            (
+                r#"{"command": "true", "config_files": [{"source": "@DIR@/wd.toml", "dest": "@DIR@/x", "owner": "nova"}]}"#,
+                &[][..],
+                "owner `nova`",
+            ),
+            (
+                r#"{"command": "true", "config_files": [{"source": "@DIR@/absent", "dest": "@DIR@/x"}]}"#,
+                &[],
+                "absent does not exist",
+            ),
+            (
+                r#"{"command": "true", "config_files": [{"dest": "@DIR@/x"}]}"#,
+                &[],
+                "config_files is not in kolla's format",
+            ),
+            (
+                r#"{"command": "true", "permissions": [{"path": "/proc/1"}]}"#,
+                &[],
+                "permissions: /proc/1 is not writable",
+            ),
+            (r#"{"config_files": []}"#, &[], "has no command"),
+            (r#"["not", "an", "object"]"#, &[], "is not a JSON object"),
+            (
+                r#"{"command": "true"}"#,
+                &[("KOLLA_CONFIG_STRATEGY", "COPY_ONCE")],
+                "only COPY_ALWAYS",
+            ),
+        ] {
+            let (ok, out, err, dir) = wd_start(json, env, &["echo", "ran"]);
+            let _ = std::fs::remove_dir_all(&dir);
+            assert!(!ok && !out.contains("ran"), "{json}: {out}{err}");
+            assert!(err.contains(expected), "{json}: {err}");
+        }
+    }
 
     #[test]
     fn depends_become_package_names() {

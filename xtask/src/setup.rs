@@ -42,7 +42,9 @@ pub const PACKAGES: &[&str] = &[
     // The baseline agent `cargo xtask bench` compares with (a Python script
     // on libvirt's own bindings, as operators write today).
     "python3-libvirt",
-    // `cargo xtask image` and the container test (see image::TOOLS).
+    // `cargo xtask image` and the container test (see image::TOOLS), and
+    // jq, which the image's entrypoint uses (its unit test runs it here).
+    "jq",
     "mmdebstrap",
     "podman",
     "runc",

@@ -2,7 +2,7 @@
 //! container test runs it: its name, its labels, and how to read them.
 
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Output, Stdio};
 
 /// The image's repository (podman's local storage; no registry).
 pub const IMAGE: &str = "localhost/wdguard";
@@ -30,10 +30,35 @@ pub fn sha256(path: &Path) -> Result<String, String> {
         .arg(path)
         .output()
         .map_err(|e| format!("run sha256sum: {e}"))?;
+    digest(out, &path.display().to_string())
+}
+
+/// The SHA-256 of `bytes`, in hex (`sha256sum` reading them on stdin).
+pub fn sha256_bytes(bytes: &[u8]) -> Result<String, String> {
+    use std::io::Write as _;
+    let mut child = Command::new("sha256sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("run sha256sum: {e}"))?;
+    let written = child
+        .stdin
+        .take()
+        .map(|mut stdin| stdin.write_all(bytes))
+        .unwrap_or(Ok(()));
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("run sha256sum: {e}"))?;
+    written.map_err(|e| format!("write to sha256sum: {e}"))?;
+    digest(out, "-")
+}
+
+/// The hex digest `sha256sum` printed for `what`.
+fn digest(out: Output, what: &str) -> Result<String, String> {
     if !out.status.success() {
         return Err(format!(
-            "sha256sum {}: {}",
-            path.display(),
+            "sha256sum {what}: {}",
             String::from_utf8_lossy(&out.stderr).trim()
         ));
     }
@@ -41,7 +66,7 @@ pub fn sha256(path: &Path) -> Result<String, String> {
         .split_whitespace()
         .next()
         .map(str::to_owned)
-        .ok_or_else(|| format!("sha256sum {} printed nothing", path.display()))
+        .ok_or_else(|| format!("sha256sum {what} printed nothing"))
 }
 
 /// Label `key` of local image `image`, if the image exists and has it.
