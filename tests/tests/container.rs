@@ -39,14 +39,18 @@ const RUN: &[&str] = &[
 
 /// What a container test needs: libvirtd (letting read-only clients in
 /// without polkit), the guest, the image, and its uid known to the host.
+/// Also the webhook receiver, with the operator's endpoint and the owner's
+/// project's, and that project.
 struct Setup {
     assets: GuestAssets,
     image: String,
     uid: u32,
+    receiver: Receiver,
+    project: String,
     _host_user: HostUser,
 }
 
-fn setup() -> Option<Setup> {
+async fn setup() -> Option<Setup> {
     wd_testkit::libvirtd()?;
     let Some(assets) = wd_testkit::guest::assets() else {
         return wd_testkit::unavailable("guest assets", "cargo xtask guest");
@@ -60,6 +64,10 @@ fn setup() -> Option<Setup> {
         assets,
         image,
         uid,
+        receiver: Receiver::start_with(OPERATOR_SECRET, &[(PROJECT_A, SECRET_A)])
+            .await
+            .unwrap(),
+        project: uuid::Uuid::new_v4().simple().to_string(),
         _host_user: HostUser::ensure(uid).unwrap(),
     })
 }
@@ -96,15 +104,11 @@ fn spec(project: &str) -> GuestSpec {
     })
 }
 
-/// Starts a guest of `project` whose watchdog fires, and waits until both
+/// Starts a guest of the project whose watchdog fires, and waits until both
 /// the owner's endpoint and the operator's were notified of it; returns
 /// what arrived for it.
-async fn fire_and_wait(
-    setup: &Setup,
-    receiver: &Receiver,
-    project: &str,
-    log: &dyn Fn() -> String,
-) -> (Guest, Vec<Received>) {
+async fn fire_and_wait(setup: &Setup, log: &dyn Fn() -> String) -> (Guest, Vec<Received>) {
+    let (receiver, project) = (&setup.receiver, setup.project.as_str());
     let guest = Guest::define_and_start(spec(project), &setup.assets, None).unwrap();
     let uuid = guest.spec.uuid.clone();
     let got = receiver
@@ -168,14 +172,10 @@ fn metrics_addr(log: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn libvirtd_container_notifies_the_owner_as_non_root_and_is_healthy() {
-    let Some(setup) = setup() else {
+    let Some(setup) = setup().await else {
         return;
     };
-    let uid = setup.uid;
-    let receiver = Receiver::start_with(OPERATOR_SECRET, &[(PROJECT_A, SECRET_A)])
-        .await
-        .unwrap();
-    let project = uuid::Uuid::new_v4().simple().to_string();
+    let (uid, receiver, project) = (setup.uid, &setup.receiver, &setup.project);
 
     // /etc/wd: the operator's file, readable by the container's user only
     // (it holds secrets), mounted read-only.
@@ -183,7 +183,7 @@ async fn libvirtd_container_notifies_the_owner_as_non_root_and_is_healthy() {
     own_dir(&config_dir.0, uid, uid, 0o700);
     write_owned(
         &config_dir.0.join("wd.toml"),
-        &config(&receiver, &project),
+        &config(receiver, project),
         uid,
         uid,
         0o600,
@@ -201,7 +201,7 @@ async fn libvirtd_container_notifies_the_owner_as_non_root_and_is_healthy() {
         .unwrap();
     assert_runs_as(&ctr, uid);
 
-    let (_guest, _) = fire_and_wait(&setup, &receiver, &project, &|| ctr.logs()).await;
+    let (_guest, _) = fire_and_wait(&setup, &|| ctr.logs()).await;
 
     // Healthy, by the image's HEALTHCHECK and by /healthz itself.
     assert_healthy(&ctr);
@@ -230,14 +230,10 @@ async fn libvirtd_container_notifies_the_owner_as_non_root_and_is_healthy() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn libvirtd_container_follows_kolla_config_json_and_logs_to_a_file() {
-    let Some(setup) = setup() else {
+    let Some(setup) = setup().await else {
         return;
     };
-    let uid = setup.uid;
-    let receiver = Receiver::start_with(OPERATOR_SECRET, &[(PROJECT_A, SECRET_A)])
-        .await
-        .unwrap();
-    let project = uuid::Uuid::new_v4().simple().to_string();
+    let (uid, receiver, project) = (setup.uid, &setup.receiver, &setup.project);
 
     // /etc/kolla/wdguard as kolla-ansible renders a service's files: owned
     // by root, readable by the service's group (here the container's).
@@ -245,7 +241,7 @@ async fn libvirtd_container_follows_kolla_config_json_and_logs_to_a_file() {
     own_dir(&kolla.0, 0, uid, 0o750);
     write_owned(
         &kolla.0.join("wd.toml"),
-        &config(&receiver, &project),
+        &config(receiver, project),
         0,
         uid,
         0o640,
@@ -338,7 +334,7 @@ async fn libvirtd_container_follows_kolla_config_json_and_logs_to_a_file() {
         container::podman_ok(&["exec", &ctr.id, "stat", "-c", "%u %a", "/etc/wd/wd.toml"]).unwrap();
     assert_eq!(copied, format!("{uid} 600"));
 
-    let (_guest, got) = fire_and_wait(&setup, &receiver, &project, &log).await;
+    let (_guest, got) = fire_and_wait(&setup, &log).await;
     assert_healthy(&ctr);
     // The agent's log is in the file (the firing, with the id its owner
     // got), not in the container's output.
