@@ -100,7 +100,12 @@ pub fn run(args: &[&str]) -> Result<()> {
 /// Builds the image from `deb` (unless it is up to date) and returns its
 /// `:latest` reference.
 pub fn build(deb: &Path, uid: u32) -> Result<String> {
-    setup::ensure(TOOLS)?;
+    let mut tools = TOOLS.to_vec();
+    if !setup::is_root() {
+        // Rootless podman and mmdebstrap's unshare mode map subordinate ids.
+        tools.push("uidmap");
+    }
+    setup::ensure(&tools)?;
     if !deb.is_file() {
         bail!("no .deb at {}; run `cargo xtask package`", deb.display());
     }
