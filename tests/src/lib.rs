@@ -9,6 +9,7 @@
 
 pub mod agent;
 pub mod bench;
+pub mod container;
 pub mod hostile;
 pub mod openstack;
 pub mod ops;

@@ -17,6 +17,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use wd_e2e::container::find_deb;
 use wd_e2e::receiver::{Received, Receiver};
 use wd_e2e::virsh::Guest;
 use wd_testkit::Libvirtd;
@@ -69,25 +70,6 @@ fn exists(kind: &str, name: &str) -> bool {
 
 fn installed() -> bool {
     run("dpkg-query", &["-W", "-f=${db:Status-Status}", "wdguard"]).1 == "installed"
-}
-
-/// The newest .deb under `target/debian/`.
-fn find_deb() -> Option<PathBuf> {
-    let root = wd_testkit::target_dir().join("debian");
-    let mut debs: Vec<(std::time::SystemTime, PathBuf)> = ["dev", "release"]
-        .iter()
-        .filter_map(|p| std::fs::read_dir(root.join(p)).ok())
-        .flatten()
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.extension().is_some_and(|e| e == "deb")
-                && p.file_name()
-                    .is_some_and(|n| n.to_string_lossy().starts_with("wdguard_"))
-        })
-        .filter_map(|p| Some((p.metadata().ok()?.modified().ok()?, p)))
-        .collect();
-    debs.sort();
-    debs.pop().map(|(_, p)| p)
 }
 
 /// What the machine looked like before, restored when dropped (even on a

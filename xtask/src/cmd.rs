@@ -101,7 +101,10 @@ pub fn test(filters: &[&str]) -> Result<()> {
     }
     // The operator test (wd-e2e, `libvirtd_package_*`) installs this .deb;
     // the dev profile reuses the wdguard the tests use, so no release build.
-    crate::package::build("dev", true)?;
+    let deb = crate::package::build("dev", true)?;
+    // The container test (wd-e2e, `libvirtd_container_*`) runs the image
+    // built from that .deb: its base once (about a minute), then seconds.
+    crate::image::build(&deb, wd_testkit::container::DEFAULT_UID)?;
     let _services = ServicesGuard(setup::services_up()?);
 
     eprintln!("xtask: running the tests");

@@ -13,6 +13,8 @@
 //! - `cargo xtask packaged`: the library crates packaged, and built with
 //!   the example driver from their tarballs (also a step of `cargo xtask
 //!   test`).
+//! - `cargo xtask package`, `cargo xtask image`: the Debian package, and
+//!   the container image built from it (also steps of `cargo xtask test`).
 //! - `cargo xtask services up|down|status`, `cargo xtask guest`: the pieces,
 //!   for a developer's machine.
 
@@ -21,6 +23,7 @@
 mod bench;
 mod cmd;
 mod fuzz;
+mod image;
 mod package;
 mod packaged;
 mod setup;
@@ -46,6 +49,9 @@ commands:
   bench             measure, write target/bench-report.json and docs/performance.md
   fuzz [target] [s] run the cargo-fuzz targets (default: all, 60 s each)
   package [--profile P]  build the wdguard Debian package (cargo-deb; default profile release)
+  image [--profile P | --deb FILE] [--uid N]
+                    build the container image localhost/wdguard from Debian's archive
+                    (mmdebstrap) and the .deb, with podman; no registry needed
   packaged          cargo package the library crates, then build them and the example
                     driver (tests/driver) from the tarballs";
 
@@ -79,6 +85,7 @@ fn run(args: &[&str]) -> Result<()> {
         ["bench", rest @ ..] => bench::run(rest),
         ["fuzz", rest @ ..] => fuzz::run(rest),
         ["package", rest @ ..] => package::run(rest).map(|_| ()),
+        ["image", rest @ ..] => image::run(rest),
         ["packaged", rest @ ..] => packaged::run(rest),
         ["help" | "--help" | "-h"] | [] => {
             println!("{USAGE}");

@@ -42,6 +42,12 @@ pub const PACKAGES: &[&str] = &[
     // The baseline agent `cargo xtask bench` compares with (a Python script
     // on libvirt's own bindings, as operators write today).
     "python3-libvirt",
+    // `cargo xtask image` and the container test (see image::TOOLS), and
+    // jq, which the image's entrypoint uses (its unit test runs it here).
+    "jq",
+    "mmdebstrap",
+    "podman",
+    "runc",
 ];
 
 pub fn is_root() -> bool {
@@ -61,7 +67,13 @@ fn installed(pkg: &str) -> bool {
 /// Installs the missing packages with apt-get as root; otherwise prints the
 /// exact command and fails.
 pub fn ensure_packages() -> Result<()> {
-    let missing: Vec<&str> = PACKAGES.iter().copied().filter(|p| !installed(p)).collect();
+    ensure(PACKAGES)
+}
+
+/// Installs those of `packages` that are missing, with apt-get as root;
+/// otherwise prints the exact command and fails.
+pub fn ensure(packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages.iter().copied().filter(|p| !installed(p)).collect();
     if missing.is_empty() {
         return Ok(());
     }

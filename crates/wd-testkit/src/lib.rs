@@ -10,6 +10,7 @@
 //! agree on exactly which process to stop.
 #![forbid(unsafe_code)]
 
+pub mod container;
 pub mod guest;
 pub mod openstack;
 mod process;
