@@ -26,6 +26,8 @@ use wd_notify::Notification;
 use crate::config::Versioning;
 use crate::error::Error;
 
+mod legacy;
+
 /// The `event_type` of the versioned form.
 pub const EVENT_TYPE: &str = "instance.watchdog";
 /// The `event_type` of the legacy (unversioned) form.
@@ -266,58 +268,6 @@ struct Data<'a> {
     last_fired_at: String,
 }
 
-/// The legacy payload: flat, with the keys of Nova's `compute.instance.*`
-/// payloads (`tenant_id`, `user_id`, `instance_id`, `display_name`, `host`,
-/// `state`, `power_state`) that Ceilometer's stock event definitions read,
-/// then ours.
-#[derive(Serialize)]
-struct LegacyPayload<'a> {
-    tenant_id: Option<&'a str>,
-    user_id: Option<&'a str>,
-    instance_id: Uuid,
-    display_name: Option<&'a str>,
-    host: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    state: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    power_state: Option<&'static str>,
-    domain_name: &'a str,
-    action: &'a str,
-    event_id: Uuid,
-    fired_at: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    fired_at_bound: Option<&'static str>,
-    recovered: bool,
-    occurrences: u64,
-    first_fired_at: String,
-    last_fired_at: String,
-}
-
-/// Nova's `vm_state` as Nova's next `compute.instance.*` notification
-/// will say it, where that is certain. A guest its watchdog paused stays
-/// `active` for Nova (its power-state sync ignores an unexpected pause), as
-/// after `reset`, `none` or `inject-nmi`; after `poweroff` the sync stops the
-/// instance, so `stopped`. `shutdown` (a request the guest may ignore) and
-/// `debug` (a dump) leave it unknown, and the key is left out.
-fn vm_state(action: &str) -> Option<&'static str> {
-    match action {
-        "pause" | "reset" | "none" | "inject-nmi" => Some("active"),
-        "poweroff" => Some("stopped"),
-        _ => None,
-    }
-}
-
-/// The hypervisor's state the action leaves the guest in, in Nova's
-/// `power_state` names (`nova.compute.power_state.STATE_MAP`).
-fn power_state(action: &str) -> Option<&'static str> {
-    match action {
-        "pause" => Some("paused"),
-        "reset" | "none" | "inject-nmi" => Some("running"),
-        "poweroff" => Some("shutdown"),
-        _ => None,
-    }
-}
-
 fn format(at: OffsetDateTime, format: &[FormatItem<'static>]) -> String {
     at.to_offset(time::UtcOffset::UTC)
         .format(format)
@@ -393,24 +343,7 @@ pub fn message(n: &Notification, form: Versioning, service: &str, priority: Prio
         }
         Versioning::Unversioned => {
             let publisher_id = format!("{service}.{}", n.host);
-            let payload = LegacyPayload {
-                tenant_id: n.instance.project_id.as_deref(),
-                user_id: n.instance.user_id.as_deref(),
-                instance_id: n.instance.uuid,
-                display_name: n.instance.name.as_deref(),
-                host: &n.host,
-                state: vm_state(&n.action),
-                power_state: power_state(&n.action),
-                domain_name: &n.domain.name,
-                action: &n.action,
-                event_id: n.event_id,
-                fired_at: format(n.fired_at, ISO_TIMESTAMP),
-                fired_at_bound: n.fired_at_bound.map(wd_notify::FiredAtBound::as_str),
-                recovered: n.recovered,
-                occurrences: n.occurrences.count,
-                first_fired_at: format(n.occurrences.first_at, ISO_TIMESTAMP),
-                last_fired_at: format(n.occurrences.last_at, ISO_TIMESTAMP),
-            };
+            let payload = legacy::LegacyPayload::of(n, |at| format(at, ISO_TIMESTAMP));
             inner(n, form, &publisher_id, LEGACY_EVENT_TYPE, priority, payload)
         }
     }
@@ -477,6 +410,8 @@ mod tests {
                 name: Some("some-server".into()),
                 project_id: Some("6f70656e737461636b20342065766572".into()),
                 user_id: Some("fake".into()),
+                flavor: None,
+                image: None,
             },
             host: "compute".into(),
             domain: Domain {
@@ -638,8 +573,8 @@ mod tests {
             ("debug", None, None),
             ("unknown-9", None, None),
         ] {
-            assert_eq!(vm_state(action), state, "{action}");
-            assert_eq!(power_state(action), power, "{action}");
+            assert_eq!(legacy::vm_state(action), state, "{action}");
+            assert_eq!(legacy::power_state(action), power, "{action}");
             let mut n = notification();
             n.action = action.into();
             let inner: Value = serde_json::from_str(&message(
