@@ -1,7 +1,8 @@
 //! OpenStack's own services as test fixtures: [`OwnerAlarm`] runs
-//! Ceilometer's event pipeline and Aodh's alarm services from the venv that
-//! `wd_testkit::openstack` keeps at `target/wd-venv`. Their Python sides are
-//! in `tests/fixtures/openstack/`.
+//! Ceilometer's event pipeline and Aodh's alarm services, and
+//! [`CeilometerAgent`] Ceilometer's notification agent with its stock
+//! pipelines, from the venv that `wd_testkit::openstack` keeps at
+//! `target/wd-venv`. Their Python sides are in `tests/fixtures/openstack/`.
 
 use std::fs;
 use std::path::PathBuf;
@@ -279,3 +280,7 @@ mod listener {
 }
 
 pub use listener::OsloListener;
+
+mod ceilometer_agent;
+
+pub use ceilometer_agent::{CeilometerAgent, is_warning_or_worse};

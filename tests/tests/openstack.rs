@@ -529,3 +529,6 @@ mod kolla;
 
 #[path = "openstack/refused.rs"]
 mod refused;
+
+#[path = "openstack/ceilometer_meters.rs"]
+mod ceilometer_meters;
