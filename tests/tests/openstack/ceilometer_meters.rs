@@ -26,6 +26,23 @@ const METERS: [(&str, f64, &str); 4] = [
     ("disk.ephemeral.size", 0.0, "GiB"),
 ];
 
+/// Whether `line` holds a UUID (8-4-4-4-12 hex digits).
+fn names_a_uuid(line: &str) -> bool {
+    line.split(|c: char| !(c.is_ascii_hexdigit() || c == '-'))
+        .any(|word| uuid::Uuid::try_parse(word).is_ok_and(|_| word.len() == 36))
+}
+
+#[test]
+fn uuids_in_log_lines() {
+    assert!(names_a_uuid(
+        "metering data memory for 14e6d4aa-f746-468f-9f12-b702e104fa55 @ 2026"
+    ));
+    assert!(!names_a_uuid(
+        "2026-12-07 01:11:46.578 22398 WARNING x [-] no volume"
+    ));
+    assert!(!names_a_uuid("0123456789abcdef0123456789abcdef"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn libvirtd_ceilometer_stock_pipelines_log_no_warning_for_a_firing() {
     let _serial = SERIAL.lock().await;
@@ -90,13 +107,23 @@ async fn libvirtd_ceilometer_stock_pipelines_log_no_warning_for_a_firing() {
     drop(vhost);
     assert_eq!(code, 0, "wdguard watch exit code");
 
-    // No warning at all; no error but a plugin the venv lacks (memcache, at
-    // start-up, unrelated to notifications).
-    let bad: Vec<&str> = log
+    // No warning about this firing, nor any that names no resource; no
+    // error but a plugin the venv lacks (memcache, at start-up, unrelated to
+    // notifications). The agent watches the shared libvirtd, so other
+    // tests' guests (some without Nova's metadata) may fire meanwhile: a
+    // line about another resource is theirs, shown but not held against
+    // this firing.
+    let (bad, others): (Vec<&str>, Vec<&str>) = log
         .lines()
         .filter(|l| is_warning_or_worse(l))
         .filter(|l| !l.contains("Could not load 'oslo_cache.memcache_pool'"))
-        .collect();
+        .partition(|l| l.contains(uuid.as_str()) || !names_a_uuid(l));
+    if !others.is_empty() {
+        eprintln!(
+            "Ceilometer on other guests' firings:\n{}",
+            others.join("\n")
+        );
+    }
     assert!(bad.is_empty(), "Ceilometer logged:\n{}", bad.join("\n"));
 
     // Not hollow: the stock meters were made, from the firing, with the
