@@ -1,13 +1,12 @@
 //! [`CeilometerAgent`]: Ceilometer's notification agent with its stock
 //! definitions and pipelines, publishing to files the test reads.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+
+use super::script::{Script, log_in};
 
 /// `ceilometer-agent-notification`, run from the venv by
 /// `tests/fixtures/openstack/ceilometer_agent.py`: Ceilometer's stock meter
@@ -17,9 +16,7 @@ use serde_json::Value;
 /// `WORK/ceilometer-agent-notification.log`. Stopped when dropped (end of
 /// the script's stdin; SIGKILL of the script after 20 s).
 pub struct CeilometerAgent {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    lines: mpsc::Receiver<String>,
+    script: Script,
     work: PathBuf,
 }
 
@@ -41,36 +38,16 @@ impl CeilometerAgent {
         transport: &str,
         settle: Duration,
     ) -> Result<CeilometerAgent, String> {
-        std::fs::create_dir_all(work).map_err(|e| format!("create {}: {e}", work.display()))?;
-        let script = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/fixtures/openstack/ceilometer_agent.py"
-        );
-        let log = std::fs::File::create(work.join("ceilometer_agent.log"))
-            .map_err(|e| format!("create the log in {}: {e}", work.display()))?;
-        let mut child = Command::new(python)
-            .arg(script)
-            .arg(work)
-            .arg(transport)
-            .arg(settle.as_secs_f64().to_string())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .map_err(|e| format!("start {script}: {e}"))?;
-        let stdout = child.stdout.take().ok_or("no stdout")?;
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let settle = settle.as_secs_f64().to_string();
+        let args = [work.as_os_str(), transport.as_ref(), settle.as_ref()];
+        let script = Script::start(
+            python,
+            "ceilometer_agent.py",
+            &args,
+            log_in(work, "ceilometer_agent.log")?,
+        )?;
         Ok(CeilometerAgent {
-            stdin: child.stdin.take(),
-            child,
-            lines,
+            script,
             work: work.to_owned(),
         })
     }
@@ -78,7 +55,7 @@ impl CeilometerAgent {
     /// Waits until the agent runs; an error says it died or timed out, and
     /// where the logs are.
     pub fn wait_ready(&self, timeout: Duration) -> Result<(), String> {
-        let line = self.lines.recv_timeout(timeout).map_err(|_| {
+        let line = self.script.lines.recv_timeout(timeout).map_err(|_| {
             format!(
                 "ceilometer-agent-notification did not start within {timeout:?}; see {}",
                 self.work.display()
@@ -130,21 +107,6 @@ impl CeilometerAgent {
             // A line being written is not JSON yet; the next poll has it.
             .filter_map(|l| serde_json::from_str(l).ok())
             .collect()
-    }
-}
-
-impl Drop for CeilometerAgent {
-    fn drop(&mut self) {
-        drop(self.stdin.take());
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

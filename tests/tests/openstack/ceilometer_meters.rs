@@ -14,7 +14,7 @@ use wd_e2e::virsh::Guest;
 use wd_testkit::guest::{GuestSpec, TEST_FLAVOR_ID, TEST_IMAGE};
 use wd_testkit::{Node, Vhost};
 
-use super::{SERIAL, agent, nova_conf, owner};
+use super::{SERIAL, agent, guest_services, nova_conf, owner};
 
 /// The meters Ceilometer's stock `meters.yaml` makes of a
 /// `compute.instance.*` notification, with the test guest's flavor (256 MiB,
@@ -46,13 +46,7 @@ fn uuids_in_log_lines() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn libvirtd_ceilometer_stock_pipelines_log_no_warning_for_a_firing() {
     let _serial = SERIAL.lock().await;
-    let Some(_libvirtd) = wd_testkit::libvirtd() else {
-        return;
-    };
-    if wd_testkit::rabbitmq().is_none() {
-        return;
-    }
-    let Some(assets) = wd_testkit::guest::assets() else {
+    let Some((_libvirtd, assets)) = guest_services() else {
         return;
     };
     let Some(python) = wd_testkit::openstack::venv_python() else {
