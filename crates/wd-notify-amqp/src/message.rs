@@ -26,7 +26,10 @@ use wd_notify::Notification;
 use crate::config::Versioning;
 use crate::error::Error;
 
+mod flavor;
 mod legacy;
+
+use flavor::FlavorPayload;
 
 /// The `event_type` of the versioned form.
 pub const EVENT_TYPE: &str = "instance.watchdog";
@@ -40,7 +43,10 @@ pub const PAYLOAD_NAME: &str = "InstanceWatchdogPayload";
 pub const PAYLOAD_NAMESPACE: &str = "wd";
 /// `nova_object.version` of the payload. The minor number grows when fields
 /// are added; the major when a field changes meaning or is removed.
-pub const PAYLOAD_VERSION: &str = "1.0";
+pub const PAYLOAD_VERSION: &str = "1.1";
+/// `nova_object.version` of the flavor inside the versioned payload: Nova's
+/// own `FlavorPayload`, the object of Nova's `InstancePayload.flavor`.
+pub const FLAVOR_PAYLOAD_VERSION: &str = "1.4";
 
 /// oslo's `str(datetime)` form, always with microseconds.
 const OSLO_TIMESTAMP: &[FormatItem<'static>] =
@@ -249,7 +255,8 @@ struct Payload<'a> {
 }
 
 /// `nova_object.data`. Field names follow Nova's `InstancePayload` where one
-/// exists (`uuid`, `display_name`, `tenant_id`, `user_id`, `host`).
+/// exists (`uuid`, `display_name`, `tenant_id`, `user_id`, `host`,
+/// `image_uuid`, `flavor`).
 #[derive(Serialize)]
 struct Data<'a> {
     uuid: Uuid,
@@ -257,6 +264,12 @@ struct Data<'a> {
     tenant_id: Option<&'a str>,
     user_id: Option<&'a str>,
     host: &'a str,
+    /// Since 1.1, when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    image_uuid: Option<&'a str>,
+    /// Since 1.1, when known: Nova's `FlavorPayload`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    flavor: Option<FlavorPayload<'a>>,
     domain_name: &'a str,
     action: &'a str,
     fired_at: String,
@@ -329,6 +342,8 @@ pub fn message(n: &Notification, form: Versioning, service: &str, priority: Prio
                     tenant_id: n.instance.project_id.as_deref(),
                     user_id: n.instance.user_id.as_deref(),
                     host: &n.host,
+                    image_uuid: n.instance.image.as_ref().and_then(|i| i.uuid.as_deref()),
+                    flavor: n.instance.flavor.as_ref().map(FlavorPayload::of),
                     domain_name: &n.domain.name,
                     action: &n.action,
                     fired_at: format(n.fired_at, ISO_TIMESTAMP),
@@ -449,7 +464,7 @@ mod tests {
                 "payload": {
                     "nova_object.name": "InstanceWatchdogPayload",
                     "nova_object.namespace": "wd",
-                    "nova_object.version": "1.0",
+                    "nova_object.version": "1.1",
                     "nova_object.data": {
                         "uuid": "178b0921-8f85-4257-88b6-2e743b5a975c",
                         "display_name": "some-server",
@@ -617,6 +632,51 @@ mod tests {
             .collect();
         assert!(positions.windows(2).all(|w| w[0] < w[1]), "{inner}");
         assert!(inner.contains(r#""priority":"WARN""#));
+    }
+
+    #[test]
+    fn the_versioned_form_has_novas_flavor_payload_and_image_uuid() {
+        let mut n = notification();
+        n.instance.flavor = Some(wd_notify::Flavor {
+            name: Some("m1.small".into()),
+            id: Some("2".into()),
+            memory_mb: Some(2048),
+            vcpus: Some(1),
+            root_gb: Some(20),
+            ephemeral_gb: None,
+            swap_mb: Some(0),
+        });
+        n.instance.image = Some(wd_notify::Image {
+            uuid: Some("c0ffee00-1234-4567-89ab-cdef01234567".into()),
+            ..wd_notify::Image::default()
+        });
+        let outer: Value = serde_json::from_slice(&envelope(&n, "wd", Priority::Info)).unwrap();
+        let inner: Value = serde_json::from_str(outer["oslo.message"].as_str().unwrap()).unwrap();
+        let data = &inner["payload"]["nova_object.data"];
+        assert_eq!(data["image_uuid"], "c0ffee00-1234-4567-89ab-cdef01234567");
+        // An unknown size is unset, not null.
+        assert_eq!(
+            data["flavor"],
+            json!({
+                "nova_object.name": "FlavorPayload",
+                "nova_object.namespace": "nova",
+                "nova_object.version": "1.4",
+                "nova_object.data": {
+                    "flavorid": "2",
+                    "name": "m1.small",
+                    "memory_mb": 2048,
+                    "vcpus": 1,
+                    "root_gb": 20,
+                    "swap": 0,
+                }
+            })
+        );
+        // Unknown: both left out (the 1.0 fields unchanged).
+        let outer: Value =
+            serde_json::from_slice(&envelope(&notification(), "wd", Priority::Info)).unwrap();
+        let inner: Value = serde_json::from_str(outer["oslo.message"].as_str().unwrap()).unwrap();
+        let data = inner["payload"]["nova_object.data"].as_object().unwrap();
+        assert!(!data.contains_key("flavor") && !data.contains_key("image_uuid"));
     }
 
     #[test]
