@@ -29,7 +29,7 @@ use crate::error::Error;
 mod flavor;
 mod legacy;
 
-use flavor::FlavorPayload;
+use flavor::FlavorData;
 
 /// The `event_type` of the versioned form.
 pub const EVENT_TYPE: &str = "instance.watchdog";
@@ -242,8 +242,10 @@ impl<'a> Context<'a> {
     }
 }
 
+/// A versioned object's primitive, as oslo.versionedobjects writes it: the
+/// payload itself, and the flavor inside it.
 #[derive(Serialize)]
-struct Payload<'a> {
+struct NovaObject<D> {
     #[serde(rename = "nova_object.name")]
     name: &'static str,
     #[serde(rename = "nova_object.namespace")]
@@ -251,7 +253,7 @@ struct Payload<'a> {
     #[serde(rename = "nova_object.version")]
     version: &'static str,
     #[serde(rename = "nova_object.data")]
-    data: Data<'a>,
+    data: D,
 }
 
 /// `nova_object.data`. Field names follow Nova's `InstancePayload` where one
@@ -269,7 +271,7 @@ struct Data<'a> {
     image_uuid: Option<&'a str>,
     /// Since 1.1, when known: Nova's `FlavorPayload`.
     #[serde(skip_serializing_if = "Option::is_none")]
-    flavor: Option<FlavorPayload<'a>>,
+    flavor: Option<NovaObject<FlavorData<'a>>>,
     domain_name: &'a str,
     action: &'a str,
     fired_at: String,
@@ -332,7 +334,7 @@ pub fn message(n: &Notification, form: Versioning, service: &str, priority: Prio
     match form {
         Versioning::Versioned => {
             let publisher_id = format!("{service}:{}", n.host);
-            let payload = Payload {
+            let payload = NovaObject {
                 name: PAYLOAD_NAME,
                 namespace: PAYLOAD_NAMESPACE,
                 version: PAYLOAD_VERSION,
@@ -343,7 +345,7 @@ pub fn message(n: &Notification, form: Versioning, service: &str, priority: Prio
                     user_id: n.instance.user_id.as_deref(),
                     host: &n.host,
                     image_uuid: n.instance.image.as_ref().and_then(|i| i.uuid.as_deref()),
-                    flavor: n.instance.flavor.as_ref().map(FlavorPayload::of),
+                    flavor: n.instance.flavor.as_ref().map(flavor::payload),
                     domain_name: &n.domain.name,
                     action: &n.action,
                     fired_at: format(n.fired_at, ISO_TIMESTAMP),

@@ -18,15 +18,8 @@ fn nova_request_context_from_dict_accepts_both_forms() {
     };
     let notifier = AmqpNotifier::new(AmqpConfig::new(AmqpUrl::new("amqp://h").unwrap())).unwrap();
     let mut n = notification(Some("6f70656e737461636b"));
-    n.instance.flavor = Some(wd_notify::Flavor {
-        name: Some("m1.small".into()),
-        id: Some("2".into()),
-        memory_mb: Some(2048),
-        vcpus: Some(1),
-        root_gb: Some(20),
-        ephemeral_gb: Some(0),
-        swap_mb: Some(0),
-    });
+    // The documented flavor: m1.small, id 2, 2048 MiB, 1 vCPU, 20 GiB root.
+    n.instance.flavor = wd_notify::testing::documented().instance.flavor;
     let messages: Vec<Value> = [Versioning::Versioned, Versioning::Unversioned]
         .into_iter()
         .map(|f| unwrap_envelope(&notifier.body(&n, f)))

@@ -2,26 +2,11 @@
 
 use serde::Serialize;
 
-use super::FLAVOR_PAYLOAD_VERSION;
-
-/// Nova's `FlavorPayload` (namespace `nova`), with the fields Nova's domain
-/// metadata holds; the others (`extra_specs`, `is_public`, …) are not set,
-/// as o.vo allows.
-#[derive(Serialize)]
-pub(super) struct FlavorPayload<'a> {
-    #[serde(rename = "nova_object.name")]
-    name: &'static str,
-    #[serde(rename = "nova_object.namespace")]
-    namespace: &'static str,
-    #[serde(rename = "nova_object.version")]
-    version: &'static str,
-    #[serde(rename = "nova_object.data")]
-    data: FlavorData<'a>,
-}
+use super::{FLAVOR_PAYLOAD_VERSION, NovaObject};
 
 /// `FlavorPayload`'s fields, each left unset when unknown.
 #[derive(Serialize)]
-struct FlavorData<'a> {
+pub(super) struct FlavorData<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     flavorid: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -38,21 +23,22 @@ struct FlavorData<'a> {
     swap: Option<u32>,
 }
 
-impl<'a> FlavorPayload<'a> {
-    pub(super) fn of(f: &'a wd_notify::Flavor) -> Self {
-        FlavorPayload {
-            name: "FlavorPayload",
-            namespace: "nova",
-            version: FLAVOR_PAYLOAD_VERSION,
-            data: FlavorData {
-                flavorid: f.id.as_deref(),
-                name: f.name.as_deref(),
-                memory_mb: f.memory_mb,
-                vcpus: f.vcpus,
-                root_gb: f.root_gb,
-                ephemeral_gb: f.ephemeral_gb,
-                swap: f.swap_mb,
-            },
-        }
+/// Nova's `FlavorPayload` (namespace `nova`) of `f`, with the fields Nova's
+/// domain metadata holds; the others (`extra_specs`, `is_public`, …) are not
+/// set, as o.vo allows.
+pub(super) fn payload(f: &wd_notify::Flavor) -> NovaObject<FlavorData<'_>> {
+    NovaObject {
+        name: "FlavorPayload",
+        namespace: "nova",
+        version: FLAVOR_PAYLOAD_VERSION,
+        data: FlavorData {
+            flavorid: f.id.as_deref(),
+            name: f.name.as_deref(),
+            memory_mb: f.memory_mb,
+            vcpus: f.vcpus,
+            root_gb: f.root_gb,
+            ephemeral_gb: f.ephemeral_gb,
+            swap: f.swap_mb,
+        },
     }
 }
