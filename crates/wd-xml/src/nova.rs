@@ -45,8 +45,8 @@ pub const NOVA_NAMESPACES: [&str; 2] = [
 ///
 /// Elements are matched by namespace URI ([`NOVA_NAMESPACES`]), whatever the
 /// prefix. Every field is optional because Nova omits parts (an owner without
-/// a name, for example; `<nova:image>` and the flavor's `id` only since Nova
-/// 2023.1 and 2024.2).
+/// a name, for example; older Novas write neither `<nova:image>` nor the
+/// flavor's `id`, which Nova 34 writes).
 ///
 /// The document is hostile input (a display name is chosen by the tenant):
 /// the flavor's and image's strings are cut at [`MAX_FIELD`] bytes, and a
