@@ -1,11 +1,12 @@
 //! OpenStack's own services as test fixtures: [`OwnerAlarm`] runs
-//! Ceilometer's event pipeline and Aodh's alarm services from the venv that
-//! `wd_testkit::openstack` keeps at `target/wd-venv`. Their Python sides are
-//! in `tests/fixtures/openstack/`.
+//! Ceilometer's event pipeline and Aodh's alarm services, and
+//! [`CeilometerAgent`] Ceilometer's notification agent with its stock
+//! pipelines, from the venv that `wd_testkit::openstack` keeps at
+//! `target/wd-venv`. Their Python sides are in `tests/fixtures/openstack/`.
 
-use std::fs;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+
+use script::Script;
 
 /// OpenStack's owner-alarm path running on this machine with its own code
 /// (`tests/fixtures/openstack/owner_alarm.py`, run by the venv's Python):
@@ -19,9 +20,7 @@ use std::process::{Command, Stdio};
 /// project; action path `/other`). Its services are stopped when it is
 /// dropped (end of the script's stdin; SIGKILL after 20 s).
 pub struct OwnerAlarm {
-    child: std::process::Child,
-    stdin: Option<std::process::ChildStdin>,
-    lines: std::sync::mpsc::Receiver<String>,
+    script: Script,
     work: PathBuf,
 }
 
@@ -48,37 +47,19 @@ impl OwnerAlarm {
         instance: &str,
         settle: std::time::Duration,
     ) -> Result<OwnerAlarm, String> {
-        use std::io::{BufRead, BufReader};
-        fs::create_dir_all(work).map_err(|e| format!("create {}: {e}", work.display()))?;
-        let script = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/fixtures/openstack/owner_alarm.py"
-        );
-        let log = fs::File::create(work.join("owner_alarm.log"))
-            .map_err(|e| format!("create the log in {}: {e}", work.display()))?;
-        let mut child = Command::new(python)
-            .arg(script)
-            .arg(work)
-            .args([transport, owner, other, instance])
-            .arg(settle.as_secs_f64().to_string())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .map_err(|e| format!("start {script}: {e}"))?;
-        let stdout = child.stdout.take().ok_or("no stdout")?;
-        let (tx, lines) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let settle = settle.as_secs_f64().to_string();
+        let args = [work.as_os_str()]
+            .into_iter()
+            .chain([transport, owner, other, instance, &settle].map(std::ffi::OsStr::new))
+            .collect::<Vec<_>>();
+        let script = Script::start(
+            python,
+            "owner_alarm.py",
+            &args,
+            script::log_in(work, "owner_alarm.log")?,
+        )?;
         Ok(OwnerAlarm {
-            stdin: child.stdin.take(),
-            child,
-            lines,
+            script,
             work: work.to_owned(),
         })
     }
@@ -94,7 +75,7 @@ impl OwnerAlarm {
         let deadline = std::time::Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
-            let line = self.lines.recv_timeout(left).map_err(|_| {
+            let line = self.script.lines.recv_timeout(left).map_err(|_| {
                 format!(
                     "the OpenStack services did not start within {timeout:?}; see {}/*.log",
                     self.work.display()
@@ -118,7 +99,7 @@ impl OwnerAlarm {
         let mut until = Instant::now() + timeout;
         loop {
             let left = until.saturating_duration_since(Instant::now());
-            let Ok(line) = self.lines.recv_timeout(left) else {
+            let Ok(line) = self.script.lines.recv_timeout(left) else {
                 return posts;
             };
             let Some((path, body)) = line.strip_prefix("POST ").and_then(|r| r.split_once(' '))
@@ -135,29 +116,13 @@ impl OwnerAlarm {
     }
 }
 
-impl Drop for OwnerAlarm {
-    fn drop(&mut self) {
-        use std::time::{Duration, Instant};
-        drop(self.stdin.take());
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 mod listener {
-    use std::io::{BufRead, BufReader};
-    use std::process::{Child, ChildStdin, Command, Stdio};
-    use std::sync::mpsc;
+    use std::process::Stdio;
     use std::time::{Duration, Instant};
 
     use serde_json::Value;
+
+    use super::Script;
 
     /// An oslo.messaging notification listener handing what it receives to
     /// Ceilometer's event converter with its stock definitions
@@ -166,9 +131,7 @@ mod listener {
     /// `ctxt`, `metadata_message_id`, and the converted `event`). Stopped when
     /// dropped.
     pub struct OsloListener {
-        child: Child,
-        stdin: Option<ChildStdin>,
-        lines: mpsc::Receiver<String>,
+        script: Script,
     }
 
     impl OsloListener {
@@ -195,34 +158,16 @@ mod listener {
             pool: &str,
             config: Option<&std::path::Path>,
         ) -> Self {
-            let script = concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/fixtures/openstack/ceilometer_events.py"
-            );
-            let mut child = Command::new(python)
-                .args([script, transport, exchange, topic, pool])
-                .args(config)
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::inherit())
-                .spawn()
+            let args = [transport, exchange, topic, pool]
+                .map(std::ffi::OsStr::new)
+                .into_iter()
+                .chain(config.map(std::path::Path::as_os_str))
+                .collect::<Vec<_>>();
+            let script = Script::start(python, "ceilometer_events.py", &args, Stdio::inherit())
                 .expect("start the Ceilometer listener");
-            let stdout = child.stdout.take().unwrap();
-            let stdin = child.stdin.take();
-            let (tx, lines) = mpsc::channel();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                    if tx.send(line).is_err() {
-                        break;
-                    }
-                }
-            });
-            let listener = OsloListener {
-                child,
-                stdin,
-                lines,
-            };
+            let listener = OsloListener { script };
             let ready = listener
+                .script
                 .lines
                 .recv_timeout(Duration::from_secs(120))
                 .expect("the listener starts within 120 s");
@@ -248,7 +193,7 @@ mod listener {
             let deadline = Instant::now() + wait;
             while got.len() < count {
                 let left = deadline.saturating_duration_since(Instant::now());
-                let Ok(line) = self.lines.recv_timeout(left) else {
+                let Ok(line) = self.script.lines.recv_timeout(left) else {
                     break;
                 };
                 let v: Value =
@@ -260,22 +205,11 @@ mod listener {
             got
         }
     }
-
-    impl Drop for OsloListener {
-        fn drop(&mut self) {
-            // End of stdin stops it; then make sure.
-            drop(self.stdin.take());
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = self.child.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
 }
 
 pub use listener::OsloListener;
+
+mod ceilometer_agent;
+mod script;
+
+pub use ceilometer_agent::{CeilometerAgent, is_warning_or_worse};

@@ -37,6 +37,8 @@ impl InstanceDirectory for Owners {
             display_name: None,
             project_id: project,
             user_id: None,
+            flavor: None,
+            image: None,
         })
     }
 }

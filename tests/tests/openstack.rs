@@ -97,6 +97,15 @@ async fn agent(dir: &Path, nova_conf: &Path) -> AgentProcess {
     agent
 }
 
+/// What these tests need from the machine: the shared libvirtd (the guard
+/// is held for the test), RabbitMQ, and the guest assets; `None` (the test
+/// is skipped, or fails under `WD_REQUIRE_REAL=1`) when one is missing.
+fn guest_services() -> Option<(wd_testkit::Libvirtd, GuestAssets)> {
+    let libvirtd = wd_testkit::libvirtd()?;
+    wd_testkit::rabbitmq()?;
+    Some((libvirtd, wd_testkit::guest::assets()?))
+}
+
 /// A pause-action guest with Nova's metadata naming `owner`.
 fn guest(prefix: &str, owner: &NovaOwner, assets: &GuestAssets) -> Guest {
     let spec = GuestSpec::new(&wd_testkit::unique_name(prefix), "pause").with_nova(owner.clone());
@@ -121,13 +130,7 @@ fn owner(display_name: &str) -> NovaOwner {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn libvirtd_a_real_guest_fires_its_owners_aodh_alarm_via_nova_conf() {
     let _serial = SERIAL.lock().await;
-    let Some(_libvirtd) = wd_testkit::libvirtd() else {
-        return;
-    };
-    if wd_testkit::rabbitmq().is_none() {
-        return;
-    }
-    let Some(assets) = wd_testkit::guest::assets() else {
+    let Some((_libvirtd, assets)) = guest_services() else {
         return;
     };
     let Some(python) = wd_testkit::openstack::venv_python() else {
@@ -367,13 +370,7 @@ impl Drop for RestartNode2 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn libvirtd_broker_failover_with_real_guests_delivers_each_id_once() {
     let _serial = SERIAL.lock().await;
-    let Some(_libvirtd) = wd_testkit::libvirtd() else {
-        return;
-    };
-    if wd_testkit::rabbitmq().is_none() {
-        return;
-    }
-    let Some(assets) = wd_testkit::guest::assets() else {
+    let Some((_libvirtd, assets)) = guest_services() else {
         return;
     };
     if !RabbitMq2::is_up()
@@ -529,3 +526,6 @@ mod kolla;
 
 #[path = "openstack/refused.rs"]
 mod refused;
+
+#[path = "openstack/ceilometer_meters.rs"]
+mod ceilometer_meters;

@@ -17,6 +17,10 @@ pub struct Owner {
     pub project_id: String,
     /// The owning user id, when known.
     pub user_id: Option<String>,
+    /// The instance's flavor, when the metadata names one.
+    pub flavor: Option<wd_notify::Flavor>,
+    /// The instance's image, when the metadata names one.
+    pub image: Option<wd_notify::Image>,
 }
 
 /// Maps a domain to the owner of the instance it runs.
@@ -251,7 +255,7 @@ fn shrink<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>) {
 
 /// The built-in directory: reads Nova's libvirt metadata
 /// (`<nova:instance xmlns:nova="http://openstack.org/xmlns/libvirt/nova/1.1">`,
-/// with `<nova:name>` and `<nova:owner>`) and caches it per domain UUID. The
+/// with `<nova:name>`, `<nova:owner>`, `<nova:flavor>` and `<nova:image>`) and caches it per domain UUID. The
 /// instance UUID is the domain UUID.
 ///
 /// It is bounded: the entry of a retired domain (stopped, undefined, or
@@ -359,14 +363,35 @@ impl NovaDirectory {
     }
 }
 
-/// Reads the owner from Nova's metadata in a domain XML; `None` when there is
-/// no (complete) Nova metadata.
+/// Reads the owner from Nova's metadata in a domain XML, with the
+/// instance's flavor and image where the metadata has them; `None` when
+/// there is no (complete) Nova metadata.
 pub fn nova_owner(xml: &str) -> Option<Owner> {
     let meta = wd_xml::NovaMetadata::parse(xml).ok()??;
+    let f = meta.flavor;
+    let flavor = wd_notify::Flavor {
+        name: meta.flavor_name,
+        id: f.id,
+        memory_mb: f.memory_mb,
+        vcpus: f.vcpus,
+        root_gb: f.root_gb,
+        ephemeral_gb: f.ephemeral_gb,
+        swap_mb: f.swap_mb,
+    };
+    let i = meta.image;
+    let image = wd_notify::Image {
+        uuid: i.uuid,
+        container_format: i.container_format,
+        disk_format: i.disk_format,
+        min_disk: i.min_disk,
+        min_ram: i.min_ram,
+    };
     Some(Owner {
         display_name: meta.instance_name,
         project_id: meta.project_uuid?,
         user_id: meta.user_uuid,
+        flavor: (flavor != wd_notify::Flavor::default()).then_some(flavor),
+        image: (image != wd_notify::Image::default()).then_some(image),
     })
 }
 

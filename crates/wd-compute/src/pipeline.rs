@@ -535,6 +535,8 @@ impl Pipeline {
                 name: owner.as_ref().and_then(|o| o.display_name.clone()),
                 project_id: owner.as_ref().map(|o| o.project_id.clone()),
                 user_id: owner.as_ref().and_then(|o| o.user_id.clone()),
+                flavor: owner.as_ref().and_then(|o| o.flavor.clone()),
+                image: owner.as_ref().and_then(|o| o.image.clone()),
             },
             host: self.host.clone(),
             domain: domain(&ev.domain, run),

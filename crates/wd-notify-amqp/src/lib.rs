@@ -54,8 +54,8 @@ mod transport;
 pub use config::{AmqpConfig, NotificationFormat, Publication, Quorum, Versioning};
 pub use error::{Error, Result};
 pub use message::{
-    ENVELOPE_VERSION, EVENT_TYPE, LEGACY_EVENT_TYPE, PAYLOAD_NAME, PAYLOAD_NAMESPACE,
-    PAYLOAD_VERSION, Priority, envelope, legacy_envelope, message,
+    ENVELOPE_VERSION, EVENT_TYPE, FLAVOR_PAYLOAD_VERSION, LEGACY_EVENT_TYPE, PAYLOAD_NAME,
+    PAYLOAD_NAMESPACE, PAYLOAD_VERSION, Priority, envelope, legacy_envelope, message,
 };
 pub use notifier::AmqpNotifier;
 pub use nova_conf::NovaConf;

@@ -26,6 +26,11 @@ use wd_notify::Notification;
 use crate::config::Versioning;
 use crate::error::Error;
 
+mod flavor;
+mod legacy;
+
+use flavor::FlavorData;
+
 /// The `event_type` of the versioned form.
 pub const EVENT_TYPE: &str = "instance.watchdog";
 /// The `event_type` of the legacy (unversioned) form.
@@ -38,7 +43,10 @@ pub const PAYLOAD_NAME: &str = "InstanceWatchdogPayload";
 pub const PAYLOAD_NAMESPACE: &str = "wd";
 /// `nova_object.version` of the payload. The minor number grows when fields
 /// are added; the major when a field changes meaning or is removed.
-pub const PAYLOAD_VERSION: &str = "1.0";
+pub const PAYLOAD_VERSION: &str = "1.1";
+/// `nova_object.version` of the flavor inside the versioned payload: Nova's
+/// own `FlavorPayload`, the object of Nova's `InstancePayload.flavor`.
+pub const FLAVOR_PAYLOAD_VERSION: &str = "1.4";
 
 /// oslo's `str(datetime)` form, always with microseconds.
 const OSLO_TIMESTAMP: &[FormatItem<'static>] =
@@ -234,8 +242,10 @@ impl<'a> Context<'a> {
     }
 }
 
+/// A versioned object's primitive, as oslo.versionedobjects writes it: the
+/// payload itself, and the flavor inside it.
 #[derive(Serialize)]
-struct Payload<'a> {
+struct NovaObject<D> {
     #[serde(rename = "nova_object.name")]
     name: &'static str,
     #[serde(rename = "nova_object.namespace")]
@@ -243,11 +253,12 @@ struct Payload<'a> {
     #[serde(rename = "nova_object.version")]
     version: &'static str,
     #[serde(rename = "nova_object.data")]
-    data: Data<'a>,
+    data: D,
 }
 
 /// `nova_object.data`. Field names follow Nova's `InstancePayload` where one
-/// exists (`uuid`, `display_name`, `tenant_id`, `user_id`, `host`).
+/// exists (`uuid`, `display_name`, `tenant_id`, `user_id`, `host`,
+/// `image_uuid`, `flavor`).
 #[derive(Serialize)]
 struct Data<'a> {
     uuid: Uuid,
@@ -255,6 +266,12 @@ struct Data<'a> {
     tenant_id: Option<&'a str>,
     user_id: Option<&'a str>,
     host: &'a str,
+    /// Since 1.1, when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    image_uuid: Option<&'a str>,
+    /// Since 1.1, when known: Nova's `FlavorPayload`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    flavor: Option<NovaObject<FlavorData<'a>>>,
     domain_name: &'a str,
     action: &'a str,
     fired_at: String,
@@ -264,58 +281,6 @@ struct Data<'a> {
     occurrences: u64,
     first_fired_at: String,
     last_fired_at: String,
-}
-
-/// The legacy payload: flat, with the keys of Nova's `compute.instance.*`
-/// payloads (`tenant_id`, `user_id`, `instance_id`, `display_name`, `host`,
-/// `state`, `power_state`) that Ceilometer's stock event definitions read,
-/// then ours.
-#[derive(Serialize)]
-struct LegacyPayload<'a> {
-    tenant_id: Option<&'a str>,
-    user_id: Option<&'a str>,
-    instance_id: Uuid,
-    display_name: Option<&'a str>,
-    host: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    state: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    power_state: Option<&'static str>,
-    domain_name: &'a str,
-    action: &'a str,
-    event_id: Uuid,
-    fired_at: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    fired_at_bound: Option<&'static str>,
-    recovered: bool,
-    occurrences: u64,
-    first_fired_at: String,
-    last_fired_at: String,
-}
-
-/// Nova's `vm_state` as Nova's next `compute.instance.*` notification
-/// will say it, where that is certain. A guest its watchdog paused stays
-/// `active` for Nova (its power-state sync ignores an unexpected pause), as
-/// after `reset`, `none` or `inject-nmi`; after `poweroff` the sync stops the
-/// instance, so `stopped`. `shutdown` (a request the guest may ignore) and
-/// `debug` (a dump) leave it unknown, and the key is left out.
-fn vm_state(action: &str) -> Option<&'static str> {
-    match action {
-        "pause" | "reset" | "none" | "inject-nmi" => Some("active"),
-        "poweroff" => Some("stopped"),
-        _ => None,
-    }
-}
-
-/// The hypervisor's state the action leaves the guest in, in Nova's
-/// `power_state` names (`nova.compute.power_state.STATE_MAP`).
-fn power_state(action: &str) -> Option<&'static str> {
-    match action {
-        "pause" => Some("paused"),
-        "reset" | "none" | "inject-nmi" => Some("running"),
-        "poweroff" => Some("shutdown"),
-        _ => None,
-    }
 }
 
 fn format(at: OffsetDateTime, format: &[FormatItem<'static>]) -> String {
@@ -369,7 +334,7 @@ pub fn message(n: &Notification, form: Versioning, service: &str, priority: Prio
     match form {
         Versioning::Versioned => {
             let publisher_id = format!("{service}:{}", n.host);
-            let payload = Payload {
+            let payload = NovaObject {
                 name: PAYLOAD_NAME,
                 namespace: PAYLOAD_NAMESPACE,
                 version: PAYLOAD_VERSION,
@@ -379,6 +344,8 @@ pub fn message(n: &Notification, form: Versioning, service: &str, priority: Prio
                     tenant_id: n.instance.project_id.as_deref(),
                     user_id: n.instance.user_id.as_deref(),
                     host: &n.host,
+                    image_uuid: n.instance.image.as_ref().and_then(|i| i.uuid.as_deref()),
+                    flavor: n.instance.flavor.as_ref().map(flavor::payload),
                     domain_name: &n.domain.name,
                     action: &n.action,
                     fired_at: format(n.fired_at, ISO_TIMESTAMP),
@@ -393,24 +360,7 @@ pub fn message(n: &Notification, form: Versioning, service: &str, priority: Prio
         }
         Versioning::Unversioned => {
             let publisher_id = format!("{service}.{}", n.host);
-            let payload = LegacyPayload {
-                tenant_id: n.instance.project_id.as_deref(),
-                user_id: n.instance.user_id.as_deref(),
-                instance_id: n.instance.uuid,
-                display_name: n.instance.name.as_deref(),
-                host: &n.host,
-                state: vm_state(&n.action),
-                power_state: power_state(&n.action),
-                domain_name: &n.domain.name,
-                action: &n.action,
-                event_id: n.event_id,
-                fired_at: format(n.fired_at, ISO_TIMESTAMP),
-                fired_at_bound: n.fired_at_bound.map(wd_notify::FiredAtBound::as_str),
-                recovered: n.recovered,
-                occurrences: n.occurrences.count,
-                first_fired_at: format(n.occurrences.first_at, ISO_TIMESTAMP),
-                last_fired_at: format(n.occurrences.last_at, ISO_TIMESTAMP),
-            };
+            let payload = legacy::LegacyPayload::of(n, |at| format(at, ISO_TIMESTAMP));
             inner(n, form, &publisher_id, LEGACY_EVENT_TYPE, priority, payload)
         }
     }
@@ -477,6 +427,8 @@ mod tests {
                 name: Some("some-server".into()),
                 project_id: Some("6f70656e737461636b20342065766572".into()),
                 user_id: Some("fake".into()),
+                flavor: None,
+                image: None,
             },
             host: "compute".into(),
             domain: Domain {
@@ -514,7 +466,7 @@ mod tests {
                 "payload": {
                     "nova_object.name": "InstanceWatchdogPayload",
                     "nova_object.namespace": "wd",
-                    "nova_object.version": "1.0",
+                    "nova_object.version": "1.1",
                     "nova_object.data": {
                         "uuid": "178b0921-8f85-4257-88b6-2e743b5a975c",
                         "display_name": "some-server",
@@ -638,8 +590,8 @@ mod tests {
             ("debug", None, None),
             ("unknown-9", None, None),
         ] {
-            assert_eq!(vm_state(action), state, "{action}");
-            assert_eq!(power_state(action), power, "{action}");
+            assert_eq!(legacy::vm_state(action), state, "{action}");
+            assert_eq!(legacy::power_state(action), power, "{action}");
             let mut n = notification();
             n.action = action.into();
             let inner: Value = serde_json::from_str(&message(
@@ -682,6 +634,51 @@ mod tests {
             .collect();
         assert!(positions.windows(2).all(|w| w[0] < w[1]), "{inner}");
         assert!(inner.contains(r#""priority":"WARN""#));
+    }
+
+    #[test]
+    fn the_versioned_form_has_novas_flavor_payload_and_image_uuid() {
+        let mut n = notification();
+        n.instance.flavor = Some(wd_notify::Flavor {
+            name: Some("m1.small".into()),
+            id: Some("2".into()),
+            memory_mb: Some(2048),
+            vcpus: Some(1),
+            root_gb: Some(20),
+            ephemeral_gb: None,
+            swap_mb: Some(0),
+        });
+        n.instance.image = Some(wd_notify::Image {
+            uuid: Some("c0ffee00-1234-4567-89ab-cdef01234567".into()),
+            ..wd_notify::Image::default()
+        });
+        let outer: Value = serde_json::from_slice(&envelope(&n, "wd", Priority::Info)).unwrap();
+        let inner: Value = serde_json::from_str(outer["oslo.message"].as_str().unwrap()).unwrap();
+        let data = &inner["payload"]["nova_object.data"];
+        assert_eq!(data["image_uuid"], "c0ffee00-1234-4567-89ab-cdef01234567");
+        // An unknown size is unset, not null.
+        assert_eq!(
+            data["flavor"],
+            json!({
+                "nova_object.name": "FlavorPayload",
+                "nova_object.namespace": "nova",
+                "nova_object.version": "1.4",
+                "nova_object.data": {
+                    "flavorid": "2",
+                    "name": "m1.small",
+                    "memory_mb": 2048,
+                    "vcpus": 1,
+                    "root_gb": 20,
+                    "swap": 0,
+                }
+            })
+        );
+        // Unknown: both left out (the 1.0 fields unchanged).
+        let outer: Value =
+            serde_json::from_slice(&envelope(&notification(), "wd", Priority::Info)).unwrap();
+        let inner: Value = serde_json::from_str(outer["oslo.message"].as_str().unwrap()).unwrap();
+        let data = inner["payload"]["nova_object.data"].as_object().unwrap();
+        assert!(!data.contains_key("flavor") && !data.contains_key("image_uuid"));
     }
 
     #[test]

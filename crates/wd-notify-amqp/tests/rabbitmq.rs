@@ -83,7 +83,7 @@ async fn rabbitmq_oslo_listener_receives_the_envelope_with_every_field() {
     let payload = &inner["payload"];
     assert_eq!(payload["nova_object.name"], "InstanceWatchdogPayload");
     assert_eq!(payload["nova_object.namespace"], "wd");
-    assert_eq!(payload["nova_object.version"], "1.0");
+    assert_eq!(payload["nova_object.version"], "1.1");
     let data = &payload["nova_object.data"];
     assert_eq!(data["uuid"], n.instance.uuid.to_string());
     assert_eq!(data["display_name"], "some-server");

@@ -205,7 +205,9 @@ pub use builtin::{ChannelNotifier, LogNotifier};
 pub use coalesce::{Coalesce, CoalesceConfig, CoalesceStats};
 pub use error::{Error, Result, error_chain};
 pub use kind::{CertificateError, ConfigurationError, FailureKind};
-pub use model::{Domain, FiredAtBound, Instance, Notification, Occurrences, SCHEMA_VERSION};
+pub use model::{
+    Domain, FiredAtBound, Flavor, Image, Instance, Notification, Occurrences, SCHEMA_VERSION,
+};
 #[cfg(feature = "mock")]
 pub use notifier::MockNotifier;
 pub use notifier::{BoxError, Notifier, NotifyError};

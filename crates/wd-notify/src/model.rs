@@ -79,6 +79,72 @@ pub struct Instance {
     pub project_id: Option<String>,
     /// The owning user id, when known.
     pub user_id: Option<String>,
+    /// The instance's flavor, when its metadata names one. Absent from the
+    /// JSON form when unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flavor: Option<Flavor>,
+    /// The image the instance was booted from, when its metadata names one.
+    /// Absent from the JSON form when unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<Image>,
+}
+
+/// An instance's flavor, as Nova's domain metadata gives it (Nova's
+/// `Flavor` names and units). Each field is absent from the JSON form when
+/// unknown.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Flavor {
+    /// The flavor's name (Nova's `instance_type`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The flavor's id (Nova's `flavorid`, a string).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// Memory, in MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mb: Option<u32>,
+    /// Virtual CPUs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vcpus: Option<u32>,
+    /// The root disk, in GiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_gb: Option<u32>,
+    /// The ephemeral disk, in GiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ephemeral_gb: Option<u32>,
+    /// Swap, in MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub swap_mb: Option<u32>,
+}
+
+impl Flavor {
+    /// Root plus ephemeral disk, in GiB (Nova's `disk_gb`), when both are
+    /// known.
+    pub fn disk_gb(&self) -> Option<u64> {
+        Some(u64::from(self.root_gb?) + u64::from(self.ephemeral_gb?))
+    }
+}
+
+/// The image an instance was booted from, as Nova's domain metadata gives
+/// it. Each field is absent from the JSON form when unknown.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Image {
+    /// The image id; empty for an instance booted from a volume (as Nova
+    /// writes it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uuid: Option<String>,
+    /// The image's container format, e.g. `bare`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_format: Option<String>,
+    /// The image's disk format, e.g. `qcow2`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_format: Option<String>,
+    /// The smallest root disk the image needs, in GiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_disk: Option<u32>,
+    /// The least memory the image needs, in MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_ram: Option<u32>,
 }
 
 /// The libvirt domain a notification concerns.
@@ -129,6 +195,8 @@ impl Instance {
             name: None,
             project_id: None,
             user_id: None,
+            flavor: None,
+            image: None,
         }
     }
 }
@@ -210,6 +278,8 @@ mod tests {
                 name: Some("web-1".into()),
                 project_id: Some("p1".into()),
                 user_id: None,
+                flavor: None,
+                image: None,
             },
             "compute-1",
             Domain::new(
@@ -235,7 +305,17 @@ mod tests {
         };
         let mut run = sample();
         run.domain = run.domain.with_id(42);
-        for n in [sample(), folded, run] {
+        let mut sized = sample();
+        sized.instance.flavor = Some(Flavor {
+            name: Some("m1.small".into()),
+            memory_mb: Some(2048),
+            ..Flavor::default()
+        });
+        sized.instance.image = Some(Image {
+            uuid: Some(String::new()),
+            ..Image::default()
+        });
+        for n in [sample(), folded, run, sized] {
             let text = n.to_json();
             assert_eq!(Notification::from_json(&text).unwrap(), n, "{text}");
             let value: serde_json::Value = serde_json::from_str(&text).unwrap();
@@ -258,6 +338,38 @@ mod tests {
                 r#""name":"instance-0000002a","id":7}"#
             )
         );
+        // A known flavor and image are objects of `instance`, after
+        // `user_id`, with only their known fields.
+        let mut sized = sample();
+        sized.instance.flavor = Some(Flavor {
+            name: Some("m1.small".into()),
+            id: Some("2".into()),
+            memory_mb: Some(2048),
+            vcpus: Some(1),
+            root_gb: Some(20),
+            ephemeral_gb: Some(0),
+            swap_mb: None,
+        });
+        sized.instance.image = Some(Image {
+            uuid: Some("c0ffee00-1234-4567-89ab-cdef01234567".into()),
+            disk_format: Some("qcow2".into()),
+            ..Image::default()
+        });
+        assert_eq!(
+            sized.to_json(),
+            expected.replace(
+                r#""user_id":null}"#,
+                r#""user_id":null,"flavor":{"name":"m1.small","id":"2","memory_mb":2048,"vcpus":1,"root_gb":20,"ephemeral_gb":0},"image":{"uuid":"c0ffee00-1234-4567-89ab-cdef01234567","disk_format":"qcow2"}}"#
+            )
+        );
+        assert_eq!(sized.instance.flavor.unwrap().disk_gb(), Some(20));
+        let big = Flavor {
+            root_gb: Some(u32::MAX),
+            ephemeral_gb: Some(u32::MAX),
+            ..Flavor::default()
+        };
+        assert_eq!(big.disk_gb(), Some(2 * u64::from(u32::MAX)), "no overflow");
+        assert_eq!(Flavor::default().disk_gb(), None);
     }
 
     fn check(text: &str, expected: std::result::Result<(), &str>) {

@@ -21,7 +21,7 @@
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::model::{Domain, Instance, Notification};
+use crate::model::{Domain, Flavor, Image, Instance, Notification};
 
 /// The host of every fixture.
 pub const HOST: &str = "compute-1";
@@ -29,8 +29,10 @@ pub const HOST: &str = "compute-1";
 /// The notification behind the examples in `docs/notifications.md`: a live
 /// `pause` of `web-1` (domain `instance-0000002a`) on `compute-1`, at
 /// 2026-11-25 19:14:19.482913 UTC, owned by project
-/// `6f70656e737461636b20342065766572`. The documentation tests render it
-/// with each transport and compare byte for byte.
+/// `6f70656e737461636b20342065766572`, of flavor `m1.small` (id `2`: 2048
+/// MiB, 1 vCPU, 20 GiB root, no ephemeral disk or swap) booted from image
+/// `c0ffee00-1234-4567-89ab-cdef01234567` (bare qcow2). The documentation
+/// tests render it with each transport and compare byte for byte.
 pub fn documented() -> Notification {
     let at = time::macros::datetime!(2026-11-25 19:14:19.482913 UTC);
     let uuid = Uuid::from_u128(0x178b0921_8f85_4257_88b6_2e743b5a975c);
@@ -40,6 +42,22 @@ pub fn documented() -> Notification {
             name: Some("web-1".into()),
             project_id: Some("6f70656e737461636b20342065766572".into()),
             user_id: Some("2e4b1c7d9a8f4e3b8c1d0f9e8d7c6b5a".into()),
+            flavor: Some(Flavor {
+                name: Some("m1.small".into()),
+                id: Some("2".into()),
+                memory_mb: Some(2048),
+                vcpus: Some(1),
+                root_gb: Some(20),
+                ephemeral_gb: Some(0),
+                swap_mb: Some(0),
+            }),
+            image: Some(Image {
+                uuid: Some("c0ffee00-1234-4567-89ab-cdef01234567".into()),
+                container_format: Some("bare".into()),
+                disk_format: Some("qcow2".into()),
+                min_disk: Some(20),
+                min_ram: Some(0),
+            }),
         },
         HOST,
         Domain::new(uuid, "instance-0000002a"),
@@ -60,6 +78,8 @@ pub fn fresh_firing(action: &str, project: Option<&str>) -> Notification {
             name: Some("web-1".into()),
             project_id: project.map(str::to_owned),
             user_id: Some("u-1".into()),
+            flavor: None,
+            image: None,
         },
         HOST,
         Domain::new(Uuid::new_v4(), "instance-0000002a"),

@@ -168,6 +168,15 @@ pub fn build_assets(dir: &Path) -> Result<GuestAssets, String> {
     GuestAssets::in_dir(dir).ok_or_else(|| "guest assets vanished after building".to_owned())
 }
 
+/// The flavor id in every test guest's Nova metadata. The flavor has 256
+/// MiB, 1 vCPU, a 1 GiB root disk and no ephemeral disk or swap, as the
+/// guest itself.
+pub const TEST_FLAVOR_ID: &str = "42";
+
+/// The image id in every test guest's Nova metadata (`<nova:image>` and
+/// `<nova:root type="image">`, as Nova 34 writes them).
+pub const TEST_IMAGE: &str = "c0ffee00-1234-4567-89ab-cdef01234567";
+
 /// Nova's owner metadata for a test guest.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NovaOwner {
@@ -226,25 +235,39 @@ impl GuestSpec {
             Some(o) => format!(
                 r#"  <metadata>
     <nova:instance xmlns:nova="http://openstack.org/xmlns/libvirt/nova/1.1">
-      <nova:package version="27.1.0"/>
+      <nova:package version="34.0.0"/>
       <nova:name>{name}</nova:name>
       <nova:creationTime>2026-11-25 12:00:00</nova:creationTime>
-      <nova:flavor name="{flavor}">
+      <nova:flavor name="{flavor}" id="{flavor_id}">
         <nova:memory>256</nova:memory>
-        <nova:disk>0</nova:disk>
+        <nova:disk>1</nova:disk>
         <nova:swap>0</nova:swap>
         <nova:ephemeral>0</nova:ephemeral>
         <nova:vcpus>1</nova:vcpus>
+        <nova:extraSpecs>
+          <nova:extraSpec name="hw:watchdog_action">pause</nova:extraSpec>
+        </nova:extraSpecs>
       </nova:flavor>
+      <nova:image uuid="{image}">
+        <nova:containerFormat>bare</nova:containerFormat>
+        <nova:diskFormat>raw</nova:diskFormat>
+        <nova:minDisk>1</nova:minDisk>
+        <nova:minRam>0</nova:minRam>
+        <nova:properties/>
+      </nova:image>
       <nova:owner>
         <nova:user uuid="{user}">demo-user</nova:user>
         <nova:project uuid="{project}">demo-project</nova:project>
       </nova:owner>
+      <nova:root type="image" uuid="{image}"/>
+      <nova:ports/>
     </nova:instance>
   </metadata>
 "#,
                 name = xml_escape(&o.display_name),
                 flavor = xml_escape(&o.flavor),
+                flavor_id = TEST_FLAVOR_ID,
+                image = TEST_IMAGE,
                 user = xml_escape(&o.user_id),
                 project = xml_escape(&o.project_id),
             ),
@@ -332,6 +355,11 @@ mod tests {
         );
         assert!(xml.contains(r#"<nova:project uuid="p1">"#), "{xml}");
         assert!(xml.contains("<nova:name>a&lt;b</nova:name>"), "{xml}");
+        assert!(
+            xml.contains(r#"<nova:flavor name="m1.tiny" id="42">"#),
+            "{xml}"
+        );
+        assert!(xml.contains(&format!(r#"<nova:image uuid="{TEST_IMAGE}">"#)));
         assert!(xml.contains(&format!("<uuid>{}</uuid>", spec.uuid)));
         assert_eq!(spec.uuid.len(), 36);
         assert_ne!(random_uuid(), random_uuid());

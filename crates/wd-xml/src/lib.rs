@@ -79,6 +79,6 @@ pub use device::{
 };
 pub use doc::{OsType, os_type, watchdogs};
 pub use error::{Error, Result};
-pub use nova::{NOVA_NAMESPACES, NovaMetadata};
+pub use nova::{MAX_FIELD, NOVA_NAMESPACES, NovaFlavor, NovaImage, NovaMetadata};
 pub use patch::patch;
 pub use version::LibvirtVersion;

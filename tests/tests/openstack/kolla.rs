@@ -13,7 +13,7 @@ use wd_e2e::openstack::OsloListener;
 use wd_testkit::guest::GuestSpec;
 use wd_testkit::{Node, Vhost};
 
-use super::{SERIAL, agent, owner};
+use super::{SERIAL, agent, guest_services, owner};
 use wd_e2e::scratch::Scratch;
 use wd_e2e::virsh::Guest;
 
@@ -39,13 +39,7 @@ fn kolla_nova_conf(dir: &Path, host: &str, transport_url: &str) -> std::path::Pa
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn libvirtd_kolla_nova_conf_a_real_guest_reaches_an_oslo_listener() {
     let _serial = SERIAL.lock().await;
-    let Some(_libvirtd) = wd_testkit::libvirtd() else {
-        return;
-    };
-    if wd_testkit::rabbitmq().is_none() {
-        return;
-    }
-    let Some(assets) = wd_testkit::guest::assets() else {
+    let Some((_libvirtd, assets)) = guest_services() else {
         return;
     };
     let Some(python) = wd_testkit::openstack::venv_python() else {

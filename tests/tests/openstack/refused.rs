@@ -13,7 +13,7 @@ use wd_e2e::virsh::Guest;
 use wd_testkit::guest::GuestSpec;
 use wd_testkit::{Node, Vhost};
 
-use super::{SERIAL, owner};
+use super::{SERIAL, guest_services, owner};
 
 fn write_conf(path: &std::path::Path, transport: &str, quorum: bool) {
     let text = format!(
@@ -44,13 +44,7 @@ fn http_get(addr: &str, path: &str) -> (u16, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn libvirtd_a_406_holds_the_notification_until_nova_conf_is_fixed_and_reloaded() {
     let _serial = SERIAL.lock().await;
-    let Some(_libvirtd) = wd_testkit::libvirtd() else {
-        return;
-    };
-    if wd_testkit::rabbitmq().is_none() {
-        return;
-    }
-    let Some(assets) = wd_testkit::guest::assets() else {
+    let Some((_libvirtd, assets)) = guest_services() else {
         return;
     };
     let dir = Scratch::new("wd-e2e-refused");

@@ -1,6 +1,7 @@
 //! Nova's own code as the oracle for what wd puts in the oslo context:
 //! `nova.context.RequestContext.from_dict` (from `target/wd-venv-nova`)
-//! parses the `_context_*` keys of both forms, timestamp included.
+//! parses the `_context_*` keys of both forms, timestamp included; and
+//! Nova's `FlavorPayload` takes the versioned payload's `flavor`.
 
 use std::io::Write as _;
 use std::process::{Command, Stdio};
@@ -16,7 +17,9 @@ fn nova_request_context_from_dict_accepts_both_forms() {
         return;
     };
     let notifier = AmqpNotifier::new(AmqpConfig::new(AmqpUrl::new("amqp://h").unwrap())).unwrap();
-    let n = notification(Some("6f70656e737461636b"));
+    let mut n = notification(Some("6f70656e737461636b"));
+    // The documented flavor: m1.small, id 2, 2048 MiB, 1 vCPU, 20 GiB root.
+    n.instance.flavor = wd_notify::testing::documented().instance.flavor;
     let messages: Vec<Value> = [Versioning::Versioned, Versioning::Unversioned]
         .into_iter()
         .map(|f| unwrap_envelope(&notifier.body(&n, f)))
@@ -57,6 +60,20 @@ fn nova_request_context_from_dict_accepts_both_forms() {
         assert_eq!(ctx["request_id"], format!("req-{}", n.event_id), "{form}");
         assert_eq!(ctx["read_deleted"], "no", "{form}");
         assert_eq!(ctx["is_admin"], false, "{form}");
+        if *form == "versioned" {
+            assert!(ctx.get("flavor_error").is_none(), "{ctx}");
+            assert_eq!(
+                ctx["flavor"],
+                serde_json::json!({"flavorid": "2", "name": "m1.small", "memory_mb": 2048,
+                    "vcpus": 1, "root_gb": 20, "ephemeral_gb": 0, "swap": 0}),
+                "Nova's FlavorPayload fields: {ctx}"
+            );
+        } else {
+            assert!(
+                ctx.get("flavor").is_none(),
+                "the legacy form is flat: {ctx}"
+            );
+        }
         // Nova's naive UTC timestamp is the firing time.
         let ts = ctx["timestamp"].as_str().unwrap();
         assert_eq!(&ts[..19], &fired[..19], "{form}: {ts} vs {fired}");

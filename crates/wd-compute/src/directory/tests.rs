@@ -16,6 +16,8 @@ fn owner() -> Option<Owner> {
         display_name: Some("web-1".into()),
         project_id: PROJECT.into(),
         user_id: None,
+        flavor: None,
+        image: None,
     })
 }
 
@@ -135,4 +137,67 @@ fn stats_and_unknown_owners_are_counted() {
         1,
         "clamped"
     );
+}
+
+/// A domain with Nova's metadata: `flavor` and `image` are the bodies of
+/// `<nova:flavor>` and `<nova:image>` (attributes included), if any.
+fn nova_xml(flavor: Option<&str>, image: Option<&str>) -> String {
+    let flavor = flavor.map_or(String::new(), |f| format!("<nova:flavor {f}</nova:flavor>"));
+    let image = image.map_or(String::new(), |i| format!("<nova:image {i}</nova:image>"));
+    format!(
+        r#"<domain><name>instance-1</name><uuid>00000000-0000-4000-8000-000000000001</uuid><metadata>
+        <nova:instance xmlns:nova="http://openstack.org/xmlns/libvirt/nova/1.1">
+        <nova:name>web-1</nova:name>{flavor}{image}
+        <nova:owner><nova:user uuid="u-1">alice</nova:user><nova:project uuid="{PROJECT}">web</nova:project></nova:owner>
+        </nova:instance></metadata></domain>"#
+    )
+}
+
+#[test]
+fn the_owner_carries_the_flavor_and_image_of_novas_metadata() {
+    let full = nova_owner(&nova_xml(
+        Some(r#"name="m1.small" id="2"><nova:memory>2048</nova:memory><nova:disk>20</nova:disk><nova:swap>0</nova:swap><nova:ephemeral>1</nova:ephemeral><nova:vcpus>2</nova:vcpus>"#),
+        Some(r#"uuid="img-1"><nova:containerFormat>bare</nova:containerFormat><nova:minRam>64</nova:minRam>"#),
+    ))
+    .unwrap();
+    assert_eq!(full.project_id, PROJECT);
+    assert_eq!(
+        full.flavor,
+        Some(wd_notify::Flavor {
+            name: Some("m1.small".into()),
+            id: Some("2".into()),
+            memory_mb: Some(2048),
+            vcpus: Some(2),
+            root_gb: Some(20),
+            ephemeral_gb: Some(1),
+            swap_mb: Some(0),
+        })
+    );
+    assert_eq!(
+        full.image,
+        Some(wd_notify::Image {
+            uuid: Some("img-1".into()),
+            container_format: Some("bare".into()),
+            min_ram: Some(64),
+            ..wd_notify::Image::default()
+        })
+    );
+    // No flavor or image in the metadata: none, and the owner still.
+    let bare = nova_owner(&nova_xml(None, None)).unwrap();
+    assert_eq!((bare.flavor, bare.image), (None, None));
+    assert_eq!(bare.user_id.as_deref(), Some("u-1"));
+    // Hostile sizes are left out; the rest of the owner is kept.
+    let hostile = nova_owner(&nova_xml(
+        Some(r#"name="x"><nova:memory>-1</nova:memory><nova:vcpus>NaN</nova:vcpus><nova:disk>99999999999</nova:disk>"#),
+        None,
+    ))
+    .unwrap();
+    assert_eq!(
+        hostile.flavor,
+        Some(wd_notify::Flavor {
+            name: Some("x".into()),
+            ..wd_notify::Flavor::default()
+        })
+    );
+    assert_eq!(hostile.display_name.as_deref(), Some("web-1"));
 }
