@@ -359,14 +359,18 @@ impl Agent {
             wd_events::init_event_loop().map_err(|e| AgentError::Start(crate::Error::Listen(e)))?;
         }
         if !self.wait && self.events.is_none() {
-            let probe = uri.clone();
-            let outcome = tokio::task::spawn_blocking(move || wd_events::probe(&probe, read_only))
+            let probe = self.runtime.listener.clone();
+            let outcome = tokio::task::spawn_blocking(move || wd_events::probe(&probe))
                 .await
                 .map_err(|e| AgentError::Died(format!("the libvirt probe: {e}")))?;
             if let Err(e) = outcome {
                 let reason = match (&e, std::error::Error::source(&e)) {
                     // What to grant is the message; libvirt's reason follows.
-                    (wd_events::Error::ReadWriteRefused { .. }, Some(s)) => format!("{e}: {s}"),
+                    (
+                        wd_events::Error::ReadWriteRefused { .. }
+                        | wd_events::Error::Credentials { .. },
+                        Some(s),
+                    ) => format!("{e}: {s}"),
                     (_, Some(s)) => s.to_string(),
                     (_, None) => e.to_string(),
                 };

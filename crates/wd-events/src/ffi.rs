@@ -18,6 +18,8 @@
 //! and return; the whole body runs under `catch_unwind`, because unwinding
 //! into C aborts the process.
 
+pub(crate) mod auth;
+
 use std::ffi::{CStr, c_char, c_int, c_void};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::ptr;

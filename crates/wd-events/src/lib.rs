@@ -116,6 +116,7 @@
 
 mod backend;
 mod config;
+mod credentials;
 mod error;
 #[allow(unsafe_code)]
 mod ffi;
@@ -128,6 +129,7 @@ mod probe;
 mod socket;
 
 pub use config::ListenerConfig;
+pub use credentials::{Credentials, auth_file};
 pub use error::{Error, Result};
 pub use ffi::{Registration, init_event_loop, register};
 pub use inbox::ListenerStats;
