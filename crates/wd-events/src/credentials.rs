@@ -148,7 +148,11 @@ mod tests {
         let none = |_: &Path| false;
         let uri = "qemu+tcp://h/system";
         assert_eq!(
-            auth_file_in(uri, env(&[("LIBVIRT_AUTH_FILE", "/a"), ("HOME", "/h")]), all),
+            auth_file_in(
+                uri,
+                env(&[("LIBVIRT_AUTH_FILE", "/a"), ("HOME", "/h")]),
+                all
+            ),
             Some(PathBuf::from("/a"))
         );
         assert_eq!(
@@ -176,7 +180,10 @@ mod tests {
         for (uri, server) in [
             ("qemu+tcp://compute-1/system", "compute-1"),
             ("qemu+tcp://127.0.0.1:16509/system", "127.0.0.1"),
-            ("qemu+tls://nova@compute-1.example:16514/system?x=1", "compute-1.example"),
+            (
+                "qemu+tls://nova@compute-1.example:16514/system?x=1",
+                "compute-1.example",
+            ),
             ("qemu+tcp://[::1]:16509/system", "::1"),
             ("qemu:///system", ""),
             ("nonsense", ""),
