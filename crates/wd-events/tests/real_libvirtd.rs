@@ -350,3 +350,136 @@ async fn libvirtd_back_after_an_outage_is_caught_up_at_once_not_after_the_backof
         &items[lost..]
     );
 }
+
+/// Writes an `auth.conf` (mode 0600) in a fresh directory: `body`, or
+/// nothing. Returns the directory (remove it) and the file.
+fn auth_conf(body: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(wd_testkit::unique_name("wd-events-auth"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("auth.conf");
+    std::fs::write(&file, body).unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    (dir, file)
+}
+
+/// Probes on a blocking thread, failing the test if it does not answer
+/// within 30 s (a prompt on a terminal would never answer).
+async fn probe_within(config: ListenerConfig) -> wd_events::Result<()> {
+    let probe = tokio::task::spawn_blocking(move || wd_events::probe(&config));
+    tokio::time::timeout(Duration::from_secs(30), probe)
+        .await
+        .expect("the probe hung (waiting for a prompt?)")
+        .unwrap()
+}
+
+/// `qemu+tcp://` with SASL (DIGEST-MD5, a `saslpasswd2` user): credentials
+/// from libvirt's `auth.conf` or from the configuration, never a prompt; a
+/// missing credential is a clear error, a wrong password libvirt's. The
+/// listener then loses libvirtd while a guest's watchdog fires, is back as
+/// soon as the TCP port accepts (not after its hour-long backoff), and
+/// recovers the pause once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn libvirtd_tcp_sasl_credentials_never_prompt_and_a_restart_is_caught_up() {
+    let Some((_serial, libvirtd, assets)) = setup().await else {
+        return;
+    };
+    let Some(_tcp) = wd_testkit::libvirtd_tcp() else {
+        return;
+    };
+    let user = wd_testkit::SaslUser::create("wdev").unwrap();
+    let base = wd_testkit::Libvirtd::tcp_uri();
+    let (empty_dir, empty) = auth_conf("");
+    let with_empty = format!("{base}?authfile={}", empty.display());
+    let tcp = |uri: &str| config().uri(uri).read_only(true);
+
+    // Nothing anywhere: a clear error at once, naming what is missing.
+    let err = probe_within(tcp(&with_empty)).await.unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, wd_events::Error::Credentials { .. }), "{msg}");
+    for needle in [
+        with_empty.as_str(),
+        "`authname`",
+        "`password`",
+        "[auth-libvirt-127.0.0.1]",
+    ] {
+        assert!(msg.contains(needle), "{needle:?} not in {msg}");
+    }
+    // A wrong password: libvirt's refusal, which never shows the password.
+    let wrong = wd_events::Credentials::new(&user.name, "not-the-password");
+    let err = probe_within(tcp(&with_empty).credentials(Some(wrong)))
+        .await
+        .unwrap_err();
+    let chain = format!("{err}: {}", std::error::Error::source(&err).unwrap());
+    assert!(matches!(err, wd_events::Error::Connect { .. }), "{chain}");
+    assert!(chain.contains("authentication failed"), "{chain}");
+    assert!(!chain.contains("not-the-password"), "{chain}");
+    // The configured credentials, where auth.conf has none.
+    let right = wd_events::Credentials::new(&user.name, &user.password);
+    probe_within(tcp(&with_empty).credentials(Some(right)))
+        .await
+        .unwrap();
+    std::fs::remove_dir_all(&empty_dir).unwrap();
+
+    // libvirt's auth.conf, as kolla writes it for masakari-instancemonitor.
+    let (dir, file) = auth_conf(&format!(
+        "[credentials-wd]\nauthname={}\npassword={}\n\n[auth-libvirt-127.0.0.1]\ncredentials=wd\n",
+        user.name, user.password
+    ));
+    let uri = format!("{base}?authfile={}", file.display());
+    probe_within(tcp(&uri)).await.unwrap();
+    let config = tcp(&uri).backoff(Backoff::new(
+        Duration::from_secs(3600),
+        Duration::from_secs(3600),
+    ));
+    let mut stream = wd_events::listen(config).unwrap();
+    let mut items = Vec::new();
+    until(&mut stream, Duration::from_secs(30), &mut items, |i| {
+        matches!(i, Item::InitDone { .. })
+    })
+    .await;
+    let guest = create_guest(&assets, "pause");
+    let created = Instant::now();
+    let _up = KeepUp;
+    libvirtd.stop();
+    until(&mut stream, Duration::from_secs(30), &mut items, |i| {
+        matches!(i, Item::Disconnected { generation: 1, .. })
+    })
+    .await;
+    assert!(
+        firings_of(&items, guest.uuid).is_empty(),
+        "fired before libvirtd stopped: {items:#?}"
+    );
+    tokio::time::sleep(Duration::from_secs(15).saturating_sub(created.elapsed())).await;
+    wd_testkit::Libvirtd::start().unwrap();
+    assert!(wd_testkit::Libvirtd::tcp_is_up());
+    until(
+        &mut stream,
+        Duration::from_secs(120),
+        &mut items,
+        |i| matches!(i, Item::Watchdog(w) if w.domain.uuid == guest.uuid),
+    )
+    .await;
+    while let Some(item) = next(&mut stream, Duration::from_secs(3)).await {
+        items.push(item);
+    }
+    let firings = firings_of(&items, guest.uuid);
+    assert_eq!(firings.len(), 1, "exactly one report: {firings:#?}");
+    assert_eq!(firings[0].origin, Origin::Recovered);
+    assert_eq!(firings[0].action, Enum::Known(WatchdogAction::Pause));
+    let lost = items
+        .iter()
+        .position(|i| matches!(i, Item::Disconnected { generation: 1, .. }))
+        .unwrap();
+    assert!(
+        matches!(
+            items.get(lost + 1),
+            Some(Item::Connected { generation: 2, .. })
+        ),
+        "reconnected on the first attempt after the loss: {:#?}",
+        &items[lost..]
+    );
+    assert!(paused_by_watchdog(&guest.name));
+    drop(stream);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
