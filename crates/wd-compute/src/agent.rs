@@ -38,7 +38,7 @@ mod reload;
 mod settings;
 
 pub use builder::AgentBuilder;
-pub use settings::{AgentSettings, target_holds_secret};
+pub use settings::{AgentSettings, ConnectAuthSettings, target_holds_secret};
 
 /// The environment variable of the test-only fault hook, read only by debug
 /// builds: `pipeline-panic-after-ms=N` makes the pipeline task panic after
@@ -231,6 +231,7 @@ impl Agent {
         let mut runtime = AgentConfig::new(host).listener(ListenerConfig {
             uri,
             read_only: cfg.read_only.unwrap_or(true),
+            credentials: cfg.connect_auth.credentials()?,
             ..ListenerConfig::default()
         });
         runtime.spool_dir = cfg.spool.clone();
