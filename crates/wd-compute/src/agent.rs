@@ -367,11 +367,11 @@ impl Agent {
             if let Err(e) = outcome {
                 let reason = match (&e, std::error::Error::source(&e)) {
                     // What to grant is the message; libvirt's reason follows.
-                    (
-                        wd_events::Error::ReadWriteRefused { .. }
-                        | wd_events::Error::Credentials { .. },
-                        Some(s),
-                    ) => format!("{e}: {s}"),
+                    (wd_events::Error::ReadWriteRefused { .. }, Some(s)) => format!("{e}: {s}"),
+                    // The configured credentials are this file's.
+                    (wd_events::Error::Credentials { .. }, Some(s)) => format!(
+                        "{e}; or give `[connect_auth]` username and password in the config file: {s}"
+                    ),
                     (_, Some(s)) => s.to_string(),
                     (_, None) => e.to_string(),
                 };

@@ -31,11 +31,16 @@ fn auth_conf(user: &str, password: &str) -> String {
 /// Starts `wdguard watch --config CONFIG --connect qemu+tcp://…` with
 /// `LIBVIRT_AUTH_FILE=auth` and stdin closed (`/dev/null`).
 fn agent(w: &World, auth: &Path, log: &str) -> AgentProcess {
+    agent_with(&w.config, w, auth, log)
+}
+
+/// [`agent`] with another config file.
+fn agent_with(config: &Path, w: &World, auth: &Path, log: &str) -> AgentProcess {
     let uri = Libvirtd::tcp_uri();
     AgentProcess::start_with(
         &[
             "--config".as_ref(),
-            w.config.as_os_str(),
+            config.as_os_str(),
             "--connect".as_ref(),
             uri.as_ref(),
         ],
@@ -49,9 +54,17 @@ fn agent(w: &World, auth: &Path, log: &str) -> AgentProcess {
 }
 
 /// Runs an agent that must fail at startup: exit 2 within 60 s (no
-/// prompt, no hang), its log naming the URI and `needle`.
+/// prompt, no hang), its log naming the URI and `needle`. Its config is the
+/// world's without `wait = true`, which would keep it retrying.
 async fn refused(w: &World, auth: &Path, log: &str, needle: &str, password: &str) -> String {
-    let mut a = agent(w, auth, log);
+    let text = std::fs::read_to_string(&w.config).unwrap();
+    assert!(text.contains("wait = true\n"), "{text}");
+    let config = secret_file(
+        &w.dir.0,
+        "nowait.toml",
+        &text.replace("wait = true\n", "wait = false\n"),
+    );
+    let mut a = agent_with(&config, w, auth, log);
     let code = a.wait_exit(Duration::from_secs(60)).unwrap();
     let text = a.log_text();
     assert_eq!(code, Some(2), "did not fail at startup:\n{text}");
@@ -81,7 +94,11 @@ async fn libvirtd_qemu_tcp_sasl_with_auth_conf_notifies_the_owner() {
     };
     let user = SaslUser::create("wde2e").unwrap();
     let w = World::new(4.0).await;
-    let auth = secret_file(&w.dir.0, "auth.conf", &auth_conf(&user.name, &user.password));
+    let auth = secret_file(
+        &w.dir.0,
+        "auth.conf",
+        &auth_conf(&user.name, &user.password),
+    );
 
     let mut a = agent(&w, &auth, "agent.log");
     a.wait_ready(Duration::from_secs(60)).await.unwrap();
@@ -98,7 +115,11 @@ async fn libvirtd_qemu_tcp_sasl_with_auth_conf_notifies_the_owner() {
         })
         .await;
     let mine = of(&got, PROJECT_A, &guest);
-    assert!(!mine.is_empty(), "nothing delivered; log:\n{}", a.log_text());
+    assert!(
+        !mine.is_empty(),
+        "nothing delivered; log:\n{}",
+        a.log_text()
+    );
     check_notification(&mine[0], &guest, "pause", false);
     assert_eq!(w.receiver.rejected_signatures(), 0);
     assert_eq!(a.terminate(Duration::from_secs(10)).unwrap(), 0);
@@ -112,7 +133,14 @@ async fn libvirtd_qemu_tcp_sasl_with_auth_conf_notifies_the_owner() {
         "wrong.conf",
         &auth_conf(&user.name, "not-the-password"),
     );
-    let text = refused(&w, &wrong, "wrong.log", "authentication failed", "not-the-password").await;
+    let text = refused(
+        &w,
+        &wrong,
+        "wrong.log",
+        "authentication failed",
+        "not-the-password",
+    )
+    .await;
     eprintln!("a wrong password: {}", text.lines().last().unwrap_or(""));
     // Nothing for this server: the error names what is missing and where
     // libvirt looked.
@@ -122,7 +150,7 @@ async fn libvirtd_qemu_tcp_sasl_with_auth_conf_notifies_the_owner() {
         &empty,
         "missing.log",
         &format!(
-            "asks for a user name (`authname`) and a password (`password`), which neither libvirt's auth.conf (LIBVIRT_AUTH_FILE={})",
+            "asks for a user name (`authname`) and a password (`password`), which neither libvirt's auth.conf (LIBVIRT_AUTH_FILE={}) nor the configured credentials give: add them to auth.conf as `[credentials-NAME]` with `authname=` and `password=`, and `[auth-libvirt-127.0.0.1]` with `credentials=NAME`; or give `[connect_auth]` username and password in the config file",
             empty.display()
         ),
         &user.password,
@@ -139,6 +167,9 @@ async fn libvirtd_qemu_tcp_sasl_with_auth_conf_notifies_the_owner() {
     std::fs::write(&w.config, config).unwrap();
     let mut a = agent(&w, &empty, "config.log");
     a.wait_ready(Duration::from_secs(60)).await.unwrap();
-    assert!(!a.log_text().contains(&user.password), "password in the log");
+    assert!(
+        !a.log_text().contains(&user.password),
+        "password in the log"
+    );
     assert_eq!(a.terminate(Duration::from_secs(10)).unwrap(), 0);
 }

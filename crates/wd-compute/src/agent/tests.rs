@@ -258,7 +258,10 @@ fn debug_output_and_secrets() {
     let cfg = parse("[connect_auth]\nusername = \"nova\"\npassword = \"s3cret\"\n");
     assert_eq!(cfg.secret_keys(), ["connect_auth.password"]);
     let shown = format!("{cfg:?} {cfg:#?}");
-    assert!(!shown.contains("s3cret") && shown.contains("nova"), "{shown}");
+    assert!(
+        !shown.contains("s3cret") && shown.contains("nova"),
+        "{shown}"
+    );
     let creds = cfg.connect_auth.credentials().unwrap().unwrap();
     assert_eq!((creds.username(), creds.password()), ("nova", "s3cret"));
     assert!(!format!("{creds:?}").contains("s3cret"));
