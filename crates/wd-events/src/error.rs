@@ -47,9 +47,9 @@ pub enum Error {
         auth_file: String,
         /// The server name auth.conf sections are looked up under.
         server: String,
-        /// libvirt's error.
+        /// libvirt's error (boxed: this variant is the largest).
         #[source]
-        source: virt::error::Error,
+        source: Box<virt::error::Error>,
     },
 
     /// A read-write connection (`read_only = false`) failed where a

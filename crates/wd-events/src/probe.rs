@@ -80,7 +80,7 @@ fn open_as(config: &ListenerConfig, read_only: bool) -> Result<Connect> {
             missing: missing.join(" and "),
             auth_file: auth_file_shown(uri),
             server: server_of(uri).to_owned(),
-            source,
+            source: Box::new(source),
         }
     })
 }

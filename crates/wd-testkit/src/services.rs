@@ -79,7 +79,7 @@ pub(crate) fn write_config(name: &str, wanted: &str) -> Result<bool, String> {
 
 /// Writes `conf` as [`write_config`] does, creating its directory.
 pub(crate) fn write_file(conf: &std::path::Path, wanted: &str) -> Result<bool, String> {
-    let current = fs::read_to_string(&conf).unwrap_or_default();
+    let current = fs::read_to_string(conf).unwrap_or_default();
     if current == wanted {
         return Ok(false);
     }
@@ -95,7 +95,7 @@ pub(crate) fn write_file(conf: &std::path::Path, wanted: &str) -> Result<bool, S
         .map_err(|e| format!("write {}: {e}", tmp.display()))?;
     f.sync_all()
         .map_err(|e| format!("sync {}: {e}", tmp.display()))?;
-    fs::rename(&tmp, &conf).map_err(|e| format!("rename to {}: {e}", conf.display()))?;
+    fs::rename(&tmp, conf).map_err(|e| format!("rename to {}: {e}", conf.display()))?;
     Ok(true)
 }
 
