@@ -67,7 +67,7 @@ fn open_as(config: &ListenerConfig, read_only: bool) -> Result<Connect> {
             _ => None,
         }
     };
-    crate::ffi::auth::open(uri, read_only, &mut answer).map_err(|(missing, source)| {
+    crate::ffi::open_auth(uri, read_only, &mut answer).map_err(|(missing, source)| {
         if missing.is_empty() {
             return Error::Connect {
                 uri: uri.to_owned(),
