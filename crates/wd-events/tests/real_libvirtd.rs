@@ -132,6 +132,65 @@ fn paused_by_watchdog(name: &str) -> bool {
             )))
 }
 
+/// Creates a `pause` guest, stops libvirtd before its watchdog fires (about
+/// 6 s after the create; QEMU keeps running and fires while nobody
+/// listens), waits until the listener has noticed, starts libvirtd again
+/// once the guest has fired, and collects items until the recovered firing
+/// and 3 s more.
+async fn fire_while_down(
+    libvirtd: wd_testkit::Libvirtd,
+    assets: &guest::GuestAssets,
+    stream: &mut EventStream,
+    items: &mut Vec<Item>,
+) -> Guest {
+    let guest = create_guest(assets, "pause");
+    let created = Instant::now();
+    // Declared after the guest, so dropped before it: libvirtd is up again
+    // when the guest is destroyed.
+    let _up = KeepUp;
+    libvirtd.stop();
+    let stopped_after = created.elapsed();
+    until(stream, Duration::from_secs(30), items, |i| {
+        matches!(i, Item::Disconnected { generation: 1, .. })
+    })
+    .await;
+    assert!(
+        firings_of(items, guest.uuid).is_empty(),
+        "the firing came before libvirtd stopped ({stopped_after:?} after create); items: {items:#?}"
+    );
+    // Give the guest time to fire, then bring libvirtd back.
+    tokio::time::sleep(Duration::from_secs(15).saturating_sub(created.elapsed())).await;
+    wd_testkit::Libvirtd::start().unwrap();
+    until(
+        stream,
+        Duration::from_secs(120),
+        items,
+        |i| matches!(i, Item::Watchdog(w) if w.domain.uuid == guest.uuid),
+    )
+    .await;
+    // Anything more about this guest would come right away.
+    while let Some(item) = next(stream, Duration::from_secs(3)).await {
+        items.push(item);
+    }
+    guest
+}
+
+/// The listener reconnected on its first attempt after losing generation 1.
+fn assert_reconnected_at_once(items: &[Item]) {
+    let lost = items
+        .iter()
+        .position(|i| matches!(i, Item::Disconnected { generation: 1, .. }))
+        .unwrap();
+    assert!(
+        matches!(
+            items.get(lost + 1),
+            Some(Item::Connected { generation: 2, .. })
+        ),
+        "reconnected on the first attempt after the loss: {:#?}",
+        &items[lost..]
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn libvirtd_pause_firing_arrives_live_and_the_domain_is_paused_by_watchdog() {
     let Some((_serial, _libvirtd, assets)) = setup().await else {
@@ -185,37 +244,7 @@ async fn libvirtd_firing_while_libvirtd_is_down_is_recovered_once() {
         matches!(i, Item::InitDone { .. })
     })
     .await;
-    let guest = create_guest(&assets, "pause");
-    let created = Instant::now();
-    // Declared after the guest, so dropped before it: libvirtd is up again
-    // when the guest is destroyed.
-    let _up = KeepUp;
-    // Stop libvirtd before the watchdog fires (about 6 s after create);
-    // QEMU keeps running and fires while nobody listens.
-    libvirtd.stop();
-    let stopped_after = created.elapsed();
-    until(&mut stream, Duration::from_secs(30), &mut items, |i| {
-        matches!(i, Item::Disconnected { generation: 1, .. })
-    })
-    .await;
-    assert!(
-        firings_of(&items, guest.uuid).is_empty(),
-        "the firing came before libvirtd stopped ({stopped_after:?} after create); items: {items:#?}"
-    );
-    // Give the guest time to fire, then bring libvirtd back.
-    tokio::time::sleep(Duration::from_secs(15).saturating_sub(created.elapsed())).await;
-    wd_testkit::Libvirtd::start().unwrap();
-    until(
-        &mut stream,
-        Duration::from_secs(60),
-        &mut items,
-        |i| matches!(i, Item::Watchdog(w) if w.domain.uuid == guest.uuid),
-    )
-    .await;
-    // Anything more about this guest would come right away.
-    while let Some(item) = next(&mut stream, Duration::from_secs(3)).await {
-        items.push(item);
-    }
+    let guest = fire_while_down(libvirtd, &assets, &mut stream, &mut items).await;
     let firings = firings_of(&items, guest.uuid);
     assert_eq!(firings.len(), 1, "exactly one report: {firings:#?}");
     let firing = &firings[0];
@@ -337,18 +366,7 @@ async fn libvirtd_back_after_an_outage_is_caught_up_at_once_not_after_the_backof
         "catch-up done {:?} after `virsh version` answered",
         answered.elapsed()
     );
-    let lost = items
-        .iter()
-        .position(|i| matches!(i, Item::Disconnected { generation: 1, .. }))
-        .unwrap();
-    assert!(
-        matches!(
-            items.get(lost + 1),
-            Some(Item::Connected { generation: 2, .. })
-        ),
-        "reconnected on the first attempt after the loss: {:#?}",
-        &items[lost..]
-    );
+    assert_reconnected_at_once(&items);
 }
 
 /// Writes an `auth.conf` (mode 0600) in a fresh directory: `body`, or
@@ -384,9 +402,11 @@ async fn libvirtd_tcp_sasl_credentials_never_prompt_and_a_restart_is_caught_up()
     let Some((_serial, libvirtd, assets)) = setup().await else {
         return;
     };
+    let t = Instant::now();
     let Some(_tcp) = wd_testkit::libvirtd_tcp() else {
         return;
     };
+    eprintln!("TCP listener up after {:?}", t.elapsed());
     let user = wd_testkit::SaslUser::create("wdev").unwrap();
     let base = wd_testkit::Libvirtd::tcp_uri();
     let (empty_dir, empty) = auth_conf("");
@@ -394,7 +414,9 @@ async fn libvirtd_tcp_sasl_credentials_never_prompt_and_a_restart_is_caught_up()
     let tcp = |uri: &str| config().uri(uri).read_only(true);
 
     // Nothing anywhere: a clear error at once, naming what is missing.
+    let t = Instant::now();
     let err = probe_within(tcp(&with_empty)).await.unwrap_err();
+    eprintln!("missing credentials refused in {:?}", t.elapsed());
     let msg = err.to_string();
     assert!(matches!(err, wd_events::Error::Credentials { .. }), "{msg}");
     for needle in [
@@ -410,6 +432,10 @@ async fn libvirtd_tcp_sasl_credentials_never_prompt_and_a_restart_is_caught_up()
     let err = probe_within(tcp(&with_empty).credentials(Some(wrong)))
         .await
         .unwrap_err();
+    eprintln!(
+        "wrong password refused {:?} after the first probe",
+        t.elapsed()
+    );
     let chain = format!("{err}: {}", std::error::Error::source(&err).unwrap());
     assert!(matches!(err, wd_events::Error::Connect { .. }), "{chain}");
     assert!(chain.contains("authentication failed"), "{chain}");
@@ -438,47 +464,15 @@ async fn libvirtd_tcp_sasl_credentials_never_prompt_and_a_restart_is_caught_up()
         matches!(i, Item::InitDone { .. })
     })
     .await;
-    let guest = create_guest(&assets, "pause");
-    let created = Instant::now();
-    let _up = KeepUp;
-    libvirtd.stop();
-    until(&mut stream, Duration::from_secs(30), &mut items, |i| {
-        matches!(i, Item::Disconnected { generation: 1, .. })
-    })
-    .await;
-    assert!(
-        firings_of(&items, guest.uuid).is_empty(),
-        "fired before libvirtd stopped: {items:#?}"
-    );
-    tokio::time::sleep(Duration::from_secs(15).saturating_sub(created.elapsed())).await;
-    wd_testkit::Libvirtd::start().unwrap();
+    eprintln!("listening after {:?}", t.elapsed());
+    let guest = fire_while_down(libvirtd, &assets, &mut stream, &mut items).await;
+    eprintln!("recovered after {:?}", t.elapsed());
     assert!(wd_testkit::Libvirtd::tcp_is_up());
-    until(
-        &mut stream,
-        Duration::from_secs(120),
-        &mut items,
-        |i| matches!(i, Item::Watchdog(w) if w.domain.uuid == guest.uuid),
-    )
-    .await;
-    while let Some(item) = next(&mut stream, Duration::from_secs(3)).await {
-        items.push(item);
-    }
     let firings = firings_of(&items, guest.uuid);
     assert_eq!(firings.len(), 1, "exactly one report: {firings:#?}");
     assert_eq!(firings[0].origin, Origin::Recovered);
     assert_eq!(firings[0].action, Enum::Known(WatchdogAction::Pause));
-    let lost = items
-        .iter()
-        .position(|i| matches!(i, Item::Disconnected { generation: 1, .. }))
-        .unwrap();
-    assert!(
-        matches!(
-            items.get(lost + 1),
-            Some(Item::Connected { generation: 2, .. })
-        ),
-        "reconnected on the first attempt after the loss: {:#?}",
-        &items[lost..]
-    );
+    assert_reconnected_at_once(&items);
     assert!(paused_by_watchdog(&guest.name));
     drop(stream);
     std::fs::remove_dir_all(&dir).unwrap();
