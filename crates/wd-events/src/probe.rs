@@ -134,4 +134,20 @@ mod tests {
         let err = probe(&config(missing, false)).unwrap_err();
         assert!(matches!(err, Error::Connect { .. }), "{err}");
     }
+
+    #[test]
+    fn a_remote_uri_is_opened_by_libvirt_and_fails_without_prompting() {
+        quiet_default_errors();
+        // Nothing listens on port 1: libvirt's TCP and TLS clients fail at
+        // once (TLS may fail earlier, on its client certificates), with
+        // libvirt's reason, never a prompt or a hang.
+        for uri in [
+            "qemu+tcp://127.0.0.1:1/system",
+            "qemu+tls://127.0.0.1:1/system",
+        ] {
+            let err = probe(&ListenerConfig::default().uri(uri).read_only(true)).unwrap_err();
+            assert!(matches!(err, Error::Connect { .. }), "{err}");
+            assert!(err.to_string().contains(uri), "{err}");
+        }
+    }
 }
