@@ -111,6 +111,21 @@ async fn until(
     }
 }
 
+/// A backoff that alone would keep the listener away for an hour: only its
+/// probe of the socket or port can bring it back within a test.
+const AN_HOUR: Backoff = Backoff::new(Duration::from_secs(3600), Duration::from_secs(3600));
+
+/// Starts listening with `config` and waits for the first catch-up.
+async fn listening(config: ListenerConfig) -> (EventStream, Vec<Item>) {
+    let mut stream = wd_events::listen(config).unwrap();
+    let mut items = Vec::new();
+    until(&mut stream, Duration::from_secs(30), &mut items, |i| {
+        matches!(i, Item::InitDone { .. })
+    })
+    .await;
+    (stream, items)
+}
+
 fn firings_of(items: &[Item], uuid: Uuid) -> Vec<WatchdogEvent> {
     items
         .iter()
@@ -196,12 +211,7 @@ async fn libvirtd_pause_firing_arrives_live_and_the_domain_is_paused_by_watchdog
     let Some((_serial, _libvirtd, assets)) = setup().await else {
         return;
     };
-    let mut stream = wd_events::listen(config()).unwrap();
-    let mut items = Vec::new();
-    until(&mut stream, Duration::from_secs(30), &mut items, |i| {
-        matches!(i, Item::InitDone { .. })
-    })
-    .await;
+    let (mut stream, mut items) = listening(config()).await;
     let guest = create_guest(&assets, "pause");
     let created = Instant::now();
     until(&mut stream, Duration::from_secs(90), &mut items, |i| {
@@ -238,12 +248,7 @@ async fn libvirtd_firing_while_libvirtd_is_down_is_recovered_once() {
     let Some((_serial, libvirtd, assets)) = setup().await else {
         return;
     };
-    let mut stream = wd_events::listen(config()).unwrap();
-    let mut items = Vec::new();
-    until(&mut stream, Duration::from_secs(30), &mut items, |i| {
-        matches!(i, Item::InitDone { .. })
-    })
-    .await;
+    let (mut stream, mut items) = listening(config()).await;
     let guest = fire_while_down(libvirtd, &assets, &mut stream, &mut items).await;
     let firings = firings_of(&items, guest.uuid);
     assert_eq!(firings.len(), 1, "exactly one report: {firings:#?}");
@@ -279,12 +284,7 @@ async fn libvirtd_firing_reported_live_is_not_reported_again_after_restart() {
     let Some((_serial, libvirtd, assets)) = setup().await else {
         return;
     };
-    let mut stream = wd_events::listen(config()).unwrap();
-    let mut items = Vec::new();
-    until(&mut stream, Duration::from_secs(30), &mut items, |i| {
-        matches!(i, Item::InitDone { .. })
-    })
-    .await;
+    let (mut stream, mut items) = listening(config()).await;
     let guest = create_guest(&assets, "pause");
     until(
         &mut stream,
@@ -334,16 +334,8 @@ async fn libvirtd_back_after_an_outage_is_caught_up_at_once_not_after_the_backof
     };
     // A backoff that alone would keep the listener away for half an hour
     // or more: only the socket watch can bring it back within the test.
-    let config = config().backoff(Backoff::new(
-        Duration::from_secs(3600),
-        Duration::from_secs(3600),
-    ));
-    let mut stream = wd_events::listen(config).unwrap();
-    let mut items = Vec::new();
-    until(&mut stream, Duration::from_secs(30), &mut items, |i| {
-        matches!(i, Item::InitDone { .. })
-    })
-    .await;
+    let config = config().backoff(AN_HOUR);
+    let (mut stream, mut items) = listening(config).await;
     let _up = KeepUp;
     libvirtd.stop();
     // The first wait after the loss is already a backoff step (30 to 60
@@ -454,16 +446,8 @@ async fn libvirtd_tcp_sasl_credentials_never_prompt_and_a_restart_is_caught_up()
     ));
     let uri = format!("{base}?authfile={}", file.display());
     probe_within(tcp(&uri)).await.unwrap();
-    let config = tcp(&uri).backoff(Backoff::new(
-        Duration::from_secs(3600),
-        Duration::from_secs(3600),
-    ));
-    let mut stream = wd_events::listen(config).unwrap();
-    let mut items = Vec::new();
-    until(&mut stream, Duration::from_secs(30), &mut items, |i| {
-        matches!(i, Item::InitDone { .. })
-    })
-    .await;
+    let config = tcp(&uri).backoff(AN_HOUR);
+    let (mut stream, mut items) = listening(config).await;
     eprintln!("listening after {:?}", t.elapsed());
     let guest = fire_while_down(libvirtd, &assets, &mut stream, &mut items).await;
     eprintln!("recovered after {:?}", t.elapsed());

@@ -40,6 +40,12 @@ pub(crate) fn libvirtd_conf() -> String {
     )
 }
 
+/// Whether `/etc/libvirt/libvirtd.conf` is the one [`libvirtd_conf`] gives
+/// (so `libvirtd --listen` opens exactly the TCP listener, and no TLS one).
+pub(crate) fn config_is_ours() -> bool {
+    std::fs::read_to_string("/etc/libvirt/libvirtd.conf").is_ok_and(|c| c == libvirtd_conf())
+}
+
 /// Writes [`SASL_CONF`]; returns whether it changed (libvirtd reads it when
 /// it starts).
 pub(crate) fn write_sasl_config() -> Result<bool, String> {

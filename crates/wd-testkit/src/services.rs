@@ -212,7 +212,14 @@ impl Libvirtd {
         }
         // `--listen` opens the TCP listener that libvirtd.conf describes
         // (127.0.0.1 only, SASL); the Unix sockets are the same either way.
-        spawn_daemon("libvirtd", daemon_command("libvirtd").arg("--listen"))?;
+        // Only with that file: under another libvirtd.conf, `--listen` would
+        // also open a TLS listener (libvirt's default), which fails the
+        // start without certificates.
+        let mut cmd = daemon_command("libvirtd");
+        if crate::sasl::config_is_ours() {
+            cmd.arg("--listen");
+        }
+        spawn_daemon("libvirtd", &mut cmd)?;
         // The first start probes QEMU's capabilities, which takes a while.
         if !wait_until(Duration::from_secs(90), Self::is_up) {
             return Err(format!(
