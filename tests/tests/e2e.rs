@@ -8,6 +8,9 @@
 #[path = "e2e/world.rs"]
 mod world;
 
+#[path = "e2e/remote.rs"]
+mod remote;
+
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 

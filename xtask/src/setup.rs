@@ -23,6 +23,10 @@ pub const PACKAGES: &[&str] = &[
     "xz-utils",
     // virt-xml-validate needs xmllint.
     "libxml2-utils",
+    // libvirtd's TCP listener with SASL for the remote-libvirt tests:
+    // saslpasswd2, and the DIGEST-MD5 and SCRAM mechanisms.
+    "sasl2-bin",
+    "libsasl2-modules",
     // The message bus.
     "rabbitmq-server",
     // `cargo xtask package`: the postinst's adduser, lintian on the .deb,
@@ -239,9 +243,16 @@ pub fn services_up() -> Result<Started> {
 pub fn libvirtd_up() -> Result<bool> {
     if Libvirtd::is_up() {
         // A libvirtd started before read-only clients were allowed (the
-        // agent runs as user wd, read-only) must restart to allow them.
-        if is_root() && Libvirtd::allow_read_only_clients().map_err(anyhow::Error::msg)? {
-            eprintln!("xtask: restarting libvirtd to allow read-only clients");
+        // agent runs as user wd, read-only), or without its TCP listener,
+        // must restart with the new configuration.
+        if is_root()
+            && (Libvirtd::allow_read_only_clients().map_err(anyhow::Error::msg)?
+                || !Libvirtd::tcp_is_up())
+        {
+            eprintln!(
+                "xtask: restarting libvirtd to allow read-only clients and listen on 127.0.0.1:{} (SASL)",
+                Libvirtd::TCP_PORT
+            );
             Libvirtd.restart().map_err(anyhow::Error::msg)?;
         }
         return Ok(false);

@@ -38,7 +38,7 @@ mod reload;
 mod settings;
 
 pub use builder::AgentBuilder;
-pub use settings::{AgentSettings, display_target, target_holds_secret};
+pub use settings::{AgentSettings, ConnectAuthSettings, display_target, target_holds_secret};
 
 /// The environment variable of the test-only fault hook, read only by debug
 /// builds: `pipeline-panic-after-ms=N` makes the pipeline task panic after
@@ -231,6 +231,7 @@ impl Agent {
         let mut runtime = AgentConfig::new(host).listener(ListenerConfig {
             uri,
             read_only: cfg.read_only.unwrap_or(true),
+            credentials: cfg.connect_auth.credentials()?,
             ..ListenerConfig::default()
         });
         runtime.spool_dir = cfg.spool.clone();
@@ -359,14 +360,18 @@ impl Agent {
             wd_events::init_event_loop().map_err(|e| AgentError::Start(crate::Error::Listen(e)))?;
         }
         if !self.wait && self.events.is_none() {
-            let probe = uri.clone();
-            let outcome = tokio::task::spawn_blocking(move || wd_events::probe(&probe, read_only))
+            let probe = self.runtime.listener.clone();
+            let outcome = tokio::task::spawn_blocking(move || wd_events::probe(&probe))
                 .await
                 .map_err(|e| AgentError::Died(format!("the libvirt probe: {e}")))?;
             if let Err(e) = outcome {
                 let reason = match (&e, std::error::Error::source(&e)) {
                     // What to grant is the message; libvirt's reason follows.
                     (wd_events::Error::ReadWriteRefused { .. }, Some(s)) => format!("{e}: {s}"),
+                    // The configured credentials are this file's.
+                    (wd_events::Error::Credentials { .. }, Some(s)) => format!(
+                        "{e}; or give `[connect_auth]` username and password in the config file: {s}"
+                    ),
                     (_, Some(s)) => s.to_string(),
                     (_, None) => e.to_string(),
                 };

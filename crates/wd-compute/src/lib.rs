@@ -71,8 +71,8 @@ mod runtime;
 pub mod spawn;
 
 pub use agent::{
-    Agent, AgentBuilder, AgentError, AgentSettings, FAULT_ENV, RunningAgent, display_target,
-    target_holds_secret,
+    Agent, AgentBuilder, AgentError, AgentSettings, ConnectAuthSettings, FAULT_ENV, RunningAgent,
+    display_target, target_holds_secret,
 };
 pub use directory::{
     DirectoryConfig, DirectorySettings, DirectoryStats, InstanceDirectory, NovaDirectory, Owner,

@@ -68,7 +68,7 @@ impl Backend for Libvirt {
     ) -> Result<Box<dyn Session>> {
         ffi::init_event_loop()?;
         let uri = config.uri.clone();
-        let conn = crate::probe::open(&uri, config.read_only)?;
+        let conn = crate::probe::open(config)?;
         if !config.keepalive_interval.is_zero() {
             let secs = keepalive_secs(config.keepalive_interval);
             // Local drivers (test, embedded qemu) have no keepalive; that

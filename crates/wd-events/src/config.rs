@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use wd_backoff::Backoff;
 
+use crate::credentials::Credentials;
+
 /// How the listener connects and reconnects.
 ///
 /// ```
@@ -29,6 +31,12 @@ pub struct ListenerConfig {
     /// connection to callers who may want to act on it; `wdguard watch` turns
     /// it on.
     pub read_only: bool,
+    /// The SASL user name and password for a URI whose server asks for
+    /// them (`qemu+tcp://`, `qemu+tls://`), for what libvirt's own
+    /// `auth.conf` does not give. Without them, a server that asks fails
+    /// with [`Error::Credentials`](crate::Error::Credentials); the listener
+    /// never prompts.
+    pub credentials: Option<Credentials>,
     /// How often keepalive messages are sent on an idle connection (remote
     /// connections only). Zero turns keepalive off.
     pub keepalive_interval: Duration,
@@ -72,6 +80,7 @@ impl Default for ListenerConfig {
         ListenerConfig {
             uri: "qemu:///system".to_owned(),
             read_only: false,
+            credentials: None,
             keepalive_interval: Duration::from_secs(5),
             keepalive_count: 3,
             alive_check_interval: Duration::from_secs(5),
@@ -97,6 +106,13 @@ impl ListenerConfig {
     #[must_use]
     pub fn read_only(mut self, read_only: bool) -> Self {
         self.read_only = read_only;
+        self
+    }
+
+    /// Sets the credentials for what `auth.conf` does not give.
+    #[must_use]
+    pub fn credentials(mut self, credentials: Option<Credentials>) -> Self {
+        self.credentials = credentials;
         self
     }
 

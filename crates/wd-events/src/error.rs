@@ -32,6 +32,26 @@ pub enum Error {
         source: virt::error::Error,
     },
 
+    /// The server asked for credentials (SASL) that neither libvirt's
+    /// `auth.conf` nor the configured [`Credentials`](crate::Credentials)
+    /// hold. The listener never prompts for them.
+    #[error(
+        "libvirt at `{uri}` asks for {missing}, which neither libvirt's auth.conf ({auth_file}) nor the configured credentials give: add them to auth.conf as `[credentials-NAME]` with `authname=` and `password=`, and `[auth-libvirt-{server}]` with `credentials=NAME`"
+    )]
+    Credentials {
+        /// The connection URI.
+        uri: String,
+        /// What was asked for and not found, e.g. ``a password (`password`)``.
+        missing: String,
+        /// The auth.conf libvirt read, or where it looked.
+        auth_file: String,
+        /// The server name auth.conf sections are looked up under.
+        server: String,
+        /// libvirt's error (boxed: this variant is the largest).
+        #[source]
+        source: Box<virt::error::Error>,
+    },
+
     /// A read-write connection (`read_only = false`) failed where a
     /// read-only one succeeds: this user lacks read-write access.
     #[error(

@@ -111,11 +111,23 @@
 //! URI it also probes the daemon's Unix socket while it waits
 //! ([`ListenerConfig::socket_probe_interval`], 100 ms: one `connect(2)`),
 //! and reconnects as soon as the socket accepts again: back within about
-//! a probe interval of libvirtd's return, however long it was away.
+//! a probe interval of libvirtd's return, however long it was away. For a
+//! remote URI (`qemu+tcp://`, `qemu+tls://`) it probes the server's TCP port
+//! the same way, at most every half second.
+//!
+//! # Remote libvirt and credentials
+//!
+//! Every connection is opened with `virConnectOpenAuth`. A server that asks
+//! for credentials (SASL over `qemu+tcp://` or `qemu+tls://`) gets what
+//! libvirt's own client file `auth.conf` holds for it (see [`auth_file`]),
+//! then what [`ListenerConfig::credentials`] gives; anything still missing
+//! fails the connection with [`Error::Credentials`], naming it. Nothing ever
+//! prompts, so a daemon never blocks on a terminal.
 #![deny(unsafe_code)]
 
 mod backend;
 mod config;
+mod credentials;
 mod error;
 #[allow(unsafe_code)]
 mod ffi;
@@ -128,6 +140,7 @@ mod probe;
 mod socket;
 
 pub use config::ListenerConfig;
+pub use credentials::{Credentials, auth_file};
 pub use error::{Error, Result};
 pub use ffi::{Registration, init_event_loop, register};
 pub use inbox::ListenerStats;

@@ -381,7 +381,11 @@ impl<B: Backend> Supervisor<B> {
                 attempt,
                 error,
                 retry_in,
-            } => tracing::warn!(attempt, error = %error, ?retry_in, "libvirt connect failed"),
+            } => {
+                // With libvirt's reason: "authentication failed", "Connection refused".
+                let reason = std::error::Error::source(error).map(ToString::to_string);
+                tracing::warn!(attempt, error = %error, reason, ?retry_in, "libvirt connect failed");
+            }
             Item::Disconnected { generation, reason } => {
                 tracing::warn!(generation, %reason, "libvirt connection lost");
             }

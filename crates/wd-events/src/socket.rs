@@ -15,10 +15,18 @@
 //! `stat(2)`s it, so such a daemon sees one probe connection per wait and
 //! is retried on the backoff's schedule, never at the probe's pace.
 //!
+//! A remote URI (`qemu+tcp://`, `qemu+tls://`, or `qemu://HOST/` which is
+//! TLS) is watched the same way on its TCP port: a `connect(2)` to the
+//! server, closed at once. It has no file to `stat`, so a server that
+//! accepts at the start of a wait (but refuses us) is retried on the
+//! backoff's schedule only; and it is probed at most every
+//! [`TCP_PROBE_MIN`], since each probe may resolve a host name.
+//!
 //! A connection that is accepted by the kernel's backlog while libvirtd
 //! still initialises its drivers makes `virConnectOpen` wait until libvirtd
 //! serves it: the reconnect then follows libvirtd's first answer directly.
 
+use std::net::{TcpStream, ToSocketAddrs};
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -26,12 +34,41 @@ use std::time::Duration;
 
 use crate::config::ListenerConfig;
 
+/// The shortest interval between two probes of a TCP port.
+pub(crate) const TCP_PROBE_MIN: Duration = Duration::from_millis(500);
+
+/// How long one TCP probe waits for the server to accept.
+const TCP_PROBE_TIMEOUT: Duration = Duration::from_millis(300);
+
+/// Where a daemon listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Target {
+    /// A local Unix socket.
+    Unix(PathBuf),
+    /// A server's TCP port: host name (or address) and port.
+    Tcp(String, u16),
+}
+
+impl Target {
+    fn accepting(&self) -> bool {
+        match self {
+            Target::Unix(p) => UnixStream::connect(p).is_ok(),
+            Target::Tcp(host, port) => (host.as_str(), *port)
+                .to_socket_addrs()
+                .into_iter()
+                .flatten()
+                .any(|a| TcpStream::connect_timeout(&a, TCP_PROBE_TIMEOUT).is_ok()),
+        }
+    }
+}
+
 /// Where a local libvirt URI's daemon listens, and how often to look.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct SocketWatch {
     /// The candidate sockets (the monolithic daemon's and the driver's
-    /// modular daemon's); the daemon is back when any of them accepts.
-    pub(crate) paths: Vec<PathBuf>,
+    /// modular daemon's, or a server's TCP port); the daemon is back when
+    /// any of them accepts.
+    pub(crate) targets: Vec<Target>,
     /// How often to probe while waiting.
     pub(crate) every: Duration,
 }
@@ -44,28 +81,36 @@ impl SocketWatch {
         if config.socket_probe_interval.is_zero() {
             return None;
         }
+        if let Some((host, port)) = tcp_target(&config.uri) {
+            return Some(SocketWatch {
+                targets: vec![Target::Tcp(host, port)],
+                every: config.socket_probe_interval.max(TCP_PROBE_MIN),
+            });
+        }
         let runtime_dir = std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from);
         let paths = socket_paths(&config.uri, config.read_only, runtime_dir.as_deref());
         (!paths.is_empty()).then_some(SocketWatch {
-            paths,
+            targets: paths.into_iter().map(Target::Unix).collect(),
             every: config.socket_probe_interval,
         })
     }
 
     /// Whether any candidate socket accepts a connection now.
     pub(crate) fn accepting(&self) -> bool {
-        self.paths.iter().any(|p| UnixStream::connect(p).is_ok())
+        self.targets.iter().any(Target::accepting)
     }
 
     /// Which files the candidate paths are now (device, inode and change
     /// time: an inode number may be reused).
     pub(crate) fn files(&self) -> Files {
-        self.paths
+        self.targets
             .iter()
-            .map(|p| {
-                std::fs::metadata(p)
+            .map(|t| match t {
+                Target::Unix(p) => std::fs::metadata(p)
                     .ok()
-                    .map(|m| (m.dev(), m.ino(), m.ctime(), m.ctime_nsec()))
+                    .map(|m| (m.dev(), m.ino(), m.ctime(), m.ctime_nsec())),
+                // A port is the same "file" for as long as we watch it.
+                Target::Tcp(..) => None,
             })
             .collect()
     }
@@ -165,6 +210,38 @@ pub(crate) fn socket_paths(uri: &str, read_only: bool, runtime_dir: Option<&Path
     ]
 }
 
+/// The TCP server a remote libvirt URI connects to: `DRIVER+tcp://HOST`
+/// (port 16509 unless given) and `DRIVER+tls://HOST` or `DRIVER://HOST`
+/// (16514). `None` for any other URI, or one without a host.
+pub(crate) fn tcp_target(uri: &str) -> Option<(String, u16)> {
+    let (scheme, rest) = uri.split_once("://")?;
+    let (driver, transport) = scheme.split_once('+').unwrap_or((scheme, ""));
+    let default_port = match transport {
+        "tcp" => 16509,
+        "tls" | "" => 16514,
+        _ => return None,
+    };
+    if driver.is_empty() || driver == "test" {
+        return None;
+    }
+    let host = crate::credentials::server_of(uri);
+    if host.is_empty() {
+        return None;
+    }
+    let authority = rest.split(['/', '?']).next().unwrap_or("");
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let port = match host_port.rsplit_once(':') {
+        // An IPv6 address without a port has colons too, inside brackets.
+        Some((before, port))
+            if !port.contains(']') && (!before.starts_with('[') || before.ends_with(']')) =>
+        {
+            port.parse().ok()?
+        }
+        _ => default_port,
+    };
+    Some((host.to_owned(), port))
+}
+
 fn session_paths(dir: &Path, driver: &str) -> Vec<PathBuf> {
     vec![
         dir.join("libvirt-sock"),
@@ -248,7 +325,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("sock");
         let watch = SocketWatch {
-            paths: vec![path.clone()],
+            targets: vec![Target::Unix(path.clone())],
             every: Duration::from_millis(10),
         };
         (dir, path, watch)
@@ -291,6 +368,52 @@ mod tests {
         let _third = std::os::unix::net::UnixListener::bind(&path).unwrap();
         assert!(watch.begin(before_attempt).back());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn remote_uris_name_their_tcp_port() {
+        for (uri, want) in [
+            ("qemu+tcp://compute-1/system", Some(("compute-1", 16509))),
+            (
+                "qemu+tcp://127.0.0.1:16600/system",
+                Some(("127.0.0.1", 16600)),
+            ),
+            (
+                "qemu+tls://nova@compute-1:1/system?x=1",
+                Some(("compute-1", 1)),
+            ),
+            ("qemu://compute-1/system", Some(("compute-1", 16514))),
+            ("qemu+tcp://[::1]/system", Some(("::1", 16509))),
+            ("qemu+tcp://[::1]:7/system", Some(("::1", 7))),
+            ("qemu+tcp://h:notaport/system", None),
+            ("qemu:///system", None),
+            ("qemu+tcp:///system", None),
+            ("qemu+ssh://h/system", None),
+            ("test://h/default", None),
+        ] {
+            let got = tcp_target(uri);
+            assert_eq!(got.as_ref().map(|(h, p)| (h.as_str(), *p)), want, "{uri}");
+        }
+    }
+
+    #[test]
+    fn a_tcp_watch_sees_a_port_come_back_and_probes_no_faster_than_its_floor() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let config = ListenerConfig::default().uri(format!("qemu+tcp://127.0.0.1:{port}/system"));
+        let watch = SocketWatch::for_config(&config).unwrap();
+        assert_eq!(watch.every, TCP_PROBE_MIN);
+        assert!(watch.accepting());
+        // Accepting at the start of the wait: a server that refuses us is
+        // left to the backoff.
+        let mut wait = watch.begin(watch.files());
+        assert!(!wait.back());
+        drop(listener);
+        // Gone, then back on the same port.
+        let mut wait = watch.begin(watch.files());
+        assert!(!wait.back());
+        let _again = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+        assert!(wait.back());
     }
 
     #[test]

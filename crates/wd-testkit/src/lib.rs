@@ -16,6 +16,7 @@ pub mod openstack;
 mod process;
 mod rabbit2;
 mod rabbit_tls;
+pub mod sasl;
 mod services;
 pub mod vhost;
 
@@ -24,6 +25,7 @@ use std::path::{Path, PathBuf};
 pub use process::{daemon_command, pid_alive, run_quiet, stop_pid};
 pub use rabbit_tls::{Pki, RabbitMqTls};
 pub use rabbit2::RabbitMq2;
+pub use sasl::{SaslUser, libvirtd_tcp};
 pub use services::{Libvirtd, RabbitMq, libvirtd, rabbitmq};
 pub use vhost::{Node, Vhost};
 

@@ -73,23 +73,29 @@ pub(crate) fn wait_until(timeout: Duration, mut ready: impl FnMut() -> bool) -> 
 /// Writes `/etc/libvirt/NAME` unless it already holds exactly `wanted`
 /// (temp file, fsync, rename; an earlier different file is kept as
 /// `NAME.wd-backup`). Returns whether it wrote.
-fn write_config(name: &str, wanted: &str) -> Result<bool, String> {
-    let conf = PathBuf::from("/etc/libvirt").join(name);
-    let current = fs::read_to_string(&conf).unwrap_or_default();
+pub(crate) fn write_config(name: &str, wanted: &str) -> Result<bool, String> {
+    write_file(&PathBuf::from("/etc/libvirt").join(name), wanted)
+}
+
+/// Writes `conf` as [`write_config`] does, creating its directory.
+pub(crate) fn write_file(conf: &std::path::Path, wanted: &str) -> Result<bool, String> {
+    let current = fs::read_to_string(conf).unwrap_or_default();
     if current == wanted {
         return Ok(false);
     }
     if !current.is_empty() {
-        let _ = fs::copy(&conf, conf.with_extension("conf.wd-backup"));
+        let _ = fs::copy(conf, conf.with_extension("conf.wd-backup"));
     }
-    fs::create_dir_all("/etc/libvirt").map_err(|e| format!("create /etc/libvirt: {e}"))?;
+    if let Some(dir) = conf.parent() {
+        fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+    }
     let tmp = conf.with_extension("conf.tmp");
     let mut f = fs::File::create(&tmp).map_err(|e| format!("write {}: {e}", tmp.display()))?;
     f.write_all(wanted.as_bytes())
         .map_err(|e| format!("write {}: {e}", tmp.display()))?;
     f.sync_all()
         .map_err(|e| format!("sync {}: {e}", tmp.display()))?;
-    fs::rename(&tmp, &conf).map_err(|e| format!("rename to {}: {e}", conf.display()))?;
+    fs::rename(&tmp, conf).map_err(|e| format!("rename to {}: {e}", conf.display()))?;
     Ok(true)
 }
 
@@ -182,13 +188,14 @@ impl Libvirtd {
     /// stock polkit policy gives the same read-only access to every local
     /// user. Returns whether the file changed: a running libvirtd must be
     /// restarted to apply it. Needs root.
+    ///
+    /// The same file opens the TCP listener with SASL on 127.0.0.1 (see
+    /// [`Libvirtd::TCP_PORT`] and [`crate::sasl`]); the Unix sockets are
+    /// unchanged by it.
     pub fn allow_read_only_clients() -> Result<bool, String> {
-        write_config(
-            "libvirtd.conf",
-            "# Written by wd's xtask: read-only clients (libvirt-sock-ro) need no\n\
-             # polkit, which needs a system D-Bus that this machine does not run.\n\
-             auth_unix_ro = \"none\"\n",
-        )
+        let sasl = crate::sasl::write_sasl_config()?;
+        let conf = write_config("libvirtd.conf", &crate::sasl::libvirtd_conf())?;
+        Ok(sasl || conf)
     }
 
     /// Starts virtlogd (unless running) and libvirtd (unless running), and
@@ -203,7 +210,16 @@ impl Libvirtd {
         if !virtlogd_running {
             spawn_daemon("virtlogd", &mut daemon_command("virtlogd"))?;
         }
-        spawn_daemon("libvirtd", &mut daemon_command("libvirtd"))?;
+        // `--listen` opens the TCP listener that libvirtd.conf describes
+        // (127.0.0.1 only, SASL); the Unix sockets are the same either way.
+        // Only with that file: under another libvirtd.conf, `--listen` would
+        // also open a TLS listener (libvirt's default), which fails the
+        // start without certificates.
+        let mut cmd = daemon_command("libvirtd");
+        if crate::sasl::config_is_ours() {
+            cmd.arg("--listen");
+        }
+        spawn_daemon("libvirtd", &mut cmd)?;
         // The first start probes QEMU's capabilities, which takes a while.
         if !wait_until(Duration::from_secs(90), Self::is_up) {
             return Err(format!(

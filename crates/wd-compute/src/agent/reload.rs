@@ -21,7 +21,7 @@
 //!
 //! Every other setting that changed is named in
 //! [`Reconfigured::needs_restart`](wd_notify::Reconfigured::needs_restart):
-//! the libvirt URI and `read_only`, the host
+//! the libvirt URI, `read_only` and `[connect_auth]`, the host
 //! name, the spool directory, coalescing, the owner cache, the health
 //! interval, and a destination's queue settings (`[queue]`: bounds, retry
 //! delays, attempt timeout).
@@ -42,6 +42,7 @@ impl Fixed {
             keys: vec![
                 ("connect", r.listener.uri.clone()),
                 ("read_only", r.listener.read_only.to_string()),
+                ("connect_auth", fingerprint(r.listener.credentials.as_ref())),
                 ("host", r.host.clone()),
                 ("spool", format!("{:?}", r.spool_dir)),
                 ("coalesce", format!("{:?}", r.coalesce)),
@@ -60,4 +61,15 @@ impl Fixed {
             .map(|(a, _)| a.0.to_owned())
             .collect()
     }
+}
+
+/// Tells credentials apart without holding the password: the user name and
+/// a hash of the password (never shown; only compared).
+fn fingerprint(c: Option<&wd_events::Credentials>) -> String {
+    use std::hash::{Hash, Hasher};
+    c.map_or_else(String::new, |c| {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        c.password().hash(&mut h);
+        format!("{}:{:016x}", c.username(), h.finish())
+    })
 }

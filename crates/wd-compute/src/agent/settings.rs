@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use serde::Deserialize;
-use wd_notify::settings::{CoalesceSettings, QueueSettings};
+use wd_notify::settings::{CoalesceSettings, QueueSettings, SettingsError};
 
 /// The agent's configuration (TOML, as in the packaged `/etc/wd/wd.toml`).
 /// Every key is optional; unknown keys are errors.
@@ -47,6 +47,11 @@ pub struct AgentSettings {
     pub wait: Option<bool>,
     /// Open libvirt read-only [default true].
     pub read_only: Option<bool>,
+    /// The SASL credentials for a libvirt server that asks for them
+    /// (`qemu+tcp://`, `qemu+tls://`), for what libvirt's own `auth.conf`
+    /// does not give.
+    #[serde(default)]
+    pub connect_auth: ConnectAuthSettings,
     /// Webhook settings.
     #[cfg(feature = "webhook")]
     #[serde(default)]
@@ -87,6 +92,7 @@ impl std::fmt::Debug for AgentSettings {
             .field("nova_config", &self.nova_config)
             .field("wait", &self.wait)
             .field("read_only", &self.read_only)
+            .field("connect_auth", &self.connect_auth)
             .field("webhook", &self.webhook)
             .field("amqp", &self.amqp)
             .field("coalesce", &self.coalesce)
@@ -160,6 +166,9 @@ impl AgentSettings {
             .filter(|(_, t)| target_holds_secret(t))
             .map(|(i, _)| format!("notify[{i}]"))
             .collect();
+        if self.connect_auth.password.is_some() {
+            keys.push("connect_auth.password".to_owned());
+        }
         #[cfg(feature = "webhook")]
         keys.extend(self.webhook.secret_keys());
         #[cfg(feature = "amqp")]
@@ -177,5 +186,57 @@ impl AgentSettings {
             }
         }
         keys
+    }
+}
+
+/// `[connect_auth]`: the user name and password the agent answers when its
+/// libvirt server asks for them (SASL, as over `qemu+tcp://`), after libvirt
+/// has taken what its client file `auth.conf` holds (`LIBVIRT_AUTH_FILE`,
+/// else `~/.config/libvirt/auth.conf`, else `/etc/libvirt/auth.conf`). Give
+/// both or neither; a file with the password must not be readable by
+/// others. The agent never prompts: what neither gives fails the
+/// connection with an error naming the missing credential.
+#[derive(Default, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectAuthSettings {
+    /// The SASL user name (libvirt's `authname`).
+    pub username: Option<String>,
+    /// Its password.
+    pub password: Option<String>,
+}
+
+impl std::fmt::Debug for ConnectAuthSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectAuthSettings")
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+impl ConnectAuthSettings {
+    /// The credentials, or `None` when none are configured.
+    ///
+    /// # Errors
+    ///
+    /// A [`SettingsError`] when only one of the two keys is given, or the
+    /// user name is empty.
+    pub fn credentials(&self) -> Result<Option<wd_events::Credentials>, SettingsError> {
+        match (&self.username, &self.password) {
+            (None, None) => Ok(None),
+            (Some(u), _) if u.trim().is_empty() => Err(SettingsError::key(
+                "connect_auth.username",
+                "must not be empty",
+            )),
+            (Some(u), Some(p)) => Ok(Some(wd_events::Credentials::new(u, p))),
+            (Some(_), None) => Err(SettingsError::key(
+                "connect_auth.password",
+                "is missing: give it with `connect_auth.username`, or neither (to use libvirt's auth.conf)",
+            )),
+            (None, Some(_)) => Err(SettingsError::key(
+                "connect_auth.username",
+                "is missing: give it with `connect_auth.password`, or neither (to use libvirt's auth.conf)",
+            )),
+        }
     }
 }

@@ -209,6 +209,21 @@ fn bad_configurations_name_what_is_wrong() {
             "spool-fault=enospc|eio|erofs:write|fsync|create|all:FLAG_FILE",
         );
     }
+    check(
+        "notify = [\"log\"]\n[connect_auth]\nusername = \"nova\"\n",
+        &[],
+        "config key `connect_auth.password` is missing",
+    );
+    check(
+        "notify = [\"log\"]\n[connect_auth]\npassword = \"s3cret\"\n",
+        &[],
+        "config key `connect_auth.username` is missing",
+    );
+    check(
+        "notify = [\"log\"]\n[connect_auth]\nusername = \" \"\npassword = \"s3cret\"\n",
+        &[],
+        "config key `connect_auth.username` must not be empty",
+    );
     let e = toml::from_str::<AgentSettings>("conect = \"x\"").unwrap_err();
     assert!(e.to_string().contains("unknown field `conect`"), "{e}");
 }
@@ -240,6 +255,18 @@ fn debug_output_and_secrets() {
         ["notify[0]", "amqp.password", "amqp.url"]
     );
     assert!(!target_holds_secret("https://ops.example/watchdog"));
+    // libvirt's SASL password.
+    let cfg = parse("[connect_auth]\nusername = \"nova\"\npassword = \"s3cret\"\n");
+    assert_eq!(cfg.secret_keys(), ["connect_auth.password"]);
+    let shown = format!("{cfg:?} {cfg:#?}");
+    assert!(
+        !shown.contains("s3cret") && shown.contains("nova"),
+        "{shown}"
+    );
+    let creds = cfg.connect_auth.credentials().unwrap().unwrap();
+    assert_eq!((creds.username(), creds.password()), ("nova", "s3cret"));
+    assert!(!format!("{creds:?}").contains("s3cret"));
+    assert_eq!(parse("").connect_auth.credentials(), Ok(None));
 }
 
 #[test]
