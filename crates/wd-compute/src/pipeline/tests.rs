@@ -77,7 +77,7 @@ fn fire_run(
     })
 }
 
-fn listing(domains: &[(DomainId, bool)]) -> Vec<Item> {
+pub(super) fn listing(domains: &[(DomainId, bool)]) -> Vec<Item> {
     let runs: Vec<_> = domains.iter().map(|(d, p)| (d.clone(), 1, *p)).collect();
     listing_runs(&runs)
 }
