@@ -447,15 +447,21 @@ impl Pipeline {
                     self.directory
                         .retire_unlisted(&|uuid: &Uuid| listing.all.contains(uuid));
                 }
-                self.stats.catch_ups += 1;
-                let took = self.connected_at.take().map(|t| t.elapsed());
-                self.stats.last_catch_up = took;
-                tracing::info!(
-                    domains,
-                    duration_ms =
-                        took.map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
-                    "catch-up listing done"
-                );
+                // The listener's settle listings after a catch-up come with
+                // the same markers: only the first after connecting is the
+                // catch-up (counted and timed).
+                if let Some(t) = self.connected_at.take() {
+                    let took = t.elapsed();
+                    self.stats.catch_ups += 1;
+                    self.stats.last_catch_up = Some(took);
+                    tracing::info!(
+                        domains,
+                        duration_ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
+                        "catch-up listing done"
+                    );
+                } else {
+                    tracing::debug!(domains, "settle listing done");
+                }
                 self.connected = true;
                 self.pulse(Pulse::CaughtUp {
                     generation,
