@@ -93,7 +93,9 @@ pub fn cpu_ns(pid: u32) -> anyhow::Result<u64> {
 
 /// The CPU time of each live thread of `pid` in nanoseconds (as
 /// [`cpu_ns`]), by thread id, with the thread's name.
-pub fn cpu_ns_by_thread(pid: u32) -> anyhow::Result<std::collections::BTreeMap<u64, (String, u64)>> {
+pub fn cpu_ns_by_thread(
+    pid: u32,
+) -> anyhow::Result<std::collections::BTreeMap<u64, (String, u64)>> {
     let mut out = std::collections::BTreeMap::new();
     for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
         let task = task?;

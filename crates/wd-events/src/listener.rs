@@ -501,4 +501,6 @@ impl Settle {
 }
 
 #[cfg(test)]
+mod settle_tests;
+#[cfg(test)]
 mod tests;
