@@ -342,7 +342,7 @@ impl Pipeline {
 
     /// Appends the staged ledger entries once (one `write(2)`), then hands
     /// the notifications of `batch` to the delivery layer while the
-    /// ledger's sync runs beside the queues' (see [`crate::ledger`] for why
+    /// ledger's sync runs beside the queues' (see the `ledger` module docs for why
     /// that order is crash-safe).
     fn launch(&mut self, batch: Vec<Prepared>) {
         let synced = self.write_ledger();
