@@ -148,8 +148,12 @@ pub struct Ledger {
     log: Option<Arc<File>>,
     /// Records in the log after its header.
     records: usize,
-    /// The file must be rewritten whole before anything is appended.
+    /// The file must be rewritten whole before anything is appended (it is
+    /// missing, of an earlier format or boot, or torn).
     rewrite: bool,
+    /// A write or sync failed: the file must be rewritten whole from
+    /// memory, even with nothing new to write.
+    resync: bool,
     /// The file-system calls of its rewrites (`None`: the real one).
     fs: Option<Arc<dyn SpoolFs>>,
     /// Called before each sync of the log (tests).
@@ -399,13 +403,15 @@ impl Ledger {
             self.pending.clear();
             return Ok(None);
         };
-        let log = match &self.log {
-            Some(log) if !self.rewrite => log.clone(),
-            _ => return self.compact().map(|()| None),
-        };
-        if self.pending.is_empty() {
+        // A missing or old file with nothing new for it is left as it is:
+        // it reads the same.
+        if self.pending.is_empty() && !self.resync {
             return Ok(None);
         }
+        let log = match &self.log {
+            Some(log) if !self.rewrite && !self.resync => log.clone(),
+            _ => return self.compact().map(|()| None),
+        };
         let appended = log::records(&self.pending)
             .map_err(std::io::Error::from)
             .and_then(|bytes| (&*log).write_all(&bytes));
@@ -427,33 +433,41 @@ impl Ledger {
     /// Records that a [`LogSync`] failed: the next write rewrites the file
     /// whole from memory.
     pub fn sync_failed(&mut self) {
-        self.rewrite = true;
+        self.resync = true;
         self.log = None;
     }
 
-    /// Whether a write failed and the file must be rewritten whole.
+    /// Whether a write or sync failed and the file must be rewritten whole.
     pub fn must_rewrite(&self) -> bool {
-        self.path.is_some() && self.rewrite
+        self.path.is_some() && self.resync
     }
 
-    /// Whether the file is due a rewrite (see the module docs), to do off a
-    /// firing's path with [`Ledger::flush`].
+    /// Whether the ledger has nothing to keep and nothing to write: a failed
+    /// write of it loses nothing.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty() && self.pending.is_empty()
+    }
+
+    /// Whether the file is due a rewrite after a failure or because the log
+    /// has grown to many times its open episodes (see the module docs), to
+    /// do off a firing's path with [`Ledger::tidy`].
     pub fn compaction_due(&self) -> bool {
         self.path.is_some()
-            && (self.rewrite
+            && (self.resync
                 || (self.records > COMPACT_AFTER
                     && self.records > self.entries.len().saturating_mul(COMPACT_RATIO)))
     }
 
-    /// Marks the file due a rewrite if it has grown enough (see
-    /// [`Ledger::compaction_due`]), then flushes.
+    /// Rewrites the file whole if it is due (see
+    /// [`Ledger::compaction_due`]) or missing, old or torn, so that the
+    /// next write is an append; otherwise flushes.
     ///
     /// # Errors
     ///
     /// As [`Ledger::flush`].
     pub fn tidy(&mut self) -> Result<()> {
-        if self.compaction_due() {
-            self.rewrite = true;
+        if self.path.is_some() && (self.rewrite || self.compaction_due()) {
+            return self.compact();
         }
         self.flush()
     }
@@ -477,6 +491,7 @@ impl Ledger {
         self.records = self.entries.len();
         self.pending.clear();
         self.rewrite = false;
+        self.resync = false;
         Ok(())
     }
 }

@@ -442,7 +442,18 @@ impl Pipeline {
                     self.ledger.keep(|d| listing.paused.contains(d));
                     // Written and synced now, rewriting the file if it is
                     // missing or old: before the first firing, not on its way.
-                    self.tidy_ledger();
+                    // An empty ledger that cannot be written (a full disk at
+                    // start) loses nothing: not reported, so that it does
+                    // not hold /healthz at 503 once the disk is fine (the
+                    // queues' probe reports the disk); tried again at the
+                    // first write.
+                    if self.ledger.is_empty() {
+                        if let Err(e) = self.ledger.tidy() {
+                            tracing::debug!(error = %one_line(&e), "episode ledger not created yet");
+                        }
+                    } else {
+                        self.tidy_ledger();
+                    }
                     // Domains that vanished while we were not listening.
                     self.directory
                         .retire_unlisted(&|uuid: &Uuid| listing.all.contains(uuid));

@@ -255,8 +255,12 @@ fn a_change_is_one_appended_line_read_by_a_restart_before_its_sync() {
     let path = dir.path().join("episodes.json");
     let mut l = Ledger::open(&path).unwrap();
     assert!(!path.exists(), "opening writes nothing");
-    assert!(l.compaction_due());
+    // Nothing to write: still nothing written.
+    assert!(l.write().unwrap().is_none());
+    assert!(!path.exists());
+    assert!(l.rewrite);
     l.tidy().unwrap();
+    assert!(path.exists() && !l.rewrite);
     let (ino, len) = (inode(&path), fs::metadata(&path).unwrap().len());
     l.stage(id(1), entry(10, false, Some(2)));
     let sync = l.write().unwrap().expect("appended, to be synced");
@@ -295,7 +299,7 @@ fn a_torn_last_line_is_ignored_and_the_next_write_rewrites_the_file() {
         fs::write(&path, &new[..cut]).unwrap();
         let mut l = Ledger::open_on_boot(path.clone(), Some("b".into())).unwrap();
         assert_eq!(l.domains().count(), 1, "cut at {cut}");
-        assert_eq!(l.compaction_due(), cut > old.len(), "cut at {cut}");
+        assert_eq!(l.rewrite, cut > old.len(), "cut at {cut}");
         l.put(id(3), entry(30, true, None)).unwrap();
         let again = Ledger::open_on_boot(path.clone(), Some("b".into())).unwrap();
         assert_eq!(
@@ -303,7 +307,7 @@ fn a_torn_last_line_is_ignored_and_the_next_write_rewrites_the_file() {
             [id(1), id(3)],
             "cut at {cut}"
         );
-        assert!(!again.compaction_due(), "cut at {cut}");
+        assert!(!again.rewrite, "cut at {cut}");
     }
     fs::write(&path, &new).unwrap();
     assert_eq!(
