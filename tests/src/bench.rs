@@ -91,6 +91,47 @@ pub fn cpu_ns(pid: u32) -> anyhow::Result<u64> {
     Ok(total)
 }
 
+/// The CPU time of each live thread of `pid` in nanoseconds (as
+/// [`cpu_ns`]), by thread id, with the thread's name.
+pub fn cpu_ns_by_thread(
+    pid: u32,
+) -> anyhow::Result<std::collections::BTreeMap<u64, (String, u64)>> {
+    let mut out = std::collections::BTreeMap::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let task = task?;
+        let Some(tid) = task.file_name().to_str().and_then(|t| t.parse().ok()) else {
+            continue;
+        };
+        let (Ok(stat), Ok(comm)) = (
+            std::fs::read_to_string(task.path().join("schedstat")),
+            std::fs::read_to_string(task.path().join("comm")),
+        ) else {
+            continue;
+        };
+        let ns = stat
+            .split_whitespace()
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        out.insert(tid, (comm.trim().to_owned(), ns));
+    }
+    Ok(out)
+}
+
+/// Where the CPU between two [`cpu_ns_by_thread`] snapshots went, by
+/// thread name (threads that ended meanwhile are not seen), in ns.
+pub fn cpu_ns_delta_by_name(
+    before: &std::collections::BTreeMap<u64, (String, u64)>,
+    after: &std::collections::BTreeMap<u64, (String, u64)>,
+) -> std::collections::BTreeMap<String, u64> {
+    let mut out = std::collections::BTreeMap::new();
+    for (tid, (name, ns)) in after {
+        let was = before.get(tid).map_or(0, |(_, n)| *n);
+        *out.entry(name.clone()).or_insert(0) += ns.saturating_sub(was);
+    }
+    out
+}
+
 /// utime + stime of `pid`, in ms.
 pub fn cpu_ms(pid: u32) -> anyhow::Result<f64> {
     Ok(cpu_ticks(pid)? as f64 * 1000.0 / clock_ticks())

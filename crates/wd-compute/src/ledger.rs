@@ -33,18 +33,63 @@
 //! booted are dropped when the ledger is opened (every guest was stopped
 //! since).
 //!
-//! The file is JSON, rewritten whole on each change through a temporary file,
-//! `fsync` and `rename`, so it is never half-written. A missing file is an
-//! empty ledger; an unreadable one is logged, set aside as `*.corrupt`, and
-//! replaced by an empty ledger (the worst case is a duplicate announcement).
+//! # Written beside the queues, not before them
 //!
-//! Format version 2 (this one) adds `boot_id` and each entry's `run_id`.
-//! A version 1 file (before runs were recorded) still loads: its entries
-//! have no run, match whatever run a catch-up finds (as version 1 did), and
-//! learn that run the first time they match.
+//! The file is a log of JSON lines (see `log.rs`): a change is one line
+//! appended with one `write(2)` ([`Ledger::write`]), and its `fdatasync`
+//! ([`LogSync::run`]) is a separate step that the pipeline runs on a
+//! blocking thread **at the same time as** the queues' own fsyncs, so a
+//! pause waits for one fsync, not for the ledger's then the queue's. Step 1
+//! above is the `write(2)`, done on the pipeline's task before the router is
+//! given the notification; the pipeline counts the hand-over done (and
+//! stages step 2) only once both the queues and the ledger's sync have
+//! finished. Why that keeps every promise, crash by crash:
+//!
+//! - **The agent dies (`kill -9`, a panic, the OOM killer, a restart by
+//!   systemd) on the same host boot.** What `write(2)` returned is in the
+//!   kernel's page cache, which the restarted agent reads whether or not it
+//!   reached the disk. Since the ledger's line is written before any queue
+//!   is handed the notification, a queue never holds a pause that the
+//!   restarted agent's ledger lacks: its catch-up finds the entry (step 3)
+//!   and announces nothing new, or, if the entry was not yet accepted,
+//!   announces it again with the same event id (receivers deduplicate).
+//!   The window "queue durable, ledger not" does not exist on one boot.
+//! - **The host loses power or its kernel crashes** before the ledger's sync
+//!   finished, while a queue's entry was synced: the ledger's last lines
+//!   may be lost or torn. But the host then boots again, every guest with
+//!   it, and the boot id in the header makes the restarted agent drop every
+//!   entry of the earlier boot anyway: no catch-up can find that run of the
+//!   guest paused again, so the queue's entry is delivered (with its id)
+//!   and nothing is announced twice. A torn last line is ignored, and the
+//!   next write rewrites the file first.
+//! - **The ledger's sync fails** (`EIO`, a full disk showing only at the
+//!   sync): the failure is reported like a failed write
+//!   (`wd_write_failures_total{target="ledger"}`), and the next write
+//!   rewrites the whole file (temporary file, `fsync`, `rename`, directory
+//!   `fsync`) from memory before appending again, since pages whose
+//!   writeback failed may be lost.
+//!
+//! So the sync is not what makes the ledger reliable across an agent crash;
+//! it keeps the file whole on the disk and makes a failing disk visible.
+//!
+//! A compaction rewrites the file whole, the same atomic way, so it is never
+//! half-written: at the first write after the agent starts (when the file is
+//! missing, of an earlier format or boot, or torn; the pipeline does it once
+//! its first catch-up is done, off a firing's path) and when the log has
+//! grown to many times its open episodes. A missing file is an empty
+//! ledger; an unreadable one is logged, set aside as `*.corrupt`, and
+//! replaced by an empty ledger (the worst case is a duplicate
+//! announcement).
+//!
+//! Format version 3 (this one) is the log. Versions 1 and 2 were one JSON
+//! document rewritten whole; they still load. A version 1 file (before runs
+//! were recorded) has entries without a run, which match whatever run a
+//! catch-up finds (as version 1 did), and learn that run the first time
+//! they match.
 
 use std::collections::BTreeMap;
-use std::fs;
+use std::fs::{self, File};
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -54,11 +99,17 @@ use wd_notify::{RealFs, SpoolFs};
 
 use crate::error::{Error, Result};
 
-/// The file format version written.
-const VERSION: u32 = 2;
+mod log;
 
 /// Where Linux publishes the id of the current boot.
 const BOOT_ID_PATH: &str = "/proc/sys/kernel/random/boot_id";
+
+/// A log with more records than this, and more than
+/// [`COMPACT_RATIO`] times its open episodes, is compacted.
+const COMPACT_AFTER: usize = 4096;
+
+/// See [`COMPACT_AFTER`].
+const COMPACT_RATIO: usize = 4;
 
 /// One open pause episode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -90,31 +141,73 @@ pub struct Ledger {
     path: Option<PathBuf>,
     boot_id: Option<String>,
     entries: BTreeMap<Uuid, Entry>,
-    /// Entries staged ([`Ledger::stage`]) since the file was last written.
-    dirty: bool,
-    /// The file-system calls of its writes (`None`: the real one).
+    /// Changes staged since the log was last written: an entry, or `None`
+    /// for its end.
+    pending: BTreeMap<Uuid, Option<Entry>>,
+    /// The log, open for appending (`None` until the file is rewritten).
+    log: Option<Arc<File>>,
+    /// Records in the log after its header.
+    records: usize,
+    /// The file must be rewritten whole before anything is appended (it is
+    /// missing, of an earlier format or boot, or torn).
+    rewrite: bool,
+    /// A write or sync failed: the file must be rewritten whole from
+    /// memory, even with nothing new to write.
+    resync: bool,
+    /// The file-system calls of its rewrites (`None`: the real one).
     fs: Option<Arc<dyn SpoolFs>>,
+    /// Called before each sync of the log (tests).
+    #[cfg(test)]
+    sync_hook: Option<Hook>,
 }
 
-#[derive(Serialize, Deserialize)]
-struct FileForm {
-    version: u32,
-    /// The host boot the entries belong to; absent in version 1.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    boot_id: Option<String>,
-    episodes: BTreeMap<Uuid, Entry>,
-}
+/// A function a test runs before each sync of the log.
+#[cfg(test)]
+#[derive(Clone)]
+pub(crate) struct Hook(pub(crate) Arc<dyn Fn() + Send + Sync>);
 
-/// Reads a ledger file of any version up to [`VERSION`].
-fn parse(bytes: &[u8]) -> std::result::Result<FileForm, String> {
-    let f: FileForm = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
-    if !(1..=VERSION).contains(&f.version) {
-        return Err(format!(
-            "format version {} is not supported; allowed: 1 to {VERSION}",
-            f.version
-        ));
+#[cfg(test)]
+impl std::fmt::Debug for Hook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Hook")
     }
-    Ok(f)
+}
+
+/// The `fdatasync` of what [`Ledger::write`] appended, to run anywhere
+/// (the pipeline runs it on a blocking thread beside the queues' syncs).
+#[must_use = "the appended records are not durable until it runs"]
+pub struct LogSync {
+    file: Arc<File>,
+    path: PathBuf,
+    #[cfg(test)]
+    hook: Option<Hook>,
+}
+
+impl std::fmt::Debug for LogSync {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogSync")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LogSync {
+    /// Makes the appended records durable. After a failure call
+    /// [`Ledger::sync_failed`].
+    ///
+    /// # Errors
+    ///
+    /// The sync failed (`EIO`, `ENOSPC`, ...).
+    pub fn run(self) -> Result<()> {
+        #[cfg(test)]
+        if let Some(hook) = &self.hook {
+            (hook.0)();
+        }
+        self.file.sync_data().map_err(|source| Error::Ledger {
+            path: self.path,
+            source,
+        })
+    }
 }
 
 /// The id of the host's current boot, if the system publishes one.
@@ -131,7 +224,7 @@ impl Ledger {
         Self::default()
     }
 
-    /// Opens (or creates) the ledger at `path`.
+    /// Opens (or creates) the ledger at `path`. Opening writes nothing.
     ///
     /// # Errors
     ///
@@ -144,15 +237,15 @@ impl Ledger {
     /// [`Ledger::open`] on the host boot `boot_id` (`None`: unknown, keep
     /// every entry).
     fn open_on_boot(path: PathBuf, boot_id: Option<String>) -> Result<Self> {
-        let entries = match fs::read(&path) {
-            Ok(bytes) => match parse(&bytes) {
+        let loaded = match fs::read(&path) {
+            Ok(bytes) => match log::parse(&bytes) {
                 Ok(f) => match (&f.boot_id, &boot_id) {
                     (Some(then), Some(now)) if then != now => {
                         tracing::info!(path = %path.display(), episodes = f.episodes.len(),
                             "episode ledger is from an earlier boot of this host; its episodes have ended");
-                        BTreeMap::new()
+                        None
                     }
-                    _ => f.episodes,
+                    _ => Some(f),
                 },
                 Err(e) => {
                     let aside = path.with_extension("corrupt");
@@ -162,25 +255,48 @@ impl Ledger {
                         path: path.clone(),
                         source,
                     })?;
-                    BTreeMap::new()
+                    None
                 }
             },
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(source) => return Err(Error::Ledger { path, source }),
         };
-        Ok(Ledger {
+        let mut ledger = Ledger {
             path: Some(path),
             boot_id,
-            entries,
-            dirty: false,
-            fs: None,
-        })
+            rewrite: true,
+            ..Ledger::default()
+        };
+        if let Some(f) = loaded {
+            ledger.rewrite = f.version != log::VERSION || f.torn || f.boot_id != ledger.boot_id;
+            ledger.entries = f.episodes;
+            ledger.records = f.records;
+        }
+        if !ledger.rewrite {
+            // Appending to it later; opening it so writes nothing.
+            match ledger
+                .path
+                .as_deref()
+                .map(|p| File::options().append(true).open(p))
+            {
+                Some(Ok(file)) => ledger.log = Some(Arc::new(file)),
+                _ => ledger.rewrite = true,
+            }
+        }
+        Ok(ledger)
     }
 
-    /// Makes its writes through `fs` (a power-cut model, a failing disk).
+    /// Makes its rewrites through `fs` (a power-cut model, a failing disk).
     #[cfg(test)]
     pub(crate) fn with_fs(mut self, fs: Arc<dyn SpoolFs>) -> Self {
         self.fs = Some(fs);
+        self
+    }
+
+    /// Calls `hook` before each sync of the log.
+    #[cfg(test)]
+    pub(crate) fn with_sync_hook(mut self, hook: Arc<dyn Fn() + Send + Sync>) -> Self {
+        self.sync_hook = Some(Hook(hook));
         self
     }
 
@@ -212,25 +328,31 @@ impl Ledger {
     }
 
     /// Records `entry` for `domain` in memory only; the next
-    /// [`Ledger::flush`] (or any other write) persists it. Many entries
-    /// staged then flushed cost one write of the file, not one each.
+    /// [`Ledger::write`] or [`Ledger::flush`] persists it. Many entries
+    /// staged then written cost one write of the file, not one each.
     pub fn stage(&mut self, domain: Uuid, entry: Entry) {
         if self.entries.insert(domain, entry) != Some(entry) {
-            self.dirty = true;
+            self.pending.insert(domain, Some(entry));
         }
     }
 
-    /// Persists what was staged, if anything.
-    ///
-    /// # Errors
-    ///
-    /// The file could not be written; the entries stay staged, so the next
-    /// flush tries again.
-    pub fn flush(&mut self) -> Result<()> {
-        if !self.dirty {
-            return Ok(());
+    /// Ends `domain`'s episode in memory only (see [`Ledger::stage`]).
+    /// Returns whether there was one.
+    pub fn end(&mut self, domain: &Uuid) -> bool {
+        if self.entries.remove(domain).is_none() {
+            return false;
         }
-        self.persist()
+        self.pending.insert(*domain, None);
+        true
+    }
+
+    /// Keeps only the domains for which `keep` is true, in memory only (see
+    /// [`Ledger::stage`]).
+    pub fn keep(&mut self, mut keep: impl FnMut(&Uuid) -> bool) {
+        let ended: Vec<Uuid> = self.entries.keys().filter(|d| !keep(d)).copied().collect();
+        for d in ended {
+            self.end(&d);
+        }
     }
 
     /// Ends `domain`'s episode and persists. Returns whether there was one.
@@ -239,11 +361,8 @@ impl Ledger {
     ///
     /// The file could not be written; the in-memory state is updated anyway.
     pub fn remove(&mut self, domain: &Uuid) -> Result<bool> {
-        if self.entries.remove(domain).is_none() {
-            return Ok(false);
-        }
-        self.dirty = true;
-        self.persist().map(|()| true)
+        let had = self.end(domain);
+        self.flush().map(|()| had)
     }
 
     /// Keeps only the domains for which `keep` is true, and persists.
@@ -251,37 +370,128 @@ impl Ledger {
     /// # Errors
     ///
     /// The file could not be written; the in-memory state is updated anyway.
-    pub fn retain(&mut self, mut keep: impl FnMut(&Uuid) -> bool) -> Result<()> {
-        let before = self.entries.len();
-        self.entries.retain(|d, _| keep(d));
-        if self.entries.len() == before {
-            return Ok(());
-        }
-        self.dirty = true;
-        self.persist()
+    pub fn retain(&mut self, keep: impl FnMut(&Uuid) -> bool) -> Result<()> {
+        self.keep(keep);
+        self.flush()
     }
 
-    fn persist(&mut self) -> Result<()> {
+    /// Persists what was staged, and syncs it, if anything.
+    ///
+    /// # Errors
+    ///
+    /// The file could not be written; the entries stay in memory, so the
+    /// next write tries again.
+    pub fn flush(&mut self) -> Result<()> {
+        match self.write()? {
+            Some(sync) => sync.run().inspect_err(|_| self.sync_failed()),
+            None => Ok(()),
+        }
+    }
+
+    /// Appends what was staged to the log with one `write(2)`: visible at
+    /// once to an agent that opens the ledger on this host boot (see the
+    /// module docs). Returns the sync that makes it durable, to run
+    /// anywhere, or `None` when there was nothing to append or the file was
+    /// rewritten whole (and synced) instead.
+    ///
+    /// # Errors
+    ///
+    /// The file could not be written; the entries stay in memory, and the
+    /// next write rewrites the file whole.
+    pub fn write(&mut self) -> Result<Option<LogSync>> {
+        let Some(path) = self.path.clone() else {
+            self.pending.clear();
+            return Ok(None);
+        };
+        // A missing or old file with nothing new for it is left as it is:
+        // it reads the same.
+        if self.pending.is_empty() && !self.resync {
+            return Ok(None);
+        }
+        let log = match &self.log {
+            Some(log) if !self.rewrite && !self.resync => log.clone(),
+            _ => return self.compact().map(|()| None),
+        };
+        let appended = log::records(&self.pending)
+            .map_err(std::io::Error::from)
+            .and_then(|bytes| (&*log).write_all(&bytes));
+        if let Err(source) = appended {
+            // Part of a line may be in the file: nothing may follow it.
+            self.sync_failed();
+            return Err(Error::Ledger { path, source });
+        }
+        self.records = self.records.saturating_add(self.pending.len());
+        self.pending.clear();
+        Ok(Some(LogSync {
+            file: log,
+            path,
+            #[cfg(test)]
+            hook: self.sync_hook.clone(),
+        }))
+    }
+
+    /// Records that a [`LogSync`] failed: the next write rewrites the file
+    /// whole from memory.
+    pub fn sync_failed(&mut self) {
+        self.resync = true;
+        self.log = None;
+    }
+
+    /// Whether a write or sync failed and the file must be rewritten whole.
+    pub fn must_rewrite(&self) -> bool {
+        self.path.is_some() && self.resync
+    }
+
+    /// Whether the ledger has nothing to keep and nothing to write: a failed
+    /// write of it loses nothing.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty() && self.pending.is_empty()
+    }
+
+    /// Whether the file is due a rewrite after a failure or because the log
+    /// has grown to many times its open episodes (see the module docs), to
+    /// do off a firing's path with [`Ledger::tidy`].
+    pub fn compaction_due(&self) -> bool {
+        self.path.is_some()
+            && (self.resync
+                || (self.records > COMPACT_AFTER
+                    && self.records > self.entries.len().saturating_mul(COMPACT_RATIO)))
+    }
+
+    /// Rewrites the file whole if it is due (see
+    /// [`Ledger::compaction_due`]) or missing, old or torn, so that the
+    /// next write is an append; otherwise flushes.
+    ///
+    /// # Errors
+    ///
+    /// As [`Ledger::flush`].
+    pub fn tidy(&mut self) -> Result<()> {
+        if self.path.is_some() && (self.rewrite || self.compaction_due()) {
+            return self.compact();
+        }
+        self.flush()
+    }
+
+    /// Rewrites the file whole from memory, atomically, and opens it for
+    /// appending.
+    fn compact(&mut self) -> Result<()> {
         let Some(path) = &self.path else {
-            self.dirty = false;
             return Ok(());
         };
         let fs: &dyn SpoolFs = self.fs.as_deref().unwrap_or(&RealFs);
-        write_atomically(
-            fs,
-            path,
-            &serde_json::to_vec_pretty(&FileForm {
-                version: VERSION,
-                boot_id: self.boot_id.clone(),
-                episodes: self.entries.clone(),
-            })
-            .unwrap_or_default(),
-        )
-        .map_err(|source| Error::Ledger {
+        let err = |source| Error::Ledger {
             path: path.clone(),
             source,
-        })?;
-        self.dirty = false;
+        };
+        let bytes =
+            log::render(self.boot_id.as_deref(), &self.entries).map_err(|e| err(e.into()))?;
+        write_atomically(fs, path, &bytes).map_err(err)?;
+        let file = File::options().append(true).open(path).map_err(err)?;
+        self.log = Some(Arc::new(file));
+        self.records = self.entries.len();
+        self.pending.clear();
+        self.rewrite = false;
+        self.resync = false;
         Ok(())
     }
 }
@@ -312,234 +522,4 @@ pub(crate) fn write_atomically(fs: &dyn SpoolFs, path: &Path, bytes: &[u8]) -> s
 }
 
 #[cfg(test)]
-mod tests {
-    use wd_notify::fault::SimFs;
-
-    use super::*;
-
-    fn id(n: u128) -> Uuid {
-        Uuid::from_u128(n)
-    }
-
-    fn entry(event: u128, accepted: bool, run: Option<u32>) -> Entry {
-        Entry {
-            event_id: id(event),
-            accepted,
-            run_id: run,
-        }
-    }
-
-    #[test]
-    fn survives_reopen_and_tracks_acceptance() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("episodes.json");
-        let mut l = Ledger::open(&path).unwrap();
-        assert_eq!(l.get(&id(1)), None);
-        l.put(id(1), entry(10, false, Some(4))).unwrap();
-        l.put(id(2), entry(20, true, Some(5))).unwrap();
-        l.put(id(1), entry(10, true, Some(4))).unwrap();
-        drop(l);
-        let mut l = Ledger::open(&path).unwrap();
-        assert_eq!(l.get(&id(1)), Some(entry(10, true, Some(4))));
-        assert_eq!(l.get(&id(2)), Some(entry(20, true, Some(5))));
-        assert!(l.remove(&id(2)).unwrap());
-        assert!(!l.remove(&id(2)).unwrap());
-        l.retain(|d| *d != id(1)).unwrap();
-        drop(l);
-        let l = Ledger::open(&path).unwrap();
-        assert_eq!(l.domains().count(), 0);
-        assert!(!path.with_extension("tmp").exists());
-    }
-
-    #[test]
-    fn an_episode_belongs_to_one_run_of_its_domain() {
-        let mut l = Ledger::in_memory();
-        l.put(id(1), entry(10, true, Some(4))).unwrap();
-        assert_eq!(l.episode(&id(1), Some(4)), Some(entry(10, true, Some(4))));
-        // Started again (a hard reboot): another run, another episode.
-        assert_eq!(l.episode(&id(1), Some(5)), None);
-        // An unknown run cannot prove a restart.
-        assert!(l.episode(&id(1), None).is_some());
-        l.put(id(2), entry(20, true, None)).unwrap();
-        assert!(l.episode(&id(2), Some(9)).is_some());
-        // A new run's entry replaces the old run's.
-        l.put(id(1), entry(11, false, Some(5))).unwrap();
-        assert_eq!(l.episode(&id(1), Some(4)), None);
-        assert_eq!(l.domains().count(), 2);
-    }
-
-    #[test]
-    fn a_version_1_file_loads_with_unknown_runs_and_is_rewritten_as_version_2() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("episodes.json");
-        // Exactly what the previous version wrote.
-        let v1 = format!(
-            "{{\n  \"version\": 1,\n  \"episodes\": {{\n    \"{}\": {{\n      \"event_id\": \"{}\",\n      \"accepted\": true\n    }}\n  }}\n}}",
-            id(1),
-            id(10)
-        );
-        fs::write(&path, v1).unwrap();
-        let mut l = Ledger::open_on_boot(path.clone(), Some("boot-a".into())).unwrap();
-        assert_eq!(l.get(&id(1)), Some(entry(10, true, None)));
-        l.put(id(1), entry(10, true, Some(3))).unwrap();
-        let text = fs::read_to_string(&path).unwrap();
-        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-        assert_eq!(v["version"], 2, "{text}");
-        assert_eq!(v["boot_id"], "boot-a", "{text}");
-        assert_eq!(v["episodes"][id(1).to_string()]["run_id"], 3, "{text}");
-        assert_eq!(
-            Ledger::open_on_boot(path, Some("boot-a".into()))
-                .unwrap()
-                .get(&id(1)),
-            Some(entry(10, true, Some(3)))
-        );
-    }
-
-    #[test]
-    fn episodes_from_an_earlier_boot_of_the_host_have_ended() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("episodes.json");
-        let mut l = Ledger::open_on_boot(path.clone(), Some("boot-a".into())).unwrap();
-        l.put(id(1), entry(10, true, Some(1))).unwrap();
-        drop(l);
-        // The same boot, or a system that publishes no boot id: kept.
-        for boot in [Some("boot-a"), None] {
-            let l = Ledger::open_on_boot(path.clone(), boot.map(Into::into)).unwrap();
-            assert_eq!(l.domains().count(), 1, "{boot:?}");
-        }
-        // After a reboot runtime ids start again from 1: run 1 of this boot
-        // is not the run 1 the entry was about.
-        let l = Ledger::open_on_boot(path.clone(), Some("boot-b".into())).unwrap();
-        assert_eq!(l.episode(&id(1), Some(1)), None);
-        // The real boot id is read from the system.
-        let now = current_boot_id();
-        if std::path::Path::new(BOOT_ID_PATH).exists() {
-            assert!(now.is_some_and(|b| b.len() == 36));
-        }
-    }
-
-    #[test]
-    fn corrupt_or_unknown_version_file_is_set_aside_not_fatal() {
-        for bad in [
-            "{\"version\":1,\"episodes\":{\"not-a-uu",
-            "{\"version\":3,\"episodes\":{}}",
-        ] {
-            let dir = tempfile::tempdir().unwrap();
-            let path = dir.path().join("episodes.json");
-            fs::write(&path, bad).unwrap();
-            let mut l = Ledger::open(&path).unwrap();
-            assert_eq!(l.domains().count(), 0);
-            assert_eq!(
-                fs::read_to_string(path.with_extension("corrupt")).unwrap(),
-                bad
-            );
-            l.put(id(3), entry(30, true, None)).unwrap();
-            assert_eq!(
-                Ledger::open(&path).unwrap().get(&id(3)).map(|e| e.event_id),
-                Some(id(30))
-            );
-        }
-    }
-
-    /// The names and modification times of everything in `dir`.
-    fn snapshot(dir: &Path) -> Vec<(std::ffi::OsString, Option<std::time::SystemTime>)> {
-        let mut all: Vec<_> = fs::read_dir(dir)
-            .unwrap()
-            .map(|e| {
-                let e = e.unwrap();
-                (
-                    e.file_name(),
-                    e.metadata().ok().and_then(|m| m.modified().ok()),
-                )
-            })
-            .collect();
-        all.sort();
-        all
-    }
-
-    #[test]
-    fn in_memory_ledger_writes_nothing() {
-        // The same operations on a file-backed ledger change its directory,
-        // so the snapshot would notice a write.
-        let dir = tempfile::tempdir().unwrap();
-        let ops = |l: &mut Ledger| {
-            l.put(id(1), entry(2, false, Some(1))).unwrap();
-            l.put(id(1), entry(2, true, Some(1))).unwrap();
-            l.put(id(3), entry(4, true, None)).unwrap();
-            assert!(l.remove(&id(3)).unwrap());
-            l.retain(|_| false).unwrap();
-        };
-        let before = snapshot(dir.path());
-        ops(&mut Ledger::open(dir.path().join("episodes.json")).unwrap());
-        assert_ne!(snapshot(dir.path()), before);
-
-        // The in-memory one: the working directory (where a relative
-        // default file would go) is untouched, and it has no file at all.
-        let cwd = std::env::current_dir().unwrap();
-        let before = snapshot(&cwd);
-        let mut l = Ledger::in_memory();
-        ops(&mut l);
-        l.put(id(5), entry(6, true, Some(2))).unwrap();
-        assert_eq!(l.get(&id(5)).map(|e| e.accepted), Some(true));
-        assert!(l.path.is_none());
-        assert_eq!(snapshot(&cwd), before);
-    }
-
-    /// Rewrites a ledger through a power-cut model over its directory
-    /// (whose syncs `lie` may turn off) and checks every cut point: what survives is the old or
-    /// the new ledger, never a torn or missing one, and once the write has
-    /// returned, the new one.
-    fn cuts_keep_old_or_new(lie: fn(SimFs) -> SimFs) -> std::result::Result<(), String> {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("episodes.json");
-        let mut l = Ledger::open(&path).unwrap();
-        l.put(id(1), entry(10, true, Some(1))).unwrap();
-        let old = l.entries.clone();
-        drop(l);
-        // A temporary file an earlier, interrupted rewrite left.
-        fs::write(path.with_extension("tmp"), b"{\"torn").unwrap();
-        let fs = lie(SimFs::over(dir.path()).unwrap()).every_cut();
-        let mut l = Ledger::open(&path).unwrap().with_fs(Arc::new(fs.clone()));
-        l.put(id(2), entry(20, false, Some(3))).unwrap();
-        let new = l.entries.clone();
-        let cuts = fs.cuts();
-        assert!(cuts.len() >= 6, "{:?}", fs.ops());
-        for (at, cut) in cuts.iter().enumerate() {
-            let out = tempfile::tempdir().unwrap();
-            cut.restore(dir.path(), out.path()).unwrap();
-            let after = out.path().join("episodes.json");
-            let bytes = fs::read(&after)
-                .map_err(|e| format!("cut {at}: the ledger is missing ({e}): {cut:?}"))?;
-            let got = parse(&bytes)
-                .map_err(|e| format!("cut {at}: the ledger is torn ({e}): {cut:?}"))?
-                .episodes;
-            if got != old && got != new {
-                return Err(format!("cut {at}: neither old nor new: {got:?}"));
-            }
-            // What the agent reads after the power cut.
-            let reopened = Ledger::open(&after).unwrap();
-            assert_eq!(reopened.entries, got);
-        }
-        let last = cuts.last().map(|c| c.files.get(&path).cloned());
-        let done = last.flatten().map(|b| parse(&b).map(|f| f.episodes));
-        if !matches!(&done, Some(Ok(e)) if *e == new) {
-            return Err(format!(
-                "the rewrite returned, but a power cut then loses it: {:?}",
-                fs.ops()
-            ));
-        }
-        Ok(())
-    }
-
-    #[test]
-    fn a_power_cut_at_any_point_of_a_rewrite_leaves_the_old_or_the_new_ledger() {
-        cuts_keep_old_or_new(|fs| fs).unwrap();
-        // The model catches a writer without the file fsync (a torn or
-        // empty ledger) or without the directory fsync (the rename is lost
-        // after the write returned).
-        let e = cuts_keep_old_or_new(SimFs::lying_fsync).unwrap_err();
-        assert!(e.contains("torn"), "{e}");
-        let e = cuts_keep_old_or_new(SimFs::lying_dir_sync).unwrap_err();
-        assert!(e.contains("returned"), "{e}");
-    }
-}
+mod tests;

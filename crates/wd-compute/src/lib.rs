@@ -78,7 +78,7 @@ pub use directory::{
     DirectoryConfig, DirectorySettings, DirectoryStats, InstanceDirectory, NovaDirectory, Owner,
 };
 pub use error::{Error, Result};
-pub use ledger::Ledger;
+pub use ledger::{Ledger, LogSync};
 pub use metrics::Metrics;
 pub use pipeline::{Pipeline, PipelineStats};
 pub use pulse::{Pulse, PulseHook};

@@ -5,7 +5,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::future::BoxFuture;
+use futures::future::{BoxFuture, Shared};
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt as _, Stream, StreamExt};
 use time::OffsetDateTime;
@@ -79,6 +79,9 @@ pub struct Pipeline {
     held: HashMap<Uuid, Prepared>,
     /// The last ledger write failed.
     ledger_failing: bool,
+    /// The syncs of the ledger's appended lines in flight (each also
+    /// awaited by the hand-overs it was written for).
+    ledger_syncs: FuturesUnordered<Synced>,
 }
 
 /// What a catch-up listing has shown so far.
@@ -122,6 +125,7 @@ impl Pipeline {
             tasks: FuturesUnordered::new(),
             held: HashMap::new(),
             ledger_failing: false,
+            ledger_syncs: FuturesUnordered::new(),
         }
     }
 
@@ -211,14 +215,21 @@ impl Pipeline {
                     while let Some(Some(done)) = self.tasks.next().now_or_never() {
                         self.complete(done);
                     }
-                    self.flush_ledger();
+                    self.write_ledger();
+                    if self.tasks.is_empty() && self.ledger.compaction_due() {
+                        // Nothing in flight: a rewrite waits for no firing.
+                        self.tidy_ledger();
+                    }
+                }
+                Some(synced) = self.ledger_syncs.next(), if !self.ledger_syncs.is_empty() => {
+                    self.ledger_synced(synced);
                 }
                 () = sleep_until(retry_at), if retry_at.is_some() => {
-                    self.flush_ledger();
+                    let synced = self.write_ledger();
                     let now = tokio::time::Instant::now();
                     for uuid in self.order.due(now) {
                         if let Some(p) = self.held.remove(&uuid) {
-                            self.hand_over(p);
+                            self.hand_over(p, synced.clone());
                         }
                     }
                 }
@@ -249,7 +260,10 @@ impl Pipeline {
         while let Some(done) = self.tasks.next().await {
             self.complete(done);
         }
-        self.flush_ledger();
+        self.write_ledger();
+        while let Some(synced) = self.ledger_syncs.next().await {
+            self.ledger_synced(synced);
+        }
     }
 
     /// Logs and forgets the firings still held (at shutdown).
@@ -326,24 +340,35 @@ impl Pipeline {
         }
     }
 
-    /// Writes the staged ledger entries once, then hands the notifications
-    /// of `batch` to the delivery layer.
+    /// Appends the staged ledger entries once (one `write(2)`), then hands
+    /// the notifications of `batch` to the delivery layer while the
+    /// ledger's sync runs beside the queues' (see the `ledger` module docs for why
+    /// that order is crash-safe).
     fn launch(&mut self, batch: Vec<Prepared>) {
-        self.flush_ledger();
+        let synced = self.write_ledger();
         for p in batch {
             if p.attempts == 0 {
                 wd_notify::stages::record(wd_notify::stages::Stage::Ledgered, &p.n);
             }
-            self.hand_over(p);
+            self.hand_over(p, synced.clone());
         }
     }
 
-    fn hand_over(&mut self, mut p: Prepared) {
+    /// Hands `p` to the delivery layer; the hand-over is done once the
+    /// delivery layer answered and `synced` (the ledger's sync of `p`'s
+    /// entry, if it has one in flight) finished, both running at once.
+    fn hand_over(&mut self, mut p: Prepared, synced: Option<Synced>) {
         p.attempts = p.attempts.saturating_add(1);
         let notifier = self.notifier.clone();
         self.tasks.push(
             async move {
-                let result = notifier.notify(&p.n).await;
+                let ledger = async {
+                    // Its result is reported once, by the run loop.
+                    if let Some(synced) = synced {
+                        let _ = synced.await;
+                    }
+                };
+                let (result, ()) = futures::join!(notifier.notify(&p.n), ledger);
                 (p, result)
             }
             .boxed(),
@@ -414,21 +439,40 @@ impl Pipeline {
                 if let Some(listing) = self.listing.take() {
                     // Episodes of domains no longer paused by their watchdog
                     // ended while we were not listening.
-                    let r = self.ledger.retain(|d| listing.paused.contains(d));
-                    self.ledger_written(r);
+                    self.ledger.keep(|d| listing.paused.contains(d));
+                    // Written and synced now, rewriting the file if it is
+                    // missing or old: before the first firing, not on its way.
+                    // An empty ledger that cannot be written (a full disk at
+                    // start) loses nothing: not reported, so that it does
+                    // not hold /healthz at 503 once the disk is fine (the
+                    // queues' probe reports the disk); tried again at the
+                    // first write.
+                    if self.ledger.is_empty() {
+                        if let Err(e) = self.ledger.tidy() {
+                            tracing::debug!(error = %one_line(&e), "episode ledger not created yet");
+                        }
+                    } else {
+                        self.tidy_ledger();
+                    }
                     // Domains that vanished while we were not listening.
                     self.directory
                         .retire_unlisted(&|uuid: &Uuid| listing.all.contains(uuid));
                 }
-                self.stats.catch_ups += 1;
-                let took = self.connected_at.take().map(|t| t.elapsed());
-                self.stats.last_catch_up = took;
-                tracing::info!(
-                    domains,
-                    duration_ms =
-                        took.map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
-                    "catch-up listing done"
-                );
+                // The listener's settle listings after a catch-up come with
+                // the same markers: only the first after connecting is the
+                // catch-up (counted and timed).
+                if let Some(t) = self.connected_at.take() {
+                    let took = t.elapsed();
+                    self.stats.catch_ups += 1;
+                    self.stats.last_catch_up = Some(took);
+                    tracing::info!(
+                        domains,
+                        duration_ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
+                        "catch-up listing done"
+                    );
+                } else {
+                    tracing::debug!(domains, "settle listing done");
+                }
                 self.connected = true;
                 self.pulse(Pulse::CaughtUp {
                     generation,
@@ -455,12 +499,9 @@ impl Pipeline {
         ]
         .into_iter()
         .any(|l| ev.event.is(l));
-        if ends_episode {
-            let r = self.ledger.remove(&ev.domain.uuid);
-            if matches!(r, Ok(true)) {
-                tracing::debug!(domain = %ev.domain, event = %ev.event, "pause episode ended");
-            }
-            self.ledger_written(r.map(drop));
+        if ends_episode && self.ledger.end(&ev.domain.uuid) {
+            tracing::debug!(domain = %ev.domain, event = %ev.event, "pause episode ended");
+            self.write_ledger();
         }
     }
 
@@ -595,15 +636,56 @@ impl Pipeline {
 }
 
 impl Pipeline {
-    fn flush_ledger(&mut self) {
-        let r = self.ledger.flush();
+    /// Appends what the ledger has staged, and starts its sync on a
+    /// blocking thread; returns that sync, to await beside a hand-over.
+    fn write_ledger(&mut self) -> Option<Synced> {
+        match self.ledger.write() {
+            Ok(None) => {
+                self.ledger_written(Ok(()));
+                None
+            }
+            Ok(Some(sync)) => {
+                let synced = tokio::task::spawn_blocking(move || sync.run())
+                    .map(|r| match r {
+                        Ok(r) => r.map_err(|e| one_line(&e)),
+                        Err(e) => Err(format!("the ledger's sync ended: {e}")),
+                    })
+                    .boxed()
+                    .shared();
+                self.ledger_syncs.push(synced.clone());
+                Some(synced)
+            }
+            Err(e) => {
+                self.ledger_written(Err(one_line(&e)));
+                None
+            }
+        }
+    }
+
+    /// Writes, syncs and compacts the ledger now, on this task (off a
+    /// firing's way).
+    fn tidy_ledger(&mut self) {
+        let r = self.ledger.tidy().map_err(|e| one_line(&e));
         self.ledger_written(r);
     }
 
+    /// Records how a sync of the ledger ended.
+    fn ledger_synced(&mut self, synced: Result<(), String>) {
+        match synced {
+            // A rewrite still due means a write failed since.
+            Ok(()) if self.ledger.must_rewrite() => {}
+            Ok(()) => self.ledger_written(Ok(())),
+            Err(e) => {
+                self.ledger.sync_failed();
+                self.ledger_written(Err(e));
+            }
+        }
+    }
+
     /// Counts and reports a failed ledger write (the ledger keeps its
-    /// entries in memory and writes them all at the next flush, on the next
+    /// entries in memory and writes them all at the next write, on the next
     /// item or retry), and clears the report once a write succeeds.
-    fn ledger_written(&mut self, result: crate::error::Result<()>) {
+    fn ledger_written(&mut self, result: Result<(), String>) {
         match result {
             Ok(()) => {
                 if std::mem::take(&mut self.ledger_failing) {
@@ -615,7 +697,7 @@ impl Pipeline {
             }
             Err(e) => {
                 self.stats.write_failures += 1;
-                let reason = format!("cannot write the episode ledger: {}", one_line(&e));
+                let reason = format!("cannot write the episode ledger: {e}");
                 if !self.ledger_failing {
                     tracing::error!(error = %reason, "the episode ledger is not durable; retrying");
                 }
@@ -685,6 +767,10 @@ impl Work {
 }
 
 type Delivery = BoxFuture<'static, (Prepared, Result<(), NotifyError>)>;
+
+/// The sync of lines appended to the ledger, awaited by the run loop (which
+/// reports its result) and by the hand-overs it was written for.
+type Synced = Shared<BoxFuture<'static, Result<(), String>>>;
 
 fn domain(d: &DomainId, run: Option<u32>) -> Domain {
     Domain {

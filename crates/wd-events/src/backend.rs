@@ -36,6 +36,10 @@ pub(crate) trait Session: Send {
     /// costs no call beyond the listing itself (its state is `shutoff`, its
     /// reason not fetched: 0).
     fn list_domains(&self) -> Result<Vec<DomainInfo>>;
+    /// How many active domains of the last listing libvirt is busy with
+    /// (see `ffi::domain_control_busy`); one call per active domain, made
+    /// only by the settle listings after a catch-up.
+    fn busy_domains(&self) -> usize;
     /// One domain's XML (from the handle the last listing returned, when
     /// there is one, which saves a lookup round-trip).
     fn domain_xml(&self, uuid: Uuid) -> Result<String>;
@@ -146,6 +150,15 @@ impl Session for LibvirtSession {
         }
         *self.listed.lock().unwrap_or_else(PoisonError::into_inner) = listed;
         Ok(infos)
+    }
+
+    fn busy_domains(&self) -> usize {
+        let listed = self.listed.lock().unwrap_or_else(PoisonError::into_inner);
+        listed
+            .values()
+            // A domain that vanished is not busy.
+            .filter(|dom| ffi::domain_control_busy(dom).unwrap_or(false))
+            .count()
     }
 
     fn domain_xml(&self, uuid: Uuid) -> Result<String> {

@@ -50,6 +50,16 @@ pub struct ListenerConfig {
     /// recover a watchdog pause that no event reported (zero: never). See
     /// the crate docs, "What cannot be recovered".
     pub recheck_interval: Duration,
+    /// After each catch-up, the listener lists the domains again, with the
+    /// catch-up's markers, 1, 4 and 12 times this later (250 ms, 1 s and
+    /// 3 s by default), and then every 4 times this while libvirt reports
+    /// an active domain busy (a job holds it, as while libvirtd reattaches
+    /// to its QEMU), up to 120 times this after the catch-up. A listener
+    /// back within milliseconds of libvirtd's restart may list a guest
+    /// whose pause happened during the outage as `running`, because
+    /// libvirtd has not read its state from QEMU yet (and it sends no event
+    /// when it does); a settle listing finds the pause then. Zero: none.
+    pub settle_interval: Duration,
     /// The reconnect backoff: 0.8 s doubling to 30 s, with jitter, by
     /// default (like kube-runtime's watcher).
     pub backoff: Backoff,
@@ -85,6 +95,7 @@ impl Default for ListenerConfig {
             keepalive_count: 3,
             alive_check_interval: Duration::from_secs(5),
             recheck_interval: Duration::from_secs(60),
+            settle_interval: Duration::from_millis(250),
             backoff: Backoff::new(Duration::from_millis(800), Duration::from_secs(30)),
             backoff_reset_after: Duration::from_secs(120),
             socket_probe_interval: Duration::from_millis(100),
@@ -135,6 +146,14 @@ impl ListenerConfig {
     #[must_use]
     pub fn recheck_interval(mut self, interval: Duration) -> Self {
         self.recheck_interval = interval;
+        self
+    }
+
+    /// Sets the settle listings' interval (zero: none); see
+    /// [`ListenerConfig::settle_interval`].
+    #[must_use]
+    pub fn settle_interval(mut self, interval: Duration) -> Self {
+        self.settle_interval = interval;
         self
     }
 

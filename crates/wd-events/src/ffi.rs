@@ -441,6 +441,24 @@ pub(crate) fn domain_state(dom: &Domain) -> Result<(i32, i32), virt::error::Erro
     Ok((state, reason))
 }
 
+/// Whether libvirt is busy with the domain: a job holds it (as while
+/// libvirtd reattaches to its QEMU after a restart), its monitor is
+/// occupied, or in error. Its state may be about to change.
+pub(crate) fn domain_control_busy(dom: &Domain) -> Result<bool, virt::error::Error> {
+    let mut info = sys::virDomainControlInfo {
+        state: 0,
+        details: 0,
+        stateTime: 0,
+    };
+    // SAFETY: the domain pointer is valid while `dom` lives; `info` is a
+    // live local of the type libvirt fills in.
+    let rc = unsafe { sys::virDomainGetControlInfo(dom.as_ptr(), &mut info, 0) };
+    if rc < 0 {
+        return Err(virt::error::Error::last_error());
+    }
+    Ok(info.state != sys::VIR_DOMAIN_CONTROL_OK)
+}
+
 // ---------------------------------------------------------------------------
 // `virConnectOpenAuth` with a Rust closure as the credential callback.
 //

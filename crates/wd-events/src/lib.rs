@@ -58,10 +58,13 @@
 //! libvirt does not queue events for absent clients: a firing while the
 //! listener is disconnected is only found if it left state behind. A `pause`
 //! does (the domain stays paused with reason `watchdog`), so the catch-up
-//! reports it. (A periodic re-check, [`ListenerConfig::recheck_interval`],
-//! repeats that search while connected: libvirtd learns of a pause that
-//! happened while *it* was down only when it reconnects to QEMU, and it
-//! emits no event for that.) `reset`, `none`, `debug` and `inject-nmi` leave the guest
+//! reports it. (libvirtd learns of a pause that happened while *it* was
+//! down only when it reconnects to QEMU, and it emits no event for that:
+//! the settle listings after each catch-up,
+//! [`ListenerConfig::settle_interval`], list the domains again, markers
+//! included, until libvirtd is no longer busy with any of them, and a
+//! periodic re-check, [`ListenerConfig::recheck_interval`], repeats that
+//! search while connected.) `reset`, `none`, `debug` and `inject-nmi` leave the guest
 //! running as if nothing happened, and `poweroff`/`shutdown` leave a shut-off
 //! domain indistinguishable from any other stop: those firings are lost
 //! while disconnected. Also undetectable: a guest paused by its watchdog,

@@ -15,6 +15,7 @@ use crate::error::{Error, Result};
 use crate::inbox::{self, Gone, Inbox, ListenerStats, Msg, Next, Outbox, Sink};
 use crate::kinds::Enum;
 use crate::machine::Machine;
+use crate::model::DomainInfo;
 use crate::model::{DisconnectReason, Item};
 use crate::socket::{Files, SocketWatch, Waiting};
 
@@ -236,12 +237,14 @@ impl<B: Backend> Supervisor<B> {
         // at the consumer (so a stalled consumer and a flapping libvirtd do
         // not pile up listings).
         let mut caught_up = false;
+        let mut settle = None;
         loop {
             if !caught_up && self.inbox.has_room() {
                 if let Err(e) = self.catch_up(session, connected_at) {
                     return Ok(DisconnectReason::CatchUpFailed(e));
                 }
                 caught_up = true;
+                settle = Settle::new(self.config.settle_interval, Instant::now());
             }
             // Checked on every turn, so neither a steady flow of events nor
             // a stalled consumer can starve them.
@@ -269,7 +272,22 @@ impl<B: Backend> Supervisor<B> {
                 }
                 next_recheck = Some(Instant::now() + recheck_every);
             }
-            let wake = next_recheck.map_or(next_alive, |r| r.min(next_alive));
+            if let Some(s) = &mut settle
+                && s.due(now)
+            {
+                match self.settle_listing(session) {
+                    Ok(busy) => s.done(Instant::now(), busy),
+                    // The alive check decides whether the connection is lost.
+                    Err(e) => {
+                        s.done(Instant::now(), 0);
+                        self.emit(Item::Error(e))?;
+                    }
+                }
+            }
+            let wake = [next_recheck, settle.as_ref().and_then(Settle::next)]
+                .into_iter()
+                .flatten()
+                .fold(next_alive, Instant::min);
             match self.inbox.next(wake, caught_up) {
                 Next::Event(event) => {
                     let xml = if event.kind.wants_xml() {
@@ -305,7 +323,33 @@ impl<B: Backend> Supervisor<B> {
     /// for a shut-off domain or a running one already known), and queues the
     /// catch-up's items.
     fn catch_up(&mut self, session: &dyn Session, connected_at: Instant) -> Result<(), Error> {
-        let mut domains = session.list_domains()?;
+        let domains = session.list_domains()?;
+        let (count, fetched) = self.emit_listing(session, domains);
+        let took = connected_at.elapsed();
+        self.inbox.record(|s| {
+            s.catch_ups += 1;
+            s.last_catch_up = Some(took);
+            s.last_catch_up_domains = count;
+            s.last_catch_up_xml = fetched;
+        });
+        tracing::info!(
+            generation = self.machine.generation(),
+            domains = count,
+            xml_fetched = fetched,
+            duration_ms = took.as_secs_f64() * 1000.0,
+            "catch-up done"
+        );
+        Ok(())
+    }
+
+    /// Fetches the XML of the listed domains that need it and queues the
+    /// listing's items; returns how many domains were listed and how many
+    /// XML documents fetched.
+    fn emit_listing(
+        &mut self,
+        session: &dyn Session,
+        mut domains: Vec<DomainInfo>,
+    ) -> (usize, usize) {
         let mut fetched = 0usize;
         for info in &mut domains {
             if self.machine.wants_xml(info) {
@@ -322,21 +366,23 @@ impl<B: Backend> Supervisor<B> {
                 break;
             }
         }
-        let took = connected_at.elapsed();
-        self.inbox.record(|s| {
-            s.catch_ups += 1;
-            s.last_catch_up = Some(took);
-            s.last_catch_up_domains = count;
-            s.last_catch_up_xml = fetched;
-        });
-        tracing::info!(
+        (count, fetched)
+    }
+
+    /// A settle listing (see [`ListenerConfig::settle_interval`]): the
+    /// catch-up's listing again, markers included; returns how many active
+    /// domains libvirt is busy with.
+    fn settle_listing(&mut self, session: &dyn Session) -> Result<usize, Error> {
+        let domains = session.list_domains()?;
+        let busy = session.busy_domains();
+        let (count, _) = self.emit_listing(session, domains);
+        tracing::debug!(
             generation = self.machine.generation(),
             domains = count,
-            xml_fetched = fetched,
-            duration_ms = took.as_secs_f64() * 1000.0,
-            "catch-up done"
+            busy,
+            "settle listing done"
         );
-        Ok(())
+        Ok(busy)
     }
 
     /// Waits `delay` while disconnected, still handling events that were
@@ -407,5 +453,58 @@ impl<B: Backend> Supervisor<B> {
     }
 }
 
+/// When the settle listings after a catch-up are due (see
+/// [`ListenerConfig::settle_interval`]): at 1, 4 and 12 units after it, then
+/// every 4 units while libvirt is busy with a domain, up to 120 units.
+#[derive(Debug)]
+struct Settle {
+    unit: Duration,
+    caught_up_at: Instant,
+    /// Settle listings done.
+    done: u32,
+    next: Option<Instant>,
+}
+
+impl Settle {
+    /// The fixed offsets, in units after the catch-up.
+    const FIXED: [u32; 3] = [1, 4, 12];
+    /// The wait between listings while a domain is busy, in units.
+    const WHILE_BUSY: u32 = 4;
+    /// No settle listing after this many units.
+    const LIMIT: u32 = 120;
+
+    /// `None` when `unit` is zero (off).
+    fn new(unit: Duration, caught_up_at: Instant) -> Option<Settle> {
+        (!unit.is_zero()).then(|| Settle {
+            unit,
+            caught_up_at,
+            done: 0,
+            next: Some(caught_up_at + unit * Self::FIXED[0]),
+        })
+    }
+
+    fn next(&self) -> Option<Instant> {
+        self.next
+    }
+
+    fn due(&self, now: Instant) -> bool {
+        self.next.is_some_and(|at| now >= at)
+    }
+
+    /// A settle listing was done at `now` and found `busy` domains libvirt
+    /// is busy with.
+    fn done(&mut self, now: Instant, busy: usize) {
+        self.done = self.done.saturating_add(1);
+        let limit = self.caught_up_at + self.unit * Self::LIMIT;
+        self.next = match Self::FIXED.get(self.done as usize) {
+            Some(&units) => Some(self.caught_up_at + self.unit * units),
+            None if busy > 0 => Some(now + self.unit * Self::WHILE_BUSY).filter(|at| *at <= limit),
+            None => None,
+        };
+    }
+}
+
+#[cfg(test)]
+mod settle_tests;
 #[cfg(test)]
 mod tests;

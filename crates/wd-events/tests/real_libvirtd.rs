@@ -174,7 +174,7 @@ async fn fire_while_down(
         "the firing came before libvirtd stopped ({stopped_after:?} after create); items: {items:#?}"
     );
     // Give the guest time to fire, then bring libvirtd back.
-    tokio::time::sleep(Duration::from_secs(15).saturating_sub(created.elapsed())).await;
+    tokio::time::sleep(Duration::from_secs(25).saturating_sub(created.elapsed())).await;
     wd_testkit::Libvirtd::start().unwrap();
     until(
         stream,
@@ -261,15 +261,11 @@ async fn libvirtd_firing_while_libvirtd_is_down_is_recovered_once() {
         _ => None,
     });
     let listed = listed.expect("the guest was listed by the catch-up");
-    // The listing may still say `running`: the listener reconnects as soon
-    // as libvirtd's socket accepts, which can be before libvirtd has
-    // reattached to the guest's QEMU and read its state; the pause is then
-    // found by the re-check that follows. Either way it is reported once,
-    // as recovered (above), and the guest is paused by its watchdog (below).
-    assert!(
-        listed.is_paused_by_watchdog() || firing.generation >= listed.generation,
-        "{listed:?}"
-    );
+    // The catch-up may still list it `running` (the listener is back before
+    // libvirtd reattached to the guest's QEMU); the settle listings that
+    // follow list it again once libvirtd knows (issue 19), and the last
+    // listing says paused by its watchdog.
+    assert!(listed.is_paused_by_watchdog(), "{listed:?}");
     assert!(
         listed
             .xml

@@ -129,6 +129,9 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// How long a connection is idle before TCP keepalive probes start.
+const TCP_KEEPALIVE: Duration = Duration::from_secs(30);
+
 /// One rustls configuration per distinct [`TlsConfig`]: clones share the
 /// certificate verifier (and its roots) and the client identity, so a
 /// thousand endpoints with the same settings hold one copy of the trust
@@ -159,6 +162,14 @@ impl TlsCache {
             // The specification advises against following redirects: a
             // moved endpoint should be reconfigured, not chased.
             .redirect(reqwest::redirect::Policy::none())
+            // Connections ready (issue 19): an endpoint's connection is
+            // kept while idle, however long, so a firing after a quiet week
+            // pays no TCP or TLS handshake; keepalive probes find a peer
+            // that vanished (the pool then connects again), and the server
+            // may close it at any time (the queue retries).
+            .pool_idle_timeout(None)
+            .tcp_keepalive(TCP_KEEPALIVE)
+            .tcp_nodelay(true)
             .build()
             .map_err(|e| Error::BuildClient(e.without_url()))
     }

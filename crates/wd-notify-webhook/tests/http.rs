@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
@@ -32,6 +32,8 @@ struct Received {
     body: Bytes,
     verified: Result<String, String>,
     at: Instant,
+    /// The client's address: one per TCP connection.
+    peer: std::net::SocketAddr,
 }
 
 struct Receiver {
@@ -43,6 +45,7 @@ struct Receiver {
 
 async fn hook(
     State(rx): State<Arc<Receiver>>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
@@ -57,6 +60,7 @@ async fn hook(
         body,
         verified,
         at: Instant::now(),
+        peer,
     });
     if !ok {
         return StatusCode::UNAUTHORIZED.into_response();
@@ -87,6 +91,7 @@ async fn receiver(secrets: Vec<Secret>, plan: Vec<Reply>) -> (Arc<Receiver>, Str
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let app = Router::new().fallback(hook).with_state(rx.clone());
+    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
     tokio::spawn(async move { axum::serve(listener, app).await });
     (rx, base)
 }
@@ -181,6 +186,27 @@ async fn delivers_a_signed_cloud_event_with_every_field() {
         8,
         "no other attributes: {body}"
     );
+}
+
+/// Issue 19, connections ready: an endpoint's notifications after the
+/// first reuse its kept-alive connection (no new TCP or TLS handshake),
+/// also after an idle while.
+#[tokio::test]
+async fn later_notifications_reuse_the_endpoints_connection() {
+    let (rx, base) = receiver(vec![key(1)], vec![]).await;
+    let notifier = WebhookNotifier::new(
+        WebhookConfig::default().with_project("p-a", Endpoint::new(format!("{base}/a"), [key(1)])),
+    )
+    .unwrap();
+    for i in 0..4 {
+        if i == 3 {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+        notifier.notify(&notification(Some("p-a"))).await.unwrap();
+    }
+    let peers: Vec<_> = rx.log.lock().unwrap().iter().map(|r| r.peer).collect();
+    assert_eq!(peers.len(), 4);
+    assert!(peers.iter().all(|p| *p == peers[0]), "{peers:?}");
 }
 
 #[tokio::test]
@@ -460,7 +486,13 @@ async fn a_failing_endpoint_is_retried_without_resending_to_the_others() {
             .with_project("p-a", Endpoint::new(format!("{tenant_base}/a"), [key(1)])),
     );
     router.notify(&notification(Some("p-a"))).await.unwrap();
-    wd_notify::testing::until("a retried request", || ops.log.lock().unwrap().len() == 2).await;
+    // The receiver logs a request before it answers: wait for the answer
+    // to be counted too.
+    wd_notify::testing::until("a retried request answered", || {
+        ops.log.lock().unwrap().len() == 2
+            && router.status().iter().map(|s| s.delivered).sum::<u64>() == 2
+    })
+    .await;
     let status = router.status();
     assert_eq!(status.iter().map(|s| s.delivered).sum::<u64>(), 2);
     let last = status[0].last_error.clone().unwrap();

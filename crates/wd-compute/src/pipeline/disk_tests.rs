@@ -250,3 +250,87 @@ async fn a_pause_held_at_a_crash_is_announced_again_by_the_catch_up() {
     until("delivered", || !sink.0.lock().unwrap().is_empty()).await;
     assert_eq!(sorted(&sink.0), [77]);
 }
+
+/// Checks, when it is handed a notification, that the ledger a restarted
+/// agent would open already has the pause's entry, then lets the ledger's
+/// sync go on.
+struct LedgerFirst {
+    ledger: std::path::PathBuf,
+    seen: Mutex<Vec<Option<Entry>>>,
+    called: Mutex<std::sync::mpsc::Sender<()>>,
+}
+
+#[async_trait]
+impl Notifier for LedgerFirst {
+    async fn notify(&self, n: &Notification) -> Result<(), NotifyError> {
+        let entry = Ledger::open(&self.ledger).unwrap().get(&n.instance.uuid);
+        self.seen.lock().unwrap().push(entry);
+        let _ = self.called.lock().unwrap().send(());
+        Ok(())
+    }
+}
+
+/// Issue 19: a pause's ledger line is in the file before the delivery layer
+/// is handed the notification (so a restart after `kill -9` at any point
+/// finds it whenever a queue may hold it), and the ledger's sync runs while
+/// the delivery layer writes, not before: the sync here waits until the
+/// notifier was called, which would never happen if the hand-over waited
+/// for the sync. The entry is marked accepted once both are done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pause_is_in_the_ledger_before_any_queue_has_it_and_its_sync_runs_beside_the_queue() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("episodes.json");
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let rx = Mutex::new(rx);
+    let overlapped = Arc::new(Mutex::new(Vec::new()));
+    let hook = {
+        let overlapped = overlapped.clone();
+        Arc::new(move || {
+            let mut overlapped = overlapped.lock().unwrap();
+            if overlapped.is_empty() {
+                // The pause's own line (the accepted mark comes later).
+                let called = rx.lock().unwrap().recv_timeout(Duration::from_secs(20));
+                overlapped.push(called.is_ok());
+            }
+        })
+    };
+    let notifier = Arc::new(LedgerFirst {
+        ledger: path.clone(),
+        seen: Mutex::new(Vec::new()),
+        called: Mutex::new(tx),
+    });
+    let d = dom(5);
+    let mut items = super::tests::listing(&[(d.clone(), false)]);
+    items.push(fire(&d, WatchdogAction::Pause, Origin::Live, 55));
+    let stats = Pipeline::new(
+        "compute-1",
+        Arc::new(NovaDirectory::new()),
+        notifier.clone(),
+        Ledger::open(&path).unwrap().with_sync_hook(hook),
+    )
+    .run(futures::stream::iter(items), std::future::pending())
+    .await;
+    assert_eq!(stats.accepted, 1);
+    let seen = notifier.seen.lock().unwrap().clone();
+    assert_eq!(
+        seen,
+        [Some(Entry {
+            event_id: Uuid::from_u128(55),
+            accepted: false,
+            run_id: Some(1),
+        })]
+    );
+    let overlapped = overlapped.lock().unwrap().clone();
+    assert_eq!(
+        overlapped,
+        [true],
+        "the sync did not run beside the hand-over"
+    );
+    assert_eq!(
+        Ledger::open(&path)
+            .unwrap()
+            .get(&d.uuid)
+            .map(|e| e.accepted),
+        Some(true)
+    );
+}

@@ -77,7 +77,7 @@ fn fire_run(
     })
 }
 
-fn listing(domains: &[(DomainId, bool)]) -> Vec<Item> {
+pub(super) fn listing(domains: &[(DomainId, bool)]) -> Vec<Item> {
     let runs: Vec<_> = domains.iter().map(|(d, p)| (d.clone(), 1, *p)).collect();
     listing_runs(&runs)
 }
@@ -668,11 +668,12 @@ async fn a_flood_of_100k_lifecycle_events_leaves_the_directory_bounded() {
 async fn a_catch_up_retires_vanished_and_shut_off_domains_and_is_timed() {
     let (gone, off, on) = (dom(10), dom(11), dom(12));
     let (mut p, _, dir) = pipeline(Ledger::in_memory());
-    feed(
-        &mut p,
-        listing(&[(gone.clone(), false), (off.clone(), false)]),
-    )
-    .await;
+    let mut first = vec![Item::Connected {
+        generation: 2,
+        uri: "test:///x".into(),
+    }];
+    first.extend(listing(&[(gone.clone(), false), (off.clone(), false)]));
+    feed(&mut p, first).await;
     assert_eq!(dir.stats().retired, 0);
     let mut items = vec![Item::Connected {
         generation: 3,
@@ -686,6 +687,15 @@ async fn a_catch_up_retires_vanished_and_shut_off_domains_and_is_timed() {
     feed(&mut p, items).await;
     let stats = dir.stats();
     assert_eq!((stats.entries, stats.retired), (3, 2), "{stats:?}");
+    assert_eq!(p.stats().catch_ups, 2);
+    assert!(p.stats().last_catch_up.is_some());
+    // A settle listing (the same markers, no new connection) is not a
+    // catch-up, and keeps the catch-up's time.
+    feed(
+        &mut p,
+        listing(&[(off.clone(), false), (on.clone(), false)]),
+    )
+    .await;
     assert_eq!(p.stats().catch_ups, 2);
     assert!(p.stats().last_catch_up.is_some());
 }

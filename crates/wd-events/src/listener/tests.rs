@@ -28,6 +28,7 @@ fn config() -> ListenerConfig {
         .uri("test:///x")
         .alive_check_interval(Duration::from_millis(20))
         .recheck_interval(Duration::ZERO)
+        .settle_interval(Duration::ZERO)
         .backoff(
             wd_backoff::Backoff::new(Duration::from_millis(5), Duration::from_millis(20))
                 .jitter(false),
@@ -581,6 +582,55 @@ async fn recheck_recovers_a_pause_the_catch_up_missed_once() {
     }
     let quiet = tokio::time::timeout(Duration::from_millis(50), stream.recv()).await;
     assert!(quiet.is_err(), "reported once: {quiet:?}");
+}
+
+/// Issue 19: libvirtd lists the guest `running` until it has reattached to
+/// its QEMU (busy with it meanwhile); the settle listings after the
+/// catch-up, with markers, list it as paused and recover the pause once,
+/// then stop once libvirt is no longer busy.
+#[tokio::test]
+async fn settle_listings_find_a_pause_libvirtd_learnt_of_after_the_catch_up() {
+    let mut backend = MockBackend::new();
+    let listings = Arc::new(AtomicU32::new(0));
+    let l = listings.clone();
+    backend.expect_connect().times(1).returning(move |_, _, _| {
+        let l = l.clone();
+        let mut m = MockSession::new();
+        let seen = l.clone();
+        m.expect_list_domains().returning(move || {
+            // The catch-up and the three fixed settle listings: stale.
+            Ok(vec![if l.fetch_add(1, Ordering::SeqCst) < 4 {
+                listed(DomainState::Running, 1)
+            } else {
+                listed(DomainState::Paused, 6)
+            }])
+        });
+        // Busy until the fifth listing: one more settle listing.
+        m.expect_busy_domains()
+            .returning(move || usize::from(seen.load(Ordering::SeqCst) < 5));
+        m.expect_domain_xml()
+            .returning(|_| Ok("<domain><name>dom-a</name></domain>".into()));
+        m.expect_is_alive().return_const(true);
+        m.expect_connection().returning(|| None);
+        Ok(Box::new(m))
+    });
+    let mut stream = spawn(backend, config().settle_interval(Duration::from_millis(5))).unwrap();
+    let mut want = vec!["connected g1"];
+    for state in ["running", "running", "running", "running", "paused"] {
+        want.push("init-start g1");
+        want.push(if state == "running" {
+            "init dom-a running"
+        } else {
+            "init dom-a paused"
+        });
+        want.push("init-done g1");
+    }
+    want.push("watchdog pause recovered g1");
+    expect(&mut stream, &want).await;
+    // Not busy any more after the fifth listing: it is the last.
+    let quiet = tokio::time::timeout(Duration::from_millis(300), stream.recv()).await;
+    assert!(quiet.is_err(), "no more settle listings: {quiet:?}");
+    assert_eq!(listings.load(Ordering::SeqCst), 5);
 }
 
 fn event_of(n: u128, kind: RawKind) -> RawEvent {
