@@ -412,8 +412,10 @@ impl Pipeline {
                 if let Some(m) = &self.metrics {
                     m.libvirt_disconnected();
                 }
-                tracing::warn!(attempt, error = %error, retry_in_ms = retry_in.as_millis() as u64,
-                    "cannot connect to libvirt; retrying");
+                // With libvirt's reason (a refused password, a missing
+                // socket), not only "cannot connect".
+                tracing::warn!(attempt, error = %wd_notify::error_chain(&error),
+                    retry_in_ms = retry_in.as_millis() as u64, "cannot connect to libvirt; retrying");
             }
             Item::InitStart { .. } => self.listing = Some(Listing::default()),
             Item::InitDomain(info) => {

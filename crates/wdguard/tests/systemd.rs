@@ -226,6 +226,14 @@ fn while_libvirt_is_unreachable_it_is_alive_but_not_ready() {
         "{texts:?}"
     );
     assert!(systemd.has("STATUS=waiting for libvirt"), "{texts:?}");
+    // The retry line says why, in libvirt's words.
+    assert!(
+        log.lines()
+            .any(|l| l.contains("cannot connect to libvirt; retrying")
+                && l.contains("/nonexistent/libvirt-sock-ro")
+                && l.contains("No such file or directory")),
+        "{log}"
+    );
 }
 
 /// The unit from the package: no warnings from `systemd-analyze verify`, and
