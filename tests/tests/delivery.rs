@@ -54,7 +54,7 @@ fn queue() -> QueueConfig {
 
 /// A running agent fed by `fire`.
 struct Harness {
-    runtime: RunningAgent,
+    running: RunningAgent,
     items: mpsc::UnboundedSender<Item>,
     owners: Arc<Owners>,
     _spool: Scratch,
@@ -77,9 +77,9 @@ impl Harness {
             .directory(owners.clone())
             .destinations(destinations)
             .events(items);
-        let runtime = config(builder).build().start().await.unwrap();
+        let running = config(builder).build().start().await.unwrap();
         Harness {
-            runtime,
+            running,
             items: tx,
             owners,
             _spool: spool,
@@ -113,16 +113,16 @@ impl Harness {
     }
 
     fn status(&self, name: &str) -> DestinationStatus {
-        self.runtime
+        self.running
             .status()
             .into_iter()
             .find(|s| s.name == name)
             .unwrap_or_else(|| panic!("no destination {name}"))
     }
 
-    /// Whether the runtime still runs every core task.
+    /// Whether the agent still runs every core task.
     async fn alive(&mut self) -> bool {
-        tokio::time::timeout(Duration::from_millis(600), self.runtime.failed())
+        tokio::time::timeout(Duration::from_millis(600), self.running.failed())
             .await
             .is_err()
     }
@@ -247,7 +247,7 @@ async fn hostile_endpoints_of_one_project_delay_no_other_project() {
     assert!(agent.alive().await, "every core task still runs");
     let took = b_latency(&agent, &receiver).await;
     assert!(took < Duration::from_secs(1), "project B waited {took:?}");
-    agent.runtime.shutdown().await;
+    agent.running.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -259,7 +259,7 @@ async fn a_panic_in_one_worker_is_survived_and_the_others_keep_delivering() {
         .with_operator(Endpoint::new(receiver.url("/ops"), [secret(OPS_SECRET)]))
         .with_project(B, Endpoint::new(receiver.url("/b"), [secret(SECRET_B)]));
     let mut agent = Harness::start(webhook_destinations(config), |b| b).await;
-    assert!(agent.runtime.router().inject_worker_panic("ops"));
+    assert!(agent.running.router().inject_worker_panic("ops"));
     let took = b_latency(&agent, &receiver).await;
     assert!(took < Duration::from_secs(1), "project B waited {took:?}");
     let b = agent.fire(B);
@@ -270,7 +270,7 @@ async fn a_panic_in_one_worker_is_survived_and_the_others_keep_delivering() {
     let ops = agent.status("ops");
     assert_eq!(ops.worker_restarts, 1, "{ops:?}");
     assert!(agent.alive().await);
-    agent.runtime.shutdown().await;
+    agent.running.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -282,11 +282,11 @@ async fn a_dead_pipeline_task_is_reported_as_a_core_failure() {
         b.fault_pipeline_panic_after(Duration::from_millis(300))
     })
     .await;
-    let why = tokio::time::timeout(Duration::from_secs(10), agent.runtime.failed())
+    let why = tokio::time::timeout(Duration::from_secs(10), agent.running.failed())
         .await
         .expect("the death is reported");
     assert!(why.contains("pipeline task panicked"), "{why}");
-    agent.runtime.shutdown().await;
+    agent.running.shutdown().await;
 }
 
 /// Starts RabbitMQ again when dropped, should a test fail while it is down.
@@ -391,31 +391,10 @@ async fn rabbitmq_a_broker_outage_does_not_delay_webhooks() {
         "the bus caught up {:?} after the broker returned",
         t0.elapsed()
     );
-    agent.runtime.shutdown().await;
+    agent.running.shutdown().await;
 
     // Leave the shared broker as we found it.
-    if let Ok(conn) = lapin::Connection::connect(
-        wd_testkit::RabbitMq::URL,
-        lapin::ConnectionProperties::default(),
-    )
-    .await
-        && let Ok(ch) = conn.create_channel().await
-    {
-        for queue in &queues {
-            let _ = ch
-                .queue_delete(
-                    queue.as_str().into(),
-                    lapin::options::QueueDeleteOptions::default(),
-                )
-                .await;
-        }
-        let _ = ch
-            .exchange_delete(
-                exchange.as_str().into(),
-                lapin::options::ExchangeDeleteOptions::default(),
-            )
-            .await;
-    }
+    leave_broker_clean(&queues, &exchange).await;
 }
 
 /// Records the event ids its inner notifier (the bus) accepted.
@@ -525,29 +504,8 @@ async fn rabbitmq_a_flooding_project_evicts_only_its_own_from_the_bus_queue() {
     }
     assert_eq!(got.len(), BOUND, "the flood kept the rest of the bound");
     assert!(agent.alive().await);
-    agent.runtime.shutdown().await;
-    if let Ok(conn) = lapin::Connection::connect(
-        wd_testkit::RabbitMq::URL,
-        lapin::ConnectionProperties::default(),
-    )
-    .await
-        && let Ok(ch) = conn.create_channel().await
-    {
-        for queue in &queues {
-            let _ = ch
-                .queue_delete(
-                    queue.as_str().into(),
-                    lapin::options::QueueDeleteOptions::default(),
-                )
-                .await;
-        }
-        let _ = ch
-            .exchange_delete(
-                exchange.as_str().into(),
-                lapin::options::ExchangeDeleteOptions::default(),
-            )
-            .await;
-    }
+    agent.running.shutdown().await;
+    leave_broker_clean(&queues, &exchange).await;
 }
 
 /// The real `wdguard watch` process (on libvirt's in-process `test:///default`
@@ -590,4 +548,31 @@ async fn wdguard_watch_exits_non_zero_when_a_core_task_dies() {
         1,
         "one clear line; log:\n{text}"
     );
+}
+
+/// Leaves the shared broker as the test found it: deletes its queues and
+/// exchange (best effort).
+async fn leave_broker_clean(queues: &[String], exchange: &str) {
+    if let Ok(conn) = lapin::Connection::connect(
+        wd_testkit::RabbitMq::URL,
+        lapin::ConnectionProperties::default(),
+    )
+    .await
+        && let Ok(ch) = conn.create_channel().await
+    {
+        for queue in queues {
+            let _ = ch
+                .queue_delete(
+                    queue.as_str().into(),
+                    lapin::options::QueueDeleteOptions::default(),
+                )
+                .await;
+        }
+        let _ = ch
+            .exchange_delete(
+                exchange.into(),
+                lapin::options::ExchangeDeleteOptions::default(),
+            )
+            .await;
+    }
 }
