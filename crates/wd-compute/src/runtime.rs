@@ -261,6 +261,14 @@ impl Runtime {
             let Some(task) = self.task.as_mut() else {
                 return std::future::pending().await;
             };
+            // Woken by a writer thread's end, not by a timer: enabled
+            // before the check, so an end in between is not missed.
+            let exited = wd_notify::writer_exits();
+            tokio::pin!(exited);
+            exited.as_mut().enable();
+            if let Some(name) = self.router.dead_writer() {
+                return format!("the queue writer of destination {name} died");
+            }
             tokio::select! {
                 joined = task => {
                     self.task = None;
@@ -285,11 +293,7 @@ impl Runtime {
                         }
                     };
                 }
-                () = tokio::time::sleep(Duration::from_millis(500)) => {
-                    if let Some(name) = self.router.dead_writer() {
-                        return format!("the queue writer of destination {name} died");
-                    }
-                }
+                () = &mut exited => {}
             }
         }
     }

@@ -232,5 +232,5 @@ pub mod fault {
 pub use spool::{
     MAX_PAYLOAD, QueueConfig, RECORD_HEADER_LEN, RECORD_MAGIC, Record, RecordBody, RecoveryReport,
     SEGMENT_MAGIC, ScanReport, SkipReason, Skipped, Spool, SpoolStats, SyncMode, drop_queue_dir,
-    recover, scan,
+    recover, scan, writer_exits,
 };

@@ -123,8 +123,7 @@ pub fn run(args: Args) -> Result<()> {
     let cfg = config(&args)?;
     let format = args.log_format.or(cfg.log_format);
     let log = crate::logging::init(format.unwrap_or_default(), cfg.log_level.as_deref());
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("start the async runtime")?;

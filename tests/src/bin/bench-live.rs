@@ -12,11 +12,15 @@
 //! `bench-live resources`: the agent's RSS and CPU while idle with 0, 10 and
 //! 100 defined (inactive) domains, then during a storm of 3 `reset` guests.
 //!
-//! `bench-live cpu [FIRINGS]` (default 100): `reset` guests fire until
+//! `bench-live cpu [FIRINGS]` (default 100): first the floors (a bare
+//! loopback HTTP request to the same receiver, an append and `fdatasync`);
+//! then, with the spool on and again with it off, `reset` guests fire until
 //! `virsh event` has counted that many firings, each one announced (a
-//! 1 ms coalesce window); the agent's CPU per firing from the scheduler's
-//! nanoseconds (`/proc/PID/task/*/schedstat`), and the per-stage latency
-//! histograms its `/metrics` kept (`wd_stage_seconds`).
+//! 1 ms coalesce window): each notification's time from the listener's
+//! receipt (its CloudEvent `time`) to the endpoint's receipt, the agent's
+//! CPU per firing from the scheduler's nanoseconds
+//! (`/proc/PID/task/*/schedstat`), and the per-stage latency histograms its
+//! `/metrics` kept (`wd_stage_seconds`).
 //!
 //! It expects a running system libvirtd, RabbitMQ on 127.0.0.1:5672, the
 //! guest assets and `wdguard` built next to this binary (the xtask does all
@@ -34,13 +38,16 @@ use lapin::options::{
 use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties, ExchangeKind};
 use serde_json::Value;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
 use wd_e2e::agent::AgentProcess;
 use wd_e2e::bench::{
     clock_ticks, cpu_ns, cpu_ns_by_thread, cpu_ns_delta_by_name, cpu_ticks, figure, latencies_ms,
     median, now, status_kib,
 };
-use wd_e2e::receiver::Receiver;
+use wd_e2e::receiver::{Received, Receiver};
 use wd_e2e::virsh::{EventWatch, Guest, virsh};
+use wd_notify_webhook::{Secret, sign};
 use wd_testkit::guest::{GuestAssets, GuestSpec, NovaOwner};
 use wd_testkit::{Libvirtd, RabbitMq};
 
@@ -180,11 +187,26 @@ fn config(
     notify: &[String],
     window_secs: f64,
 ) -> anyhow::Result<PathBuf> {
+    config_with(dir, connect, notify, window_secs, true)
+}
+
+/// [`config`], with the spool on (`dir/spool`) or off (queues in memory).
+fn config_with(
+    dir: &Path,
+    connect: &str,
+    notify: &[String],
+    window_secs: f64,
+    spool: bool,
+) -> anyhow::Result<PathBuf> {
     let notify: Vec<String> = notify.iter().map(|n| format!("{n:?}")).collect();
+    let spool = if spool {
+        format!("spool = {:?}\n", dir.join("spool").display().to_string())
+    } else {
+        String::new()
+    };
     let text = format!(
-        "connect = {connect:?}\nhost = \"bench-host\"\nnotify = [{}]\nspool = {:?}\n\n[amqp]\nexchange = {EXCHANGE:?}\n\n[coalesce]\nwindow_secs = {window_secs}\n",
+        "connect = {connect:?}\nhost = \"bench-host\"\nnotify = [{}]\n{spool}\n[amqp]\nexchange = {EXCHANGE:?}\n\n[coalesce]\nwindow_secs = {window_secs}\n",
         notify.join(", "),
-        dir.join("spool").display().to_string(),
     );
     let path = dir.join("watch.toml");
     std::fs::write(&path, text)?;
@@ -538,6 +560,10 @@ async fn main() -> anyhow::Result<()> {
     if matches!(what.as_str(), "resources" | "all") {
         resources(&assets).await?;
     }
+    if what == "floor" {
+        let (hooks, url) = webhook().await?;
+        floors(&hooks, &url, false).await?;
+    }
     if matches!(what.as_str(), "cpu" | "all") {
         let n = std::env::args()
             .nth(2)
@@ -547,7 +573,12 @@ async fn main() -> anyhow::Result<()> {
             })
             .transpose()?
             .unwrap_or(CPU_FIRINGS);
-        cpu_per_firing(&assets, n).await?;
+        // The same firings' way with the spool on (fsync before the
+        // hand-over) and off, one after the other; the floors first.
+        let (hooks, url) = webhook().await?;
+        floors(&hooks, &url, false).await?;
+        cpu_per_firing(&assets, n, true).await?;
+        cpu_per_firing(&assets, n, false).await?;
     }
     Ok(())
 }
@@ -633,13 +664,22 @@ fn bucket_quantile(buckets: &[(f64, u64)], count: u64, q: f64) -> f64 {
         .map_or(f64::NAN, |(le, _)| *le)
 }
 
-/// Item 4 of the brief: the agent's CPU per firing over `n` firings, each
-/// announced, from the scheduler's nanoseconds; and the stage histograms.
-async fn cpu_per_firing(assets: &GuestAssets, n: usize) -> anyhow::Result<()> {
-    let dir = work_dir("cpu")?;
+/// The agent's CPU per firing over `n` firings, each announced, from the
+/// scheduler's nanoseconds; the stage histograms; and each notification's
+/// time from the listener's receipt of the event to the endpoint's receipt.
+/// With `spool` off, every figure's name ends in `_no_spool`.
+async fn cpu_per_firing(assets: &GuestAssets, n: usize, spool: bool) -> anyhow::Result<()> {
+    let suffix = if spool { "" } else { "_no_spool" };
+    let dir = work_dir(if spool { "cpu" } else { "cpu-no-spool" })?;
     let (hooks, url) = webhook().await?;
     let virsh_events = EventWatch::start("watchdog")?;
-    let cfg = config(&dir, Libvirtd::URI, std::slice::from_ref(&url), 0.001)?;
+    let cfg = config_with(
+        &dir,
+        Libvirtd::URI,
+        std::slice::from_ref(&url),
+        0.001,
+        spool,
+    )?;
     let metrics = format!("127.0.0.1:{}", free_port()?);
     // Top-level keys go before the first section.
     let text = std::fs::read_to_string(&cfg)?;
@@ -683,6 +723,16 @@ async fn cpu_per_firing(assets: &GuestAssets, n: usize) -> anyhow::Result<()> {
         );
     }
     let scraped = scrape(&metrics).await.unwrap_or_default();
+    // What arrived in the window, before the floors add their own load.
+    let ours: Vec<_> = hooks
+        .accepted()
+        .into_iter()
+        .filter(|r| names.iter().any(|n| n == r.domain_name()))
+        .collect();
+    if spool {
+        // The floors again, under the load the firings met.
+        floors(&hooks, &url, true).await?;
+    }
     // The shared libvirtd runs other people's guests too, whose firings
     // the agent also handles (and notifies) in the same window.
     let all = (firings_seen(&scraped) - all0).max(fired as f64);
@@ -694,15 +744,18 @@ async fn cpu_per_firing(assets: &GuestAssets, n: usize) -> anyhow::Result<()> {
     if fired == 0 {
         bail!("no firing of {CPU_GUESTS} reset guests within the window");
     }
-    let delivered = webhook_receipts(&hooks)
-        .iter()
-        .filter(|r| names.contains(&r.domain))
-        .count();
+    let delivered = ours.len();
+    let queue = if spool {
+        "the spool on (fsync before the hand-over)"
+    } else {
+        "no spool (queues in memory)"
+    };
     let method = format!(
-        "{CPU_GUESTS} reset guests (TCG) under the system libvirtd fired {fired} times in {elapsed:.0} s (counted by `virsh event`), {delivered} webhook notifications received; agent `wdguard watch` with the spool on and a 1 ms coalesce window (every firing announced)"
+        "{CPU_GUESTS} reset guests (TCG) under the system libvirtd fired {fired} times in {elapsed:.0} s (counted by `virsh event`), {delivered} webhook notifications received; agent `wdguard watch` (release) with {queue} and a 1 ms coalesce window (every firing announced)"
     );
+    receipt_latency(&ours, if spool { "spool" } else { "no_spool" }, &method)?;
     figure(
-        "cpu_per_firing",
+        &format!("cpu_per_firing{suffix}"),
         ns as f64 / 1e6 / fired as f64,
         "ms CPU",
         &format!(
@@ -710,7 +763,7 @@ async fn cpu_per_firing(assets: &GuestAssets, n: usize) -> anyhow::Result<()> {
         ),
     );
     figure(
-        "cpu_per_firing_handled",
+        &format!("cpu_per_firing_handled{suffix}"),
         (ns as f64 - idle_ns_per_s * elapsed).max(0.0) / 1e6 / all,
         "ms CPU",
         &format!(
@@ -718,7 +771,7 @@ async fn cpu_per_firing(assets: &GuestAssets, n: usize) -> anyhow::Result<()> {
         ),
     );
     figure(
-        "cpu_per_firing_above_idle",
+        &format!("cpu_per_firing_above_idle{suffix}"),
         (ns as f64 - idle_ns_per_s * elapsed).max(0.0) / 1e6 / fired as f64,
         "ms CPU",
         &format!(
@@ -727,7 +780,7 @@ async fn cpu_per_firing(assets: &GuestAssets, n: usize) -> anyhow::Result<()> {
         ),
     );
     figure(
-        "cpu_per_firing_ticks",
+        &format!("cpu_per_firing_ticks{suffix}"),
         ticks as f64 * 1000.0 / clock_ticks() / fired as f64,
         "ms CPU",
         &format!("{method}; utime+stime (10 ms clock ticks) over the same window, the cross-check"),
@@ -743,7 +796,7 @@ async fn cpu_per_firing(assets: &GuestAssets, n: usize) -> anyhow::Result<()> {
             "{method}; wd_stage_seconds{{stage=\"{stage}\"}} from the agent's /metrics: time from the libvirt callback to this point, over {total} notifications"
         );
         figure(
-            &format!("latency_stage_{stage}_mean"),
+            &format!("latency_stage_{stage}_mean{suffix}"),
             sum / total as f64 * 1000.0,
             "ms",
             &format!("{how}; mean"),
@@ -753,7 +806,7 @@ async fn cpu_per_firing(assets: &GuestAssets, n: usize) -> anyhow::Result<()> {
             let bound = bucket_quantile(&buckets, total, q);
             if bound.is_finite() {
                 figure(
-                    &format!("latency_stage_{stage}_{label}_bucket"),
+                    &format!("latency_stage_{stage}_{label}_bucket{suffix}"),
                     bound * 1000.0,
                     "ms",
                     &format!("{how}; upper bound of the bucket holding {label}"),
@@ -761,5 +814,194 @@ async fn cpu_per_firing(assets: &GuestAssets, n: usize) -> anyhow::Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+/// The time from the listener's receipt of each firing (the notification's
+/// CloudEvent `time`, taken in libvirt's event callback) to the endpoint's
+/// receipt (the receiver's clock on arrival, the same host clock), in ms:
+/// median, p99 (nearest rank) and worst, as `latency_receipt_{label}_…`.
+fn receipt_latency(got: &[Received], label: &str, method: &str) -> anyhow::Result<()> {
+    let mut ms: Vec<f64> = got
+        .iter()
+        .filter_map(|r| {
+            let fired = OffsetDateTime::parse(r.event["time"].as_str()?, &Rfc3339).ok()?;
+            let received = OffsetDateTime::from(r.received_at);
+            Some((received - fired).as_seconds_f64() * 1000.0)
+        })
+        .collect();
+    if ms.is_empty() {
+        bail!("no notification with a readable `time` to measure ({label})");
+    }
+    ms.sort_by(f64::total_cmp);
+    let n = ms.len();
+    // Nearest rank: the smallest value with at least 99 % at or below it.
+    let p99 = ms[(n * 99).div_ceil(100).max(1) - 1];
+    let worst = ms[n - 1];
+    let median = median(&mut ms);
+    let how = format!(
+        "{method}; per notification, the receiver's clock on arrival minus the CloudEvent `time` (the listener's receipt in libvirt's event callback), over {n} notifications"
+    );
+    figure(
+        &format!("latency_receipt_{label}_median"),
+        median,
+        "ms",
+        &format!("{how}; median"),
+    );
+    figure(
+        &format!("latency_receipt_{label}_p99"),
+        p99,
+        "ms",
+        &format!("{how}; p99 (nearest rank)"),
+    );
+    figure(
+        &format!("latency_receipt_{label}_worst"),
+        worst,
+        "ms",
+        &format!("{how}; worst"),
+    );
+    figure(
+        &format!("latency_receipt_{label}_notifications"),
+        n as f64,
+        "notifications",
+        &how,
+    );
+    Ok(())
+}
+
+/// Requests for the HTTP floor, after as many to warm up.
+const FLOOR_REQUESTS: usize = 200;
+
+/// The floors of a notification's way, measured here and now: one bare
+/// HTTP/1.1 request over a kept-alive loopback connection to the same
+/// receiver (a signed body of a notification's size; from the first byte
+/// written to the end of the response head), and one append of 600 bytes
+/// and `fdatasync` in the bench's directory on the spool's file system.
+///
+/// `loaded` names the figures `…_loaded` and says in their method that the
+/// guests were firing meanwhile.
+async fn floors(hooks: &Receiver, url: &str, loaded: bool) -> anyhow::Result<()> {
+    let suffix = if loaded { "_loaded" } else { "" };
+    let when = if loaded {
+        "measured right after the firings, with the reset guests still running (the same CPU and disk load)"
+    } else {
+        "measured before any guest starts"
+    };
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url.strip_prefix("http://").context("a loopback http URL")?;
+    let addr = rest.split('/').next().context("host:port")?.to_owned();
+    let mut stream = tokio::net::TcpStream::connect(&addr).await?;
+    stream.set_nodelay(true)?;
+    let secret = [Secret::parse(SECRET)?];
+    let padding = "x".repeat(1400);
+    let mut rtt = Vec::new();
+    let mut buf = vec![0u8; 4096];
+    for i in 0..2 * FLOOR_REQUESTS {
+        let body = format!("{{\"floor\":{i},\"padding\":\"{padding}\"}}");
+        let id = format!("floor-{i}");
+        let ts = OffsetDateTime::now_utc().unix_timestamp();
+        let sig = sign(&id, ts, body.as_bytes(), &secret);
+        let request = format!(
+            "POST /floor HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nwebhook-id: {id}\r\nwebhook-timestamp: {ts}\r\nwebhook-signature: {sig}\r\n\r\n{body}",
+            body.len()
+        );
+        let t = Instant::now();
+        stream.write_all(request.as_bytes()).await?;
+        let mut got = 0;
+        loop {
+            let k = stream.read(&mut buf[got..]).await?;
+            if k == 0 {
+                bail!("the receiver closed the connection");
+            }
+            got += k;
+            if buf[..got].windows(4).any(|w| w == b"\r\n\r\n") {
+                break;
+            }
+            if got == buf.len() {
+                bail!("a response head over {} bytes", buf.len());
+            }
+        }
+        let elapsed = t.elapsed();
+        if !buf.starts_with(b"HTTP/1.1 2") {
+            bail!(
+                "the receiver refused the floor request: {}",
+                String::from_utf8_lossy(&buf[..got.min(80)])
+            );
+        }
+        if i >= FLOOR_REQUESTS {
+            rtt.push(elapsed.as_secs_f64() * 1000.0);
+        }
+    }
+    let accepted = hooks
+        .accepted()
+        .iter()
+        .filter(|r| r.path == "/floor")
+        .count();
+    // Every floor request of this call and of earlier ones.
+    if accepted < 2 * FLOOR_REQUESTS {
+        bail!(
+            "the receiver accepted {accepted} of {} floor requests",
+            2 * FLOOR_REQUESTS
+        );
+    }
+    let p99 = {
+        let mut v = rtt.clone();
+        v.sort_by(f64::total_cmp);
+        v[(v.len() * 99).div_ceil(100) - 1]
+    };
+    let how = format!(
+        "one bare HTTP/1.1 POST (signed, 1.4 KB body) over one kept-alive loopback TCP connection (TCP_NODELAY) to the bench's webhook receiver (axum, signature verified), from the first byte written to the end of the response head; {FLOOR_REQUESTS} requests after {FLOOR_REQUESTS} to warm up; {when}"
+    );
+    figure(
+        &format!("floor_http_round_trip{suffix}"),
+        median(&mut rtt),
+        "ms",
+        &format!("{how}; median"),
+    );
+    figure(
+        &format!("floor_http_round_trip{suffix}_p99"),
+        p99,
+        "ms",
+        &format!("{how}; p99"),
+    );
+
+    let dir = work_dir(&format!("floor{suffix}"))?;
+    let fsync = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<f64>> {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("fsync"))?;
+        let line = [b'x'; 600];
+        let mut out = Vec::new();
+        for i in 0..2 * FLOOR_REQUESTS {
+            let t = Instant::now();
+            f.write_all(&line)?;
+            f.sync_data()?;
+            if i >= FLOOR_REQUESTS {
+                out.push(t.elapsed().as_secs_f64() * 1000.0);
+            }
+        }
+        Ok(out)
+    })
+    .await??;
+    let mut fsync = fsync;
+    fsync.sort_by(f64::total_cmp);
+    let fsync_p99 = fsync[(fsync.len() * 99).div_ceil(100) - 1];
+    let how = format!(
+        "append 600 bytes to a file under target/ (the spool's file system) and fdatasync it; {FLOOR_REQUESTS} after {FLOOR_REQUESTS} to warm up; {when} (part 2's raw_fsync_rate is the criterion figure of the same run, on a quiet machine)"
+    );
+    figure(
+        &format!("floor_fsync{suffix}"),
+        median(&mut fsync),
+        "ms",
+        &format!("{how}; median"),
+    );
+    figure(
+        &format!("floor_fsync{suffix}_p99"),
+        fsync_p99,
+        "ms",
+        &format!("{how}; p99"),
+    );
     Ok(())
 }

@@ -55,6 +55,51 @@ pub fn goals(figures: &[Figure]) -> Vec<Goal> {
         &|v| v <= 20.0,
         "ms",
     );
+    for (figure, what, bound) in [
+        (
+            "latency_receipt_no_spool_median",
+            "Listener's receipt → endpoint's receipt, no spool (median)",
+            1.0,
+        ),
+        (
+            "latency_receipt_spool_median",
+            "Listener's receipt → endpoint's receipt, spool on (median)",
+            2.0,
+        ),
+        (
+            "latency_receipt_no_spool_p99",
+            "Listener's receipt → endpoint's receipt, no spool (p99)",
+            5.0,
+        ),
+        (
+            "latency_receipt_spool_p99",
+            "Listener's receipt → endpoint's receipt, spool on (p99)",
+            5.0,
+        ),
+        (
+            "cpu_per_firing_above_idle",
+            "CPU per firing above idle, spool on",
+            1.0,
+        ),
+        (
+            "cpu_per_firing_above_idle_no_spool",
+            "CPU per firing above idle, no spool",
+            1.0,
+        ),
+    ] {
+        let unit = if figure.starts_with("cpu") {
+            "ms CPU"
+        } else {
+            "ms"
+        };
+        check(
+            figure,
+            what,
+            &format!("≤ {bound} ms"),
+            &|v| v <= bound,
+            unit,
+        );
+    }
     for (prefix, label) in [
         ("agent_idle", "qemu:///system"),
         ("agent_idle_test_driver", "test driver"),

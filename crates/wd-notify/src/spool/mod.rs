@@ -106,6 +106,29 @@ struct Disk {
 /// dropped with a warning (`dropped_full`): never silently. A panic in the
 /// worker is logged and the worker restarted.
 ///
+/// Wakes every [`writer_exits`] waiter when any queue writer thread of the
+/// process ends.
+static WRITER_EXITS: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
+/// Signals [`WRITER_EXITS`] when dropped, at the end of a writer thread.
+struct ExitSignal;
+
+impl Drop for ExitSignal {
+    fn drop(&mut self) {
+        WRITER_EXITS.notify_waiters();
+    }
+}
+
+/// A future that completes when a queue writer thread of this process ends
+/// (normally at shutdown, or because it died). Nothing is missed between
+/// creating it and awaiting it once it is
+/// [`enable`](tokio::sync::futures::Notified::enable)d: enable it, check
+/// [`Spool::writer_died`] (or [`Router::dead_writer`](crate::Router::dead_writer)),
+/// then await it, instead of polling.
+pub fn writer_exits() -> tokio::sync::futures::Notified<'static> {
+    WRITER_EXITS.notified()
+}
+
 /// After a crash, [`Spool::open`] delivers what was not acked, with the
 /// same event ids, so consumers may see a notification twice but never
 /// lose one that was accepted.
@@ -302,7 +325,12 @@ impl Spool {
         let (tx, rx) = mpsc::channel();
         let handle = std::thread::Builder::new()
             .name("wd-spool-writer".into())
-            .spawn(move || writer.run(rx))
+            .spawn(move || {
+                // Tells `writer_exits` waiters, however the thread ends
+                // (a panic unwinds through it too).
+                let _exit = ExitSignal;
+                writer.run(rx);
+            })
             .map_err(|source| Error::OpenSpool {
                 path: dir.clone(),
                 source,

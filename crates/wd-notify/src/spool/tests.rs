@@ -598,3 +598,28 @@ async fn creating_a_queue_directory_syncs_its_parents() {
         Spool::open_dyn(Arc::new(fs.clone()), &dir, "q".into(), quick(), Arc::new(m)).unwrap();
     assert!(fs.ops().is_empty(), "{:?}", fs.ops());
 }
+
+#[tokio::test]
+async fn the_end_of_a_writer_thread_wakes_writer_exits_without_polling() {
+    let dir = tempfile::tempdir().unwrap();
+    let (m, _) = notifier(|_, _| Ok(()));
+    let spool = Spool::open(dir.path(), quick(), m).unwrap();
+    let exited = writer_exits();
+    tokio::pin!(exited);
+    exited.as_mut().enable();
+    // Alive: nothing to wake for.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(100), exited.as_mut())
+            .await
+            .is_err(),
+        "woken while the writer thread runs"
+    );
+    assert!(!spool.writer_died());
+    // Shutdown ends the writer thread: the enabled waiter is woken, and a
+    // writer that ended on shutdown is not reported as dead.
+    spool.shutdown(Duration::from_secs(1)).await;
+    tokio::time::timeout(Duration::from_secs(5), exited)
+        .await
+        .expect("the writer thread's end wakes writer_exits");
+    assert!(!spool.writer_died());
+}
