@@ -158,9 +158,29 @@ pub fn median(v: &mut [f64]) -> f64 {
     }
 }
 
+/// The p99 of `v` by nearest rank (the smallest value with at least 99 %
+/// of `v` at or below it), sorting it; NaN if it is empty.
+pub fn p99(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n => v[(n * 99).div_ceil(100) - 1],
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn p99_by_nearest_rank() {
+        let mut hundred: Vec<f64> = (1..=100).rev().map(f64::from).collect();
+        assert_eq!(p99(&mut hundred), 99.0);
+        let mut ten: Vec<f64> = (1..=10).map(f64::from).collect();
+        assert_eq!(p99(&mut ten), 10.0);
+        assert_eq!(p99(&mut [7.0]), 7.0);
+        assert!(p99(&mut []).is_nan());
+    }
 
     #[test]
     fn median_of_odd_even_and_empty() {

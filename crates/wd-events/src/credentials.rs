@@ -110,12 +110,18 @@ pub(crate) fn auth_file_shown(uri: &str) -> String {
     }
 }
 
+/// The `HOST[:PORT]` part of `uri`'s authority (after any user info; an
+/// IPv6 host in brackets), `""` when it has none.
+pub(crate) fn host_port_of(uri: &str) -> &str {
+    let rest = uri.split_once("://").map_or("", |(_, r)| r);
+    let authority = rest.split(['/', '?']).next().unwrap_or("");
+    authority.rsplit_once('@').map_or(authority, |(_, h)| h)
+}
+
 /// The server name that `auth.conf` sections are looked up under
 /// (`[auth-libvirt-HOST]`), from `uri`.
 pub(crate) fn server_of(uri: &str) -> &str {
-    let rest = uri.split_once("://").map_or("", |(_, r)| r);
-    let authority = rest.split(['/', '?']).next().unwrap_or("");
-    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host_port = host_port_of(uri);
     if let Some(v6) = host_port.strip_prefix('[') {
         return v6.split(']').next().unwrap_or("");
     }

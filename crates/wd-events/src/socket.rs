@@ -214,7 +214,7 @@ pub(crate) fn socket_paths(uri: &str, read_only: bool, runtime_dir: Option<&Path
 /// (port 16509 unless given) and `DRIVER+tls://HOST` or `DRIVER://HOST`
 /// (16514). `None` for any other URI, or one without a host.
 pub(crate) fn tcp_target(uri: &str) -> Option<(String, u16)> {
-    let (scheme, rest) = uri.split_once("://")?;
+    let (scheme, _) = uri.split_once("://")?;
     let (driver, transport) = scheme.split_once('+').unwrap_or((scheme, ""));
     let default_port = match transport {
         "tcp" => 16509,
@@ -228,9 +228,7 @@ pub(crate) fn tcp_target(uri: &str) -> Option<(String, u16)> {
     if host.is_empty() {
         return None;
     }
-    let authority = rest.split(['/', '?']).next().unwrap_or("");
-    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    let port = match host_port.rsplit_once(':') {
+    let port = match crate::credentials::host_port_of(uri).rsplit_once(':') {
         // An IPv6 address without a port has colons too, inside brackets.
         Some((before, port))
             if !port.contains(']') && (!before.starts_with('[') || before.ends_with(']')) =>

@@ -71,41 +71,45 @@ fn floor_ratios(figures: &mut Vec<Figure>) {
     let ratios = [
         (
             "latency_receipt_no_spool_median",
+            "vs_floor",
             http,
             "the bare loopback HTTP round trip (floor_http_round_trip)",
         ),
         (
             "latency_receipt_spool_median",
+            "vs_floor",
             sum(http, raw_fsync_ms),
             "one fdatasync (1 / raw_fsync_rate, part 2) plus the bare loopback HTTP round trip (floor_http_round_trip)",
         ),
         (
             "latency_receipt_no_spool_median",
+            "vs_loaded_floor",
             http_loaded,
             "the bare loopback HTTP round trip with the guests firing (floor_http_round_trip_loaded)",
         ),
         (
             "latency_receipt_spool_median",
+            "vs_loaded_floor",
             sum(http_loaded, fsync_loaded),
             "one fdatasync plus the bare HTTP round trip, both with the guests firing (floor_fsync_loaded + floor_http_round_trip_loaded)",
         ),
         (
             "latency_receipt_no_spool_p99",
+            "vs_loaded_floor",
             http_loaded_p99,
             "the p99 of the bare HTTP round trip with the guests firing",
         ),
         (
             "latency_receipt_spool_p99",
+            "vs_loaded_floor",
             sum(http_loaded_p99, fsync_loaded_p99),
             "the p99 of one fdatasync plus the p99 of the bare HTTP round trip, both with the guests firing",
         ),
     ];
-    for (i, (name, floor, what)) in ratios.into_iter().enumerate() {
+    for (name, suffix, floor, what) in ratios {
         let (Some(value), Some(floor)) = (get(figures, name), floor) else {
             continue;
         };
-        // The first two are against the quiet floors, the rest under load.
-        let suffix = if i < 2 { "vs_floor" } else { "vs_loaded_floor" };
         push(
             figures,
             3,

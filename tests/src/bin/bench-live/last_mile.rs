@@ -246,10 +246,8 @@ fn receipt_latency(got: &[Received], label: &str, method: &str) -> anyhow::Resul
     if ms.is_empty() {
         bail!("no notification with a readable `time` to measure ({label})");
     }
-    ms.sort_by(f64::total_cmp);
     let n = ms.len();
-    // Nearest rank: the smallest value with at least 99 % at or below it.
-    let p99 = ms[(n * 99).div_ceil(100).max(1) - 1];
+    let p99 = p99(&mut ms);
     let worst = ms[n - 1];
     let median = median(&mut ms);
     let how = format!(
@@ -282,6 +280,15 @@ fn receipt_latency(got: &[Received], label: &str, method: &str) -> anyhow::Resul
     Ok(())
 }
 
+/// The floor requests the receiver has accepted so far.
+fn floor_requests_accepted(hooks: &Receiver) -> usize {
+    hooks
+        .accepted()
+        .iter()
+        .filter(|r| r.path == "/floor")
+        .count()
+}
+
 /// Requests for the HTTP floor, after as many to warm up.
 const FLOOR_REQUESTS: usize = 200;
 
@@ -303,6 +310,7 @@ pub(crate) async fn floors(hooks: &Receiver, url: &str, loaded: bool) -> anyhow:
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let rest = url.strip_prefix("http://").context("a loopback http URL")?;
     let addr = rest.split('/').next().context("host:port")?.to_owned();
+    let accepted_before = floor_requests_accepted(hooks);
     let mut stream = tokio::net::TcpStream::connect(&addr).await?;
     stream.set_nodelay(true)?;
     let secret = [Secret::parse(SECRET)?];
@@ -345,23 +353,14 @@ pub(crate) async fn floors(hooks: &Receiver, url: &str, loaded: bool) -> anyhow:
             rtt.push(elapsed.as_secs_f64() * 1000.0);
         }
     }
-    let accepted = hooks
-        .accepted()
-        .iter()
-        .filter(|r| r.path == "/floor")
-        .count();
-    // Every floor request of this call and of earlier ones.
-    if accepted < 2 * FLOOR_REQUESTS {
+    let accepted = floor_requests_accepted(hooks) - accepted_before;
+    if accepted != 2 * FLOOR_REQUESTS {
         bail!(
-            "the receiver accepted {accepted} of {} floor requests",
+            "the receiver accepted {accepted} of this call's {} floor requests",
             2 * FLOOR_REQUESTS
         );
     }
-    let p99 = {
-        let mut v = rtt.clone();
-        v.sort_by(f64::total_cmp);
-        v[(v.len() * 99).div_ceil(100) - 1]
-    };
+    let rtt_p99 = p99(&mut rtt);
     let how = format!(
         "one bare HTTP/1.1 POST (signed, 1.4 KB body) over one kept-alive loopback TCP connection (TCP_NODELAY) to the bench's webhook receiver (axum, signature verified), from the first byte written to the end of the response head; {FLOOR_REQUESTS} requests after {FLOOR_REQUESTS} to warm up; {when}"
     );
@@ -373,7 +372,7 @@ pub(crate) async fn floors(hooks: &Receiver, url: &str, loaded: bool) -> anyhow:
     );
     figure(
         &format!("floor_http_round_trip{suffix}_p99"),
-        p99,
+        rtt_p99,
         "ms",
         &format!("{how}; p99"),
     );
@@ -399,8 +398,7 @@ pub(crate) async fn floors(hooks: &Receiver, url: &str, loaded: bool) -> anyhow:
     })
     .await??;
     let mut fsync = fsync;
-    fsync.sort_by(f64::total_cmp);
-    let fsync_p99 = fsync[(fsync.len() * 99).div_ceil(100) - 1];
+    let fsync_p99 = p99(&mut fsync);
     let how = format!(
         "append 600 bytes to a file under target/ (the spool's file system) and fdatasync it; {FLOOR_REQUESTS} after {FLOOR_REQUESTS} to warm up; {when} (part 2's raw_fsync_rate is the criterion figure of the same run, on a quiet machine)"
     );

@@ -45,7 +45,7 @@ use time::format_description::well_known::Rfc3339;
 use wd_e2e::agent::AgentProcess;
 use wd_e2e::bench::{
     clock_ticks, cpu_ns, cpu_ns_by_thread, cpu_ns_delta_by_name, cpu_ticks, figure, latencies_ms,
-    median, now, status_kib,
+    median, now, p99, status_kib,
 };
 use wd_e2e::receiver::{Received, Receiver};
 use wd_e2e::virsh::{EventWatch, Guest, virsh};
