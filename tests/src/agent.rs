@@ -24,6 +24,31 @@ pub fn wdguard_path() -> anyhow::Result<PathBuf> {
     })
 }
 
+/// The packaged unit, `crates/wdguard/debian/wdguard.service`.
+pub fn shipped_unit() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../crates/wdguard/debian/wdguard.service")
+}
+
+/// The `Nice=` of the packaged unit (0 without one).
+pub fn shipped_nice() -> anyhow::Result<i32> {
+    let unit = shipped_unit();
+    let text =
+        std::fs::read_to_string(&unit).with_context(|| format!("read {}", unit.display()))?;
+    nice_of(&text).with_context(|| format!("{}: Nice=", unit.display()))
+}
+
+/// The `Nice=` of a unit's text: the last one counts, as for systemd.
+fn nice_of(unit: &str) -> anyhow::Result<i32> {
+    let mut nice = 0;
+    for value in unit.lines().filter_map(|l| l.trim().strip_prefix("Nice=")) {
+        nice = value.trim().parse().context("not an integer")?;
+        if !(-20..=19).contains(&nice) {
+            bail!("{nice}: allowed are -20 to 19");
+        }
+    }
+    Ok(nice)
+}
+
 /// A running agent; killed (SIGKILL) when dropped if still running.
 pub struct AgentProcess {
     child: Child,
@@ -41,6 +66,37 @@ impl AgentProcess {
             &[("WD_WEBHOOK_SECRET", secret)],
             log,
         )
+    }
+
+    /// As [`AgentProcess::start`], at the scheduling priority the packaged
+    /// unit gives it (its `Nice=`, see [`shipped_nice`]), as a host runs it.
+    pub fn start_as_shipped(
+        config: &Path,
+        secret: &str,
+        log: &Path,
+    ) -> anyhow::Result<AgentProcess> {
+        let nice = shipped_nice()?;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)?;
+        // `nice` execs the agent: the child's pid is the agent's.
+        let child = Command::new("nice")
+            .arg(format!("--adjustment={nice}"))
+            .arg(wdguard_path()?)
+            .args(["watch", "--config"])
+            .arg(config)
+            .env("WD_WEBHOOK_SECRET", secret)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .spawn()
+            .context("start nice wdguard watch")?;
+        Ok(AgentProcess {
+            child,
+            log: log.to_owned(),
+        })
     }
 
     /// Starts `wdguard watch ARGS` with `envs` added to its environment,
@@ -168,5 +224,20 @@ impl Drop for AgentProcess {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_units_nice_is_read_as_systemd_does() {
+        assert_eq!(nice_of("[Service]\nUser=wd\n").unwrap(), 0);
+        assert_eq!(nice_of("Nice=-5\n# Nice=3\nNice=-10\n").unwrap(), -10);
+        assert!(nice_of("Nice=low\n").is_err());
+        assert!(nice_of("Nice=-21\n").is_err());
+        // The packaged unit's own value is one of them.
+        assert!((-20..=19).contains(&shipped_nice().unwrap()));
     }
 }

@@ -6,7 +6,8 @@
 //!
 //! One module per part, listed in [`PARTS`]: `xml` (1), `pipeline` (2),
 //! `isolation` (5), `live` (3 and 4, on real guests; not with `--no-live`)
-//! `scale` (6 and 7), `reconnect` (8, live) and `trust_store` (9). A new part is a module with a `PART` constant (its
+//! `scale` (6 and 7), `reconnect` (8, live), `trust_store` (9) and
+//! `listener` (10). A new part is a module with a `PART` constant (its
 //! sections of the doc and its runner) and a line in [`PARTS`].
 //!
 //! Steps on the system libvirtd run under `flock $WD_BENCH_LOCK` when that
@@ -16,6 +17,7 @@ mod criterion;
 mod examples;
 mod goals;
 mod isolation;
+mod listener;
 mod live;
 mod masakari;
 mod pipeline;
@@ -60,6 +62,7 @@ const PARTS: &[Part] = &[
     scale::PART,
     reconnect::PART,
     trust_store::PART,
+    listener::PART,
 ];
 
 /// One run of the bench.

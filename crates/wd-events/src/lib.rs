@@ -84,6 +84,13 @@
 //!   the listener's inbox; they never block. The inbox is bounded by folding
 //!   a domain's redundant lifecycle events once it is full; watchdog
 //!   firings and pause episodes are never folded (see [`ListenerStats`]).
+//!   One shortcut: while the `wd-events` thread waits with nothing in hand
+//!   and the consumer has room, a live event that needs no domain XML (a
+//!   firing, and every lifecycle event but `defined` and `started`) is
+//!   turned into its [`Item`] right in the callback, under the inbox's
+//!   lock, and handed to the consumer: one thread wake-up less on a
+//!   firing's way, in the same order ([`ListenerStats::direct`] counts
+//!   them).
 //! * **`wd-events`** (one per listener, started by [`listen`]) owns the
 //!   connection and the state machine: it connects, registers, lists
 //!   domains, fetches XML, backs off between attempts, turns the callbacks'
@@ -95,7 +102,10 @@
 //!   its liveness checks and re-checks keep their schedule.
 //! * **The consumer** polls the [`EventStream`] on any async runtime.
 //!   Dropping the stream stops the `wd-events` thread, which deregisters
-//!   and closes its connection.
+//!   and closes its connection; the drop waits (up to 2 s) until the
+//!   thread has ended, so that a process exiting next never exits while
+//!   that thread is inside libvirt (the libraries' exit handlers, OpenSSL's
+//!   among them, would race it and could kill the process with a signal).
 //!
 //! `virEventRegisterDefaultImpl` must run before any connection in the
 //! process is opened. [`listen`] and [`register`] see to it for their own

@@ -14,7 +14,6 @@ use crate::config::ListenerConfig;
 use crate::error::{Error, Result};
 use crate::inbox::{self, Gone, Inbox, ListenerStats, Msg, Next, Outbox, Sink};
 use crate::kinds::Enum;
-use crate::machine::Machine;
 use crate::model::DomainInfo;
 use crate::model::{DisconnectReason, Item};
 use crate::socket::{Files, SocketWatch, Waiting};
@@ -34,13 +33,25 @@ type SharedConnection = Arc<Mutex<Option<Connect>>>;
 
 /// The listener's stream of [`Item`]s. It never ends on its own: errors are
 /// items and the listener reconnects by itself. Dropping it stops the
-/// listener (its supervisor thread exits and deregisters).
+/// listener: its supervisor thread deregisters, closes its connection and
+/// ends, and the drop waits up to 2 s for that.
 #[derive(Debug)]
 pub struct EventStream {
     items: Outbox,
     control: Sink,
     connection: SharedConnection,
+    /// The supervisor thread, and the channel that closes when its work
+    /// is done (see `STOP_WAIT`).
+    thread: Option<(std::thread::JoinHandle<()>, std::sync::mpsc::Receiver<()>)>,
 }
+
+/// How long dropping an [`EventStream`] waits for the listener's thread to
+/// deregister, close its connection and end. A process that exits while
+/// that thread is still inside libvirt races the libraries' exit handlers
+/// (OpenSSL's among them) and can die of a signal instead of exiting
+/// cleanly; a thread stuck in a libvirt call longer than this is left to
+/// finish on its own.
+const STOP_WAIT: Duration = Duration::from_secs(2);
 
 /// Starts a listener on `config.uri` and returns its stream.
 ///
@@ -82,11 +93,14 @@ pub(crate) fn spawn<B: Backend>(backend: B, config: ListenerConfig) -> Result<Ev
         inbox,
         sink: control.clone(),
         connection: connection.clone(),
-        machine: Machine::new(),
     };
-    std::thread::Builder::new()
+    let (done, ended) = std::sync::mpsc::channel::<()>();
+    let thread = std::thread::Builder::new()
         .name("wd-events".to_owned())
-        .spawn(move || supervisor.run())
+        .spawn(move || {
+            supervisor.run();
+            drop(done);
+        })
         .map_err(|e| Error::Spawn {
             name: "wd-events",
             source: Arc::new(e),
@@ -95,6 +109,7 @@ pub(crate) fn spawn<B: Backend>(backend: B, config: ListenerConfig) -> Result<Ev
         items,
         control,
         connection,
+        thread: Some((thread, ended)),
     })
 }
 
@@ -125,8 +140,26 @@ impl EventStream {
 }
 
 impl Drop for EventStream {
+    /// Stops the listener and waits up to 2 s for its thread to end (it
+    /// deregisters and closes its connection first), so that a process
+    /// that exits next does not exit under it.
     fn drop(&mut self) {
         let _ = self.control.send(Msg::Shutdown);
+        if let Some((thread, ended)) = self.thread.take() {
+            match ended.recv_timeout(STOP_WAIT) {
+                // Its work is done: the join waits only for the thread's
+                // own exit (thread-local destructors included).
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) | Ok(()) => {
+                    let _ = thread.join();
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    tracing::warn!(
+                        wait = ?STOP_WAIT,
+                        "the libvirt listener's thread has not ended yet; not waiting longer"
+                    );
+                }
+            }
+        }
     }
 }
 
@@ -166,7 +199,6 @@ struct Supervisor<B> {
     /// A sender into `inbox`, cloned into each connection's callbacks.
     sink: Sink,
     connection: SharedConnection,
-    machine: Machine,
 }
 
 impl<B: Backend> Supervisor<B> {
@@ -179,7 +211,7 @@ impl<B: Backend> Supervisor<B> {
         let mut backoff = wd_backoff::Attempts::new(self.config.backoff);
         let mut failures = 0u32;
         loop {
-            let generation = self.machine.generation() + 1;
+            let generation = self.inbox.machine(|m| m.generation()) + 1;
             let files = self.socket.as_ref().map(SocketWatch::files);
             let attempt_started = Instant::now();
             let session = match self
@@ -202,13 +234,13 @@ impl<B: Backend> Supervisor<B> {
             failures = 0;
             let up_since = Instant::now();
             self.set_connection(session.connection());
-            let item = self.machine.connected(&self.config.uri);
+            let item = self.inbox.machine(|m| m.connected(&self.config.uri));
             self.emit(item)?;
             let reason = self.serve(&*session, attempt_started)?;
             self.set_connection(None);
             // Deregister and close before telling the consumer.
             drop(session);
-            let item = self.machine.disconnected(reason);
+            let item = self.inbox.machine(|m| m.disconnected(reason));
             self.emit(item)?;
             backoff.reset_if_healthy(up_since.elapsed(), self.config.backoff_reset_after);
             self.idle(backoff.next_delay(), files)?;
@@ -225,7 +257,7 @@ impl<B: Backend> Supervisor<B> {
         session: &dyn Session,
         connected_at: Instant,
     ) -> Result<DisconnectReason, Stop> {
-        let generation = self.machine.generation();
+        let generation = self.inbox.machine(|m| m.generation());
         let alive_every = self
             .config
             .alive_check_interval
@@ -262,7 +294,8 @@ impl<B: Backend> Supervisor<B> {
                 if caught_up {
                     match session.list_domains() {
                         Ok(domains) => {
-                            for item in self.machine.rechecked(domains, SystemTime::now()) {
+                            let now = SystemTime::now();
+                            for item in self.inbox.machine(|m| m.rechecked(domains, now)) {
                                 self.emit(item)?;
                             }
                         }
@@ -288,7 +321,7 @@ impl<B: Backend> Supervisor<B> {
                 .into_iter()
                 .flatten()
                 .fold(next_alive, Instant::min);
-            match self.inbox.next(wake, caught_up) {
+            match self.inbox.next(wake, caught_up, true) {
                 Next::Event(event) => {
                     let xml = if event.kind.wants_xml() {
                         match session.domain_xml(event.domain.uuid) {
@@ -301,9 +334,7 @@ impl<B: Backend> Supervisor<B> {
                     } else {
                         None
                     };
-                    if let Some(item) = self.machine.live(event, xml) {
-                        self.emit(item)?;
-                    }
+                    self.inbox.live(event, xml)?;
                 }
                 Next::Closed {
                     generation: g,
@@ -333,7 +364,7 @@ impl<B: Backend> Supervisor<B> {
             s.last_catch_up_xml = fetched;
         });
         tracing::info!(
-            generation = self.machine.generation(),
+            generation = self.inbox.machine(|m| m.generation()),
             domains = count,
             xml_fetched = fetched,
             duration_ms = took.as_secs_f64() * 1000.0,
@@ -351,8 +382,11 @@ impl<B: Backend> Supervisor<B> {
         mut domains: Vec<DomainInfo>,
     ) -> (usize, usize) {
         let mut fetched = 0usize;
-        for info in &mut domains {
-            if self.machine.wants_xml(info) {
+        let wanted = self
+            .inbox
+            .machine(|m| domains.iter().map(|i| m.wants_xml(i)).collect::<Vec<_>>());
+        for (info, wanted) in domains.iter_mut().zip(wanted) {
+            if wanted {
                 // A domain that vanished since the listing has no XML; the
                 // next listing will not show it either.
                 info.xml = session.domain_xml(info.domain.uuid).ok();
@@ -360,7 +394,8 @@ impl<B: Backend> Supervisor<B> {
             }
         }
         let count = domains.len();
-        for item in self.machine.listed(domains, SystemTime::now()) {
+        let now = SystemTime::now();
+        for item in self.inbox.machine(|m| m.listed(domains, now)) {
             // The consumer is gone: the supervisor stops at its next turn.
             if self.emit(item).is_err() {
                 break;
@@ -377,7 +412,7 @@ impl<B: Backend> Supervisor<B> {
         let busy = session.busy_domains();
         let (count, _) = self.emit_listing(session, domains);
         tracing::debug!(
-            generation = self.machine.generation(),
+            generation = self.inbox.machine(|m| m.generation()),
             domains = count,
             busy,
             "settle listing done"
@@ -399,12 +434,8 @@ impl<B: Backend> Supervisor<B> {
             let wake = watch
                 .as_ref()
                 .map_or(deadline, |w| deadline.min(Instant::now() + w.every()));
-            match self.inbox.next(wake, true) {
-                Next::Event(event) => {
-                    if let Some(item) = self.machine.live(event, None) {
-                        self.emit(item)?;
-                    }
-                }
+            match self.inbox.next(wake, true, false) {
+                Next::Event(event) => self.inbox.live(event, None)?,
                 Next::Closed { .. } | Next::Room => {}
                 Next::Stop => return Err(Stop),
                 Next::Timeout if Instant::now() >= deadline => return Ok(()),

@@ -293,6 +293,9 @@ fn the_unit_verifies_cleanly_and_is_hardened() {
         "CapabilityBoundingSet=",
         "NoNewPrivileges=yes",
         "ExecStart=/usr/bin/wdguard watch --config /etc/wd/wd.toml",
+        // Not real-time, but first on a core when a firing comes.
+        "RestrictRealtime=yes",
+        "Nice=-10",
     ] {
         assert!(unit.lines().any(|l| l == line), "{line} missing");
     }

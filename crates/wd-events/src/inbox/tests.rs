@@ -220,18 +220,125 @@ fn the_outbox_folds_connection_noise_and_ends_after_the_supervisor() {
     assert_eq!(outbox.stats().outbox_len, 1);
     assert_eq!(outbox.stats().outbox_high_water, 2);
     // Room now reported to a supervisor that does not take events.
-    assert!(matches!(inbox.next(Instant::now(), false), Next::Timeout));
+    assert!(matches!(
+        inbox.next(Instant::now(), false, false),
+        Next::Timeout
+    ));
     let waker = futures::task::noop_waker();
     let mut cx = Context::from_waker(&waker);
     match outbox.poll_recv(&mut cx) {
         Poll::Ready(Some(Item::ConnectFailed { attempt: 2, .. })) => {}
         other => panic!("{other:?}"),
     }
-    assert!(matches!(inbox.next(Instant::now(), false), Next::Room));
+    assert!(matches!(
+        inbox.next(Instant::now(), false, false),
+        Next::Room
+    ));
     sink.send(Msg::Event(fire(1))).unwrap();
-    assert!(matches!(inbox.next(Instant::now(), true), Next::Event(_)));
+    assert!(matches!(
+        inbox.next(Instant::now(), true, false),
+        Next::Event(_)
+    ));
     assert!(outbox.poll_recv(&mut cx).is_pending());
     drop(inbox);
     assert!(matches!(outbox.poll_recv(&mut cx), Poll::Ready(None)));
     assert_eq!(sink.send(Msg::Shutdown), Err(Gone));
+}
+
+/// Waits (up to 5 s) until the supervisor thread waits with the direct
+/// path open.
+fn until_direct(sink: &Sink) {
+    let t0 = Instant::now();
+    while !sink.0.lock().direct {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "the supervisor waits"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+fn take(outbox: &Outbox) -> Option<Item> {
+    let waker = futures::task::noop_waker();
+    match outbox.poll_recv(&mut Context::from_waker(&waker)) {
+        Poll::Ready(item) => item,
+        Poll::Pending => None,
+    }
+}
+
+#[test]
+fn while_the_supervisor_waits_a_firing_goes_straight_to_the_consumer() {
+    let (sink, inbox, outbox) = queues(8, 4);
+    let supervisor = std::thread::spawn(move || {
+        let next = inbox.next(Instant::now() + Duration::from_millis(300), true, true);
+        (inbox, next)
+    });
+    until_direct(&sink);
+    sink.send(Msg::Event(fire(1))).unwrap();
+    sink.send(Msg::Event(stopped(2))).unwrap();
+    match take(&outbox) {
+        Some(Item::Watchdog(w)) => assert_eq!(w.domain.uuid, Uuid::from_u128(1)),
+        other => panic!("the firing's item at once, got {other:?}"),
+    }
+    assert!(matches!(take(&outbox), Some(Item::Lifecycle(_))));
+    // The supervisor was never handed them: it waited out its deadline.
+    let (inbox, next) = supervisor.join().unwrap();
+    assert!(matches!(next, Next::Timeout), "{next:?}");
+    assert_eq!(outbox.stats().direct, 2);
+    assert_eq!(outbox.stats().inbox_len, 0);
+    // Not waiting any more: the supervisor's way again.
+    sink.send(Msg::Event(fire(3))).unwrap();
+    assert!(take(&outbox).is_none());
+    assert!(matches!(
+        inbox.next(Instant::now(), true, true),
+        Next::Event(_)
+    ));
+}
+
+#[test]
+fn the_direct_path_never_passes_what_the_supervisor_must_do_first() {
+    let (sink, inbox, outbox) = queues(8, 2);
+    let open = || sink.0.lock().direct = true;
+    // Closed: not while the supervisor does not take events.
+    sink.send(Msg::Event(fire(1))).unwrap();
+    assert_eq!((outbox.stats().direct, outbox.stats().inbox_len), (0, 1));
+    // An event in the inbox comes first, and what follows it waits too.
+    open();
+    sink.send(Msg::Event(fire(2))).unwrap();
+    assert_eq!((outbox.stats().direct, outbox.stats().inbox_len), (0, 2));
+    while inbox.next(Instant::now(), true, false).is_event() {}
+    // A pending close comes first.
+    open();
+    sink.send(Msg::Closed {
+        generation: 1,
+        reason: 0,
+    })
+    .unwrap();
+    sink.send(Msg::Event(fire(3))).unwrap();
+    assert_eq!((outbox.stats().direct, outbox.stats().inbox_len), (0, 1));
+    assert!(matches!(
+        inbox.next(Instant::now(), true, false),
+        Next::Closed { .. }
+    ));
+    assert!(inbox.next(Instant::now(), true, false).is_event());
+    // `started` needs the domain's XML, which only the supervisor fetches.
+    open();
+    sink.send(Msg::Event(started(4))).unwrap();
+    assert_eq!((outbox.stats().direct, outbox.stats().inbox_len), (0, 1));
+    assert!(inbox.next(Instant::now(), true, false).is_event());
+    // The consumer's queue is full: the event waits in the inbox (which
+    // folds), as it does on the supervisor's way.
+    open();
+    sink.send(Msg::Event(fire(5))).unwrap();
+    sink.send(Msg::Event(fire(6))).unwrap();
+    assert_eq!(outbox.stats().direct, 2);
+    open();
+    sink.send(Msg::Event(fire(7))).unwrap();
+    assert_eq!((outbox.stats().direct, outbox.stats().inbox_len), (2, 1));
+    assert_eq!(outbox.stats().outbox_len, 2);
+    // The consumer gone: nothing more is handed to it.
+    sink.send(Msg::Shutdown).unwrap();
+    open();
+    sink.send(Msg::Event(fire(8))).unwrap();
+    assert_eq!(outbox.stats().direct, 2);
 }

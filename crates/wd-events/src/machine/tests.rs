@@ -647,3 +647,28 @@ fn recheck_ends_episodes_like_a_catch_up() {
         ],
     );
 }
+
+#[test]
+fn the_machine_tracks_only_the_domains_that_matter_whatever_the_churn() {
+    let mut m = Machine::new();
+    m.connected("test:///x");
+    let xml = Some("<domain/>".to_owned());
+    for n in 0..100_000u128 {
+        m.live(life(n, 1, Lifecycle::Defined, 0), xml.clone());
+        m.live(life(n, 1, Lifecycle::Started, 0), xml.clone());
+        // A transient domain's stop: no `undefined` event follows.
+        m.live(life(n, 1, Lifecycle::Stopped, 1), None);
+    }
+    assert_eq!(m.sizes(), (0, 0));
+    // A running domain whose XML was given is known; a catch-up skips it
+    // unless it is paused by its watchdog.
+    m.live(life(1, 1, Lifecycle::Started, 0), xml);
+    assert!(!m.wants_xml(&running(1, 1)));
+    assert!(m.wants_xml(&paused_wd(1, 1)));
+    assert!(m.wants_xml(&running(2, 1)), "unknown");
+    assert!(
+        !m.wants_xml(&info(2, None, DomainState::Shutoff, 1)),
+        "shut off"
+    );
+    assert_eq!(m.sizes(), (0, 1));
+}
