@@ -75,28 +75,14 @@ impl AgentProcess {
         secret: &str,
         log: &Path,
     ) -> anyhow::Result<AgentProcess> {
-        let nice = shipped_nice()?;
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)?;
         // `nice` execs the agent: the child's pid is the agent's.
-        let child = Command::new("nice")
-            .arg(format!("--adjustment={nice}"))
+        let mut cmd = Command::new("nice");
+        cmd.arg(format!("--adjustment={}", shipped_nice()?))
             .arg(wdguard_path()?)
             .args(["watch", "--config"])
             .arg(config)
-            .env("WD_WEBHOOK_SECRET", secret)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(file.try_clone()?)
-            .stderr(file)
-            .spawn()
-            .context("start nice wdguard watch")?;
-        Ok(AgentProcess {
-            child,
-            log: log.to_owned(),
-        })
+            .env("WD_WEBHOOK_SECRET", secret);
+        AgentProcess::spawn(cmd, log)
     }
 
     /// Starts `wdguard watch ARGS` with `envs` added to its environment,
@@ -106,20 +92,24 @@ impl AgentProcess {
         envs: &[(&str, &str)],
         log: &Path,
     ) -> anyhow::Result<AgentProcess> {
+        let mut cmd = Command::new(wdguard_path()?);
+        cmd.arg("watch").args(args).envs(envs.iter().copied());
+        AgentProcess::spawn(cmd, log)
+    }
+
+    /// Starts `cmd` (the agent, or a wrapper that execs it) logging to `log`.
+    fn spawn(mut cmd: Command, log: &Path) -> anyhow::Result<AgentProcess> {
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(log)?;
-        let child = Command::new(wdguard_path()?)
-            .arg("watch")
-            .args(args)
-            .envs(envs.iter().copied())
+        let child = cmd
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(file.try_clone()?)
             .stderr(file)
             .spawn()
-            .context("start wdguard watch")?;
+            .with_context(|| format!("start {:?}", cmd.get_program()))?;
         Ok(AgentProcess {
             child,
             log: log.to_owned(),
