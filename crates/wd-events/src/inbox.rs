@@ -234,13 +234,21 @@ struct State {
 
 impl State {
     /// Whether `event` may take the direct path now.
-    fn direct(&self, event: &RawEvent) -> bool {
+    fn may_go_direct(&self, event: &RawEvent) -> bool {
         self.direct
             && !self.consumer_gone
             && self.events.len() == 0
             && self.closed.is_empty()
             && self.out.len() < self.out_capacity
             && !event.kind.wants_xml()
+    }
+
+    /// Runs the state machine on a live event (`xml`: the domain's XML
+    /// fetched for it) and queues its item; `true` when the consumer has
+    /// a new item to wake for.
+    fn live(&mut self, event: RawEvent, xml: Option<String>) -> bool {
+        let item = self.machine.live(event, xml);
+        item.is_some_and(|item| self.push_out(item))
     }
 
     /// Queues `item` for the consumer; see [`Inbox::emit`]. `false` when it
@@ -327,12 +335,11 @@ impl Sink {
             return Err(Gone);
         }
         match msg {
-            Msg::Event(event) if state.direct(&event) => {
+            Msg::Event(event) if state.may_go_direct(&event) => {
                 // The supervisor is waiting with nothing in hand: no need
                 // to wake it.
                 state.stats.direct += 1;
-                let item = state.machine.live(event, None);
-                let pushed = item.is_some_and(|item| state.push_out(item));
+                let pushed = state.live(event, None);
                 drop(state);
                 if pushed {
                     self.0.consumer.wake();
@@ -441,10 +448,7 @@ impl Inbox {
         if state.consumer_gone {
             return Err(Gone);
         }
-        let pushed = state
-            .machine
-            .live(event, xml)
-            .is_some_and(|item| state.push_out(item));
+        let pushed = state.live(event, xml);
         drop(state);
         if pushed {
             self.0.consumer.wake();
